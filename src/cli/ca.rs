@@ -1,0 +1,270 @@
+//! `cradle ca …`: create, import, show and export the CA.
+
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde::Serialize;
+
+use super::common::{print_json, ts, Ctx, PassArgs};
+use crate::error::Error;
+use crate::pki::ca::{self, CHAIN};
+use crate::pki::cert::{colon_hex, info_of, to_pem};
+use crate::pki::keys;
+use crate::registry::cas::{self, CaRole};
+use crate::registry::events::{append_event, NewEvent};
+use crate::registry::now_rfc3339;
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a P-256 root CA and an issuing CA signed by it
+    #[command(after_help = "Examples:\n  cradle ca init --name \"ACME Devices\" --passphrase-file /run/secrets/ca-pass\n  CRADLE_CA_PASSPHRASE=… cradle ca init --name ACME")]
+    Init {
+        /// CA name, used in the subjects of both CA certificates
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// Import an existing CA certificate and key (PEM), plus its chain to the root
+    #[command(after_help = "Examples:\n  cradle ca import --cert issuing.pem --key issuing.key --chain root.pem\n  cradle ca import --cert ca.pem --key ca-enc.key --key-passphrase-file old.pass")]
+    Import {
+        /// CA certificate (PEM or DER); more certificates in the file are taken as its chain
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// The CA's private key (PEM: PKCS#8, encrypted PKCS#8 or SEC1)
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Certificates from the CA up to the root (PEM)
+        #[arg(long, value_name = "FILE")]
+        chain: Option<PathBuf>,
+        /// Passphrase of an encrypted --key (first line of FILE)
+        #[arg(long, value_name = "FILE")]
+        key_passphrase_file: Option<PathBuf>,
+        /// Name to record for this CA (default: the certificate's CN)
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// Show the CA certificates: subject, validity, fingerprints
+    Show,
+    /// Write CA certificates as PEM for relying parties and verifiers
+    #[command(after_help = "Examples:\n  cradle ca export --chain -o chain.pem\n  cradle ca export --root > root.pem")]
+    Export {
+        /// Only the root CA certificate
+        #[arg(long, group = "which")]
+        root: bool,
+        /// Only the issuing CA certificate
+        #[arg(long, group = "which")]
+        issuing: bool,
+        /// Issuing CA followed by the rest of the chain up to the root (default)
+        #[arg(long, group = "which")]
+        chain: bool,
+        /// Write to FILE instead of stdout
+        #[arg(short, long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+pub fn run(ctx: &Ctx, cmd: CaCommand) -> anyhow::Result<i32> {
+    match cmd {
+        CaCommand::Init { name, pass } => init(ctx, &name, &pass),
+        CaCommand::Import {
+            cert,
+            key,
+            chain,
+            key_passphrase_file,
+            name,
+            pass,
+        } => import(ctx, &cert, &key, chain.as_ref(), key_passphrase_file.as_ref(), name, &pass),
+        CaCommand::Show => show(ctx),
+        CaCommand::Export {
+            root,
+            issuing,
+            chain: _,
+            out,
+        } => export(ctx, root, issuing, out),
+    }
+}
+
+fn refuse_existing(reg: &crate::registry::Registry) -> anyhow::Result<()> {
+    if let Some(c) = cas::active_ca(reg.conn(), CaRole::Issuing)? {
+        return Err(Error::conflict(format!(
+            "this home already has a CA ('{}'); refusing to replace it",
+            c.subject
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn init(ctx: &Ctx, name: &str, pass: &PassArgs) -> anyhow::Result<i32> {
+    let mut reg = ctx.registry()?;
+    refuse_existing(&reg)?;
+    if name.trim().is_empty() || name.len() > 64 {
+        return Err(Error::input("--name must be 1-64 characters").into());
+    }
+    let config = ctx.config()?;
+    let p = crate::passphrase::obtain(pass.passphrase_file.as_deref(), true)?;
+    let material = ca::generate(name, &config.org, ctx.templates().as_deref(), p.as_bytes())?;
+    finish_install(ctx, &mut reg, name, &material, "ca.created")
+}
+
+fn import(
+    ctx: &Ctx,
+    cert: &PathBuf,
+    key: &PathBuf,
+    chain: Option<&PathBuf>,
+    key_pass_file: Option<&PathBuf>,
+    name: Option<String>,
+    pass: &PassArgs,
+) -> anyhow::Result<i32> {
+    let mut reg = ctx.registry()?;
+    refuse_existing(&reg)?;
+    let cert_bytes = fs::read(cert).map_err(|e| Error::io(cert, e))?;
+    let key_text = zeroize::Zeroizing::new(
+        fs::read_to_string(key).map_err(|e| Error::io(key, e))?,
+    );
+    let chain_bytes = match chain {
+        Some(c) => Some(fs::read(c).map_err(|e| Error::io(c, e))?),
+        None => None,
+    };
+    let key_pass = match key_pass_file {
+        Some(f) => Some(crate::passphrase::obtain(Some(f), false)?),
+        None => None,
+    };
+    let p = crate::passphrase::obtain(pass.passphrase_file.as_deref(), true)?;
+    let material = ca::import(
+        &cert_bytes,
+        &key_text,
+        key_pass.as_ref().map(|k| k.as_bytes()),
+        chain_bytes.as_deref(),
+        p.as_bytes(),
+    )
+    .with_context(|| format!("cannot import CA from {}", cert.display()))?;
+    let name = name.unwrap_or_else(|| {
+        info_of(&material.issuing_der)
+            .map(|i| i.subject)
+            .unwrap_or_else(|_| "imported".into())
+    });
+    finish_install(ctx, &mut reg, &name, &material, "ca.imported")
+}
+
+fn finish_install(
+    ctx: &Ctx,
+    reg: &mut crate::registry::Registry,
+    name: &str,
+    material: &ca::CaMaterial,
+    kind: &str,
+) -> anyhow::Result<i32> {
+    let config = ctx.config()?;
+    let actor = ctx.actor(&config);
+    let now = now_rfc3339();
+    let dir = ctx.home.ca_dir();
+    let tx = reg.write()?;
+    let (root_id, issuing_id) = ca::install(&dir, &tx, name, material, &now)?;
+    let issuing = info_of(&material.issuing_der)?;
+    let root = info_of(&material.root_der)?;
+    append_event(
+        &tx,
+        &NewEvent {
+            device_id: None,
+            kind,
+            actor: &actor.operator,
+            station: &actor.station,
+            details: serde_json::json!({
+                "name": name,
+                "root": root.fingerprint,
+                "issuing": issuing.fingerprint,
+            }),
+        },
+        &now,
+    )?;
+    if let Err(e) = tx.commit() {
+        for f in [ca::ISSUING_KEY, ca::ROOT_KEY, ca::ISSUING_CERT, ca::ROOT_CERT, CHAIN] {
+            let _ = fs::remove_file(dir.join(f));
+        }
+        return Err(e.into());
+    }
+    let _ = (root_id, issuing_id);
+    if ctx.json {
+        print_json(&serde_json::json!({"name": name, "root": root, "issuing": issuing}))?;
+    } else {
+        println!("root CA     {}", root.subject);
+        println!("issuing CA  {}", issuing.subject);
+        println!("keys encrypted in {}", dir.display());
+    }
+    Ok(0)
+}
+
+#[derive(Serialize)]
+struct CaView {
+    role: String,
+    name: String,
+    subject: String,
+    not_before: String,
+    not_after: String,
+    fingerprint_sha256: String,
+    ski: Option<String>,
+    key_file: Option<String>,
+    active: bool,
+}
+
+fn show(ctx: &Ctx) -> anyhow::Result<i32> {
+    let reg = ctx.registry()?;
+    ca::active_issuing(reg.conn())?;
+    let views: Vec<CaView> = cas::all_cas(reg.conn())?
+        .into_iter()
+        .map(|c| CaView {
+            role: c.role,
+            name: c.name,
+            subject: c.subject,
+            not_before: ts(c.not_before),
+            not_after: ts(c.not_after),
+            fingerprint_sha256: c.fingerprint,
+            ski: c.ski,
+            key_file: c.key_file,
+            active: c.active,
+        })
+        .collect();
+    if ctx.json {
+        print_json(&views)?;
+    } else {
+        for v in &views {
+            println!(
+                "{} CA{}",
+                v.role,
+                if v.active { "" } else { " (inactive)" }
+            );
+            println!("  subject      {}", v.subject);
+            println!("  valid        {} .. {}", v.not_before, v.not_after);
+            println!("  sha256       {}", colon_hex(&v.fingerprint_sha256));
+            if let Some(s) = &v.ski {
+                println!("  key id       {}", colon_hex(s));
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn export(ctx: &Ctx, root: bool, issuing: bool, out: Option<PathBuf>) -> anyhow::Result<i32> {
+    let reg = ctx.registry()?;
+    let issuing_rec = ca::active_issuing(reg.conn())?;
+    let pem = if root {
+        let r = cas::active_ca(reg.conn(), CaRole::Root)?
+            .ok_or_else(|| Error::not_found("no root CA recorded"))?;
+        to_pem("CERTIFICATE", &r.der)
+    } else if issuing {
+        to_pem("CERTIFICATE", &issuing_rec.der)
+    } else {
+        let p = ctx.home.ca_dir().join(CHAIN);
+        fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?
+    };
+    match out {
+        Some(path) => keys::write_file_atomic(&path, pem.as_bytes(), 0o644, true)?,
+        None => print!("{pem}"),
+    }
+    Ok(0)
+}

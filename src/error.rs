@@ -1,0 +1,131 @@
+//! Typed errors for the library, each mapped to a documented exit code.
+
+use std::path::PathBuf;
+
+/// Exit codes shared by every command (documented in the README and cradle(1)).
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// The command ran, but found problems or some items failed (audit findings,
+    /// a certificate that does not verify, a device that did not PASS).
+    pub const FAILED: i32 = 1;
+    /// Usage error (bad flags or arguments) or an unclassified runtime error.
+    pub const USAGE: i32 = 2;
+    /// Invalid input data: CSV, CSR, certificate, profile/template, device reply.
+    pub const INPUT: i32 = 3;
+    /// Registry problem: not initialised, corrupt, foreign, newer schema, locked.
+    pub const REGISTRY: i32 = 4;
+    /// Key or CA problem: wrong passphrase, key/certificate mismatch, not a CA.
+    pub const CRYPTO: i32 = 5;
+    /// Device or serial-line problem: timeout, protocol error, port unavailable.
+    pub const DEVICE: i32 = 6;
+    /// Conflict with existing state: already exists, duplicate, invalid transition.
+    pub const CONFLICT: i32 = 7;
+    /// File system problem: a file cannot be read or written.
+    pub const IO: i32 = 8;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Input(String),
+    #[error("{path}:{line}: {msg}")]
+    InputAt {
+        path: String,
+        line: usize,
+        msg: String,
+    },
+    #[error("registry {path}: {msg}")]
+    Registry { path: PathBuf, msg: String },
+    #[error("registry is busy (locked by another station) for longer than the timeout")]
+    RegistryBusy,
+    #[error("{0}")]
+    NotInitialised(String),
+    #[error("{0}")]
+    Crypto(String),
+    #[error("wrong passphrase for {0}")]
+    WrongPassphrase(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Device(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+impl Error {
+    pub fn input(msg: impl Into<String>) -> Self {
+        Error::Input(msg.into())
+    }
+    pub fn input_at(path: impl std::fmt::Display, line: usize, msg: impl Into<String>) -> Self {
+        Error::InputAt {
+            path: path.to_string(),
+            line,
+            msg: msg.into(),
+        }
+    }
+    pub fn crypto(msg: impl Into<String>) -> Self {
+        Error::Crypto(msg.into())
+    }
+    pub fn conflict(msg: impl Into<String>) -> Self {
+        Error::Conflict(msg.into())
+    }
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Error::NotFound(msg.into())
+    }
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The documented exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Input(_) | Error::InputAt { .. } => exit::INPUT,
+            Error::Registry { .. } | Error::RegistryBusy | Error::NotInitialised(_) => {
+                exit::REGISTRY
+            }
+            Error::Sql(e) => sql_exit_code(e),
+            Error::Crypto(_) | Error::WrongPassphrase(_) => exit::CRYPTO,
+            Error::Conflict(_) => exit::CONFLICT,
+            Error::NotFound(_) => exit::INPUT,
+            Error::Device(_) => exit::DEVICE,
+            Error::Io { .. } => exit::IO,
+        }
+    }
+}
+
+fn sql_exit_code(e: &rusqlite::Error) -> i32 {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ConstraintViolation) => exit::CONFLICT,
+        _ => exit::REGISTRY,
+    }
+}
+
+/// Picks the exit code for an error chain produced by a command handler.
+pub fn exit_code_for(err: &anyhow::Error) -> i32 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<Error>() {
+            return e.exit_code();
+        }
+        if let Some(e) = cause.downcast_ref::<rusqlite::Error>() {
+            return sql_exit_code(e);
+        }
+        if cause.downcast_ref::<std::io::Error>().is_some() {
+            return exit::IO;
+        }
+    }
+    exit::USAGE
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,612 @@
+//! Identity workflows: issue a host-generated identity (single or batch), sign a
+//! device CSR. Each records the device, the certificate and an event; private keys
+//! go only to the output files (mode 0600), never to the registry or logs.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use rcgen::SubjectPublicKeyInfo;
+use rusqlite::Connection;
+use serde::Serialize;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::pki::ca::CaSigner;
+use crate::pki::cert::to_pem;
+use crate::pki::issue::{issue, vars_for, Issued};
+use crate::pki::profile::Profile;
+use crate::pki::{csr, keys};
+use crate::registry::certs::{self, KeySource, NewCert};
+use crate::registry::devices::{self, Device, NewDevice};
+use crate::registry::events::{EventChain, NewEvent};
+use crate::registry::{now_rfc3339, Registry};
+
+/// Who and where, recorded on every event.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub operator: String,
+    pub station: String,
+}
+
+/// Everything needed to issue: the unlocked CA, the profile, org name.
+pub struct IssueContext<'a> {
+    pub signer: &'a CaSigner,
+    pub profile: &'a Profile,
+    pub org: &'a str,
+    pub actor: &'a Actor,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IssuedIdentity {
+    pub serial: String,
+    pub device_created: bool,
+    pub profile: String,
+    pub cert_serial: String,
+    pub fingerprint: String,
+    pub subject: String,
+    pub not_after: i64,
+    pub key_source: KeySource,
+    pub files: Vec<PathBuf>,
+}
+
+fn device_template(serial: &str) -> Device {
+    let now = now_rfc3339();
+    Device {
+        id: 0,
+        serial: serial.to_string(),
+        hardware_id: None,
+        model: None,
+        hw_rev: None,
+        batch: None,
+        site: None,
+        location: None,
+        owner: None,
+        mac: None,
+        imei: None,
+        status: devices::DeviceStatus::Registered,
+        notes: None,
+        attributes: Default::default(),
+        created_at: now.clone(),
+        updated_at: now,
+    }
+}
+
+/// Checks a device serial: printable, no path separators (it names files), bounded.
+pub fn check_serial(serial: &str) -> Result<()> {
+    if serial.is_empty() || serial.len() > 128 {
+        return Err(Error::input(format!(
+            "serial '{}' must be 1-128 characters",
+            serial.chars().take(40).collect::<String>()
+        )));
+    }
+    if let Some(c) = serial
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+    {
+        return Err(Error::input(format!(
+            "serial '{serial}' contains '{}'; use letters, digits, '-', '_', '.', ':'",
+            c.escape_default()
+        )));
+    }
+    if serial.starts_with('.') {
+        return Err(Error::input(format!("serial '{serial}' must not start with '.'")));
+    }
+    Ok(())
+}
+
+/// Output files for one device under `dir`.
+fn file_names(dir: &Path, serial: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{serial}.key")),
+        dir.join(format!("{serial}.pem")),
+    )
+}
+
+fn record(
+    conn: &Connection,
+    chain: &mut EventChain,
+    ctx: &IssueContext<'_>,
+    existing: Option<&Device>,
+    serial: &str,
+    issued: &Issued,
+    source: KeySource,
+    now: &str,
+    extra: serde_json::Value,
+) -> Result<(i64, bool)> {
+    let (device_id, created) = match existing {
+        Some(d) => (d.id, false),
+        None => (
+            devices::insert_device(
+                conn,
+                &NewDevice {
+                    serial: serial.to_string(),
+                    ..Default::default()
+                },
+                now,
+            )?,
+            true,
+        ),
+    };
+    certs::insert_cert(
+        conn,
+        &NewCert {
+            device_id,
+            ca_id: Some(ctx.signer.record.id),
+            serial_hex: &issued.info.serial_hex,
+            fingerprint: &issued.info.fingerprint,
+            pubkey_sha256: &issued.info.pubkey_sha256,
+            subject: &issued.info.subject,
+            profile: &ctx.profile.name,
+            key_source: source,
+            not_before: issued.info.not_before,
+            not_after: issued.info.not_after,
+            der: &issued.der,
+        },
+        now,
+    )?;
+    let mut details = serde_json::json!({
+        "profile": ctx.profile.name,
+        "cert_serial": issued.info.serial_hex,
+        "fingerprint": issued.info.fingerprint,
+        "key_source": source.as_str(),
+        "device_created": created,
+    });
+    if let (Some(d), serde_json::Value::Object(e)) = (details.as_object_mut(), extra) {
+        d.extend(e);
+    }
+    chain.append(
+        conn,
+        &NewEvent {
+            device_id: Some(device_id),
+            kind: "identity.issued",
+            actor: &ctx.actor.operator,
+            station: &ctx.actor.station,
+            details,
+        },
+        now,
+    )?;
+    Ok((device_id, created))
+}
+
+/// Issues one host-generated identity for `serial`, writing `SERIAL.key` (0600) and
+/// `SERIAL.pem` (certificate + chain) into `out_dir`.
+pub fn issue_one(
+    reg: &mut Registry,
+    ctx: &IssueContext<'_>,
+    serial: &str,
+    out_dir: &Path,
+) -> Result<IssuedIdentity> {
+    check_serial(serial)?;
+    let (key_path, cert_path) = file_names(out_dir, serial);
+    for p in [&key_path, &cert_path] {
+        if p.exists() {
+            return Err(Error::conflict(format!(
+                "{} already exists; not overwriting",
+                p.display()
+            )));
+        }
+    }
+    let existing = devices::device_by_serial(reg.conn(), serial)?;
+    let device = existing.clone().unwrap_or_else(|| device_template(serial));
+    let vars = vars_for(&device, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
+    let key = keys::generate()?;
+    let issued = issue(ctx.signer, ctx.profile, &vars, &key, OffsetDateTime::now_utc())?;
+    let key_pem = Zeroizing::new(key.serialize_pem());
+    drop(key);
+    let cert_pem = format!("{}{}", to_pem("CERTIFICATE", &issued.der), ctx.signer.chain_pem);
+
+    let now = now_rfc3339();
+    let tx = reg.write()?;
+    // Re-read inside the write lock: another station may have created it meanwhile.
+    let existing = devices::device_by_serial(&tx, serial)?;
+    let mut chain = EventChain::load(&tx)?;
+    let (_, created) = record(
+        &tx,
+        &mut chain,
+        ctx,
+        existing.as_ref(),
+        serial,
+        &issued,
+        KeySource::Host,
+        &now,
+        serde_json::json!({}),
+    )?;
+    chain.store_head(&tx)?;
+    keys::write_secret_file(&key_path, key_pem.as_bytes())?;
+    if let Err(e) = keys::write_file_atomic(&cert_path, cert_pem.as_bytes(), 0o644, false) {
+        let _ = fs::remove_file(&key_path);
+        return Err(e);
+    }
+    if let Err(e) = tx.commit() {
+        let _ = fs::remove_file(&key_path);
+        let _ = fs::remove_file(&cert_path);
+        return Err(e.into());
+    }
+    Ok(IssuedIdentity {
+        serial: serial.to_string(),
+        device_created: created,
+        profile: ctx.profile.name.clone(),
+        cert_serial: issued.info.serial_hex,
+        fingerprint: issued.info.fingerprint,
+        subject: issued.info.subject,
+        not_after: issued.info.not_after,
+        key_source: KeySource::Host,
+        files: vec![key_path, cert_path],
+    })
+}
+
+/// Signs a device's CSR: checks signature and key type, takes only the public key,
+/// fills the subject from the profile and registry. Writes `SERIAL.pem` if `out` is set.
+pub fn sign_csr(
+    reg: &mut Registry,
+    ctx: &IssueContext<'_>,
+    serial: &str,
+    csr_bytes: &[u8],
+    out: Option<&Path>,
+) -> Result<(IssuedIdentity, String)> {
+    check_serial(serial)?;
+    let der = csr::csr_der_from_bytes(csr_bytes)?;
+    let checked = csr::check_csr(&der)?;
+    let spki = SubjectPublicKeyInfo::from_der(&checked.spki_der)
+        .map_err(|e| Error::input(format!("CSR public key: {e}")))?;
+    let existing = devices::device_by_serial(reg.conn(), serial)?;
+    let device = existing.clone().unwrap_or_else(|| device_template(serial));
+    let vars = vars_for(&device, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
+    let issued = issue(ctx.signer, ctx.profile, &vars, &spki, OffsetDateTime::now_utc())?;
+    let cert_pem = format!("{}{}", to_pem("CERTIFICATE", &issued.der), ctx.signer.chain_pem);
+
+    let now = now_rfc3339();
+    let tx = reg.write()?;
+    let existing = devices::device_by_serial(&tx, serial)?;
+    let mut chain = EventChain::load(&tx)?;
+    let (_, created) = record(
+        &tx,
+        &mut chain,
+        ctx,
+        existing.as_ref(),
+        serial,
+        &issued,
+        KeySource::Device,
+        &now,
+        serde_json::json!({"csr_subject": checked.requested_subject}),
+    )?;
+    chain.store_head(&tx)?;
+    let mut files = Vec::new();
+    if let Some(p) = out {
+        keys::write_file_atomic(p, cert_pem.as_bytes(), 0o644, false)?;
+        files.push(p.to_path_buf());
+    }
+    if let Err(e) = tx.commit() {
+        for f in &files {
+            let _ = fs::remove_file(f);
+        }
+        return Err(e.into());
+    }
+    Ok((
+        IssuedIdentity {
+            serial: serial.to_string(),
+            device_created: created,
+            profile: ctx.profile.name.clone(),
+            cert_serial: issued.info.serial_hex,
+            fingerprint: issued.info.fingerprint,
+            subject: issued.info.subject,
+            not_after: issued.info.not_after,
+            key_source: KeySource::Device,
+            files,
+        },
+        cert_pem,
+    ))
+}
+
+/// Expands a pattern like `ACME-{seq:06}` for `count` devices starting at `start`.
+pub fn expand_pattern(pattern: &str, start: u64, count: u64) -> Result<Vec<String>> {
+    let open = pattern
+        .find("{seq")
+        .ok_or_else(|| Error::input(format!("serial pattern '{pattern}' has no {{seq}} or {{seq:0N}} placeholder")))?;
+    let close = pattern[open..]
+        .find('}')
+        .map(|c| open + c)
+        .ok_or_else(|| Error::input(format!("serial pattern '{pattern}': unclosed '{{'")))?;
+    let spec = &pattern[open + 4..close];
+    let width = match spec.strip_prefix(':') {
+        None if spec.is_empty() => 0,
+        Some(w) => w
+            .trim_start_matches('0')
+            .parse::<usize>()
+            .ok()
+            .filter(|w| *w <= 20)
+            .ok_or_else(|| Error::input(format!("serial pattern '{pattern}': bad width '{w}' (use {{seq:06}})")))?,
+        None => return Err(Error::input(format!("serial pattern '{pattern}': use {{seq}} or {{seq:06}}"))),
+    };
+    let (pre, post) = (&pattern[..open], &pattern[close + 1..]);
+    if post.contains("{seq") {
+        return Err(Error::input("serial pattern has more than one {seq}"));
+    }
+    let out: Vec<String> = (start..start.saturating_add(count))
+        .map(|n| format!("{pre}{n:0width$}{post}"))
+        .collect();
+    if let Some(first) = out.first() {
+        check_serial(first)?;
+    }
+    Ok(out)
+}
+
+/// Reads serials from a CSV with a `serial` column (header required).
+pub fn serials_from_csv(path: &Path) -> Result<Vec<String>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_path(path)
+        .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+    let headers = rdr
+        .headers()
+        .map_err(|e| Error::input(format!("{}: {e}", path.display())))?
+        .clone();
+    let col = headers
+        .iter()
+        .position(|h| h.trim_start_matches('\u{feff}').trim().eq_ignore_ascii_case("serial"))
+        .ok_or_else(|| Error::input_at(path.display(), 1, "no 'serial' column in the header"))?;
+    let mut out = Vec::new();
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| {
+            let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
+            Error::input_at(path.display(), line, e.to_string())
+        })?;
+        let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
+        let s = rec.get(col).unwrap_or("").trim().to_string();
+        check_serial(&s).map_err(|e| Error::input_at(path.display(), line, e.to_string()))?;
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// Where a batch writes its keys and certificates.
+#[derive(Debug, Clone, Default)]
+pub struct BatchOutput {
+    /// One `SERIAL.key` + `SERIAL.pem` per device.
+    pub dir: Option<PathBuf>,
+    /// One JSON Lines file (0600) with every device's key and certificate.
+    pub bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchSummary {
+    pub issued: usize,
+    pub profile: String,
+    pub first: Option<String>,
+    pub last: Option<String>,
+    pub bundle: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
+    pub seconds: f64,
+    pub per_second: f64,
+}
+
+/// Devices per registry transaction.
+pub const CHUNK: usize = 4096;
+
+struct Made {
+    serial: String,
+    issued: Issued,
+    key_pem: Zeroizing<String>,
+}
+
+/// Issues identities for every serial: keys and certificates made in parallel on all
+/// cores, recorded one transaction per chunk. Fails before writing anything if a
+/// serial repeats or already has a device row.
+pub fn batch(
+    reg: &mut Registry,
+    ctx: &IssueContext<'_>,
+    serials: &[String],
+    out: &BatchOutput,
+    batch_label: Option<&str>,
+    progress: &dyn Fn(u64),
+) -> Result<BatchSummary> {
+    let started = std::time::Instant::now();
+    if out.dir.is_none() && out.bundle.is_none() {
+        return Err(Error::input(
+            "a batch needs somewhere to put the keys: --out DIR and/or --bundle FILE",
+        ));
+    }
+    let mut seen = HashSet::with_capacity(serials.len());
+    for s in serials {
+        check_serial(s)?;
+        if !seen.insert(s.as_str()) {
+            return Err(Error::conflict(format!("serial '{s}' appears twice in the batch")));
+        }
+    }
+    {
+        let mut stmt = reg.conn().prepare("SELECT serial FROM devices WHERE serial = ?1")?;
+        for s in serials {
+            if stmt.exists([s])? {
+                return Err(Error::conflict(format!(
+                    "device '{s}' already exists in the registry (a batch only creates new devices; use `identity issue` to re-issue)"
+                )));
+            }
+        }
+    }
+    if let Some(dir) = &out.dir {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        for s in serials.iter().take(1) {
+            let (k, c) = file_names(dir, s);
+            if k.exists() || c.exists() {
+                return Err(Error::conflict(format!("{} already exists", k.display())));
+            }
+        }
+        // Probe writability now rather than after the first chunk is made.
+        let probe = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+        drop(probe);
+    }
+    let mut bundle = match &out.bundle {
+        Some(p) => Some(open_bundle(p)?),
+        None => None,
+    };
+    let bundle_path = out.bundle.clone();
+    let chain_pem = ctx.signer.chain_pem.clone();
+    let mut done = 0usize;
+    let result = (|| -> Result<()> {
+        for chunk in serials.chunks(CHUNK) {
+            let made: Vec<Made> = chunk
+                .par_iter()
+                .map(|serial| {
+                    let mut d = device_template(serial);
+                    d.batch = batch_label.map(str::to_string);
+                    let vars = vars_for(&d, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
+                    let key = keys::generate()?;
+                    let issued = issue(ctx.signer, ctx.profile, &vars, &key, OffsetDateTime::now_utc())?;
+                    Ok(Made {
+                        serial: serial.clone(),
+                        issued,
+                        key_pem: Zeroizing::new(key.serialize_pem()),
+                    })
+                })
+                .collect::<Result<_>>()?;
+            commit_chunk(reg, ctx, &made, out, bundle.as_mut(), &chain_pem, batch_label)?;
+            done += made.len();
+            progress(done as u64);
+        }
+        Ok(())
+    })();
+    if let Some((f, _)) = bundle.as_mut() {
+        f.sync_all().ok();
+    }
+    result?;
+    let secs = started.elapsed().as_secs_f64();
+    Ok(BatchSummary {
+        issued: done,
+        profile: ctx.profile.name.clone(),
+        first: serials.first().cloned(),
+        last: serials.last().cloned(),
+        bundle: bundle_path,
+        dir: out.dir.clone(),
+        seconds: secs,
+        per_second: if secs > 0.0 { done as f64 / secs } else { 0.0 },
+    })
+}
+
+fn open_bundle(path: &Path) -> Result<(File, u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    Ok((f, 0))
+}
+
+#[derive(Serialize)]
+struct BundleLine<'a> {
+    serial: &'a str,
+    fingerprint: &'a str,
+    cert_serial: &'a str,
+    key_pem: &'a str,
+    cert_pem: &'a str,
+    chain_pem: &'a str,
+}
+
+/// Writes one chunk's files and bundle lines, then commits its registry rows; if the
+/// commit fails, the chunk's files are removed and the bundle truncated back.
+fn commit_chunk(
+    reg: &mut Registry,
+    ctx: &IssueContext<'_>,
+    made: &[Made],
+    out: &BatchOutput,
+    bundle: Option<&mut (File, u64)>,
+    chain_pem: &str,
+    batch_label: Option<&str>,
+) -> Result<()> {
+    let now = now_rfc3339();
+    let tx = reg.write()?;
+    let mut chain = EventChain::load(&tx)?;
+    for m in made {
+        let device_id = devices::insert_device(
+            &tx,
+            &NewDevice {
+                serial: m.serial.clone(),
+                batch: batch_label.map(str::to_string),
+                ..Default::default()
+            },
+            &now,
+        )?;
+        let existing = Device {
+            id: device_id,
+            ..device_template(&m.serial)
+        };
+        record(
+            &tx,
+            &mut chain,
+            ctx,
+            Some(&existing),
+            &m.serial,
+            &m.issued,
+            KeySource::Host,
+            &now,
+            serde_json::json!({"batch": batch_label, "device_created": true}),
+        )?;
+    }
+    chain.store_head(&tx)?;
+
+    let mut written: Vec<PathBuf> = Vec::new();
+    let mut bundle = bundle;
+    let bundle_start = bundle.as_ref().map(|(_, len)| *len);
+    let files = write_chunk_files(made, out, bundle.as_deref_mut(), chain_pem, &mut written);
+    let outcome = files.and_then(|_| tx.commit().map_err(Error::from));
+    if outcome.is_err() {
+        for p in &written {
+            let _ = fs::remove_file(p);
+        }
+        if let (Some((f, len)), Some(start)) = (bundle, bundle_start) {
+            let _ = f.set_len(start);
+            let _ = f.seek(SeekFrom::Start(start));
+            *len = start;
+        }
+    }
+    outcome
+}
+
+fn write_chunk_files(
+    made: &[Made],
+    out: &BatchOutput,
+    bundle: Option<&mut (File, u64)>,
+    chain_pem: &str,
+    written: &mut Vec<PathBuf>,
+) -> Result<()> {
+    if let Some((f, len)) = bundle {
+        let mut buf = Zeroizing::new(Vec::with_capacity(made.len() * 1800));
+        for m in made {
+            let cert_pem = to_pem("CERTIFICATE", &m.issued.der);
+            serde_json::to_writer(
+                &mut *buf,
+                &BundleLine {
+                    serial: &m.serial,
+                    fingerprint: &m.issued.info.fingerprint,
+                    cert_serial: &m.issued.info.serial_hex,
+                    key_pem: &m.key_pem,
+                    cert_pem: &cert_pem,
+                    chain_pem,
+                },
+            )
+            .map_err(|e| Error::input(e.to_string()))?;
+            buf.push(b'\n');
+        }
+        let path = out.bundle.clone().unwrap_or_default();
+        f.write_all(&buf)
+            .and_then(|_| f.sync_data())
+            .map_err(|e| Error::io(path, e))?;
+        *len += buf.len() as u64;
+    }
+    if let Some(dir) = &out.dir {
+        for m in made {
+            let (kp, cp) = file_names(dir, &m.serial);
+            keys::write_new_file(&kp, m.key_pem.as_bytes(), 0o600)?;
+            written.push(kp);
+            let pem = format!("{}{}", to_pem("CERTIFICATE", &m.issued.der), chain_pem);
+            keys::write_new_file(&cp, pem.as_bytes(), 0o644)?;
+            written.push(cp);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! cradle: make, burn, track and retire IoT device identities.
+//!
+//! Layers: `cli` (clap, output, progress) → workflows (`identity`) → `pki`, `registry`.
+//! The lower layers never print and know nothing of clap or indicatif.
+
+pub mod cli;
+pub mod error;
+pub mod home;
+pub mod identity;
+pub mod passphrase;
+pub mod pki;
+pub mod registry;
+
+pub use error::{Error, Result};

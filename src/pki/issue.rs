@@ -1,0 +1,59 @@
+//! Issuing end-entity certificates from a profile with the unlocked issuing CA.
+
+use rcgen::PublicKeyData;
+use time::OffsetDateTime;
+
+use super::ca::{random_serial, CaSigner};
+use super::cert::{info_of, CertInfo};
+use super::profile::{Profile, Vars};
+use crate::error::{Error, Result};
+use crate::registry::Device;
+
+/// A freshly issued certificate and the facts recorded about it.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub der: Vec<u8>,
+    pub info: CertInfo,
+}
+
+pub fn issue(
+    signer: &CaSigner,
+    profile: &Profile,
+    vars: &Vars,
+    public_key: &impl PublicKeyData,
+    now: OffsetDateTime,
+) -> Result<Issued> {
+    if profile.is_ca {
+        return Err(Error::input(format!(
+            "profile '{}' is a CA profile; device certificates need an end-entity profile",
+            profile.name
+        )));
+    }
+    let mut params = profile.render(vars, now)?;
+    params.serial_number = Some(random_serial());
+    let cert = params
+        .signed_by(public_key, &signer.issuer)
+        .map_err(|e| Error::crypto(format!("signing certificate: {e}")))?;
+    let der = cert.der().to_vec();
+    let info = info_of(&der)?;
+    Ok(Issued { der, info })
+}
+
+/// Profile variables for a device: its registry fields, `attr.*`, org and CA name.
+pub fn vars_for(device: &Device, org: &str, ca_name: &str, profile: &str) -> Vars {
+    let mut v = Vars::new();
+    for f in super::profile::VARIABLES {
+        if let Some(val) = device.field(f) {
+            v.insert((*f).to_string(), val);
+        }
+    }
+    for (k, _) in device.attributes.iter() {
+        if let Some(val) = device.field(k) {
+            v.insert(format!("attr.{k}"), val);
+        }
+    }
+    v.insert("org".into(), org.into());
+    v.insert("ca_name".into(), ca_name.into());
+    v.insert("profile".into(), profile.into());
+    v
+}

@@ -1,0 +1,145 @@
+//! P-256 key pairs, encrypted PKCS#8 at rest, and files written 0600.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use pkcs8::der::Decode;
+use pkcs8::pkcs5::pbes2;
+use pkcs8::{EncryptedPrivateKeyInfo, LineEnding, PrivateKeyInfo};
+use rand_core::{OsRng, RngCore};
+use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+/// PBKDF2-HMAC-SHA256 iterations for keys encrypted at rest (OWASP 2021 guidance).
+pub const PBKDF2_ITERATIONS: u32 = 310_000;
+
+/// A fresh P-256 key pair (ring).
+pub fn generate() -> Result<KeyPair> {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| Error::crypto(format!("key generation failed: {e}")))
+}
+
+/// Encrypts a PKCS#8 private key with PBES2 (PBKDF2-SHA256, AES-256-CBC) and returns PEM
+/// that `openssl pkey -passin` opens.
+pub fn encrypt_pkcs8_pem(pkcs8_der: &[u8], passphrase: &[u8]) -> Result<Zeroizing<String>> {
+    let info = PrivateKeyInfo::try_from(pkcs8_der)
+        .map_err(|e| Error::crypto(format!("private key is not PKCS#8: {e}")))?;
+    let mut salt = [0u8; 16];
+    let mut iv = [0u8; 16];
+    OsRng.fill_bytes(&mut salt);
+    OsRng.fill_bytes(&mut iv);
+    let params = pbes2::Parameters::pbkdf2_sha256_aes256cbc(PBKDF2_ITERATIONS, &salt, &iv)
+        .map_err(|e| Error::crypto(format!("encryption parameters: {e}")))?;
+    let doc = info
+        .encrypt_with_params(params, passphrase)
+        .map_err(|e| Error::crypto(format!("encrypting private key: {e}")))?;
+    let pem = doc
+        .to_pem("ENCRYPTED PRIVATE KEY", LineEnding::LF)
+        .map_err(|e| Error::crypto(format!("encoding private key: {e}")))?;
+    Ok(pem)
+}
+
+/// Reads a private key from PEM: encrypted PKCS#8 (needs `passphrase`), plain PKCS#8,
+/// or SEC1 "EC PRIVATE KEY". Returns plain PKCS#8 DER. `what` names the key in errors.
+pub fn read_private_key_pem(
+    pem_text: &str,
+    passphrase: Option<&[u8]>,
+    what: &str,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let (label, doc) = pkcs8::der::SecretDocument::from_pem(pem_text)
+        .map_err(|e| Error::crypto(format!("{what}: not a PEM private key ({e})")))?;
+    match label {
+        "ENCRYPTED PRIVATE KEY" => {
+            let pass = passphrase.ok_or_else(|| {
+                Error::crypto(format!("{what} is encrypted and no passphrase was given"))
+            })?;
+            let enc = EncryptedPrivateKeyInfo::from_der(doc.as_bytes())
+                .map_err(|e| Error::crypto(format!("{what}: malformed encrypted key ({e})")))?;
+            let plain = enc
+                .decrypt(pass)
+                .map_err(|_| Error::WrongPassphrase(what.to_string()))?;
+            // A wrong passphrase usually fails the padding check; if it happens to pass,
+            // the result is not valid PKCS#8.
+            PrivateKeyInfo::try_from(plain.as_bytes())
+                .map_err(|_| Error::WrongPassphrase(what.to_string()))?;
+            Ok(Zeroizing::new(plain.as_bytes().to_vec()))
+        }
+        "PRIVATE KEY" => Ok(Zeroizing::new(doc.as_bytes().to_vec())),
+        "EC PRIVATE KEY" => {
+            use p256::pkcs8::EncodePrivateKey;
+            let sk = p256::SecretKey::from_sec1_der(doc.as_bytes())
+                .map_err(|_| Error::crypto(format!("{what}: not a P-256 EC private key")))?;
+            let der = sk
+                .to_pkcs8_der()
+                .map_err(|e| Error::crypto(format!("{what}: {e}")))?;
+            Ok(Zeroizing::new(der.as_bytes().to_vec()))
+        }
+        other => Err(Error::crypto(format!(
+            "{what}: unsupported PEM block '{other}' (want PRIVATE KEY, ENCRYPTED PRIVATE KEY or EC PRIVATE KEY)"
+        ))),
+    }
+}
+
+/// Builds a signing key pair from PKCS#8 DER; only P-256 is accepted.
+pub fn key_pair_from_pkcs8(der: &[u8], what: &str) -> Result<KeyPair> {
+    let kp = KeyPair::try_from(der)
+        .map_err(|e| Error::crypto(format!("{what}: unusable private key ({e})")))?;
+    if kp.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+        return Err(Error::crypto(format!(
+            "{what}: only P-256 (ECDSA) keys are supported"
+        )));
+    }
+    Ok(kp)
+}
+
+/// Writes a secret file with mode 0600, atomically (temp file + rename), never replacing
+/// an existing file.
+pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
+    write_file_atomic(path, contents, 0o600, false)
+}
+
+/// Creates a new file with `mode` and writes it, without fsync (bulk output, where the
+/// registry commit that follows is the durability point).
+pub fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    f.write_all(contents).map_err(|e| Error::io(path, e))
+}
+
+/// Writes a file atomically with `mode`; `overwrite` allows replacing an existing one.
+pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !overwrite && path.exists() {
+        return Err(Error::conflict(format!(
+            "{} already exists; not overwriting",
+            path.display()
+        )));
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".cradle-tmp")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(contents)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| Error::io(path, e))?;
+    if overwrite {
+        tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    } else {
+        tmp.persist_noclobber(path)
+            .map_err(|e| Error::io(path, e.error))?;
+    }
+    Ok(())
+}

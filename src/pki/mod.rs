@@ -1,0 +1,9 @@
+//! PKI: keys, profiles from `templates/`, the CA, issuance, CSR checks, verification.
+
+pub mod ca;
+pub mod cert;
+pub mod csr;
+pub mod issue;
+pub mod keys;
+pub mod profile;
+pub mod verify;

@@ -1,0 +1,626 @@
+//! Certificate profiles: TOML files under `templates/` whose strings may contain
+//! `{variable}` (required) or `{variable?}` (optional) placeholders filled from the
+//! registry. The format is documented in cradle-profile(5).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CrlDistributionPoint, DistinguishedName, DnType,
+    DnValue, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType,
+};
+use serde::Deserialize;
+use time::{Duration, OffsetDateTime};
+
+use crate::error::{Error, Result};
+
+/// Profiles shipped with cradle (copied into `HOME/templates` by `cradle init`).
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("root-ca", include_str!("../../templates/root-ca.toml")),
+    ("issuing-ca", include_str!("../../templates/issuing-ca.toml")),
+    ("device", include_str!("../../templates/device.toml")),
+    ("devid", include_str!("../../templates/devid.toml")),
+    ("aws-iot", include_str!("../../templates/aws-iot.toml")),
+    ("azure-dps", include_str!("../../templates/azure-dps.toml")),
+];
+
+/// Variables a profile may use besides `attr.NAME` (any extra inventory column).
+pub const VARIABLES: &[&str] = &[
+    "serial",
+    "hardware_id",
+    "model",
+    "hw_rev",
+    "batch",
+    "site",
+    "location",
+    "owner",
+    "mac",
+    "imei",
+    "org",
+    "ca_name",
+    "profile",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    description: Option<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    subject: toml::Table,
+    #[serde(default)]
+    san: RawSan,
+    validity: RawValidity,
+    #[serde(default)]
+    extensions: RawExtensions,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSan {
+    #[serde(default)]
+    dns: Vec<String>,
+    #[serde(default)]
+    uri: Vec<String>,
+    #[serde(default)]
+    email: Vec<String>,
+    #[serde(default)]
+    ip: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawValidity {
+    days: Option<u32>,
+    not_after: Option<String>,
+    #[serde(default = "default_backdate")]
+    backdate_seconds: u32,
+}
+
+fn default_backdate() -> u32 {
+    300
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawExtensions {
+    #[serde(default)]
+    ca: bool,
+    path_len: Option<u8>,
+    #[serde(default)]
+    key_usage: Vec<String>,
+    #[serde(default)]
+    extended_key_usage: Vec<String>,
+    #[serde(default = "yes")]
+    subject_key_identifier: bool,
+    #[serde(default = "yes")]
+    authority_key_identifier: bool,
+    #[serde(default)]
+    crl_distribution_points: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// When a certificate stops being valid.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Validity {
+    Days(u32),
+    Until(OffsetDateTime),
+}
+
+/// A string with placeholders, remembering the line it came from.
+#[derive(Debug, Clone)]
+struct Tpl {
+    raw: String,
+    line: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    pub source: String,
+    pub description: String,
+    pub is_ca: bool,
+    path_len: Option<u8>,
+    subject: Vec<(DnType, &'static str, Tpl)>,
+    san_dns: Vec<Tpl>,
+    san_uri: Vec<Tpl>,
+    san_email: Vec<Tpl>,
+    san_ip: Vec<Tpl>,
+    pub validity: Validity,
+    backdate: u32,
+    key_usage: Vec<KeyUsagePurpose>,
+    eku: Vec<ExtendedKeyUsagePurpose>,
+    ski: bool,
+    aki: bool,
+    crl_dps: Vec<Tpl>,
+}
+
+/// Values for the variables of one rendering.
+pub type Vars = BTreeMap<String, String>;
+
+impl Profile {
+    /// Resolves a profile name: an existing file path, `HOME/templates/NAME.toml`, or a
+    /// built-in profile of that name.
+    pub fn load(name: &str, templates_dir: Option<&Path>) -> Result<Profile> {
+        let as_path = Path::new(name);
+        if name.ends_with(".toml") || name.contains('/') {
+            return Self::from_file(as_path);
+        }
+        if let Some(dir) = templates_dir {
+            let p = dir.join(format!("{name}.toml"));
+            if p.exists() {
+                return Self::from_file(&p);
+            }
+        }
+        let (_, text) = BUILTIN.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+            let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+            Error::input(format!(
+                "no profile named '{name}' (built in: {}; or pass a .toml path)",
+                names.join(", ")
+            ))
+        })?;
+        Self::parse(name, &format!("templates/{name}.toml"), text)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Profile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "profile".into());
+        Self::parse(&name, &path.display().to_string(), &text)
+    }
+
+    /// Parses and checks a profile; every error names `source` and a line.
+    pub fn parse(name: &str, source: &str, text: &str) -> Result<Profile> {
+        let raw: RawProfile = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| line_of_offset(text, s.start))
+                .unwrap_or(1);
+            Error::input_at(source, line, e.message().trim().to_string())
+        })?;
+        let at = |needle: &str| line_of(text, needle);
+        let tpl = |s: &str| -> Result<Tpl> {
+            let t = Tpl {
+                raw: s.to_string(),
+                line: at(s),
+            };
+            check_placeholders(&t, source)?;
+            Ok(t)
+        };
+
+        let mut subject = Vec::new();
+        for (key, value) in &raw.subject {
+            let (ty, label) = dn_type(key).ok_or_else(|| {
+                Error::input_at(
+                    source,
+                    at(&format!("{key}")),
+                    format!("unknown subject attribute '{key}' (use CN, O, OU, C, ST, L, serialNumber, emailAddress)"),
+                )
+            })?;
+            let s = value.as_str().ok_or_else(|| {
+                Error::input_at(source, at(key), format!("subject.{key} must be a string"))
+            })?;
+            subject.push((ty, label, tpl(s)?));
+        }
+        if subject.is_empty() {
+            return Err(Error::input_at(source, 1, "profile has no [subject]"));
+        }
+
+        let validity = match (&raw.validity.days, &raw.validity.not_after) {
+            (Some(d), None) if *d > 0 => Validity::Days(*d),
+            (None, Some(s)) => Validity::Until(parse_not_after(s).ok_or_else(|| {
+                Error::input_at(
+                    source,
+                    at(s),
+                    format!("validity.not_after '{s}' is not a date (use 2035-12-31, 2035-12-31T23:59:59Z or 99991231235959Z)"),
+                )
+            })?),
+            _ => {
+                return Err(Error::input_at(
+                    source,
+                    at("[validity]"),
+                    "[validity] needs exactly one of days (> 0) or not_after",
+                ))
+            }
+        };
+
+        let mut key_usage = Vec::new();
+        for k in &raw.extensions.key_usage {
+            key_usage.push(key_usage_of(k).ok_or_else(|| {
+                Error::input_at(source, at(k), format!("unknown key usage '{k}'"))
+            })?);
+        }
+        let mut eku = Vec::new();
+        for k in &raw.extensions.extended_key_usage {
+            eku.push(eku_of(k).ok_or_else(|| {
+                Error::input_at(source, at(k), format!("unknown extended key usage '{k}'"))
+            })?);
+        }
+        let kind = raw.kind.clone().unwrap_or_else(|| {
+            if raw.extensions.ca {
+                "ca".into()
+            } else {
+                "end-entity".into()
+            }
+        });
+        if !matches!(kind.as_str(), "ca" | "end-entity") {
+            return Err(Error::input_at(
+                source,
+                at("kind"),
+                format!("kind must be 'ca' or 'end-entity', not '{kind}'"),
+            ));
+        }
+        let is_ca = kind == "ca";
+        if is_ca != raw.extensions.ca {
+            return Err(Error::input_at(
+                source,
+                at("kind"),
+                "kind = \"ca\" and extensions.ca = true must agree",
+            ));
+        }
+
+        let map = |v: &[String]| v.iter().map(|s| tpl(s)).collect::<Result<Vec<_>>>();
+        Ok(Profile {
+            name: name.to_string(),
+            source: source.to_string(),
+            description: raw.description.unwrap_or_default(),
+            is_ca,
+            path_len: raw.extensions.path_len,
+            subject,
+            san_dns: map(&raw.san.dns)?,
+            san_uri: map(&raw.san.uri)?,
+            san_email: map(&raw.san.email)?,
+            san_ip: map(&raw.san.ip)?,
+            validity,
+            backdate: raw.validity.backdate_seconds,
+            key_usage,
+            eku,
+            ski: raw.extensions.subject_key_identifier,
+            aki: raw.extensions.authority_key_identifier,
+            crl_dps: map(&raw.extensions.crl_distribution_points)?,
+        })
+    }
+
+    /// The variables this profile needs (required ones), for early checks.
+    pub fn required_variables(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in self.all_templates() {
+            for (name, optional) in placeholders(&t.raw) {
+                if !optional && !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        out
+    }
+
+    fn all_templates(&self) -> impl Iterator<Item = &Tpl> {
+        self.subject
+            .iter()
+            .map(|(_, _, t)| t)
+            .chain(&self.san_dns)
+            .chain(&self.san_uri)
+            .chain(&self.san_email)
+            .chain(&self.san_ip)
+            .chain(&self.crl_dps)
+    }
+
+    /// Fills the profile for one subject and returns rcgen parameters (serial number
+    /// and issuer are added by the caller).
+    pub fn render(&self, vars: &Vars, now: OffsetDateTime) -> Result<CertificateParams> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        for (ty, label, t) in &self.subject {
+            if let Some(v) = self.fill(t, vars)? {
+                let value = if matches!(ty, DnType::CustomDnType(_) | DnType::CountryName) {
+                    match rcgen::string::PrintableString::try_from(v.clone()) {
+                        Ok(p) => DnValue::PrintableString(p),
+                        Err(_) if matches!(ty, DnType::CountryName) => {
+                            return Err(self.value_err(t, format!("{label} '{v}' is not a country code")))
+                        }
+                        Err(_) => DnValue::Utf8String(v),
+                    }
+                } else {
+                    DnValue::Utf8String(v)
+                };
+                dn.push(ty.clone(), value);
+            }
+        }
+        params.distinguished_name = dn;
+        for t in &self.san_dns {
+            if let Some(v) = self.fill(t, vars)? {
+                let s = v
+                    .clone()
+                    .try_into()
+                    .map_err(|_| self.value_err(t, format!("'{v}' is not a valid DNS name")))?;
+                params.subject_alt_names.push(SanType::DnsName(s));
+            }
+        }
+        for t in &self.san_uri {
+            if let Some(v) = self.fill(t, vars)? {
+                let s = v
+                    .clone()
+                    .try_into()
+                    .map_err(|_| self.value_err(t, format!("'{v}' is not a valid URI")))?;
+                params.subject_alt_names.push(SanType::URI(s));
+            }
+        }
+        for t in &self.san_email {
+            if let Some(v) = self.fill(t, vars)? {
+                let s = v
+                    .clone()
+                    .try_into()
+                    .map_err(|_| self.value_err(t, format!("'{v}' is not a valid e-mail")))?;
+                params.subject_alt_names.push(SanType::Rfc822Name(s));
+            }
+        }
+        for t in &self.san_ip {
+            if let Some(v) = self.fill(t, vars)? {
+                let ip = v
+                    .parse()
+                    .map_err(|_| self.value_err(t, format!("'{v}' is not an IP address")))?;
+                params.subject_alt_names.push(SanType::IpAddress(ip));
+            }
+        }
+        for t in &self.crl_dps {
+            if let Some(v) = self.fill(t, vars)? {
+                params.crl_distribution_points.push(CrlDistributionPoint {
+                    uris: vec![v],
+                });
+            }
+        }
+        params.not_before = now - Duration::seconds(self.backdate as i64);
+        params.not_after = match &self.validity {
+            Validity::Days(d) => now + Duration::days(*d as i64),
+            Validity::Until(t) => *t,
+        };
+        params.is_ca = if self.is_ca {
+            IsCa::Ca(match self.path_len {
+                Some(n) => BasicConstraints::Constrained(n),
+                None => BasicConstraints::Unconstrained,
+            })
+        } else if self.ski {
+            // ExplicitNoCa writes basicConstraints CA:FALSE and the SKI.
+            IsCa::ExplicitNoCa
+        } else {
+            IsCa::NoCa
+        };
+        params.key_usages = self.key_usage.clone();
+        params.extended_key_usages = self.eku.clone();
+        params.use_authority_key_identifier_extension = self.aki;
+        Ok(params)
+    }
+
+    fn value_err(&self, t: &Tpl, msg: String) -> Error {
+        Error::input_at(&self.source, t.line, msg)
+    }
+
+    /// Substitutes placeholders; `None` when an optional placeholder made it empty.
+    fn fill(&self, t: &Tpl, vars: &Vars) -> Result<Option<String>> {
+        let mut out = String::with_capacity(t.raw.len() + 16);
+        let mut rest = t.raw.as_str();
+        let mut dropped = false;
+        while let Some(i) = rest.find(['{', '}']) {
+            out.push_str(&rest[..i]);
+            let c = rest.as_bytes()[i];
+            if rest[i..].starts_with("{{") || rest[i..].starts_with("}}") {
+                out.push(c as char);
+                rest = &rest[i + 2..];
+                continue;
+            }
+            let end = rest[i..].find('}').map(|e| i + e).unwrap_or(rest.len());
+            let inner = &rest[i + 1..end];
+            let (name, optional) = match inner.strip_suffix('?') {
+                Some(n) => (n, true),
+                None => (inner, false),
+            };
+            match vars.get(name).filter(|v| !v.is_empty()) {
+                Some(v) => out.push_str(v),
+                None if optional => dropped = true,
+                None => {
+                    return Err(self.value_err(
+                        t,
+                        format!(
+                            "profile '{}' needs '{name}' but it has no value for this device (set it in the registry, or write {{{name}?}} to make it optional)",
+                            self.name
+                        ),
+                    ))
+                }
+            }
+            rest = &rest[(end + 1).min(rest.len())..];
+        }
+        out.push_str(rest);
+        if dropped && out.trim().is_empty() {
+            return Ok(None);
+        }
+        if dropped && t.raw.trim().starts_with('{') && t.raw.trim().ends_with("?}") {
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Placeholders in a template string: (name, optional).
+fn placeholders(s: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('{') {
+        if rest[i..].starts_with("{{") {
+            rest = &rest[i + 2..];
+            continue;
+        }
+        let Some(e) = rest[i..].find('}') else { break };
+        let inner = &rest[i + 1..i + e];
+        match inner.strip_suffix('?') {
+            Some(n) => out.push((n.to_string(), true)),
+            None => out.push((inner.to_string(), false)),
+        }
+        rest = &rest[i + e + 1..];
+    }
+    out
+}
+
+fn check_placeholders(t: &Tpl, source: &str) -> Result<()> {
+    let opens = t.raw.matches('{').count() - 2 * t.raw.matches("{{").count();
+    let closes = t.raw.matches('}').count() - 2 * t.raw.matches("}}").count();
+    if opens != closes {
+        return Err(Error::input_at(
+            source,
+            t.line,
+            format!("unbalanced braces in \"{}\"", t.raw),
+        ));
+    }
+    for (name, _) in placeholders(&t.raw) {
+        let known = VARIABLES.contains(&name.as_str())
+            || name
+                .strip_prefix("attr.")
+                .is_some_and(|a| !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+        if !known {
+            return Err(Error::input_at(
+                source,
+                t.line,
+                format!(
+                    "unknown variable '{{{name}}}' (known: {}, attr.NAME)",
+                    VARIABLES.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn dn_type(key: &str) -> Option<(DnType, &'static str)> {
+    Some(match key {
+        "CN" | "commonName" => (DnType::CommonName, "CN"),
+        "O" | "organizationName" => (DnType::OrganizationName, "O"),
+        "OU" | "organizationalUnitName" => (DnType::OrganizationalUnitName, "OU"),
+        "C" | "countryName" => (DnType::CountryName, "C"),
+        "ST" | "stateOrProvinceName" => (DnType::StateOrProvinceName, "ST"),
+        "L" | "localityName" => (DnType::LocalityName, "L"),
+        "serialNumber" => (DnType::CustomDnType(vec![2, 5, 4, 5]), "serialNumber"),
+        "emailAddress" => (
+            DnType::CustomDnType(vec![1, 2, 840, 113549, 1, 9, 1]),
+            "emailAddress",
+        ),
+        _ => return None,
+    })
+}
+
+fn key_usage_of(s: &str) -> Option<KeyUsagePurpose> {
+    Some(match s {
+        "digitalSignature" => KeyUsagePurpose::DigitalSignature,
+        "nonRepudiation" | "contentCommitment" => KeyUsagePurpose::ContentCommitment,
+        "keyEncipherment" => KeyUsagePurpose::KeyEncipherment,
+        "dataEncipherment" => KeyUsagePurpose::DataEncipherment,
+        "keyAgreement" => KeyUsagePurpose::KeyAgreement,
+        "keyCertSign" => KeyUsagePurpose::KeyCertSign,
+        "cRLSign" => KeyUsagePurpose::CrlSign,
+        "encipherOnly" => KeyUsagePurpose::EncipherOnly,
+        "decipherOnly" => KeyUsagePurpose::DecipherOnly,
+        _ => return None,
+    })
+}
+
+fn eku_of(s: &str) -> Option<ExtendedKeyUsagePurpose> {
+    Some(match s {
+        "serverAuth" => ExtendedKeyUsagePurpose::ServerAuth,
+        "clientAuth" => ExtendedKeyUsagePurpose::ClientAuth,
+        "codeSigning" => ExtendedKeyUsagePurpose::CodeSigning,
+        "emailProtection" => ExtendedKeyUsagePurpose::EmailProtection,
+        "timeStamping" => ExtendedKeyUsagePurpose::TimeStamping,
+        "OCSPSigning" | "ocspSigning" => ExtendedKeyUsagePurpose::OcspSigning,
+        oid if oid.contains('.') => {
+            let parts: Option<Vec<u64>> = oid.split('.').map(|p| p.parse().ok()).collect();
+            let parts = parts.filter(|p| p.len() >= 2)?;
+            ExtendedKeyUsagePurpose::Other(parts)
+        }
+        _ => return None,
+    })
+}
+
+/// Accepts `2035-12-31`, `2035-12-31T23:59:59Z`, or the GeneralizedTime
+/// `99991231235959Z` ("no well-defined expiration", RFC 5280 4.1.2.5).
+pub fn parse_not_after(s: &str) -> Option<OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    use time::macros::format_description;
+    let s = s.trim();
+    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+        return Some(t);
+    }
+    if let Ok(d) = time::Date::parse(s, format_description!("[year]-[month]-[day]")) {
+        return Some(d.with_hms(23, 59, 59).ok()?.assume_utc());
+    }
+    if s.len() == 15 && s.ends_with('Z') {
+        let f = format_description!("[year][month][day][hour][minute][second]Z");
+        return time::PrimitiveDateTime::parse(s, f)
+            .ok()
+            .map(|p| p.assume_utc());
+    }
+    None
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The first line that contains `needle` (1 if none): good enough to point at the
+/// value that failed, since profile files are short.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or(1)
+}
+
+/// Where the home's editable copies of the profiles go.
+pub fn install_builtins(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for (name, text) in BUILTIN {
+        let p = dir.join(format!("{name}.toml"));
+        if !p.exists() {
+            std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
+            written.push(p);
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_profiles_parse() {
+        for (name, text) in BUILTIN {
+            Profile::parse(name, name, text).unwrap();
+        }
+    }
+
+    #[test]
+    fn unknown_variable_names_the_line() {
+        let text = "[subject]\nCN = \"{serial}\"\nO = \"{modle}\"\n[validity]\ndays = 1\n";
+        let e = Profile::parse("x", "x.toml", text).unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:3: unknown variable '{modle}'"), "{e}");
+    }
+
+    #[test]
+    fn optional_variable_drops_the_attribute() {
+        let text = "[subject]\nCN = \"{serial}\"\nOU = \"{batch?}\"\n[validity]\ndays = 1\n";
+        let p = Profile::parse("x", "x.toml", text).unwrap();
+        let mut vars = Vars::new();
+        vars.insert("serial".into(), "A1".into());
+        let params = p.render(&vars, OffsetDateTime::now_utc()).unwrap();
+        assert_eq!(params.distinguished_name.iter().count(), 1);
+    }
+
+    #[test]
+    fn no_expiry_date_parses() {
+        let t = parse_not_after("99991231235959Z").unwrap();
+        assert_eq!(t.year(), 9999);
+    }
+}

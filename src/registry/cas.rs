@@ -1,0 +1,102 @@
+//! CA certificates known to the registry (the keys stay in encrypted files).
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use crate::error::Result;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaRole {
+    Root,
+    Issuing,
+}
+
+impl CaRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaRole::Root => "root",
+            CaRole::Issuing => "issuing",
+        }
+    }
+}
+
+pub struct NewCa<'a> {
+    pub name: &'a str,
+    pub role: CaRole,
+    pub subject: &'a str,
+    pub fingerprint: &'a str,
+    pub ski: Option<&'a str>,
+    pub der: &'a [u8],
+    pub not_before: i64,
+    pub not_after: i64,
+    pub key_file: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CaRecord {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    pub subject: String,
+    pub fingerprint: String,
+    pub ski: Option<String>,
+    #[serde(skip)]
+    pub der: Vec<u8>,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub key_file: Option<String>,
+    pub active: bool,
+}
+
+const CA_COLUMNS: &str =
+    "id, name, role, subject, fingerprint, ski, der, not_before, not_after, key_file, active";
+
+fn ca_from_row(r: &Row<'_>) -> rusqlite::Result<CaRecord> {
+    Ok(CaRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        role: r.get(2)?,
+        subject: r.get(3)?,
+        fingerprint: r.get(4)?,
+        ski: r.get(5)?,
+        der: r.get(6)?,
+        not_before: r.get(7)?,
+        not_after: r.get(8)?,
+        key_file: r.get(9)?,
+        active: r.get(10)?,
+    })
+}
+
+/// Records a CA; an older CA of the same role stays known (for chain checks) but inactive.
+pub fn insert_ca(conn: &Connection, ca: &NewCa<'_>, now: &str) -> Result<i64> {
+    conn.execute(
+        "UPDATE cas SET active = 0 WHERE role = ?1",
+        [ca.role.as_str()],
+    )?;
+    conn.execute(
+        "INSERT INTO cas (name, role, subject, fingerprint, ski, der, not_before, not_after, key_file, active, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10)
+         ON CONFLICT(fingerprint) DO UPDATE SET active = 1, key_file = excluded.key_file, name = excluded.name",
+        params![ca.name, ca.role.as_str(), ca.subject, ca.fingerprint, ca.ski, ca.der, ca.not_before, ca.not_after, ca.key_file, now],
+    )?;
+    let id = conn.query_row(
+        "SELECT id FROM cas WHERE fingerprint = ?1",
+        [ca.fingerprint],
+        |r| r.get(0),
+    )?;
+    Ok(id)
+}
+
+pub fn active_ca(conn: &Connection, role: CaRole) -> Result<Option<CaRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CA_COLUMNS} FROM cas WHERE role = ?1 AND active = 1 ORDER BY id DESC LIMIT 1"
+    ))?;
+    Ok(stmt.query_row([role.as_str()], ca_from_row).optional()?)
+}
+
+pub fn all_cas(conn: &Connection) -> Result<Vec<CaRecord>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {CA_COLUMNS} FROM cas ORDER BY id"))?;
+    let rows = stmt.query_map([], ca_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}

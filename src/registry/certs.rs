@@ -1,0 +1,176 @@
+//! Issued certificates as recorded in the registry (never their private keys).
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySource {
+    /// Key generated on the host (cradle), handed to the device.
+    Host,
+    /// Key generated on the device; cradle only saw a CSR.
+    Device,
+}
+
+impl KeySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySource::Host => "host",
+            KeySource::Device => "device",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertStatus {
+    Active,
+    Revoked,
+    /// Issued but never delivered to the device (a failed provisioning run).
+    Unused,
+}
+
+impl CertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertStatus::Active => "active",
+            CertStatus::Revoked => "revoked",
+            CertStatus::Unused => "unused",
+        }
+    }
+    fn parse(s: &str) -> CertStatus {
+        match s {
+            "revoked" => CertStatus::Revoked,
+            "unused" => CertStatus::Unused,
+            _ => CertStatus::Active,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewCert<'a> {
+    pub device_id: i64,
+    pub ca_id: Option<i64>,
+    pub serial_hex: &'a str,
+    pub fingerprint: &'a str,
+    pub pubkey_sha256: &'a str,
+    pub subject: &'a str,
+    pub profile: &'a str,
+    pub key_source: KeySource,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub der: &'a [u8],
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CertRecord {
+    pub id: i64,
+    pub device_id: i64,
+    pub ca_id: Option<i64>,
+    pub serial_hex: String,
+    pub fingerprint: String,
+    pub pubkey_sha256: String,
+    pub subject: String,
+    pub profile: String,
+    pub key_source: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    #[serde(skip)]
+    pub der: Vec<u8>,
+    pub status: CertStatus,
+    pub revoked_at: Option<String>,
+    pub revocation_reason: Option<String>,
+    pub created_at: String,
+}
+
+pub const CERT_COLUMNS: &str = "id, device_id, ca_id, serial_hex, fingerprint, pubkey_sha256, subject, profile, key_source, not_before, not_after, der, status, revoked_at, revocation_reason, created_at";
+
+pub fn cert_from_row(r: &Row<'_>) -> rusqlite::Result<CertRecord> {
+    let status: String = r.get(12)?;
+    Ok(CertRecord {
+        id: r.get(0)?,
+        device_id: r.get(1)?,
+        ca_id: r.get(2)?,
+        serial_hex: r.get(3)?,
+        fingerprint: r.get(4)?,
+        pubkey_sha256: r.get(5)?,
+        subject: r.get(6)?,
+        profile: r.get(7)?,
+        key_source: r.get(8)?,
+        not_before: r.get(9)?,
+        not_after: r.get(10)?,
+        der: r.get(11)?,
+        status: CertStatus::parse(&status),
+        revoked_at: r.get(13)?,
+        revocation_reason: r.get(14)?,
+        created_at: r.get(15)?,
+    })
+}
+
+pub fn insert_cert(conn: &Connection, c: &NewCert<'_>, now: &str) -> Result<i64> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO certificates (device_id, ca_id, serial_hex, fingerprint, pubkey_sha256, subject, profile, key_source, not_before, not_after, der, status, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12)",
+    )?;
+    stmt.execute(params![
+        c.device_id,
+        c.ca_id,
+        c.serial_hex,
+        c.fingerprint,
+        c.pubkey_sha256,
+        c.subject,
+        c.profile,
+        c.key_source.as_str(),
+        c.not_before,
+        c.not_after,
+        c.der,
+        now
+    ])
+    .map_err(|e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ConstraintViolation) => Error::conflict(format!(
+            "certificate {} is already recorded",
+            c.fingerprint
+        )),
+        _ => Error::Sql(e),
+    })?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub fn certs_for_device(conn: &Connection, device_id: i64) -> Result<Vec<CertRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CERT_COLUMNS} FROM certificates WHERE device_id = ?1 ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([device_id], cert_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub fn cert_by_fingerprint(conn: &Connection, fp: &str) -> Result<Option<CertRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CERT_COLUMNS} FROM certificates WHERE fingerprint = ?1"
+    ))?;
+    Ok(stmt.query_row([fp], cert_from_row).optional()?)
+}
+
+pub fn cert_by_serial_hex(conn: &Connection, serial_hex: &str) -> Result<Option<CertRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CERT_COLUMNS} FROM certificates WHERE serial_hex = ?1"
+    ))?;
+    Ok(stmt.query_row([serial_hex], cert_from_row).optional()?)
+}
+
+pub fn set_cert_status(
+    conn: &Connection,
+    id: i64,
+    status: CertStatus,
+    reason: Option<&str>,
+    now: &str,
+) -> Result<()> {
+    let revoked_at = (status == CertStatus::Revoked).then_some(now);
+    conn.prepare_cached(
+        "UPDATE certificates SET status = ?1, revoked_at = ?2, revocation_reason = ?3 WHERE id = ?4",
+    )?
+    .execute(params![status.as_str(), revoked_at, reason, id])?;
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Device rows and the lifecycle states they move through.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    Registered,
+    Provisioned,
+    Deployed,
+    Maintenance,
+    Retired,
+    Decommissioned,
+}
+
+impl DeviceStatus {
+    pub const ALL: [DeviceStatus; 6] = [
+        DeviceStatus::Registered,
+        DeviceStatus::Provisioned,
+        DeviceStatus::Deployed,
+        DeviceStatus::Maintenance,
+        DeviceStatus::Retired,
+        DeviceStatus::Decommissioned,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Registered => "registered",
+            DeviceStatus::Provisioned => "provisioned",
+            DeviceStatus::Deployed => "deployed",
+            DeviceStatus::Maintenance => "maintenance",
+            DeviceStatus::Retired => "retired",
+            DeviceStatus::Decommissioned => "decommissioned",
+        }
+    }
+
+    /// The lifecycle: registered → provisioned → deployed ⇄ maintenance → retired →
+    /// decommissioned. Any live state may be retired; anything else needs `--force`.
+    pub fn can_move_to(self, to: DeviceStatus) -> bool {
+        use DeviceStatus::*;
+        matches!(
+            (self, to),
+            (Registered, Provisioned)
+                | (Provisioned, Deployed)
+                | (Deployed, Maintenance)
+                | (Maintenance, Deployed)
+                | (Registered | Provisioned | Deployed | Maintenance, Retired)
+                | (Retired, Decommissioned)
+        )
+    }
+}
+
+impl fmt::Display for DeviceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeviceStatus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        DeviceStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                Error::input(format!(
+                    "'{s}' is not a lifecycle state (registered, provisioned, deployed, maintenance, retired, decommissioned)"
+                ))
+            })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Device {
+    pub id: i64,
+    pub serial: String,
+    pub hardware_id: Option<String>,
+    pub model: Option<String>,
+    pub hw_rev: Option<String>,
+    pub batch: Option<String>,
+    pub site: Option<String>,
+    pub location: Option<String>,
+    pub owner: Option<String>,
+    pub mac: Option<String>,
+    pub imei: Option<String>,
+    pub status: DeviceStatus,
+    pub notes: Option<String>,
+    /// Extra inventory columns kept as attributes (JSON object).
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Device {
+    /// A named field as text (for profile variables and CSV export).
+    pub fn field(&self, name: &str) -> Option<String> {
+        let v = match name {
+            "serial" => Some(self.serial.clone()),
+            "hardware_id" => self.hardware_id.clone(),
+            "model" => self.model.clone(),
+            "hw_rev" => self.hw_rev.clone(),
+            "batch" => self.batch.clone(),
+            "site" => self.site.clone(),
+            "location" => self.location.clone(),
+            "owner" => self.owner.clone(),
+            "mac" => self.mac.clone(),
+            "imei" => self.imei.clone(),
+            "status" => Some(self.status.to_string()),
+            "notes" => self.notes.clone(),
+            other => self.attributes.get(other).map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }),
+        };
+        v.filter(|s| !s.is_empty())
+    }
+}
+
+/// Fields for a new device row; `None` leaves a column empty.
+#[derive(Debug, Clone, Default)]
+pub struct NewDevice {
+    pub serial: String,
+    pub hardware_id: Option<String>,
+    pub model: Option<String>,
+    pub hw_rev: Option<String>,
+    pub batch: Option<String>,
+    pub site: Option<String>,
+    pub location: Option<String>,
+    pub owner: Option<String>,
+    pub mac: Option<String>,
+    pub imei: Option<String>,
+    pub status: Option<DeviceStatus>,
+    pub notes: Option<String>,
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The columns every device query selects, in the order `from_row` reads them.
+pub const DEVICE_COLUMNS: &str = "id, serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes, created_at, updated_at";
+
+pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Device> {
+    let status: String = r.get(11)?;
+    let attrs: Option<String> = r.get(13)?;
+    Ok(Device {
+        id: r.get(0)?,
+        serial: r.get(1)?,
+        hardware_id: r.get(2)?,
+        model: r.get(3)?,
+        hw_rev: r.get(4)?,
+        batch: r.get(5)?,
+        site: r.get(6)?,
+        location: r.get(7)?,
+        owner: r.get(8)?,
+        mac: r.get(9)?,
+        imei: r.get(10)?,
+        status: status.parse().map_err(|e: Error| {
+            rusqlite::Error::FromSqlConversionFailure(11, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        notes: r.get(12)?,
+        attributes: attrs
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or_default(),
+        created_at: r.get(14)?,
+        updated_at: r.get(15)?,
+    })
+}
+
+pub fn attributes_json(map: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    if map.is_empty() {
+        None
+    } else {
+        Some(serde_json::Value::Object(map.clone()).to_string())
+    }
+}
+
+/// Inserts a device and returns its id.
+pub fn insert_device(conn: &Connection, d: &NewDevice, now: &str) -> Result<i64> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO devices (serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)",
+    )?;
+    stmt.execute(params![
+        d.serial,
+        d.hardware_id,
+        d.model,
+        d.hw_rev,
+        d.batch,
+        d.site,
+        d.location,
+        d.owner,
+        d.mac,
+        d.imei,
+        d.status.unwrap_or(DeviceStatus::Registered).as_str(),
+        d.notes,
+        attributes_json(&d.attributes),
+        now,
+    ])
+    .map_err(|e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ConstraintViolation) => {
+            Error::conflict(format!("device '{}' already exists", d.serial))
+        }
+        _ => Error::Sql(e),
+    })?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub fn device_by_serial(conn: &Connection, serial: &str) -> Result<Option<Device>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE serial = ?1"))?;
+    Ok(stmt.query_row([serial], from_row).optional()?)
+}
+
+pub fn device_by_id(conn: &Connection, id: i64) -> Result<Option<Device>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"))?;
+    Ok(stmt.query_row([id], from_row).optional()?)
+}
+
+pub fn device_by_hardware_id(conn: &Connection, hwid: &str) -> Result<Option<Device>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE hardware_id = ?1 ORDER BY id LIMIT 1"
+    ))?;
+    Ok(stmt.query_row([hwid], from_row).optional()?)
+}
+
+/// Looks a device up by serial or fails with a clear "no such device".
+pub fn require_device(conn: &Connection, serial: &str) -> Result<Device> {
+    device_by_serial(conn, serial)?
+        .ok_or_else(|| Error::not_found(format!("no device with serial '{serial}' in the registry")))
+}
+
+pub fn set_status(conn: &Connection, id: i64, status: DeviceStatus, now: &str) -> Result<()> {
+    conn.prepare_cached("UPDATE devices SET status = ?1, updated_at = ?2 WHERE id = ?3")?
+        .execute(params![status.as_str(), now, id])?;
+    Ok(())
+}

@@ -1,0 +1,360 @@
+//! The append-only, hash-chained event log.
+//!
+//! Each event's hash covers its own fields and the previous event's hash; the newest
+//! id and hash are also kept in `meta`, so an edit, a deletion or an insertion made
+//! behind cradle's back breaks the chain where it happened.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The `prev_hash` of the first event.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const HEAD_KEY: &str = "event_head";
+
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub device_id: Option<i64>,
+    pub kind: &'a str,
+    pub actor: &'a str,
+    pub station: &'a str,
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub id: i64,
+    pub device_id: Option<i64>,
+    pub kind: String,
+    pub actor: String,
+    pub station: String,
+    pub at: String,
+    pub details: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+pub const EVENT_COLUMNS: &str = "id, device_id, kind, actor, station, at, details, prev_hash, hash";
+
+pub fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Event> {
+    let details: String = r.get(6)?;
+    Ok(Event {
+        id: r.get(0)?,
+        device_id: r.get(1)?,
+        kind: r.get(2)?,
+        actor: r.get(3)?,
+        station: r.get(4)?,
+        at: r.get(5)?,
+        details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+        prev_hash: r.get(7)?,
+        hash: r.get(8)?,
+    })
+}
+
+/// The hash of one event: SHA-256 over its fields, newline-separated, in a fixed order.
+#[allow(clippy::too_many_arguments)]
+pub fn event_hash(
+    id: i64,
+    prev_hash: &str,
+    device_id: Option<i64>,
+    kind: &str,
+    actor: &str,
+    station: &str,
+    at: &str,
+    details: &str,
+) -> String {
+    let mut h = Sha256::new();
+    let dev = device_id.map(|d| d.to_string()).unwrap_or_default();
+    for part in [
+        id.to_string().as_str(),
+        prev_hash,
+        &dev,
+        kind,
+        actor,
+        station,
+        at,
+        details,
+    ] {
+        h.update(part.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
+}
+
+/// Recomputes the hash of a stored event from its stored fields (raw details text).
+pub fn recompute(e: &Event, raw_details: &str) -> String {
+    event_hash(
+        e.id,
+        &e.prev_hash,
+        e.device_id,
+        &e.kind,
+        &e.actor,
+        &e.station,
+        &e.at,
+        raw_details,
+    )
+}
+
+/// The head of the chain while appending inside one transaction.
+pub struct EventChain {
+    head_id: i64,
+    head_hash: String,
+}
+
+impl EventChain {
+    /// Reads the head from the newest row. Call inside the write transaction.
+    pub fn load(conn: &Connection) -> Result<EventChain> {
+        let last: Option<(i64, String)> = conn
+            .query_row(
+                "SELECT id, hash FROM events ORDER BY id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (head_id, head_hash) = last.unwrap_or((0, GENESIS.to_string()));
+        Ok(EventChain {
+            head_id,
+            head_hash,
+        })
+    }
+
+    pub fn append(&mut self, conn: &Connection, ev: &NewEvent<'_>, at: &str) -> Result<i64> {
+        let id = self.head_id + 1;
+        let details = ev.details.to_string();
+        let hash = event_hash(
+            id,
+            &self.head_hash,
+            ev.device_id,
+            ev.kind,
+            ev.actor,
+            ev.station,
+            at,
+            &details,
+        );
+        conn.prepare_cached(
+            "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            id,
+            ev.device_id,
+            ev.kind,
+            ev.actor,
+            ev.station,
+            at,
+            details,
+            self.head_hash,
+            hash
+        ])?;
+        self.head_id = id;
+        self.head_hash = hash;
+        Ok(id)
+    }
+
+    /// Records the head in `meta`; call once before committing.
+    pub fn store_head(&self, conn: &Connection) -> Result<()> {
+        conn.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )?
+        .execute(params![
+            HEAD_KEY,
+            format!("{}:{}", self.head_id, self.head_hash)
+        ])?;
+        Ok(())
+    }
+}
+
+/// Appends a single event (loads the head, appends, stores the head).
+pub fn append_event(conn: &Connection, ev: &NewEvent<'_>, at: &str) -> Result<i64> {
+    let mut chain = EventChain::load(conn)?;
+    let id = chain.append(conn, ev, at)?;
+    chain.store_head(conn)?;
+    Ok(id)
+}
+
+/// The head recorded in `meta` (id, hash), if any event was ever written.
+pub fn recorded_head(conn: &Connection) -> Result<Option<(i64, String)>> {
+    let v: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [HEAD_KEY], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match v {
+        None => Ok(None),
+        Some(v) => {
+            let (id, hash) = v
+                .split_once(':')
+                .ok_or_else(|| Error::input(format!("malformed event head in meta: {v}")))?;
+            let id = id
+                .parse()
+                .map_err(|_| Error::input(format!("malformed event head in meta: {v}")))?;
+            Ok(Some((id, hash.to_string())))
+        }
+    }
+}
+
+pub fn events_for_device(conn: &Connection, device_id: i64) -> Result<Vec<Event>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE device_id = ?1 ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([device_id], event_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Where the chain first breaks, if it does.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChainBreak {
+    /// The first event id at which verification failed.
+    pub event_id: i64,
+    /// What was found: "altered", "deleted", "inserted", "truncated".
+    pub problem: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainReport {
+    pub events: u64,
+    pub head_hash: String,
+    pub first_break: Option<ChainBreak>,
+}
+
+/// Walks the whole chain in id order and reports the first break.
+pub fn verify_chain(conn: &Connection) -> Result<ChainReport> {
+    let mut stmt = conn.prepare(
+        "SELECT id, device_id, kind, actor, station, at, details, prev_hash, hash FROM events ORDER BY id",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut expected_prev = GENESIS.to_string();
+    let mut expected_id = 1i64;
+    let mut count = 0u64;
+    let mut first_break = None;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        let device_id: Option<i64> = r.get(1)?;
+        let kind: String = r.get(2)?;
+        let actor: String = r.get(3)?;
+        let station: String = r.get(4)?;
+        let at: String = r.get(5)?;
+        let details: String = r.get(6)?;
+        let prev: String = r.get(7)?;
+        let hash: String = r.get(8)?;
+        count += 1;
+        if first_break.is_none() {
+            let recomputed = event_hash(
+                id, &prev, device_id, &kind, &actor, &station, &at, &details,
+            );
+            let brk = if recomputed != hash {
+                Some(("altered", format!("event {id} ({kind}) was altered: its stored hash does not match its contents")))
+            } else if id != expected_id && prev != expected_prev {
+                if id > expected_id {
+                    Some(("deleted", format!("event(s) {expected_id}..{} were deleted before event {id}", id - 1)))
+                } else {
+                    Some(("inserted", format!("event {id} was inserted out of band")))
+                }
+            } else if prev != expected_prev {
+                Some(("inserted", format!("event {id} ({kind}) does not follow the previous event's hash: inserted or rewritten out of band")))
+            } else if id != expected_id {
+                Some(("deleted", format!("event(s) {expected_id}..{} are missing", id - 1)))
+            } else {
+                None
+            };
+            if let Some((problem, message)) = brk {
+                first_break = Some(ChainBreak {
+                    event_id: id,
+                    problem: problem.into(),
+                    message,
+                });
+            }
+        }
+        expected_prev = hash;
+        expected_id = id + 1;
+    }
+    if first_break.is_none() {
+        if let Some((head_id, head_hash)) = recorded_head(conn)? {
+            if head_id != expected_id - 1 || head_hash != expected_prev {
+                let message = if head_id > expected_id - 1 {
+                    format!(
+                        "the newest event(s) {}..{head_id} were deleted",
+                        expected_id
+                    )
+                } else {
+                    format!("event(s) after {head_id} were appended out of band")
+                };
+                first_break = Some(ChainBreak {
+                    event_id: head_id.min(expected_id - 1).max(1),
+                    problem: if head_id > expected_id - 1 {
+                        "deleted".into()
+                    } else {
+                        "inserted".into()
+                    },
+                    message,
+                });
+            }
+        } else if count > 0 {
+            first_break = Some(ChainBreak {
+                event_id: 1,
+                problem: "altered".into(),
+                message: "the recorded head of the event chain is missing".into(),
+            });
+        }
+    }
+    Ok(ChainReport {
+        events: count,
+        head_hash: expected_prev,
+        first_break,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+
+    fn ev(kind: &str) -> NewEvent<'_> {
+        NewEvent {
+            device_id: None,
+            kind,
+            actor: "t",
+            station: "s",
+            details: serde_json::json!({"k": kind}),
+        }
+    }
+
+    #[test]
+    fn chain_detects_edit_delete_insert() {
+        let mut reg = Registry::in_memory().unwrap();
+        {
+            let tx = reg.write().unwrap();
+            for k in ["a", "b", "c", "d"] {
+                append_event(&tx, &ev(k), "2026-01-01T00:00:00Z").unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let c = reg.conn();
+        assert!(verify_chain(c).unwrap().first_break.is_none());
+        c.execute("UPDATE events SET actor='x' WHERE id=2", []).unwrap();
+        let b = verify_chain(c).unwrap().first_break.unwrap();
+        assert_eq!((b.event_id, b.problem.as_str()), (2, "altered"));
+        c.execute("UPDATE events SET actor='t' WHERE id=2", []).unwrap();
+        c.execute("DELETE FROM events WHERE id=3", []).unwrap();
+        let b = verify_chain(c).unwrap().first_break.unwrap();
+        assert_eq!((b.event_id, b.problem.as_str()), (4, "deleted"));
+    }
+
+    #[test]
+    fn deleting_the_newest_event_is_detected() {
+        let mut reg = Registry::in_memory().unwrap();
+        {
+            let tx = reg.write().unwrap();
+            append_event(&tx, &ev("a"), "t").unwrap();
+            append_event(&tx, &ev("b"), "t").unwrap();
+            tx.commit().unwrap();
+        }
+        reg.conn().execute("DELETE FROM events WHERE id=2", []).unwrap();
+        let b = verify_chain(reg.conn()).unwrap().first_break.unwrap();
+        assert_eq!(b.problem, "deleted");
+    }
+}

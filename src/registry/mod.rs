@@ -1,0 +1,232 @@
+//! The SQLite registry: one `Registry` owns the connection, applies migrations and
+//! hands out write transactions. All SQL lives under this module.
+
+pub mod cas;
+pub mod certs;
+pub mod devices;
+pub mod events;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+pub use cas::{CaRecord, CaRole, NewCa};
+pub use certs::{CertRecord, CertStatus, KeySource, NewCert};
+pub use devices::{Device, DeviceStatus, NewDevice};
+pub use events::{Event, EventChain, NewEvent};
+
+use crate::error::{Error, Result};
+
+/// How long a writer waits for another station's transaction before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Registry {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Registry {
+    /// Creates a new registry file; fails if one exists.
+    pub fn create(path: &Path) -> Result<Registry> {
+        if path.exists() {
+            return Err(Error::conflict(format!(
+                "registry {} already exists",
+                path.display()
+            )));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| reg_err(path, e))?;
+        let mut reg = Registry {
+            conn,
+            path: path.to_path_buf(),
+        };
+        reg.configure()?;
+        reg.conn
+            .pragma_update(None, "application_id", schema::APPLICATION_ID)
+            .map_err(|e| reg_err(path, e))?;
+        reg.migrate()?;
+        Ok(reg)
+    }
+
+    /// Opens an existing registry, migrating it forward if the binary is newer.
+    pub fn open(path: &Path) -> Result<Registry> {
+        if !path.exists() {
+            return Err(Error::NotInitialised(format!(
+                "no registry at {}: run `cradle init` first",
+                path.display()
+            )));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| reg_err(path, e))?;
+        let mut reg = Registry {
+            conn,
+            path: path.to_path_buf(),
+        };
+        reg.configure()?;
+        reg.check_identity()?;
+        reg.migrate()?;
+        Ok(reg)
+    }
+
+    /// An in-memory registry (unit tests).
+    pub fn in_memory() -> Result<Registry> {
+        let conn = Connection::open_in_memory()?;
+        let mut reg = Registry {
+            conn,
+            path: PathBuf::from(":memory:"),
+        };
+        reg.configure()?;
+        reg.migrate()?;
+        Ok(reg)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn configure(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let c = &self.conn;
+        c.busy_timeout(BUSY_TIMEOUT).map_err(|e| reg_err(&path, e))?;
+        // journal_mode is the first statement that reads the file, so a file that is
+        // not SQLite at all fails here with "file is not a database".
+        let mode: String = c
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| reg_err(&path, e))?;
+        if path.as_os_str() != ":memory:" && !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Registry {
+                path,
+                msg: format!("cannot switch to WAL mode (got {mode})"),
+            });
+        }
+        c.pragma_update(None, "foreign_keys", true)
+            .and_then(|_| c.pragma_update(None, "synchronous", "NORMAL"))
+            .and_then(|_| c.pragma_update(None, "cache_size", -65536))
+            .map_err(|e| reg_err(&path, e))?;
+        Ok(())
+    }
+
+    /// A file that is SQLite but not ours (another application's database) is refused.
+    fn check_identity(&self) -> Result<()> {
+        let app: i64 = self
+            .conn
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .map_err(|e| reg_err(&self.path, e))?;
+        if app != schema::APPLICATION_ID {
+            return Err(Error::Registry {
+                path: self.path.clone(),
+                msg: "not a cradle registry (foreign SQLite database)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<usize> {
+        let v: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        Ok(v as usize)
+    }
+
+    /// Applies pending migrations in one exclusive transaction.
+    fn migrate(&mut self) -> Result<()> {
+        let current = self.schema_version().map_err(|e| match e {
+            Error::Sql(s) => reg_err(&self.path, s),
+            other => other,
+        })?;
+        let known = schema::MIGRATIONS.len();
+        if current > known {
+            return Err(Error::Registry {
+                path: self.path.clone(),
+                msg: format!(
+                    "schema version {current} is newer than this cradle understands ({known}); upgrade cradle"
+                ),
+            });
+        }
+        if current == known {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        for sql in &schema::MIGRATIONS[current..] {
+            tx.execute_batch(sql)?;
+        }
+        tx.pragma_update(None, "user_version", known as i64)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A write transaction that takes the write lock up front, so two stations
+    /// serialise instead of failing half-way. Rolls back on drop unless committed.
+    pub fn write(&mut self) -> Result<Transaction<'_>> {
+        self.conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(busy_or)
+    }
+}
+
+fn busy_or(e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+            Error::RegistryBusy
+        }
+        _ => Error::Sql(e),
+    }
+}
+
+fn reg_err(path: &Path, e: rusqlite::Error) -> Error {
+    let msg = match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => {
+            "not a SQLite database (corrupt or foreign file)".to_string()
+        }
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) => "database file is corrupt".to_string(),
+        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+            return Error::RegistryBusy
+        }
+        _ => e.to_string(),
+    };
+    Error::Registry {
+        path: path.to_path_buf(),
+        msg,
+    }
+}
+
+/// Current time as RFC 3339 UTC, second precision (the registry's timestamp format).
+pub fn now_rfc3339() -> String {
+    fmt_time(time::OffsetDateTime::now_utc())
+}
+
+pub fn fmt_time(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_are_idempotent() {
+        let mut reg = Registry::in_memory().unwrap();
+        assert_eq!(reg.schema_version().unwrap(), schema::MIGRATIONS.len());
+        reg.migrate().unwrap();
+        assert_eq!(reg.schema_version().unwrap(), schema::MIGRATIONS.len());
+    }
+}

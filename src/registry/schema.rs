@@ -1,0 +1,90 @@
+//! Schema migrations: an append-only list. Never edit or reorder a shipped entry;
+//! add a new one at the end. `PRAGMA user_version` records how many have run.
+
+/// `PRAGMA application_id` marks a file as a cradle registry ("CRDL").
+pub const APPLICATION_ID: i64 = 0x4352_444C;
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: devices, CAs, certificates, the hash-chained event log.
+    r#"
+CREATE TABLE devices (
+    id          INTEGER PRIMARY KEY,
+    serial      TEXT NOT NULL UNIQUE,
+    hardware_id TEXT,
+    model       TEXT,
+    hw_rev      TEXT,
+    batch       TEXT,
+    site        TEXT,
+    location    TEXT,
+    owner       TEXT,
+    mac         TEXT,
+    imei        TEXT,
+    status      TEXT NOT NULL DEFAULT 'registered'
+                CHECK (status IN ('registered','provisioned','deployed','maintenance','retired','decommissioned')),
+    notes       TEXT,
+    attributes  TEXT,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE INDEX devices_hardware_id ON devices(hardware_id);
+CREATE INDEX devices_mac ON devices(mac);
+CREATE INDEX devices_imei ON devices(imei);
+CREATE INDEX devices_status ON devices(status);
+
+CREATE TABLE cas (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL,
+    role        TEXT NOT NULL CHECK (role IN ('root','issuing')),
+    subject     TEXT NOT NULL,
+    fingerprint TEXT NOT NULL UNIQUE,
+    ski         TEXT,
+    der         BLOB NOT NULL,
+    not_before  INTEGER NOT NULL,
+    not_after   INTEGER NOT NULL,
+    key_file    TEXT,
+    active      INTEGER NOT NULL DEFAULT 1,
+    created_at  TEXT NOT NULL
+);
+
+CREATE TABLE certificates (
+    id                INTEGER PRIMARY KEY,
+    device_id         INTEGER NOT NULL REFERENCES devices(id),
+    ca_id             INTEGER REFERENCES cas(id),
+    serial_hex        TEXT NOT NULL UNIQUE,
+    fingerprint       TEXT NOT NULL UNIQUE,
+    pubkey_sha256     TEXT NOT NULL,
+    subject           TEXT NOT NULL,
+    profile           TEXT NOT NULL,
+    key_source        TEXT NOT NULL CHECK (key_source IN ('host','device')),
+    not_before        INTEGER NOT NULL,
+    not_after         INTEGER NOT NULL,
+    der               BLOB NOT NULL,
+    status            TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active','revoked','unused')),
+    revoked_at        TEXT,
+    revocation_reason TEXT,
+    created_at        TEXT NOT NULL
+);
+CREATE INDEX certificates_device ON certificates(device_id);
+CREATE INDEX certificates_pubkey ON certificates(pubkey_sha256);
+CREATE INDEX certificates_not_after ON certificates(not_after);
+
+CREATE TABLE events (
+    id        INTEGER PRIMARY KEY,
+    device_id INTEGER REFERENCES devices(id),
+    kind      TEXT NOT NULL,
+    actor     TEXT NOT NULL,
+    station   TEXT NOT NULL,
+    at        TEXT NOT NULL,
+    details   TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+CREATE INDEX events_device ON events(device_id);
+
+-- Head of the event chain, so that deleting the newest events is detectable too.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#,
+];
