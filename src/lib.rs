@@ -7,6 +7,7 @@ pub mod cli;
 pub mod error;
 pub mod home;
 pub mod identity;
+pub mod lifecycle;
 pub mod passphrase;
 pub mod pki;
 pub mod registry;

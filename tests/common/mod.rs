@@ -1,0 +1,160 @@
+//! Shared helpers for integration tests: a temporary home and the real binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const PASS: &str = "correct horse battery staple";
+
+/// A temporary cradle home with its own passphrase file; removed on drop.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub home: PathBuf,
+    pub pass_file: PathBuf,
+}
+
+impl Env {
+    /// An empty directory; `cradle init` not yet run.
+    pub fn bare() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let pass_file = dir.path().join("ca.pass");
+        std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
+        Env {
+            dir,
+            home,
+            pass_file,
+        }
+    }
+
+    /// A home with `cradle init` run.
+    pub fn init() -> Env {
+        let e = Env::bare();
+        e.ok(&["init", "--org", "ACME", "--station", "test-station"]);
+        e
+    }
+
+    /// A home with a CA.
+    pub fn with_ca() -> Env {
+        let e = Env::init();
+        e.ok(&["ca", "init", "--name", "Test", "--passphrase-file", e.pass()]);
+        e
+    }
+
+    pub fn pass(&self) -> &str {
+        self.pass_file.to_str().unwrap()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn registry(&self) -> PathBuf {
+        self.home.join("registry.db")
+    }
+
+    /// A `cradle` command with this home, no terminal, no inherited secrets.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cradle"));
+        c.args(args)
+            .env("CRADLE_HOME", &self.home)
+            .env_remove("CRADLE_CA_PASSPHRASE")
+            .env("CRADLE_OPERATOR", "tester")
+            .env_remove("CRADLE_STATION")
+            .current_dir(self.dir.path())
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and asserts exit 0; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "cradle {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Runs and asserts the exit code; returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let o = self.run(args);
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "cradle {args:?}: expected exit {code}\nstdout: {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        stderr
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// A byte-exact textual dump of the registry (sqlite3 shell), to prove "unchanged".
+    pub fn dump(&self) -> String {
+        let o = Command::new("sqlite3")
+            .arg(self.registry())
+            .arg(".dump")
+            .output()
+            .expect("sqlite3 shell");
+        assert!(o.status.success());
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Runs SQL with the sqlite3 shell (behind cradle's back).
+    pub fn sql(&self, sql: &str) -> String {
+        let o = Command::new("sqlite3")
+            .arg(self.registry())
+            .arg(sql)
+            .output()
+            .expect("sqlite3 shell");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Files in the temp dir (relative paths), to prove "nothing half-written".
+    pub fn files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        walk(self.dir.path(), self.dir.path(), &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+}
+
+/// Runs openssl with args; returns (success, stdout+stderr).
+pub fn openssl(args: &[&str]) -> (bool, String) {
+    let o = Command::new("openssl").args(args).output().expect("openssl");
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
