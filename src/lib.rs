@@ -3,6 +3,7 @@
 //! Layers: `cli` (clap, output, progress) → workflows (`identity`) → `pki`, `registry`.
 //! The lower layers never print and know nothing of clap or indicatif.
 
+pub mod attestation;
 pub mod cli;
 pub mod error;
 pub mod home;
