@@ -86,5 +86,49 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+
+-- Issued CRLs (the newest row is the current CRL).
+CREATE TABLE crls (
+    id          INTEGER PRIMARY KEY,
+    ca_id       INTEGER NOT NULL REFERENCES cas(id),
+    crl_number  INTEGER NOT NULL,
+    this_update INTEGER NOT NULL,
+    next_update INTEGER NOT NULL,
+    entries     INTEGER NOT NULL,
+    der         BLOB NOT NULL,
+    created_at  TEXT NOT NULL,
+    UNIQUE (ca_id, crl_number)
+);
+
+-- Single-use nonces sent to devices (wipe attestation); a nonce is never accepted twice.
+CREATE TABLE nonces (
+    nonce_hex  TEXT PRIMARY KEY,
+    device_id  INTEGER REFERENCES devices(id),
+    purpose    TEXT NOT NULL,
+    issued_at  TEXT NOT NULL,
+    used_at    TEXT
+);
+
+-- Wipe records: a device-signed attestation or a manual record (NIST SP 800-88 fields).
+CREATE TABLE wipes (
+    id                   INTEGER PRIMARY KEY,
+    device_id            INTEGER NOT NULL REFERENCES devices(id),
+    kind                 TEXT NOT NULL CHECK (kind IN ('attested','manual')),
+    level                TEXT NOT NULL CHECK (level IN ('clear','purge','destroy')),
+    method               TEXT NOT NULL,
+    media_type           TEXT,
+    tool                 TEXT,
+    tool_version         TEXT,
+    verification         TEXT,
+    verified_by          TEXT,
+    technician           TEXT,
+    location             TEXT,
+    destination          TEXT,
+    nonce_hex            TEXT,
+    attestation          TEXT,
+    attestation_verified INTEGER,
+    recorded_at          TEXT NOT NULL
+);
+CREATE INDEX wipes_device ON wipes(device_id);
 "#,
 ];
