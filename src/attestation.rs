@@ -51,7 +51,9 @@ impl WipeAttestation {
             .map_err(|_| Error::Device("attestation payload is not UTF-8".into()))?;
         let mut lines = text.split('\n');
         if lines.next() != Some(MAGIC) {
-            return Err(Error::Device("attestation payload has the wrong header".into()));
+            return Err(Error::Device(
+                "attestation payload has the wrong header".into(),
+            ));
         }
         let mut field = |name: &str| -> Result<String> {
             lines
@@ -84,7 +86,9 @@ impl WipeAttestation {
             signature,
         };
         if att.payload() != payload {
-            return Err(Error::Device("attestation payload is not in canonical form".into()));
+            return Err(Error::Device(
+                "attestation payload is not in canonical form".into(),
+            ));
         }
         Ok(att)
     }
@@ -104,7 +108,9 @@ impl WipeAttestation {
         let sig = p256::ecdsa::Signature::from_der(&self.signature)
             .map_err(|_| Error::crypto("attestation signature is malformed"))?;
         key.verify(&self.payload(), &sig).map_err(|_| {
-            Error::crypto("attestation signature does not verify against the device's registered certificate")
+            Error::crypto(
+                "attestation signature does not verify against the device's registered certificate",
+            )
         })
     }
 }

@@ -93,7 +93,9 @@ pub fn check_serial(serial: &str) -> Result<()> {
         )));
     }
     if serial.starts_with('.') {
-        return Err(Error::input(format!("serial '{serial}' must not start with '.'")));
+        return Err(Error::input(format!(
+            "serial '{serial}' must not start with '.'"
+        )));
     }
     Ok(())
 }
@@ -194,10 +196,20 @@ pub fn issue_one(
     let device = existing.clone().unwrap_or_else(|| device_template(serial));
     let vars = vars_for(&device, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
     let key = keys::generate()?;
-    let issued = issue(ctx.signer, ctx.profile, &vars, &key, OffsetDateTime::now_utc())?;
+    let issued = issue(
+        ctx.signer,
+        ctx.profile,
+        &vars,
+        &key,
+        OffsetDateTime::now_utc(),
+    )?;
     let key_pem = Zeroizing::new(key.serialize_pem());
     drop(key);
-    let cert_pem = format!("{}{}", to_pem("CERTIFICATE", &issued.der), ctx.signer.chain_pem);
+    let cert_pem = format!(
+        "{}{}",
+        to_pem("CERTIFICATE", &issued.der),
+        ctx.signer.chain_pem
+    );
 
     let now = now_rfc3339();
     let tx = reg.write()?;
@@ -256,8 +268,18 @@ pub fn sign_csr(
     let existing = devices::device_by_serial(reg.conn(), serial)?;
     let device = existing.clone().unwrap_or_else(|| device_template(serial));
     let vars = vars_for(&device, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
-    let issued = issue(ctx.signer, ctx.profile, &vars, &spki, OffsetDateTime::now_utc())?;
-    let cert_pem = format!("{}{}", to_pem("CERTIFICATE", &issued.der), ctx.signer.chain_pem);
+    let issued = issue(
+        ctx.signer,
+        ctx.profile,
+        &vars,
+        &spki,
+        OffsetDateTime::now_utc(),
+    )?;
+    let cert_pem = format!(
+        "{}{}",
+        to_pem("CERTIFICATE", &issued.der),
+        ctx.signer.chain_pem
+    );
 
     let now = now_rfc3339();
     let tx = reg.write()?;
@@ -304,9 +326,11 @@ pub fn sign_csr(
 
 /// Expands a pattern like `ACME-{seq:06}` for `count` devices starting at `start`.
 pub fn expand_pattern(pattern: &str, start: u64, count: u64) -> Result<Vec<String>> {
-    let open = pattern
-        .find("{seq")
-        .ok_or_else(|| Error::input(format!("serial pattern '{pattern}' has no {{seq}} or {{seq:0N}} placeholder")))?;
+    let open = pattern.find("{seq").ok_or_else(|| {
+        Error::input(format!(
+            "serial pattern '{pattern}' has no {{seq}} or {{seq:0N}} placeholder"
+        ))
+    })?;
     let close = pattern[open..]
         .find('}')
         .map(|c| open + c)
@@ -319,8 +343,16 @@ pub fn expand_pattern(pattern: &str, start: u64, count: u64) -> Result<Vec<Strin
             .parse::<usize>()
             .ok()
             .filter(|w| *w <= 20)
-            .ok_or_else(|| Error::input(format!("serial pattern '{pattern}': bad width '{w}' (use {{seq:06}})")))?,
-        None => return Err(Error::input(format!("serial pattern '{pattern}': use {{seq}} or {{seq:06}}"))),
+            .ok_or_else(|| {
+                Error::input(format!(
+                    "serial pattern '{pattern}': bad width '{w}' (use {{seq:06}})"
+                ))
+            })?,
+        None => {
+            return Err(Error::input(format!(
+                "serial pattern '{pattern}': use {{seq}} or {{seq:06}}"
+            )))
+        }
     };
     let (pre, post) = (&pattern[..open], &pattern[close + 1..]);
     if post.contains("{seq") {
@@ -347,7 +379,11 @@ pub fn serials_from_csv(path: &Path) -> Result<Vec<String>> {
         .clone();
     let col = headers
         .iter()
-        .position(|h| h.trim_start_matches('\u{feff}').trim().eq_ignore_ascii_case("serial"))
+        .position(|h| {
+            h.trim_start_matches('\u{feff}')
+                .trim()
+                .eq_ignore_ascii_case("serial")
+        })
         .ok_or_else(|| Error::input_at(path.display(), 1, "no 'serial' column in the header"))?;
     let mut out = Vec::new();
     for rec in rdr.records() {
@@ -414,11 +450,15 @@ pub fn batch(
     for s in serials {
         check_serial(s)?;
         if !seen.insert(s.as_str()) {
-            return Err(Error::conflict(format!("serial '{s}' appears twice in the batch")));
+            return Err(Error::conflict(format!(
+                "serial '{s}' appears twice in the batch"
+            )));
         }
     }
     {
-        let mut stmt = reg.conn().prepare("SELECT serial FROM devices WHERE serial = ?1")?;
+        let mut stmt = reg
+            .conn()
+            .prepare("SELECT serial FROM devices WHERE serial = ?1")?;
         for s in serials {
             if stmt.exists([s])? {
                 return Err(Error::conflict(format!(
@@ -455,7 +495,13 @@ pub fn batch(
                     d.batch = batch_label.map(str::to_string);
                     let vars = vars_for(&d, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
                     let key = keys::generate()?;
-                    let issued = issue(ctx.signer, ctx.profile, &vars, &key, OffsetDateTime::now_utc())?;
+                    let issued = issue(
+                        ctx.signer,
+                        ctx.profile,
+                        &vars,
+                        &key,
+                        OffsetDateTime::now_utc(),
+                    )?;
                     Ok(Made {
                         serial: serial.clone(),
                         issued,
@@ -463,7 +509,15 @@ pub fn batch(
                     })
                 })
                 .collect::<Result<_>>()?;
-            commit_chunk(reg, ctx, &made, out, bundle.as_mut(), &chain_pem, batch_label)?;
+            commit_chunk(
+                reg,
+                ctx,
+                &made,
+                out,
+                bundle.as_mut(),
+                &chain_pem,
+                batch_label,
+            )?;
             done += made.len();
             progress(done as u64);
         }

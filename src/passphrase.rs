@@ -27,7 +27,10 @@ pub fn obtain(file: Option<&Path>, confirm: bool) -> Result<Zeroizing<String>> {
         })?;
         // The first line only, without its line ending.
         let line = text.split(['\n', '\r']).next().unwrap_or("");
-        return check(Zeroizing::new(line.to_string()), &path.display().to_string());
+        return check(
+            Zeroizing::new(line.to_string()),
+            &path.display().to_string(),
+        );
     }
     if let Ok(v) = std::env::var(ENV_VAR) {
         return check(Zeroizing::new(v), ENV_VAR);
@@ -62,7 +65,9 @@ fn check(p: Zeroizing<String>, from: &str) -> Result<Zeroizing<String>> {
         )));
     }
     if p.chars().any(|c| c == '\0') {
-        return Err(Error::input(format!("CA passphrase from {from} contains a NUL byte")));
+        return Err(Error::input(format!(
+            "CA passphrase from {from} contains a NUL byte"
+        )));
     }
     Ok(p)
 }

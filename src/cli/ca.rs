@@ -19,7 +19,9 @@ use crate::registry::now_rfc3339;
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
     /// Create a P-256 root CA and an issuing CA signed by it
-    #[command(after_help = "Examples:\n  cradle ca init --name \"ACME Devices\" --passphrase-file /run/secrets/ca-pass\n  CRADLE_CA_PASSPHRASE=… cradle ca init --name ACME")]
+    #[command(
+        after_help = "Examples:\n  cradle ca init --name \"ACME Devices\" --passphrase-file /run/secrets/ca-pass\n  CRADLE_CA_PASSPHRASE=… cradle ca init --name ACME"
+    )]
     Init {
         /// CA name, used in the subjects of both CA certificates
         #[arg(long)]
@@ -28,7 +30,9 @@ pub enum CaCommand {
         pass: PassArgs,
     },
     /// Import an existing CA certificate and key (PEM), plus its chain to the root
-    #[command(after_help = "Examples:\n  cradle ca import --cert issuing.pem --key issuing.key --chain root.pem\n  cradle ca import --cert ca.pem --key ca-enc.key --key-passphrase-file old.pass")]
+    #[command(
+        after_help = "Examples:\n  cradle ca import --cert issuing.pem --key issuing.key --chain root.pem\n  cradle ca import --cert ca.pem --key ca-enc.key --key-passphrase-file old.pass"
+    )]
     Import {
         /// CA certificate (PEM or DER); more certificates in the file are taken as its chain
         #[arg(long, value_name = "FILE")]
@@ -51,7 +55,9 @@ pub enum CaCommand {
     /// Show the CA certificates: subject, validity, fingerprints
     Show,
     /// Write CA certificates as PEM for relying parties and verifiers
-    #[command(after_help = "Examples:\n  cradle ca export --chain -o chain.pem\n  cradle ca export --root > root.pem")]
+    #[command(
+        after_help = "Examples:\n  cradle ca export --chain -o chain.pem\n  cradle ca export --root > root.pem"
+    )]
     Export {
         /// Only the root CA certificate
         #[arg(long, group = "which")]
@@ -78,7 +84,15 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> anyhow::Result<i32> {
             key_passphrase_file,
             name,
             pass,
-        } => import(ctx, &cert, &key, chain.as_ref(), key_passphrase_file.as_ref(), name, &pass),
+        } => import(
+            ctx,
+            &cert,
+            &key,
+            chain.as_ref(),
+            key_passphrase_file.as_ref(),
+            name,
+            &pass,
+        ),
         CaCommand::Show => show(ctx),
         CaCommand::Export {
             root,
@@ -124,9 +138,7 @@ fn import(
     let mut reg = ctx.registry()?;
     refuse_existing(&reg)?;
     let cert_bytes = fs::read(cert).map_err(|e| Error::io(cert, e))?;
-    let key_text = zeroize::Zeroizing::new(
-        fs::read_to_string(key).map_err(|e| Error::io(key, e))?,
-    );
+    let key_text = zeroize::Zeroizing::new(fs::read_to_string(key).map_err(|e| Error::io(key, e))?);
     let chain_bytes = match chain {
         Some(c) => Some(fs::read(c).map_err(|e| Error::io(c, e))?),
         None => None,
@@ -183,7 +195,13 @@ fn finish_install(
         &now,
     )?;
     if let Err(e) = tx.commit() {
-        for f in [ca::ISSUING_KEY, ca::ROOT_KEY, ca::ISSUING_CERT, ca::ROOT_CERT, CHAIN] {
+        for f in [
+            ca::ISSUING_KEY,
+            ca::ROOT_KEY,
+            ca::ISSUING_CERT,
+            ca::ROOT_CERT,
+            CHAIN,
+        ] {
             let _ = fs::remove_file(dir.join(f));
         }
         return Err(e.into());
@@ -233,11 +251,7 @@ fn show(ctx: &Ctx) -> anyhow::Result<i32> {
         print_json(&views)?;
     } else {
         for v in &views {
-            println!(
-                "{} CA{}",
-                v.role,
-                if v.active { "" } else { " (inactive)" }
-            );
+            println!("{} CA{}", v.role, if v.active { "" } else { " (inactive)" });
             println!("  subject      {}", v.subject);
             println!("  valid        {} .. {}", v.not_before, v.not_after);
             println!("  sha256       {}", colon_hex(&v.fingerprint_sha256));

@@ -47,8 +47,8 @@ impl Ctx {
         // Check for a CA before asking for a passphrase that cannot help.
         ca::active_issuing(reg.conn())?;
         let p = crate::passphrase::obtain(pass.passphrase_file.as_deref(), false)?;
-        Ok(ca::unlock(reg.conn(), &self.home.ca_dir(), p.as_bytes())
-            .context("cannot unlock the issuing CA")?)
+        ca::unlock(reg.conn(), &self.home.ca_dir(), p.as_bytes())
+            .context("cannot unlock the issuing CA")
     }
 
     pub fn templates(&self) -> Option<PathBuf> {

@@ -17,7 +17,9 @@ use crate::registry::{certs, devices, events};
 #[derive(Debug, Subcommand)]
 pub enum IdentityCommand {
     /// Generate a key on the host and issue a certificate for one device
-    #[command(after_help = "Writes DIR/SERIAL.key (mode 0600) and DIR/SERIAL.pem (certificate + CA chain).\n\nExamples:\n  cradle identity issue ACME-000001 --out ./out\n  cradle identity issue ACME-000001 --profile aws-iot --out ./out")]
+    #[command(
+        after_help = "Writes DIR/SERIAL.key (mode 0600) and DIR/SERIAL.pem (certificate + CA chain).\n\nExamples:\n  cradle identity issue ACME-000001 --out ./out\n  cradle identity issue ACME-000001 --profile aws-iot --out ./out"
+    )]
     Issue {
         /// Device serial (created in the registry if new)
         serial: String,
@@ -31,7 +33,9 @@ pub enum IdentityCommand {
         pass: PassArgs,
     },
     /// Issue identities for many new devices, in parallel on all cores
-    #[command(after_help = "Examples:\n  cradle identity batch --count 10000 --serial-pattern 'ACME-{seq:06}' --bundle batch.jsonl\n  cradle identity batch --from devices.csv --out ./keys --batch B-2026-11\n\nThe bundle is JSON Lines (mode 0600): serial, fingerprint, cert_serial, key_pem, cert_pem, chain_pem.")]
+    #[command(
+        after_help = "Examples:\n  cradle identity batch --count 10000 --serial-pattern 'ACME-{seq:06}' --bundle batch.jsonl\n  cradle identity batch --from devices.csv --out ./keys --batch B-2026-11\n\nThe bundle is JSON Lines (mode 0600): serial, fingerprint, cert_serial, key_pem, cert_pem, chain_pem."
+    )]
     Batch {
         /// Number of devices to create (with --serial-pattern)
         #[arg(long, requires = "serial_pattern", conflicts_with = "from")]
@@ -61,7 +65,10 @@ pub enum IdentityCommand {
         pass: PassArgs,
     },
     /// Issue a certificate for a key made on the device, from its CSR
-    #[command(name = "sign-csr", after_help = "The CSR's signature and key type (P-256) are checked; its subject is ignored and\nthe certificate's subject comes from the profile and the registry.\n\nExample:\n  cradle identity sign-csr ACME-000001 --csr device.csr -o ACME-000001.pem")]
+    #[command(
+        name = "sign-csr",
+        after_help = "The CSR's signature and key type (P-256) are checked; its subject is ignored and\nthe certificate's subject comes from the profile and the registry.\n\nExample:\n  cradle identity sign-csr ACME-000001 --csr device.csr -o ACME-000001.pem"
+    )]
     SignCsr {
         /// Device serial
         serial: String,
@@ -114,7 +121,10 @@ pub fn run(ctx: &Ctx, cmd: IdentityCommand) -> anyhow::Result<i32> {
             if ctx.json {
                 print_json(&r)?;
             } else {
-                println!("issued {} for {} (profile {})", r.cert_serial, r.serial, r.profile);
+                println!(
+                    "issued {} for {} (profile {})",
+                    r.cert_serial, r.serial, r.profile
+                );
                 for f in &r.files {
                     println!("  {}", f.display());
                 }
@@ -194,8 +204,9 @@ pub fn run(ctx: &Ctx, cmd: IdentityCommand) -> anyhow::Result<i32> {
             let profile = load_profile(ctx, profile.as_deref(), &config.default_profile)?;
             // Check the CSR before asking for the passphrase.
             let der = crate::pki::csr::csr_der_from_bytes(&csr_bytes)?;
-            crate::pki::csr::check_csr(&der)
-                .map_err(|e| anyhow::Error::new(e).context(format!("rejected {}", csr.display())))?;
+            crate::pki::csr::check_csr(&der).map_err(|e| {
+                anyhow::Error::new(e).context(format!("rejected {}", csr.display()))
+            })?;
             let signer = ctx.signer(&reg, &pass)?;
             let actor = ctx.actor(&config);
             let ictx = IssueContext {
@@ -204,7 +215,8 @@ pub fn run(ctx: &Ctx, cmd: IdentityCommand) -> anyhow::Result<i32> {
                 org: &config.org,
                 actor: &actor,
             };
-            let (r, pem) = identity::sign_csr(&mut reg, &ictx, &serial, &csr_bytes, out.as_deref())?;
+            let (r, pem) =
+                identity::sign_csr(&mut reg, &ictx, &serial, &csr_bytes, out.as_deref())?;
             if ctx.json {
                 print_json(&serde_json::json!({"identity": r, "certificate_pem": pem}))?;
             } else if out.is_none() {
@@ -219,16 +231,37 @@ pub fn run(ctx: &Ctx, cmd: IdentityCommand) -> anyhow::Result<i32> {
             let bytes = read_limited(&cert, 1024 * 1024)?;
             let der = read_certs(&bytes, &cert.display().to_string())?.remove(0);
             let reg = ctx.registry()?;
-            let v = verify::verify(reg.conn(), &der, time::OffsetDateTime::now_utc().unix_timestamp())?;
+            let v = verify::verify(
+                reg.conn(),
+                &der,
+                time::OffsetDateTime::now_utc().unix_timestamp(),
+            )?;
             if ctx.json {
                 print_json(&v)?;
             } else {
-                println!("{}: {}", cert.display(), if v.ok { "OK" } else { "NOT VALID" });
+                println!(
+                    "{}: {}",
+                    cert.display(),
+                    if v.ok { "OK" } else { "NOT VALID" }
+                );
                 println!("  subject  {}", v.subject);
-                println!("  chain    {}", if v.chain.is_empty() { "-".into() } else { v.chain.join(" <- ") });
+                println!(
+                    "  chain    {}",
+                    if v.chain.is_empty() {
+                        "-".into()
+                    } else {
+                        v.chain.join(" <- ")
+                    }
+                );
                 println!("  valid    {} .. {}", ts(v.not_before), ts(v.not_after));
                 if let Some(s) = &v.registry_status {
-                    println!("  registry {s}{}", v.device.as_ref().map(|d| format!(" (device {d})")).unwrap_or_default());
+                    println!(
+                        "  registry {s}{}",
+                        v.device
+                            .as_ref()
+                            .map(|d| format!(" (device {d})"))
+                            .unwrap_or_default()
+                    );
                 }
                 for p in &v.problems {
                     println!("  problem  {p}");
@@ -240,7 +273,10 @@ pub fn run(ctx: &Ctx, cmd: IdentityCommand) -> anyhow::Result<i32> {
 }
 
 fn load_profile(ctx: &Ctx, name: Option<&str>, default: &str) -> anyhow::Result<Profile> {
-    Ok(Profile::load(name.unwrap_or(default), ctx.templates().as_deref())?)
+    Ok(Profile::load(
+        name.unwrap_or(default),
+        ctx.templates().as_deref(),
+    )?)
 }
 
 /// Reads a file, refusing one larger than `max` bytes (hostile input).
@@ -304,8 +340,14 @@ fn show(ctx: &Ctx, serial: &str) -> anyhow::Result<i32> {
             println!("  no certificates");
         }
         for c in &certs {
-            println!("  {} {} [{}] {}", c.status, c.cert_serial, c.profile, c.subject);
-            println!("      valid {} .. {}  key from {}", c.not_before, c.not_after, c.key_source);
+            println!(
+                "  {} {} [{}] {}",
+                c.status, c.cert_serial, c.profile, c.subject
+            );
+            println!(
+                "      valid {} .. {}  key from {}",
+                c.not_before, c.not_after, c.key_source
+            );
             println!("      sha256 {}", colon_hex(&c.fingerprint));
         }
     }

@@ -48,7 +48,8 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> anyhow::Result<i32> {
         }
         let ca = home.ca_dir();
         fs::create_dir_all(&ca).map_err(|e| Error::io(&ca, e))?;
-        fs::set_permissions(&ca, fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(&ca, e))?;
+        fs::set_permissions(&ca, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(&ca, e))?;
         let t = home.templates_dir();
         fs::create_dir_all(&t).map_err(|e| Error::io(&t, e))?;
         profile::install_builtins(&t)?;

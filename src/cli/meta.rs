@@ -102,7 +102,10 @@ pub fn man(out: &Path) -> anyhow::Result<i32> {
 }
 
 fn render_man(cmd: &clap::Command, name: &str, out: &Path) -> anyhow::Result<()> {
-    let page = cmd.clone().name(name.to_string()).bin_name(name.replace('-', " "));
+    let page = cmd
+        .clone()
+        .name(name.to_string())
+        .bin_name(name.replace('-', " "));
     let mut buf = Vec::new();
     clap_mangen::Man::new(page).render(&mut buf)?;
     let path = out.join(format!("{name}.1"));

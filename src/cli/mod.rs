@@ -58,7 +58,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a new home: registry, CA folder, config and editable profiles
-    #[command(after_help = "Examples:\n  cradle --home /srv/cradle init --station line-1 --org \"ACME Devices\"\n  CRADLE_HOME=./h cradle init")]
+    #[command(
+        after_help = "Examples:\n  cradle --home /srv/cradle init --station line-1 --org \"ACME Devices\"\n  CRADLE_HOME=./h cradle init"
+    )]
     Init(init::InitArgs),
 
     /// Create, import, show and export the certificate authority

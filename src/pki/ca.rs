@@ -216,8 +216,16 @@ pub fn install(
         if let Some(rk) = &material.root_key_pem {
             put(ROOT_KEY, rk.as_bytes(), true)?;
         }
-        put(ISSUING_CERT, to_pem("CERTIFICATE", &material.issuing_der).as_bytes(), false)?;
-        put(ROOT_CERT, to_pem("CERTIFICATE", &material.root_der).as_bytes(), false)?;
+        put(
+            ISSUING_CERT,
+            to_pem("CERTIFICATE", &material.issuing_der).as_bytes(),
+            false,
+        )?;
+        put(
+            ROOT_CERT,
+            to_pem("CERTIFICATE", &material.root_der).as_bytes(),
+            false,
+        )?;
         put(CHAIN, material.chain_pem().as_bytes(), false)?;
 
         let root = info_of(&material.root_der)?;
@@ -280,8 +288,11 @@ impl std::fmt::Debug for CaSigner {
 
 /// The active issuing CA record, or a clear error telling the user to make one.
 pub fn active_issuing(conn: &Connection) -> Result<CaRecord> {
-    cas::active_ca(conn, CaRole::Issuing)?
-        .ok_or_else(|| Error::NotInitialised("no CA yet: run `cradle ca init --name NAME` or `cradle ca import`".into()))
+    cas::active_ca(conn, CaRole::Issuing)?.ok_or_else(|| {
+        Error::NotInitialised(
+            "no CA yet: run `cradle ca init --name NAME` or `cradle ca import`".into(),
+        )
+    })
 }
 
 pub fn unlock(conn: &Connection, ca_dir: &Path, passphrase: &[u8]) -> Result<CaSigner> {

@@ -74,9 +74,8 @@ pub fn check_csr(der: &[u8]) -> Result<CheckedCsr> {
     // The point must be a valid P-256 point, not just tagged as one.
     p256::PublicKey::from_sec1_bytes(&spki.subject_public_key.data)
         .map_err(|_| Error::input("CSR public key is not a valid P-256 point"))?;
-    csr.verify_signature().map_err(|_| {
-        Error::input("CSR signature does not verify (forged or corrupted request)")
-    })?;
+    csr.verify_signature()
+        .map_err(|_| Error::input("CSR signature does not verify (forged or corrupted request)"))?;
     Ok(CheckedCsr {
         spki_der: spki.raw.to_vec(),
         requested_subject: info.subject.to_string(),

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CrlDistributionPoint, DistinguishedName, DnType,
-    DnValue, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType,
 };
 use serde::Deserialize;
 use time::{Duration, OffsetDateTime};
@@ -17,7 +17,10 @@ use crate::error::{Error, Result};
 /// Profiles shipped with cradle (copied into `HOME/templates` by `cradle init`).
 pub const BUILTIN: &[(&str, &str)] = &[
     ("root-ca", include_str!("../../templates/root-ca.toml")),
-    ("issuing-ca", include_str!("../../templates/issuing-ca.toml")),
+    (
+        "issuing-ca",
+        include_str!("../../templates/issuing-ca.toml"),
+    ),
     ("device", include_str!("../../templates/device.toml")),
     ("devid", include_str!("../../templates/devid.toml")),
     ("aws-iot", include_str!("../../templates/aws-iot.toml")),
@@ -177,10 +180,7 @@ impl Profile {
     /// Parses and checks a profile; every error names `source` and a line.
     pub fn parse(name: &str, source: &str, text: &str) -> Result<Profile> {
         let raw: RawProfile = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| line_of_offset(text, s.start))
-                .unwrap_or(1);
+            let line = e.span().map(|s| line_of_offset(text, s.start)).unwrap_or(1);
             Error::input_at(source, line, e.message().trim().to_string())
         })?;
         let at = |needle: &str| line_of(text, needle);
@@ -198,7 +198,7 @@ impl Profile {
             let (ty, label) = dn_type(key).ok_or_else(|| {
                 Error::input_at(
                     source,
-                    at(&format!("{key}")),
+                    at(key),
                     format!("unknown subject attribute '{key}' (use CN, O, OU, C, ST, L, serialNumber, emailAddress)"),
                 )
             })?;
@@ -321,7 +321,9 @@ impl Profile {
                     match rcgen::string::PrintableString::try_from(v.clone()) {
                         Ok(p) => DnValue::PrintableString(p),
                         Err(_) if matches!(ty, DnType::CountryName) => {
-                            return Err(self.value_err(t, format!("{label} '{v}' is not a country code")))
+                            return Err(
+                                self.value_err(t, format!("{label} '{v}' is not a country code"))
+                            )
                         }
                         Err(_) => DnValue::Utf8String(v),
                     }
@@ -369,9 +371,9 @@ impl Profile {
         }
         for t in &self.crl_dps {
             if let Some(v) = self.fill(t, vars)? {
-                params.crl_distribution_points.push(CrlDistributionPoint {
-                    uris: vec![v],
-                });
+                params
+                    .crl_distribution_points
+                    .push(CrlDistributionPoint { uris: vec![v] });
             }
         }
         params.not_before = now - Duration::seconds(self.backdate as i64);
@@ -477,9 +479,11 @@ fn check_placeholders(t: &Tpl, source: &str) -> Result<()> {
     }
     for (name, _) in placeholders(&t.raw) {
         let known = VARIABLES.contains(&name.as_str())
-            || name
-                .strip_prefix("attr.")
-                .is_some_and(|a| !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+            || name.strip_prefix("attr.").is_some_and(|a| {
+                !a.is_empty()
+                    && a.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            });
         if !known {
             return Err(Error::input_at(
                 source,

@@ -129,10 +129,9 @@ pub fn insert_cert(conn: &Connection, c: &NewCert<'_>, now: &str) -> Result<i64>
         now
     ])
     .map_err(|e| match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::ConstraintViolation) => Error::conflict(format!(
-            "certificate {} is already recorded",
-            c.fingerprint
-        )),
+        Some(rusqlite::ErrorCode::ConstraintViolation) => {
+            Error::conflict(format!("certificate {} is already recorded", c.fingerprint))
+        }
         _ => Error::Sql(e),
     })?;
     Ok(conn.last_insert_rowid())

@@ -210,14 +210,16 @@ pub fn insert_device(conn: &Connection, d: &NewDevice, now: &str) -> Result<i64>
 }
 
 pub fn device_by_serial(conn: &Connection, serial: &str) -> Result<Option<Device>> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE serial = ?1"))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE serial = ?1"
+    ))?;
     Ok(stmt.query_row([serial], from_row).optional()?)
 }
 
 pub fn device_by_id(conn: &Connection, id: i64) -> Result<Option<Device>> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"
+    ))?;
     Ok(stmt.query_row([id], from_row).optional()?)
 }
 
@@ -230,8 +232,9 @@ pub fn device_by_hardware_id(conn: &Connection, hwid: &str) -> Result<Option<Dev
 
 /// Looks a device up by serial or fails with a clear "no such device".
 pub fn require_device(conn: &Connection, serial: &str) -> Result<Device> {
-    device_by_serial(conn, serial)?
-        .ok_or_else(|| Error::not_found(format!("no device with serial '{serial}' in the registry")))
+    device_by_serial(conn, serial)?.ok_or_else(|| {
+        Error::not_found(format!("no device with serial '{serial}' in the registry"))
+    })
 }
 
 pub fn set_status(conn: &Connection, id: i64, status: DeviceStatus, now: &str) -> Result<()> {

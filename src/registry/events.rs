@@ -114,10 +114,7 @@ impl EventChain {
             )
             .optional()?;
         let (head_id, head_hash) = last.unwrap_or((0, GENESIS.to_string()));
-        Ok(EventChain {
-            head_id,
-            head_hash,
-        })
+        Ok(EventChain { head_id, head_hash })
     }
 
     pub fn append(&mut self, conn: &Connection, ev: &NewEvent<'_>, at: &str) -> Result<i64> {
@@ -243,21 +240,29 @@ pub fn verify_chain(conn: &Connection) -> Result<ChainReport> {
         let hash: String = r.get(8)?;
         count += 1;
         if first_break.is_none() {
-            let recomputed = event_hash(
-                id, &prev, device_id, &kind, &actor, &station, &at, &details,
-            );
+            let recomputed =
+                event_hash(id, &prev, device_id, &kind, &actor, &station, &at, &details);
             let brk = if recomputed != hash {
                 Some(("altered", format!("event {id} ({kind}) was altered: its stored hash does not match its contents")))
             } else if id != expected_id && prev != expected_prev {
                 if id > expected_id {
-                    Some(("deleted", format!("event(s) {expected_id}..{} were deleted before event {id}", id - 1)))
+                    Some((
+                        "deleted",
+                        format!(
+                            "event(s) {expected_id}..{} were deleted before event {id}",
+                            id - 1
+                        ),
+                    ))
                 } else {
                     Some(("inserted", format!("event {id} was inserted out of band")))
                 }
             } else if prev != expected_prev {
                 Some(("inserted", format!("event {id} ({kind}) does not follow the previous event's hash: inserted or rewritten out of band")))
             } else if id != expected_id {
-                Some(("deleted", format!("event(s) {expected_id}..{} are missing", id - 1)))
+                Some((
+                    "deleted",
+                    format!("event(s) {expected_id}..{} are missing", id - 1),
+                ))
             } else {
                 None
             };
@@ -335,10 +340,12 @@ mod tests {
         }
         let c = reg.conn();
         assert!(verify_chain(c).unwrap().first_break.is_none());
-        c.execute("UPDATE events SET actor='x' WHERE id=2", []).unwrap();
+        c.execute("UPDATE events SET actor='x' WHERE id=2", [])
+            .unwrap();
         let b = verify_chain(c).unwrap().first_break.unwrap();
         assert_eq!((b.event_id, b.problem.as_str()), (2, "altered"));
-        c.execute("UPDATE events SET actor='t' WHERE id=2", []).unwrap();
+        c.execute("UPDATE events SET actor='t' WHERE id=2", [])
+            .unwrap();
         c.execute("DELETE FROM events WHERE id=3", []).unwrap();
         let b = verify_chain(c).unwrap().first_break.unwrap();
         assert_eq!((b.event_id, b.problem.as_str()), (4, "deleted"));
@@ -353,7 +360,9 @@ mod tests {
             append_event(&tx, &ev("b"), "t").unwrap();
             tx.commit().unwrap();
         }
-        reg.conn().execute("DELETE FROM events WHERE id=2", []).unwrap();
+        reg.conn()
+            .execute("DELETE FROM events WHERE id=2", [])
+            .unwrap();
         let b = verify_chain(reg.conn()).unwrap().first_break.unwrap();
         assert_eq!(b.problem, "deleted");
     }

@@ -95,7 +95,8 @@ impl Registry {
     fn configure(&mut self) -> Result<()> {
         let path = self.path.clone();
         let c = &self.conn;
-        c.busy_timeout(BUSY_TIMEOUT).map_err(|e| reg_err(&path, e))?;
+        c.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| reg_err(&path, e))?;
         // journal_mode is the first statement that reads the file, so a file that is
         // not SQLite at all fails here with "file is not a database".
         let mode: String = c
