@@ -421,12 +421,19 @@ pub struct BatchSummary {
 }
 
 /// Devices per registry transaction.
-pub const CHUNK: usize = 4096;
+pub const CHUNK: usize = 1024;
 
+/// One device's identity, fully serialised off the registry thread.
 struct Made {
     serial: String,
     issued: Issued,
     key_pem: Zeroizing<String>,
+    /// Leaf certificate PEM (without the chain).
+    cert_pem: String,
+    /// The bundle's JSON line (with newline), when a bundle is written.
+    bundle_line: Option<Zeroizing<Vec<u8>>>,
+    /// The `identity.issued` event details, as JSON text.
+    details: String,
 }
 
 /// Issues identities for every serial: keys and certificates made in parallel on all
@@ -486,43 +493,32 @@ pub fn batch(
     let bundle_path = out.bundle.clone();
     let chain_pem = ctx.signer.chain_pem.clone();
     let mut done = 0usize;
-    let result = (|| -> Result<()> {
-        for chunk in serials.chunks(CHUNK) {
-            let made: Vec<Made> = chunk
-                .par_iter()
-                .map(|serial| {
-                    let mut d = device_template(serial);
-                    d.batch = batch_label.map(str::to_string);
-                    let vars = vars_for(&d, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
-                    let key = keys::generate()?;
-                    let issued = issue(
-                        ctx.signer,
-                        ctx.profile,
-                        &vars,
-                        &key,
-                        OffsetDateTime::now_utc(),
-                    )?;
-                    Ok(Made {
-                        serial: serial.clone(),
-                        issued,
-                        key_pem: Zeroizing::new(key.serialize_pem()),
-                    })
-                })
-                .collect::<Result<_>>()?;
-            commit_chunk(
-                reg,
-                ctx,
-                &made,
-                out,
-                bundle.as_mut(),
-                &chain_pem,
-                batch_label,
-            )?;
+    let want_bundle = out.bundle.is_some();
+    // Keys and certificates for chunk N+1 are made on the worker pool while chunk N
+    // is committed here: the registry thread is the bottleneck, so keep it busy.
+    let result = std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Made>>>(1);
+        let chain_ref = &chain_pem;
+        scope.spawn(move || {
+            for chunk in serials.chunks(CHUNK) {
+                let made = chunk
+                    .par_iter()
+                    .map(|serial| make_one(ctx, serial, batch_label, want_bundle, chain_ref))
+                    .collect::<Result<Vec<Made>>>();
+                let failed = made.is_err();
+                if tx.send(made).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        for made in rx {
+            let made = made?;
+            commit_chunk(reg, ctx, &made, out, bundle.as_mut(), batch_label)?;
             done += made.len();
             progress(done as u64);
         }
         Ok(())
-    })();
+    });
     if let Some((f, _)) = bundle.as_mut() {
         f.sync_all().ok();
     }
@@ -561,6 +557,61 @@ struct BundleLine<'a> {
     chain_pem: &'a str,
 }
 
+/// Makes one device's key and certificate and serialises everything the registry
+/// thread will need, so that it only inserts and writes.
+fn make_one(
+    ctx: &IssueContext<'_>,
+    serial: &str,
+    batch_label: Option<&str>,
+    want_bundle: bool,
+    chain_pem: &str,
+) -> Result<Made> {
+    let mut d = device_template(serial);
+    d.batch = batch_label.map(str::to_string);
+    let vars = vars_for(&d, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
+    let key = keys::generate()?;
+    let issued = issue(ctx.signer, ctx.profile, &vars, &key, OffsetDateTime::now_utc())?;
+    let key_pem = Zeroizing::new(key.serialize_pem());
+    drop(key);
+    let cert_pem = to_pem("CERTIFICATE", &issued.der);
+    let bundle_line = if want_bundle {
+        let mut buf = Zeroizing::new(Vec::with_capacity(2600));
+        serde_json::to_writer(
+            &mut *buf,
+            &BundleLine {
+                serial,
+                fingerprint: &issued.info.fingerprint,
+                cert_serial: &issued.info.serial_hex,
+                key_pem: &key_pem,
+                cert_pem: &cert_pem,
+                chain_pem,
+            },
+        )
+        .map_err(|e| Error::input(e.to_string()))?;
+        buf.push(b'\n');
+        Some(buf)
+    } else {
+        None
+    };
+    let details = serde_json::json!({
+        "profile": ctx.profile.name,
+        "cert_serial": issued.info.serial_hex,
+        "fingerprint": issued.info.fingerprint,
+        "key_source": KeySource::Host.as_str(),
+        "device_created": true,
+        "batch": batch_label,
+    })
+    .to_string();
+    Ok(Made {
+        serial: serial.to_string(),
+        issued,
+        key_pem,
+        cert_pem,
+        bundle_line,
+        details,
+    })
+}
+
 /// Writes one chunk's files and bundle lines, then commits its registry rows; if the
 /// commit fails, the chunk's files are removed and the bundle truncated back.
 fn commit_chunk(
@@ -569,7 +620,6 @@ fn commit_chunk(
     made: &[Made],
     out: &BatchOutput,
     bundle: Option<&mut (File, u64)>,
-    chain_pem: &str,
     batch_label: Option<&str>,
 ) -> Result<()> {
     let now = now_rfc3339();
@@ -585,20 +635,31 @@ fn commit_chunk(
             },
             &now,
         )?;
-        let existing = Device {
-            id: device_id,
-            ..device_template(&m.serial)
-        };
-        record(
+        certs::insert_cert(
             &tx,
-            &mut chain,
-            ctx,
-            Some(&existing),
-            &m.serial,
-            &m.issued,
-            KeySource::Host,
+            &NewCert {
+                device_id,
+                ca_id: Some(ctx.signer.record.id),
+                serial_hex: &m.issued.info.serial_hex,
+                fingerprint: &m.issued.info.fingerprint,
+                pubkey_sha256: &m.issued.info.pubkey_sha256,
+                subject: &m.issued.info.subject,
+                profile: &ctx.profile.name,
+                key_source: KeySource::Host,
+                not_before: m.issued.info.not_before,
+                not_after: m.issued.info.not_after,
+                der: &m.issued.der,
+            },
             &now,
-            serde_json::json!({"batch": batch_label, "device_created": true}),
+        )?;
+        chain.append_raw(
+            &tx,
+            Some(device_id),
+            "identity.issued",
+            &ctx.actor.operator,
+            &ctx.actor.station,
+            &m.details,
+            &now,
         )?;
     }
     chain.store_head(&tx)?;
@@ -606,7 +667,7 @@ fn commit_chunk(
     let mut written: Vec<PathBuf> = Vec::new();
     let mut bundle = bundle;
     let bundle_start = bundle.as_ref().map(|(_, len)| *len);
-    let files = write_chunk_files(made, out, bundle.as_deref_mut(), chain_pem, &mut written);
+    let files = write_chunk_files(made, out, bundle.as_deref_mut(), &ctx.signer.chain_pem, &mut written);
     let outcome = files.and_then(|_| tx.commit().map_err(Error::from));
     if outcome.is_err() {
         for p in &written {
@@ -629,22 +690,10 @@ fn write_chunk_files(
     written: &mut Vec<PathBuf>,
 ) -> Result<()> {
     if let Some((f, len)) = bundle {
-        let mut buf = Zeroizing::new(Vec::with_capacity(made.len() * 1800));
-        for m in made {
-            let cert_pem = to_pem("CERTIFICATE", &m.issued.der);
-            serde_json::to_writer(
-                &mut *buf,
-                &BundleLine {
-                    serial: &m.serial,
-                    fingerprint: &m.issued.info.fingerprint,
-                    cert_serial: &m.issued.info.serial_hex,
-                    key_pem: &m.key_pem,
-                    cert_pem: &cert_pem,
-                    chain_pem,
-                },
-            )
-            .map_err(|e| Error::input(e.to_string()))?;
-            buf.push(b'\n');
+        let total: usize = made.iter().filter_map(|m| m.bundle_line.as_ref()).map(|l| l.len()).sum();
+        let mut buf = Zeroizing::new(Vec::with_capacity(total));
+        for line in made.iter().filter_map(|m| m.bundle_line.as_ref()) {
+            buf.extend_from_slice(line);
         }
         let path = out.bundle.clone().unwrap_or_default();
         f.write_all(&buf)
@@ -653,13 +702,30 @@ fn write_chunk_files(
         *len += buf.len() as u64;
     }
     if let Some(dir) = &out.dir {
-        for m in made {
-            let (kp, cp) = file_names(dir, &m.serial);
-            keys::write_new_file(&kp, m.key_pem.as_bytes(), 0o600)?;
-            written.push(kp);
-            let pem = format!("{}{}", to_pem("CERTIFICATE", &m.issued.der), chain_pem);
-            keys::write_new_file(&cp, pem.as_bytes(), 0o644)?;
-            written.push(cp);
+        // File creation is kernel time; spread it over the cores.
+        let results: Vec<(Vec<PathBuf>, Result<()>)> = made
+            .par_iter()
+            .map(|m| {
+                let (kp, cp) = file_names(dir, &m.serial);
+                let mut mine = Vec::new();
+                let r = keys::write_new_file(&kp, m.key_pem.as_bytes(), 0o600)
+                    .map(|_| mine.push(kp))
+                    .and_then(|_| {
+                        let pem = format!("{}{}", m.cert_pem, chain_pem);
+                        keys::write_new_file(&cp, pem.as_bytes(), 0o644).map(|_| mine.push(cp))
+                    });
+                (mine, r)
+            })
+            .collect();
+        let mut first_err = None;
+        for (paths, r) in results {
+            written.extend(paths);
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
         }
     }
     Ok(())

@@ -118,28 +118,33 @@ impl EventChain {
     }
 
     pub fn append(&mut self, conn: &Connection, ev: &NewEvent<'_>, at: &str) -> Result<i64> {
-        let id = self.head_id + 1;
         let details = ev.details.to_string();
-        let hash = event_hash(
-            id,
-            &self.head_hash,
-            ev.device_id,
-            ev.kind,
-            ev.actor,
-            ev.station,
-            at,
-            &details,
-        );
+        self.append_raw(conn, ev.device_id, ev.kind, ev.actor, ev.station, &details, at)
+    }
+
+    /// `append` with the details already serialised as JSON text (bulk paths).
+    pub fn append_raw(
+        &mut self,
+        conn: &Connection,
+        device_id: Option<i64>,
+        kind: &str,
+        actor: &str,
+        station: &str,
+        details: &str,
+        at: &str,
+    ) -> Result<i64> {
+        let id = self.head_id + 1;
+        let hash = event_hash(id, &self.head_hash, device_id, kind, actor, station, at, details);
         conn.prepare_cached(
             "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
         .execute(params![
             id,
-            ev.device_id,
-            ev.kind,
-            ev.actor,
-            ev.station,
+            device_id,
+            kind,
+            actor,
+            station,
             at,
             details,
             self.head_hash,
