@@ -65,7 +65,10 @@ fn python_rate(dir: &Path, n: usize) -> Option<f64> {
     if !o.status.success() {
         eprintln!(
             "python reference unavailable (pip install cryptography): {}",
-            String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         );
         return None;
     }
@@ -113,29 +116,61 @@ fn main() {
     let bundle = tmp.path().join("b.jsonl");
     let secs = cradle(
         h,
-        &["identity", "batch", "--count", &count, "--serial-pattern", "B-{seq:07}", "--bundle", bundle.to_str().unwrap()],
+        &[
+            "identity",
+            "batch",
+            "--count",
+            &count,
+            "--serial-pattern",
+            "B-{seq:07}",
+            "--bundle",
+            bundle.to_str().unwrap(),
+        ],
     );
     let bundle_rate = n as f64 / secs;
     let out = tmp.path().join("files");
     let secs = cradle(
         h,
-        &["identity", "batch", "--count", &count, "--serial-pattern", "F-{seq:07}", "--out", out.to_str().unwrap()],
+        &[
+            "identity",
+            "batch",
+            "--count",
+            &count,
+            "--serial-pattern",
+            "F-{seq:07}",
+            "--out",
+            out.to_str().unwrap(),
+        ],
     );
     let files_rate = n as f64 / secs;
     let py = python_rate(tmp.path(), n.min(5_000));
     let os = openssl_rate(tmp.path(), 40);
 
-    println!("identity batch, {n} devices, {} cores (whole process: start, CA unlock, registry, files)", std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1));
+    println!(
+        "identity batch, {n} devices, {} cores (whole process: start, CA unlock, registry, files)",
+        std::thread::available_parallelism()
+            .map(|p| p.get())
+            .unwrap_or(1)
+    );
     println!("  cradle -> registry + one bundle : {bundle_rate:>9.0} devices/s");
     println!("  cradle -> registry + 2 files/dev: {files_rate:>9.0} devices/s");
     match py {
         Some(p) => {
             println!("  python cryptography (1 process) : {p:>9.0} devices/s");
-            println!("  ratio bundle/python             : {:>9.1}x", bundle_rate / p);
-            println!("  ratio files/python              : {:>9.1}x", files_rate / p);
+            println!(
+                "  ratio bundle/python             : {:>9.1}x",
+                bundle_rate / p
+            );
+            println!(
+                "  ratio files/python              : {:>9.1}x",
+                files_rate / p
+            );
         }
         None => println!("  python cryptography             :   (not installed)"),
     }
     println!("  openssl CLI loop                : {os:>9.1} devices/s");
-    println!("  ratio bundle/openssl-cli        : {:>9.0}x", bundle_rate / os);
+    println!(
+        "  ratio bundle/openssl-cli        : {:>9.0}x",
+        bundle_rate / os
+    );
 }

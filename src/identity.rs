@@ -100,6 +100,24 @@ pub fn check_serial(serial: &str) -> Result<()> {
     Ok(())
 }
 
+/// A retired or decommissioned device must not get a new identity.
+fn check_issuable(device: Option<&Device>) -> Result<()> {
+    match device {
+        Some(d)
+            if matches!(
+                d.status,
+                devices::DeviceStatus::Retired | devices::DeviceStatus::Decommissioned
+            ) =>
+        {
+            Err(Error::conflict(format!(
+                "device '{}' is {}; it cannot get a new identity",
+                d.serial, d.status
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Output files for one device under `dir`.
 fn file_names(dir: &Path, serial: &str) -> (PathBuf, PathBuf) {
     (
@@ -193,6 +211,7 @@ pub fn issue_one(
         }
     }
     let existing = devices::device_by_serial(reg.conn(), serial)?;
+    check_issuable(existing.as_ref())?;
     let device = existing.clone().unwrap_or_else(|| device_template(serial));
     let vars = vars_for(&device, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
     let key = keys::generate()?;
@@ -215,6 +234,7 @@ pub fn issue_one(
     let tx = reg.write()?;
     // Re-read inside the write lock: another station may have created it meanwhile.
     let existing = devices::device_by_serial(&tx, serial)?;
+    check_issuable(existing.as_ref())?;
     let mut chain = EventChain::load(&tx)?;
     let (_, created) = record(
         &tx,
@@ -266,6 +286,7 @@ pub fn sign_csr(
     let spki = SubjectPublicKeyInfo::from_der(&checked.spki_der)
         .map_err(|e| Error::input(format!("CSR public key: {e}")))?;
     let existing = devices::device_by_serial(reg.conn(), serial)?;
+    check_issuable(existing.as_ref())?;
     let device = existing.clone().unwrap_or_else(|| device_template(serial));
     let vars = vars_for(&device, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
     let issued = issue(
@@ -284,6 +305,7 @@ pub fn sign_csr(
     let now = now_rfc3339();
     let tx = reg.write()?;
     let existing = devices::device_by_serial(&tx, serial)?;
+    check_issuable(existing.as_ref())?;
     let mut chain = EventChain::load(&tx)?;
     let (_, created) = record(
         &tx,
@@ -570,7 +592,13 @@ fn make_one(
     d.batch = batch_label.map(str::to_string);
     let vars = vars_for(&d, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
     let key = keys::generate()?;
-    let issued = issue(ctx.signer, ctx.profile, &vars, &key, OffsetDateTime::now_utc())?;
+    let issued = issue(
+        ctx.signer,
+        ctx.profile,
+        &vars,
+        &key,
+        OffsetDateTime::now_utc(),
+    )?;
     let key_pem = Zeroizing::new(key.serialize_pem());
     drop(key);
     let cert_pem = to_pem("CERTIFICATE", &issued.der);
@@ -667,7 +695,13 @@ fn commit_chunk(
     let mut written: Vec<PathBuf> = Vec::new();
     let mut bundle = bundle;
     let bundle_start = bundle.as_ref().map(|(_, len)| *len);
-    let files = write_chunk_files(made, out, bundle.as_deref_mut(), &ctx.signer.chain_pem, &mut written);
+    let files = write_chunk_files(
+        made,
+        out,
+        bundle.as_deref_mut(),
+        &ctx.signer.chain_pem,
+        &mut written,
+    );
     let outcome = files.and_then(|_| tx.commit().map_err(Error::from));
     if outcome.is_err() {
         for p in &written {
@@ -690,7 +724,11 @@ fn write_chunk_files(
     written: &mut Vec<PathBuf>,
 ) -> Result<()> {
     if let Some((f, len)) = bundle {
-        let total: usize = made.iter().filter_map(|m| m.bundle_line.as_ref()).map(|l| l.len()).sum();
+        let total: usize = made
+            .iter()
+            .filter_map(|m| m.bundle_line.as_ref())
+            .map(|l| l.len())
+            .sum();
         let mut buf = Zeroizing::new(Vec::with_capacity(total));
         for line in made.iter().filter_map(|m| m.bundle_line.as_ref()) {
             buf.extend_from_slice(line);

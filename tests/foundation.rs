@@ -900,3 +900,33 @@ fn completions_are_generated() {
     let out = env.ok(&["completions", "bash"]);
     assert!(out.contains("cradle") && out.contains("identity"));
 }
+
+#[test]
+fn a_retired_device_gets_no_new_identity() {
+    let env = Env::with_ca();
+    env.ok(&[
+        "identity",
+        "issue",
+        "R-1",
+        "--out",
+        "o",
+        "--passphrase-file",
+        env.pass(),
+    ]);
+    env.sql("UPDATE devices SET status='retired' WHERE serial='R-1';");
+    let before = env.dump();
+    let err = env.fails(
+        &[
+            "identity",
+            "issue",
+            "R-1",
+            "--out",
+            "o2",
+            "--passphrase-file",
+            env.pass(),
+        ],
+        7,
+    );
+    assert!(err.contains("is retired"), "{err}");
+    assert_eq!(env.dump(), before);
+}

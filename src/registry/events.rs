@@ -119,7 +119,15 @@ impl EventChain {
 
     pub fn append(&mut self, conn: &Connection, ev: &NewEvent<'_>, at: &str) -> Result<i64> {
         let details = ev.details.to_string();
-        self.append_raw(conn, ev.device_id, ev.kind, ev.actor, ev.station, &details, at)
+        self.append_raw(
+            conn,
+            ev.device_id,
+            ev.kind,
+            ev.actor,
+            ev.station,
+            &details,
+            at,
+        )
     }
 
     /// `append` with the details already serialised as JSON text (bulk paths).
@@ -134,7 +142,16 @@ impl EventChain {
         at: &str,
     ) -> Result<i64> {
         let id = self.head_id + 1;
-        let hash = event_hash(id, &self.head_hash, device_id, kind, actor, station, at, details);
+        let hash = event_hash(
+            id,
+            &self.head_hash,
+            device_id,
+            kind,
+            actor,
+            station,
+            at,
+            details,
+        );
         conn.prepare_cached(
             "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
