@@ -740,30 +740,13 @@ fn write_chunk_files(
         *len += buf.len() as u64;
     }
     if let Some(dir) = &out.dir {
-        // File creation is kernel time; spread it over the cores.
-        let results: Vec<(Vec<PathBuf>, Result<()>)> = made
-            .par_iter()
-            .map(|m| {
-                let (kp, cp) = file_names(dir, &m.serial);
-                let mut mine = Vec::new();
-                let r = keys::write_new_file(&kp, m.key_pem.as_bytes(), 0o600)
-                    .map(|_| mine.push(kp))
-                    .and_then(|_| {
-                        let pem = format!("{}{}", m.cert_pem, chain_pem);
-                        keys::write_new_file(&cp, pem.as_bytes(), 0o644).map(|_| mine.push(cp))
-                    });
-                (mine, r)
-            })
-            .collect();
-        let mut first_err = None;
-        for (paths, r) in results {
-            written.extend(paths);
-            if let Err(e) = r {
-                first_err.get_or_insert(e);
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(e);
+        for m in made {
+            let (kp, cp) = file_names(dir, &m.serial);
+            keys::write_new_file(&kp, m.key_pem.as_bytes(), 0o600)?;
+            written.push(kp);
+            let pem = format!("{}{}", m.cert_pem, chain_pem);
+            keys::write_new_file(&cp, pem.as_bytes(), 0o644)?;
+            written.push(cp);
         }
     }
     Ok(())
