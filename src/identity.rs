@@ -513,19 +513,29 @@ pub fn batch(
         None => None,
     };
     let bundle_path = out.bundle.clone();
-    let chain_pem = ctx.signer.chain_pem.clone();
+    if let (Some((f, len)), Some(p)) = (bundle.as_mut(), &out.bundle) {
+        let mut head = serde_json::to_vec(&BundleHeader {
+            cradle_bundle: 1,
+            profile: &ctx.profile.name,
+            ca: &ctx.signer.record.subject,
+            chain_pem: &ctx.signer.chain_pem,
+        })
+        .map_err(|e| Error::input(e.to_string()))?;
+        head.push(b'\n');
+        f.write_all(&head).map_err(|e| Error::io(p, e))?;
+        *len = head.len() as u64;
+    }
     let mut done = 0usize;
     let want_bundle = out.bundle.is_some();
     // Keys and certificates for chunk N+1 are made on the worker pool while chunk N
     // is committed here: the registry thread is the bottleneck, so keep it busy.
     let result = std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Made>>>(1);
-        let chain_ref = &chain_pem;
         scope.spawn(move || {
             for chunk in serials.chunks(CHUNK) {
                 let made = chunk
                     .par_iter()
-                    .map(|serial| make_one(ctx, serial, batch_label, want_bundle, chain_ref))
+                    .map(|serial| make_one(ctx, serial, batch_label, want_bundle))
                     .collect::<Result<Vec<Made>>>();
                 let failed = made.is_err();
                 if tx.send(made).is_err() || failed {
@@ -543,6 +553,12 @@ pub fn batch(
     });
     if let Some((f, _)) = bundle.as_mut() {
         f.sync_all().ok();
+    }
+    // A bundle holding no committed device is not left behind.
+    if result.is_err() && done == 0 {
+        if let Some(p) = &out.bundle {
+            let _ = fs::remove_file(p);
+        }
     }
     result?;
     let secs = started.elapsed().as_secs_f64();
@@ -576,6 +592,14 @@ struct BundleLine<'a> {
     cert_serial: &'a str,
     key_pem: &'a str,
     cert_pem: &'a str,
+}
+
+/// The bundle's first line: what every device line shares.
+#[derive(Serialize)]
+struct BundleHeader<'a> {
+    cradle_bundle: u32,
+    profile: &'a str,
+    ca: &'a str,
     chain_pem: &'a str,
 }
 
@@ -586,7 +610,6 @@ fn make_one(
     serial: &str,
     batch_label: Option<&str>,
     want_bundle: bool,
-    chain_pem: &str,
 ) -> Result<Made> {
     let mut d = device_template(serial);
     d.batch = batch_label.map(str::to_string);
@@ -612,7 +635,6 @@ fn make_one(
                 cert_serial: &issued.info.serial_hex,
                 key_pem: &key_pem,
                 cert_pem: &cert_pem,
-                chain_pem,
             },
         )
         .map_err(|e| Error::input(e.to_string()))?;

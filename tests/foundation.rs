@@ -286,10 +286,16 @@ fn batch_issues_into_the_registry_a_bundle_and_files() {
     );
     assert_eq!(mode(&env.path("b.jsonl")), 0o600);
     let bundle = std::fs::read_to_string(env.path("b.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = bundle
+    let mut lines: Vec<serde_json::Value> = bundle
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    let header = lines.remove(0);
+    assert_eq!(header["cradle_bundle"], 1);
+    assert!(header["chain_pem"]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
     assert_eq!(lines.len(), 40);
     // Every bundle certificate verifies and matches its key.
     let mut paths = Vec::new();

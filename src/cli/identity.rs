@@ -34,7 +34,7 @@ pub enum IdentityCommand {
     },
     /// Issue identities for many new devices, in parallel on all cores
     #[command(
-        after_help = "Examples:\n  cradle identity batch --count 10000 --serial-pattern 'ACME-{seq:06}' --bundle batch.jsonl\n  cradle identity batch --from devices.csv --out ./keys --batch B-2026-11\n\nThe bundle is JSON Lines (mode 0600): serial, fingerprint, cert_serial, key_pem, cert_pem, chain_pem."
+        after_help = "Examples:\n  cradle identity batch --count 10000 --serial-pattern 'ACME-{seq:06}' --bundle batch.jsonl\n  cradle identity batch --from devices.csv --out ./keys --batch B-2026-11\n\nThe bundle is JSON Lines (mode 0600): a header line {cradle_bundle, profile, ca, chain_pem},\nthen one line per device {serial, fingerprint, cert_serial, key_pem, cert_pem}."
     )]
     Batch {
         /// Number of devices to create (with --serial-pattern)
