@@ -45,7 +45,7 @@ pub fn fill_identity(
     now: &str,
 ) -> Result<()> {
     conn.prepare_cached(
-        "UPDATE devices SET hardware_id = COALESCE(hardware_id, ?1), model = COALESCE(model, ?2), updated_at = ?3 WHERE id = ?4",
+        "UPDATE devices SET hardware_id = COALESCE(hardware_id, ?1), model = COALESCE(model, ?2), updated_at = ?3 WHERE id = ?4 AND (hardware_id IS NULL OR model IS NULL)",
     )?
     .execute(params![hardware_id, model, now, id])?;
     Ok(())

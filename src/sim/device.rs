@@ -267,14 +267,7 @@ impl Device {
                     rcgen::KeyPair::try_from(kp.serialize_der().as_slice())
                         .map_err(|_| code::INTERNAL)?
                 };
-                let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
-                    .map_err(|_| code::INTERNAL)?;
-                params
-                    .distinguished_name
-                    .push(rcgen::DnType::CommonName, self.state.hardware_id.clone());
-                let csr = params
-                    .serialize_request(&csr_key)
-                    .map_err(|_| code::INTERNAL)?;
+                let csr = make_csr(&csr_key, &self.state.hardware_id)?;
                 self.state.key = Some(kp.serialize_der());
                 // A new key makes any stored certificate meaningless.
                 self.state.slots.clear();
@@ -283,12 +276,20 @@ impl Device {
                     self.faults.bad_base64 = false;
                     "!!not*base64!!".to_string()
                 } else {
-                    b64(csr.der())
+                    b64(&csr)
                 };
                 Ok(Reply::frame(ok(
                     seq,
                     vec![format!("pub={}", b64(&spki)), format!("csr={csr_b64}")],
                 )))
+            }
+            "CSR" => {
+                // A CSR for the key the device already holds: idempotent, so a host that
+                // lost the KEYGEN reply can fetch it without making another key.
+                let key = self.state.key.clone().ok_or(code::NO_KEY)?;
+                let kp = rcgen::KeyPair::try_from(key.as_slice()).map_err(|_| code::INTERNAL)?;
+                let csr = make_csr(&kp, &self.state.hardware_id)?;
+                Ok(Reply::frame(ok(seq, vec![format!("csr={}", b64(&csr))])))
             }
             "STAT" => {
                 let slot = self.slot_arg(f, 0)?;
@@ -488,6 +489,16 @@ impl Device {
             _ => Err(code::UNKNOWN_COMMAND),
         }
     }
+}
+
+fn make_csr(key: &rcgen::KeyPair, hwid: &str) -> std::result::Result<Vec<u8>, u32> {
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|_| code::INTERNAL)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, hwid.to_string());
+    let csr = params.serialize_request(key).map_err(|_| code::INTERNAL)?;
+    Ok(csr.der().to_vec())
 }
 
 mod hexbytes {

@@ -177,18 +177,22 @@ fn poll_fd(fd: i32, events: i16, ms: i32) -> i16 {
 /// Writes all of `data` to the master within a few seconds; if the host stopped reading
 /// (port closed), the queued input is flushed so the device never wedges.
 fn write_all_master(pty: &mut Pty, data: &[u8]) {
-    let start = Instant::now();
+    let mut last_progress = Instant::now();
     let mut off = 0;
     while off < data.len() {
         match pty.master.write(&data[off..]) {
-            Ok(n) => off += n,
+            Ok(n) => {
+                off += n;
+                last_progress = Instant::now();
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if start.elapsed() > Duration::from_secs(2) {
+                // Nobody has read for a while (host gone): drop the rest and what is queued.
+                if last_progress.elapsed() > Duration::from_millis(300) {
                     // SAFETY: valid fd.
                     unsafe { libc::tcflush(pty.slave.as_raw_fd(), libc::TCIFLUSH) };
                     return;
                 }
-                poll_fd(pty.master.as_raw_fd(), libc::POLLOUT, 50);
+                poll_fd(pty.master.as_raw_fd(), libc::POLLOUT, 20);
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return,

@@ -479,12 +479,31 @@ impl Station<'_> {
                 device.serial, device.status
             )));
         }
+        let mut reconnects = 0;
         // The key: made on the device (CSR) or here (inject).
         let (spki, mut key) = match self.mode {
             Mode::Csr => {
                 run.step = "keygen";
                 progress.update(&pname, "keygen", 0, 1);
-                let (public, csr_der) = s.keygen()?;
+                let (public, csr_der) = loop {
+                    match s.keygen() {
+                        Ok(v) => break v,
+                        Err(e) if e.is_link_problem() && reconnects < 3 => {
+                            reconnects += 1;
+                            res.reconnects += 1;
+                            stats_of(&s, res);
+                            drop(s);
+                            progress.update(&pname, "reconnect", 0, 1);
+                            s = self.reopen(port)?;
+                            if s.hello()?.hardware_id != info.hardware_id {
+                                return Err(dev_err(format!(
+                                    "after reconnecting, a different device answers on {pname}"
+                                )));
+                            }
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
                 let checked = csr::check_csr(&csr_der)
                     .map_err(|e| dev_err(format!("device sent an unusable CSR: {e}")))?;
                 if checked.spki_der != public {
@@ -516,7 +535,6 @@ impl Station<'_> {
         let total = (key.as_ref().map_or(0, |k| k.len()) + issued.der.len() + chain.len()) as u64;
 
         // The device phase, resumed over a reconnect after a hang-up or a timeout.
-        let mut reconnects = 0;
         loop {
             let r = device_phase(
                 &mut s,

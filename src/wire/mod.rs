@@ -206,9 +206,16 @@ pub fn open(path: &Path, baud: u32, timeout: Duration) -> Result<Session<Port>, 
         .timeout(Duration::from_millis(20))
         .open_native()
         .map_err(|e| WireError::Open {
-            path: name,
+            path: name.clone(),
             msg: e.to_string(),
         })?;
+    // Bytes queued before we opened belong to nobody's request (boot noise, a previous host).
+    serialport::SerialPort::clear(&port, serialport::ClearBuffer::Input).map_err(|e| {
+        WireError::Open {
+            path: name,
+            msg: e.to_string(),
+        }
+    })?;
     Ok(Session::new(port, baud, timeout))
 }
 
@@ -427,11 +434,39 @@ impl<T: Read + Write> Session<T> {
         Ok(info)
     }
 
-    /// KEYGEN: the device makes a P-256 key; returns (SPKI DER, CSR DER). Not retried:
-    /// a second KEYGEN would make another key.
+    /// KEYGEN: the device makes a P-256 key; returns (SPKI DER, CSR DER). KEYGEN is not
+    /// idempotent, so it is never blindly resent: if its reply is lost, HELLO tells whether
+    /// the device made a new key (its public key changed), and the CSR for that key is
+    /// fetched with the idempotent CSR request; otherwise KEYGEN is sent again.
     pub fn keygen(&mut self) -> Result<(Vec<u8>, Vec<u8>), WireError> {
-        let f = self.request("KEYGEN", vec![], false)?;
-        Ok((f.need_b64("pub")?, f.need_b64("csr")?))
+        let before = match &self.info {
+            Some(i) => i.public_key.clone(),
+            None => self.hello()?.public_key,
+        };
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                self.stats.retries += 1;
+                let now = self.hello()?.public_key;
+                if let Some(p) = now.filter(|p| Some(p) != before.as_ref()) {
+                    return Ok((p, self.csr()?));
+                }
+            }
+            match self.request("KEYGEN", vec![], false) {
+                Ok(f) => return Ok((f.need_b64("pub")?, f.need_b64("csr")?)),
+                Err(e @ WireError::Timeout { .. }) => last = Some(e),
+                Err(WireError::Protocol(m)) if m.contains("garbled") => {
+                    last = Some(WireError::Protocol(m))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(WireError::Protocol("KEYGEN failed".into())))
+    }
+
+    /// CSR: a certificate request for the key the device holds (idempotent).
+    pub fn csr(&mut self) -> Result<Vec<u8>, WireError> {
+        self.request("CSR", vec![], true)?.need_b64("csr")
     }
 
     pub fn stat(&mut self, slot: &str) -> Result<SlotStatus, WireError> {
@@ -468,8 +503,10 @@ impl<T: Read + Write> Session<T> {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<(), WireError> {
         let total = data.len();
-        let chunk = self.chunk_size();
+        let mut chunk = self.chunk_size();
+        let mut window = self.window;
         let mut resyncs = 0;
+        let mut best = 0usize;
         'resume: loop {
             let st = self.stat(slot)?;
             let mut held = st.len as usize;
@@ -481,11 +518,16 @@ impl<T: Read + Write> Session<T> {
                 return Ok(());
             }
             progress(held as u64, total as u64);
+            if held > best {
+                // Progress since the last resync: the budget is for a stuck line only.
+                best = held;
+                resyncs = 0;
+            }
             let mut next = held;
             let mut in_flight: VecDeque<u32> = VecDeque::new();
             let mut last_progress = Instant::now();
             while held < total {
-                while in_flight.len() < self.window && next < total {
+                while in_flight.len() < window && next < total {
                     let end = (next + chunk).min(total);
                     let seq = self.send(
                         "WRITE",
@@ -530,6 +572,9 @@ impl<T: Read + Write> Session<T> {
                 if lost {
                     resyncs += 1;
                     self.stats.resyncs += 1;
+                    // A noisy line: smaller frames are likelier to arrive intact.
+                    chunk = ((chunk / 2) / 3 * 3).max(48);
+                    window = (window / 2).max(1);
                     if resyncs > MAX_RESYNC {
                         return Err(WireError::Protocol(format!(
                             "writing slot {slot}: too many lost or garbled frames"
@@ -555,32 +600,21 @@ impl<T: Read + Write> Session<T> {
     }
 
     /// Reads `len` bytes of `slot` with READ frames kept in flight (READ is idempotent).
+    /// Lost replies are asked for again, in smaller frames if the line is noisy.
     pub fn read_object(&mut self, slot: &str, len: usize) -> Result<Vec<u8>, WireError> {
-        let chunk = self.chunk_size();
-        let offsets: Vec<usize> = (0..len).step_by(chunk.max(1)).collect();
-        let mut got: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
-        let mut rounds = 0;
-        while got.len() < offsets.len() {
-            rounds += 1;
-            if rounds > MAX_RESYNC {
-                return Err(WireError::Protocol(format!(
-                    "reading slot {slot}: too many lost or garbled frames"
-                )));
-            }
-            if rounds > 1 {
-                self.stats.resyncs += 1;
-            }
-            let missing: Vec<usize> = offsets
-                .iter()
-                .copied()
-                .filter(|o| !got.contains_key(o))
-                .collect();
+        let mut data = Vec::with_capacity(len);
+        let mut chunk = self.chunk_size();
+        let mut window = self.window;
+        let mut stuck = 0;
+        while data.len() < len {
+            let start = data.len();
+            let mut got: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+            let mut todo = (start..len).step_by(chunk);
             let mut pending: VecDeque<(u32, usize)> = VecDeque::new();
-            let mut iter = missing.into_iter();
             let mut last_progress = Instant::now();
             loop {
-                while pending.len() < self.window {
-                    match iter.next() {
+                while pending.len() < window {
+                    match todo.next() {
                         Some(off) => {
                             let n = chunk.min(len - off);
                             let seq = self.send(
@@ -595,9 +629,8 @@ impl<T: Read + Write> Session<T> {
                 if pending.is_empty() {
                     break;
                 }
-                let deadline = last_progress
-                    + self.timeout
-                    + self.line_time((self.window + 1) * self.max_line);
+                let deadline =
+                    last_progress + self.timeout + self.line_time((window + 1) * self.max_line);
                 match self.recv(deadline, "READ") {
                     Ok(f) => {
                         if let Some(i) = pending.iter().position(|(s, _)| *s == f.seq) {
@@ -605,23 +638,43 @@ impl<T: Read + Write> Session<T> {
                                 return Err(refused("READ", &f));
                             }
                             let (_, off) = pending.remove(i).expect("index from position");
-                            let data = f.need_b64("data")?;
-                            if data.len() != chunk.min(len - off) {
+                            let d = f.need_b64("data")?;
+                            if d.len() != chunk.min(len - off) {
                                 return Err(WireError::Protocol(format!(
                                     "READ {slot} at {off} returned {} bytes",
-                                    data.len()
+                                    d.len()
                                 )));
                             }
-                            got.insert(off, data);
+                            got.insert(off, d);
                             last_progress = Instant::now();
+                        } else if f.seq == 0 && f.verb == "ERR" {
+                            // One of our READs arrived garbled; the round ends early.
+                            break;
                         }
                     }
                     Err(WireError::Timeout { .. }) => break,
                     Err(e) => return Err(e),
                 }
             }
+            let mut off = start;
+            while let Some(d) = got.remove(&off) {
+                off += d.len();
+                data.extend_from_slice(&d);
+            }
+            if data.len() == len {
+                break;
+            }
+            self.stats.resyncs += 1;
+            stuck = if data.len() > start { 0 } else { stuck + 1 };
+            if stuck > MAX_RESYNC {
+                return Err(WireError::Protocol(format!(
+                    "reading slot {slot}: too many lost or garbled frames"
+                )));
+            }
+            chunk = ((chunk / 2) / 3 * 3).max(48);
+            window = (window / 2).max(1);
         }
-        Ok(got.into_values().flatten().collect())
+        Ok(data)
     }
 
     /// Reads a slot back and checks it against `expected` by SHA-256.
