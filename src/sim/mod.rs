@@ -176,7 +176,7 @@ fn poll_fd(fd: i32, events: i16, ms: i32) -> i16 {
 
 /// Writes all of `data` to the master within a few seconds; if the host stopped reading
 /// (port closed), the queued input is flushed so the device never wedges.
-fn write_all_master(pty: &mut Pty, data: &[u8]) {
+fn write_all_master(pty: &mut Pty, data: &[u8]) -> bool {
     let mut last_progress = Instant::now();
     let mut off = 0;
     while off < data.len() {
@@ -190,14 +190,15 @@ fn write_all_master(pty: &mut Pty, data: &[u8]) {
                 if last_progress.elapsed() > Duration::from_millis(300) {
                     // SAFETY: valid fd.
                     unsafe { libc::tcflush(pty.slave.as_raw_fd(), libc::TCIFLUSH) };
-                    return;
+                    return false;
                 }
                 poll_fd(pty.master.as_raw_fd(), libc::POLLOUT, 20);
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return,
+            Err(_) => return false,
         }
     }
+    true
 }
 
 pub enum Outcome {
@@ -254,8 +255,13 @@ pub fn serve(pty: &mut Pty, r: &mut dyn Responder, baud: u32, stop: &AtomicBool)
                 let dev = r.device();
                 faults::mangle(&reply.bytes, &dev.faults.clone(), &mut dev.rng)
             };
-            pacer.charge(out.len());
-            write_all_master(pty, &out);
+            // Paced in small pieces, so the host sees bytes arrive at the line rate.
+            for piece in out.chunks(256) {
+                pacer.charge(piece.len());
+                if !write_all_master(pty, piece) {
+                    break;
+                }
+            }
         }
     }
 }

@@ -783,3 +783,104 @@ pub(crate) mod pipe {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{device::DeviceState, Device, Faults, Responder};
+
+    /// Runs a simulated device on one end of an in-memory pipe.
+    fn device_on_pipe(faults: Faults) -> (Session<pipe::End>, std::thread::JoinHandle<()>) {
+        let (host, mut dev_end) = pipe::pair();
+        let h = std::thread::spawn(move || {
+            let dev = Device::new(DeviceState::new("PIPE-1", "pipe"), None, faults);
+            let mut r = crate::sim::CradleResponder::new(dev);
+            let mut buf = [0u8; 4096];
+            loop {
+                match dev_end.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let data = {
+                            let d = r.device();
+                            crate::sim::faults::mangle(&buf[..n], &d.faults.clone(), &mut d.rng)
+                        };
+                        for (_, reply) in r.feed(&data) {
+                            if reply.hangup {
+                                return;
+                            }
+                            if dev_end.write_all(&reply.bytes).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        (Session::new(host, 1_000_000, Duration::from_millis(300)), h)
+    }
+
+    #[test]
+    fn full_flow_over_an_in_memory_pipe() {
+        let (mut s, h) = device_on_pipe(Faults::default());
+        let info = s.hello().unwrap();
+        assert_eq!(info.hardware_id, "PIPE-1");
+        assert_eq!(info.state, "empty");
+        let (public, csr_der) = s.keygen().unwrap();
+        let checked = crate::pki::csr::check_csr(&csr_der).unwrap();
+        assert_eq!(checked.spki_der, public);
+        // Resumable: a partial object is continued from what the device holds.
+        let obj: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        s.send("WRITE", vec!["chain".into(), "0".into(), b64(&obj[..700])])
+            .unwrap();
+        let mut seen = Vec::new();
+        s.write_object(SLOT_CHAIN, &obj, &mut |d, _| seen.push(d))
+            .unwrap();
+        assert_eq!(*seen.last().unwrap(), 5000);
+        assert_eq!(s.stat(SLOT_CHAIN).unwrap().len, 5000);
+        assert!(s.stat(SLOT_CHAIN).unwrap().committed);
+        assert_eq!(s.read_object(SLOT_CHAIN, 5000).unwrap(), obj);
+        s.verify_object(SLOT_CHAIN, &obj).unwrap();
+        // LOCK without a committed certificate is refused with its error code.
+        match s.lock() {
+            Err(WireError::Refused { code: c, .. }) => assert_eq!(c, code::NOT_COMMITTED),
+            other => panic!("{other:?}"),
+        }
+        let att = s.wipe([9; 32]).unwrap();
+        att.verify(&public, &[9; 32]).unwrap();
+        assert_eq!(s.hello().unwrap().state, "empty");
+        drop(s);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn noisy_pipe_still_delivers_objects() {
+        let faults = Faults::parse(&["corrupt:0.001".into()]).unwrap();
+        let (mut s, h) = device_on_pipe(faults);
+        let info = (0..5)
+            .find_map(|_| s.hello().ok())
+            .expect("hello through noise");
+        assert_eq!(info.hardware_id, "PIPE-1");
+        let obj: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        s.write_object(SLOT_CERT, &obj, &mut |_, _| {}).unwrap();
+        assert_eq!(s.read_object(SLOT_CERT, obj.len()).unwrap(), obj);
+        drop(s);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn overlong_reply_is_rejected() {
+        let faults = Faults::parse(&["long-line".into()]).unwrap();
+        let (mut s, h) = device_on_pipe(faults);
+        match s.hello() {
+            Err(e @ WireError::LineTooLong { .. }) => {
+                assert!(e.to_string().contains("without a line end"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let e: crate::Error = WireError::Disconnected.into();
+        assert_eq!(e.exit_code(), crate::error::exit::DEVICE);
+        drop(s);
+        h.join().unwrap();
+    }
+}
