@@ -786,3 +786,151 @@ mod wipe {
         assert_eq!(err.exit_code(), 6);
     }
 }
+
+/// The client certificate an nRF91 simulator holds (PEM text from AT%CMNG).
+fn modem_cert(state: &Path) -> Vec<u8> {
+    let v = device_json(state);
+    let pem = v["cmng"]["16842753,1"]
+        .as_str()
+        .expect("client cert credential")
+        .to_string();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}
+
+#[test]
+fn nrf91_profile_csr_and_inject() {
+    let env = Env::with_ca();
+    let state = env.path("modem.json");
+    let link = env.path("dev/modem");
+    let _sim = Sim::start(
+        &env,
+        &[
+            "--profile",
+            "nrf91",
+            "--link",
+            link.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        1,
+    );
+    let (code, v, err) = provision(
+        &env,
+        &[link.to_str().unwrap()],
+        &["--device-profile", "nrf91"],
+    );
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    let imei = v[0]["hardware_id"].as_str().unwrap().to_string();
+    assert_eq!(imei.len(), 15, "an IMEI: {imei}");
+    assert_eq!(
+        q(&env, "SELECT status, imei FROM devices"),
+        format!("provisioned|{imei}")
+    );
+    assert_eq!(
+        q(&env, "SELECT status, key_source FROM certificates"),
+        "active|device"
+    );
+    let cert = modem_cert(&state);
+    assert_eq!(sha256_hex(&cert), v[0]["fingerprint"].as_str().unwrap());
+    openssl_verify(&env, &cert, "modem");
+    let key = hex::decode(device_json(&state)["key"].as_str().unwrap()).unwrap();
+    assert!(
+        same_public_key(&env, &cert, &key),
+        "the certificate is for the modem's own key"
+    );
+    check_invariants(&env, &imei, None);
+    // Re-run: already provisioned, nothing written.
+    let before = env.dump();
+    let (code, v, _) = provision(
+        &env,
+        &[link.to_str().unwrap()],
+        &["--device-profile", "nrf91"],
+    );
+    assert_eq!(code, Some(0));
+    assert_eq!(v[0]["already_provisioned"], true);
+    assert_eq!(env.dump(), before);
+
+    // Inject mode on a second modem: the private key goes in as credential type 2.
+    let state2 = env.path("modem2.json");
+    let link2 = env.path("dev/modem2");
+    let _sim2 = Sim::start(
+        &env,
+        &[
+            "--profile",
+            "nrf91",
+            "--link",
+            link2.to_str().unwrap(),
+            "--state",
+            state2.to_str().unwrap(),
+            "--hardware-id",
+            "352656100000002",
+        ],
+        1,
+    );
+    let (code, v, err) = provision(
+        &env,
+        &[link2.to_str().unwrap()],
+        &["--device-profile", "nrf91", "--mode", "inject"],
+    );
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    let dev2 = device_json(&state2);
+    assert!(dev2["cmng"]["16842753,2"]
+        .as_str()
+        .unwrap()
+        .contains("PRIVATE KEY"));
+    let cert2 = modem_cert(&state2);
+    openssl_verify(&env, &cert2, "modem2");
+    assert!(same_public_key(
+        &env,
+        &cert2,
+        &hex::decode(dev2["key"].as_str().unwrap()).unwrap()
+    ));
+}
+
+#[test]
+fn nrf91_hostile_replies_fail_cleanly_then_rerun_passes() {
+    for (fault, needle) in [
+        ("csr-wrong-key", "different key"),
+        ("hash-mismatch", "read-back"),
+        ("bad-base64", "base64"),
+    ] {
+        let env = Env::with_ca();
+        let link = env.path("dev/m");
+        let _sim = Sim::start(
+            &env,
+            &[
+                "--profile",
+                "nrf91",
+                "--link",
+                link.to_str().unwrap(),
+                "--hardware-id",
+                "352656100000009",
+                "--fault",
+                fault,
+            ],
+            1,
+        );
+        let (code, v, _) = provision(
+            &env,
+            &[link.to_str().unwrap()],
+            &["--device-profile", "nrf91"],
+        );
+        assert_eq!(code, Some(1), "{fault}: {v:#}");
+        assert!(
+            v[0]["error"].as_str().unwrap().contains(needle),
+            "{fault}: {v:#}"
+        );
+        check_invariants(&env, "352656100000009", None);
+        let (code, v, _) = provision(
+            &env,
+            &[link.to_str().unwrap()],
+            &["--device-profile", "nrf91"],
+        );
+        assert_eq!(code, Some(0), "{fault} re-run: {v:#}");
+        check_invariants(&env, "352656100000009", None);
+    }
+}

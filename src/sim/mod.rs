@@ -4,7 +4,7 @@
 
 pub mod device;
 pub mod faults;
-// nrf91 pending
+pub mod nrf91;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -377,6 +377,7 @@ pub fn build_devices(cfg: &SimConfig) -> Result<Vec<Box<dyn Responder>>> {
             Some(s) => s,
             None => {
                 let hwid = match cfg.profile {
+                    DeviceProfile::Nrf91 if cfg.hardware_id.is_none() => nrf91::fake_imei(i),
                     _ => default_hwid(cfg, i, &base),
                 };
                 let s = DeviceState::new(&hwid, &cfg.model);
@@ -389,7 +390,7 @@ pub fn build_devices(cfg: &SimConfig) -> Result<Vec<Box<dyn Responder>>> {
         let dev = Device::new(state, path, cfg.faults.clone());
         out.push(match cfg.profile {
             DeviceProfile::Cradle => Box::new(CradleResponder::new(dev)),
-            DeviceProfile::Nrf91 => Box::new(CradleResponder::new(dev)),
+            DeviceProfile::Nrf91 => Box::new(nrf91::NrfResponder::new(dev)),
         });
     }
     Ok(out)

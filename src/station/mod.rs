@@ -722,7 +722,7 @@ pub fn glob(pattern: &str) -> Vec<PathBuf> {
             rd.flatten()
                 .filter_map(|e| {
                     let name = e.file_name().to_string_lossy().to_string();
-                    (!(name.starts_with('.') && !pat.starts_with('.')) && wildcard(&pat, &name))
+                    ((pat.starts_with('.') || !name.starts_with('.')) && wildcard(&pat, &name))
                         .then(|| dir.join(&name))
                 })
                 .filter(|p| p.exists())

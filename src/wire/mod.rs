@@ -3,7 +3,7 @@
 //! The protocol is specified in `man/cradle-protocol.7`.
 
 pub mod frame;
-// nrf91 pending
+pub mod nrf91;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -201,22 +201,23 @@ pub type Port = serialport::TTYPort;
 /// Opens a serial port (or pty) at `baud` and starts a session on it. `timeout` is the
 /// time a device may take to start answering a request (the line time is added).
 pub fn open(path: &Path, baud: u32, timeout: Duration) -> Result<Session<Port>, WireError> {
+    Ok(Session::new(open_port(path, baud)?, baud, timeout))
+}
+
+/// Opens a serial port raw, 8N1, with a short read timeout, discarding stale input.
+pub fn open_port(path: &Path, baud: u32) -> Result<Port, WireError> {
     let name = path.to_string_lossy().to_string();
+    let err = |e: serialport::Error| WireError::Open {
+        path: name.clone(),
+        msg: e.to_string(),
+    };
     let port = serialport::new(name.clone(), baud)
         .timeout(Duration::from_millis(20))
         .open_native()
-        .map_err(|e| WireError::Open {
-            path: name.clone(),
-            msg: e.to_string(),
-        })?;
+        .map_err(err)?;
     // Bytes queued before we opened belong to nobody's request (boot noise, a previous host).
-    serialport::SerialPort::clear(&port, serialport::ClearBuffer::Input).map_err(|e| {
-        WireError::Open {
-            path: name,
-            msg: e.to_string(),
-        }
-    })?;
-    Ok(Session::new(port, baud, timeout))
+    serialport::SerialPort::clear(&port, serialport::ClearBuffer::Input).map_err(err)?;
+    Ok(port)
 }
 
 impl<T: Read + Write> Session<T> {
