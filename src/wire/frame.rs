@@ -220,6 +220,17 @@ mod tests {
     }
 
     #[test]
+    fn man_page_example_frames_parse() {
+        // From the example session in man/cradle-protocol.7.
+        let f = Frame::parse(b"$HELLO 41 1 *a60ef2b1").unwrap();
+        assert_eq!((f.verb.as_str(), f.seq, f.args.len()), ("HELLO", 41, 1));
+        assert_eq!(
+            Frame::new("LOCK", 52, vec![]).encode(),
+            b"$LOCK 52 *e12450b9\n"
+        );
+    }
+
+    #[test]
     fn rejects_bad_crc_and_shapes() {
         let mut line = Frame::new("OK", 1, vec!["len=5".into()]).encode();
         line.pop();
