@@ -23,10 +23,11 @@ Faults (--fault SPEC, repeatable):
   garbage-on-boot        send random noise (no frame) each time the port comes up
   forge-attestation      sign wipe attestations with a random key instead of the identity key
   replay-nonce           answer WIPE with the nonce of the previous wipe (or a random one)
-  long-line              answer the first HELLO with 1 MiB without a line end
+  long-line              answer the first HELLO (nrf91: AT+CGSN) with 1 MiB without a line end
   bad-base64             answer the first KEYGEN with a CSR that is not base64
   csr-wrong-key          answer the first KEYGEN with a CSR for another key than the one reported
-  hash-mismatch          return altered data for the first READ (read-back mismatch)
+  hash-mismatch          return altered data for the first READ (nrf91: a wrong SHA-256 in
+                         the first AT%CMNG=1 listing), so the read-back check fails
 One-shot faults fire once per simulator process, so a re-run of the host completes."
     };
 }

@@ -107,6 +107,35 @@ struct Run {
     step: &'static str,
 }
 
+thread_local! {
+    // One registry connection per worker thread, reused across the steps of a run.
+    static CACHED: std::cell::RefCell<Option<Registry>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A registry borrowed from the thread's cache; handed back on drop.
+pub(crate) struct RegGuard(Option<Registry>);
+
+impl std::ops::Deref for RegGuard {
+    type Target = Registry;
+    fn deref(&self) -> &Registry {
+        self.0.as_ref().expect("registry present until drop")
+    }
+}
+
+impl std::ops::DerefMut for RegGuard {
+    fn deref_mut(&mut self) -> &mut Registry {
+        self.0.as_mut().expect("registry present until drop")
+    }
+}
+
+impl Drop for RegGuard {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            CACHED.with(|c| *c.borrow_mut() = Some(r));
+        }
+    }
+}
+
 fn dev_err(msg: impl Into<String>) -> Error {
     Error::Device(msg.into())
 }
@@ -163,6 +192,16 @@ impl Station<'_> {
         res
     }
 
+    /// The registry, opened once per worker thread.
+    pub(crate) fn reg(&self) -> Result<RegGuard> {
+        let cached = CACHED.with(|c| c.borrow_mut().take());
+        let r = match cached {
+            Some(r) if r.path() == self.registry => r,
+            _ => Registry::open(&self.registry)?,
+        };
+        Ok(RegGuard(Some(r)))
+    }
+
     fn open(&self, port: &Path) -> Result<Session<wire::Port>> {
         Ok(wire::open(port, self.baud, self.timeout)?)
     }
@@ -213,7 +252,7 @@ impl Station<'_> {
         port: &str,
     ) -> Result<Device> {
         check_serial(serial).map_err(|e| dev_err(format!("device serial from the device: {e}")))?;
-        let mut reg = Registry::open(&self.registry)?;
+        let mut reg = self.reg()?;
         let now = now_rfc3339();
         let tx = reg.write()?;
         let id = match provision::find_device(&tx, hardware_id, serial)? {
@@ -266,7 +305,7 @@ impl Station<'_> {
             &spki,
             time::OffsetDateTime::now_utc(),
         )?;
-        let mut reg = Registry::open(&self.registry)?;
+        let mut reg = self.reg()?;
         let now = now_rfc3339();
         let tx = reg.write()?;
         let cert_id = certs::insert_cert(
@@ -320,7 +359,7 @@ impl Station<'_> {
         port: &str,
         extra: serde_json::Value,
     ) -> Result<()> {
-        let mut reg = Registry::open(&self.registry)?;
+        let mut reg = self.reg()?;
         let now = now_rfc3339();
         let tx = reg.write()?;
         let device = devices::device_by_id(&tx, device_id)?
@@ -365,7 +404,7 @@ impl Station<'_> {
         msg: &str,
         cert_serial: Option<&str>,
     ) -> Result<()> {
-        let mut reg = Registry::open(&self.registry)?;
+        let mut reg = self.reg()?;
         let now = now_rfc3339();
         let tx = reg.write()?;
         let mut chain = EventChain::load(&tx)?;
@@ -401,7 +440,7 @@ impl Station<'_> {
         }
         let der = s.read_object(SLOT_CERT, st.len as usize)?;
         let fp = sha256_hex(&der);
-        let reg = Registry::open(&self.registry)?;
+        let reg = self.reg()?;
         let rec = certs::cert_by_fingerprint(reg.conn(), &fp)?;
         drop(reg);
         match rec {

@@ -18,7 +18,6 @@ use crate::pki::cert::to_pem;
 use crate::pki::{csr, keys};
 use crate::registry::certs::{self, CertStatus, KeySource};
 use crate::registry::devices::DeviceStatus;
-use crate::registry::Registry;
 use crate::wire::nrf91::{
     self, cmng_sha, NrfSession, TYPE_CA_CHAIN, TYPE_CLIENT_CERT, TYPE_PRIVATE_KEY,
 };
@@ -73,7 +72,7 @@ fn flow(
         DeviceStatus::Registered => {}
         DeviceStatus::Provisioned => {
             run.step = "check provisioned modem";
-            let reg = Registry::open(&st.registry)?;
+            let reg = st.reg()?;
             let active = certs::certs_for_device(reg.conn(), device.id)?
                 .into_iter()
                 .find(|c| c.status == CertStatus::Active)
