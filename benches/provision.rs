@@ -6,6 +6,7 @@
 //!    Target: ≥ 90 % of the line rate.
 //! 2. 1, 4, 8, 16 ports in parallel at 115200: devices per second, against one port.
 //!    Target: 16 ports ≥ 12× one port.
+//!
 //! The reference in each ratio is measured in the same run.
 
 use std::io::{BufRead, BufReader};
