@@ -159,7 +159,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
     };
     drop(reg);
     let bars = Bars::new();
-    let results = if a.watch {
+    let mut results = if a.watch {
         let stop = crate::signals::stop_flag();
         let pattern = a.ports_glob.clone().unwrap_or_default();
         if ctx.json {
@@ -170,6 +170,10 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
     } else {
         st.provision_all(&ports, &bars)
     };
+    if a.watch {
+        // Completion order is arbitrary; the table reads better by port.
+        results.sort_by(|x, y| x.port.cmp(&y.port));
+    }
     let failed = results.iter().filter(|r| !r.passed()).count();
     if ctx.json {
         if !a.watch {

@@ -245,6 +245,7 @@ impl Station<'_> {
     /// Looks the device up by hardware id / serial, registering it if new.
     fn lookup_or_register(
         &self,
+        reg: &mut Registry,
         hardware_id: &str,
         serial: &str,
         model: &str,
@@ -252,7 +253,7 @@ impl Station<'_> {
         port: &str,
     ) -> Result<Device> {
         check_serial(serial).map_err(|e| dev_err(format!("device serial from the device: {e}")))?;
-        let mut reg = self.reg()?;
+
         let now = now_rfc3339();
         let tx = reg.write()?;
         let id = match provision::find_device(&tx, hardware_id, serial)? {
@@ -306,6 +307,38 @@ impl Station<'_> {
             time::OffsetDateTime::now_utc(),
         )?;
         let mut reg = self.reg()?;
+        let cert_id = self.record_pending(&mut reg, device, &issued, source, port)?;
+        Ok((issued, cert_id))
+    }
+
+    /// Issues the certificate for `spki` from the profile.
+    fn issue_cert(&self, device: &Device, spki_der: &[u8]) -> Result<Issued> {
+        let spki = SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|e| dev_err(format!("device public key: {e}")))?;
+        let vars = vars_for(
+            device,
+            self.org,
+            &self.signer.record.name,
+            &self.profile.name,
+        );
+        issue(
+            self.signer,
+            self.profile,
+            &vars,
+            &spki,
+            time::OffsetDateTime::now_utc(),
+        )
+    }
+
+    /// Records an issued certificate as `unused` (pending) with a `provision.started` event.
+    fn record_pending(
+        &self,
+        reg: &mut Registry,
+        device: &Device,
+        issued: &Issued,
+        source: KeySource,
+        port: &str,
+    ) -> Result<i64> {
         let now = now_rfc3339();
         let tx = reg.write()?;
         let cert_id = certs::insert_cert(
@@ -348,7 +381,7 @@ impl Station<'_> {
         )?;
         chain.store_head(&tx)?;
         tx.commit()?;
-        Ok((issued, cert_id))
+        Ok(cert_id)
     }
 
     /// Activates the pending certificate and moves the device to `provisioned`.
@@ -496,8 +529,44 @@ impl Station<'_> {
             .unwrap_or_else(|| info.hardware_id.clone());
         res.serial = Some(serial.clone());
         run.step = "register";
-        let device =
-            self.lookup_or_register(&info.hardware_id, &serial, &info.model, None, &pname)?;
+        let mut reg = self.reg()?;
+        // In CSR mode the device makes its key while the registry is searched (registry
+        // work is the largest host-side cost at high line rates). Re-keying before the
+        // registry check is harmless: an unlocked device holds no burned identity.
+        let mut early_keygen = None;
+        let device = if self.mode == Mode::Csr && !info.locked() {
+            progress.update(&pname, "keygen", 0, 1);
+            let (d, kg) = std::thread::scope(|sc| {
+                let h = sc.spawn(|| {
+                    self.lookup_or_register(
+                        &mut reg,
+                        &info.hardware_id,
+                        &serial,
+                        &info.model,
+                        None,
+                        &pname,
+                    )
+                });
+                let kg = s.keygen();
+                (
+                    h.join()
+                        .unwrap_or_else(|_| Err(dev_err("registry worker panicked"))),
+                    kg,
+                )
+            });
+            early_keygen = Some(kg);
+            d?
+        } else {
+            self.lookup_or_register(
+                &mut reg,
+                &info.hardware_id,
+                &serial,
+                &info.model,
+                None,
+                &pname,
+            )?
+        };
+        drop(reg);
         res.serial = Some(device.serial.clone());
         run.device = Some(device.clone());
         let stats_of = |s: &Session<wire::Port>, res: &mut PortResult| {
@@ -525,7 +594,11 @@ impl Station<'_> {
                 run.step = "keygen";
                 progress.update(&pname, "keygen", 0, 1);
                 let (public, csr_der) = loop {
-                    match s.keygen() {
+                    let attempt = match early_keygen.take() {
+                        Some(r) => r,
+                        None => s.keygen(),
+                    };
+                    match attempt {
                         Ok(v) => break v,
                         Err(e) if e.is_link_problem() && reconnects < 3 => {
                             reconnects += 1;
@@ -566,49 +639,49 @@ impl Station<'_> {
         } else {
             KeySource::Host
         };
-        let (issued, cert_id) = self.issue_pending(&device, &spki, source, &pname)?;
+        let issued = self.issue_cert(&device, &spki)?;
         run.cert_serial = Some(issued.info.serial_hex.clone());
         res.cert_serial = Some(issued.info.serial_hex.clone());
         res.fingerprint = Some(issued.info.fingerprint.clone());
         let chain: Vec<u8> = self.signer.chain_der.concat();
         let total = (key.as_ref().map_or(0, |k| k.len()) + issued.der.len() + chain.len()) as u64;
 
-        // The device phase, resumed over a reconnect after a hang-up or a timeout.
-        loop {
-            let r = device_phase(
-                &mut s,
-                &mut key,
-                &issued.der,
-                &chain,
-                total,
-                &pname,
-                progress,
-                run,
-            );
-            match r {
-                Ok(()) => break,
-                Err(e) if e.is_link_problem() && reconnects < 3 => {
-                    reconnects += 1;
-                    res.reconnects += 1;
-                    stats_of(&s, res);
-                    drop(s);
-                    run.step = "reconnect";
-                    progress.update(&pname, "reconnect", 0, 1);
-                    s = self.reopen(port)?;
-                    let again = s.hello()?;
-                    if again.hardware_id != info.hardware_id {
-                        return Err(dev_err(format!(
-                            "after reconnecting, a different device ({}) answers on {pname}",
-                            again.hardware_id
-                        )));
-                    }
-                    if self.mode == Mode::Csr && again.public_key.as_deref() != Some(&spki[..]) {
-                        return Err(dev_err("after reconnecting, the device no longer holds the key that was certified"));
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        // The pending record is written while the certificate goes over the line; it is
+        // committed before LOCK, so a device is never locked with an unrecorded certificate.
+        let mut reg = self.reg()?;
+        let ctx = Reconnect {
+            port,
+            pname: &pname,
+            hardware_id: &info.hardware_id,
+            spki: (self.mode == Mode::Csr).then_some(&spki[..]),
+            progress,
+        };
+        let (s_after, cert_id) = std::thread::scope(|sc| -> Result<(Session<wire::Port>, i64)> {
+            let recorder =
+                sc.spawn(|| self.record_pending(&mut reg, &device, &issued, source, &pname));
+            let written = self.with_reconnects(s, &ctx, res, &mut reconnects, |s| {
+                write_and_verify(
+                    s,
+                    &mut key,
+                    &issued.der,
+                    &chain,
+                    total,
+                    &pname,
+                    progress,
+                    run,
+                )
+            });
+            let cert_id = recorder
+                .join()
+                .unwrap_or_else(|_| Err(dev_err("registry worker panicked")))?;
+            let (s, ()) = written?;
+            run.step = "lock";
+            progress.update(&pname, "lock", total, total);
+            let (s, ()) = self.with_reconnects(s, &ctx, res, &mut reconnects, |s| s.lock())?;
+            Ok((s, cert_id))
+        })?;
+        drop(reg);
+        let s = s_after;
         res.link_seconds = t0.elapsed().as_secs_f64();
         stats_of(&s, res);
         drop(s);
@@ -618,6 +691,47 @@ impl Station<'_> {
             "wire_bytes": res.wire_bytes, "link_seconds": res.link_seconds, "reconnects": res.reconnects,
         }))?;
         Ok(true)
+    }
+
+    /// Runs `op`, reopening the port and retrying after a hang-up or a timeout (the
+    /// operations are resumable). Returns the session that finally worked.
+    fn with_reconnects<T>(
+        &self,
+        mut s: Session<wire::Port>,
+        c: &Reconnect<'_>,
+        res: &mut PortResult,
+        reconnects: &mut u32,
+        mut op: impl FnMut(&mut Session<wire::Port>) -> std::result::Result<T, WireError>,
+    ) -> Result<(Session<wire::Port>, T)> {
+        loop {
+            match op(&mut s) {
+                Ok(v) => return Ok((s, v)),
+                Err(e) if e.is_link_problem() && *reconnects < 3 => {
+                    *reconnects += 1;
+                    res.reconnects += 1;
+                    res.wire_bytes += s.stats.tx_bytes + s.stats.rx_bytes;
+                    res.retries += s.stats.retries;
+                    res.resyncs += s.stats.resyncs;
+                    // Close first: the port is opened exclusively.
+                    drop(s);
+                    c.progress.update(c.pname, "reconnect", 0, 1);
+                    s = self.reopen(c.port)?;
+                    let again = s.hello()?;
+                    if again.hardware_id != c.hardware_id {
+                        return Err(dev_err(format!(
+                            "after reconnecting, a different device ({}) answers on {}",
+                            again.hardware_id, c.pname
+                        )));
+                    }
+                    if c.spki.is_some() && again.public_key.as_deref() != c.spki {
+                        return Err(dev_err(
+                            "after reconnecting, the device no longer holds the key that was certified",
+                        ));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Provisions every port in parallel (one thread each).
@@ -696,7 +810,7 @@ impl Station<'_> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn device_phase<T: Read + Write>(
+fn write_and_verify<T: Read + Write>(
     s: &mut Session<T>,
     key: &mut Option<Zeroizing<Vec<u8>>>,
     cert: &[u8],
@@ -728,10 +842,16 @@ fn device_phase<T: Read + Write>(
     run.step = "read back";
     progress.update(pname, "read back", total, total);
     s.verify_object(SLOT_CERT, cert)?;
-    s.verify_object(SLOT_CHAIN, chain)?;
-    run.step = "lock";
-    progress.update(pname, "lock", total, total);
-    s.lock()
+    s.verify_object(SLOT_CHAIN, chain)
+}
+
+/// What a reconnect must check: the same device, still holding the certified key.
+struct Reconnect<'a> {
+    port: &'a Path,
+    pname: &'a str,
+    hardware_id: &'a str,
+    spki: Option<&'a [u8]>,
+    progress: &'a dyn Progress,
 }
 
 /// Expands a path pattern whose last component may hold `*` and `?` (sorted; hidden

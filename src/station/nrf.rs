@@ -65,7 +65,10 @@ fn flow(
         }
     }
     run.step = "register";
-    let device = st.lookup_or_register(&imei, &imei, &model, Some(&imei), pname)?;
+    let device = {
+        let mut reg = st.reg()?;
+        st.lookup_or_register(&mut reg, &imei, &imei, &model, Some(&imei), pname)?
+    };
     res.serial = Some(device.serial.clone());
     run.device = Some(device.clone());
     match device.status {
