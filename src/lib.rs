@@ -12,5 +12,9 @@ pub mod lifecycle;
 pub mod passphrase;
 pub mod pki;
 pub mod registry;
+pub mod signals;
+pub mod sim;
+pub mod station;
+pub mod wire;
 
 pub use error::{Error, Result};

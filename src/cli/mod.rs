@@ -5,6 +5,8 @@ mod common;
 mod identity;
 mod init;
 mod meta;
+mod provision;
+mod sim;
 
 use std::path::PathBuf;
 
@@ -75,6 +77,16 @@ pub enum Command {
     #[command(subcommand)]
     Profile(meta::ProfileCommand),
 
+    /// Burn identities onto devices on serial ports: one, many in parallel, or as they appear
+    #[command(
+        after_help = "Flow per device: HELLO -> look up or register by hardware id -> key (device CSR or\ninjected) -> issue -> write certificate + chain -> read back -> LOCK -> record PASS.\nA failure records provision.failed and leaves the certificate 'unused'; a re-run finishes\nthe job. The registry serial of a new device is the serial in its HELLO reply, else its\nhardware id. Exit 0 if every device passed, 1 if any failed.\n\nExamples:\n  cradle provision --port /dev/ttyUSB0\n  cradle provision --ports '/dev/ttyUSB*' --mode inject --json\n  cradle provision --ports '/tmp/dev/cradle*' --watch\n  cradle provision --port /dev/ttyACM0 --device-profile nrf91"
+    )]
+    Provision(provision::ProvisionArgs),
+
+    /// Simulate devices on pseudo-terminals (for demos and tests, no hardware needed)
+    #[command(after_help = concat!("Prints each device's pty path on its own line as soon as it is up, then runs until\nSIGINT/SIGTERM (removing its symlinks). With --state the device keeps its identity\nacross restarts.\n\n", crate::fault_help!(), "\n\nExamples:\n  cradle sim --link /tmp/dev/cradle --count 4 &\n  cradle sim --link /tmp/dev/dut --state dut.json --fault corrupt:0.001\n  cradle sim --profile nrf91 --link /tmp/dev/modem"))]
+    Sim(sim::SimArgs),
+
     /// Print a shell completion script
     #[command(after_help = "Example:\n  cradle completions bash > /etc/bash_completion.d/cradle")]
     Completions {
@@ -99,6 +111,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ca(c) => ca::run(&ctx, c),
         Command::Identity(c) => identity::run(&ctx, c),
         Command::Profile(c) => meta::profile(&ctx, c),
+        Command::Provision(a) => provision::run(&ctx, a),
+        Command::Sim(a) => sim::run(&ctx, a),
         Command::Completions { shell } => meta::completions(shell),
         Command::Man { out } => meta::man(&out),
     }

@@ -1,0 +1,220 @@
+//! `cradle provision`: burn identities onto devices on one or many serial ports.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::common::{print_json, print_table, Ctx, PassArgs};
+use crate::error::{exit, Error};
+use crate::pki::profile::Profile;
+use crate::sim::DeviceProfile;
+use crate::station::{self, Mode, PortResult, Progress, Station};
+
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    /// Serial port (repeatable: several ports run in parallel)
+    #[arg(long = "port", value_name = "PATH")]
+    pub ports: Vec<PathBuf>,
+    /// All ports matching GLOB (`*` and `?` in the last path component)
+    #[arg(long = "ports", value_name = "GLOB")]
+    pub ports_glob: Option<String>,
+    /// csr: the device makes its key; inject: cradle makes it and writes it to the device
+    #[arg(long, value_enum, default_value = "csr")]
+    pub mode: Mode,
+    /// Certificate profile (default: the config's default_profile)
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Protocol the devices speak
+    #[arg(long, value_enum, default_value = "cradle")]
+    pub device_profile: DeviceProfile,
+    /// Station mode: keep polling --ports GLOB and provision each device as it appears
+    #[arg(long, requires = "ports_glob")]
+    pub watch: bool,
+    /// With --watch: exit after N devices passed
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub limit: Option<usize>,
+    /// Line rate of the ports
+    #[arg(long, default_value_t = 115_200)]
+    pub baud: u32,
+    /// Seconds a device may take to start answering a request (line time is added)
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub timeout: f64,
+    #[command(flatten)]
+    pub pass: PassArgs,
+}
+
+/// One progress line per port on stderr (hidden when stderr is not a terminal).
+struct Bars {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+}
+
+impl Bars {
+    fn new() -> Bars {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        if !std::io::stderr().is_terminal() {
+            multi.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        Bars {
+            multi,
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn update(&self, port: &str, step: &str, done: u64, total: u64) {
+        let mut bars = self.bars.lock().expect("bars");
+        let pb = bars.entry(port.to_string()).or_insert_with(|| {
+            let pb = self.multi.add(ProgressBar::new(1));
+            pb.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:<24} [{bar:30}] {bytes:>9}/{total_bytes:<9} {msg}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            pb.set_prefix(port.to_string());
+            pb
+        });
+        pb.set_length(total.max(1));
+        pb.set_position(done.min(total.max(1)));
+        pb.set_message(step.to_string());
+    }
+    fn finished(&self, r: &PortResult) {
+        if let Some(pb) = self.bars.lock().expect("bars").get(&r.port) {
+            pb.finish_with_message(match &r.error {
+                Some(e) => format!("FAIL: {e}"),
+                None => r.result.clone(),
+            });
+        }
+    }
+}
+
+/// Prints each result as a JSON line as it finishes (watch mode with --json).
+struct JsonLines<'a>(&'a Bars);
+impl Progress for JsonLines<'_> {
+    fn update(&self, port: &str, step: &str, done: u64, total: u64) {
+        self.0.update(port, step, done, total)
+    }
+    fn finished(&self, r: &PortResult) {
+        self.0.finished(r);
+        if r.result != "SKIP" {
+            if let Ok(s) = serde_json::to_string(r) {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{s}");
+                let _ = out.flush();
+            }
+        }
+    }
+}
+
+pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
+    if a.ports.is_empty() && a.ports_glob.is_none() {
+        return Err(Error::input("give at least one --port PATH or --ports GLOB").into());
+    }
+    if !(a.timeout > 0.0 && a.timeout <= 3600.0) {
+        return Err(Error::input("--timeout must be between 0 and 3600 seconds").into());
+    }
+    let reg = ctx.registry()?;
+    let config = ctx.config()?;
+    let profile = Profile::load(
+        a.profile.as_deref().unwrap_or(&config.default_profile),
+        ctx.templates().as_deref(),
+    )?;
+    let mut ports = a.ports.clone();
+    if let (Some(g), false) = (&a.ports_glob, a.watch) {
+        let found = station::glob(g);
+        if found.is_empty() {
+            return Err(Error::Device(format!("no port matches '{g}'")).into());
+        }
+        ports.extend(found);
+    }
+    ports.dedup();
+    if !a.watch {
+        for p in &ports {
+            if !p.exists() {
+                return Err(Error::Device(format!("{}: no such port", p.display())).into());
+            }
+        }
+    }
+    let signer = ctx.signer(&reg, &a.pass)?;
+    let actor = ctx.actor(&config);
+    let st = Station {
+        signer: &signer,
+        profile: &profile,
+        org: &config.org,
+        actor: &actor,
+        registry: reg.path().to_path_buf(),
+        mode: a.mode,
+        device_profile: a.device_profile,
+        baud: a.baud,
+        timeout: Duration::from_secs_f64(a.timeout),
+    };
+    drop(reg);
+    let bars = Bars::new();
+    let mut results = if a.watch {
+        let stop = crate::signals::stop_flag();
+        let pattern = a.ports_glob.clone().unwrap_or_default();
+        if ctx.json {
+            st.watch(&pattern, &JsonLines(&bars), stop, a.limit)
+        } else {
+            st.watch(&pattern, &bars, stop, a.limit)
+        }
+    } else {
+        st.provision_all(&ports, &bars)
+    };
+    if a.watch {
+        // Completion order is arbitrary; the table reads better by port.
+        results.sort_by(|x, y| x.port.cmp(&y.port));
+    }
+    let failed = results.iter().filter(|r| !r.passed()).count();
+    if ctx.json {
+        if !a.watch {
+            print_json(&results)?;
+        }
+    } else {
+        let rows: Vec<Vec<String>> = results
+            .iter()
+            .map(|r| {
+                vec![
+                    r.port.clone(),
+                    r.hardware_id.clone().unwrap_or_default(),
+                    r.serial.clone().unwrap_or_default(),
+                    r.result.clone(),
+                    r.cert_serial.clone().unwrap_or_default(),
+                    match (&r.error, r.already_provisioned) {
+                        (Some(e), _) => e.clone(),
+                        (None, true) => "already provisioned".into(),
+                        (None, false) => format!("{:.2}s, {} bytes", r.seconds, r.wire_bytes),
+                    },
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "PORT",
+                "HARDWARE ID",
+                "SERIAL",
+                "RESULT",
+                "CERT SERIAL",
+                "DETAIL",
+            ],
+            &rows,
+        )?;
+    }
+    for r in results.iter().filter(|r| !r.passed()) {
+        eprintln!(
+            "cradle: {}: FAIL: {}",
+            r.port,
+            r.error.as_deref().unwrap_or("unknown")
+        );
+    }
+    Ok(if failed > 0 { exit::FAILED } else { exit::OK })
+}

@@ -1,0 +1,528 @@
+//! The simulated device: its persistent state and the cradle protocol, device side.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::PublicKeyData;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::faults::{Faults, Rng};
+use crate::attestation::{self, WipeAttestation};
+use crate::error::{Error, Result};
+use crate::wire::{b64, b64_decode, code, Frame, PROTO_VERSION, SLOT_CERT, SLOT_CHAIN, SLOT_KEY};
+
+pub const SIM_MAX_LINE: usize = 1024;
+pub const SIM_WINDOW: usize = 8;
+const SLOTS: [&str; 3] = [SLOT_KEY, SLOT_CERT, SLOT_CHAIN];
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Slot {
+    #[serde(with = "hexbytes")]
+    pub data: Vec<u8>,
+    pub committed: bool,
+}
+
+/// Everything a device keeps across reboots (the simulator's "flash").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceState {
+    pub hardware_id: String,
+    pub model: String,
+    pub firmware: String,
+    /// The identity key (PKCS#8 DER), as a secure element would hold it.
+    #[serde(with = "hexopt", default)]
+    pub key: Option<Vec<u8>>,
+    #[serde(default)]
+    pub slots: BTreeMap<String, Slot>,
+    #[serde(default)]
+    pub locked: bool,
+    #[serde(default)]
+    pub wipe_counter: u64,
+    #[serde(default)]
+    pub last_nonce: Option<String>,
+    /// nRF91 profile: credentials by (tag, type) as PEM text.
+    #[serde(default)]
+    pub cmng: BTreeMap<String, String>,
+}
+
+impl DeviceState {
+    pub fn new(hardware_id: &str, model: &str) -> DeviceState {
+        DeviceState {
+            hardware_id: hardware_id.to_string(),
+            model: model.to_string(),
+            firmware: format!("sim-{}", env!("CARGO_PKG_VERSION")),
+            key: None,
+            slots: BTreeMap::new(),
+            locked: false,
+            wipe_counter: 0,
+            last_nonce: None,
+            cmng: BTreeMap::new(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Option<DeviceState>> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                Error::input(format!(
+                    "{}: not a simulator state file ({e})",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_vec_pretty(self).map_err(|e| Error::input(e.to_string()))?;
+        crate::pki::keys::write_file_atomic(path, &text, 0o600, true)
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        if self.locked {
+            "locked"
+        } else if self.key.is_some() {
+            "keyed"
+        } else {
+            "empty"
+        }
+    }
+
+    pub fn spki(&self) -> Option<Vec<u8>> {
+        let kp = rcgen::KeyPair::try_from(self.key.as_deref()?).ok()?;
+        Some(kp.subject_public_key_info())
+    }
+}
+
+/// What the I/O loop must do with a request's outcome.
+#[derive(Debug, Default)]
+pub struct Reply {
+    pub bytes: Vec<u8>,
+    /// Hang up after the state change, without replying (disconnect fault).
+    pub hangup: bool,
+    pub stall: Option<Duration>,
+}
+
+impl Reply {
+    fn frame(f: Frame) -> Reply {
+        Reply {
+            bytes: f.encode(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A device: state, where it is saved, faults, and counters for one-shot faults.
+pub struct Device {
+    pub state: DeviceState,
+    pub state_path: Option<PathBuf>,
+    pub faults: Faults,
+    pub rng: Rng,
+    counts: BTreeMap<String, u32>,
+    disconnect_fired: bool,
+    stall_fired: bool,
+    reject_lock_left: u32,
+}
+
+pub(crate) fn err(seq: u32, c: u32) -> Frame {
+    Frame::new("ERR", seq, vec![c.to_string(), code::name(c).to_string()])
+}
+
+fn ok(seq: u32, args: Vec<String>) -> Frame {
+    Frame::new("OK", seq, args)
+}
+
+fn sha256(d: &[u8]) -> [u8; 32] {
+    Sha256::digest(d).into()
+}
+
+impl Device {
+    pub fn new(state: DeviceState, state_path: Option<PathBuf>, faults: Faults) -> Device {
+        let reject_lock_left = faults.reject_lock;
+        Device {
+            state,
+            state_path,
+            faults,
+            rng: Rng::new(),
+            counts: BTreeMap::new(),
+            disconnect_fired: false,
+            stall_fired: false,
+            reject_lock_left,
+        }
+    }
+
+    pub fn save(&self) {
+        if let Some(p) = &self.state_path {
+            // A failed save is like a flash write error; the simulator reports it on stderr.
+            if let Err(e) = self.state.save(p) {
+                eprintln!("cradle sim: cannot save state: {e}");
+            }
+        }
+    }
+
+    /// Counts a handled step; true when the disconnect fault fires now.
+    pub fn step(&mut self, step: &str) -> bool {
+        let n = self.counts.entry(step.to_string()).or_insert(0);
+        *n += 1;
+        let n = *n;
+        match &self.faults.disconnect_after {
+            Some((s, at)) if !self.disconnect_fired && s == step && *at == n => {
+                self.disconnect_fired = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Handles one received line (without its LF).
+    pub fn handle_line(&mut self, line: &[u8]) -> Reply {
+        let f = match Frame::parse(line) {
+            Ok(f) => f,
+            // A garbled frame: say so with sequence 0 so the host resends at once.
+            Err(_) => return Reply::frame(err(0, code::BAD_FRAME)),
+        };
+        let seq = f.seq;
+        let verb = f.verb.to_ascii_lowercase();
+        let mut reply = match self.handle(&f) {
+            Ok(r) => r,
+            Err(c) => Reply::frame(err(seq, c)),
+        };
+        if self.step(&verb) {
+            reply.hangup = true;
+        }
+        if verb == "write" && !self.stall_fired {
+            if let Some(d) = self.faults.stall {
+                self.stall_fired = true;
+                reply.stall = Some(d);
+            }
+        }
+        reply
+    }
+
+    fn slot_arg<'a>(&self, f: &'a Frame, i: usize) -> std::result::Result<&'a str, u32> {
+        let s = f
+            .args
+            .get(i)
+            .map(String::as_str)
+            .ok_or(code::BAD_ARGUMENT)?;
+        if SLOTS.contains(&s) {
+            Ok(s)
+        } else {
+            Err(code::UNKNOWN_SLOT)
+        }
+    }
+
+    fn num_arg(f: &Frame, i: usize) -> std::result::Result<usize, u32> {
+        f.args
+            .get(i)
+            .and_then(|a| a.parse().ok())
+            .ok_or(code::BAD_ARGUMENT)
+    }
+
+    fn handle(&mut self, f: &Frame) -> std::result::Result<Reply, u32> {
+        let seq = f.seq;
+        match f.verb.as_str() {
+            "HELLO" => {
+                let v: u32 = f
+                    .args
+                    .first()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or(code::BAD_ARGUMENT)?;
+                if v != PROTO_VERSION {
+                    return Err(code::UNSUPPORTED_VERSION);
+                }
+                if self.faults.long_line {
+                    self.faults.long_line = false;
+                    return Ok(Reply {
+                        bytes: vec![b'A'; 1 << 20],
+                        ..Default::default()
+                    });
+                }
+                let s = &self.state;
+                let mut args = vec![
+                    format!("proto={PROTO_VERSION}"),
+                    format!("hwid={}", s.hardware_id),
+                    format!("model={}", s.model),
+                    format!("fw={}", s.firmware),
+                    format!("state={}", s.state_name()),
+                    format!("maxline={SIM_MAX_LINE}"),
+                    format!("window={SIM_WINDOW}"),
+                ];
+                if let Some(spki) = s.spki() {
+                    args.push(format!("pub={}", b64(&spki)));
+                }
+                Ok(Reply::frame(ok(seq, args)))
+            }
+            "KEYGEN" => {
+                if self.state.locked {
+                    return Err(code::LOCKED);
+                }
+                let kp = crate::pki::keys::generate().map_err(|_| code::INTERNAL)?;
+                let spki = kp.subject_public_key_info();
+                let csr_key = if self.faults.csr_wrong_key {
+                    self.faults.csr_wrong_key = false;
+                    crate::pki::keys::generate().map_err(|_| code::INTERNAL)?
+                } else {
+                    rcgen::KeyPair::try_from(kp.serialize_der().as_slice())
+                        .map_err(|_| code::INTERNAL)?
+                };
+                let csr = make_csr(&csr_key, &self.state.hardware_id)?;
+                self.state.key = Some(kp.serialize_der());
+                // A new key makes any stored certificate meaningless.
+                self.state.slots.clear();
+                self.save();
+                let csr_b64 = if self.faults.bad_base64 {
+                    self.faults.bad_base64 = false;
+                    "!!not*base64!!".to_string()
+                } else {
+                    b64(&csr)
+                };
+                Ok(Reply::frame(ok(
+                    seq,
+                    vec![format!("pub={}", b64(&spki)), format!("csr={csr_b64}")],
+                )))
+            }
+            "CSR" => {
+                // A CSR for the key the device already holds: idempotent, so a host that
+                // lost the KEYGEN reply can fetch it without making another key.
+                let key = self.state.key.clone().ok_or(code::NO_KEY)?;
+                let kp = rcgen::KeyPair::try_from(key.as_slice()).map_err(|_| code::INTERNAL)?;
+                let csr = make_csr(&kp, &self.state.hardware_id)?;
+                Ok(Reply::frame(ok(seq, vec![format!("csr={}", b64(&csr))])))
+            }
+            "STAT" => {
+                let slot = self.slot_arg(f, 0)?;
+                let s = self.state.slots.get(slot).cloned().unwrap_or_default();
+                Ok(Reply::frame(ok(
+                    seq,
+                    vec![
+                        format!("len={}", s.data.len()),
+                        format!("committed={}", u8::from(s.committed)),
+                        format!("sha256={}", hex::encode(sha256(&s.data))),
+                    ],
+                )))
+            }
+            "ERASE" => {
+                let slot = self.slot_arg(f, 0)?;
+                if self.state.locked {
+                    return Err(code::LOCKED);
+                }
+                self.state.slots.remove(slot);
+                if slot == SLOT_KEY {
+                    self.state.key = None;
+                }
+                self.save();
+                Ok(Reply::frame(ok(seq, vec![])))
+            }
+            "WRITE" => {
+                let slot = self.slot_arg(f, 0)?;
+                let off = Self::num_arg(f, 1)?;
+                let data = f
+                    .args
+                    .get(2)
+                    .and_then(|d| b64_decode(d).ok())
+                    .ok_or(code::BAD_ARGUMENT)?;
+                if self.state.locked {
+                    return Err(code::LOCKED);
+                }
+                if data.len() > SIM_MAX_LINE || off > 1 << 20 {
+                    return Err(code::BAD_ARGUMENT);
+                }
+                let s = self.state.slots.entry(slot.to_string()).or_default();
+                let held = s.data.len();
+                if off > held {
+                    return Err(code::OFFSET_GAP);
+                }
+                // Offset-addressed, so a resent WRITE is harmless: the overlap must match.
+                let overlap = (held - off).min(data.len());
+                if s.data[off..off + overlap] != data[..overlap] {
+                    return Err(code::DATA_CONFLICT);
+                }
+                if overlap < data.len() {
+                    s.data.extend_from_slice(&data[overlap..]);
+                    s.committed = false;
+                    if slot == SLOT_KEY {
+                        self.state.key = None;
+                    }
+                }
+                let len = self.state.slots[slot].data.len();
+                self.save();
+                Ok(Reply::frame(ok(seq, vec![format!("len={len}")])))
+            }
+            "COMMIT" => {
+                let slot = self.slot_arg(f, 0)?;
+                let len = Self::num_arg(f, 1)?;
+                let want = f.args.get(2).ok_or(code::BAD_ARGUMENT)?;
+                let s = self.state.slots.get(slot).cloned().unwrap_or_default();
+                if s.data.len() != len {
+                    return Err(code::NOT_COMMITTED);
+                }
+                let got = hex::encode(sha256(&s.data));
+                if &got != want {
+                    return Err(code::HASH_MISMATCH);
+                }
+                if !s.committed {
+                    if self.state.locked {
+                        return Err(code::LOCKED);
+                    }
+                    if slot == SLOT_KEY {
+                        match crate::pki::keys::key_pair_from_pkcs8(&s.data, "injected key") {
+                            Ok(_) => self.state.key = Some(s.data.clone()),
+                            Err(_) => {
+                                self.state.slots.remove(slot);
+                                self.save();
+                                return Err(code::BAD_KEY);
+                            }
+                        }
+                    }
+                    if let Some(s) = self.state.slots.get_mut(slot) {
+                        s.committed = true;
+                    }
+                    self.save();
+                }
+                Ok(Reply::frame(ok(seq, vec![format!("sha256={got}")])))
+            }
+            "READ" => {
+                let slot = self.slot_arg(f, 0)?;
+                let off = Self::num_arg(f, 1)?;
+                let n = Self::num_arg(f, 2)?;
+                if slot == SLOT_KEY {
+                    return Err(code::READ_FORBIDDEN);
+                }
+                let s = self.state.slots.get(slot).cloned().unwrap_or_default();
+                if n > (SIM_MAX_LINE - 64) / 4 * 3 || off + n > s.data.len() {
+                    return Err(code::BAD_ARGUMENT);
+                }
+                let mut data = s.data[off..off + n].to_vec();
+                if self.faults.hash_mismatch && !data.is_empty() {
+                    self.faults.hash_mismatch = false;
+                    data[0] ^= 0x01;
+                }
+                Ok(Reply::frame(ok(seq, vec![format!("data={}", b64(&data))])))
+            }
+            "LOCK" => {
+                if self.state.locked {
+                    return Ok(Reply::frame(ok(seq, vec!["state=locked".into()])));
+                }
+                let spki = self.state.spki().ok_or(code::NO_KEY)?;
+                let cert = self
+                    .state
+                    .slots
+                    .get(SLOT_CERT)
+                    .filter(|s| s.committed)
+                    .ok_or(code::NOT_COMMITTED)?;
+                let info = crate::pki::cert::info_of(&cert.data).map_err(|_| code::BAD_KEY)?;
+                if info.pubkey_sha256 != hex::encode(sha256(&spki)) {
+                    return Err(code::BAD_KEY);
+                }
+                if self.reject_lock_left > 0 {
+                    self.reject_lock_left -= 1;
+                    return Err(code::LOCK_REFUSED);
+                }
+                self.state.locked = true;
+                self.save();
+                Ok(Reply::frame(ok(seq, vec!["state=locked".into()])))
+            }
+            "WIPE" => {
+                let nonce_hex = f.args.first().ok_or(code::BAD_ARGUMENT)?;
+                let nonce: [u8; 32] = hex::decode(nonce_hex)
+                    .ok()
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or(code::BAD_ARGUMENT)?;
+                let key = self.state.key.clone().ok_or(code::NO_KEY)?;
+                let mut erased: Vec<String> = self
+                    .state
+                    .slots
+                    .iter()
+                    .filter(|(n, s)| !s.data.is_empty() && n.as_str() != SLOT_KEY)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                erased.insert(0, SLOT_KEY.to_string());
+                let answered = if self.faults.replay_nonce {
+                    self.state
+                        .last_nonce
+                        .as_ref()
+                        .and_then(|h| hex::decode(h).ok())
+                        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                        .unwrap_or_else(|| {
+                            let mut n = [0u8; 32];
+                            for b in n.iter_mut() {
+                                *b = self.rng.next_u64() as u8;
+                            }
+                            n
+                        })
+                } else {
+                    nonce
+                };
+                let mut att = WipeAttestation {
+                    hardware_id: self.state.hardware_id.clone(),
+                    nonce: answered,
+                    erased,
+                    counter: self.state.wipe_counter + 1,
+                    signature: vec![],
+                };
+                let signing_key = if self.faults.forge_attestation {
+                    crate::pki::keys::generate()
+                        .map_err(|_| code::INTERNAL)?
+                        .serialize_der()
+                } else {
+                    key
+                };
+                attestation::sign(&signing_key, &mut att).map_err(|_| code::INTERNAL)?;
+                // Signed first, then erased: the key is gone once the reply is out.
+                self.state.key = None;
+                self.state.slots.clear();
+                self.state.cmng.clear();
+                self.state.locked = false;
+                self.state.wipe_counter += 1;
+                self.state.last_nonce = Some(nonce_hex.clone());
+                self.save();
+                Ok(Reply::frame(ok(
+                    seq,
+                    vec![
+                        format!("att={}", b64(&att.payload())),
+                        format!("sig={}", b64(&att.signature)),
+                    ],
+                )))
+            }
+            _ => Err(code::UNKNOWN_COMMAND),
+        }
+    }
+}
+
+fn make_csr(key: &rcgen::KeyPair, hwid: &str) -> std::result::Result<Vec<u8>, u32> {
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|_| code::INTERNAL)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, hwid.to_string());
+    let csr = params.serialize_request(key).map_err(|_| code::INTERNAL)?;
+    Ok(csr.der().to_vec())
+}
+
+mod hexbytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        hex::decode(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+mod hexopt {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_some(&hex::encode(v)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(h) => hex::decode(h).map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}

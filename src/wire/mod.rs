@@ -1,0 +1,887 @@
+//! The cradle device protocol, host side: frames, typed errors, and a session that runs
+//! over anything `Read + Write` (a serial port, a pseudo-terminal, an in-memory pipe).
+//! The protocol is specified in `man/cradle-protocol.7`.
+
+pub mod frame;
+pub mod nrf91;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::attestation::WipeAttestation;
+pub use frame::{b64, b64_decode, crc32, Frame, Line, LineBuffer, MAX_LINE};
+
+/// Protocol version spoken by this host.
+pub const PROTO_VERSION: u32 = 1;
+/// Attempts for an idempotent request (first try included).
+pub const ATTEMPTS: u32 = 4;
+/// Resynchronisations (STAT and continue) allowed while writing or reading one object.
+pub const MAX_RESYNC: u32 = 12;
+
+/// Slots a device holds (named storage for identity objects).
+pub const SLOT_KEY: &str = "key";
+pub const SLOT_CERT: &str = "cert";
+pub const SLOT_CHAIN: &str = "chain";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("{path}: cannot open serial port: {msg}")]
+    Open { path: String, msg: String },
+    #[error("serial I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("device disconnected (port closed or hung up)")]
+    Disconnected,
+    #[error("no reply from the device to {what} within {secs:.1}s")]
+    Timeout { what: String, secs: f64 },
+    #[error("device sent more than {limit} bytes without a line end; reply rejected")]
+    LineTooLong { limit: usize },
+    #[error("bad frame from the device: {0}")]
+    BadFrame(String),
+    #[error("frame CRC mismatch (computed {got:08x}, frame says {want:08x})")]
+    Crc { got: u32, want: u32 },
+    #[error("device refused {what}: error {code} ({name})")]
+    Refused {
+        what: String,
+        code: u32,
+        name: String,
+    },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("verification failed: {0}")]
+    Verify(String),
+}
+
+impl WireError {
+    /// Errors after which reopening the port and resuming can help.
+    pub fn is_link_problem(&self) -> bool {
+        matches!(
+            self,
+            WireError::Io(_) | WireError::Disconnected | WireError::Timeout { .. }
+        )
+    }
+}
+
+impl From<WireError> for crate::Error {
+    fn from(e: WireError) -> Self {
+        crate::Error::Device(e.to_string())
+    }
+}
+
+/// Device error codes (the `ERR` reply), see cradle-protocol(7).
+pub mod code {
+    pub const BAD_FRAME: u32 = 1;
+    pub const UNKNOWN_COMMAND: u32 = 2;
+    pub const BAD_ARGUMENT: u32 = 3;
+    pub const LINE_TOO_LONG: u32 = 4;
+    pub const OFFSET_GAP: u32 = 5;
+    pub const DATA_CONFLICT: u32 = 6;
+    pub const HASH_MISMATCH: u32 = 7;
+    pub const NO_KEY: u32 = 8;
+    pub const LOCKED: u32 = 9;
+    pub const NOT_COMMITTED: u32 = 10;
+    pub const UNKNOWN_SLOT: u32 = 11;
+    pub const BAD_KEY: u32 = 12;
+    pub const LOCK_REFUSED: u32 = 13;
+    pub const READ_FORBIDDEN: u32 = 14;
+    pub const INTERNAL: u32 = 15;
+    pub const UNSUPPORTED_VERSION: u32 = 16;
+
+    pub fn name(code: u32) -> &'static str {
+        match code {
+            BAD_FRAME => "bad-frame",
+            UNKNOWN_COMMAND => "unknown-command",
+            BAD_ARGUMENT => "bad-argument",
+            LINE_TOO_LONG => "line-too-long",
+            OFFSET_GAP => "offset-gap",
+            DATA_CONFLICT => "data-conflict",
+            HASH_MISMATCH => "hash-mismatch",
+            NO_KEY => "no-key",
+            LOCKED => "locked",
+            NOT_COMMITTED => "not-committed",
+            UNKNOWN_SLOT => "unknown-slot",
+            BAD_KEY => "bad-key",
+            LOCK_REFUSED => "lock-refused",
+            READ_FORBIDDEN => "read-forbidden",
+            UNSUPPORTED_VERSION => "unsupported-version",
+            _ => "internal",
+        }
+    }
+}
+
+/// What a device says about itself in reply to HELLO.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceInfo {
+    pub proto: u32,
+    pub hardware_id: String,
+    pub model: String,
+    pub firmware: String,
+    /// `empty` (no key), `keyed` (key present, not locked) or `locked`.
+    pub state: String,
+    /// Longest line the device accepts, LF included.
+    pub max_line: usize,
+    /// Requests the device can buffer (frames the host may keep in flight).
+    pub window: usize,
+    /// A factory serial number, if the device has one.
+    pub serial: Option<String>,
+    /// SubjectPublicKeyInfo (DER) of the device's identity key, if it has one.
+    #[serde(skip)]
+    pub public_key: Option<Vec<u8>>,
+}
+
+impl DeviceInfo {
+    pub fn locked(&self) -> bool {
+        self.state == "locked"
+    }
+}
+
+/// One slot as reported by STAT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotStatus {
+    pub len: u64,
+    pub committed: bool,
+    /// SHA-256 of the bytes held (the prefix written so far).
+    pub sha256: [u8; 32],
+}
+
+/// Bytes and retries seen by a session (for reports and the benchmark).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stats {
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub retries: u32,
+    pub resyncs: u32,
+    pub garbage_lines: u32,
+}
+
+/// A checked identifier from a device (hardware id, model…): printable, no spaces.
+pub fn check_token(what: &str, v: &str) -> Result<(), WireError> {
+    if v.is_empty() || v.len() > 64 {
+        return Err(WireError::Protocol(format!(
+            "{what} must be 1-64 characters"
+        )));
+    }
+    if let Some(c) = v
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '+')))
+    {
+        return Err(WireError::Protocol(format!(
+            "{what} '{}' contains '{}'",
+            v.escape_default(),
+            c.escape_default()
+        )));
+    }
+    Ok(())
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// A host session with one device over a byte stream.
+pub struct Session<T: Read + Write> {
+    port: T,
+    lines: LineBuffer,
+    queue: VecDeque<Frame>,
+    seq: u32,
+    timeout: Duration,
+    byte_time: Duration,
+    max_line: usize,
+    window: usize,
+    pub stats: Stats,
+    info: Option<DeviceInfo>,
+}
+
+/// The port type `open` returns.
+pub type Port = serialport::TTYPort;
+
+/// Opens a serial port (or pty) at `baud` and starts a session on it. `timeout` is the
+/// time a device may take to start answering a request (the line time is added).
+pub fn open(path: &Path, baud: u32, timeout: Duration) -> Result<Session<Port>, WireError> {
+    Ok(Session::new(open_port(path, baud)?, baud, timeout))
+}
+
+/// Opens a serial port raw, 8N1, with a short read timeout, discarding stale input.
+pub fn open_port(path: &Path, baud: u32) -> Result<Port, WireError> {
+    let name = path.to_string_lossy().to_string();
+    let err = |e: serialport::Error| WireError::Open {
+        path: name.clone(),
+        msg: e.to_string(),
+    };
+    let port = serialport::new(name.clone(), baud)
+        .timeout(Duration::from_millis(20))
+        .open_native()
+        .map_err(err)?;
+    // Bytes queued before we opened belong to nobody's request (boot noise, a previous host).
+    serialport::SerialPort::clear(&port, serialport::ClearBuffer::Input).map_err(err)?;
+    Ok(port)
+}
+
+impl<T: Read + Write> Session<T> {
+    /// A session over `port`. The port's own read timeout should be short (tens of ms):
+    /// the session keeps its deadlines itself and treats `TimedOut`/`WouldBlock` as "no data yet".
+    pub fn new(port: T, baud: u32, timeout: Duration) -> Session<T> {
+        use rand_core::RngCore;
+        // A random start keeps replies from an earlier session from matching ours.
+        let seq = (rand_core::OsRng.next_u32() % 1_000_000) + 1;
+        Session {
+            port,
+            lines: LineBuffer::new(MAX_LINE),
+            queue: VecDeque::new(),
+            seq,
+            timeout,
+            byte_time: Duration::from_secs_f64(10.0 / baud.max(1) as f64),
+            max_line: 256,
+            window: 1,
+            stats: Stats::default(),
+            info: None,
+        }
+    }
+
+    pub fn info(&self) -> Option<&DeviceInfo> {
+        self.info.as_ref()
+    }
+
+    pub fn port_mut(&mut self) -> &mut T {
+        &mut self.port
+    }
+
+    fn line_time(&self, bytes: usize) -> Duration {
+        self.byte_time * bytes as u32
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = if self.seq >= 999_999_999 {
+            1
+        } else {
+            self.seq + 1
+        };
+        self.seq
+    }
+
+    /// Sends one request frame; returns its sequence number.
+    pub fn send(&mut self, verb: &str, args: Vec<String>) -> Result<u32, WireError> {
+        let seq = self.next_seq();
+        let bytes = Frame::new(verb, seq, args).encode();
+        self.port.write_all(&bytes)?;
+        self.port.flush()?;
+        self.stats.tx_bytes += bytes.len() as u64;
+        Ok(seq)
+    }
+
+    /// Next well-formed frame, or `Timeout` at `deadline`. Garbled lines are skipped
+    /// (resynchronisation); an overlong line is an error.
+    fn recv(&mut self, deadline: Instant, what: &str) -> Result<Frame, WireError> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(f) = self.queue.pop_front() {
+                return Ok(f);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(WireError::Timeout {
+                    what: what.to_string(),
+                    secs: self.timeout.as_secs_f64(),
+                });
+            }
+            match self.port.read(&mut buf) {
+                Ok(0) => return Err(WireError::Disconnected),
+                Ok(n) => {
+                    self.stats.rx_bytes += n as u64;
+                    let mut lines = Vec::new();
+                    self.lines.push(&buf[..n], &mut lines);
+                    for l in lines {
+                        match l {
+                            Line::TooLong => {
+                                self.lines.clear();
+                                return Err(WireError::LineTooLong { limit: MAX_LINE });
+                            }
+                            Line::Complete(l) => match Frame::parse(&l) {
+                                Ok(f) => self.queue.push_back(f),
+                                Err(_) => self.stats.garbage_lines += 1,
+                            },
+                        }
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::TimedOut
+                            | io::ErrorKind::WouldBlock
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                    return Err(WireError::Disconnected)
+                }
+                Err(e) => return Err(WireError::Io(e)),
+            }
+        }
+    }
+
+    /// Waits for the reply to `seq`. `Ok(None)` means the device reported a garbled
+    /// frame (ERR with sequence 0): the request should be sent again.
+    fn wait(
+        &mut self,
+        seq: u32,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<Option<Frame>, WireError> {
+        loop {
+            let f = self.recv(deadline, what)?;
+            if f.seq == seq {
+                if f.verb == "ERR" {
+                    return Err(refused(what, &f));
+                }
+                if f.verb != "OK" {
+                    return Err(WireError::Protocol(format!(
+                        "unexpected reply '{}' to {what}",
+                        f.verb
+                    )));
+                }
+                return Ok(Some(f));
+            }
+            if f.seq == 0 && f.verb == "ERR" {
+                return Ok(None);
+            }
+            // A stale reply to an earlier (retried) request: skip it.
+        }
+    }
+
+    /// Sends a request and waits for its reply. Only idempotent requests are retried.
+    pub fn request(
+        &mut self,
+        verb: &str,
+        args: Vec<String>,
+        idempotent: bool,
+    ) -> Result<Frame, WireError> {
+        let what = verb.to_string();
+        let attempts = if idempotent { ATTEMPTS } else { 1 };
+        let mut last = None;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                self.stats.retries += 1;
+            }
+            let req_len: usize = args.iter().map(|a| a.len() + 1).sum::<usize>() + 24;
+            let seq = self.send(verb, args.clone())?;
+            let deadline =
+                Instant::now() + self.timeout + self.line_time(req_len + self.max_line.max(256));
+            match self.wait(seq, deadline, &what) {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {
+                    last = Some(WireError::Protocol(format!(
+                        "device kept reporting garbled frames for {what}"
+                    )))
+                }
+                Err(e @ WireError::Timeout { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(WireError::Protocol(format!("{what} failed"))))
+    }
+
+    /// HELLO: protocol version and the device's identity and state.
+    pub fn hello(&mut self) -> Result<DeviceInfo, WireError> {
+        let f = self.request("HELLO", vec![PROTO_VERSION.to_string()], true)?;
+        let proto = f.need_u64("proto")? as u32;
+        if proto != PROTO_VERSION {
+            return Err(WireError::Protocol(format!(
+                "device speaks protocol version {proto}; this cradle speaks {PROTO_VERSION}"
+            )));
+        }
+        let hardware_id = f.need("hwid")?.to_string();
+        check_token("hardware id", &hardware_id)?;
+        let model = f.need("model")?.to_string();
+        check_token("model", &model)?;
+        let firmware = f.need("fw")?.to_string();
+        check_token("firmware version", &firmware)?;
+        let state = f.need("state")?.to_string();
+        if !matches!(state.as_str(), "empty" | "keyed" | "locked") {
+            return Err(WireError::Protocol(format!(
+                "unknown device state '{state}'"
+            )));
+        }
+        let max_line = f.need_u64("maxline")? as usize;
+        if !(128..=MAX_LINE as u64 as usize).contains(&max_line) {
+            return Err(WireError::Protocol(format!(
+                "device line size {max_line} is outside 128..{MAX_LINE}"
+            )));
+        }
+        let window = (f.need_u64("window")? as usize).clamp(1, 64);
+        let serial = f.get("serial").map(str::to_string);
+        if let Some(s) = &serial {
+            check_token("device serial", s)?;
+        }
+        let public_key = match f.get("pub") {
+            Some(_) => Some(f.need_b64("pub")?),
+            None => None,
+        };
+        self.max_line = max_line;
+        self.window = window;
+        let info = DeviceInfo {
+            proto,
+            hardware_id,
+            model,
+            firmware,
+            state,
+            max_line,
+            window,
+            serial,
+            public_key,
+        };
+        self.info = Some(info.clone());
+        Ok(info)
+    }
+
+    /// KEYGEN: the device makes a P-256 key; returns (SPKI DER, CSR DER). KEYGEN is not
+    /// idempotent, so it is never blindly resent: if its reply is lost, HELLO tells whether
+    /// the device made a new key (its public key changed), and the CSR for that key is
+    /// fetched with the idempotent CSR request; otherwise KEYGEN is sent again.
+    pub fn keygen(&mut self) -> Result<(Vec<u8>, Vec<u8>), WireError> {
+        let before = match &self.info {
+            Some(i) => i.public_key.clone(),
+            None => self.hello()?.public_key,
+        };
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                self.stats.retries += 1;
+                let now = self.hello()?.public_key;
+                if let Some(p) = now.filter(|p| Some(p) != before.as_ref()) {
+                    return Ok((p, self.csr()?));
+                }
+            }
+            match self.request("KEYGEN", vec![], false) {
+                Ok(f) => return Ok((f.need_b64("pub")?, f.need_b64("csr")?)),
+                Err(e @ WireError::Timeout { .. }) => last = Some(e),
+                Err(WireError::Protocol(m)) if m.contains("garbled") => {
+                    last = Some(WireError::Protocol(m))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(WireError::Protocol("KEYGEN failed".into())))
+    }
+
+    /// CSR: a certificate request for the key the device holds (idempotent).
+    pub fn csr(&mut self) -> Result<Vec<u8>, WireError> {
+        self.request("CSR", vec![], true)?.need_b64("csr")
+    }
+
+    pub fn stat(&mut self, slot: &str) -> Result<SlotStatus, WireError> {
+        let f = self.request("STAT", vec![slot.to_string()], true)?;
+        let sha = hex::decode(f.need("sha256")?)
+            .ok()
+            .and_then(|v| <[u8; 32]>::try_from(v).ok())
+            .ok_or_else(|| WireError::Protocol("STAT sha256 is not 64 hex digits".into()))?;
+        Ok(SlotStatus {
+            len: f.need_u64("len")?,
+            committed: f.need("committed")? == "1",
+            sha256: sha,
+        })
+    }
+
+    pub fn erase(&mut self, slot: &str) -> Result<(), WireError> {
+        self.request("ERASE", vec![slot.to_string()], true)?;
+        Ok(())
+    }
+
+    /// Payload bytes per WRITE/READ frame for the device's line size.
+    pub fn chunk_size(&self) -> usize {
+        // "$WRITE 999999999 chain 4294967295 " + " *xxxxxxxx\n" is under 64 bytes.
+        (((self.max_line.saturating_sub(64)) / 4) * 3).max(48)
+    }
+
+    /// Writes `data` into `slot`, keeping up to `window` WRITE frames in flight, resuming
+    /// from what the device already holds, then COMMITs with its SHA-256 (the device
+    /// recomputes it). `progress(done, total)` is called as acknowledgements arrive.
+    pub fn write_object(
+        &mut self,
+        slot: &str,
+        data: &[u8],
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), WireError> {
+        let total = data.len();
+        let mut chunk = self.chunk_size();
+        let mut window = self.window;
+        let mut resyncs = 0;
+        let mut best = 0usize;
+        'resume: loop {
+            let st = self.stat(slot)?;
+            let mut held = st.len as usize;
+            if held > total || sha256(&data[..held]) != st.sha256 {
+                self.erase(slot)?;
+                held = 0;
+            } else if held == total && st.committed {
+                progress(total as u64, total as u64);
+                return Ok(());
+            }
+            progress(held as u64, total as u64);
+            if held > best {
+                // Progress since the last resync: the budget is for a stuck line only.
+                best = held;
+                resyncs = 0;
+            }
+            let mut next = held;
+            let mut in_flight: VecDeque<u32> = VecDeque::new();
+            let mut last_progress = Instant::now();
+            while held < total {
+                while in_flight.len() < window && next < total {
+                    let end = (next + chunk).min(total);
+                    let seq = self.send(
+                        "WRITE",
+                        vec![slot.to_string(), next.to_string(), b64(&data[next..end])],
+                    )?;
+                    in_flight.push_back(seq);
+                    next = end;
+                }
+                let deadline = last_progress
+                    + self.timeout
+                    + self.line_time((self.window + 1) * self.max_line);
+                let lost = match self.recv(deadline, "WRITE") {
+                    Ok(f) => match in_flight.iter().position(|s| *s == f.seq) {
+                        Some(i) if f.verb == "OK" => {
+                            // Acknowledgements are cumulative: `len` is all the device holds.
+                            let len = f.need_u64("len")? as usize;
+                            if len > total {
+                                return Err(WireError::Protocol(format!(
+                                    "device claims {len} bytes in slot {slot} of a {total}-byte object"
+                                )));
+                            }
+                            held = held.max(len);
+                            in_flight.drain(..=i);
+                            last_progress = Instant::now();
+                            progress(held as u64, total as u64);
+                            false
+                        }
+                        Some(_) => {
+                            let code: u32 =
+                                f.args.first().and_then(|c| c.parse().ok()).unwrap_or(0);
+                            if code == code::OFFSET_GAP || code == code::BAD_FRAME {
+                                true
+                            } else {
+                                return Err(refused("WRITE", &f));
+                            }
+                        }
+                        None => f.seq == 0 && f.verb == "ERR",
+                    },
+                    Err(WireError::Timeout { .. }) => true,
+                    Err(e) => return Err(e),
+                };
+                if lost {
+                    resyncs += 1;
+                    self.stats.resyncs += 1;
+                    // A noisy line: smaller frames are likelier to arrive intact.
+                    chunk = ((chunk / 2) / 3 * 3).max(48);
+                    window = (window / 2).max(1);
+                    if resyncs > MAX_RESYNC {
+                        return Err(WireError::Protocol(format!(
+                            "writing slot {slot}: too many lost or garbled frames"
+                        )));
+                    }
+                    continue 'resume;
+                }
+            }
+            break;
+        }
+        let want = sha256(data);
+        let f = self.request(
+            "COMMIT",
+            vec![slot.to_string(), total.to_string(), hex::encode(want)],
+            true,
+        )?;
+        if f.need("sha256")? != hex::encode(want) {
+            return Err(WireError::Verify(format!(
+                "device computed a different SHA-256 for slot {slot}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads `len` bytes of `slot` with READ frames kept in flight (READ is idempotent).
+    /// Lost replies are asked for again, in smaller frames if the line is noisy.
+    pub fn read_object(&mut self, slot: &str, len: usize) -> Result<Vec<u8>, WireError> {
+        let mut data = Vec::with_capacity(len);
+        let mut chunk = self.chunk_size();
+        let mut window = self.window;
+        let mut stuck = 0;
+        while data.len() < len {
+            let start = data.len();
+            let mut got: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+            let mut todo = (start..len).step_by(chunk);
+            let mut pending: VecDeque<(u32, usize)> = VecDeque::new();
+            let mut last_progress = Instant::now();
+            loop {
+                while pending.len() < window {
+                    match todo.next() {
+                        Some(off) => {
+                            let n = chunk.min(len - off);
+                            let seq = self.send(
+                                "READ",
+                                vec![slot.to_string(), off.to_string(), n.to_string()],
+                            )?;
+                            pending.push_back((seq, off));
+                        }
+                        None => break,
+                    }
+                }
+                if pending.is_empty() {
+                    break;
+                }
+                let deadline =
+                    last_progress + self.timeout + self.line_time((window + 1) * self.max_line);
+                match self.recv(deadline, "READ") {
+                    Ok(f) => {
+                        if let Some(i) = pending.iter().position(|(s, _)| *s == f.seq) {
+                            if f.verb != "OK" {
+                                return Err(refused("READ", &f));
+                            }
+                            let (_, off) = pending.remove(i).expect("index from position");
+                            let d = f.need_b64("data")?;
+                            if d.len() != chunk.min(len - off) {
+                                return Err(WireError::Protocol(format!(
+                                    "READ {slot} at {off} returned {} bytes",
+                                    d.len()
+                                )));
+                            }
+                            got.insert(off, d);
+                            last_progress = Instant::now();
+                        } else if f.seq == 0 && f.verb == "ERR" {
+                            // One of our READs arrived garbled; the round ends early.
+                            break;
+                        }
+                    }
+                    Err(WireError::Timeout { .. }) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut off = start;
+            while let Some(d) = got.remove(&off) {
+                off += d.len();
+                data.extend_from_slice(&d);
+            }
+            if data.len() == len {
+                break;
+            }
+            self.stats.resyncs += 1;
+            stuck = if data.len() > start { 0 } else { stuck + 1 };
+            if stuck > MAX_RESYNC {
+                return Err(WireError::Protocol(format!(
+                    "reading slot {slot}: too many lost or garbled frames"
+                )));
+            }
+            chunk = ((chunk / 2) / 3 * 3).max(48);
+            window = (window / 2).max(1);
+        }
+        Ok(data)
+    }
+
+    /// Reads a slot back and checks it against `expected` by SHA-256.
+    pub fn verify_object(&mut self, slot: &str, expected: &[u8]) -> Result<(), WireError> {
+        let back = self.read_object(slot, expected.len())?;
+        if sha256(&back) != sha256(expected) {
+            return Err(WireError::Verify(format!(
+                "read-back of slot {slot} does not match what was written (SHA-256 {} != {})",
+                hex::encode(sha256(&back)),
+                hex::encode(sha256(expected))
+            )));
+        }
+        Ok(())
+    }
+
+    /// LOCK: the identity becomes immutable. Idempotent on the device.
+    pub fn lock(&mut self) -> Result<(), WireError> {
+        self.request("LOCK", vec![], true)?;
+        Ok(())
+    }
+
+    /// WIPE: the device signs `nonce` + the slots it erases with its identity key, then
+    /// erases them. Never retried (the nonce is single-use). The caller verifies the
+    /// attestation against the registered certificate (`WipeAttestation::verify`).
+    pub fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation, WireError> {
+        let f = self.request("WIPE", vec![hex::encode(nonce)], false)?;
+        let payload = f.need_b64("att")?;
+        let sig = f.need_b64("sig")?;
+        WipeAttestation::from_payload(&payload, sig)
+            .map_err(|e| WireError::Protocol(format!("wipe attestation: {e}")))
+    }
+}
+
+fn refused(what: &str, f: &Frame) -> WireError {
+    let code = f
+        .args
+        .first()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(code::INTERNAL);
+    WireError::Refused {
+        what: what.to_string(),
+        code,
+        name: f
+            .args
+            .get(1)
+            .cloned()
+            .unwrap_or_else(|| code::name(code).into()),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod pipe {
+    //! An in-memory full-duplex pipe with read timeouts, for unit tests.
+    use std::io::{self, Read, Write};
+    use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+    use std::time::Duration;
+
+    pub struct End {
+        tx: Sender<Vec<u8>>,
+        rx: Receiver<Vec<u8>>,
+        pending: Vec<u8>,
+    }
+
+    pub fn pair() -> (End, End) {
+        let (a_tx, b_rx) = channel();
+        let (b_tx, a_rx) = channel();
+        (
+            End {
+                tx: a_tx,
+                rx: a_rx,
+                pending: Vec::new(),
+            },
+            End {
+                tx: b_tx,
+                rx: b_rx,
+                pending: Vec::new(),
+            },
+        )
+    }
+
+    impl Read for End {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.pending.is_empty() {
+                match self.rx.recv_timeout(Duration::from_millis(10)) {
+                    Ok(v) => self.pending = v,
+                    Err(RecvTimeoutError::Timeout) => return Err(io::ErrorKind::TimedOut.into()),
+                    Err(RecvTimeoutError::Disconnected) => return Ok(0),
+                }
+            }
+            let n = buf.len().min(self.pending.len());
+            buf[..n].copy_from_slice(&self.pending[..n]);
+            self.pending.drain(..n);
+            Ok(n)
+        }
+    }
+
+    impl Write for End {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.tx
+                .send(buf.to_vec())
+                .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{device::DeviceState, Device, Faults, Responder};
+
+    /// Runs a simulated device on one end of an in-memory pipe.
+    fn device_on_pipe(faults: Faults) -> (Session<pipe::End>, std::thread::JoinHandle<()>) {
+        let (host, mut dev_end) = pipe::pair();
+        let h = std::thread::spawn(move || {
+            let dev = Device::new(DeviceState::new("PIPE-1", "pipe"), None, faults);
+            let mut r = crate::sim::CradleResponder::new(dev);
+            let mut buf = [0u8; 4096];
+            loop {
+                match dev_end.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let data = {
+                            let d = r.device();
+                            crate::sim::faults::mangle(&buf[..n], &d.faults.clone(), &mut d.rng)
+                        };
+                        for (_, reply) in r.feed(&data) {
+                            if reply.hangup {
+                                return;
+                            }
+                            if dev_end.write_all(&reply.bytes).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        (Session::new(host, 1_000_000, Duration::from_millis(300)), h)
+    }
+
+    #[test]
+    fn full_flow_over_an_in_memory_pipe() {
+        let (mut s, h) = device_on_pipe(Faults::default());
+        let info = s.hello().unwrap();
+        assert_eq!(info.hardware_id, "PIPE-1");
+        assert_eq!(info.state, "empty");
+        let (public, csr_der) = s.keygen().unwrap();
+        let checked = crate::pki::csr::check_csr(&csr_der).unwrap();
+        assert_eq!(checked.spki_der, public);
+        // Resumable: a partial object is continued from what the device holds.
+        let obj: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        s.send("WRITE", vec!["chain".into(), "0".into(), b64(&obj[..700])])
+            .unwrap();
+        let mut seen = Vec::new();
+        s.write_object(SLOT_CHAIN, &obj, &mut |d, _| seen.push(d))
+            .unwrap();
+        assert_eq!(*seen.last().unwrap(), 5000);
+        assert_eq!(s.stat(SLOT_CHAIN).unwrap().len, 5000);
+        assert!(s.stat(SLOT_CHAIN).unwrap().committed);
+        assert_eq!(s.read_object(SLOT_CHAIN, 5000).unwrap(), obj);
+        s.verify_object(SLOT_CHAIN, &obj).unwrap();
+        // LOCK without a committed certificate is refused with its error code.
+        match s.lock() {
+            Err(WireError::Refused { code: c, .. }) => assert_eq!(c, code::NOT_COMMITTED),
+            other => panic!("{other:?}"),
+        }
+        let att = s.wipe([9; 32]).unwrap();
+        att.verify(&public, &[9; 32]).unwrap();
+        assert_eq!(s.hello().unwrap().state, "empty");
+        drop(s);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn noisy_pipe_still_delivers_objects() {
+        let faults = Faults::parse(&["corrupt:0.001".into()]).unwrap();
+        let (mut s, h) = device_on_pipe(faults);
+        let info = (0..5)
+            .find_map(|_| s.hello().ok())
+            .expect("hello through noise");
+        assert_eq!(info.hardware_id, "PIPE-1");
+        let obj: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        s.write_object(SLOT_CERT, &obj, &mut |_, _| {}).unwrap();
+        assert_eq!(s.read_object(SLOT_CERT, obj.len()).unwrap(), obj);
+        drop(s);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn overlong_reply_is_rejected() {
+        let faults = Faults::parse(&["long-line".into()]).unwrap();
+        let (mut s, h) = device_on_pipe(faults);
+        match s.hello() {
+            Err(e @ WireError::LineTooLong { .. }) => {
+                assert!(e.to_string().contains("without a line end"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let e: crate::Error = WireError::Disconnected.into();
+        assert_eq!(e.exit_code(), crate::error::exit::DEVICE);
+        drop(s);
+        h.join().unwrap();
+    }
+}
