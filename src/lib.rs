@@ -12,5 +12,6 @@ pub mod lifecycle;
 pub mod passphrase;
 pub mod pki;
 pub mod registry;
+pub mod retire;
 
 pub use error::{Error, Result};

@@ -1,6 +1,7 @@
 //! PKI: keys, profiles from `templates/`, the CA, issuance, CSR checks, verification.
 
 pub mod ca;
+pub mod crl;
 pub mod cert;
 pub mod csr;
 pub mod issue;
