@@ -96,20 +96,54 @@ fn manual<'a>(e: &'a Env, extra: &[&'a str]) -> Vec<&'a str> {
 fn crl_verifies_with_openssl_lists_every_revocation_and_rejects_revoked_certs() {
     let (e, certs) = fleet(4);
     let crl = e.home.join("ca/crl.pem");
-    e.ok(&["revoke", "D-0001", "--reason", "key-compromise", "--passphrase-file", e.pass()]);
+    e.ok(&[
+        "revoke",
+        "D-0001",
+        "--reason",
+        "key-compromise",
+        "--passphrase-file",
+        e.pass(),
+    ]);
     let first = openssl(&["crl", "-in", crl.to_str().unwrap(), "-noout", "-text"]);
     assert!(first.0, "{}", first.1);
-    e.ok(&["revoke", "D-0002", "--reason", "SUPERSEDED", "--passphrase-file", e.pass()]);
-    e.ok(&["revoke", "D-0004", "--reason", "aACompromise", "--passphrase-file", e.pass()]);
+    e.ok(&[
+        "revoke",
+        "D-0002",
+        "--reason",
+        "SUPERSEDED",
+        "--passphrase-file",
+        e.pass(),
+    ]);
+    e.ok(&[
+        "revoke",
+        "D-0004",
+        "--reason",
+        "aACompromise",
+        "--passphrase-file",
+        e.pass(),
+    ]);
     let out = e.path("crl-out.pem");
-    let j = e.json(&["ca", "crl", "--out", out.to_str().unwrap(), "--passphrase-file", e.pass()]);
+    let j = e.json(&[
+        "ca",
+        "crl",
+        "--out",
+        out.to_str().unwrap(),
+        "--passphrase-file",
+        e.pass(),
+    ]);
     assert_eq!(j["crl"]["entries"], 3);
 
     let issuing = e.home.join("ca/issuing.pem");
     let root = e.home.join("ca/root.pem");
     for f in [&crl, &out] {
         let (ok, msg) = openssl(&[
-            "crl", "-in", f.to_str().unwrap(), "-noout", "-verify", "-CAfile", issuing.to_str().unwrap(),
+            "crl",
+            "-in",
+            f.to_str().unwrap(),
+            "-noout",
+            "-verify",
+            "-CAfile",
+            issuing.to_str().unwrap(),
         ]);
         assert!(ok && msg.contains("verify OK"), "{msg}");
     }
@@ -121,7 +155,9 @@ fn crl_verifies_with_openssl_lists_every_revocation_and_rejects_revoked_certs() 
         ("D-0004", "AA Compromise"),
     ] {
         let s = cert_serial(&e, serial);
-        let at = text.find(&format!("Serial Number: {s}")).unwrap_or_else(|| panic!("{s} missing:\n{text}"));
+        let at = text
+            .find(&format!("Serial Number: {s}"))
+            .unwrap_or_else(|| panic!("{s} missing:\n{text}"));
         let entry: String = text[at..].lines().take(5).collect::<Vec<_>>().join("\n");
         assert!(entry.contains(reason), "{serial}: {entry}");
     }
@@ -143,9 +179,24 @@ fn crl_verifies_with_openssl_lists_every_revocation_and_rejects_revoked_certs() 
 
     // DER output reads back with OpenSSL too.
     let der = e.path("crl.der");
-    e.ok(&["ca", "crl", "--out", der.to_str().unwrap(), "--der", "--passphrase-file", e.pass()]);
+    e.ok(&[
+        "ca",
+        "crl",
+        "--out",
+        der.to_str().unwrap(),
+        "--der",
+        "--passphrase-file",
+        e.pass(),
+    ]);
     let (ok, msg) = openssl(&[
-        "crl", "-in", der.to_str().unwrap(), "-inform", "DER", "-noout", "-verify", "-CAfile",
+        "crl",
+        "-in",
+        der.to_str().unwrap(),
+        "-inform",
+        "DER",
+        "-noout",
+        "-verify",
+        "-CAfile",
         issuing.to_str().unwrap(),
     ]);
     assert!(ok, "{msg}");
@@ -155,24 +206,44 @@ fn crl_verifies_with_openssl_lists_every_revocation_and_rejects_revoked_certs() 
         let p = e.path(&format!("{serial}.pem"));
         std::fs::write(&p, pem).unwrap();
         let (ok, msg) = openssl(&[
-            "verify", "-crl_check", "-CRLfile", crl.to_str().unwrap(), "-CAfile", root.to_str().unwrap(),
-            "-untrusted", issuing.to_str().unwrap(), p.to_str().unwrap(),
+            "verify",
+            "-crl_check",
+            "-CRLfile",
+            crl.to_str().unwrap(),
+            "-CAfile",
+            root.to_str().unwrap(),
+            "-untrusted",
+            issuing.to_str().unwrap(),
+            p.to_str().unwrap(),
         ]);
         if serial == "D-0003" {
             assert!(ok, "{serial} should verify: {msg}");
         } else {
-            assert!(!ok && msg.contains("certificate revoked"), "{serial}: {msg}");
+            assert!(
+                !ok && msg.contains("certificate revoked"),
+                "{serial}: {msg}"
+            );
         }
     }
     // Every CRL is on record with an event.
     assert_eq!(count(&e, "SELECT COUNT(*) FROM crls"), 5);
-    assert_eq!(count(&e, "SELECT COUNT(*) FROM events WHERE kind = 'crl.issued'"), 5);
+    assert_eq!(
+        count(&e, "SELECT COUNT(*) FROM events WHERE kind = 'crl.issued'"),
+        5
+    );
 }
 
 #[test]
 fn revoke_twice_is_a_noop_and_bad_input_changes_nothing() {
     let (e, _) = fleet(3);
-    let out = e.ok(&["revoke", "D-0001", "--reason", "keyCompromise", "--passphrase-file", e.pass()]);
+    let out = e.ok(&[
+        "revoke",
+        "D-0001",
+        "--reason",
+        "keyCompromise",
+        "--passphrase-file",
+        e.pass(),
+    ]);
     assert!(out.contains("revoked certificate"), "{out}");
     let before = e.dump();
     // No passphrase needed for a no-op, and nothing is written.
@@ -184,36 +255,112 @@ fn revoke_twice_is_a_noop_and_bad_input_changes_nothing() {
     assert_eq!(j["revocations"][0]["result"], "already revoked");
     assert_eq!(e.dump(), before);
 
-    let err = e.fails(&["revoke", "D-0002", "--reason", "lost-it", "--passphrase-file", e.pass()], 3);
+    let err = e.fails(
+        &[
+            "revoke",
+            "D-0002",
+            "--reason",
+            "lost-it",
+            "--passphrase-file",
+            e.pass(),
+        ],
+        3,
+    );
     assert!(err.contains("not an RFC 5280 revocation reason"), "{err}");
     let err = e.fails(&["revoke", "NOPE", "--passphrase-file", e.pass()], 3);
     assert!(err.contains("no device with serial 'NOPE'"), "{err}");
-    let err = e.fails(&["revoke", "D-0002", "--cert", "zz", "--passphrase-file", e.pass()], 3);
+    let err = e.fails(
+        &[
+            "revoke",
+            "D-0002",
+            "--cert",
+            "zz",
+            "--passphrase-file",
+            e.pass(),
+        ],
+        3,
+    );
     assert!(err.contains("fingerprint"), "{err}");
     let bad = e.path("bad.pass");
     std::fs::write(&bad, "wrong\n").unwrap();
-    e.fails(&["revoke", "D-0002", "--passphrase-file", bad.to_str().unwrap()], 5);
+    e.fails(
+        &[
+            "revoke",
+            "D-0002",
+            "--passphrase-file",
+            bad.to_str().unwrap(),
+        ],
+        5,
+    );
     let csv = e.path("revoke.csv");
     std::fs::write(&csv, "serial,reason\nD-0002,superseded\nD-0003,bogus\n").unwrap();
-    let err = e.fails(&["revoke", "--from", csv.to_str().unwrap(), "--passphrase-file", e.pass()], 3);
+    let err = e.fails(
+        &[
+            "revoke",
+            "--from",
+            csv.to_str().unwrap(),
+            "--passphrase-file",
+            e.pass(),
+        ],
+        3,
+    );
     assert!(err.contains("revoke.csv:3:"), "{err}");
     std::fs::write(&csv, "serial,colour\nD-0002,red\n").unwrap();
-    let err = e.fails(&["revoke", "--from", csv.to_str().unwrap(), "--passphrase-file", e.pass()], 3);
-    assert!(err.contains("revoke.csv:1:") && err.contains("colour"), "{err}");
+    let err = e.fails(
+        &[
+            "revoke",
+            "--from",
+            csv.to_str().unwrap(),
+            "--passphrase-file",
+            e.pass(),
+        ],
+        3,
+    );
+    assert!(
+        err.contains("revoke.csv:1:") && err.contains("colour"),
+        "{err}"
+    );
     std::fs::write(&csv, "serial\nD-0002\nD-0404\n").unwrap();
-    let err = e.fails(&["revoke", "--from", csv.to_str().unwrap(), "--passphrase-file", e.pass()], 3);
-    assert!(err.contains("revoke.csv:3:") && err.contains("D-0404"), "{err}");
+    let err = e.fails(
+        &[
+            "revoke",
+            "--from",
+            csv.to_str().unwrap(),
+            "--passphrase-file",
+            e.pass(),
+        ],
+        3,
+    );
+    assert!(
+        err.contains("revoke.csv:3:") && err.contains("D-0404"),
+        "{err}"
+    );
     assert_eq!(e.dump(), before);
 
     // Bulk from a file: the rest, with per-row reasons.
     std::fs::write(&csv, "serial,reason\nD-0002,superseded\nD-0003,\n").unwrap();
-    let j = e.json(&["revoke", "--from", csv.to_str().unwrap(), "--reason", "privilege-withdrawn", "--passphrase-file", e.pass()]);
+    let j = e.json(&[
+        "revoke",
+        "--from",
+        csv.to_str().unwrap(),
+        "--reason",
+        "privilege-withdrawn",
+        "--passphrase-file",
+        e.pass(),
+    ]);
     assert_eq!(j["revoked"], 2);
     assert_eq!(
-        e.sql("SELECT revocation_reason FROM certificates ORDER BY id").trim(),
+        e.sql("SELECT revocation_reason FROM certificates ORDER BY id")
+            .trim(),
         "keyCompromise\nsuperseded\nprivilegeWithdrawn"
     );
-    assert_eq!(count(&e, "SELECT COUNT(*) FROM events WHERE kind = 'cert.revoked'"), 3);
+    assert_eq!(
+        count(
+            &e,
+            "SELECT COUNT(*) FROM events WHERE kind = 'cert.revoked'"
+        ),
+        3
+    );
 }
 
 #[test]
@@ -228,8 +375,16 @@ fn decommission_with_manual_wipe_records_everything_and_certifies_it() {
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["devices"][0]["result"], "decommissioned");
     assert_eq!(j["crl"]["entries"], 1);
-    assert_eq!(e.sql("SELECT status FROM devices WHERE serial='D-0001'").trim(), "decommissioned");
-    assert_eq!(e.sql("SELECT status FROM devices WHERE serial='D-0002'").trim(), "registered");
+    assert_eq!(
+        e.sql("SELECT status FROM devices WHERE serial='D-0001'")
+            .trim(),
+        "decommissioned"
+    );
+    assert_eq!(
+        e.sql("SELECT status FROM devices WHERE serial='D-0002'")
+            .trim(),
+        "registered"
+    );
     assert_eq!(
         e.sql("SELECT status, revocation_reason FROM certificates WHERE device_id = (SELECT id FROM devices WHERE serial='D-0001')").trim(),
         "revoked|cessationOfOperation"
@@ -240,7 +395,13 @@ fn decommission_with_manual_wipe_records_everything_and_certifies_it() {
     );
     assert_eq!(dev_count(&e, "D-0001", "kind = 'decommission.step'"), 4);
     assert_eq!(dev_count(&e, "D-0001", "kind = 'device.state'"), 2);
-    assert_eq!(e.sql("SELECT step || ':' || status FROM decommissions ORDER BY rowid").trim().lines().count(), 4);
+    assert_eq!(
+        e.sql("SELECT step || ':' || status FROM decommissions ORDER BY rowid")
+            .trim()
+            .lines()
+            .count(),
+        4
+    );
 
     // The certificate of sanitization: parseable, readable, escaped.
     let rep: serde_json::Value = serde_json::from_str(
@@ -260,14 +421,36 @@ fn decommission_with_manual_wipe_records_everything_and_certifies_it() {
     assert!(html.contains("Sensor &lt;X&gt;") && !html.contains("Sensor <X>"));
     assert!(html.contains("Certificate of Sanitization"));
     let text = e.ok(&["report", "sanitization", "D-0001"]);
-    for field in ["Manufacturer", "Model", "Serial number", "Media type", "Method type (level)", "Tool used", "Verification method", "Verified by", "Date", "Media destination", "Attestation"] {
+    for field in [
+        "Manufacturer",
+        "Model",
+        "Serial number",
+        "Media type",
+        "Method type (level)",
+        "Tool used",
+        "Verification method",
+        "Verified by",
+        "Date",
+        "Media destination",
+        "Attestation",
+    ] {
         assert!(text.contains(field), "{field} missing:\n{text}");
     }
     let j = e.json(&["report", "sanitization", "D-0001"]);
     assert_eq!(j["sanitization"]["record_kind"], "manual");
     let f = e.path("cert.html");
-    e.ok(&["report", "sanitization", "D-0001", "--format", "html", "-o", f.to_str().unwrap()]);
-    assert!(std::fs::read_to_string(&f).unwrap().starts_with("<!DOCTYPE html>"));
+    e.ok(&[
+        "report",
+        "sanitization",
+        "D-0001",
+        "--format",
+        "html",
+        "-o",
+        f.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read_to_string(&f)
+        .unwrap()
+        .starts_with("<!DOCTYPE html>"));
     let err = e.fails(&["report", "sanitization", "D-0002"], 3);
     assert!(err.contains("no wipe record"), "{err}");
 
@@ -283,17 +466,45 @@ fn dry_run_changes_nothing_and_bad_options_are_refused() {
     let (e, _) = fleet(2);
     let before = e.dump();
     let out = e.ok(&manual(&e, &["D-0001", "D-0002", "--dry-run"]));
-    assert!(out.contains("dry run") && out.contains("will run") && out.contains("revoke 1 active"), "{out}");
+    assert!(
+        out.contains("dry run") && out.contains("will run") && out.contains("revoke 1 active"),
+        "{out}"
+    );
     let j = e.json(&manual(&e, &["D-0001", "--dry-run"]));
     assert_eq!(j["dry_run"], true);
     assert_eq!(j["devices"][0]["steps"].as_array().unwrap().len(), 4);
     assert_eq!(e.dump(), before);
 
-    let err = e.fails(&["decommission", "D-0001", "--passphrase-file", e.pass()], 3);
+    let err = e.fails(
+        &["decommission", "D-0001", "--passphrase-file", e.pass()],
+        3,
+    );
     assert!(err.contains("no wipe given"), "{err}");
-    let err = e.fails(&["decommission", "D-0001", "--wipe-method", "purge", "--wipe-tool", "x"], 3);
+    let err = e.fails(
+        &[
+            "decommission",
+            "D-0001",
+            "--wipe-method",
+            "purge",
+            "--wipe-tool",
+            "x",
+        ],
+        3,
+    );
     assert!(err.contains("--verified-by"), "{err}");
-    e.fails(&["decommission", "D-0001", "--wipe-method", "scrub", "--wipe-tool", "x", "--verified-by", "y"], 2);
+    e.fails(
+        &[
+            "decommission",
+            "D-0001",
+            "--wipe-method",
+            "scrub",
+            "--wipe-tool",
+            "x",
+            "--verified-by",
+            "y",
+        ],
+        2,
+    );
     let err = e.fails(&manual(&e, &["D-0001", "--reason", "bored"]), 3);
     assert!(err.contains("RFC 5280"), "{err}");
     let err = e.fails(&manual(&e, &["D-0001", "--wipe-technique", "a\nb"]), 3);
@@ -301,7 +512,17 @@ fn dry_run_changes_nothing_and_bad_options_are_refused() {
     // Without a serial link in this build, --wipe-port refuses before changing anything.
     e.sql("UPDATE devices SET hardware_id = 'HW-1'");
     let before = e.dump();
-    let err = e.fails(&["decommission", "D-0001", "--wipe-port", "/dev/ttyNOPE", "--passphrase-file", e.pass()], 6);
+    let err = e.fails(
+        &[
+            "decommission",
+            "D-0001",
+            "--wipe-port",
+            "/dev/ttyNOPE",
+            "--passphrase-file",
+            e.pass(),
+        ],
+        6,
+    );
     assert!(err.contains("serial"), "{err}");
     assert_eq!(e.dump(), before);
 }
@@ -313,11 +534,24 @@ fn a_device_that_cannot_be_retired_fails_alone_and_the_batch_goes_on() {
     let mut args = manual(&e, &["D-0001", "D-0002", "D-0003"]);
     args.insert(0, "--json");
     let o = e.run(&args);
-    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let res: Vec<&str> = j["devices"].as_array().unwrap().iter().map(|d| d["result"].as_str().unwrap()).collect();
+    let res: Vec<&str> = j["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["result"].as_str().unwrap())
+        .collect();
     assert_eq!(res, ["decommissioned", "failed", "decommissioned"]);
-    assert!(j["devices"][1]["error"].as_str().unwrap().contains("cannot be retired"));
+    assert!(j["devices"][1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot be retired"));
     assert_eq!(j["failed"], 1);
     // Its certificate was not touched.
     assert_eq!(
@@ -328,7 +562,10 @@ fn a_device_that_cannot_be_retired_fails_alone_and_the_batch_goes_on() {
     let o = e.run(&manual(&e, &["D-0002"]));
     assert_eq!(o.status.code(), Some(1));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("D-0002") && out.contains("failed") && out.contains("1:FAIL"), "{out}");
+    assert!(
+        out.contains("D-0002") && out.contains("failed") && out.contains("1:FAIL"),
+        "{out}"
+    );
 }
 
 /// Runs a decommission that aborts right after committing `step`.
@@ -338,7 +575,10 @@ fn crash_after(e: &Env, step: u8, args: &[&str]) {
         .env("CRADLE_TEST_CRASH_AFTER_STEP", step.to_string())
         .output()
         .unwrap();
-    assert!(!o.status.success(), "should have been killed after step {step}");
+    assert!(
+        !o.status.success(),
+        "should have been killed after step {step}"
+    );
     assert_eq!(o.status.code(), None, "killed by a signal, not an exit");
 }
 
@@ -353,12 +593,22 @@ fn a_killed_run_resumes_where_it_stopped_with_no_step_done_twice() {
             &e,
             &format!("SELECT COUNT(*) FROM decommissions WHERE status = 'done' AND device_id = (SELECT id FROM devices WHERE serial = '{serial}')"),
         );
-        assert_eq!(done, step as i64, "{serial}: steps done after a crash at step {step}");
-        assert_eq!(dev_count(&e, &serial, "kind = 'decommission.step'"), step as i64);
+        assert_eq!(
+            done, step as i64,
+            "{serial}: steps done after a crash at step {step}"
+        );
+        assert_eq!(
+            dev_count(&e, &serial, "kind = 'decommission.step'"),
+            step as i64
+        );
         if step == 2 {
             // Killed after revoking but before the CRL: the revocation is marked stale
             // (the next run, D-0003's, signs the CRL before its wipe).
-            assert_eq!(e.sql("SELECT value FROM meta WHERE key = 'crl_stale'").trim(), "1");
+            assert_eq!(
+                e.sql("SELECT value FROM meta WHERE key = 'crl_stale'")
+                    .trim(),
+                "1"
+            );
         }
     }
     // Resume everything, without repeating the options.
@@ -368,10 +618,28 @@ fn a_killed_run_resumes_where_it_stopped_with_no_step_done_twice() {
     assert_eq!(j["devices"].as_array().unwrap().len(), 3);
     for i in 1..=4 {
         let serial = format!("D-{i:04}");
-        assert_eq!(e.sql(&format!("SELECT status FROM devices WHERE serial = '{serial}'")).trim(), "decommissioned");
-        assert_eq!(dev_count(&e, &serial, "kind = 'decommission.step'"), 4, "{serial}");
-        assert_eq!(dev_count(&e, &serial, "kind = 'device.state'"), 2, "{serial}");
-        assert_eq!(dev_count(&e, &serial, "kind = 'cert.revoked'"), 1, "{serial}");
+        assert_eq!(
+            e.sql(&format!(
+                "SELECT status FROM devices WHERE serial = '{serial}'"
+            ))
+            .trim(),
+            "decommissioned"
+        );
+        assert_eq!(
+            dev_count(&e, &serial, "kind = 'decommission.step'"),
+            4,
+            "{serial}"
+        );
+        assert_eq!(
+            dev_count(&e, &serial, "kind = 'device.state'"),
+            2,
+            "{serial}"
+        );
+        assert_eq!(
+            dev_count(&e, &serial, "kind = 'cert.revoked'"),
+            1,
+            "{serial}"
+        );
         assert_eq!(
             count(&e, &format!("SELECT COUNT(*) FROM wipes WHERE device_id = (SELECT id FROM devices WHERE serial = '{serial}')")),
             1,
@@ -383,7 +651,10 @@ fn a_killed_run_resumes_where_it_stopped_with_no_step_done_twice() {
             "nwipe|QA Lead"
         );
     }
-    assert!(e.sql("SELECT value FROM meta WHERE key = 'crl_stale'").trim().is_empty());
+    assert!(e
+        .sql("SELECT value FROM meta WHERE key = 'crl_stale'")
+        .trim()
+        .is_empty());
     let (_, text) = openssl(&["crl", "-in", crl.to_str().unwrap(), "-noout", "-text"]);
     for i in 1..=4 {
         let s = cert_serial(&e, &format!("D-{i:04}"));
@@ -409,16 +680,45 @@ fn a_batch_killed_at_a_random_moment_resumes_consistently() {
     }
     std::fs::write(&csv, s).unwrap();
     let args = manual(&e, &["--from", csv.to_str().unwrap()]);
-    let mut child = e.cmd(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = e
+        .cmd(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(150));
     let _ = child.kill(); // SIGKILL
     let _ = child.wait();
     e.ok(&args);
-    assert_eq!(count(&e, "SELECT COUNT(*) FROM devices WHERE status = 'decommissioned'"), 200);
-    assert_eq!(count(&e, "SELECT COUNT(*) FROM events WHERE kind = 'decommission.step'"), 800);
-    assert_eq!(count(&e, "SELECT COUNT(*) FROM events WHERE kind = 'cert.revoked'"), 200);
+    assert_eq!(
+        count(
+            &e,
+            "SELECT COUNT(*) FROM devices WHERE status = 'decommissioned'"
+        ),
+        200
+    );
+    assert_eq!(
+        count(
+            &e,
+            "SELECT COUNT(*) FROM events WHERE kind = 'decommission.step'"
+        ),
+        800
+    );
+    assert_eq!(
+        count(
+            &e,
+            "SELECT COUNT(*) FROM events WHERE kind = 'cert.revoked'"
+        ),
+        200
+    );
     assert_eq!(count(&e, "SELECT COUNT(*) FROM wipes"), 200);
-    assert_eq!(count(&e, "SELECT COUNT(*) FROM decommissions WHERE status = 'done'"), 800);
+    assert_eq!(
+        count(
+            &e,
+            "SELECT COUNT(*) FROM decommissions WHERE status = 'done'"
+        ),
+        800
+    );
 }
 
 #[test]
@@ -427,15 +727,59 @@ fn a_batch_of_1000_devices_from_csv_with_manual_wipe_records() {
     let csv = e.path("retire.csv");
     // Bad rows are reported with FILE:LINE and nothing is written.
     let before = e.dump();
-    std::fs::write(&csv, "serial,wipe_method,wipe_tool,verified_by\nD-0001,purge,nwipe,QA\nD-0002,shred,x,QA\n").unwrap();
-    let err = e.fails(&["decommission", "--from", csv.to_str().unwrap(), "--passphrase-file", e.pass()], 3);
-    assert!(err.contains("retire.csv:3:") && err.contains("shred"), "{err}");
-    std::fs::write(&csv, "serial,wipe_method,wipe_tool,verified_by\nD-0001,purge,nwipe,QA\nD-0001,purge,nwipe,QA\n").unwrap();
-    let err = e.fails(&["decommission", "--from", csv.to_str().unwrap(), "--passphrase-file", e.pass()], 3);
-    assert!(err.contains("retire.csv:3:") && err.contains("twice"), "{err}");
+    std::fs::write(
+        &csv,
+        "serial,wipe_method,wipe_tool,verified_by\nD-0001,purge,nwipe,QA\nD-0002,shred,x,QA\n",
+    )
+    .unwrap();
+    let err = e.fails(
+        &[
+            "decommission",
+            "--from",
+            csv.to_str().unwrap(),
+            "--passphrase-file",
+            e.pass(),
+        ],
+        3,
+    );
+    assert!(
+        err.contains("retire.csv:3:") && err.contains("shred"),
+        "{err}"
+    );
+    std::fs::write(
+        &csv,
+        "serial,wipe_method,wipe_tool,verified_by\nD-0001,purge,nwipe,QA\nD-0001,purge,nwipe,QA\n",
+    )
+    .unwrap();
+    let err = e.fails(
+        &[
+            "decommission",
+            "--from",
+            csv.to_str().unwrap(),
+            "--passphrase-file",
+            e.pass(),
+        ],
+        3,
+    );
+    assert!(
+        err.contains("retire.csv:3:") && err.contains("twice"),
+        "{err}"
+    );
     std::fs::write(&csv, "serial,wipe_method,wipe_tool\nD-0001,purge,nwipe\n").unwrap();
-    let err = e.fails(&["decommission", "--from", csv.to_str().unwrap(), "--passphrase-file", e.pass()], 3);
-    assert!(err.contains("retire.csv:2:") && err.contains("--verified-by"), "{err}");
+    let err = e.fails(
+        &[
+            "decommission",
+            "--from",
+            csv.to_str().unwrap(),
+            "--passphrase-file",
+            e.pass(),
+        ],
+        3,
+    );
+    assert!(
+        err.contains("retire.csv:2:") && err.contains("--verified-by"),
+        "{err}"
+    );
     assert_eq!(e.dump(), before);
 
     let mut s = String::from("serial,wipe_method,wipe_tool,verified_by,technician,destination\n");
@@ -445,22 +789,61 @@ fn a_batch_of_1000_devices_from_csv_with_manual_wipe_records() {
             1 => ("purge", "vendor crypto-erase"),
             _ => ("clear", "nwipe"),
         };
-        s.push_str(&format!("D-{i:04},{m},{t},QA-{},Tech {},recycling\n", i % 7, i % 5));
+        s.push_str(&format!(
+            "D-{i:04},{m},{t},QA-{},Tech {},recycling\n",
+            i % 7,
+            i % 5
+        ));
     }
     std::fs::write(&csv, s).unwrap();
-    let j = e.json(&["decommission", "--from", csv.to_str().unwrap(), "--passphrase-file", e.pass()]);
+    let j = e.json(&[
+        "decommission",
+        "--from",
+        csv.to_str().unwrap(),
+        "--passphrase-file",
+        e.pass(),
+    ]);
     assert_eq!(j["decommissioned"], 1000);
     assert_eq!(j["failed"], 0);
     assert_eq!(j["crl"]["entries"], 1000);
-    assert_eq!(count(&e, "SELECT COUNT(*) FROM devices WHERE status = 'decommissioned'"), 1000);
-    assert_eq!(count(&e, "SELECT COUNT(*) FROM wipes WHERE kind = 'manual'"), 1000);
-    assert_eq!(count(&e, "SELECT COUNT(*) FROM wipes WHERE level = 'destroy'"), 333);
-    assert_eq!(count(&e, "SELECT COUNT(*) FROM events WHERE kind = 'decommission.step'"), 4000);
+    assert_eq!(
+        count(
+            &e,
+            "SELECT COUNT(*) FROM devices WHERE status = 'decommissioned'"
+        ),
+        1000
+    );
+    assert_eq!(
+        count(&e, "SELECT COUNT(*) FROM wipes WHERE kind = 'manual'"),
+        1000
+    );
+    assert_eq!(
+        count(&e, "SELECT COUNT(*) FROM wipes WHERE level = 'destroy'"),
+        333
+    );
+    assert_eq!(
+        count(
+            &e,
+            "SELECT COUNT(*) FROM events WHERE kind = 'decommission.step'"
+        ),
+        4000
+    );
     // One CRL for the whole batch.
-    assert_eq!(count(&e, "SELECT COUNT(*) FROM events WHERE kind = 'crl.issued'"), 1);
+    assert_eq!(
+        count(&e, "SELECT COUNT(*) FROM events WHERE kind = 'crl.issued'"),
+        1
+    );
     let crl = e.home.join("ca/crl.pem");
     let issuing = e.home.join("ca/issuing.pem");
-    let (ok, msg) = openssl(&["crl", "-in", crl.to_str().unwrap(), "-noout", "-verify", "-CAfile", issuing.to_str().unwrap()]);
+    let (ok, msg) = openssl(&[
+        "crl",
+        "-in",
+        crl.to_str().unwrap(),
+        "-noout",
+        "-verify",
+        "-CAfile",
+        issuing.to_str().unwrap(),
+    ]);
     assert!(ok, "{msg}");
     let (_, text) = openssl(&["crl", "-in", crl.to_str().unwrap(), "-noout", "-text"]);
     assert_eq!(text.matches("Cessation Of Operation").count(), 1000);

@@ -55,7 +55,9 @@ pub enum CaCommand {
     /// Show the CA certificates: subject, validity, fingerprints
     Show,
     /// Issue the CRL of the issuing CA (next CRL number) and publish it to crl_path
-    #[command(after_help = "Examples:\n  cradle ca crl --passphrase-file ca.pass\n  cradle ca crl --out crl.der --der\n  cradle ca crl --out - | openssl crl -noout -text")]
+    #[command(
+        after_help = "Examples:\n  cradle ca crl --passphrase-file ca.pass\n  cradle ca crl --out crl.der --der\n  cradle ca crl --out - | openssl crl -noout -text"
+    )]
     Crl(super::crl::CrlArgs),
     /// Write CA certificates as PEM for relying parties and verifiers
     #[command(

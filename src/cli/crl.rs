@@ -46,8 +46,9 @@ pub fn run(ctx: &Ctx, a: CrlArgs) -> anyhow::Result<i32> {
             o.flush()?;
             return Ok(0);
         }
-        Some(p) => keys::write_file_atomic(p, &body, 0o644, true)
-            .map_err(|e| anyhow::Error::new(e).context("the CRL is issued and published, but --out failed"))?,
+        Some(p) => keys::write_file_atomic(p, &body, 0o644, true).map_err(|e| {
+            anyhow::Error::new(e).context("the CRL is issued and published, but --out failed")
+        })?,
         None => {}
     }
     if ctx.json {
@@ -55,7 +56,11 @@ pub fn run(ctx: &Ctx, a: CrlArgs) -> anyhow::Result<i32> {
     } else {
         print_crl_line(&c);
         if let Some(p) = &a.out {
-            println!("also written to {} ({})", p.display(), if a.der { "DER" } else { "PEM" });
+            println!(
+                "also written to {} ({})",
+                p.display(),
+                if a.der { "DER" } else { "PEM" }
+            );
         }
     }
     Ok(0)

@@ -124,7 +124,10 @@ pub fn revoke(ctx: &Ctx, a: RevokeArgs) -> anyhow::Result<i32> {
         if out.revocations.len() <= 50 {
             for r in &out.revocations {
                 if r.result == "revoked" {
-                    println!("{}: revoked certificate {} ({})", r.serial, r.cert_serial, r.reason);
+                    println!(
+                        "{}: revoked certificate {} ({})",
+                        r.serial, r.cert_serial, r.reason
+                    );
                 } else {
                     println!(
                         "{}: certificate {} is already revoked ({}); nothing to do",
@@ -310,7 +313,11 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
     if a.dry_run {
         let plan = decommission::plan(reg.conn(), &prepared)?;
         print_summary(ctx, &plan)?;
-        return Ok(if plan.any_failed() { exit::FAILED } else { exit::OK });
+        return Ok(if plan.any_failed() {
+            exit::FAILED
+        } else {
+            exit::OK
+        });
     }
 
     // A serial wipe takes one device at a time; check the link before changing anything.
@@ -322,9 +329,18 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
         .count();
     if let Some(port) = &a.wipe_port {
         if serial_wipes > 1 {
-            return Err(Error::input("--wipe-port wipes one device at a time: give one SERIAL").into());
+            return Err(
+                Error::input("--wipe-port wipes one device at a time: give one SERIAL").into(),
+            );
         }
-        drop(wipe::open_serial_link(port)?);
+        // Open the port and check who answers before changing anything.
+        let mut link = wipe::open_serial_link(port)?;
+        if let Some(p) = prepared.iter().find(|p| {
+            !p.complete() && !p.done.contains(&crate::retire::Step::Wipe) && p.blocked.is_none()
+        }) {
+            wipe::check_identity(&p.device, link.as_mut())?;
+        }
+        drop(link);
     }
     if let Some(d) = &a.report_dir {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
@@ -334,7 +350,9 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
-    let crash_after = std::env::var(CRASH_ENV).ok().and_then(|v| v.parse::<u8>().ok());
+    let crash_after = std::env::var(CRASH_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u8>().ok());
     let actor = ctx.actor(&config);
     let pb = progress_bar(prepared.len() as u64, "retiring");
     let progress = |n: u64| pb.set_position(n);
@@ -342,7 +360,12 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
     let org = config.org.clone();
     let report_dir = a.report_dir.clone();
     let writer = move |conn: &rusqlite::Connection, dev: &crate::registry::Device| {
-        write_reports(conn, dev, report_dir.as_deref().unwrap_or(Path::new(".")), &org)
+        write_reports(
+            conn,
+            dev,
+            report_dir.as_deref().unwrap_or(Path::new(".")),
+            &org,
+        )
     };
     let summary = {
         let mut runner = Runner {
@@ -353,14 +376,21 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
             crl_path: crl_path(ctx, &config),
             crash_after,
             open_link: &mut opener,
-            write_report: a.report_dir.as_ref().map(|_| &writer as &decommission::ReportWriter),
+            write_report: a
+                .report_dir
+                .as_ref()
+                .map(|_| &writer as &decommission::ReportWriter),
             progress: &progress,
         };
         runner.run(prepared)?
     };
     pb.finish_and_clear();
     print_summary(ctx, &summary)?;
-    Ok(if summary.any_failed() { exit::FAILED } else { exit::OK })
+    Ok(if summary.any_failed() {
+        exit::FAILED
+    } else {
+        exit::OK
+    })
 }
 
 fn print_summary(ctx: &Ctx, s: &Summary) -> anyhow::Result<()> {
@@ -404,7 +434,10 @@ fn print_summary(ctx: &Ctx, s: &Summary) -> anyhow::Result<()> {
                     st.step.number(),
                     st.step.as_str(),
                     st.status,
-                    st.detail.as_deref().map(|x| format!(": {x}")).unwrap_or_default()
+                    st.detail
+                        .as_deref()
+                        .map(|x| format!(": {x}"))
+                        .unwrap_or_default()
                 );
             }
             if let Some(e) = &d.error {

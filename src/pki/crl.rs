@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use rcgen::{
-    CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams,
-    SerialNumber,
+    CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -103,6 +102,10 @@ impl FromStr for Reason {
     /// Accepts the RFC name in any case, kebab-case or snake_case
     /// (`keyCompromise`, `key-compromise`, `KEY_COMPROMISE`).
     fn from_str(s: &str) -> Result<Reason> {
+        // Exact stored spelling first (the common case when building a large CRL).
+        if let Some(r) = Reason::ALL.into_iter().find(|r| r.as_str() == s) {
+            return Ok(r);
+        }
         let norm: String = s
             .trim()
             .chars()
@@ -111,7 +114,7 @@ impl FromStr for Reason {
             .collect();
         Reason::ALL
             .into_iter()
-            .find(|r| r.as_str().to_ascii_lowercase() == norm)
+            .find(|r| r.as_str().eq_ignore_ascii_case(&norm))
             .ok_or_else(|| {
                 Error::input(format!(
                     "'{s}' is not an RFC 5280 revocation reason ({})",
@@ -235,7 +238,9 @@ pub fn issue(
             "crl_next_update_days = {next_update_days} in config.toml: use 1-3660"
         )));
     }
-    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::now_utc());
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or(OffsetDateTime::now_utc());
     let next = now + time::Duration::days(next_update_days as i64);
     let now_s = fmt_time(now);
     let tx = reg.write()?;

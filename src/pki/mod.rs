@@ -1,8 +1,8 @@
 //! PKI: keys, profiles from `templates/`, the CA, issuance, CSR checks, verification.
 
 pub mod ca;
-pub mod crl;
 pub mod cert;
+pub mod crl;
 pub mod csr;
 pub mod issue;
 pub mod keys;

@@ -11,6 +11,24 @@ const CRL_STALE_KEY: &str = "crl_stale";
 /// entry count and (in their `crl.issued` event) the hash, but not 5 MB of DER each.
 pub const CRL_DER_KEPT: i64 = 5;
 
+/// A deferred read transaction around many lookups (none if one is already open):
+/// one snapshot, and no per-statement lock round trips. Rolls back on drop.
+pub fn read_snapshot(conn: &Connection) -> Result<Option<rusqlite::Transaction<'_>>> {
+    if conn.is_autocommit() {
+        Ok(Some(conn.unchecked_transaction()?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Settings for bulk work on this connection: map the file instead of reading it
+/// page by page, and keep more of it cached.
+pub fn tune_for_bulk(conn: &Connection) -> Result<()> {
+    let _: i64 = conn.query_row("PRAGMA mmap_size = 1073741824", [], |r| r.get(0))?;
+    conn.pragma_update(None, "cache_size", -262_144)?;
+    Ok(())
+}
+
 // ---- revocation ----------------------------------------------------------------
 
 /// The few columns a bulk revocation needs.
@@ -34,6 +52,63 @@ pub fn active_certs(conn: &Connection, device_id: i64) -> Result<Vec<ActiveCert>
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// A device's id and active certificates by serial, in one query; `None` if there
+/// is no such device.
+pub fn device_active_certs(
+    conn: &Connection,
+    serial: &str,
+) -> Result<Option<(i64, Vec<ActiveCert>)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.id, c.id, c.serial_hex, c.fingerprint FROM devices d
+         LEFT JOIN certificates c ON c.device_id = d.id AND c.status = 'active'
+         WHERE d.serial = ?1 ORDER BY c.id",
+    )?;
+    let mut rows = stmt.query([serial])?;
+    let mut out: Option<(i64, Vec<ActiveCert>)> = None;
+    while let Some(r) = rows.next()? {
+        let entry = out.get_or_insert_with(|| (r.get(0).unwrap_or_default(), Vec::new()));
+        if let Some(id) = r.get::<_, Option<i64>>(1)? {
+            entry.1.push(ActiveCert {
+                id,
+                serial_hex: r.get(2)?,
+                fingerprint: r.get(3)?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub fn device_count(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("SELECT COUNT(*) FROM devices", [], |r| r.get(0))?)
+}
+
+/// Every device's id and active certificates, keyed by serial: one scan, for bulk
+/// requests that name a large part of the fleet.
+pub fn all_active_certs(
+    conn: &Connection,
+) -> Result<std::collections::HashMap<String, (i64, Vec<ActiveCert>)>> {
+    let mut map = std::collections::HashMap::new();
+    let mut stmt = conn.prepare(
+        "SELECT d.serial, d.id, c.id, c.serial_hex, c.fingerprint FROM devices d
+         LEFT JOIN certificates c ON c.device_id = d.id AND c.status = 'active'
+         ORDER BY d.id, c.id",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let serial: String = r.get(0)?;
+        let id: i64 = r.get(1)?;
+        let entry = map.entry(serial).or_insert_with(|| (id, Vec::new()));
+        if let Some(cid) = r.get::<_, Option<i64>>(2)? {
+            entry.1.push(ActiveCert {
+                id: cid,
+                serial_hex: r.get(3)?,
+                fingerprint: r.get(4)?,
+            });
+        }
+    }
+    Ok(map)
 }
 
 /// Revokes one certificate if it is still active; false if it was not.
@@ -145,7 +220,15 @@ pub fn insert_crl(conn: &Connection, c: &NewCrl<'_>, now: &str) -> Result<i64> {
     conn.execute(
         "INSERT INTO crls (ca_id, crl_number, this_update, next_update, entries, der, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![c.ca_id, c.crl_number, c.this_update, c.next_update, c.entries, c.der, now],
+        params![
+            c.ca_id,
+            c.crl_number,
+            c.this_update,
+            c.next_update,
+            c.entries,
+            c.der,
+            now
+        ],
     )?;
     let id = conn.last_insert_rowid();
     conn.execute(
@@ -231,7 +314,9 @@ pub fn step_row(conn: &Connection, device_id: i64, step: &str) -> Result<Option<
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {STEP_COLUMNS} FROM decommissions WHERE device_id = ?1 AND step = ?2"
     ))?;
-    Ok(stmt.query_row(params![device_id, step], step_from_row).optional()?)
+    Ok(stmt
+        .query_row(params![device_id, step], step_from_row)
+        .optional()?)
 }
 
 /// Records that a step starts (or starts again), keeping the first start time.

@@ -169,18 +169,23 @@ fn at_err(at: &Option<(String, usize)>, e: Error) -> Error {
     }
 }
 
-/// The options an earlier run stored for this device (newest step row).
+/// The options an earlier run stored for this device (from its latest step).
 fn stored_options(steps: &[StepRow]) -> Option<JobOptions> {
     steps
         .iter()
-        .filter_map(|s| s.options.clone())
-        .filter_map(|o| serde_json::from_value::<JobOptions>(o).ok())
-        .last()
+        .filter_map(|s| {
+            let order = Step::ALL.iter().position(|st| st.as_str() == s.step)?;
+            let o = serde_json::from_value::<JobOptions>(s.options.clone()?).ok()?;
+            Some((order, o))
+        })
+        .max_by_key(|(order, _)| *order)
+        .map(|(_, o)| o)
 }
 
 /// Resolves jobs: devices exist, no duplicates, every unfinished device has a wipe.
 /// Any problem fails the whole command before anything is written.
 pub fn prepare(conn: &Connection, jobs: &[Job]) -> Result<Vec<Prepared>> {
+    let _snapshot = rr::read_snapshot(conn)?;
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -298,9 +303,16 @@ pub fn plan(conn: &Connection, prepared: &[Prepared]) -> Result<Summary> {
     let mut failed = 0;
     for p in prepared {
         let mut steps = Vec::new();
-        let mut result = if p.complete() { "already decommissioned" } else { "planned" }.to_string();
+        let mut result = if p.complete() {
+            "already decommissioned"
+        } else {
+            "planned"
+        }
+        .to_string();
         let mut error = p.blocked.clone();
-        if error.is_none() && p.needs(Step::Retire) && !p.device.status.can_move_to(DeviceStatus::Retired)
+        if error.is_none()
+            && p.needs(Step::Retire)
+            && !p.device.status.can_move_to(DeviceStatus::Retired)
             && p.device.status != DeviceStatus::Retired
         {
             error = Some(format!(
@@ -327,7 +339,11 @@ pub fn plan(conn: &Connection, prepared: &[Prepared]) -> Result<Summary> {
                         } else {
                             format!(
                                 " ({})",
-                                active.iter().map(|c| c.serial_hex.as_str()).collect::<Vec<_>>().join(", ")
+                                active
+                                    .iter()
+                                    .map(|c| c.serial_hex.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             )
                         },
                         p.options.reason
@@ -337,7 +353,11 @@ pub fn plan(conn: &Connection, prepared: &[Prepared]) -> Result<Summary> {
                 };
                 ("will run".to_string(), Some(d))
             };
-            steps.push(StepOutcome { step: s, status, detail });
+            steps.push(StepOutcome {
+                step: s,
+                status,
+                detail,
+            });
         }
         devices_out.push(DeviceResult {
             serial: p.device.serial.clone(),
@@ -413,7 +433,12 @@ impl Runner<'_> {
                         .iter()
                         .map(|s| StepOutcome {
                             step: *s,
-                            status: if p.needs(*s) { "not run" } else { "done before" }.into(),
+                            status: if p.needs(*s) {
+                                "not run"
+                            } else {
+                                "done before"
+                            }
+                            .into(),
                             detail: None,
                         })
                         .collect(),
@@ -478,7 +503,9 @@ impl Runner<'_> {
             }
             if !p.complete() {
                 if let Some(e) = &crl_error {
-                    let err = Error::crypto(format!("the CRL could not be refreshed, so no wipe was started: {e}"));
+                    let err = Error::crypto(format!(
+                        "the CRL could not be refreshed, so no wipe was started: {e}"
+                    ));
                     self.fail(p, l, Step::Wipe, &err);
                     progress += 1;
                     (self.progress)(progress);
@@ -525,7 +552,10 @@ impl Runner<'_> {
 
         let devices_out: Vec<DeviceResult> = live.into_iter().map(|l| l.result).collect();
         let failed = devices_out.iter().filter(|d| d.result == "failed").count();
-        let decommissioned = devices_out.iter().filter(|d| d.result == "decommissioned").count();
+        let decommissioned = devices_out
+            .iter()
+            .filter(|d| d.result == "decommissioned")
+            .count();
         Ok(Summary {
             dry_run: false,
             devices: devices_out,
@@ -624,6 +654,9 @@ impl Runner<'_> {
                     &now,
                     &serde_json::json!({"by": "decommission"}),
                 )?;
+                if revs.iter().any(|r| r.result == "revoked") {
+                    rr::mark_crl_stale(&tx)?;
+                }
                 let serials: Vec<&str> = revs.iter().map(|r| r.cert_serial.as_str()).collect();
                 let d = serde_json::json!({"reason": p.options.reason, "revoked": serials});
                 l.result.revoked = revs;
@@ -675,7 +708,8 @@ fn step_done(conn: &Connection, device_id: i64, step: Step) -> Result<bool> {
 }
 
 fn current_device(conn: &Connection, id: i64) -> Result<Device> {
-    devices::device_by_id(conn, id)?.ok_or_else(|| Error::not_found(format!("device {id} vanished")))
+    devices::device_by_id(conn, id)?
+        .ok_or_else(|| Error::not_found(format!("device {id} vanished")))
 }
 
 fn wipe_details(w: &WipeRecord) -> serde_json::Value {
@@ -721,7 +755,10 @@ fn manual_record(dev: &Device, m: &ManualWipe, ctx: &WipeContext, now: &str) -> 
         device_id: dev.id,
         kind: "manual".into(),
         level: m.level.as_str().into(),
-        method: m.technique.clone().unwrap_or_else(|| m.level.title().to_string()),
+        method: m
+            .technique
+            .clone()
+            .unwrap_or_else(|| m.level.title().to_string()),
         media_type: ctx.media_type.clone(),
         tool: Some(m.tool.clone()),
         tool_version: m.tool_version.clone(),
@@ -777,7 +814,11 @@ pub fn jobs_from_csv(path: &Path, defaults: &Given) -> Result<Vec<Job>> {
         .clone();
     let mut cols: HashMap<&'static str, usize> = HashMap::new();
     for (i, h) in headers.iter().enumerate() {
-        let h = h.trim_start_matches('\u{feff}').trim().to_ascii_lowercase().replace('-', "_");
+        let h = h
+            .trim_start_matches('\u{feff}')
+            .trim()
+            .to_ascii_lowercase()
+            .replace('-', "_");
         let Some(known) = CSV_COLUMNS.iter().find(|c| **c == h) else {
             return Err(Error::input_at(
                 &name,
@@ -786,7 +827,11 @@ pub fn jobs_from_csv(path: &Path, defaults: &Given) -> Result<Vec<Job>> {
             ));
         };
         if cols.insert(known, i).is_some() {
-            return Err(Error::input_at(&name, 1, format!("column '{h}' appears twice")));
+            return Err(Error::input_at(
+                &name,
+                1,
+                format!("column '{h}' appears twice"),
+            ));
         }
     }
     let serial_col = *cols
@@ -812,7 +857,10 @@ pub fn jobs_from_csv(path: &Path, defaults: &Given) -> Result<Vec<Job>> {
         let row = Given {
             reason: cell("reason").map(|r| r.parse()).transpose().map_err(err)?,
             port: cell("wipe_port"),
-            level: cell("wipe_method").map(|r| r.parse()).transpose().map_err(err)?,
+            level: cell("wipe_method")
+                .map(|r| r.parse())
+                .transpose()
+                .map_err(err)?,
             technique: cell("wipe_technique"),
             tool: cell("wipe_tool"),
             tool_version: cell("wipe_tool_version"),
@@ -838,4 +886,142 @@ pub fn jobs_from_csv(path: &Path, defaults: &Given) -> Result<Vec<Job>> {
         return Err(Error::input_at(&name, 1, "no rows after the header"));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retire::wipe::tests::{setup, SimDevice};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// Shares one simulated device between runs (it keeps its wiped state).
+    struct Shared(Rc<RefCell<SimDevice>>);
+    impl WipeLink for Shared {
+        fn hardware_id(&mut self) -> Result<String> {
+            self.0.borrow_mut().hardware_id()
+        }
+        fn wipe(&mut self, nonce: [u8; 32]) -> Result<crate::attestation::WipeAttestation> {
+            self.0.borrow_mut().wipe(nonce)
+        }
+    }
+
+    fn actor() -> Actor {
+        Actor {
+            operator: "op".into(),
+            station: "st".into(),
+        }
+    }
+
+    fn run(reg: &mut Registry, jobs: &[Job], sim: &Rc<RefCell<SimDevice>>) -> Summary {
+        let prepared = prepare(reg.conn(), jobs).unwrap();
+        let a = actor();
+        let mut open = |_: &str| -> Result<Box<dyn WipeLink>> { Ok(Box::new(Shared(sim.clone()))) };
+        let mut r = Runner {
+            reg,
+            actor: &a,
+            signer: None,
+            crl_days: 7,
+            crl_path: PathBuf::from("/nonexistent/crl.pem"),
+            crash_after: None,
+            open_link: &mut open,
+            write_report: None,
+            progress: &|_| {},
+        };
+        r.run(prepared).unwrap()
+    }
+
+    fn serial_job(serial: &str) -> Job {
+        Job {
+            serial: serial.into(),
+            given: Given {
+                port: Some("/dev/sim".into()),
+                ..Default::default()
+            },
+            at: None,
+        }
+    }
+
+    fn events(reg: &Registry, kind: &str) -> i64 {
+        reg.conn()
+            .query_row("SELECT COUNT(*) FROM events WHERE kind = ?1", [kind], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn attested_decommission_survives_a_pulled_cable_and_completes_on_rerun() {
+        let mut reg = Registry::in_memory().unwrap();
+        let key = crate::pki::keys::generate().unwrap();
+        // The certificate is already revoked, so this run signs no CRL.
+        let dev = setup(&mut reg, "D1", "HW-1", &key);
+        let sim = Rc::new(RefCell::new(SimDevice::new("HW-1", &key)));
+        sim.borrow_mut().drop_reply = true;
+        let s = run(&mut reg, &[serial_job("D1")], &sim);
+        assert_eq!(s.failed, 1);
+        assert_eq!(s.devices[0].failed_step, Some(Step::Wipe));
+        assert!(s.devices[0].error.as_deref().unwrap().contains("re-run"));
+        let st = rr::step_row(reg.conn(), dev.id, "wipe").unwrap().unwrap();
+        assert_eq!(st.status, "failed");
+        // Re-run with no options: the stored ones (the port) are used.
+        let s = run(
+            &mut reg,
+            &[Job {
+                serial: "D1".into(),
+                given: Given::default(),
+                at: None,
+            }],
+            &sim,
+        );
+        assert_eq!(s.failed, 0, "{:?}", s.devices[0].error);
+        assert_eq!(s.devices[0].result, "decommissioned");
+        assert_eq!(sim.borrow().wipes_done.get(), 1, "the device wiped once");
+        assert_eq!(events(&reg, "decommission.step"), 4);
+        assert_eq!(events(&reg, "device.state"), 2);
+        let w = rr::latest_wipe(reg.conn(), dev.id).unwrap().unwrap();
+        assert_eq!(
+            (w.kind.as_str(), w.attestation_verified),
+            ("attested", Some(true))
+        );
+        let cert = crate::retire::report::build(
+            reg.conn(),
+            &devices::device_by_id(reg.conn(), dev.id).unwrap().unwrap(),
+            "ACME",
+        )
+        .unwrap();
+        let att = cert.attestation.unwrap();
+        assert!(att.verified_now && att.verified_when_recorded);
+    }
+
+    #[test]
+    fn wrong_device_stops_that_device_and_a_manual_record_finishes_it() {
+        let mut reg = Registry::in_memory().unwrap();
+        let key = crate::pki::keys::generate().unwrap();
+        let dev = setup(&mut reg, "D1", "HW-1", &key);
+        let sim = Rc::new(RefCell::new(SimDevice::new("HW-OTHER", &key)));
+        let s = run(&mut reg, &[serial_job("D1")], &sim);
+        assert_eq!(s.devices[0].failed_step, Some(Step::Wipe));
+        assert!(s.devices[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("wrong device"));
+        assert_eq!(sim.borrow().wipes_done.get(), 0);
+        let manual = Job {
+            serial: "D1".into(),
+            given: Given {
+                level: Some(WipeLevel::Destroy),
+                tool: Some("shredder".into()),
+                verified_by: Some("QA".into()),
+                ..Default::default()
+            },
+            at: None,
+        };
+        let s = run(&mut reg, &[manual], &sim);
+        assert_eq!(s.devices[0].result, "decommissioned");
+        assert_eq!(events(&reg, "decommission.step"), 4);
+        let w = rr::latest_wipe(reg.conn(), dev.id).unwrap().unwrap();
+        assert_eq!((w.kind.as_str(), w.level.as_str()), ("manual", "destroy"));
+    }
 }

@@ -135,7 +135,9 @@ pub fn check_text(what: &str, v: &str) -> Result<()> {
         return Err(Error::input(format!("{what} must not be empty")));
     }
     if v.len() > 256 {
-        return Err(Error::input(format!("{what} is longer than 256 characters")));
+        return Err(Error::input(format!(
+            "{what} is longer than 256 characters"
+        )));
     }
     if v.chars().any(char::is_control) {
         return Err(Error::input(format!(

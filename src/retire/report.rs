@@ -116,7 +116,11 @@ pub fn build(conn: &Connection, device: &Device, org: &str) -> Result<Certificat
                 erased: v
                     .get("erased")
                     .and_then(|e| e.as_array())
-                    .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(str::to_string))
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 counter: v.get("counter").and_then(|c| c.as_u64()),
                 signature: s("signature"),
@@ -158,7 +162,9 @@ pub fn build(conn: &Connection, device: &Device, org: &str) -> Result<Certificat
             location: w.location.clone(),
         },
         media: Media {
-            manufacturer: device.field("manufacturer").or_else(|| Some(org.to_string())),
+            manufacturer: device
+                .field("manufacturer")
+                .or_else(|| Some(org.to_string())),
             model: device.model.clone(),
             serial_number: device.serial.clone(),
             hardware_id: device.hardware_id.clone(),
@@ -206,7 +212,10 @@ fn sections(c: &Certificate) -> Vec<(&'static str, Vec<(&'static str, String)>)>
                 ("Model", opt(&c.media.model).to_string()),
                 ("Serial number", c.media.serial_number.clone()),
                 ("Hardware id", opt(&c.media.hardware_id).to_string()),
-                ("Hardware revision", opt(&c.media.hardware_revision).to_string()),
+                (
+                    "Hardware revision",
+                    opt(&c.media.hardware_revision).to_string(),
+                ),
                 ("Media type", opt(&c.media.media_type).to_string()),
                 ("Source", opt(&c.media.source).to_string()),
             ],
@@ -218,11 +227,20 @@ fn sections(c: &Certificate) -> Vec<(&'static str, Vec<(&'static str, String)>)>
                 ("Method type (level)", c.sanitization.level.clone()),
                 ("Method used", c.sanitization.method.clone()),
                 ("Tool used", opt(&c.sanitization.tool).to_string()),
-                ("Tool version", opt(&c.sanitization.tool_version).to_string()),
-                ("Verification method", opt(&c.sanitization.verification_method).to_string()),
+                (
+                    "Tool version",
+                    opt(&c.sanitization.tool_version).to_string(),
+                ),
+                (
+                    "Verification method",
+                    opt(&c.sanitization.verification_method).to_string(),
+                ),
                 ("Verified by", opt(&c.sanitization.verified_by).to_string()),
                 ("Date", c.sanitization.date.clone()),
-                ("Media destination", opt(&c.sanitization.destination).to_string()),
+                (
+                    "Media destination",
+                    opt(&c.sanitization.destination).to_string(),
+                ),
             ],
         ),
     ];
@@ -231,19 +249,37 @@ fn sections(c: &Certificate) -> Vec<(&'static str, Vec<(&'static str, String)>)>
             (
                 "Result",
                 if a.verified_when_recorded && a.verified_now {
-                    "VERIFIED (device-signed attestation; checked when recorded and again now)".to_string()
+                    "VERIFIED (device-signed attestation; checked when recorded and again now)"
+                        .to_string()
                 } else {
                     format!(
                         "NOT VERIFIED ({})",
-                        a.verify_error.as_deref().unwrap_or("not verified when recorded")
+                        a.verify_error
+                            .as_deref()
+                            .unwrap_or("not verified when recorded")
                     )
                 },
             ),
             ("Hardware id", opt(&a.hardware_id).to_string()),
             ("Nonce", opt(&a.nonce).to_string()),
-            ("Erased", if a.erased.is_empty() { "-".into() } else { a.erased.join(", ") }),
-            ("Counter", a.counter.map(|n| n.to_string()).unwrap_or_else(|| "-".into())),
-            ("Signing certificate (SHA-256)", opt(&a.certificate_fingerprint).to_string()),
+            (
+                "Erased",
+                if a.erased.is_empty() {
+                    "-".into()
+                } else {
+                    a.erased.join(", ")
+                },
+            ),
+            (
+                "Counter",
+                a.counter
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            (
+                "Signing certificate (SHA-256)",
+                opt(&a.certificate_fingerprint).to_string(),
+            ),
             ("Signature (DER, hex)", opt(&a.signature).to_string()),
         ],
         None => vec![(

@@ -155,7 +155,13 @@ pub fn attested_wipe(
         let now = now_rfc3339();
         let tx = reg.write()?;
         rr::insert_nonce(&tx, &nonce_hex, device.id, NONCE_PURPOSE, &now)?;
-        rr::start_step(&tx, device.id, super::Step::Wipe.as_str(), step_options, &now)?;
+        rr::start_step(
+            &tx,
+            device.id,
+            super::Step::Wipe.as_str(),
+            step_options,
+            &now,
+        )?;
         tx.commit()?;
     }
 
@@ -187,7 +193,10 @@ pub fn attested_wipe(
     }
     let mut json = serde_json::to_value(&att).map_err(|e| Error::input(e.to_string()))?;
     if let Some(o) = json.as_object_mut() {
-        o.insert("payload".into(), String::from_utf8_lossy(&att.payload()).into());
+        o.insert(
+            "payload".into(),
+            String::from_utf8_lossy(&att.payload()).into(),
+        );
         o.insert("certificate_fingerprint".into(), cert_fp.clone().into());
         o.insert("resent_for_earlier_nonce".into(), resent.into());
     }
@@ -240,8 +249,9 @@ pub fn reverify(conn: &Connection, device: &Device, w: &WipeRecord) -> Result<()
     let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
     let spki = match v.get("certificate_fingerprint").and_then(|f| f.as_str()) {
         Some(fp) => {
-            let c = crate::registry::certs::cert_by_fingerprint(conn, fp)?
-                .ok_or_else(|| Error::not_found(format!("certificate {fp} is no longer recorded")))?;
+            let c = crate::registry::certs::cert_by_fingerprint(conn, fp)?.ok_or_else(|| {
+                Error::not_found(format!("certificate {fp} is no longer recorded"))
+            })?;
             let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(&c.der)
                 .map_err(|e| Error::input(format!("registered certificate {fp}: {e}")))?;
             parsed.public_key().raw.to_vec()
@@ -256,7 +266,7 @@ pub fn reverify(conn: &Connection, device: &Device, w: &WipeRecord) -> Result<()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::registry::certs::{self, KeySource, NewCert};
     use crate::registry::devices::{self, NewDevice};
@@ -264,26 +274,26 @@ mod tests {
     use std::cell::Cell;
 
     /// An in-process device: real P-256 key, really signs (`attestation::sign`).
-    struct SimDevice {
-        hwid: String,
+    pub(crate) struct SimDevice {
+        pub hwid: String,
         /// The identity key (PKCS#8); `None` once erased.
-        key: Option<Vec<u8>>,
+        pub key: Option<Vec<u8>>,
         /// Keeps the key after wiping (models a separate attestation key).
-        retain_key: bool,
+        pub retain_key: bool,
         /// The last attestation made, resent when asked to wipe again.
-        last: Option<WipeAttestation>,
-        counter: u64,
+        pub last: Option<WipeAttestation>,
+        pub counter: u64,
         /// Sign with this key instead (a forger).
-        forge_with: Option<Vec<u8>>,
+        pub forge_with: Option<Vec<u8>>,
         /// Answer this nonce instead of the one sent (a replaying device).
-        answer_nonce: Option<[u8; 32]>,
+        pub answer_nonce: Option<[u8; 32]>,
         /// Wipe, then fail to deliver the reply (pulled cable).
-        drop_reply: bool,
-        wipes_done: Cell<u32>,
+        pub drop_reply: bool,
+        pub wipes_done: Cell<u32>,
     }
 
     impl SimDevice {
-        fn new(hwid: &str, key: &rcgen::KeyPair) -> SimDevice {
+        pub(crate) fn new(hwid: &str, key: &rcgen::KeyPair) -> SimDevice {
             SimDevice {
                 hwid: hwid.into(),
                 key: Some(key.serialize_der()),
@@ -325,7 +335,9 @@ mod tests {
             self.wipes_done.set(self.wipes_done.get() + 1);
             if self.drop_reply {
                 self.drop_reply = false;
-                return Err(Error::Device("serial link closed (EIO) while reading the reply".into()));
+                return Err(Error::Device(
+                    "serial link closed (EIO) while reading the reply".into(),
+                ));
             }
             Ok(att)
         }
@@ -340,7 +352,12 @@ mod tests {
 
     /// A registry with device `serial` (hardware id `hwid`) holding a real certificate
     /// for `key`.
-    fn setup(reg: &mut Registry, serial: &str, hwid: &str, key: &rcgen::KeyPair) -> Device {
+    pub(crate) fn setup(
+        reg: &mut Registry,
+        serial: &str,
+        hwid: &str,
+        key: &rcgen::KeyPair,
+    ) -> Device {
         let cert = rcgen::CertificateParams::new(vec![format!("{serial}.test")])
             .unwrap()
             .self_signed(key)
@@ -378,8 +395,11 @@ mod tests {
         )
         .unwrap();
         // Revoked before the wipe, as in a decommission: the key still counts.
-        tx.execute("UPDATE certificates SET status='revoked' WHERE device_id=?1", [id])
-            .unwrap();
+        tx.execute(
+            "UPDATE certificates SET status='revoked' WHERE device_id=?1",
+            [id],
+        )
+        .unwrap();
         tx.commit().unwrap();
         devices::device_by_id(reg.conn(), id).unwrap().unwrap()
     }
@@ -416,7 +436,10 @@ mod tests {
         let stored = rr::latest_wipe(reg.conn(), dev.id).unwrap().unwrap();
         assert_eq!(stored.nonce_hex, w.nonce_hex);
         reverify(reg.conn(), &dev, &stored).unwrap();
-        assert_eq!(count(&reg, "SELECT COUNT(*) FROM nonces WHERE used_at IS NULL"), 0);
+        assert_eq!(
+            count(&reg, "SELECT COUNT(*) FROM nonces WHERE used_at IS NULL"),
+            0
+        );
         let st = rr::step_row(reg.conn(), dev.id, "wipe").unwrap().unwrap();
         assert_eq!(st.status, "done");
     }
@@ -431,7 +454,13 @@ mod tests {
         let e = run(&mut reg, &dev, &mut sim).unwrap_err().to_string();
         assert!(e.contains("does not verify"), "{e}");
         assert_eq!(count(&reg, "SELECT COUNT(*) FROM wipes"), 0);
-        assert_eq!(count(&reg, "SELECT COUNT(*) FROM nonces WHERE used_at IS NOT NULL"), 0);
+        assert_eq!(
+            count(
+                &reg,
+                "SELECT COUNT(*) FROM nonces WHERE used_at IS NOT NULL"
+            ),
+            0
+        );
     }
 
     #[test]
@@ -467,7 +496,11 @@ mod tests {
         let mut other = SimDevice::new("HW-2", &key);
         let e = run(&mut reg, &dev, &mut other).unwrap_err().to_string();
         assert!(e.contains("wrong device on the port"), "{e}");
-        assert_eq!(other.wipes_done.get(), 0, "the wrong device must not be wiped");
+        assert_eq!(
+            other.wipes_done.get(),
+            0,
+            "the wrong device must not be wiped"
+        );
         assert_eq!(count(&reg, "SELECT COUNT(*) FROM nonces"), 0);
     }
 
@@ -491,7 +524,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(w.attestation.as_deref().unwrap()).unwrap();
         assert_eq!(v["resent_for_earlier_nonce"], true);
         assert_eq!(count(&reg, "SELECT COUNT(*) FROM nonces"), 2);
-        assert_eq!(count(&reg, "SELECT COUNT(*) FROM nonces WHERE used_at IS NULL"), 0);
+        assert_eq!(
+            count(&reg, "SELECT COUNT(*) FROM nonces WHERE used_at IS NULL"),
+            0
+        );
         // And the stale attestation cannot be accepted a second time.
         let e = run(&mut reg, &dev, &mut sim).unwrap_err().to_string();
         assert!(e.contains("replayed attestation"), "{e}");
@@ -512,7 +548,10 @@ mod tests {
         assert_eq!(v["counter"], 2);
         // The first, unanswered nonce stays unused: it can only ever be answered by a
         // signature of this device's key, and the step is done, so nothing asks again.
-        assert_eq!(count(&reg, "SELECT COUNT(*) FROM nonces WHERE used_at IS NULL"), 1);
+        assert_eq!(
+            count(&reg, "SELECT COUNT(*) FROM nonces WHERE used_at IS NULL"),
+            1
+        );
     }
 
     #[test]
