@@ -686,9 +686,33 @@ fn a_batch_killed_at_a_random_moment_resumes_consistently() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(150));
-    let _ = child.kill(); // SIGKILL
-    let _ = child.wait();
+    // SIGKILL it in the middle: once some steps are on record, before all are.
+    let started = std::time::Instant::now();
+    loop {
+        let done = e
+            .sql("SELECT COUNT(*) FROM decommissions")
+            .trim()
+            .parse::<i64>()
+            .unwrap_or(0);
+        if done >= 100 || started.elapsed().as_secs() > 60 {
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the run should have been killed mid-way");
+    let done_before = count(
+        &e,
+        "SELECT COUNT(*) FROM decommissions WHERE status = 'done'",
+    );
+    assert!(
+        done_before > 0 && done_before < 800,
+        "killed mid-way: {done_before} steps done"
+    );
     e.ok(&args);
     assert_eq!(
         count(
