@@ -16,5 +16,6 @@ pub mod signals;
 pub mod sim;
 pub mod station;
 pub mod wire;
+pub mod retire;
 
 pub use error::{Error, Result};

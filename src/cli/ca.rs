@@ -54,6 +54,11 @@ pub enum CaCommand {
     },
     /// Show the CA certificates: subject, validity, fingerprints
     Show,
+    /// Issue the CRL of the issuing CA (next CRL number) and publish it to crl_path
+    #[command(
+        after_help = "Examples:\n  cradle ca crl --passphrase-file ca.pass\n  cradle ca crl --out crl.der --der\n  cradle ca crl --out - | openssl crl -noout -text"
+    )]
+    Crl(super::crl::CrlArgs),
     /// Write CA certificates as PEM for relying parties and verifiers
     #[command(
         after_help = "Examples:\n  cradle ca export --chain -o chain.pem\n  cradle ca export --root > root.pem"
@@ -94,6 +99,7 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> anyhow::Result<i32> {
             &pass,
         ),
         CaCommand::Show => show(ctx),
+        CaCommand::Crl(a) => super::crl::run(ctx, a),
         CaCommand::Export {
             root,
             issuing,

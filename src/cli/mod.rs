@@ -2,11 +2,15 @@
 
 mod ca;
 mod common;
+mod crl;
 mod identity;
 mod init;
 mod meta;
 mod provision;
 mod sim;
+mod report;
+mod retire;
+mod sanitization;
 
 use std::path::PathBuf;
 
@@ -73,6 +77,22 @@ pub enum Command {
     #[command(subcommand)]
     Identity(identity::IdentityCommand),
 
+    /// Revoke a device's certificates (RFC 5280 reason) and republish the CRL
+    #[command(
+        after_help = "Revoking a certificate that is already revoked is a no-op that says so (exit 0).\nThe CRL is rewritten to crl_path (config.toml) after every revocation.\n\nExamples:\n  cradle revoke ACME-000001 --reason key-compromise --passphrase-file ca.pass\n  cradle revoke ACME-000001 --cert 3fa2c1d0 --reason superseded\n  cradle revoke --from lost.csv --reason keyCompromise   # columns: serial[,cert][,reason]"
+    )]
+    Revoke(retire::RevokeArgs),
+
+    /// Retire devices: revoke, refresh the CRL, wipe with attestation or a manual record, mark decommissioned
+    #[command(
+        after_help = "Steps per device, each one transaction, recorded and resumable:\n  1 retire  2 revoke active certificates + refresh the CRL  3 wipe  4 decommissioned\nA re-run of the same command (or --resume) continues where a crash stopped; no step runs twice.\nExit 1 if any device failed; the others go on.\n\nExamples:\n  cradle decommission ACME-000001 --wipe-port /dev/ttyUSB0 --report-dir certs/\n  cradle decommission ACME-000002 --wipe-method destroy --wipe-tool \"shredder SSL-1\" --verified-by \"J. Doe\"\n  cradle decommission --from retire.csv --wipe-method purge --wipe-tool nwipe --verified-by QA --dry-run\n  cradle decommission --resume"
+    )]
+    Decommission(retire::DecommissionArgs),
+
+    /// Reports built from the registry (certificates of sanitization)
+    #[command(subcommand)]
+    Report(report::ReportCommand),
+
     /// List, show and check certificate profiles
     #[command(subcommand)]
     Profile(meta::ProfileCommand),
@@ -110,6 +130,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Init(a) => init::run(&ctx, a),
         Command::Ca(c) => ca::run(&ctx, c),
         Command::Identity(c) => identity::run(&ctx, c),
+        Command::Revoke(a) => retire::revoke(&ctx, a),
+        Command::Decommission(a) => retire::decommission(&ctx, a),
+        Command::Report(c) => report::run(&ctx, c),
         Command::Profile(c) => meta::profile(&ctx, c),
         Command::Provision(a) => provision::run(&ctx, a),
         Command::Sim(a) => sim::run(&ctx, a),

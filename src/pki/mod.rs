@@ -2,6 +2,7 @@
 
 pub mod ca;
 pub mod cert;
+pub mod crl;
 pub mod csr;
 pub mod issue;
 pub mod keys;

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod devices;
 pub mod events;
 pub mod provision;
+pub mod retire;
 pub mod schema;
 
 use std::path::{Path, PathBuf};

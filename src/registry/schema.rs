@@ -131,4 +131,20 @@ CREATE TABLE wipes (
 );
 CREATE INDEX wipes_device ON wipes(device_id);
 "#,
+    // 2: resumable decommission jobs (one row per device and step) and a partial
+    // index for building CRLs from the revoked certificates of one CA.
+    r#"
+CREATE TABLE decommissions (
+    device_id   INTEGER NOT NULL REFERENCES devices(id),
+    step        TEXT NOT NULL CHECK (step IN ('retire','revoke','wipe','decommission')),
+    status      TEXT NOT NULL CHECK (status IN ('running','done','failed')),
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    error       TEXT,
+    options     TEXT,
+    attempts    INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (device_id, step)
+);
+CREATE INDEX certificates_revoked ON certificates(ca_id) WHERE status = 'revoked';
+"#,
 ];

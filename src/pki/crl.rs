@@ -1,0 +1,328 @@
+//! Certificate revocation lists: RFC 5280 reason codes, building and publishing a CRL
+//! signed by the issuing CA.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use rcgen::{
+    CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber,
+};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::ca::CaSigner;
+use super::cert::{sha256_hex, to_pem};
+use super::keys;
+use crate::error::{Error, Result};
+use crate::identity::Actor;
+use crate::registry::events::{EventChain, NewEvent};
+use crate::registry::retire::{self as rr, NewCrl};
+use crate::registry::{fmt_time, Registry};
+
+/// RFC 5280 §5.3.1 CRLReason (removeFromCRL is not offered: cradle never un-revokes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Reason {
+    #[serde(rename = "unspecified")]
+    Unspecified,
+    #[serde(rename = "keyCompromise")]
+    KeyCompromise,
+    #[serde(rename = "cACompromise")]
+    CaCompromise,
+    #[serde(rename = "affiliationChanged")]
+    AffiliationChanged,
+    #[serde(rename = "superseded")]
+    Superseded,
+    #[serde(rename = "cessationOfOperation")]
+    CessationOfOperation,
+    #[serde(rename = "certificateHold")]
+    CertificateHold,
+    #[serde(rename = "privilegeWithdrawn")]
+    PrivilegeWithdrawn,
+    #[serde(rename = "aACompromise")]
+    AaCompromise,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 9] = [
+        Reason::Unspecified,
+        Reason::KeyCompromise,
+        Reason::CaCompromise,
+        Reason::AffiliationChanged,
+        Reason::Superseded,
+        Reason::CessationOfOperation,
+        Reason::CertificateHold,
+        Reason::PrivilegeWithdrawn,
+        Reason::AaCompromise,
+    ];
+
+    /// The RFC 5280 name, as stored in the registry and shown by `openssl crl -text`
+    /// (modulo OpenSSL's own capitalisation).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Unspecified => "unspecified",
+            Reason::KeyCompromise => "keyCompromise",
+            Reason::CaCompromise => "cACompromise",
+            Reason::AffiliationChanged => "affiliationChanged",
+            Reason::Superseded => "superseded",
+            Reason::CessationOfOperation => "cessationOfOperation",
+            Reason::CertificateHold => "certificateHold",
+            Reason::PrivilegeWithdrawn => "privilegeWithdrawn",
+            Reason::AaCompromise => "aACompromise",
+        }
+    }
+
+    pub fn code(self) -> u8 {
+        self.rcgen() as u8
+    }
+
+    fn rcgen(self) -> RevocationReason {
+        match self {
+            Reason::Unspecified => RevocationReason::Unspecified,
+            Reason::KeyCompromise => RevocationReason::KeyCompromise,
+            Reason::CaCompromise => RevocationReason::CaCompromise,
+            Reason::AffiliationChanged => RevocationReason::AffiliationChanged,
+            Reason::Superseded => RevocationReason::Superseded,
+            Reason::CessationOfOperation => RevocationReason::CessationOfOperation,
+            Reason::CertificateHold => RevocationReason::CertificateHold,
+            Reason::PrivilegeWithdrawn => RevocationReason::PrivilegeWithdrawn,
+            Reason::AaCompromise => RevocationReason::AaCompromise,
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Reason {
+    type Err = Error;
+    /// Accepts the RFC name in any case, kebab-case or snake_case
+    /// (`keyCompromise`, `key-compromise`, `KEY_COMPROMISE`).
+    fn from_str(s: &str) -> Result<Reason> {
+        // Exact stored spelling first (the common case when building a large CRL).
+        if let Some(r) = Reason::ALL.into_iter().find(|r| r.as_str() == s) {
+            return Ok(r);
+        }
+        let norm: String = s
+            .trim()
+            .chars()
+            .filter(|c| !matches!(c, '-' | '_' | ' '))
+            .flat_map(char::to_lowercase)
+            .collect();
+        Reason::ALL
+            .into_iter()
+            .find(|r| r.as_str().eq_ignore_ascii_case(&norm))
+            .ok_or_else(|| {
+                Error::input(format!(
+                    "'{s}' is not an RFC 5280 revocation reason ({})",
+                    Reason::ALL.map(Reason::as_str).join(", ")
+                ))
+            })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Reason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A CRL as issued and published.
+#[derive(Debug, Clone, Serialize)]
+pub struct CrlIssued {
+    pub issuer: String,
+    pub crl_number: i64,
+    pub this_update: String,
+    pub next_update: String,
+    pub entries: usize,
+    pub sha256: String,
+    pub bytes: usize,
+    pub published: PathBuf,
+    #[serde(skip)]
+    pub der: Vec<u8>,
+}
+
+/// Parses the registry's RFC 3339 timestamps; `None` for a missing or odd one.
+fn parse_time(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Builds and signs a CRL over `rows` (DER).
+pub fn build(
+    signer: &CaSigner,
+    rows: &[rr::RevokedRow],
+    crl_number: i64,
+    this_update: OffsetDateTime,
+    next_update: OffsetDateTime,
+) -> Result<Vec<u8>> {
+    // Many revocations share a timestamp (a batch): parse each distinct string once.
+    let mut last: Option<(&str, OffsetDateTime)> = None;
+    let mut revoked = Vec::with_capacity(rows.len());
+    for row in rows {
+        let at = match (row.revoked_at.as_deref(), last) {
+            (Some(s), Some((ls, lt))) if s == ls => lt,
+            (Some(s), _) => match parse_time(s) {
+                Some(t) => {
+                    last = Some((s, t));
+                    t
+                }
+                None => this_update,
+            },
+            (None, _) => this_update,
+        };
+        let serial = hex::decode(&row.serial_hex).map_err(|_| {
+            Error::input(format!(
+                "registry holds a malformed certificate serial '{}'",
+                row.serial_hex
+            ))
+        })?;
+        let reason = match row.reason.as_deref() {
+            Some(r) => Some(r.parse::<Reason>()?.rcgen()),
+            None => None,
+        };
+        revoked.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&serial),
+            revocation_time: at,
+            reason_code: reason,
+            invalidity_date: None,
+        });
+    }
+    // The authority key identifier must equal the issuing CA's subject key identifier,
+    // whichever way that CA computed it (ours or an imported one).
+    let key_identifier_method = match signer.record.ski.as_deref().map(hex::decode) {
+        Some(Ok(ski)) if !ski.is_empty() => KeyIdMethod::PreSpecified(ski),
+        _ => KeyIdMethod::Sha256,
+    };
+    let params = CertificateRevocationListParams {
+        this_update,
+        next_update,
+        crl_number: SerialNumber::from(crl_number as u64),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method,
+    };
+    let crl = params
+        .signed_by(&signer.issuer)
+        .map_err(|e| Error::crypto(format!("signing the CRL: {e}")))?;
+    Ok(crl.der().to_vec())
+}
+
+/// PEM unless the path ends in `.der`.
+pub fn encode_for(path: &Path, der: &[u8]) -> Vec<u8> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("der"))
+    {
+        der.to_vec()
+    } else {
+        to_pem("X509 CRL", der).into_bytes()
+    }
+}
+
+/// Issues the next CRL of the active issuing CA over every certificate it revoked,
+/// records it (number, dates, DER, a `crl.issued` event), clears the stale mark and
+/// writes it to `publish`, all in one transaction: a failed write records nothing.
+pub fn issue(
+    reg: &mut Registry,
+    signer: &CaSigner,
+    next_update_days: u32,
+    publish: &Path,
+    actor: &Actor,
+) -> Result<CrlIssued> {
+    if next_update_days == 0 || next_update_days > 3660 {
+        return Err(Error::input(format!(
+            "crl_next_update_days = {next_update_days} in config.toml: use 1-3660"
+        )));
+    }
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or(OffsetDateTime::now_utc());
+    let next = now + time::Duration::days(next_update_days as i64);
+    let now_s = fmt_time(now);
+    let tx = reg.write()?;
+    let ca_id = signer.record.id;
+    let rows = rr::revoked_for_ca(&tx, ca_id)?;
+    let number = rr::next_crl_number(&tx, ca_id)?;
+    let der = build(signer, &rows, number, now, next)?;
+    let sha = sha256_hex(&der);
+    rr::insert_crl(
+        &tx,
+        &NewCrl {
+            ca_id,
+            crl_number: number,
+            this_update: now.unix_timestamp(),
+            next_update: next.unix_timestamp(),
+            entries: rows.len() as i64,
+            der: &der,
+        },
+        &now_s,
+    )?;
+    let mut chain = EventChain::load(&tx)?;
+    chain.append(
+        &tx,
+        &NewEvent {
+            device_id: None,
+            kind: "crl.issued",
+            actor: &actor.operator,
+            station: &actor.station,
+            details: serde_json::json!({
+                "issuer": signer.record.subject,
+                "crl_number": number,
+                "entries": rows.len(),
+                "next_update": fmt_time(next),
+                "sha256": sha,
+                "published": publish.display().to_string(),
+            }),
+        },
+        &now_s,
+    )?;
+    chain.store_head(&tx)?;
+    rr::clear_crl_stale(&tx)?;
+    if let Some(dir) = publish.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    keys::write_file_atomic(publish, &encode_for(publish, &der), 0o644, true)?;
+    tx.commit()?;
+    Ok(CrlIssued {
+        issuer: signer.record.subject.clone(),
+        crl_number: number,
+        this_update: now_s,
+        next_update: fmt_time(next),
+        entries: rows.len(),
+        sha256: sha,
+        bytes: der.len(),
+        published: publish.to_path_buf(),
+        der,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_parse_in_any_spelling() {
+        for (s, r) in [
+            ("keyCompromise", Reason::KeyCompromise),
+            ("key-compromise", Reason::KeyCompromise),
+            ("KEY_COMPROMISE", Reason::KeyCompromise),
+            ("cessation-of-operation", Reason::CessationOfOperation),
+            ("aACompromise", Reason::AaCompromise),
+            ("aa-compromise", Reason::AaCompromise),
+            ("ca-compromise", Reason::CaCompromise),
+            ("Superseded", Reason::Superseded),
+        ] {
+            assert_eq!(s.parse::<Reason>().unwrap(), r, "{s}");
+        }
+        let e = "removeFromCRL".parse::<Reason>().unwrap_err().to_string();
+        assert!(e.contains("cessationOfOperation"), "{e}");
+        assert_eq!(Reason::CessationOfOperation.code(), 5);
+        for r in Reason::ALL {
+            assert_eq!(r.as_str().parse::<Reason>().unwrap(), r);
+        }
+    }
+}

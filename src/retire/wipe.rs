@@ -1,0 +1,567 @@
+//! Step 3 over a device link: a fresh single-use nonce, the device's signed wipe
+//! attestation, checked against the device's registered certificate.
+//!
+//! The host logic is written against [`WipeLink`], so it runs the same over the
+//! serial device protocol, the simulator on a pty, or an in-process device in tests.
+//!
+//! Order of work (each registry write is one transaction):
+//! 1. ask the device for its hardware id; a different one than registered stops here;
+//! 2. record a fresh random nonce in `nonces` (and the step as running) — before
+//!    sending it, so a nonce the device answers is always one cradle issued;
+//! 3. send WIPE with the nonce and read the attestation;
+//! 4. accept it only if it names the registered hardware id, answers a nonce cradle
+//!    issued *to this device* and never marked used, and its signature verifies
+//!    against the newest delivered certificate's key (revocation keeps the key);
+//! 5. mark the nonce used and store the attestation (`attestation_verified = 1`)
+//!    together with the step record.
+//!
+//! **A reply lost after the device wiped** (cable pulled, host killed between 3 and
+//! 5) leaves the step failed/running and the nonce issued but unused. A re-run sends
+//! a new nonce. A device that has already wiped either
+//! * re-signs the new nonce with the attestation key it retains, or
+//! * resends the attestation it made before, which answers the earlier nonce: that
+//!   nonce was issued to this device and never used, so it is accepted (once) and
+//!   both nonces are retired;
+//!
+//! and the step completes. A device that can do neither (its key is gone and it kept
+//! no attestation) cannot prove the wipe any more: record it by hand with
+//! `--wipe-method … --wipe-tool … --verified-by …`, which the report shows as a
+//! manual, unattested record.
+
+use rusqlite::Connection;
+use x509_parser::prelude::FromDer;
+
+use super::WipeContext;
+use crate::attestation::WipeAttestation;
+use crate::error::{Error, Result};
+use crate::identity::Actor;
+use crate::registry::devices::Device;
+use crate::registry::events::EventChain;
+use crate::registry::retire::{self as rr, WipeRecord};
+use crate::registry::{now_rfc3339, Registry};
+
+/// Purpose recorded on wipe nonces.
+pub const NONCE_PURPOSE: &str = "wipe";
+
+/// A connection to one device that can identify itself and wipe on request.
+pub trait WipeLink {
+    /// The device's hardware id (the protocol's HELLO).
+    fn hardware_id(&mut self) -> Result<String>;
+    /// Sends WIPE with `nonce`; returns the device's signed attestation.
+    fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation>;
+}
+
+/// Opens a wipe link over the device protocol on a serial port.
+///
+/// The serial session lives in the device-protocol module; until it is linked in,
+/// this refuses with a clear message (and `decommission` checks it before changing
+/// anything). The adapter is two calls: `hello()` → hardware id, `wipe(nonce)` →
+/// [`WipeAttestation`].
+pub fn open_serial_link(port: &str) -> Result<Box<dyn WipeLink>> {
+    Err(Error::Device(format!(
+        "cannot wipe over serial port {port}: this build has no serial device link; \
+         record the wipe with --wipe-method clear|purge|destroy --wipe-tool TEXT --verified-by NAME"
+    )))
+}
+
+/// 32 random bytes from the OS.
+pub fn fresh_nonce() -> [u8; 32] {
+    use rand_core::{OsRng, RngCore};
+    let mut n = [0u8; 32];
+    OsRng.fill_bytes(&mut n);
+    n
+}
+
+/// Fails unless the device on the link is `device` (by registered hardware id).
+pub fn check_identity(device: &Device, link: &mut dyn WipeLink) -> Result<String> {
+    let expected = device.hardware_id.as_deref().ok_or_else(|| {
+        Error::Device(format!(
+            "device '{}' has no registered hardware id, so cradle cannot tell whether the right device is on the port; record a manual wipe instead",
+            device.serial
+        ))
+    })?;
+    let found = link.hardware_id()?;
+    if found != expected {
+        return Err(Error::Device(format!(
+            "wrong device on the port: expected '{}' (hardware id {expected}), found hardware id {found}",
+            device.serial
+        )));
+    }
+    Ok(found)
+}
+
+/// The SubjectPublicKeyInfo (DER) and fingerprint of the certificate whose key the
+/// device signs attestations with.
+pub fn device_key(conn: &Connection, device: &Device) -> Result<(Vec<u8>, String)> {
+    let cert = rr::newest_key_cert(conn, device.id)?.ok_or_else(|| {
+        Error::crypto(format!(
+            "device '{}' has no delivered certificate to verify an attestation against",
+            device.serial
+        ))
+    })?;
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(&cert.der)
+        .map_err(|e| Error::input(format!("registered certificate {}: {e}", cert.fingerprint)))?;
+    Ok((parsed.public_key().raw.to_vec(), cert.fingerprint))
+}
+
+/// Decides which issued nonce an attestation answers, or why it is refused.
+fn accepted_nonce(
+    conn: &Connection,
+    device: &Device,
+    att: &WipeAttestation,
+    sent: &[u8; 32],
+) -> Result<bool> {
+    let hex_n = hex::encode(att.nonce);
+    let row = rr::nonce(conn, &hex_n)?;
+    match row {
+        None => Err(Error::crypto(format!(
+            "attestation from '{}' answers nonce {hex_n}, which cradle never issued",
+            device.serial
+        ))),
+        Some(r) if r.used_at.is_some() => Err(Error::crypto(format!(
+            "replayed attestation from '{}': nonce {hex_n} was already used at {}",
+            device.serial,
+            r.used_at.unwrap_or_default()
+        ))),
+        Some(r) if r.device_id != Some(device.id) || r.purpose != NONCE_PURPOSE => {
+            Err(Error::crypto(format!(
+                "attestation from '{}' answers nonce {hex_n}, which was issued to another device or purpose",
+                device.serial
+            )))
+        }
+        // The nonce just sent, or an earlier one whose answer was lost.
+        Some(_) => Ok(&att.nonce != sent),
+    }
+}
+
+/// Runs step 3 over `link`. `finish` records the step and its event in the same
+/// transaction that stores the attestation.
+#[allow(clippy::too_many_arguments)]
+pub fn attested_wipe(
+    reg: &mut Registry,
+    device: &Device,
+    link: &mut dyn WipeLink,
+    ctx: &WipeContext,
+    step_options: &serde_json::Value,
+    actor: &Actor,
+    finish: &dyn Fn(&Connection, &mut EventChain, &WipeRecord, &str) -> Result<()>,
+) -> Result<WipeRecord> {
+    let hwid = check_identity(device, link)?;
+    let (spki, cert_fp) = device_key(reg.conn(), device)?;
+
+    let nonce = fresh_nonce();
+    let nonce_hex = hex::encode(nonce);
+    {
+        let now = now_rfc3339();
+        let tx = reg.write()?;
+        rr::insert_nonce(&tx, &nonce_hex, device.id, NONCE_PURPOSE, &now)?;
+        rr::start_step(
+            &tx,
+            device.id,
+            super::Step::Wipe.as_str(),
+            step_options,
+            &now,
+        )?;
+        tx.commit()?;
+    }
+
+    let att = link.wipe(nonce).map_err(|e| {
+        Error::Device(format!(
+            "{e}; the device may have wiped without the host receiving its attestation: re-run to collect it, or record a manual wipe"
+        ))
+    })?;
+    if att.hardware_id != hwid {
+        return Err(Error::crypto(format!(
+            "attestation names hardware id {}, but the device on the port is {hwid}",
+            att.hardware_id
+        )));
+    }
+    let resent = accepted_nonce(reg.conn(), device, &att, &nonce)?;
+    att.verify(&spki, &att.nonce)?;
+
+    let now = now_rfc3339();
+    let tx = reg.write()?;
+    let answered = hex::encode(att.nonce);
+    if !rr::use_nonce(&tx, &answered, &now)? {
+        return Err(Error::crypto(format!(
+            "replayed attestation: nonce {answered} was used meanwhile"
+        )));
+    }
+    if resent {
+        // Retire the unanswered fresh nonce too: nothing may answer it later.
+        rr::use_nonce(&tx, &nonce_hex, &now)?;
+    }
+    let mut json = serde_json::to_value(&att).map_err(|e| Error::input(e.to_string()))?;
+    if let Some(o) = json.as_object_mut() {
+        o.insert(
+            "payload".into(),
+            String::from_utf8_lossy(&att.payload()).into(),
+        );
+        o.insert("certificate_fingerprint".into(), cert_fp.clone().into());
+        o.insert("resent_for_earlier_nonce".into(), resent.into());
+    }
+    let record = WipeRecord {
+        id: 0,
+        device_id: device.id,
+        kind: "attested".into(),
+        level: super::WipeLevel::Clear.as_str().into(),
+        method: format!(
+            "device-executed erase of {} (signed attestation, counter {})",
+            if att.erased.is_empty() { "-".to_string() } else { att.erased.join(", ") },
+            att.counter
+        ),
+        media_type: ctx
+            .media_type
+            .clone()
+            .or_else(|| Some("device non-volatile key and certificate storage".into())),
+        tool: Some("cradle WIPE request over the device protocol".into()),
+        tool_version: Some(env!("CARGO_PKG_VERSION").into()),
+        verification: Some(format!(
+            "ECDSA P-256 attestation signature verified against registered certificate sha256:{cert_fp}; single-use nonce {answered}"
+        )),
+        verified_by: Some(format!("cradle (automatic), operator {}", actor.operator)),
+        technician: ctx.technician.clone().or_else(|| Some(actor.operator.clone())),
+        location: ctx.location.clone().or_else(|| device.location.clone()),
+        destination: ctx.destination.clone(),
+        nonce_hex: Some(answered),
+        attestation: Some(json.to_string()),
+        attestation_verified: Some(true),
+        recorded_at: now.clone(),
+    };
+    let id = rr::insert_wipe(&tx, &record)?;
+    let mut chain = EventChain::load(&tx)?;
+    let record = WipeRecord { id, ..record };
+    finish(&tx, &mut chain, &record, &now)?;
+    chain.store_head(&tx)?;
+    tx.commit()?;
+    Ok(record)
+}
+
+/// Re-checks a stored attestation (for reports): signature against the certificate
+/// it was verified with, and that its nonce is the one recorded.
+pub fn reverify(conn: &Connection, device: &Device, w: &WipeRecord) -> Result<()> {
+    let json = w
+        .attestation
+        .as_deref()
+        .ok_or_else(|| Error::input("the wipe record holds no attestation"))?;
+    let att: WipeAttestation =
+        serde_json::from_str(json).map_err(|e| Error::input(format!("stored attestation: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    let spki = match v.get("certificate_fingerprint").and_then(|f| f.as_str()) {
+        Some(fp) => {
+            let c = crate::registry::certs::cert_by_fingerprint(conn, fp)?.ok_or_else(|| {
+                Error::not_found(format!("certificate {fp} is no longer recorded"))
+            })?;
+            let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(&c.der)
+                .map_err(|e| Error::input(format!("registered certificate {fp}: {e}")))?;
+            parsed.public_key().raw.to_vec()
+        }
+        None => device_key(conn, device)?.0,
+    };
+    let recorded = w.nonce_hex.as_deref().unwrap_or("");
+    let mut expected = [0u8; 32];
+    hex::decode_to_slice(recorded, &mut expected)
+        .map_err(|_| Error::input("the wipe record's nonce is not 32 bytes of hex"))?;
+    att.verify(&spki, &expected)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::registry::certs::{self, KeySource, NewCert};
+    use crate::registry::devices::{self, NewDevice};
+    use crate::retire::Step;
+    use std::cell::Cell;
+
+    /// An in-process device: real P-256 key, really signs (`attestation::sign`).
+    pub(crate) struct SimDevice {
+        pub hwid: String,
+        /// The identity key (PKCS#8); `None` once erased.
+        pub key: Option<Vec<u8>>,
+        /// Keeps the key after wiping (models a separate attestation key).
+        pub retain_key: bool,
+        /// The last attestation made, resent when asked to wipe again.
+        pub last: Option<WipeAttestation>,
+        pub counter: u64,
+        /// Sign with this key instead (a forger).
+        pub forge_with: Option<Vec<u8>>,
+        /// Answer this nonce instead of the one sent (a replaying device).
+        pub answer_nonce: Option<[u8; 32]>,
+        /// Wipe, then fail to deliver the reply (pulled cable).
+        pub drop_reply: bool,
+        pub wipes_done: Cell<u32>,
+    }
+
+    impl SimDevice {
+        pub(crate) fn new(hwid: &str, key: &rcgen::KeyPair) -> SimDevice {
+            SimDevice {
+                hwid: hwid.into(),
+                key: Some(key.serialize_der()),
+                retain_key: false,
+                last: None,
+                counter: 0,
+                forge_with: None,
+                answer_nonce: None,
+                drop_reply: false,
+                wipes_done: Cell::new(0),
+            }
+        }
+    }
+
+    impl WipeLink for SimDevice {
+        fn hardware_id(&mut self) -> Result<String> {
+            Ok(self.hwid.clone())
+        }
+        fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation> {
+            let key = match (&self.key, &self.last) {
+                (Some(k), _) => k.clone(),
+                // Already wiped, key gone: resend the retained attestation.
+                (None, Some(last)) => return Ok(last.clone()),
+                (None, None) => return Err(Error::Device("device has no key".into())),
+            };
+            self.counter += 1;
+            let mut att = WipeAttestation {
+                hardware_id: self.hwid.clone(),
+                nonce: self.answer_nonce.unwrap_or(nonce),
+                erased: vec!["key".into(), "cert".into()],
+                counter: self.counter,
+                signature: vec![],
+            };
+            crate::attestation::sign(self.forge_with.as_deref().unwrap_or(&key), &mut att)?;
+            if !self.retain_key {
+                self.key = None;
+            }
+            self.last = Some(att.clone());
+            self.wipes_done.set(self.wipes_done.get() + 1);
+            if self.drop_reply {
+                self.drop_reply = false;
+                return Err(Error::Device(
+                    "serial link closed (EIO) while reading the reply".into(),
+                ));
+            }
+            Ok(att)
+        }
+    }
+
+    fn actor() -> Actor {
+        Actor {
+            operator: "op".into(),
+            station: "st".into(),
+        }
+    }
+
+    /// A registry with device `serial` (hardware id `hwid`) holding a real certificate
+    /// for `key`.
+    pub(crate) fn setup(
+        reg: &mut Registry,
+        serial: &str,
+        hwid: &str,
+        key: &rcgen::KeyPair,
+    ) -> Device {
+        let cert = rcgen::CertificateParams::new(vec![format!("{serial}.test")])
+            .unwrap()
+            .self_signed(key)
+            .unwrap();
+        let der = cert.der().to_vec();
+        let info = crate::pki::cert::info_of(&der).unwrap();
+        let now = now_rfc3339();
+        let tx = reg.write().unwrap();
+        let id = devices::insert_device(
+            &tx,
+            &NewDevice {
+                serial: serial.into(),
+                hardware_id: Some(hwid.into()),
+                ..Default::default()
+            },
+            &now,
+        )
+        .unwrap();
+        certs::insert_cert(
+            &tx,
+            &NewCert {
+                device_id: id,
+                ca_id: None,
+                serial_hex: &info.serial_hex,
+                fingerprint: &info.fingerprint,
+                pubkey_sha256: &info.pubkey_sha256,
+                subject: &info.subject,
+                profile: "device",
+                key_source: KeySource::Device,
+                not_before: info.not_before,
+                not_after: info.not_after,
+                der: &der,
+            },
+            &now,
+        )
+        .unwrap();
+        // Revoked before the wipe, as in a decommission: the key still counts.
+        tx.execute(
+            "UPDATE certificates SET status='revoked' WHERE device_id=?1",
+            [id],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        devices::device_by_id(reg.conn(), id).unwrap().unwrap()
+    }
+
+    fn run(reg: &mut Registry, dev: &Device, link: &mut dyn WipeLink) -> Result<WipeRecord> {
+        attested_wipe(
+            reg,
+            dev,
+            link,
+            &WipeContext::default(),
+            &serde_json::json!({}),
+            &actor(),
+            &|c, ch, w, now| {
+                rr::finish_step(c, dev.id, Step::Wipe.as_str(), now)?;
+                let _ = (ch, w);
+                Ok(())
+            },
+        )
+    }
+
+    fn count(reg: &Registry, sql: &str) -> i64 {
+        reg.conn().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn honest_device_wipe_is_verified_and_stored() {
+        let mut reg = Registry::in_memory().unwrap();
+        let key = crate::pki::keys::generate().unwrap();
+        let dev = setup(&mut reg, "D1", "HW-1", &key);
+        let mut sim = SimDevice::new("HW-1", &key);
+        let w = run(&mut reg, &dev, &mut sim).unwrap();
+        assert_eq!(w.kind, "attested");
+        assert_eq!(w.attestation_verified, Some(true));
+        let stored = rr::latest_wipe(reg.conn(), dev.id).unwrap().unwrap();
+        assert_eq!(stored.nonce_hex, w.nonce_hex);
+        reverify(reg.conn(), &dev, &stored).unwrap();
+        assert_eq!(
+            count(&reg, "SELECT COUNT(*) FROM nonces WHERE used_at IS NULL"),
+            0
+        );
+        let st = rr::step_row(reg.conn(), dev.id, "wipe").unwrap().unwrap();
+        assert_eq!(st.status, "done");
+    }
+
+    #[test]
+    fn forged_signature_is_refused_and_nothing_stored() {
+        let mut reg = Registry::in_memory().unwrap();
+        let key = crate::pki::keys::generate().unwrap();
+        let dev = setup(&mut reg, "D1", "HW-1", &key);
+        let mut sim = SimDevice::new("HW-1", &key);
+        sim.forge_with = Some(crate::pki::keys::generate().unwrap().serialize_der());
+        let e = run(&mut reg, &dev, &mut sim).unwrap_err().to_string();
+        assert!(e.contains("does not verify"), "{e}");
+        assert_eq!(count(&reg, "SELECT COUNT(*) FROM wipes"), 0);
+        assert_eq!(
+            count(
+                &reg,
+                "SELECT COUNT(*) FROM nonces WHERE used_at IS NOT NULL"
+            ),
+            0
+        );
+    }
+
+    #[test]
+    fn replayed_nonce_is_refused() {
+        let mut reg = Registry::in_memory().unwrap();
+        let key = crate::pki::keys::generate().unwrap();
+        let dev = setup(&mut reg, "D1", "HW-1", &key);
+        // A nonce issued and used for this device before.
+        let old = [9u8; 32];
+        reg.conn()
+            .execute(
+                "INSERT INTO nonces (nonce_hex, device_id, purpose, issued_at, used_at) VALUES (?1, ?2, 'wipe', 't', 't')",
+                rusqlite::params![hex::encode(old), dev.id],
+            )
+            .unwrap();
+        let mut sim = SimDevice::new("HW-1", &key);
+        sim.answer_nonce = Some(old);
+        let e = run(&mut reg, &dev, &mut sim).unwrap_err().to_string();
+        assert!(e.contains("replayed attestation"), "{e}");
+        // A nonce cradle never issued is refused as well, although correctly signed.
+        let mut sim = SimDevice::new("HW-1", &key);
+        sim.answer_nonce = Some([3u8; 32]);
+        let e = run(&mut reg, &dev, &mut sim).unwrap_err().to_string();
+        assert!(e.contains("never issued"), "{e}");
+        assert_eq!(count(&reg, "SELECT COUNT(*) FROM wipes"), 0);
+    }
+
+    #[test]
+    fn wrong_device_on_the_port_stops_before_any_nonce() {
+        let mut reg = Registry::in_memory().unwrap();
+        let key = crate::pki::keys::generate().unwrap();
+        let dev = setup(&mut reg, "D1", "HW-1", &key);
+        let mut other = SimDevice::new("HW-2", &key);
+        let e = run(&mut reg, &dev, &mut other).unwrap_err().to_string();
+        assert!(e.contains("wrong device on the port"), "{e}");
+        assert_eq!(
+            other.wipes_done.get(),
+            0,
+            "the wrong device must not be wiped"
+        );
+        assert_eq!(count(&reg, "SELECT COUNT(*) FROM nonces"), 0);
+    }
+
+    #[test]
+    fn reply_lost_after_wipe_then_rerun_collects_resent_attestation() {
+        let mut reg = Registry::in_memory().unwrap();
+        let key = crate::pki::keys::generate().unwrap();
+        let dev = setup(&mut reg, "D1", "HW-1", &key);
+        let mut sim = SimDevice::new("HW-1", &key);
+        sim.drop_reply = true;
+        let e = run(&mut reg, &dev, &mut sim).unwrap_err().to_string();
+        assert!(e.contains("re-run"), "{e}");
+        assert_eq!(sim.wipes_done.get(), 1);
+        assert!(sim.key.is_none(), "the device did wipe");
+        assert_eq!(count(&reg, "SELECT COUNT(*) FROM wipes"), 0);
+        let st = rr::step_row(reg.conn(), dev.id, "wipe").unwrap().unwrap();
+        assert_ne!(st.status, "done");
+        // Second attempt: the device resends its attestation for the first nonce.
+        let w = run(&mut reg, &dev, &mut sim).unwrap();
+        assert_eq!(sim.wipes_done.get(), 1, "no second wipe");
+        let v: serde_json::Value = serde_json::from_str(w.attestation.as_deref().unwrap()).unwrap();
+        assert_eq!(v["resent_for_earlier_nonce"], true);
+        assert_eq!(count(&reg, "SELECT COUNT(*) FROM nonces"), 2);
+        assert_eq!(
+            count(&reg, "SELECT COUNT(*) FROM nonces WHERE used_at IS NULL"),
+            0
+        );
+        // And the stale attestation cannot be accepted a second time.
+        let e = run(&mut reg, &dev, &mut sim).unwrap_err().to_string();
+        assert!(e.contains("replayed attestation"), "{e}");
+    }
+
+    #[test]
+    fn reply_lost_then_device_resigns_new_nonce_with_retained_key() {
+        let mut reg = Registry::in_memory().unwrap();
+        let key = crate::pki::keys::generate().unwrap();
+        let dev = setup(&mut reg, "D1", "HW-1", &key);
+        let mut sim = SimDevice::new("HW-1", &key);
+        sim.retain_key = true;
+        sim.drop_reply = true;
+        assert!(run(&mut reg, &dev, &mut sim).is_err());
+        let w = run(&mut reg, &dev, &mut sim).unwrap();
+        let v: serde_json::Value = serde_json::from_str(w.attestation.as_deref().unwrap()).unwrap();
+        assert_eq!(v["resent_for_earlier_nonce"], false);
+        assert_eq!(v["counter"], 2);
+        // The first, unanswered nonce stays unused: it can only ever be answered by a
+        // signature of this device's key, and the step is done, so nothing asks again.
+        assert_eq!(
+            count(&reg, "SELECT COUNT(*) FROM nonces WHERE used_at IS NULL"),
+            1
+        );
+    }
+
+    #[test]
+    fn device_without_key_or_attestation_cannot_prove_the_wipe() {
+        let mut reg = Registry::in_memory().unwrap();
+        let key = crate::pki::keys::generate().unwrap();
+        let dev = setup(&mut reg, "D1", "HW-1", &key);
+        let mut sim = SimDevice::new("HW-1", &key);
+        sim.key = None;
+        let e = run(&mut reg, &dev, &mut sim).unwrap_err().to_string();
+        assert!(e.contains("manual wipe"), "{e}");
+    }
+}
