@@ -2,7 +2,9 @@
 
 mod ca;
 mod common;
+mod device;
 mod identity;
+mod inventory;
 mod init;
 mod meta;
 
@@ -71,6 +73,18 @@ pub enum Command {
     #[command(subcommand)]
     Identity(identity::IdentityCommand),
 
+    /// Import and export devices as CSV, JSON or JSON Lines
+    #[command(subcommand)]
+    Inventory(inventory::InventoryCommand),
+
+    /// List, show and edit devices; move them through the lifecycle
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+
+    /// Summarise the fleet by state, site and batch
+    #[command(after_help = "Examples:\n  cradle status\n  cradle --json status")]
+    Status,
+
     /// List, show and check certificate profiles
     #[command(subcommand)]
     Profile(meta::ProfileCommand),
@@ -98,6 +112,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Init(a) => init::run(&ctx, a),
         Command::Ca(c) => ca::run(&ctx, c),
         Command::Identity(c) => identity::run(&ctx, c),
+        Command::Inventory(c) => inventory::run(&ctx, c),
+        Command::Device(c) => device::run(&ctx, c),
+        Command::Status => device::status(&ctx),
         Command::Profile(c) => meta::profile(&ctx, c),
         Command::Completions { shell } => meta::completions(shell),
         Command::Man { out } => meta::man(&out),

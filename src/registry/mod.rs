@@ -5,6 +5,7 @@ pub mod cas;
 pub mod certs;
 pub mod devices;
 pub mod events;
+pub mod inventory;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
