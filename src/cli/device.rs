@@ -35,7 +35,9 @@ impl ForceArgs {
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
     /// List devices (filter by state, site, batch)
-    #[command(after_help = "Examples:\n  cradle device list --status deployed --site berlin-1\n  cradle --json device list --batch B-2026-11")]
+    #[command(
+        after_help = "Examples:\n  cradle device list --status deployed --site berlin-1\n  cradle --json device list --batch B-2026-11"
+    )]
     List {
         /// Only devices in this lifecycle state
         #[arg(long)]
@@ -60,7 +62,9 @@ pub enum DeviceCommand {
         serial: String,
     },
     /// Change fields: FIELD=VALUE (an empty VALUE or <clear> clears the field)
-    #[command(after_help = "Fields: hardware_id, model, hw_rev, batch, site, location, owner, mac, imei,\nnotes, attr.NAME, and status (a lifecycle move; --force --reason to override).\n\nExamples:\n  cradle device set ACME-000001 owner=ops location='rack 4' attr.color=blue\n  cradle device set ACME-000001 notes=\n  cradle device set ACME-000001 status=registered --force --reason 'RMA, reflashed'")]
+    #[command(
+        after_help = "Fields: hardware_id, model, hw_rev, batch, site, location, owner, mac, imei,\nnotes, attr.NAME, and status (a lifecycle move; --force --reason to override).\n\nExamples:\n  cradle device set ACME-000001 owner=ops location='rack 4' attr.color=blue\n  cradle device set ACME-000001 notes=\n  cradle device set ACME-000001 status=registered --force --reason 'RMA, reflashed'"
+    )]
     Set {
         /// Device serial
         serial: String,
@@ -71,7 +75,9 @@ pub enum DeviceCommand {
         force: ForceArgs,
     },
     /// Install a device at a site (provisioned or maintenance → deployed)
-    #[command(after_help = "Without --site, a device returning from maintenance keeps its site.\n\nExamples:\n  cradle device deploy ACME-000001 --site berlin-1 --location 'rack 4'\n  cradle device deploy ACME-000001 --site lab --force --reason 'bench test before provisioning'")]
+    #[command(
+        after_help = "Without --site, a device returning from maintenance keeps its site.\n\nExamples:\n  cradle device deploy ACME-000001 --site berlin-1 --location 'rack 4'\n  cradle device deploy ACME-000001 --site lab --force --reason 'bench test before provisioning'"
+    )]
     Deploy {
         /// Device serial
         serial: String,
@@ -85,7 +91,9 @@ pub enum DeviceCommand {
         force: ForceArgs,
     },
     /// Take a deployed device into maintenance
-    #[command(after_help = "Example:\n  cradle device maintenance ACME-000001\n  cradle device return ACME-000001   # back to deployed")]
+    #[command(
+        after_help = "Example:\n  cradle device maintenance ACME-000001\n  cradle device return ACME-000001   # back to deployed"
+    )]
     Maintenance {
         /// Device serial
         serial: String,
@@ -167,7 +175,9 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
                 Ok(())
             })?;
             print_table(
-                &["SERIAL", "STATUS", "MODEL", "BATCH", "SITE", "LOCATION", "MAC"],
+                &[
+                    "SERIAL", "STATUS", "MODEL", "BATCH", "SITE", "LOCATION", "MAC",
+                ],
                 &rows,
             )?;
             Ok(0)
@@ -357,7 +367,11 @@ pub fn status(ctx: &Ctx) -> anyhow::Result<i32> {
                     g.name.clone().unwrap_or_else(|| "(none)".into()),
                     g.counts.total.to_string(),
                 ];
-                r.extend(DeviceStatus::ALL.iter().map(|st| g.counts.get(*st).to_string()));
+                r.extend(
+                    DeviceStatus::ALL
+                        .iter()
+                        .map(|st| g.counts.get(*st).to_string()),
+                );
                 r
             })
             .collect();

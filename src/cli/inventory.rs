@@ -225,11 +225,13 @@ pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
                         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                         _ => PathBuf::from("."),
                     };
-                    let tmp = tempfile::NamedTempFile::new_in(&dir)
-                        .map_err(|e| Error::io(&dir, e))?;
+                    let tmp =
+                        tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
                     let mut w = BufWriter::with_capacity(1 << 20, tmp);
                     let n = inv::export(reg.conn(), &filter, format, &mut w, &mut tick)?;
-                    let tmp = w.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
+                    let tmp = w
+                        .into_inner()
+                        .map_err(|e| Error::io(path, e.into_error()))?;
                     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
                     n
                 }
@@ -340,7 +342,8 @@ fn import_cmd(ctx: &Ctx, file: &std::path::Path, opts: &ImportOptions) -> anyhow
     } else {
         "are invalid"
     };
-    let msg = format!(
+    let msg =
+        format!(
         "{}: {} of {} rows {what}; nothing {} (fix them, or use --partial to import the other {})",
         s.file,
         s.rejected,

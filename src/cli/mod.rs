@@ -4,8 +4,8 @@ mod ca;
 mod common;
 mod device;
 mod identity;
-mod inventory;
 mod init;
+mod inventory;
 mod meta;
 
 use std::path::PathBuf;

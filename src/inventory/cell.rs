@@ -55,13 +55,34 @@ mod tests {
     #[test]
     fn round_trips_every_interesting_value() {
         for v in [
-            "", "plain", "=1+1", "+49 30 1234", "-5", "@SUM(A1)", "\tx", "\rx", "'", "''",
-            "'=x", "''=x", "'hello", "'", "a=b", "=", "'-", "'''+", "müller", "\"q\"",
+            "",
+            "plain",
+            "=1+1",
+            "+49 30 1234",
+            "-5",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+            "'",
+            "''",
+            "'=x",
+            "''=x",
+            "'hello",
+            "'",
+            "a=b",
+            "=",
+            "'-",
+            "'''+",
+            "müller",
+            "\"q\"",
         ] {
             let out = neutralise(v);
             assert_eq!(restore(&out), v, "value {v:?} exported as {out:?}");
             // The exported cell never starts with a trigger character.
-            assert!(!out.as_bytes().first().is_some_and(|&b| is_trigger(b)), "{v:?}");
+            assert!(
+                !out.as_bytes().first().is_some_and(|&b| is_trigger(b)),
+                "{v:?}"
+            );
         }
         assert_eq!(neutralise("=1"), "'=1");
         assert_eq!(neutralise("'=1"), "''=1");

@@ -50,7 +50,8 @@ pub fn export(
             }
             q::for_each_device(conn, filter, |d| {
                 if format == Format::Json {
-                    out.write_all(if n == 0 { b"\n" } else { b",\n" }).map_err(io)?;
+                    out.write_all(if n == 0 { b"\n" } else { b",\n" })
+                        .map_err(io)?;
                 }
                 serde_json::to_writer(&mut *out, &d).map_err(|e| Error::input(e.to_string()))?;
                 if format == Format::Jsonl {

@@ -273,11 +273,26 @@ mod tests {
 
     #[test]
     fn mac_forms() {
-        assert_eq!(normalise_mac("AA:BB:CC:00:11:22").unwrap(), "aa:bb:cc:00:11:22");
-        assert_eq!(normalise_mac("aa-bb-cc-00-11-22").unwrap(), "aa:bb:cc:00:11:22");
-        assert_eq!(normalise_mac("aabb.cc00.1122").unwrap(), "aa:bb:cc:00:11:22");
+        assert_eq!(
+            normalise_mac("AA:BB:CC:00:11:22").unwrap(),
+            "aa:bb:cc:00:11:22"
+        );
+        assert_eq!(
+            normalise_mac("aa-bb-cc-00-11-22").unwrap(),
+            "aa:bb:cc:00:11:22"
+        );
+        assert_eq!(
+            normalise_mac("aabb.cc00.1122").unwrap(),
+            "aa:bb:cc:00:11:22"
+        );
         assert_eq!(normalise_mac("AABBCC001122").unwrap(), "aa:bb:cc:00:11:22");
-        for bad in ["zz:bb:cc:00:11:22", "aa:bb:cc:00:11", "aa:bb-cc:00:11:22", "", "aabbcc00112"] {
+        for bad in [
+            "zz:bb:cc:00:11:22",
+            "aa:bb:cc:00:11",
+            "aa:bb-cc:00:11:22",
+            "",
+            "aabbcc00112",
+        ] {
             assert!(normalise_mac(bad).is_err(), "{bad}");
         }
     }

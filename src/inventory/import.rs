@@ -226,7 +226,11 @@ struct Header {
 }
 
 fn documented() -> String {
-    Field::ALL.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+    Field::ALL
+        .iter()
+        .map(|f| f.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn parse_header(file: &str, rec: &ByteRecord, opts: &ImportOptions) -> Result<Header> {
@@ -396,16 +400,44 @@ fn csv_io(path: &Path, e: csv::Error) -> Error {
     }
 }
 
-/// Counts bytes read so progress can be reported without asking the parser.
+/// Counts bytes read (for progress) and keeps a window of the most recent bytes, to
+/// find the physical line where a record starts: the parser reports the position
+/// before any blank lines or the LF of a CRLF that precede the record.
 struct Counting<R> {
     inner: R,
     n: u64,
+    window: Vec<u8>,
+    window_start: u64,
 }
+
+const WINDOW: usize = 1 << 20;
+
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let k = self.inner.read(buf)?;
         self.n += k as u64;
+        if self.window.len() + k > 2 * WINDOW {
+            let drop = self.window.len().saturating_sub(WINDOW);
+            self.window.drain(..drop);
+            self.window_start += drop as u64;
+        }
+        self.window.extend_from_slice(&buf[..k]);
         Ok(k)
+    }
+}
+
+impl<R> Counting<R> {
+    /// Line terminators between the parser's record position and the record's data.
+    fn newlines_from(&self, byte: u64) -> u64 {
+        let Some(off) = byte.checked_sub(self.window_start) else {
+            return 0;
+        };
+        let from = (off as usize).min(self.window.len());
+        self.window[from..]
+            .iter()
+            .take_while(|&&b| b == b'\n' || b == b'\r')
+            .filter(|&&b| b == b'\n')
+            .count() as u64
     }
 }
 
@@ -439,7 +471,12 @@ pub fn import(
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(Counting { inner: buf, n: 0 });
+        .from_reader(Counting {
+            inner: buf,
+            n: 0,
+            window: Vec::with_capacity(2 * WINDOW),
+            window_start: 0,
+        });
     let mut rec = ByteRecord::new();
     let read = |rdr: &mut csv::Reader<Counting<BufReader<File>>>, rec: &mut ByteRecord| {
         rdr.read_byte_record(rec).map_err(|e| csv_io(path, e))
@@ -494,12 +531,12 @@ pub fn import(
 
     // Reports one rejected row everywhere it must go.
     let reject = |s: &mut ImportSummary,
-                      obs: &mut dyn Observer,
-                      ef: &mut Option<ErrorsFile>,
-                      rec: &ByteRecord,
-                      line: u64,
-                      kind: RejectKind,
-                      message: String|
+                  obs: &mut dyn Observer,
+                  ef: &mut Option<ErrorsFile>,
+                  rec: &ByteRecord,
+                  line: u64,
+                  kind: RejectKind,
+                  message: String|
      -> Result<()> {
         s.rejected += 1;
         if kind == RejectKind::Conflict {
@@ -528,7 +565,10 @@ pub fn import(
         if !more {
             break;
         }
-        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        let line = match rec.position() {
+            Some(p) => p.line() + rdr.get_ref().newlines_from(p.byte()),
+            None => 0,
+        };
         s.rows += 1;
         if s.rows % 4096 == 0 {
             obs.progress(rdr.get_ref().n);
@@ -539,7 +579,15 @@ pub fn import(
                 rec.len(),
                 if rec.len() == 1 { "" } else { "s" }
             );
-            reject(&mut s, obs, &mut errors_file, &rec, line, RejectKind::Invalid, msg)?;
+            reject(
+                &mut s,
+                obs,
+                &mut errors_file,
+                &rec,
+                line,
+                RejectKind::Invalid,
+                msg,
+            )?;
             continue;
         }
 
@@ -634,7 +682,10 @@ pub fn import(
                 }
             }
             None => {
-                if !msgs.iter().any(|m| m.starts_with(&format!("column '{}'", key_f.name()))) {
+                if !msgs
+                    .iter()
+                    .any(|m| m.starts_with(&format!("column '{}'", key_f.name())))
+                {
                     msgs.push(format!(
                         "column '{}' is empty; it is the match key (--match {})",
                         key_f.name(),
@@ -645,7 +696,15 @@ pub fn import(
         }
         if !msgs.is_empty() {
             let m = msgs.join("; ");
-            reject(&mut s, obs, &mut errors_file, &rec, line, RejectKind::Invalid, m)?;
+            reject(
+                &mut s,
+                obs,
+                &mut errors_file,
+                &rec,
+                line,
+                RejectKind::Invalid,
+                m,
+            )?;
             continue;
         }
         let key = key.expect("checked");
@@ -662,7 +721,15 @@ pub fn import(
                         "{} '{key}' matches {n} devices in the registry; match on serial instead",
                         key_f.name()
                     );
-                    reject(&mut s, obs, &mut errors_file, &rec, line, RejectKind::Conflict, m)?;
+                    reject(
+                        &mut s,
+                        obs,
+                        &mut errors_file,
+                        &rec,
+                        line,
+                        RejectKind::Conflict,
+                        m,
+                    )?;
                     continue;
                 }
             }
@@ -675,19 +742,43 @@ pub fn import(
                     d.serial,
                     key_f.name()
                 );
-                reject(&mut s, obs, &mut errors_file, &rec, line, RejectKind::Conflict, m)?;
+                reject(
+                    &mut s,
+                    obs,
+                    &mut errors_file,
+                    &rec,
+                    line,
+                    RejectKind::Conflict,
+                    m,
+                )?;
             }
             (None, Mode::Update) => {
                 let m = format!(
                     "no device with {} '{key}' in the registry (--mode update changes existing devices only; use --mode upsert)",
                     key_f.name()
                 );
-                reject(&mut s, obs, &mut errors_file, &rec, line, RejectKind::Conflict, m)?;
+                reject(
+                    &mut s,
+                    obs,
+                    &mut errors_file,
+                    &rec,
+                    line,
+                    RejectKind::Conflict,
+                    m,
+                )?;
             }
             (None, _) => {
                 let Some(serial) = wants[Field::Serial.idx()].value() else {
                     let m = "column 'serial' is empty; a new device needs a serial".to_string();
-                    reject(&mut s, obs, &mut errors_file, &rec, line, RejectKind::Invalid, m)?;
+                    reject(
+                        &mut s,
+                        obs,
+                        &mut errors_file,
+                        &rec,
+                        line,
+                        RejectKind::Invalid,
+                        m,
+                    )?;
                     continue;
                 };
                 let mut vals: [Option<&str>; Field::COUNT] = [None; Field::COUNT];
@@ -732,61 +823,67 @@ pub fn import(
                     }
                 }
             }
-            (Some(dev), _) => {
-                match plan_update(&dev, &wants, &header.columns, &attr_wants) {
-                    Err(m) => {
-                        reject(&mut s, obs, &mut errors_file, &rec, line, RejectKind::Conflict, m)?;
+            (Some(dev), _) => match plan_update(&dev, &wants, &header.columns, &attr_wants) {
+                Err(m) => {
+                    reject(
+                        &mut s,
+                        obs,
+                        &mut errors_file,
+                        &rec,
+                        line,
+                        RejectKind::Conflict,
+                        m,
+                    )?;
+                }
+                Ok(None) => s.unchanged += 1,
+                Ok(Some((new, changes, to_status))) => {
+                    let field_changes = changes.iter().any(|c| c.field != "status");
+                    if field_changes {
+                        db.update_fields(&new, &now)?;
+                        details.clear();
+                        let _ = write!(
+                            details,
+                            r#"{{"source":"import","file":{file_json},"line":{line},"changes":{}}}"#,
+                            changes_json(&changes)
+                        );
+                        db.append_event(
+                            new.id,
+                            "device.updated",
+                            &actor.operator,
+                            &actor.station,
+                            &now,
+                            &details,
+                        )?;
                     }
-                    Ok(None) => s.unchanged += 1,
-                    Ok(Some((new, changes, to_status))) => {
-                        let field_changes = changes.iter().any(|c| c.field != "status");
-                        if field_changes {
-                            db.update_fields(&new, &now)?;
-                            details.clear();
-                            let _ = write!(
-                                details,
-                                r#"{{"source":"import","file":{file_json},"line":{line},"changes":{}}}"#,
-                                changes_json(&changes)
-                            );
-                            db.append_event(
-                                new.id,
-                                "device.updated",
-                                &actor.operator,
-                                &actor.station,
-                                &now,
-                                &details,
-                            )?;
-                        }
-                        if let Some(to) = to_status {
-                            let mut chain = EventChain::load(&tx)?;
-                            lifecycle::transition(
-                                &tx,
-                                &mut chain,
-                                &new,
-                                to,
-                                actor,
-                                None,
-                                &now,
-                                serde_json::json!({"source": "import", "file": file, "line": line}),
-                            )?;
-                            db.reload_head()?;
-                        }
-                        s.updated += 1;
-                        for c in &changes {
-                            *s.changed_fields.entry(c.field.clone()).or_default() += 1;
-                        }
-                        if s.updates.len() < LIST_CAP {
-                            s.updates.push(Updated {
-                                serial: new.serial.clone(),
-                                line,
-                                changes,
-                            });
-                        } else {
-                            s.updates_not_listed += 1;
-                        }
+                    if let Some(to) = to_status {
+                        let mut chain = EventChain::load(&tx)?;
+                        lifecycle::transition(
+                            &tx,
+                            &mut chain,
+                            &new,
+                            to,
+                            actor,
+                            None,
+                            &now,
+                            serde_json::json!({"source": "import", "file": file, "line": line}),
+                        )?;
+                        db.reload_head()?;
+                    }
+                    s.updated += 1;
+                    for c in &changes {
+                        *s.changed_fields.entry(c.field.clone()).or_default() += 1;
+                    }
+                    if s.updates.len() < LIST_CAP {
+                        s.updates.push(Updated {
+                            serial: new.serial.clone(),
+                            line,
+                            changes,
+                        });
+                    } else {
+                        s.updates_not_listed += 1;
                     }
                 }
-            }
+            },
         }
     }
     obs.progress(rdr.get_ref().n);
@@ -928,7 +1025,11 @@ fn plan_update(
     if changes.is_empty() {
         return Ok(None);
     }
-    Ok(Some((new.unwrap_or_else(|| dev.clone()), changes, to_status)))
+    Ok(Some((
+        new.unwrap_or_else(|| dev.clone()),
+        changes,
+        to_status,
+    )))
 }
 
 /// `{"site":["old","new"],...}` for an update event (status goes in its own event).
@@ -953,7 +1054,13 @@ pub fn describe_change(c: &Change) -> String {
 pub fn write_updates(out: &mut dyn Write, s: &ImportSummary) -> std::io::Result<()> {
     for u in &s.updates {
         let parts: Vec<String> = u.changes.iter().map(describe_change).collect();
-        writeln!(out, "  {} (line {}): {}", u.serial, u.line, parts.join(", "))?;
+        writeln!(
+            out,
+            "  {} (line {}): {}",
+            u.serial,
+            u.line,
+            parts.join(", ")
+        )?;
     }
     if s.updates_not_listed > 0 {
         writeln!(out, "  … and {} more updated devices", s.updates_not_listed)?;

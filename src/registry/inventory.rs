@@ -154,7 +154,8 @@ impl<'c> ImportDb<'c> {
     ) -> Result<Option<i64>> {
         let status = f[10].unwrap_or(DeviceStatus::Registered.as_str());
         let r = self.insert_device.execute(params![
-            f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], status, f[11], attributes, now
+            f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], status, f[11], attributes,
+            now
         ]);
         match r {
             Ok(_) => Ok(Some(self.conn.last_insert_rowid())),
@@ -455,14 +456,29 @@ mod tests {
         let mut db = ImportDb::new(&tx).unwrap();
         let mut f: [Option<&str>; 12] = [None; 12];
         f[0] = Some("A-1");
-        let id = db.insert(&f, None, "2026-01-01T00:00:00Z").unwrap().unwrap();
+        let id = db
+            .insert(&f, None, "2026-01-01T00:00:00Z")
+            .unwrap()
+            .unwrap();
         db.append_event(id, "device.created", "op", "st", "t", r#"{"line":2}"#)
             .unwrap();
         db.append_event(id, "device.updated", "op", "st", "t", "{}")
             .unwrap();
-        assert!(db.insert(&f, None, "t").unwrap().is_none(), "duplicate serial");
+        assert!(
+            db.insert(&f, None, "t").unwrap().is_none(),
+            "duplicate serial"
+        );
         drop(db);
-        let h1 = event_hash(1, GENESIS, Some(id), "device.created", "op", "st", "t", r#"{"line":2}"#);
+        let h1 = event_hash(
+            1,
+            GENESIS,
+            Some(id),
+            "device.created",
+            "op",
+            "st",
+            "t",
+            r#"{"line":2}"#,
+        );
         let stored: String = tx
             .query_row("SELECT hash FROM events WHERE id = 1", [], |r| r.get(0))
             .unwrap();
