@@ -521,6 +521,11 @@ pub fn import(
     let now = now_rfc3339();
     let file_json = serde_json::to_string(&file).expect("string");
     let key_f = key_field(opts.key);
+    // Key hash -> line, for duplicates inside the file. Creating by serial needs no
+    // entry per row: the UNIQUE index finds a serial this import already inserted
+    // (and its event names the line), so only rows rejected before insert are kept,
+    // which keeps memory flat on million-row files.
+    let db_dedup = opts.mode == Mode::Create && opts.key == MatchKey::Serial;
     let mut seen: HashMap<u64, u32, BuildHasherDefault<IdentityHasher>> = HashMap::default();
     let mut details = String::with_capacity(256);
     let mut msgs: Vec<String> = Vec::new();
@@ -667,6 +672,7 @@ pub fn import(
 
         // The match key must be present; duplicates inside the file are rejected.
         let key = wants[key_f.idx()].value().map(str::to_owned);
+        let mut key_h = None;
         match &key {
             Some(k) => {
                 let h = key_hash(k);
@@ -676,6 +682,7 @@ pub fn import(
                         key_f.name(),
                         k
                     )),
+                    None if db_dedup => key_h = Some(h),
                     None => {
                         seen.insert(h, line.min(u32::MAX as u64) as u32);
                     }
@@ -695,6 +702,10 @@ pub fn import(
             }
         }
         if !msgs.is_empty() {
+            if let Some(h) = key_h {
+                // Not inserted, so the registry cannot name it as a duplicate later.
+                seen.insert(h, line.min(u32::MAX as u64) as u32);
+            }
             let m = msgs.join("; ");
             reject(
                 &mut s,

@@ -17,7 +17,9 @@ use crate::error::{Error, Result};
 
 /// Page cache for a bulk import, in KiB: big enough that index pages stay cached on
 /// a million-row import, small enough to keep peak memory flat.
-pub const IMPORT_CACHE_KIB: i64 = 24 * 1024;
+pub const IMPORT_CACHE_KIB: i64 = 16 * 1024;
+/// Page cache for a sequential scan (export, listing): pages are read once.
+pub const SCAN_CACHE_KIB: i64 = 2 * 1024;
 
 /// Which column identifies the device a row refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -273,6 +275,7 @@ pub fn for_each_row(
     f: &DeviceFilter,
     mut each: impl FnMut(&[Option<&str>; 13]) -> Result<()>,
 ) -> Result<u64> {
+    conn.pragma_update(None, "cache_size", -SCAN_CACHE_KIB)?;
     let mut stmt = conn.prepare(&format!(
         "SELECT serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes
          FROM devices WHERE {FILTER_SQL} ORDER BY id"
@@ -308,6 +311,7 @@ pub fn for_each_device(
     f: &DeviceFilter,
     mut each: impl FnMut(Device) -> Result<()>,
 ) -> Result<u64> {
+    conn.pragma_update(None, "cache_size", -SCAN_CACHE_KIB)?;
     let mut stmt = conn.prepare(&format!(
         "SELECT {DEVICE_COLUMNS} FROM devices WHERE {FILTER_SQL} ORDER BY id"
     ))?;
