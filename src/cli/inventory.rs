@@ -213,11 +213,7 @@ pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
             };
             let reg = ctx.registry()?;
             let pb = progress_bar(0, "export");
-            pb.set_length(
-                reg.conn()
-                    .query_row("SELECT count(*) FROM devices", [], |r| r.get::<_, i64>(0))?
-                    as u64,
-            );
+            pb.set_length(crate::registry::inventory::approx_device_count(reg.conn())?);
             let mut tick = |n: u64| pb.set_position(n);
             let n = match &out {
                 Some(path) => {

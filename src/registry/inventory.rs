@@ -268,6 +268,13 @@ pub fn attribute_keys(conn: &Connection, f: &DeviceFilter) -> Result<Vec<String>
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+/// The largest device id: an instant upper bound on the device count, for progress
+/// bars (a `count(*)` would scan a whole index first).
+pub fn approx_device_count(conn: &Connection) -> Result<u64> {
+    let n: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM devices", [], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
 /// Calls `each` with the 12 documented fields (in `Field` order) and the attributes
 /// JSON of every filtered device, in id order, without building a `Device`.
 pub fn for_each_row(
