@@ -677,3 +677,19 @@ fn sigkill_mid_import_leaves_registry_as_before_and_rerun_succeeds() {
     assert_eq!(event_count(&env), 1 + 3 + 200_000);
     chain_ok(&env);
 }
+
+#[test]
+fn line_numbers_count_blank_lines_and_crlf() {
+    let env = Env::init();
+    for (name, nl) in [("lf.csv", "\n"), ("crlf.csv", "\r\n")] {
+        let text = format!("serial,mac{nl}{nl}A-1,zz{nl}{nl}{nl}A-2,\"y{nl}y\"{nl}A-3,qq{nl}");
+        let f = write(&env, name, text.as_bytes());
+        let err = fails_unchanged(&env, &["inventory", "import", &f], 3);
+        for l in [3, 6, 8] {
+            assert!(
+                err.contains(&format!("{name}:{l}: column 'mac'")),
+                "{name} line {l}: {err}"
+            );
+        }
+    }
+}
