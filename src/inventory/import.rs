@@ -15,6 +15,7 @@ use std::fs::File;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use csv::ByteRecord;
 use serde::Serialize;
@@ -441,6 +442,62 @@ impl<R> Counting<R> {
     }
 }
 
+/// Records handed from the parsing thread to the importing thread.
+#[derive(Default)]
+struct Batch {
+    recs: Vec<ByteRecord>,
+    lines: Vec<u64>,
+    len: usize,
+    /// Bytes of the file consumed when the batch was filled (progress).
+    bytes: u64,
+}
+
+const BATCH_ROWS: usize = 1024;
+const BATCHES: usize = 4;
+
+/// The parsing thread: fills recycled batches until the end of the file. Stops
+/// quietly when the importer goes away (it hung up on an error).
+fn parse_batches(
+    mut rdr: csv::Reader<Counting<BufReader<File>>>,
+    path: PathBuf,
+    full: mpsc::SyncSender<Result<Batch>>,
+    empty: mpsc::Receiver<Batch>,
+) {
+    loop {
+        let Ok(mut b) = empty.recv() else { return };
+        b.len = 0;
+        while b.len < BATCH_ROWS {
+            if b.recs.len() == b.len {
+                b.recs.push(ByteRecord::new());
+                b.lines.push(0);
+            }
+            match rdr.read_byte_record(&mut b.recs[b.len]) {
+                Ok(true) => {
+                    let rec = &b.recs[b.len];
+                    b.lines[b.len] = match rec.position() {
+                        Some(p) => p.line() + rdr.get_ref().newlines_from(p.byte()),
+                        None => 0,
+                    };
+                    b.len += 1;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    let _ = full.send(Err(csv_io(&path, e)));
+                    return;
+                }
+            }
+        }
+        b.bytes = rdr.get_ref().n;
+        let done = b.len < BATCH_ROWS;
+        if b.len > 0 && full.send(Ok(b)).is_err() {
+            return;
+        }
+        if done {
+            return;
+        }
+    }
+}
+
 /// Imports `path` into the registry. Rejected rows are reported through `obs` and in
 /// the summary; the summary says whether anything was committed. Errors that stop
 /// the whole file (unreadable, empty, bad header, registry) are returned as `Err`.
@@ -478,10 +535,10 @@ pub fn import(
             window_start: 0,
         });
     let mut rec = ByteRecord::new();
-    let read = |rdr: &mut csv::Reader<Counting<BufReader<File>>>, rec: &mut ByteRecord| {
-        rdr.read_byte_record(rec).map_err(|e| csv_io(path, e))
-    };
-    if !read(&mut rdr, &mut rec)? {
+    if !rdr
+        .read_byte_record(&mut rec)
+        .map_err(|e| csv_io(path, e))?
+    {
         return Err(Error::input_at(
             &file,
             1,
@@ -565,19 +622,36 @@ pub fn import(
         Ok(())
     };
 
+    // Parsing runs on its own thread, a few batches ahead of validation and SQLite.
+    let (tx_full, rx_full) = mpsc::sync_channel::<Result<Batch>>(BATCHES);
+    let (tx_empty, rx_empty) = mpsc::sync_channel::<Batch>(BATCHES + 2);
+    for _ in 0..BATCHES + 2 {
+        let _ = tx_empty.send(Batch::default());
+    }
+    let err_path = path.to_path_buf();
+    let reader = std::thread::spawn(move || parse_batches(rdr, err_path, tx_full, rx_empty));
+    let mut pending: Option<Batch> = None;
+    let mut idx = 0;
     loop {
-        let more = read(&mut rdr, &mut rec)?;
-        if !more {
-            break;
+        if pending.as_ref().is_none_or(|b| idx >= b.len) {
+            if let Some(b) = pending.take() {
+                obs.progress(b.bytes);
+                let _ = tx_empty.send(b);
+            }
+            match rx_full.recv() {
+                Ok(b) => {
+                    pending = Some(b?);
+                    idx = 0;
+                    continue;
+                }
+                Err(_) => break,
+            }
         }
-        let line = match rec.position() {
-            Some(p) => p.line() + rdr.get_ref().newlines_from(p.byte()),
-            None => 0,
-        };
+        let batch = pending.as_ref().expect("a batch");
+        let rec = &batch.recs[idx];
+        let line = batch.lines[idx];
+        idx += 1;
         s.rows += 1;
-        if s.rows % 4096 == 0 {
-            obs.progress(rdr.get_ref().n);
-        }
         if rec.len() != ncols {
             let msg = format!(
                 "{} field{} but the header has {ncols} columns",
@@ -897,7 +971,8 @@ pub fn import(
             },
         }
     }
-    obs.progress(rdr.get_ref().n);
+    drop(tx_empty);
+    let _ = reader.join();
     if let Some(ef) = errors_file {
         ef.finish()?;
     }
