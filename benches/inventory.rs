@@ -160,6 +160,19 @@ fn main() {
         cradle(&home, &["inventory", "import", csv.to_str().unwrap()]),
         "cradle inventory import",
     );
+    let again = measure(
+        cradle(
+            &home,
+            &[
+                "inventory",
+                "import",
+                csv.to_str().unwrap(),
+                "--mode",
+                "upsert",
+            ],
+        ),
+        "cradle inventory import --mode upsert (second time)",
+    );
     let out_csv: PathBuf = d.join("export.csv");
     let exp = measure(
         cradle(
@@ -226,6 +239,12 @@ CREATE INDEX devices_status ON devices(status);";
     println!(
         "import  ratio cradle/sqlite3 = {:.2}x  (target >= 1.0x, peak < 64 MiB)",
         rate(&imp) / rate(&ref_imp)
+    );
+    println!(
+        "re-import --mode upsert (all unchanged) {:>10.0} rows/s  ({:.2} s, peak {})",
+        rate(&again),
+        again.secs,
+        mib(&again)
     );
     println!(
         "export  cradle  {:>10.0} rows/s  ({:.2} s, peak {}, {:.1} MB)",

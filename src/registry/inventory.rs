@@ -257,6 +257,7 @@ const FILTER_SQL: &str =
 
 /// Attribute names used by the filtered devices, sorted (the CSV export's extra columns).
 pub fn attribute_keys(conn: &Connection, f: &DeviceFilter) -> Result<Vec<String>> {
+    conn.pragma_update(None, "cache_size", -SCAN_CACHE_KIB)?;
     let mut stmt = conn.prepare(&format!(
         "SELECT DISTINCT j.key FROM devices, json_each(devices.attributes) AS j
          WHERE devices.attributes IS NOT NULL AND json_valid(devices.attributes) AND {FILTER_SQL} ORDER BY 1"
