@@ -207,6 +207,35 @@ fn duplicates_in_file_and_conflicts_with_registry() {
         err.contains("duplicate_serials.csv:4: duplicate serial 'ACME-0501': already at line 2"),
         "{err}"
     );
+    // The same in upsert mode (keys tracked in a temporary table) and by MAC.
+    let err = fails_unchanged(&env, &["inventory", "import", &f, "--mode", "upsert"], 3);
+    assert!(
+        err.contains("duplicate_serials.csv:4: duplicate serial 'ACME-0501': already at line 2"),
+        "{err}"
+    );
+    let m = write(
+        &env,
+        "dup_mac.csv",
+        b"serial,mac\nD-1,aa:bb:cc:dd:ee:01\nD-2,zz\nD-3,AA-BB-CC-DD-EE-01\n",
+    );
+    let err = fails_unchanged(
+        &env,
+        &[
+            "inventory",
+            "import",
+            &m,
+            "--mode",
+            "upsert",
+            "--match",
+            "mac",
+        ],
+        3,
+    );
+    assert!(
+        err.contains("dup_mac.csv:4: duplicate mac 'aa:bb:cc:dd:ee:01': already at line 2"),
+        "{err}"
+    );
+    assert!(err.contains("dup_mac.csv:3: column 'mac'"), "{err}");
     let g = fixture(&env, "good.csv");
     env.ok(&["inventory", "import", &g]);
     // create: an existing device is a conflict (exit 7), nothing written.

@@ -578,10 +578,11 @@ pub fn import(
     let now = now_rfc3339();
     let file_json = serde_json::to_string(&file).expect("string");
     let key_f = key_field(opts.key);
-    // Key hash -> line, for duplicates inside the file. Creating by serial needs no
-    // entry per row: the UNIQUE index finds a serial this import already inserted
-    // (and its event names the line), so only rows rejected before insert are kept,
-    // which keeps memory flat on million-row files.
+    // Duplicates inside the file. Creating by serial needs no entry per row: the
+    // UNIQUE index finds a serial this import already inserted (and its event names
+    // the line); only rows rejected before insert are kept here, by key hash. Other
+    // modes record every key in a temporary on-disk table (`first_line_of_key`).
+    // Either way memory stays flat on million-row files.
     let db_dedup = opts.mode == Mode::Create && opts.key == MatchKey::Serial;
     let mut seen: HashMap<u64, u32, BuildHasherDefault<IdentityHasher>> = HashMap::default();
     let mut details = String::with_capacity(256);
@@ -748,7 +749,7 @@ pub fn import(
         let key = wants[key_f.idx()].value().map(str::to_owned);
         let mut key_h = None;
         match &key {
-            Some(k) => {
+            Some(k) if db_dedup => {
                 let h = key_hash(k);
                 match seen.get(&h) {
                     Some(&first) => msgs.push(format!(
@@ -756,10 +757,16 @@ pub fn import(
                         key_f.name(),
                         k
                     )),
-                    None if db_dedup => key_h = Some(h),
-                    None => {
-                        seen.insert(h, line.min(u32::MAX as u64) as u32);
-                    }
+                    None => key_h = Some(h),
+                }
+            }
+            Some(k) => {
+                if let Some(first) = db.first_line_of_key(k, line)? {
+                    msgs.push(format!(
+                        "duplicate {} '{}': already at line {first} of this file",
+                        key_f.name(),
+                        k
+                    ));
                 }
             }
             None => {

@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 /// Page cache for a bulk import, in KiB: big enough that index pages stay cached on
 /// a million-row import, small enough to keep peak memory flat.
 pub const IMPORT_CACHE_KIB: i64 = 16 * 1024;
+/// Page cache of the temporary table of keys seen in an update/upsert import.
+pub const SEEN_CACHE_KIB: i64 = 4 * 1024;
 /// Page cache for a sequential scan (export, listing): pages are read once.
 pub const SCAN_CACHE_KIB: i64 = 2 * 1024;
 
@@ -57,6 +59,8 @@ pub struct ImportDb<'c> {
     by_mac: Statement<'c>,
     by_imei: Statement<'c>,
     update: Statement<'c>,
+    seen_insert: Option<Statement<'c>>,
+    seen_line: Option<Statement<'c>>,
     head_id: i64,
     head_hash: [u8; 64],
     num: String,
@@ -85,6 +89,8 @@ impl<'c> ImportDb<'c> {
                  location = ?7, owner = ?8, mac = ?9, imei = ?10, notes = ?11, attributes = ?12,
                  updated_at = ?13 WHERE id = ?1",
             )?,
+            seen_insert: None,
+            seen_line: None,
             head_id: 0,
             head_hash: [b'0'; 64],
             num: String::with_capacity(24),
@@ -114,6 +120,33 @@ impl<'c> ImportDb<'c> {
         self.head_id = id;
         self.head_hash.copy_from_slice(hash.as_bytes());
         Ok(())
+    }
+
+    /// Records that a row of this file used `key`; returns the line of an earlier row
+    /// with the same key. The keys live in a temporary on-disk table (its own small
+    /// page cache), so memory stays flat however many rows the file has.
+    pub fn first_line_of_key(&mut self, key: &str, line: u64) -> Result<Option<i64>> {
+        if self.seen_insert.is_none() {
+            self.conn.execute_batch(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS import_seen (key TEXT PRIMARY KEY, line INTEGER NOT NULL) WITHOUT ROWID;
+                 DELETE FROM temp.import_seen;
+                 PRAGMA temp.cache_size = -{SEEN_CACHE_KIB};"
+            ))?;
+            self.seen_insert =
+                Some(self.conn.prepare(
+                    "INSERT OR IGNORE INTO temp.import_seen (key, line) VALUES (?1, ?2)",
+                )?);
+            self.seen_line = Some(
+                self.conn
+                    .prepare("SELECT line FROM temp.import_seen WHERE key = ?1")?,
+            );
+        }
+        let ins = self.seen_insert.as_mut().expect("prepared");
+        if ins.execute(params![key, line as i64])? == 1 {
+            return Ok(None);
+        }
+        let sel = self.seen_line.as_mut().expect("prepared");
+        Ok(sel.query_row([key], |r| r.get(0)).optional()?)
     }
 
     /// The largest device id now (devices created later in this transaction have larger ids).
