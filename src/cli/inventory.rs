@@ -9,7 +9,7 @@ use indicatif::ProgressBar;
 
 use super::common::{print_json, progress_bar, Ctx};
 use crate::error::Error;
-use crate::inventory::import::{self, RejectKind, Rejection};
+use crate::inventory::import::{self, Rejection};
 use crate::inventory::{self as inv, Blank, DeviceFilter, Format, ImportOptions, MatchKey, Mode};
 use crate::registry::DeviceStatus;
 
@@ -352,6 +352,5 @@ fn import_cmd(ctx: &Ctx, file: &std::path::Path, opts: &ImportOptions) -> anyhow
     } else {
         Error::input(msg)
     };
-    let _ = RejectKind::Invalid;
     Err(err.into())
 }

@@ -663,7 +663,7 @@ pub fn import(
                 &mut s,
                 obs,
                 &mut errors_file,
-                &rec,
+                rec,
                 line,
                 RejectKind::Invalid,
                 msg,
@@ -792,7 +792,7 @@ pub fn import(
                 &mut s,
                 obs,
                 &mut errors_file,
-                &rec,
+                rec,
                 line,
                 RejectKind::Invalid,
                 m,
@@ -817,7 +817,7 @@ pub fn import(
                         &mut s,
                         obs,
                         &mut errors_file,
-                        &rec,
+                        rec,
                         line,
                         RejectKind::Conflict,
                         m,
@@ -838,7 +838,7 @@ pub fn import(
                     &mut s,
                     obs,
                     &mut errors_file,
-                    &rec,
+                    rec,
                     line,
                     RejectKind::Conflict,
                     m,
@@ -853,7 +853,7 @@ pub fn import(
                     &mut s,
                     obs,
                     &mut errors_file,
-                    &rec,
+                    rec,
                     line,
                     RejectKind::Conflict,
                     m,
@@ -866,7 +866,7 @@ pub fn import(
                         &mut s,
                         obs,
                         &mut errors_file,
-                        &rec,
+                        rec,
                         line,
                         RejectKind::Invalid,
                         m,
@@ -911,7 +911,7 @@ pub fn import(
                                 format!("device '{serial}' already exists; use --mode update or --mode upsert to change it"),
                             ),
                         };
-                        reject(&mut s, obs, &mut errors_file, &rec, line, kind, m)?;
+                        reject(&mut s, obs, &mut errors_file, rec, line, kind, m)?;
                     }
                 }
             }
@@ -921,7 +921,7 @@ pub fn import(
                         &mut s,
                         obs,
                         &mut errors_file,
-                        &rec,
+                        rec,
                         line,
                         RejectKind::Conflict,
                         m,
