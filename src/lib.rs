@@ -8,6 +8,7 @@ pub mod cli;
 pub mod error;
 pub mod home;
 pub mod identity;
+pub mod inventory;
 pub mod lifecycle;
 pub mod passphrase;
 pub mod pki;

@@ -3,8 +3,10 @@
 mod ca;
 mod common;
 mod crl;
+mod device;
 mod identity;
 mod init;
+mod inventory;
 mod meta;
 mod provision;
 mod sim;
@@ -92,6 +94,17 @@ pub enum Command {
     /// Reports built from the registry (certificates of sanitization)
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// Import and export devices as CSV, JSON or JSON Lines
+    #[command(subcommand)]
+    Inventory(inventory::InventoryCommand),
+
+    /// List, show and edit devices; move them through the lifecycle
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+
+    /// Summarise the fleet by state, site and batch
+    #[command(after_help = "Examples:\n  cradle status\n  cradle --json status")]
+    Status,
 
     /// List, show and check certificate profiles
     #[command(subcommand)]
@@ -133,6 +146,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Revoke(a) => retire::revoke(&ctx, a),
         Command::Decommission(a) => retire::decommission(&ctx, a),
         Command::Report(c) => report::run(&ctx, c),
+        Command::Inventory(c) => inventory::run(&ctx, c),
+        Command::Device(c) => device::run(&ctx, c),
+        Command::Status => device::status(&ctx),
         Command::Profile(c) => meta::profile(&ctx, c),
         Command::Provision(a) => provision::run(&ctx, a),
         Command::Sim(a) => sim::run(&ctx, a),

@@ -7,6 +7,7 @@ pub mod devices;
 pub mod events;
 pub mod provision;
 pub mod retire;
+pub mod inventory;
 pub mod schema;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,382 @@
+//! `cradle device …` (list, show, history, set, deploy, maintenance, return) and
+//! `cradle status` (the fleet summary).
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::common::{print_json, print_table, Ctx};
+use crate::inventory::device::{self, Assignment, EditOutcome};
+use crate::inventory::import::describe_change;
+use crate::registry::devices::{require_device, Device, DeviceStatus};
+use crate::registry::events::{events_for_device, Event};
+use crate::registry::inventory::{self as q, DeviceFilter, FleetSummary};
+
+/// `--force --reason TEXT`: override the lifecycle rules, recorded on the event.
+#[derive(Debug, Clone, Args)]
+pub struct ForceArgs {
+    /// Allow a state change the lifecycle forbids (needs --reason)
+    #[arg(long, requires = "reason")]
+    pub force: bool,
+    /// Why the override is needed (recorded on the event)
+    #[arg(long, value_name = "TEXT", requires = "force")]
+    pub reason: Option<String>,
+}
+
+impl ForceArgs {
+    fn reason(&self) -> Option<&str> {
+        if self.force {
+            self.reason.as_deref()
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// List devices (filter by state, site, batch)
+    #[command(
+        after_help = "Examples:\n  cradle device list --status deployed --site berlin-1\n  cradle --json device list --batch B-2026-11"
+    )]
+    List {
+        /// Only devices in this lifecycle state
+        #[arg(long)]
+        status: Option<String>,
+        /// Only devices at this site
+        #[arg(long)]
+        site: Option<String>,
+        /// Only devices of this batch
+        #[arg(long)]
+        batch: Option<String>,
+    },
+    /// Show one device: fields, attributes, certificates
+    #[command(after_help = "Example:\n  cradle device show ACME-000001 --json")]
+    Show {
+        /// Device serial
+        serial: String,
+    },
+    /// Show a device's events (the hash-chained log)
+    #[command(after_help = "Example:\n  cradle device history ACME-000001")]
+    History {
+        /// Device serial
+        serial: String,
+    },
+    /// Change fields: FIELD=VALUE (an empty VALUE or <clear> clears the field)
+    #[command(
+        after_help = "Fields: hardware_id, model, hw_rev, batch, site, location, owner, mac, imei,\nnotes, attr.NAME, and status (a lifecycle move; --force --reason to override).\n\nExamples:\n  cradle device set ACME-000001 owner=ops location='rack 4' attr.color=blue\n  cradle device set ACME-000001 notes=\n  cradle device set ACME-000001 status=registered --force --reason 'RMA, reflashed'"
+    )]
+    Set {
+        /// Device serial
+        serial: String,
+        /// FIELD=VALUE assignments
+        #[arg(required = true, value_name = "FIELD=VALUE")]
+        assignments: Vec<Assignment>,
+        #[command(flatten)]
+        force: ForceArgs,
+    },
+    /// Install a device at a site (provisioned or maintenance → deployed)
+    #[command(
+        after_help = "Without --site, a device returning from maintenance keeps its site.\n\nExamples:\n  cradle device deploy ACME-000001 --site berlin-1 --location 'rack 4'\n  cradle device deploy ACME-000001 --site lab --force --reason 'bench test before provisioning'"
+    )]
+    Deploy {
+        /// Device serial
+        serial: String,
+        /// Site the device is installed at
+        #[arg(long)]
+        site: Option<String>,
+        /// Location within the site
+        #[arg(long)]
+        location: Option<String>,
+        #[command(flatten)]
+        force: ForceArgs,
+    },
+    /// Take a deployed device into maintenance
+    #[command(
+        after_help = "Example:\n  cradle device maintenance ACME-000001\n  cradle device return ACME-000001   # back to deployed"
+    )]
+    Maintenance {
+        /// Device serial
+        serial: String,
+        #[command(flatten)]
+        force: ForceArgs,
+    },
+    /// Bring a device back from maintenance to deployed (same site)
+    #[command(after_help = "Example:\n  cradle device return ACME-000001")]
+    Return {
+        /// Device serial
+        serial: String,
+        #[command(flatten)]
+        force: ForceArgs,
+    },
+}
+
+fn filter(
+    status: Option<String>,
+    site: Option<String>,
+    batch: Option<String>,
+) -> anyhow::Result<DeviceFilter> {
+    Ok(DeviceFilter {
+        status: status.map(|s| s.parse::<DeviceStatus>()).transpose()?,
+        site,
+        batch,
+    })
+}
+
+fn opt(v: &Option<String>) -> String {
+    v.clone().unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct ShowOut<'a> {
+    #[serde(flatten)]
+    device: &'a Device,
+    certificates: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Serialize)]
+struct HistoryOut<'a> {
+    serial: &'a str,
+    events: &'a [Event],
+}
+
+pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
+    match cmd {
+        DeviceCommand::List {
+            status,
+            site,
+            batch,
+        } => {
+            let f = filter(status, site, batch)?;
+            let reg = ctx.registry()?;
+            if ctx.json {
+                // Streamed: a large fleet is not held in memory.
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                crate::inventory::export(
+                    reg.conn(),
+                    &f,
+                    crate::inventory::Format::Json,
+                    &mut out,
+                    &mut |_| {},
+                )?;
+                std::io::Write::flush(&mut out)?;
+                return Ok(0);
+            }
+            let mut rows = Vec::new();
+            q::for_each_device(reg.conn(), &f, |d| {
+                rows.push(vec![
+                    d.serial,
+                    d.status.to_string(),
+                    opt(&d.model),
+                    opt(&d.batch),
+                    opt(&d.site),
+                    opt(&d.location),
+                    opt(&d.mac),
+                ]);
+                Ok(())
+            })?;
+            print_table(
+                &[
+                    "SERIAL", "STATUS", "MODEL", "BATCH", "SITE", "LOCATION", "MAC",
+                ],
+                &rows,
+            )?;
+            Ok(0)
+        }
+        DeviceCommand::Show { serial } => {
+            let reg = ctx.registry()?;
+            let d = require_device(reg.conn(), &serial)?;
+            let certificates = q::cert_counts(reg.conn(), d.id)?.into_iter().collect();
+            let out = ShowOut {
+                device: &d,
+                certificates,
+            };
+            if ctx.json {
+                print_json(&out)?;
+                return Ok(0);
+            }
+            let mut rows: Vec<Vec<String>> = Vec::new();
+            for f in crate::inventory::fields::Field::ALL {
+                rows.push(vec![
+                    f.name().to_string(),
+                    f.get(&d).unwrap_or_default().to_string(),
+                ]);
+            }
+            for (k, v) in &d.attributes {
+                let v = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    o => o.to_string(),
+                };
+                rows.push(vec![format!("attr.{k}"), v]);
+            }
+            rows.push(vec!["created_at".into(), d.created_at.clone()]);
+            rows.push(vec!["updated_at".into(), d.updated_at.clone()]);
+            let certs = if out.certificates.is_empty() {
+                "none".to_string()
+            } else {
+                out.certificates
+                    .iter()
+                    .map(|(s, n)| format!("{n} {s}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            rows.push(vec!["certificates".into(), certs]);
+            print_table(&["FIELD", "VALUE"], &rows)?;
+            Ok(0)
+        }
+        DeviceCommand::History { serial } => {
+            let reg = ctx.registry()?;
+            let d = require_device(reg.conn(), &serial)?;
+            let events = events_for_device(reg.conn(), d.id)?;
+            if ctx.json {
+                print_json(&HistoryOut {
+                    serial: &d.serial,
+                    events: &events,
+                })?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = events
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.id.to_string(),
+                        e.at.clone(),
+                        e.kind.clone(),
+                        format!("{}@{}", e.actor, e.station),
+                        e.details.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(&["EVENT", "AT", "KIND", "WHO", "DETAILS"], &rows)?;
+            Ok(0)
+        }
+        DeviceCommand::Set {
+            serial,
+            assignments,
+            force,
+        } => {
+            let mut reg = ctx.registry()?;
+            let actor = ctx.actor(&ctx.config()?);
+            let o = device::edit(
+                &mut reg,
+                &serial,
+                &assignments,
+                &actor,
+                force.reason(),
+                "device set",
+            )?;
+            print_edit(ctx, &o)
+        }
+        DeviceCommand::Deploy {
+            serial,
+            site,
+            location,
+            force,
+        } => {
+            let mut reg = ctx.registry()?;
+            let actor = ctx.actor(&ctx.config()?);
+            let o = device::deploy(
+                &mut reg,
+                &serial,
+                site.as_deref(),
+                location.as_deref(),
+                &actor,
+                force.reason(),
+            )?;
+            print_edit(ctx, &o)
+        }
+        DeviceCommand::Maintenance { serial, force } => {
+            let mut reg = ctx.registry()?;
+            let actor = ctx.actor(&ctx.config()?);
+            let o = device::move_to(
+                &mut reg,
+                &serial,
+                DeviceStatus::Maintenance,
+                &actor,
+                force.reason(),
+                "device maintenance",
+            )?;
+            print_edit(ctx, &o)
+        }
+        DeviceCommand::Return { serial, force } => {
+            let mut reg = ctx.registry()?;
+            let actor = ctx.actor(&ctx.config()?);
+            let dev = require_device(reg.conn(), &serial)?;
+            if dev.status != DeviceStatus::Maintenance && !force.force {
+                return Err(crate::Error::conflict(format!(
+                    "device '{serial}' is {}, not in maintenance (use `cradle device deploy`)",
+                    dev.status
+                ))
+                .into());
+            }
+            let o = device::move_to(
+                &mut reg,
+                &serial,
+                DeviceStatus::Deployed,
+                &actor,
+                force.reason(),
+                "device return",
+            )?;
+            print_edit(ctx, &o)
+        }
+    }
+}
+
+fn print_edit(ctx: &Ctx, o: &EditOutcome) -> anyhow::Result<i32> {
+    if ctx.json {
+        print_json(o)?;
+    } else if o.changes.is_empty() {
+        println!("{}: nothing to change ({})", o.serial, o.status);
+    } else {
+        println!(
+            "{}: {}{}",
+            o.serial,
+            o.changes
+                .iter()
+                .map(describe_change)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if o.forced { " (forced)" } else { "" }
+        );
+    }
+    Ok(0)
+}
+
+/// `cradle status`: the fleet by state, site and batch.
+pub fn status(ctx: &Ctx) -> anyhow::Result<i32> {
+    let reg = ctx.registry()?;
+    let s: FleetSummary = q::fleet_summary(reg.conn())?;
+    if ctx.json {
+        print_json(&s)?;
+        return Ok(0);
+    }
+    println!("{} devices", s.devices.total);
+    let rows: Vec<Vec<String>> = DeviceStatus::ALL
+        .iter()
+        .map(|st| vec![st.to_string(), s.devices.get(*st).to_string()])
+        .collect();
+    print_table(&["STATE", "DEVICES"], &rows)?;
+    for (title, groups) in [("SITE", &s.by_site), ("BATCH", &s.by_batch)] {
+        println!();
+        let mut headers = vec![title, "TOTAL"];
+        headers.extend(DeviceStatus::ALL.iter().map(|st| st.as_str()));
+        let headers: Vec<String> = headers.iter().map(|h| h.to_uppercase()).collect();
+        let rows: Vec<Vec<String>> = groups
+            .iter()
+            .map(|g| {
+                let mut r = vec![
+                    g.name.clone().unwrap_or_else(|| "(none)".into()),
+                    g.counts.total.to_string(),
+                ];
+                r.extend(
+                    DeviceStatus::ALL
+                        .iter()
+                        .map(|st| g.counts.get(*st).to_string()),
+                );
+                r
+            })
+            .collect();
+        let h: Vec<&str> = headers.iter().map(String::as_str).collect();
+        print_table(&h, &rows)?;
+    }
+    Ok(0)
+}

@@ -1,0 +1,356 @@
+//! `cradle inventory …`: CSV import and export.
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+use indicatif::ProgressBar;
+
+use super::common::{print_json, progress_bar, Ctx};
+use crate::error::Error;
+use crate::inventory::import::{self, Rejection};
+use crate::inventory::{self as inv, Blank, DeviceFilter, Format, ImportOptions, MatchKey, Mode};
+use crate::registry::DeviceStatus;
+
+const IMPORT_HELP: &str = "\
+Columns (header names, case-insensitive): serial, hardware_id, model, hw_rev, batch, site,
+location, owner, mac, imei, status, notes. Columns named attr.NAME are stored as device
+attributes; any other column is an error unless --extra-columns keep.
+
+Cells:
+  blank          leaves the stored value unchanged on update (--blank clears: clears it)
+  <clear>        clears the stored value (serial and status cannot be cleared)
+  '=... '+... '-... '@...   a leading ' before = + - @ TAB CR (after any run of ') is
+                 removed: this undoes the formula neutralisation of `inventory export`
+  mac            aa:bb:cc:dd:ee:ff, aa-bb-.., aabb.ccdd.eeff or 12 hex digits (stored lowercase)
+  imei           15 digits with a valid Luhn check digit
+  status         registered, provisioned, deployed, maintenance, retired, decommissioned;
+                 on update the lifecycle rules apply
+A column named reject_reason (as written by --errors) is ignored.
+
+Every row is checked and every bad row reported as FILE:LINE (the physical line where the
+record starts). By default the import is all-or-nothing in one transaction; --partial
+commits the good rows. Importing the same file twice changes nothing the second time.
+
+Exit codes: 0 imported (or nothing to change); 3 some rows are invalid (nothing written)
+or the file/header is unusable; 7 rows conflict with the registry (nothing written);
+1 with --partial when some rows were rejected (the good rows were written);
+4 registry problem; 8 file cannot be read.
+
+Examples:
+  cradle inventory import devices.csv --dry-run
+  cradle inventory import devices.csv --mode upsert --errors bad.csv
+  cradle inventory import macs.csv --mode update --match mac --blank clears
+  cradle --json inventory import devices.csv --partial";
+
+const EXPORT_HELP: &str = "\
+CSV columns: serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei,
+status, notes, then attr.NAME for each attribute in use. Cells starting with = + - @ TAB or
+CR (after any run of ') get a leading ' so spreadsheets do not execute them; import removes
+it again, so `inventory import --mode upsert` of an export changes nothing.
+JSON and JSON Lines carry every field, timestamps and attributes.
+
+Examples:
+  cradle inventory export -o devices.csv
+  cradle inventory export --status deployed --site berlin-1 --format jsonl
+  cradle inventory export --batch B-2026-11 --format json -o batch.json";
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    Create,
+    Update,
+    Upsert,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MatchArg {
+    Serial,
+    Mac,
+    Imei,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BlankArg {
+    Keep,
+    Clears,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExtraArg {
+    Keep,
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    Csv,
+    Json,
+    Jsonl,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InventoryCommand {
+    /// Import devices from a CSV file (validated, all-or-nothing by default)
+    #[command(after_help = IMPORT_HELP)]
+    Import {
+        /// The CSV file (UTF-8, optional BOM, CRLF or LF, RFC 4180 quoting)
+        file: PathBuf,
+        /// create: new devices only; update: existing only; upsert: both
+        #[arg(long, value_enum, default_value = "create")]
+        mode: ModeArg,
+        /// The column that identifies a row's device
+        #[arg(long = "match", value_enum, default_value = "serial")]
+        key: MatchArg,
+        /// What a blank cell does on update
+        #[arg(long, value_enum, default_value = "keep")]
+        blank: BlankArg,
+        /// Unknown columns: keep them as device attributes, or reject the file
+        #[arg(long, value_enum, default_value = "reject")]
+        extra_columns: ExtraArg,
+        /// Write the rejected rows, with a reject_reason column, to this CSV file
+        #[arg(long, value_name = "BAD.csv")]
+        errors: Option<PathBuf>,
+        /// Commit the good rows even if some are rejected (exit 1 if any were)
+        #[arg(long)]
+        partial: bool,
+        /// Show what would change (created, updated with fields, unchanged, rejected); write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Export devices as CSV, JSON or JSON Lines
+    #[command(after_help = EXPORT_HELP)]
+    Export {
+        /// Output format
+        #[arg(long, value_enum, default_value = "csv")]
+        format: FormatArg,
+        /// Only devices in this lifecycle state
+        #[arg(long)]
+        status: Option<String>,
+        /// Only devices at this site
+        #[arg(long)]
+        site: Option<String>,
+        /// Only devices of this batch
+        #[arg(long)]
+        batch: Option<String>,
+        /// Write to FILE (atomically) instead of stdout
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Draws the progress bar and prints rejections above it.
+struct CliObserver {
+    pb: ProgressBar,
+    printed: u64,
+}
+
+/// Rejections printed on stderr before the rest are only counted (all go to --errors).
+const PRINT_CAP: u64 = 10_000;
+
+impl import::Observer for CliObserver {
+    fn progress(&mut self, bytes: u64) {
+        self.pb.set_position(bytes);
+    }
+    fn rejected(&mut self, r: &Rejection) {
+        self.printed += 1;
+        if self.printed <= PRINT_CAP {
+            self.pb.suspend(|| eprintln!("{r}"));
+        }
+    }
+}
+
+pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
+    match cmd {
+        InventoryCommand::Import {
+            file,
+            mode,
+            key,
+            blank,
+            extra_columns,
+            errors,
+            partial,
+            dry_run,
+        } => {
+            let opts = ImportOptions {
+                mode: match mode {
+                    ModeArg::Create => Mode::Create,
+                    ModeArg::Update => Mode::Update,
+                    ModeArg::Upsert => Mode::Upsert,
+                },
+                key: match key {
+                    MatchArg::Serial => MatchKey::Serial,
+                    MatchArg::Mac => MatchKey::Mac,
+                    MatchArg::Imei => MatchKey::Imei,
+                },
+                blank: match blank {
+                    BlankArg::Keep => Blank::Keep,
+                    BlankArg::Clears => Blank::Clears,
+                },
+                keep_extra: matches!(extra_columns, ExtraArg::Keep),
+                partial,
+                dry_run,
+                errors_path: errors,
+            };
+            import_cmd(ctx, &file, &opts)
+        }
+        InventoryCommand::Export {
+            format,
+            status,
+            site,
+            batch,
+            out,
+        } => {
+            let filter = DeviceFilter {
+                status: status.map(|s| s.parse::<DeviceStatus>()).transpose()?,
+                site,
+                batch,
+            };
+            let format = match format {
+                FormatArg::Csv => Format::Csv,
+                FormatArg::Json => Format::Json,
+                FormatArg::Jsonl => Format::Jsonl,
+            };
+            let reg = ctx.registry()?;
+            let pb = progress_bar(0, "export");
+            pb.set_length(crate::registry::inventory::approx_device_count(reg.conn())?);
+            let mut tick = |n: u64| pb.set_position(n);
+            let n = match &out {
+                Some(path) => {
+                    let dir = match path.parent() {
+                        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                        _ => PathBuf::from("."),
+                    };
+                    let tmp =
+                        tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
+                    let mut w = BufWriter::with_capacity(1 << 20, tmp);
+                    let n = inv::export(reg.conn(), &filter, format, &mut w, &mut tick)?;
+                    let tmp = w
+                        .into_inner()
+                        .map_err(|e| Error::io(path, e.into_error()))?;
+                    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+                    n
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut w = BufWriter::with_capacity(1 << 20, stdout.lock());
+                    let n = inv::export(reg.conn(), &filter, format, &mut w, &mut tick)?;
+                    w.flush().context("writing to stdout")?;
+                    n
+                }
+            };
+            pb.finish_and_clear();
+            if let Some(path) = &out {
+                if ctx.json {
+                    print_json(&serde_json::json!({
+                        "file": path.display().to_string(),
+                        "devices": n,
+                    }))?;
+                } else {
+                    eprintln!("exported {n} devices to {}", path.display());
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn import_cmd(ctx: &Ctx, file: &std::path::Path, opts: &ImportOptions) -> anyhow::Result<i32> {
+    let mut reg = ctx.registry()?;
+    let config = ctx.config()?;
+    let actor = ctx.actor(&config);
+    let len = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let pb = progress_bar(len, "import");
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    let mut obs = CliObserver {
+        pb: pb.clone(),
+        printed: 0,
+    };
+    let s = inv::import(&mut reg, file, opts, &actor, &mut obs)?;
+    pb.finish_and_clear();
+    if obs.printed > PRINT_CAP {
+        eprintln!(
+            "… {} more rejected rows not shown{}",
+            obs.printed - PRINT_CAP,
+            s.errors_file
+                .as_deref()
+                .map(|f| format!(" (all are in {f})"))
+                .unwrap_or_default()
+        );
+    }
+    if ctx.json {
+        print_json(&s)?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        let verb = if s.dry_run { "would be " } else { "" };
+        writeln!(
+            out,
+            "{}{}: {} rows: {} {verb}created, {} {verb}updated, {} unchanged, {} rejected",
+            if s.dry_run { "dry run: " } else { "" },
+            s.file,
+            s.rows,
+            s.created,
+            s.updated,
+            s.unchanged,
+            s.rejected
+        )?;
+        if !s.updates.is_empty() {
+            writeln!(out, "updated:")?;
+            import::write_updates(&mut out, &s)?;
+        }
+        if s.rejected == 0 && s.nothing_changed() {
+            writeln!(
+                out,
+                "nothing to change: the registry already matches {}",
+                s.file
+            )?;
+        } else if s.dry_run {
+            writeln!(out, "dry run: nothing written")?;
+        } else if s.committed && s.rejected > 0 {
+            writeln!(
+                out,
+                "imported the good rows; {} rejected rows were not imported",
+                s.rejected
+            )?;
+        }
+        if let Some(f) = &s.errors_file {
+            if s.rejected > 0 {
+                writeln!(out, "rejected rows written to {f}")?;
+            }
+        }
+    }
+    if s.rejected == 0 {
+        return Ok(0);
+    }
+    if opts.partial {
+        return Ok(crate::error::exit::FAILED);
+    }
+    // Without --partial nothing was written: fail with the documented code.
+    let all_conflicts = s.rejected_conflicts == s.rejected;
+    let what = if all_conflicts {
+        "conflict with the registry"
+    } else {
+        "are invalid"
+    };
+    let msg =
+        format!(
+        "{}: {} of {} rows {what}; nothing {} (fix them, or use --partial to import the other {})",
+        s.file,
+        s.rejected,
+        s.rows,
+        if s.dry_run { "would be written" } else { "was written" },
+        s.rows - s.rejected
+    );
+    let err = if all_conflicts {
+        Error::conflict(msg)
+    } else {
+        Error::input(msg)
+    };
+    Err(err.into())
+}

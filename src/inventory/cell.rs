@@ -1,0 +1,93 @@
+//! Cell rules shared by import and export: spreadsheet-formula neutralisation and the
+//! literal that clears a field.
+//!
+//! **Formula rule.** A spreadsheet executes a cell that starts with `=`, `+`, `-`, `@`,
+//! TAB or CR. On export, a value is prefixed with one `'` when it starts with one of
+//! those characters *after any run of leading `'`* (so `=1+1` → `'=1+1`, and a value
+//! that genuinely is `'=x` → `''=x`). On import, a cell that starts with `'` followed by
+//! zero or more `'` and then one of those characters loses exactly one leading `'`.
+//! Every other cell is taken as is (`'hello` stays `'hello`). Export then import gives
+//! back every value exactly.
+//!
+//! **Clearing.** A cell holding exactly [`CLEAR`] clears the field on update (it is
+//! never stored as a value). A blank cell leaves the stored value unchanged, unless
+//! `--blank clears` is given.
+
+use std::borrow::Cow;
+
+/// The literal that clears a field on import (and `device set FIELD=` does the same).
+pub const CLEAR: &str = "<clear>";
+
+fn is_trigger(b: u8) -> bool {
+    matches!(b, b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+}
+
+/// True if a spreadsheet would execute (or the restore rule would alter) `s`.
+pub fn needs_neutralising(s: &str) -> bool {
+    let rest = s.trim_start_matches('\'');
+    rest.as_bytes().first().is_some_and(|&b| is_trigger(b))
+}
+
+/// The export form of a cell value.
+pub fn neutralise(s: &str) -> Cow<'_, str> {
+    if needs_neutralising(s) {
+        let mut o = String::with_capacity(s.len() + 1);
+        o.push('\'');
+        o.push_str(s);
+        Cow::Owned(o)
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// The stored value of an imported cell (inverse of [`neutralise`]).
+pub fn restore(s: &str) -> &str {
+    match s.strip_prefix('\'') {
+        Some(rest) if needs_neutralising(rest) => rest,
+        _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_interesting_value() {
+        for v in [
+            "",
+            "plain",
+            "=1+1",
+            "+49 30 1234",
+            "-5",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+            "'",
+            "''",
+            "'=x",
+            "''=x",
+            "'hello",
+            "'",
+            "a=b",
+            "=",
+            "'-",
+            "'''+",
+            "müller",
+            "\"q\"",
+        ] {
+            let out = neutralise(v);
+            assert_eq!(restore(&out), v, "value {v:?} exported as {out:?}");
+            // The exported cell never starts with a trigger character.
+            assert!(
+                !out.as_bytes().first().is_some_and(|&b| is_trigger(b)),
+                "{v:?}"
+            );
+        }
+        assert_eq!(neutralise("=1"), "'=1");
+        assert_eq!(neutralise("'=1"), "''=1");
+        assert_eq!(neutralise("'x"), "'x");
+        assert_eq!(restore("'=1"), "=1");
+        assert_eq!(restore("'x"), "'x");
+    }
+}

@@ -1,0 +1,273 @@
+//! Single-device edits and lifecycle moves: `device set`, `deploy`, `maintenance`,
+//! `return`. Each runs in one transaction and records events (field changes as
+//! `device.updated`, state changes through `lifecycle::transition`).
+
+use serde::Serialize;
+
+use super::cell::CLEAR;
+use super::fields::{self, Field, ATTR_PREFIX};
+use super::import::Change;
+use crate::error::{Error, Result};
+use crate::identity::Actor;
+use crate::lifecycle;
+use crate::registry::devices::{require_device, DeviceStatus};
+use crate::registry::events::{EventChain, NewEvent};
+use crate::registry::inventory::update_device_fields;
+use crate::registry::{now_rfc3339, Registry};
+
+/// One `FIELD=VALUE` assignment. An empty value or `<clear>` clears the field.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub field: String,
+    pub value: String,
+}
+
+impl std::str::FromStr for Assignment {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (f, v) = s.split_once('=').ok_or_else(|| {
+            Error::input(format!(
+                "'{s}' is not FIELD=VALUE (fields: {}, attr.NAME)",
+                editable()
+            ))
+        })?;
+        Ok(Assignment {
+            field: f.trim().to_string(),
+            value: v.to_string(),
+        })
+    }
+}
+
+fn editable() -> String {
+    Field::ALL
+        .iter()
+        .filter(|f| **f != Field::Serial)
+        .map(|f| f.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EditOutcome {
+    pub serial: String,
+    pub status: DeviceStatus,
+    pub changes: Vec<Change>,
+    /// True when the state change needed --force.
+    pub forced: bool,
+}
+
+enum Target {
+    Field(Field, Option<String>),
+    Attr(String, Option<String>),
+    Status(DeviceStatus),
+}
+
+fn parse_assignment(a: &Assignment) -> Result<Target> {
+    let clear = a.value.is_empty() || a.value == CLEAR;
+    let bad = |m: String| Error::input(format!("{}: {m}", a.field));
+    if let Some(name) = a.field.strip_prefix(ATTR_PREFIX) {
+        fields::check_attr_name(name).map_err(bad)?;
+        if clear {
+            return Ok(Target::Attr(name.to_string(), None));
+        }
+        fields::check_attr_value(&a.value).map_err(bad)?;
+        return Ok(Target::Attr(name.to_string(), Some(a.value.clone())));
+    }
+    let f = Field::parse(&a.field).ok_or_else(|| {
+        Error::input(format!(
+            "unknown field '{}' (fields: {}, attr.NAME)",
+            a.field,
+            editable()
+        ))
+    })?;
+    match f {
+        Field::Serial => Err(Error::input(
+            "the serial cannot be changed (it identifies the device and its certificates)",
+        )),
+        Field::Status => {
+            if clear {
+                return Err(Error::input("status cannot be cleared"));
+            }
+            Ok(Target::Status(a.value.parse()?))
+        }
+        _ if clear => Ok(Target::Field(f, None)),
+        _ => {
+            let v = f.check(&a.value).map_err(bad)?;
+            Ok(Target::Field(f, Some(v.into_owned())))
+        }
+    }
+}
+
+/// Applies field assignments and an optional state change to one device.
+pub fn edit(
+    reg: &mut Registry,
+    serial: &str,
+    assignments: &[Assignment],
+    actor: &Actor,
+    force_reason: Option<&str>,
+    command: &str,
+) -> Result<EditOutcome> {
+    let targets = assignments
+        .iter()
+        .map(parse_assignment)
+        .collect::<Result<Vec<_>>>()?;
+    let now = now_rfc3339();
+    let tx = reg.write()?;
+    let dev = require_device(&tx, serial)?;
+    let mut new = dev.clone();
+    let mut changes = Vec::new();
+    let mut to_status = None;
+    for t in targets {
+        match t {
+            Target::Field(f, v) => {
+                if f.get(&new) != v.as_deref() {
+                    changes.push(Change {
+                        field: f.name().into(),
+                        from: f.get(&new).map(str::to_owned),
+                        to: v.clone(),
+                    });
+                    f.set(&mut new, v);
+                }
+            }
+            Target::Attr(name, v) => {
+                let stored = new.attributes.get(&name).map(|x| match x {
+                    serde_json::Value::String(s) => s.clone(),
+                    o => o.to_string(),
+                });
+                let same = match (new.attributes.get(&name), &v) {
+                    (None, None) => true,
+                    (Some(serde_json::Value::String(s)), Some(t)) => s == t,
+                    _ => false,
+                };
+                if !same {
+                    changes.push(Change {
+                        field: format!("{ATTR_PREFIX}{name}"),
+                        from: stored,
+                        to: v.clone(),
+                    });
+                    match v {
+                        Some(v) => new.attributes.insert(name, serde_json::Value::String(v)),
+                        None => new.attributes.remove(&name),
+                    };
+                }
+            }
+            Target::Status(s) => to_status = Some(s),
+        }
+    }
+    // Check the state change before writing anything.
+    let mut forced = false;
+    if let Some(to) = to_status {
+        if to != dev.status && !dev.status.can_move_to(to) {
+            if force_reason.is_none_or(|r| r.trim().is_empty()) {
+                return Err(Error::conflict(format!(
+                    "device '{}' is {}; it cannot move to {to} (use --force --reason TEXT to override)",
+                    dev.serial, dev.status
+                )));
+            }
+            forced = true;
+        }
+    }
+    let mut chain = EventChain::load(&tx)?;
+    if !changes.is_empty() {
+        update_device_fields(&tx, &new, &now)?;
+        let mut m = serde_json::Map::new();
+        for c in &changes {
+            m.insert(c.field.clone(), serde_json::json!([c.from, c.to]));
+        }
+        chain.append(
+            &tx,
+            &NewEvent {
+                device_id: Some(dev.id),
+                kind: "device.updated",
+                actor: &actor.operator,
+                station: &actor.station,
+                details: serde_json::json!({"source": command, "changes": m}),
+            },
+            &now,
+        )?;
+    }
+    let mut status = dev.status;
+    if let Some(to) = to_status {
+        if lifecycle::transition(
+            &tx,
+            &mut chain,
+            &new,
+            to,
+            actor,
+            force_reason,
+            &now,
+            serde_json::json!({"source": command}),
+        )? {
+            changes.push(Change {
+                field: "status".into(),
+                from: Some(dev.status.to_string()),
+                to: Some(to.to_string()),
+            });
+            status = to;
+        }
+    }
+    if !changes.is_empty() {
+        chain.store_head(&tx)?;
+        tx.commit()?;
+    }
+    Ok(EditOutcome {
+        serial: dev.serial,
+        status,
+        changes,
+        forced,
+    })
+}
+
+/// `device deploy`: set site (and location) and move to deployed. Without `site`, the
+/// stored site is kept (returning from maintenance); a device with no site needs one.
+pub fn deploy(
+    reg: &mut Registry,
+    serial: &str,
+    site: Option<&str>,
+    location: Option<&str>,
+    actor: &Actor,
+    force_reason: Option<&str>,
+) -> Result<EditOutcome> {
+    let mut a = Vec::new();
+    match site {
+        Some(s) if !s.is_empty() => a.push(Assignment {
+            field: "site".into(),
+            value: s.into(),
+        }),
+        _ => {
+            let dev = require_device(reg.conn(), serial)?;
+            if dev.site.is_none() {
+                return Err(Error::input(format!(
+                    "device '{serial}' has no site; give --site SITE"
+                )));
+            }
+        }
+    }
+    if let Some(l) = location {
+        a.push(Assignment {
+            field: "location".into(),
+            value: l.into(),
+        });
+    }
+    a.push(Assignment {
+        field: "status".into(),
+        value: "deployed".into(),
+    });
+    edit(reg, serial, &a, actor, force_reason, "device deploy")
+}
+
+/// Moves a device to `to` with no field changes.
+pub fn move_to(
+    reg: &mut Registry,
+    serial: &str,
+    to: DeviceStatus,
+    actor: &Actor,
+    force_reason: Option<&str>,
+    command: &str,
+) -> Result<EditOutcome> {
+    let a = [Assignment {
+        field: "status".into(),
+        value: to.as_str().into(),
+    }];
+    edit(reg, serial, &a, actor, force_reason, command)
+}

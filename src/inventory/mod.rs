@@ -1,0 +1,12 @@
+//! Inventory: CSV import and export on top of the registry, and single-device
+//! lifecycle edits. See `cell` for the formula and blank-cell rules.
+
+pub mod cell;
+pub mod device;
+pub mod export;
+pub mod fields;
+pub mod import;
+
+pub use crate::registry::inventory::{DeviceFilter, MatchKey};
+pub use export::{export, Format};
+pub use import::{import, Blank, ImportOptions, ImportSummary, Mode, Observer, Rejection};

@@ -1,0 +1,534 @@
+//! SQL for inventory import/export, device listing and the fleet summary.
+//!
+//! Import keeps one prepared statement per kind and appends events itself (same hash
+//! as `events::event_hash`, without per-event allocations); the caller refreshes the
+//! recorded chain head with `EventChain::load(..).store_head(..)` before committing.
+
+use std::fmt::Write as _;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OptionalExtension, Statement};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::devices::{self, from_row, Device, DeviceStatus, DEVICE_COLUMNS};
+use super::events::GENESIS;
+use crate::error::{Error, Result};
+
+/// Page cache for a bulk import, in KiB: big enough that index pages stay cached on
+/// a million-row import, small enough to keep peak memory flat.
+pub const IMPORT_CACHE_KIB: i64 = 16 * 1024;
+/// Page cache of the temporary table of keys seen in an update/upsert import.
+pub const SEEN_CACHE_KIB: i64 = 4 * 1024;
+/// Page cache for a sequential scan (export, listing): pages are read once.
+pub const SCAN_CACHE_KIB: i64 = 2 * 1024;
+
+/// Which column identifies the device a row refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchKey {
+    Serial,
+    Mac,
+    Imei,
+}
+
+impl MatchKey {
+    pub fn column(self) -> &'static str {
+        match self {
+            MatchKey::Serial => "serial",
+            MatchKey::Mac => "mac",
+            MatchKey::Imei => "imei",
+        }
+    }
+}
+
+/// Result of looking a row's key up in the registry.
+pub enum Lookup {
+    None,
+    One(Box<Device>),
+    /// More than one device has this MAC or IMEI.
+    Many(u64),
+}
+
+/// Prepared statements and the event-chain head for one import transaction.
+pub struct ImportDb<'c> {
+    conn: &'c Connection,
+    insert_device: Statement<'c>,
+    insert_event: Statement<'c>,
+    by_serial: Statement<'c>,
+    by_mac: Statement<'c>,
+    by_imei: Statement<'c>,
+    update: Statement<'c>,
+    seen_insert: Option<Statement<'c>>,
+    seen_line: Option<Statement<'c>>,
+    head_id: i64,
+    head_hash: [u8; 64],
+    num: String,
+    pub events_written: u64,
+}
+
+impl<'c> ImportDb<'c> {
+    pub fn new(conn: &'c Connection) -> Result<ImportDb<'c>> {
+        conn.pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)?;
+        let sel = |w: &str| format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE {w} LIMIT 2");
+        let mut db = ImportDb {
+            conn,
+            insert_device: conn.prepare(
+                "INSERT INTO devices (serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)",
+            )?,
+            insert_event: conn.prepare(
+                "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?,
+            by_serial: conn.prepare(&sel("serial = ?1"))?,
+            by_mac: conn.prepare(&sel("mac = ?1"))?,
+            by_imei: conn.prepare(&sel("imei = ?1"))?,
+            update: conn.prepare(
+                "UPDATE devices SET hardware_id = ?2, model = ?3, hw_rev = ?4, batch = ?5, site = ?6,
+                 location = ?7, owner = ?8, mac = ?9, imei = ?10, notes = ?11, attributes = ?12,
+                 updated_at = ?13 WHERE id = ?1",
+            )?,
+            seen_insert: None,
+            seen_line: None,
+            head_id: 0,
+            head_hash: [b'0'; 64],
+            num: String::with_capacity(24),
+            events_written: 0,
+        };
+        db.reload_head()?;
+        Ok(db)
+    }
+
+    /// Re-reads the chain head (after something else, e.g. `lifecycle::transition`,
+    /// appended events on this connection).
+    pub fn reload_head(&mut self) -> Result<()> {
+        let last: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT id, hash FROM events ORDER BY id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (id, hash) = last.unwrap_or((0, GENESIS.to_string()));
+        if hash.len() != 64 {
+            return Err(Error::input(format!(
+                "event {id} has a malformed hash; run the audit"
+            )));
+        }
+        self.head_id = id;
+        self.head_hash.copy_from_slice(hash.as_bytes());
+        Ok(())
+    }
+
+    /// Records that a row of this file used `key`; returns the line of an earlier row
+    /// with the same key. The keys live in a temporary on-disk table (its own small
+    /// page cache), so memory stays flat however many rows the file has.
+    pub fn first_line_of_key(&mut self, key: &str, line: u64) -> Result<Option<i64>> {
+        if self.seen_insert.is_none() {
+            self.conn.execute_batch(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS import_seen (key TEXT PRIMARY KEY, line INTEGER NOT NULL) WITHOUT ROWID;
+                 DELETE FROM temp.import_seen;
+                 PRAGMA temp.cache_size = -{SEEN_CACHE_KIB};"
+            ))?;
+            self.seen_insert =
+                Some(self.conn.prepare(
+                    "INSERT OR IGNORE INTO temp.import_seen (key, line) VALUES (?1, ?2)",
+                )?);
+            self.seen_line = Some(
+                self.conn
+                    .prepare("SELECT line FROM temp.import_seen WHERE key = ?1")?,
+            );
+        }
+        let ins = self.seen_insert.as_mut().expect("prepared");
+        if ins.execute(params![key, line as i64])? == 1 {
+            return Ok(None);
+        }
+        let sel = self.seen_line.as_mut().expect("prepared");
+        Ok(sel.query_row([key], |r| r.get(0)).optional()?)
+    }
+
+    /// The largest device id now (devices created later in this transaction have larger ids).
+    pub fn max_device_id(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT coalesce(max(id), 0) FROM devices", [], |r| r.get(0))?)
+    }
+
+    pub fn find(&mut self, key: MatchKey, value: &str) -> Result<Lookup> {
+        let stmt = match key {
+            MatchKey::Serial => &mut self.by_serial,
+            MatchKey::Mac => &mut self.by_mac,
+            MatchKey::Imei => &mut self.by_imei,
+        };
+        let mut rows = stmt.query([value])?;
+        let first = match rows.next()? {
+            None => return Ok(Lookup::None),
+            Some(r) => from_row(r)?,
+        };
+        if rows.next()?.is_some() {
+            drop(rows);
+            let n: u64 = self.conn.query_row(
+                &format!("SELECT count(*) FROM devices WHERE {} = ?1", key.column()),
+                [value],
+                |r| r.get(0),
+            )?;
+            return Ok(Lookup::Many(n));
+        }
+        Ok(Lookup::One(Box::new(first)))
+    }
+
+    /// Inserts a device from the 12 documented fields (in `Field` order) and the
+    /// attributes JSON. `Ok(None)` means the serial already exists.
+    pub fn insert(
+        &mut self,
+        f: &[Option<&str>; 12],
+        attributes: Option<&str>,
+        now: &str,
+    ) -> Result<Option<i64>> {
+        let status = f[10].unwrap_or(DeviceStatus::Registered.as_str());
+        let r = self.insert_device.execute(params![
+            f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], status, f[11], attributes,
+            now
+        ]);
+        match r {
+            Ok(_) => Ok(Some(self.conn.last_insert_rowid())),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes every field of `d` except serial and status (those go through lifecycle).
+    pub fn update_fields(&mut self, d: &Device, now: &str) -> Result<()> {
+        self.update.execute(params![
+            d.id,
+            d.hardware_id,
+            d.model,
+            d.hw_rev,
+            d.batch,
+            d.site,
+            d.location,
+            d.owner,
+            d.mac,
+            d.imei,
+            d.notes,
+            devices::attributes_json(&d.attributes),
+            now
+        ])?;
+        Ok(())
+    }
+
+    /// Appends one event to the chain; `details` must be compact JSON.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_event(
+        &mut self,
+        device_id: i64,
+        kind: &str,
+        actor: &str,
+        station: &str,
+        at: &str,
+        details: &str,
+    ) -> Result<()> {
+        let id = self.head_id + 1;
+        let mut h = Sha256::new();
+        self.num.clear();
+        let _ = write!(self.num, "{id}");
+        h.update(self.num.as_bytes());
+        h.update(b"\n");
+        h.update(self.head_hash);
+        h.update(b"\n");
+        self.num.clear();
+        let _ = write!(self.num, "{device_id}");
+        h.update(self.num.as_bytes());
+        for part in [kind, actor, station, at, details] {
+            h.update(b"\n");
+            h.update(part.as_bytes());
+        }
+        h.update(b"\n");
+        let mut hash = [0u8; 64];
+        hex::encode_to_slice(h.finalize(), &mut hash).expect("64 hex digits");
+        // Both buffers are ASCII hex digits.
+        let prev = std::str::from_utf8(&self.head_hash).expect("hex");
+        let new = std::str::from_utf8(&hash).expect("hex");
+        self.insert_event.execute(params![
+            id, device_id, kind, actor, station, at, details, prev, new
+        ])?;
+        self.head_id = id;
+        self.head_hash = hash;
+        self.events_written += 1;
+        Ok(())
+    }
+
+    /// The line recorded on the first event this import wrote for a device (to name
+    /// the earlier row of an in-file duplicate).
+    pub fn import_line_of(&self, device_id: i64) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT json_extract(details, '$.line') FROM events WHERE device_id = ?1 ORDER BY id DESC LIMIT 1",
+                [device_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+}
+
+/// Filters shared by export and `device list`.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    pub status: Option<DeviceStatus>,
+    pub site: Option<String>,
+    pub batch: Option<String>,
+}
+
+const FILTER_SQL: &str =
+    "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR site = ?2) AND (?3 IS NULL OR batch = ?3)";
+
+/// Attribute names used by the filtered devices, sorted (the CSV export's extra columns).
+pub fn attribute_keys(conn: &Connection, f: &DeviceFilter) -> Result<Vec<String>> {
+    conn.pragma_update(None, "cache_size", -SCAN_CACHE_KIB)?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT DISTINCT j.key FROM devices, json_each(devices.attributes) AS j
+         WHERE devices.attributes IS NOT NULL AND json_valid(devices.attributes) AND {FILTER_SQL} ORDER BY 1"
+    ))?;
+    let rows = stmt.query_map(
+        params![f.status.map(|s| s.as_str()), f.site, f.batch],
+        |r| r.get::<_, String>(0),
+    )?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// The largest device id: an instant upper bound on the device count, for progress
+/// bars (a `count(*)` would scan a whole index first).
+pub fn approx_device_count(conn: &Connection) -> Result<u64> {
+    let n: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM devices", [], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
+/// Calls `each` with the 12 documented fields (in `Field` order) and the attributes
+/// JSON of every filtered device, in id order, without building a `Device`.
+pub fn for_each_row(
+    conn: &Connection,
+    f: &DeviceFilter,
+    mut each: impl FnMut(&[Option<&str>; 13]) -> Result<()>,
+) -> Result<u64> {
+    conn.pragma_update(None, "cache_size", -SCAN_CACHE_KIB)?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes
+         FROM devices WHERE {FILTER_SQL} ORDER BY id"
+    ))?;
+    let mut rows = stmt.query(params![f.status.map(|s| s.as_str()), f.site, f.batch])?;
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        let mut cols: [Option<&str>; 13] = [None; 13];
+        for (i, c) in cols.iter_mut().enumerate() {
+            *c = match r.get_ref(i)? {
+                ValueRef::Null => None,
+                ValueRef::Text(t) => Some(std::str::from_utf8(t).map_err(|_| {
+                    Error::input(format!("device row {} holds invalid UTF-8", n + 1))
+                })?),
+                other => {
+                    return Err(Error::input(format!(
+                        "device row {}: column {i} has type {:?}, expected text",
+                        n + 1,
+                        other.data_type()
+                    )))
+                }
+            };
+        }
+        each(&cols)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Calls `each` with every filtered device, in id order.
+pub fn for_each_device(
+    conn: &Connection,
+    f: &DeviceFilter,
+    mut each: impl FnMut(Device) -> Result<()>,
+) -> Result<u64> {
+    conn.pragma_update(None, "cache_size", -SCAN_CACHE_KIB)?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE {FILTER_SQL} ORDER BY id"
+    ))?;
+    let mut rows = stmt.query(params![f.status.map(|s| s.as_str()), f.site, f.batch])?;
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        each(from_row(r)?)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Counts of devices per lifecycle state, for one group (a site, a batch) or the fleet.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct StateCounts {
+    pub total: u64,
+    pub registered: u64,
+    pub provisioned: u64,
+    pub deployed: u64,
+    pub maintenance: u64,
+    pub retired: u64,
+    pub decommissioned: u64,
+}
+
+impl StateCounts {
+    pub fn add(&mut self, s: DeviceStatus, n: u64) {
+        self.total += n;
+        *match s {
+            DeviceStatus::Registered => &mut self.registered,
+            DeviceStatus::Provisioned => &mut self.provisioned,
+            DeviceStatus::Deployed => &mut self.deployed,
+            DeviceStatus::Maintenance => &mut self.maintenance,
+            DeviceStatus::Retired => &mut self.retired,
+            DeviceStatus::Decommissioned => &mut self.decommissioned,
+        } += n;
+    }
+    pub fn get(&self, s: DeviceStatus) -> u64 {
+        match s {
+            DeviceStatus::Registered => self.registered,
+            DeviceStatus::Provisioned => self.provisioned,
+            DeviceStatus::Deployed => self.deployed,
+            DeviceStatus::Maintenance => self.maintenance,
+            DeviceStatus::Retired => self.retired,
+            DeviceStatus::Decommissioned => self.decommissioned,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupCounts {
+    /// The site or batch; `null` for devices without one.
+    pub name: Option<String>,
+    #[serde(flatten)]
+    pub counts: StateCounts,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetSummary {
+    pub devices: StateCounts,
+    pub by_site: Vec<GroupCounts>,
+    pub by_batch: Vec<GroupCounts>,
+}
+
+/// The fleet by state, site and batch.
+pub fn fleet_summary(conn: &Connection) -> Result<FleetSummary> {
+    let mut devices = StateCounts::default();
+    let mut st = conn.prepare("SELECT status, count(*) FROM devices GROUP BY status")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let s: String = r.get(0)?;
+        devices.add(s.parse()?, r.get::<_, i64>(1)? as u64);
+    }
+    let group = |col: &str| -> Result<Vec<GroupCounts>> {
+        let mut st = conn.prepare(&format!(
+            "SELECT {col}, status, count(*) FROM devices GROUP BY {col}, status ORDER BY {col} IS NULL, {col}"
+        ))?;
+        let mut rows = st.query([])?;
+        let mut out: Vec<GroupCounts> = Vec::new();
+        while let Some(r) = rows.next()? {
+            let name: Option<String> = r.get(0)?;
+            let s: String = r.get(1)?;
+            let n = r.get::<_, i64>(2)? as u64;
+            if out.last().is_none_or(|g| g.name != name) {
+                out.push(GroupCounts {
+                    name,
+                    counts: StateCounts::default(),
+                });
+            }
+            out.last_mut().expect("pushed").counts.add(s.parse()?, n);
+        }
+        Ok(out)
+    };
+    Ok(FleetSummary {
+        devices,
+        by_site: group("site")?,
+        by_batch: group("batch")?,
+    })
+}
+
+/// Writes every field of a device except serial and status (used by `device set`).
+pub fn update_device_fields(conn: &Connection, d: &Device, now: &str) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE devices SET hardware_id = ?2, model = ?3, hw_rev = ?4, batch = ?5, site = ?6,
+         location = ?7, owner = ?8, mac = ?9, imei = ?10, notes = ?11, attributes = ?12,
+         updated_at = ?13 WHERE id = ?1",
+    )?
+    .execute(params![
+        d.id,
+        d.hardware_id,
+        d.model,
+        d.hw_rev,
+        d.batch,
+        d.site,
+        d.location,
+        d.owner,
+        d.mac,
+        d.imei,
+        d.notes,
+        devices::attributes_json(&d.attributes),
+        now
+    ])?;
+    Ok(())
+}
+
+/// Number of certificates per status for one device (for `device show`).
+pub fn cert_counts(conn: &Connection, device_id: i64) -> Result<Vec<(String, u64)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT status, count(*) FROM certificates WHERE device_id = ?1 GROUP BY status ORDER BY status",
+    )?;
+    let rows = st.query_map([device_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::events::{event_hash, verify_chain, EventChain};
+    use crate::registry::Registry;
+
+    #[test]
+    fn fast_event_hash_matches_the_chain() {
+        let mut reg = Registry::in_memory().unwrap();
+        let tx = reg.write().unwrap();
+        let mut db = ImportDb::new(&tx).unwrap();
+        let mut f: [Option<&str>; 12] = [None; 12];
+        f[0] = Some("A-1");
+        let id = db
+            .insert(&f, None, "2026-01-01T00:00:00Z")
+            .unwrap()
+            .unwrap();
+        db.append_event(id, "device.created", "op", "st", "t", r#"{"line":2}"#)
+            .unwrap();
+        db.append_event(id, "device.updated", "op", "st", "t", "{}")
+            .unwrap();
+        assert!(
+            db.insert(&f, None, "t").unwrap().is_none(),
+            "duplicate serial"
+        );
+        drop(db);
+        let h1 = event_hash(
+            1,
+            GENESIS,
+            Some(id),
+            "device.created",
+            "op",
+            "st",
+            "t",
+            r#"{"line":2}"#,
+        );
+        let stored: String = tx
+            .query_row("SELECT hash FROM events WHERE id = 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, h1);
+        EventChain::load(&tx).unwrap().store_head(&tx).unwrap();
+        assert!(verify_chain(&tx).unwrap().first_break.is_none());
+    }
+}

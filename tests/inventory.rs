@@ -1,0 +1,724 @@
+//! Inventory import/export and the device lifecycle, end to end through the binary.
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::Env;
+use serde_json::Value;
+
+/// Copies a fixture into the test's directory; returns its (relative) name.
+fn fixture(env: &Env, name: &str) -> String {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/inventory")
+        .join(name);
+    std::fs::copy(&src, env.path(name)).unwrap();
+    name.to_string()
+}
+
+fn write(env: &Env, name: &str, data: &[u8]) -> String {
+    std::fs::write(env.path(name), data).unwrap();
+    name.to_string()
+}
+
+fn device(env: &Env, serial: &str) -> Value {
+    env.json(&["device", "show", serial])
+}
+
+fn chain_ok(env: &Env) {
+    let reg = cradle::registry::Registry::open(&env.registry()).unwrap();
+    let r = cradle::registry::events::verify_chain(reg.conn()).unwrap();
+    assert!(r.first_break.is_none(), "{:?}", r.first_break);
+}
+
+fn event_count(env: &Env) -> usize {
+    env.sql("SELECT count(*) FROM events")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Runs a failing import, checks the exit code and that the registry is unchanged.
+fn fails_unchanged(env: &Env, args: &[&str], code: i32) -> String {
+    let before = env.dump();
+    let err = env.fails(args, code);
+    assert_eq!(env.dump(), before, "registry changed after a failed import");
+    err
+}
+
+#[test]
+fn good_file_imports_with_events_and_second_import_changes_nothing() {
+    let env = Env::init();
+    let f = fixture(&env, "good.csv");
+    let out = env.ok(&["inventory", "import", &f]);
+    assert!(out.contains("3 created"), "{out}");
+    let d = device(&env, "ACME-0001");
+    assert_eq!(d["mac"], "aa:bb:cc:00:00:01");
+    assert_eq!(d["imei"], "490154203237518");
+    assert_eq!(d["site"], "berlin-1");
+    assert_eq!(device(&env, "ACME-0002")["status"], "provisioned");
+    assert_eq!(device(&env, "ACME-0003")["status"], "registered");
+    assert!(device(&env, "ACME-0003")["site"].is_null());
+    // Who, which file, which line.
+    let h = env.json(&["device", "history", "ACME-0002"]);
+    let ev = &h["events"][0];
+    assert_eq!(ev["kind"], "device.created");
+    assert_eq!(ev["actor"], "tester");
+    assert_eq!(ev["station"], "test-station");
+    assert_eq!(ev["details"]["file"], "good.csv");
+    assert_eq!(ev["details"]["line"], 3);
+    chain_ok(&env);
+
+    let before = env.dump();
+    let out = env.ok(&["inventory", "import", &f, "--mode", "upsert"]);
+    assert!(out.contains("0 created, 0 updated, 3 unchanged"), "{out}");
+    assert!(out.contains("nothing to change"), "{out}");
+    assert_eq!(env.dump(), before, "a second import must not write");
+}
+
+#[test]
+fn bom_crlf_quotes_and_newlines() {
+    let env = Env::init();
+    let f = fixture(&env, "bom_crlf.csv");
+    env.ok(&["inventory", "import", &f]);
+    let d = device(&env, "ACME-0101");
+    assert_eq!(d["model"], "Sensor, \"X\"");
+    assert_eq!(device(&env, "ACME-0102")["notes"], "two\r\nlines");
+    let d = device(&env, "ACME-0103");
+    assert_eq!(d["model"], "Müller ✓");
+    assert_eq!(d["site"], "東京");
+    assert_eq!(d["notes"], "a,b");
+    // Physical lines: the record after a quoted CRLF starts on line 5.
+    let h = env.json(&["device", "history", "ACME-0103"]);
+    assert_eq!(h["events"][0]["details"]["line"], 5);
+    let h = env.json(&["device", "history", "ACME-0101"]);
+    assert_eq!(h["events"][0]["details"]["line"], 2);
+}
+
+#[test]
+fn every_bad_row_is_reported_with_its_physical_line() {
+    let env = Env::init();
+    let f = fixture(&env, "bad_mac.csv");
+    let err = fails_unchanged(&env, &["inventory", "import", &f], 3);
+    assert!(
+        err.contains("bad_mac.csv:3: column 'mac': \"zz:bb:cc:00:02:02\" is not a MAC address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad_mac.csv:7: column 'mac': \"aa:bb:cc:00:02\" is not a MAC address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("2 of 5 rows are invalid; nothing was written"),
+        "{err}"
+    );
+    assert_eq!(env.sql("SELECT count(*) FROM devices").trim(), "0");
+}
+
+#[test]
+fn partial_commits_good_rows_and_errors_file_round_trips() {
+    let env = Env::init();
+    let f = fixture(&env, "bad_mac.csv");
+    let o = env.run(&[
+        "inventory",
+        "import",
+        &f,
+        "--partial",
+        "--errors",
+        "bad.csv",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(env.sql("SELECT count(*) FROM devices").trim(), "3");
+    let bad = std::fs::read_to_string(env.path("bad.csv")).unwrap();
+    let mut r = csv::Reader::from_reader(bad.as_bytes());
+    assert_eq!(
+        r.headers().unwrap().iter().collect::<Vec<_>>(),
+        ["serial", "mac", "notes", "reject_reason"]
+    );
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(&rows[0][0], "ACME-0202");
+    assert!(rows[0][3].contains("is not a MAC address"), "{:?}", rows[0]);
+    // Fix the cells and import the errors file as it is (reject_reason is ignored).
+    let fixed = bad
+        .replace("zz:bb:cc:00:02:02", "aa:bb:cc:00:02:02")
+        .replace("aa:bb:cc:00:02,", "aa:bb:cc:00:02:04,");
+    write(&env, "fixed.csv", fixed.as_bytes());
+    let out = env.ok(&["inventory", "import", "fixed.csv"]);
+    assert!(out.contains("2 created"), "{out}");
+    chain_ok(&env);
+}
+
+#[test]
+fn non_utf8_wrong_header_empty_and_field_counts() {
+    let env = Env::init();
+    let f = fixture(&env, "non_utf8.csv");
+    let err = fails_unchanged(&env, &["inventory", "import", &f], 3);
+    assert!(
+        err.contains("non_utf8.csv:3: column 'site': not valid UTF-8 (byte 0xf6 at offset 1)"),
+        "{err}"
+    );
+
+    let f = fixture(&env, "wrong_header.csv");
+    let err = fails_unchanged(&env, &["inventory", "import", &f], 3);
+    assert!(
+        err.contains("wrong_header.csv:1: unknown column 'modle' in the header"),
+        "{err}"
+    );
+
+    let f = fixture(&env, "empty.csv");
+    let err = fails_unchanged(&env, &["inventory", "import", &f], 3);
+    assert!(err.contains("empty.csv:1: empty file"), "{err}");
+
+    let f = fixture(&env, "field_count.csv");
+    let err = fails_unchanged(&env, &["inventory", "import", &f], 3);
+    assert!(
+        err.contains("field_count.csv:3: 4 fields but the header has 3 columns"),
+        "{err}"
+    );
+    assert!(
+        err.contains("field_count.csv:4: 2 fields but the header has 3 columns"),
+        "{err}"
+    );
+
+    // Header only: nothing to do, not an error.
+    let f = fixture(&env, "header_only.csv");
+    let before = env.dump();
+    let out = env.ok(&["inventory", "import", &f]);
+    assert!(out.contains("0 rows"), "{out}");
+    assert_eq!(env.dump(), before);
+
+    // Missing file: exit 8.
+    fails_unchanged(&env, &["inventory", "import", "nope.csv"], 8);
+}
+
+#[test]
+fn duplicates_in_file_and_conflicts_with_registry() {
+    let env = Env::init();
+    let f = fixture(&env, "duplicate_serials.csv");
+    let err = fails_unchanged(&env, &["inventory", "import", &f], 3);
+    assert!(
+        err.contains("duplicate_serials.csv:4: duplicate serial 'ACME-0501': already at line 2"),
+        "{err}"
+    );
+    // The same in upsert mode (keys tracked in a temporary table) and by MAC.
+    let err = fails_unchanged(&env, &["inventory", "import", &f, "--mode", "upsert"], 3);
+    assert!(
+        err.contains("duplicate_serials.csv:4: duplicate serial 'ACME-0501': already at line 2"),
+        "{err}"
+    );
+    let m = write(
+        &env,
+        "dup_mac.csv",
+        b"serial,mac\nD-1,aa:bb:cc:dd:ee:01\nD-2,zz\nD-3,AA-BB-CC-DD-EE-01\n",
+    );
+    let err = fails_unchanged(
+        &env,
+        &[
+            "inventory",
+            "import",
+            &m,
+            "--mode",
+            "upsert",
+            "--match",
+            "mac",
+        ],
+        3,
+    );
+    assert!(
+        err.contains("dup_mac.csv:4: duplicate mac 'aa:bb:cc:dd:ee:01': already at line 2"),
+        "{err}"
+    );
+    assert!(err.contains("dup_mac.csv:3: column 'mac'"), "{err}");
+    let g = fixture(&env, "good.csv");
+    env.ok(&["inventory", "import", &g]);
+    // create: an existing device is a conflict (exit 7), nothing written.
+    let err = fails_unchanged(&env, &["inventory", "import", &g], 7);
+    assert!(
+        err.contains("good.csv:2: device 'ACME-0001' already exists"),
+        "{err}"
+    );
+    // update: a missing device is a conflict.
+    let m = fixture(&env, "by_mac.csv");
+    let err = fails_unchanged(
+        &env,
+        &[
+            "inventory",
+            "import",
+            &m,
+            "--mode",
+            "update",
+            "--match",
+            "mac",
+        ],
+        7,
+    );
+    assert!(
+        err.contains("by_mac.csv:3: no device with mac 'aa:bb:cc:00:00:99'"),
+        "{err}"
+    );
+    // ... and with --partial the matching row is applied (by MAC, any spelling).
+    let o = env.run(&[
+        "inventory",
+        "import",
+        &m,
+        "--mode",
+        "update",
+        "--match",
+        "mac",
+        "--partial",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(device(&env, "ACME-0001")["site"], "hamburg");
+}
+
+#[test]
+fn lifecycle_states_in_import() {
+    let env = Env::init();
+    let f = fixture(&env, "bad_status.csv");
+    let err = fails_unchanged(&env, &["inventory", "import", &f], 3);
+    assert!(
+        err.contains("bad_status.csv:3: column 'status': 'broken' is not a lifecycle state"),
+        "{err}"
+    );
+    let o = env.run(&["inventory", "import", &f, "--partial"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(device(&env, "ACME-0901")["status"], "deployed");
+    // An update that breaks the lifecycle is a conflict.
+    let back = write(&env, "back.csv", b"serial,status\nACME-0901,provisioned\n");
+    let err = fails_unchanged(&env, &["inventory", "import", &back, "--mode", "update"], 7);
+    assert!(
+        err.contains("back.csv:2: column 'status': device 'ACME-0901' is deployed; it cannot move to provisioned"),
+        "{err}"
+    );
+    // A legal one goes through lifecycle::transition (a device.state event).
+    let m = write(&env, "maint.csv", b"serial,status\nACME-0901,maintenance\n");
+    env.ok(&["inventory", "import", &m, "--mode", "update"]);
+    let h = env.json(&["device", "history", "ACME-0901"]);
+    let last = h["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["kind"], "device.state");
+    assert_eq!(last["details"]["to"], "maintenance");
+    assert_eq!(last["details"]["file"], "maint.csv");
+    chain_ok(&env);
+}
+
+#[test]
+fn dry_run_shows_the_diff_and_writes_nothing() {
+    let env = Env::init();
+    let g = fixture(&env, "good.csv");
+    let before = env.dump();
+    let out = env.ok(&["inventory", "import", &g, "--dry-run"]);
+    assert!(out.contains("3 would be created"), "{out}");
+    assert_eq!(env.dump(), before);
+    env.ok(&["inventory", "import", &g]);
+
+    let u = fixture(&env, "update_sites.csv");
+    let before = env.dump();
+    let s = env.json(&["inventory", "import", &u, "--mode", "update", "--dry-run"]);
+    assert_eq!(env.dump(), before);
+    assert_eq!(s["updated"], 2);
+    assert_eq!(s["unchanged"], 1);
+    assert_eq!(s["committed"], false);
+    let text = env.ok(&["inventory", "import", &u, "--mode", "update", "--dry-run"]);
+    assert!(
+        text.contains("ACME-0001 (line 2): site: \"berlin-1\" -> \"munich-2\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("location: \"rack 2\" -> \"rack 9\", owner: \"ops\" -> (empty)"),
+        "{text}"
+    );
+    // Blank keeps by default; --blank clears empties the blank cells.
+    env.ok(&["inventory", "import", &u, "--mode", "update"]);
+    assert_eq!(device(&env, "ACME-0001")["location"], "rack 1");
+    assert!(
+        device(&env, "ACME-0002")["owner"].is_null(),
+        "<clear> clears"
+    );
+    let s = env.json(&[
+        "inventory",
+        "import",
+        &u,
+        "--mode",
+        "update",
+        "--blank",
+        "clears",
+    ]);
+    assert_eq!(s["updated"], 1, "{s}");
+    let d = device(&env, "ACME-0001");
+    assert!(d["location"].is_null() && d["owner"].is_null(), "{d}");
+    assert_eq!(d["model"], "Sensor-X", "a column not in the file is kept");
+    chain_ok(&env);
+}
+
+#[test]
+fn extra_columns_are_rejected_or_kept_as_attributes() {
+    let env = Env::init();
+    let f = fixture(&env, "extra_columns.csv");
+    let err = fails_unchanged(&env, &["inventory", "import", &f], 3);
+    assert!(
+        err.contains("unknown columns 'color', 'Rack Unit'"),
+        "{err}"
+    );
+    env.ok(&["inventory", "import", &f, "--extra-columns", "keep"]);
+    let d = device(&env, "ACME-0801");
+    assert_eq!(d["attributes"]["color"], "blue");
+    assert_eq!(d["attributes"]["Rack Unit"], "U12");
+    assert!(device(&env, "ACME-0802")["attributes"]
+        .get("color")
+        .is_none());
+}
+
+#[test]
+fn formula_cells_are_restored_on_import_and_neutralised_on_export() {
+    let env = Env::init();
+    let f = fixture(&env, "formula.csv");
+    env.ok(&["inventory", "import", &f]);
+    let d = device(&env, "ACME-0701");
+    assert_eq!(d["model"], "=HYPERLINK(\"http://evil\")");
+    assert_eq!(d["notes"], "+49 30 1234");
+    assert_eq!(d["attributes"]["formula"], "-5");
+    let d = device(&env, "ACME-0702");
+    assert_eq!(d["model"], "@SUM(A1)");
+    assert_eq!(d["notes"], "\tTAB");
+    assert_eq!(d["attributes"]["formula"], "''=quoted");
+    let d = device(&env, "ACME-0703");
+    assert_eq!(
+        d["model"], "'plain quote",
+        "a quote before a letter is kept"
+    );
+    assert_eq!(d["notes"], "\rCR");
+    assert_eq!(d["attributes"]["formula"], "'@x");
+
+    let csv_out = env.ok(&["inventory", "export"]);
+    // No exported cell starts with a character a spreadsheet executes.
+    let mut r = csv::Reader::from_reader(csv_out.as_bytes());
+    for rec in r.records() {
+        for cell in rec.unwrap().iter() {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "unsafe cell {cell:?}"
+            );
+        }
+    }
+    assert!(csv_out.contains("'''=quoted"), "{csv_out}");
+}
+
+#[test]
+fn long_fields() {
+    let env = Env::init();
+    let long = "x".repeat(10_000);
+    let f = write(
+        &env,
+        "long.csv",
+        format!("serial,notes\nACME-1001,{long}\n").as_bytes(),
+    );
+    env.ok(&["inventory", "import", &f]);
+    assert_eq!(
+        device(&env, "ACME-1001")["notes"].as_str().unwrap().len(),
+        10_000
+    );
+    let f = write(
+        &env,
+        "long_site.csv",
+        format!("serial,site\nACME-1002,{long}\n").as_bytes(),
+    );
+    let err = fails_unchanged(&env, &["inventory", "import", &f], 3);
+    assert!(
+        err.contains(
+            "long_site.csv:2: column 'site': value is 10000 characters long; the limit is 256"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn export_then_upsert_changes_nothing() {
+    let env = Env::init();
+    for f in ["good.csv", "bom_crlf.csv", "formula.csv"] {
+        let f = fixture(&env, f);
+        env.ok(&["inventory", "import", &f]);
+    }
+    let f = fixture(&env, "extra_columns.csv");
+    env.ok(&["inventory", "import", &f, "--extra-columns", "keep"]);
+    let long = format!("{}\n\"quoted\", comma", "ü".repeat(10_000));
+    env.ok(&[
+        "device",
+        "set",
+        "ACME-0001",
+        &format!("notes={long}"),
+        "attr.weird==cmd",
+        "attr.q='=x",
+    ]);
+    env.ok(&["device", "set", "ACME-0002", "attr.color=-red"]);
+
+    env.ok(&["inventory", "export", "-o", "all.csv"]);
+    let before = env.dump();
+    let s = env.json(&["inventory", "import", "all.csv", "--mode", "upsert"]);
+    assert_eq!(s["unchanged"], s["rows"], "{s}");
+    assert_eq!(s["rows"], 11);
+    assert_eq!(env.dump(), before);
+    // Also with --blank clears: blank cells are exactly the empty fields.
+    let s = env.json(&[
+        "inventory",
+        "import",
+        "all.csv",
+        "--mode",
+        "upsert",
+        "--blank",
+        "clears",
+    ]);
+    assert_eq!(s["unchanged"], 11, "{s}");
+    assert_eq!(env.dump(), before);
+
+    // JSON and JSON Lines carry the same devices; filters select.
+    let j: Value =
+        serde_json::from_str(&env.ok(&["inventory", "export", "--format", "json"])).unwrap();
+    assert_eq!(j.as_array().unwrap().len(), 11);
+    assert_eq!(j[0]["notes"], long);
+    let jl = env.ok(&[
+        "inventory",
+        "export",
+        "--format",
+        "jsonl",
+        "--site",
+        "berlin-1",
+    ]);
+    let lines: Vec<Value> = jl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|d| d["site"] == "berlin-1"));
+    let c = env.ok(&["inventory", "export", "--status", "provisioned"]);
+    assert_eq!(c.lines().count(), 2, "{c}");
+    let c = env.ok(&["inventory", "export", "--batch", "B-2026-12"]);
+    assert!(c.contains("ACME-0003") && !c.contains("ACME-0001"), "{c}");
+    env.fails(&["inventory", "export", "--status", "bogus"], 3);
+}
+
+#[test]
+fn device_lifecycle_commands() {
+    let env = Env::init();
+    let g = fixture(&env, "good.csv");
+    env.ok(&["inventory", "import", &g]);
+    // registered -> deployed is not allowed without --force.
+    let before = env.dump();
+    let err = env.fails(&["device", "deploy", "ACME-0001", "--site", "s1"], 7);
+    assert!(
+        err.contains("is registered; it cannot move to deployed"),
+        "{err}"
+    );
+    assert_eq!(env.dump(), before);
+    // provisioned -> deployed -> maintenance -> deployed.
+    env.ok(&[
+        "device",
+        "deploy",
+        "ACME-0002",
+        "--site",
+        "paris",
+        "--location",
+        "roof",
+    ]);
+    let d = device(&env, "ACME-0002");
+    assert_eq!(
+        (d["status"].as_str(), d["site"].as_str()),
+        (Some("deployed"), Some("paris"))
+    );
+    env.ok(&["device", "maintenance", "ACME-0002"]);
+    assert_eq!(device(&env, "ACME-0002")["status"], "maintenance");
+    env.ok(&["device", "return", "ACME-0002"]);
+    assert_eq!(device(&env, "ACME-0002")["status"], "deployed");
+    env.ok(&["device", "maintenance", "ACME-0002"]);
+    env.ok(&["device", "deploy", "ACME-0002"]);
+    assert_eq!(device(&env, "ACME-0002")["site"], "paris");
+    // Forced override, recorded with its reason.
+    let o = env.json(&[
+        "device",
+        "deploy",
+        "ACME-0001",
+        "--site",
+        "lab",
+        "--force",
+        "--reason",
+        "bench test",
+    ]);
+    assert_eq!(o["forced"], true);
+    let h = env.json(&["device", "history", "ACME-0001"]);
+    let last = h["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["details"]["forced"], true);
+    assert_eq!(last["details"]["reason"], "bench test");
+    env.fails(&["device", "deploy", "ACME-0003", "--force"], 2);
+    // device set: fields, attributes, clearing, validation.
+    env.ok(&[
+        "device",
+        "set",
+        "ACME-0003",
+        "owner=ops",
+        "mac=AA-BB-CC-00-00-33",
+        "attr.color=red",
+    ]);
+    let d = device(&env, "ACME-0003");
+    assert_eq!(d["mac"], "aa:bb:cc:00:00:33");
+    assert_eq!(d["attributes"]["color"], "red");
+    env.ok(&["device", "set", "ACME-0003", "owner=", "attr.color=<clear>"]);
+    let d = device(&env, "ACME-0003");
+    assert!(d["owner"].is_null() && d["attributes"].get("color").is_none());
+    let before = env.dump();
+    env.fails(&["device", "set", "ACME-0003", "mac=nope"], 3);
+    env.fails(&["device", "set", "ACME-0003", "colour=red"], 3);
+    env.fails(&["device", "set", "ACME-0003", "serial=X"], 3);
+    env.fails(&["device", "set", "NOPE", "owner=x"], 3);
+    env.fails(
+        &[
+            "device",
+            "set",
+            "ACME-0003",
+            "status=retired",
+            "status=deployed",
+        ],
+        7,
+    );
+    assert_eq!(env.dump(), before);
+    let out = env.ok(&["device", "set", "ACME-0003", "owner="]);
+    assert!(out.contains("nothing to change"), "{out}");
+    assert_eq!(env.dump(), before);
+    // list / show / history tables and JSON.
+    let l = env.json(&["device", "list", "--status", "deployed"]);
+    assert_eq!(l.as_array().unwrap().len(), 2);
+    let t = env.ok(&["device", "list"]);
+    assert!(t.starts_with("SERIAL") && t.contains("ACME-0003"), "{t}");
+    assert!(env
+        .ok(&["device", "history", "ACME-0002"])
+        .contains("device.state"));
+    assert!(env.ok(&["device", "show", "ACME-0002"]).contains("paris"));
+    chain_ok(&env);
+
+    // Fleet summary.
+    let s = env.json(&["status"]);
+    assert_eq!(s["devices"]["total"], 3);
+    assert_eq!(s["devices"]["deployed"], 2);
+    assert_eq!(s["devices"]["registered"], 1);
+    let paris = s["by_site"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "paris")
+        .unwrap()
+        .clone();
+    assert_eq!(paris["deployed"], 1);
+    let b = s["by_batch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "B-2026-11")
+        .unwrap()
+        .clone();
+    assert_eq!(b["total"], 2);
+    let t = env.ok(&["status"]);
+    assert!(t.contains("3 devices") && t.contains("B-2026-12"), "{t}");
+}
+
+/// Writes `n` valid rows (serial, model, batch, mac, imei).
+fn big_csv(path: &Path, n: u64) {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(w, "serial,model,batch,mac,imei").unwrap();
+    for i in 0..n {
+        let body = format!("35{:012}", i);
+        let check = cradle::inventory::fields::luhn_digit(body.as_bytes());
+        writeln!(
+            w,
+            "BIG-{i:08},Sensor-X,B-{},02:00:{:02x}:{:02x}:{:02x}:{:02x},{body}{check}",
+            i / 10_000,
+            (i >> 24) & 0xff,
+            (i >> 16) & 0xff,
+            (i >> 8) & 0xff,
+            i & 0xff
+        )
+        .unwrap();
+    }
+}
+
+/// Where the importer's file descriptor on `path` is (read offset), if open.
+fn read_offset(pid: u32, path: &Path) -> Option<u64> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    for fd in fds.flatten() {
+        if std::fs::read_link(fd.path()).ok()? == path {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .ok()?;
+            return info
+                .lines()
+                .find_map(|l| l.strip_prefix("pos:"))
+                .and_then(|p| p.trim().parse().ok());
+        }
+    }
+    None
+}
+
+#[test]
+fn sigkill_mid_import_leaves_registry_as_before_and_rerun_succeeds() {
+    let env = Env::init();
+    let g = fixture(&env, "good.csv");
+    env.ok(&["inventory", "import", &g]);
+    let big = env.path("big.csv");
+    big_csv(&big, 200_000);
+    let size = std::fs::metadata(&big).unwrap().len();
+    let before = env.dump();
+
+    let mut child = env
+        .cmd(&["inventory", "import", big.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut killed_at = None;
+    while Instant::now() < deadline {
+        if let Some(pos) = read_offset(pid, &big) {
+            if pos > size / 3 {
+                killed_at = Some(pos);
+                break;
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let pos = killed_at.expect("the import finished before it could be killed mid-way");
+    assert!(pos < size, "killed at byte {pos} of {size}: not mid-way");
+
+    assert_eq!(env.dump(), before, "a killed import must leave no trace");
+    let out = env.ok(&["inventory", "import", big.to_str().unwrap()]);
+    assert!(out.contains("200000 created"), "{out}");
+    assert_eq!(event_count(&env), 1 + 3 + 200_000);
+    chain_ok(&env);
+}
+
+#[test]
+fn line_numbers_count_blank_lines_and_crlf() {
+    let env = Env::init();
+    for (name, nl) in [("lf.csv", "\n"), ("crlf.csv", "\r\n")] {
+        let text = format!("serial,mac{nl}{nl}A-1,zz{nl}{nl}{nl}A-2,\"y{nl}y\"{nl}A-3,qq{nl}");
+        let f = write(&env, name, text.as_bytes());
+        let err = fails_unchanged(&env, &["inventory", "import", &f], 3);
+        for l in [3, 6, 8] {
+            assert!(
+                err.contains(&format!("{name}:{l}: column 'mac'")),
+                "{name} line {l}: {err}"
+            );
+        }
+    }
+}
