@@ -1,10 +1,13 @@
 //! The command line: clap definitions and thin handlers that print.
 
+mod audit;
 mod ca;
 mod common;
 mod identity;
 mod init;
+mod log;
 mod meta;
+mod report;
 
 use std::path::PathBuf;
 
@@ -75,6 +78,18 @@ pub enum Command {
     #[command(subcommand)]
     Profile(meta::ProfileCommand),
 
+    /// Check the registry for problems (exit 1 on findings; see --list-checks)
+    #[command(after_help = audit::AUDIT_AFTER_HELP)]
+    Audit(audit::AuditArgs),
+
+    /// Verify and export the hash-chained event log
+    #[command(subcommand)]
+    Log(log::LogCommand),
+
+    /// Write reports for people (HTML fleet report)
+    #[command(subcommand)]
+    Report(report::ReportCommand),
+
     /// Print a shell completion script
     #[command(after_help = "Example:\n  cradle completions bash > /etc/bash_completion.d/cradle")]
     Completions {
@@ -99,6 +114,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ca(c) => ca::run(&ctx, c),
         Command::Identity(c) => identity::run(&ctx, c),
         Command::Profile(c) => meta::profile(&ctx, c),
+        Command::Audit(a) => audit::run(&ctx, a),
+        Command::Log(c) => log::run(&ctx, c),
+        Command::Report(c) => report::run(&ctx, c),
         Command::Completions { shell } => meta::completions(shell),
         Command::Man { out } => meta::man(&out),
     }

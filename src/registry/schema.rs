@@ -131,4 +131,8 @@ CREATE TABLE wipes (
 );
 CREATE INDEX wipes_device ON wipes(device_id);
 "#,
+    // 2: audit looks up revoked and unused certificates without scanning every row.
+    r#"
+CREATE INDEX certificates_status ON certificates(status, device_id);
+"#,
 ];
