@@ -369,9 +369,11 @@ fn run_checks(
     if o.wants(EVENT_CHAIN) {
         let report = events::verify_chain(conn)?;
         if let Some(b) = report.first_break {
+            // The event named is the culprit when it was altered or inserted; after a
+            // deletion it is only the first survivor, so no device is blamed.
             let device = match q::event_device(conn, b.event_id)? {
-                Some(id) => q::device_serial(conn, id)?,
-                None => None,
+                Some(id) if b.problem != "deleted" => q::device_serial(conn, id)?,
+                _ => None,
             };
             emit(finding(
                 EVENT_CHAIN,

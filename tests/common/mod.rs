@@ -37,7 +37,14 @@ impl Env {
     /// A home with a CA.
     pub fn with_ca() -> Env {
         let e = Env::init();
-        e.ok(&["ca", "init", "--name", "Test", "--passphrase-file", e.pass()]);
+        e.ok(&[
+            "ca",
+            "init",
+            "--name",
+            "Test",
+            "--passphrase-file",
+            e.pass(),
+        ]);
         e
     }
 
@@ -148,7 +155,10 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
 
 /// Runs openssl with args; returns (success, stdout+stderr).
 pub fn openssl(args: &[&str]) -> (bool, String) {
-    let o = Command::new("openssl").args(args).output().expect("openssl");
+    let o = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
     (
         o.status.success(),
         format!(
