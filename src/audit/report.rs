@@ -219,6 +219,7 @@ main{max-width:1180px;margin:0 auto;padding:24px 32px 48px}
 .kpi{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:16px 18px}
 .kpi .v{font-size:28px;font-weight:650;line-height:1.1}
 .kpi .l{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.6px;margin-top:4px}
+.kpi .s{color:var(--muted);font-size:12px;margin-top:2px}
 .kpi.err .v{color:var(--err)}.kpi.warn .v{color:var(--warn)}.kpi.ok .v{color:var(--ok)}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:20px}
 section{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:18px 20px;margin-bottom:20px}
@@ -229,6 +230,7 @@ th{text-align:left;font-size:11px;text-transform:uppercase;letter-spacing:.5px;c
 td{padding:6px 8px;border-bottom:1px solid #f0f2f5;vertical-align:top}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.bar{width:38%}
+td.nw{white-space:nowrap}
 .track{background:#eef1f5;border-radius:4px;height:10px;overflow:hidden}
 .fill{height:10px;border-radius:4px;background:var(--accent)}
 .muted{color:var(--muted)}
@@ -271,22 +273,43 @@ pub fn render_html(f: &Fleet) -> String {
     );
 
     // Key figures.
-    let kpi = |h: &mut String, id: &str, class: &str, value: i64, label: &str| {
+    let kpi = |h: &mut String, id: &str, class: &str, value: i64, label: &str, sub: &str| {
         let _ = write!(
             h,
-            "<div class=\"kpi {class}\" id=\"kpi-{id}\" data-count=\"{value}\"><div class=\"v\">{}</div><div class=\"l\">{}</div></div>\n",
+            "<div class=\"kpi {class}\" id=\"kpi-{id}\" data-count=\"{value}\"><div class=\"v\">{}</div><div class=\"l\">{}</div><div class=\"s\">{}</div></div>\n",
             thousands(value),
-            esc(label)
+            esc(label),
+            esc(sub)
         );
     };
     h.push_str("<div class=\"kpis\">\n");
-    kpi(&mut h, "devices", "", f.devices, "devices");
+    let in_service: i64 = f
+        .by_state
+        .iter()
+        .filter(|c| !matches!(c.label.as_str(), "retired" | "decommissioned"))
+        .map(|c| c.count)
+        .sum();
+    kpi(
+        &mut h,
+        "devices",
+        "",
+        f.devices,
+        "devices",
+        &format!("{} in service", thousands(in_service)),
+    );
+    let revoked = f
+        .certificates
+        .iter()
+        .find(|c| c.label == "revoked")
+        .map(|c| c.count)
+        .unwrap_or(0);
     kpi(
         &mut h,
         "active-certificates",
         "",
         active,
         "active certificates",
+        &format!("{} revoked", thousands(revoked)),
     );
     kpi(
         &mut h,
@@ -298,6 +321,7 @@ pub fn render_html(f: &Fleet) -> String {
         },
         f.expiry.within_window as i64,
         &format!("expiring within {} days", f.expiring_within_days),
+        &format!("{} already expired", thousands(f.expiry.expired)),
     );
     kpi(
         &mut h,
@@ -310,7 +334,14 @@ pub fn render_html(f: &Fleet) -> String {
             "ok"
         },
         f.audit.findings as i64,
-        &format!("open findings ({errors} errors, {warnings} warnings)"),
+        "open findings",
+        &format!(
+            "{} error{} · {} warning{}",
+            thousands(errors),
+            if errors == 1 { "" } else { "s" },
+            thousands(warnings),
+            if warnings == 1 { "" } else { "s" }
+        ),
     );
     h.push_str("</div>\n");
 
@@ -343,9 +374,9 @@ pub fn render_html(f: &Fleet) -> String {
 
     // Breakdowns.
     h.push_str("<div class=\"grid\">\n");
-    group_table(&mut h, "site", "Sites", &f.by_site, f.devices);
-    group_table(&mut h, "batch", "Batches", &f.by_batch, f.devices);
-    group_table(&mut h, "model", "Models", &f.by_model, f.devices);
+    group_table(&mut h, "site", "Sites", "Site", &f.by_site, f.devices);
+    group_table(&mut h, "batch", "Batches", "Batch", &f.by_batch, f.devices);
+    group_table(&mut h, "model", "Models", "Model", &f.by_model, f.devices);
     certificates_table(&mut h, &f.certificates);
     h.push_str("</div>\n");
 
@@ -376,7 +407,10 @@ fn expiry_svg(f: &Fleet) -> String {
         bars.push((m.label.clone(), short, m.count, color));
     }
     bars.push(("later".into(), "later".into(), f.expiry.later, "#9aa5b1"));
-    let max = bars.iter().map(|b| b.2).max().unwrap_or(0).max(1);
+    let top_value = bars.iter().map(|b| b.2).max().unwrap_or(0).max(1);
+    // The axis ends on a round tick at or above the tallest bar.
+    let step = nice_step(top_value);
+    let max = top_value.div_ceil(step) * step;
     let (w, hgt, left, top, bottom) = (1060.0_f64, 260.0_f64, 48.0_f64, 18.0_f64, 40.0_f64);
     let plot_h = hgt - top - bottom;
     let slot = (w - left - 10.0) / bars.len() as f64;
@@ -388,7 +422,6 @@ fn expiry_svg(f: &Fleet) -> String {
 <svg id=\"expiry-chart\" role=\"img\" aria-label=\"Certificates expiring per month\" viewBox=\"0 0 {w} {hgt}\" width=\"100%\" xmlns=\"http://www.w3.org/2000/svg\">\n"
     );
     // Grid lines with round tick values.
-    let step = nice_step(max);
     let mut t = 0;
     while t <= max {
         let y = top + plot_h - plot_h * t as f64 / max as f64;
@@ -460,12 +493,12 @@ fn month_label(ym: &str, with_year: bool) -> String {
     }
 }
 
-fn group_table(h: &mut String, key: &str, title: &str, b: &Breakdown, total: i64) {
+fn group_table(h: &mut String, key: &str, title: &str, column: &str, b: &Breakdown, total: i64) {
     let _ = write!(
         h,
         "<section id=\"by-{key}\"><h2>{title} <small>{} distinct</small></h2>\n<table><thead><tr><th>{}</th><th class=\"n\">Devices</th><th></th></tr></thead><tbody>\n",
         b.groups,
-        esc(&title[..title.len() - if title.ends_with("es") { 2 } else { 1 }]),
+        column,
     );
     let max = b.rows.iter().map(|r| r.count).max().unwrap_or(1).max(1);
     for r in &b.rows {
@@ -521,7 +554,13 @@ fn findings_section(h: &mut String, f: &Fleet) {
         f.audit.findings, f.audit.errors, f.audit.warnings
     );
     h.push_str("<table id=\"checks\"><thead><tr><th>Check</th><th>Severity</th><th class=\"n\">Findings</th></tr></thead><tbody>\n");
-    for (id, n) in &f.audit.by_check {
+    let mut order: Vec<(&str, u64)> = super::CHECKS
+        .iter()
+        .filter_map(|c| f.audit.by_check.get(c.id).map(|n| (c.id, *n)))
+        .collect();
+    // Failing checks first (errors before warnings), then the rest in their usual order.
+    order.sort_by_key(|(id, n)| (*n == 0, std::cmp::Reverse(super::severity_of(id))));
+    for (id, n) in &order {
         let sev = super::severity_of(id);
         let pill = if *n == 0 {
             "<span class=\"pill ok\">ok</span>".to_string()
@@ -553,7 +592,7 @@ fn findings_section(h: &mut String, f: &Fleet) {
             let dev = x.device.as_deref().unwrap_or("");
             let _ = writeln!(
                 h,
-                "<tr class=\"finding\" data-check=\"{}\" data-severity=\"{s}\" data-device=\"{d}\"><td><span class=\"pill {s}\">{s}</span></td><td><code>{}</code></td><td>{}</td><td class=\"msg\">{}</td></tr>",
+                "<tr class=\"finding\" data-check=\"{}\" data-severity=\"{s}\" data-device=\"{d}\"><td class=\"nw\"><span class=\"pill {s}\">{s}</span></td><td class=\"nw\"><code>{}</code></td><td class=\"nw\">{}</td><td class=\"msg\">{}</td></tr>",
                 x.check,
                 x.check,
                 if dev.is_empty() { "<span class=\"muted\">—</span>".to_string() } else { esc(dev) },
