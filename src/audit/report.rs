@@ -410,7 +410,7 @@ fn expiry_svg(f: &Fleet) -> String {
     let top_value = bars.iter().map(|b| b.2).max().unwrap_or(0).max(1);
     // The axis ends on a round tick at or above the tallest bar.
     let step = nice_step(top_value);
-    let max = top_value.div_ceil(step) * step;
+    let max = (top_value + step - 1) / step * step;
     let (w, hgt, left, top, bottom) = (1060.0_f64, 260.0_f64, 48.0_f64, 18.0_f64, 40.0_f64);
     let plot_h = hgt - top - bottom;
     let slot = (w - left - 10.0) / bars.len() as f64;
