@@ -108,7 +108,15 @@ pub enum Command {
 
 /// Runs the parsed command; returns the exit code for a run that completed.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    let ctx = Ctx::new(cli.home.as_deref(), cli.json)?;
+    let ctx = match Ctx::new(cli.home.as_deref(), cli.json) {
+        Ok(ctx) => ctx,
+        // `cradle audit` promises scripts exit 2 for every runtime error.
+        Err(e) if matches!(cli.command, Command::Audit(_)) => {
+            eprintln!("cradle: error: {e:#}");
+            return Ok(crate::error::exit::USAGE);
+        }
+        Err(e) => return Err(e),
+    };
     match cli.command {
         Command::Init(a) => init::run(&ctx, a),
         Command::Ca(c) => ca::run(&ctx, c),
