@@ -130,7 +130,7 @@ pub fn build(conn: &Connection, registry: &str, opts: &Options) -> Result<Fleet>
         }
         Ok(())
     })?;
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let within_window = audit
         .by_check
         .get(super::CERT_EXPIRING)
@@ -274,9 +274,9 @@ pub fn render_html(f: &Fleet) -> String {
 
     // Key figures.
     let kpi = |h: &mut String, id: &str, class: &str, value: i64, label: &str, sub: &str| {
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<div class=\"kpi {class}\" id=\"kpi-{id}\" data-count=\"{value}\"><div class=\"v\">{}</div><div class=\"l\">{}</div><div class=\"s\">{}</div></div>\n",
+            "<div class=\"kpi {class}\" id=\"kpi-{id}\" data-count=\"{value}\"><div class=\"v\">{}</div><div class=\"l\">{}</div><div class=\"s\">{}</div></div>",
             thousands(value),
             esc(label),
             esc(sub)
@@ -548,9 +548,9 @@ fn certificates_table(h: &mut String, certs: &[Count]) {
 }
 
 fn findings_section(h: &mut String, f: &Fleet) {
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<section id=\"findings\" data-count=\"{}\" data-errors=\"{}\" data-warnings=\"{}\"><h2>Open findings <small>cradle audit</small></h2>\n",
+        "<section id=\"findings\" data-count=\"{}\" data-errors=\"{}\" data-warnings=\"{}\"><h2>Open findings <small>cradle audit</small></h2>",
         f.audit.findings, f.audit.errors, f.audit.warnings
     );
     h.push_str("<table id=\"checks\"><thead><tr><th>Check</th><th>Severity</th><th class=\"n\">Findings</th></tr></thead><tbody>\n");
@@ -607,9 +607,9 @@ fn findings_section(h: &mut String, f: &Fleet) {
 }
 
 fn decommissions_section(h: &mut String, list: &[Decommissioned]) {
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<section id=\"decommissions\" data-count=\"{}\"><h2>Recent decommissions</h2>\n",
+        "<section id=\"decommissions\" data-count=\"{}\"><h2>Recent decommissions</h2>",
         list.len()
     );
     if list.is_empty() {
