@@ -363,6 +363,19 @@ fn duplicate_hardware_id_mac_and_imei() {
             ("duplicate-imei", "DEV-007"),
         ])
     );
+    // CSV for spreadsheets: the same findings, one per row.
+    let o = e.run(&["audit", "--format", "csv"]);
+    assert_eq!(o.status.code(), Some(1));
+    let mut r = csv::Reader::from_reader(&o.stdout[..]);
+    let rows: BTreeSet<(String, String)> = r
+        .records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            assert_eq!(&rec[0], "error");
+            (rec[1].to_string(), rec[2].to_string())
+        })
+        .collect();
+    assert_eq!(rows, found(&v));
     let imei = v["findings"]
         .as_array()
         .unwrap()
@@ -395,7 +408,8 @@ fn duplicate_public_key_from_one_csr_signed_for_two_devices() {
         "/CN=cloned",
     ]);
     assert!(ok, "{out}");
-    for serial in ["DEV-002", "DEV-005"] {
+    // DEV-002 twice: re-signing the same key for the same device is not a duplicate.
+    for serial in ["DEV-002", "DEV-002", "DEV-005"] {
         e.ok(&[
             "identity",
             "sign-csr",
@@ -403,7 +417,9 @@ fn duplicate_public_key_from_one_csr_signed_for_two_devices() {
             "--csr",
             csr.to_str().unwrap(),
             "-o",
-            e.path(&format!("{serial}.pem")).to_str().unwrap(),
+            e.path(&format!("{serial}-{}.pem", e.files().len()))
+                .to_str()
+                .unwrap(),
             "--passphrase-file",
             e.pass(),
         ]);

@@ -236,9 +236,15 @@ pub fn duplicate_public_keys(
 ) -> Result<()> {
     each(
         conn,
-        "WITH g AS (
-             SELECT pubkey_sha256 AS k, count(DISTINCT device_id) AS n FROM certificates
-             GROUP BY pubkey_sha256 HAVING count(DISTINCT device_id) > 1)
+        // A covering scan of the pubkey index finds repeated keys; only those rows are
+        // then read to tell a re-issue to the same device from a shared key.
+        "WITH r AS MATERIALIZED (
+             SELECT pubkey_sha256 AS k FROM certificates
+             GROUP BY pubkey_sha256 HAVING count(*) > 1),
+         g AS MATERIALIZED (
+             SELECT r.k AS k, count(DISTINCT x.device_id) AS n
+             FROM r JOIN certificates x ON x.pubkey_sha256 = r.k
+             GROUP BY r.k HAVING count(DISTINCT x.device_id) > 1)
          SELECT d.serial, g.k, g.n,
                 (SELECT group_concat(serial, ', ') FROM
                     (SELECT DISTINCT s.serial FROM certificates sc JOIN devices s ON s.id = sc.device_id
