@@ -221,7 +221,7 @@ main{max-width:1180px;margin:0 auto;padding:24px 32px 48px}
 .kpi .l{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.6px;margin-top:4px}
 .kpi .s{color:var(--muted);font-size:12px;margin-top:2px}
 .kpi.err .v{color:var(--err)}.kpi.warn .v{color:var(--warn)}.kpi.ok .v{color:var(--ok)}
-.grid{display:grid;grid-template-columns:1fr 1fr;gap:20px}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:0 20px;align-items:start}
 section{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:18px 20px;margin-bottom:20px}
 section h2{margin:0 0 12px;font-size:16px;font-weight:600}
 section h2 small{color:var(--muted);font-weight:400;font-size:12px;margin-left:6px}
