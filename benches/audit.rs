@@ -244,12 +244,7 @@ fn main() {
 
     // Without the signature check, to show where the time goes.
     let mut c = cradle(&home);
-    c.args(["--json", "audit"]);
-    for id in cradle::audit::check_ids() {
-        if id != "cert-not-chained" {
-            c.args(["--check", id]);
-        }
-    }
+    c.args(["--json", "audit", "--skip", "cert-not-chained"]);
     let (t_nosig, mem_nosig, _, _) = measure(c);
 
     println!(

@@ -175,6 +175,34 @@ fn list_checks_names_every_check_with_severity() {
 }
 
 #[test]
+fn skip_leaves_out_checks() {
+    let e = fleet();
+    e.sql("UPDATE devices SET imei = '356600000000001' WHERE serial = 'DEV-002'");
+    let (code, v) = audit(
+        &e,
+        &["--skip", "duplicate-imei", "--skip", "cert-not-chained"],
+    );
+    assert_eq!((code, found(&v)), (0, BTreeSet::new()));
+    let checks = v["summary"]["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 13);
+    assert!(!checks
+        .iter()
+        .any(|c| c == "duplicate-imei" || c == "cert-not-chained"));
+    let (code, v) = audit(&e, &["--skip", "cert-not-chained"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        found(&v),
+        set(&[("duplicate-imei", "DEV-001"), ("duplicate-imei", "DEV-002")])
+    );
+    // Skipping the only selected check leaves nothing: a usage error, exit 2.
+    let err = e.fails(
+        &["audit", "--check", "event-chain", "--skip", "event-chain"],
+        2,
+    );
+    assert!(err.contains("no check to run"), "{err}");
+}
+
+#[test]
 fn usage_and_runtime_errors_exit_2() {
     let e = fleet();
     let err = e.fails(&["audit", "--check", "no-such-check"], 2);

@@ -36,6 +36,7 @@ Exit codes (audit differs from other commands: every runtime error is 2):
 Examples:
   cradle audit
   cradle audit --check cert-expiring --expiring-within 60
+  cradle audit --skip cert-not-chained      # nightly: everything but the signature pass
   cradle audit --fail-on error --format csv > findings.csv
   cradle --json audit | jq '.findings[] | select(.severity == \"error\")'";
 
@@ -45,6 +46,9 @@ pub struct AuditArgs {
     /// Run only this check (repeatable)
     #[arg(long = "check", value_name = "ID", value_parser = PossibleValuesParser::new(audit::check_ids()))]
     pub checks: Vec<String>,
+    /// Do not run this check (repeatable), e.g. skip the signature pass on a nightly run
+    #[arg(long = "skip", value_name = "ID", value_parser = PossibleValuesParser::new(audit::check_ids()))]
+    pub skip: Vec<String>,
     /// Warn about certificates expiring within DAYS
     #[arg(long, value_name = "DAYS", default_value_t = 30)]
     pub expiring_within: u32,
@@ -92,7 +96,20 @@ fn run_inner(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
     let mut opts = Options::new(time::OffsetDateTime::now_utc().unix_timestamp());
     opts.expiring_within_days = a.expiring_within;
     opts.stuck_after_days = a.stuck_after;
-    opts.checks = a.checks;
+    opts.checks = if a.skip.is_empty() {
+        a.checks
+    } else {
+        let from: Vec<String> = if a.checks.is_empty() {
+            audit::check_ids().into_iter().map(String::from).collect()
+        } else {
+            a.checks
+        };
+        let left: Vec<String> = from.into_iter().filter(|c| !a.skip.contains(c)).collect();
+        if left.is_empty() {
+            return Err(crate::Error::input("--skip leaves no check to run").into());
+        }
+        left
+    };
     let threshold = match a.fail_on {
         FailOn::Warning => Severity::Warning,
         FailOn::Error => Severity::Error,
