@@ -4,6 +4,7 @@
 //! The lower layers never print and know nothing of clap or indicatif.
 
 pub mod attestation;
+pub mod audit;
 pub mod cli;
 pub mod error;
 pub mod home;

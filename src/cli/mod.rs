@@ -1,5 +1,6 @@
 //! The command line: clap definitions and thin handlers that print.
 
+mod audit;
 mod ca;
 mod common;
 mod crl;
@@ -13,6 +14,9 @@ mod sim;
 mod report;
 mod retire;
 mod sanitization;
+mod log;
+mod meta;
+mod report;
 
 use std::path::PathBuf;
 
@@ -119,6 +123,17 @@ pub enum Command {
     /// Simulate devices on pseudo-terminals (for demos and tests, no hardware needed)
     #[command(after_help = concat!("Prints each device's pty path on its own line as soon as it is up, then runs until\nSIGINT/SIGTERM (removing its symlinks). With --state the device keeps its identity\nacross restarts.\n\n", crate::fault_help!(), "\n\nExamples:\n  cradle sim --link /tmp/dev/cradle --count 4 &\n  cradle sim --link /tmp/dev/dut --state dut.json --fault corrupt:0.001\n  cradle sim --profile nrf91 --link /tmp/dev/modem"))]
     Sim(sim::SimArgs),
+    /// Check the registry for problems (exit 1 on findings; see --list-checks)
+    #[command(after_help = audit::AUDIT_AFTER_HELP)]
+    Audit(audit::AuditArgs),
+
+    /// Verify and export the hash-chained event log
+    #[command(subcommand)]
+    Log(log::LogCommand),
+
+    /// Write reports for people (HTML fleet report)
+    #[command(subcommand)]
+    Report(report::ReportCommand),
 
     /// Print a shell completion script
     #[command(after_help = "Example:\n  cradle completions bash > /etc/bash_completion.d/cradle")]
@@ -138,7 +153,15 @@ pub enum Command {
 
 /// Runs the parsed command; returns the exit code for a run that completed.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    let ctx = Ctx::new(cli.home.as_deref(), cli.json)?;
+    let ctx = match Ctx::new(cli.home.as_deref(), cli.json) {
+        Ok(ctx) => ctx,
+        // `cradle audit` promises scripts exit 2 for every runtime error.
+        Err(e) if matches!(cli.command, Command::Audit(_)) => {
+            eprintln!("cradle: error: {e:#}");
+            return Ok(crate::error::exit::USAGE);
+        }
+        Err(e) => return Err(e),
+    };
     match cli.command {
         Command::Init(a) => init::run(&ctx, a),
         Command::Ca(c) => ca::run(&ctx, c),
@@ -152,6 +175,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Profile(c) => meta::profile(&ctx, c),
         Command::Provision(a) => provision::run(&ctx, a),
         Command::Sim(a) => sim::run(&ctx, a),
+        Command::Audit(a) => audit::run(&ctx, a),
+        Command::Log(c) => log::run(&ctx, c),
+        Command::Report(c) => report::run(&ctx, c),
         Command::Completions { shell } => meta::completions(shell),
         Command::Man { out } => meta::man(&out),
     }

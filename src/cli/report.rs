@@ -12,10 +12,75 @@ pub enum ReportCommand {
         after_help = "Examples:\n  cradle report sanitization ACME-000001\n  cradle report sanitization ACME-000001 --format html -o ACME-000001.html\n  cradle --json report sanitization ACME-000001 | jq .sanitization"
     )]
     Sanitization(sanitization::SanitizationArgs),
+//! `cradle report …`: documents for people.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::common::{print_json, Ctx};
+use crate::audit::{report, Options};
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// One self-contained HTML page: states, sites, batches, models, expiry, findings, decommissions
+    #[command(
+        after_help = "The page has inline CSS and an inline SVG chart: no scripts, nothing fetched,\nso it can be mailed or archived as evidence. --json prints the same numbers.\n\nExamples:\n  cradle report fleet -o fleet.html\n  cradle --json report fleet | jq .by_state"
+    )]
+    Fleet(FleetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FleetArgs {
+    /// Write the HTML to FILE (default: stdout)
+    #[arg(short, long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Count certificates expiring within DAYS as "expiring"
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    pub expiring_within: u32,
+    /// Audit threshold for stuck devices, in days
+    #[arg(long, value_name = "DAYS", default_value_t = 7)]
+    pub stuck_after: u32,
 }
 
 pub fn run(ctx: &Ctx, cmd: ReportCommand) -> anyhow::Result<i32> {
     match cmd {
         ReportCommand::Sanitization(a) => sanitization::run(ctx, a),
     }
+}
+        ReportCommand::Fleet(a) => fleet(ctx, a),
+    }
+}
+
+fn fleet(ctx: &Ctx, a: FleetArgs) -> anyhow::Result<i32> {
+    let reg = ctx.registry()?;
+    let mut opts = Options::new(time::OffsetDateTime::now_utc().unix_timestamp());
+    opts.expiring_within_days = a.expiring_within;
+    opts.stuck_after_days = a.stuck_after;
+    let fleet = report::build(reg.conn(), &reg.path().display().to_string(), &opts)?;
+    if ctx.json {
+        print_json(&fleet)?;
+        if a.out.is_none() {
+            return Ok(0);
+        }
+    }
+    let html = report::render_html(&fleet);
+    match &a.out {
+        Some(path) => {
+            crate::pki::keys::write_file_atomic(path, html.as_bytes(), 0o644, true)?;
+            if !ctx.json {
+                eprintln!(
+                    "wrote {} ({} devices, {} findings)",
+                    path.display(),
+                    fleet.devices,
+                    fleet.audit.findings
+                );
+            }
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout().lock().write_all(html.as_bytes())?;
+        }
+    }
+    Ok(0)
 }

@@ -1,6 +1,7 @@
 //! The SQLite registry: one `Registry` owns the connection, applies migrations and
 //! hands out write transactions. All SQL lives under this module.
 
+pub mod audit;
 pub mod cas;
 pub mod certs;
 pub mod devices;

@@ -1,0 +1,648 @@
+//! Audit: checks over the whole registry that answer "is anything wrong with the fleet?".
+//!
+//! Each check has a stable id (`cradle audit --list-checks`) and a fixed severity.
+//! Findings are streamed to a sink as they are found, so a registry of millions of
+//! devices is audited with flat memory; the SQL lives in `registry::audit`.
+
+pub mod report;
+
+use std::collections::{BTreeMap, HashSet};
+
+use rayon::prelude::*;
+use rusqlite::Connection;
+use serde::Serialize;
+use x509_parser::prelude::*;
+
+use crate::error::Result;
+use crate::pki::cert::sha256_hex;
+use crate::registry::audit::{self as q, DupField, StoredCert};
+use crate::registry::events;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
+}
+
+/// One problem found by a check.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Finding {
+    pub severity: Severity,
+    pub check: &'static str,
+    /// Serial of the device concerned; `None` for registry-wide findings (CRL, log).
+    pub device: Option<String>,
+    pub message: String,
+    /// Serial (hex) of the certificate concerned, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+}
+
+/// A check: stable id, severity of its findings, what it looks for.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Check {
+    pub id: &'static str,
+    pub severity: Severity,
+    pub description: &'static str,
+}
+
+const fn check(id: &'static str, severity: Severity, description: &'static str) -> Check {
+    Check {
+        id,
+        severity,
+        description,
+    }
+}
+
+pub const CERT_EXPIRING: &str = "cert-expiring";
+pub const CERT_EXPIRED_DEPLOYED: &str = "cert-expired-deployed";
+pub const REVOKED_NOT_RETIRED: &str = "revoked-not-retired";
+pub const DECOMMISSIONED_WITHOUT_WIPE: &str = "decommissioned-without-wipe";
+pub const DUPLICATE_PUBLIC_KEY: &str = "duplicate-public-key";
+pub const DUPLICATE_HARDWARE_ID: &str = "duplicate-hardware-id";
+pub const DUPLICATE_MAC: &str = "duplicate-mac";
+pub const DUPLICATE_IMEI: &str = "duplicate-imei";
+pub const CERT_NOT_CHAINED: &str = "cert-not-chained";
+pub const CERT_FINGERPRINT_MISMATCH: &str = "cert-fingerprint-mismatch";
+pub const STUCK_PROVISIONING: &str = "stuck-provisioning";
+pub const STUCK_DECOMMISSION: &str = "stuck-decommission";
+pub const CRL_STALE: &str = "crl-stale";
+pub const CRL_MISSING_SERIALS: &str = "crl-missing-serials";
+pub const EVENT_CHAIN: &str = "event-chain";
+
+use Severity::{Error as E, Warning as W};
+
+/// Every check, in the order they run and report.
+pub const CHECKS: &[Check] = &[
+    check(CERT_EXPIRING, W, "active certificate of an in-service device expires within --expiring-within days (not yet renewed)"),
+    check(CERT_EXPIRED_DEPLOYED, E, "active certificate of a deployed or maintenance device has expired (not renewed)"),
+    check(REVOKED_NOT_RETIRED, E, "device not retired or decommissioned whose certificates are revoked and none is active"),
+    check(DECOMMISSIONED_WITHOUT_WIPE, E, "decommissioned device with neither a verified wipe attestation nor a manual wipe record"),
+    check(DUPLICATE_PUBLIC_KEY, E, "certificates of different devices share a public key"),
+    check(DUPLICATE_HARDWARE_ID, E, "devices share a hardware id"),
+    check(DUPLICATE_MAC, E, "devices share a MAC address (compared without separators or case)"),
+    check(DUPLICATE_IMEI, E, "devices share an IMEI"),
+    check(CERT_NOT_CHAINED, E, "stored certificate does not parse, or its signature does not verify against any registered CA"),
+    check(CERT_FINGERPRINT_MISMATCH, E, "SHA-256 of the stored certificate DER differs from its recorded fingerprint"),
+    check(STUCK_PROVISIONING, W, "device still 'registered' whose newest certificate (issued, or unused after a failed run) is older than --stuck-after days"),
+    check(STUCK_DECOMMISSION, W, "device 'retired' (decommission started) for longer than --stuck-after days"),
+    check(CRL_STALE, E, "newest CRL of a CA is past its next update, or a CA has revoked certificates but no CRL"),
+    check(CRL_MISSING_SERIALS, E, "newest CRL does not list a revoked certificate, does not parse, or is not signed by its CA"),
+    check(EVENT_CHAIN, E, "the hash-chained event log does not verify (an event altered, deleted or inserted out of band)"),
+];
+
+pub fn check_ids() -> Vec<&'static str> {
+    CHECKS.iter().map(|c| c.id).collect()
+}
+
+fn severity_of(id: &str) -> Severity {
+    CHECKS
+        .iter()
+        .find(|c| c.id == id)
+        .map(|c| c.severity)
+        .unwrap_or(Severity::Error)
+}
+
+/// What to check and the thresholds.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// "Now" as Unix seconds.
+    pub now: i64,
+    pub expiring_within_days: u32,
+    pub stuck_after_days: u32,
+    /// Check ids to run; empty runs all.
+    pub checks: Vec<String>,
+}
+
+impl Options {
+    pub fn new(now: i64) -> Options {
+        Options {
+            now,
+            expiring_within_days: 30,
+            stuck_after_days: 7,
+            checks: Vec::new(),
+        }
+    }
+    fn wants(&self, id: &str) -> bool {
+        self.checks.is_empty() || self.checks.iter().any(|c| c == id)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Summary {
+    pub devices: i64,
+    pub checks: Vec<&'static str>,
+    pub findings: u64,
+    pub errors: u64,
+    pub warnings: u64,
+    /// Findings per check id (every check run appears, with 0 when clean).
+    pub by_check: BTreeMap<&'static str, u64>,
+    pub seconds: f64,
+}
+
+/// Runs the selected checks; each finding goes to `sink` as soon as it is found.
+pub fn run(
+    conn: &Connection,
+    opts: &Options,
+    sink: &mut dyn FnMut(Finding) -> Result<()>,
+) -> Result<Summary> {
+    let started = std::time::Instant::now();
+    let mut summary = Summary {
+        devices: q::device_count(conn)?,
+        ..Default::default()
+    };
+    for c in CHECKS {
+        if opts.wants(c.id) {
+            summary.checks.push(c.id);
+            summary.by_check.insert(c.id, 0);
+        }
+    }
+    {
+        let mut emit = |f: Finding| -> Result<()> {
+            summary.findings += 1;
+            match f.severity {
+                Severity::Error => summary.errors += 1,
+                Severity::Warning => summary.warnings += 1,
+            }
+            *summary.by_check.entry(f.check).or_default() += 1;
+            sink(f)
+        };
+        run_checks(conn, opts, &mut emit)?;
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn finding(check: &'static str, device: Option<String>, message: String) -> Finding {
+    Finding {
+        severity: severity_of(check),
+        check,
+        device,
+        message,
+        cert: None,
+    }
+}
+
+fn with_cert(mut f: Finding, cert: &str) -> Finding {
+    f.cert = Some(cert.to_string());
+    f
+}
+
+/// `YYYY-MM-DD` of a Unix time.
+pub fn date(secs: i64) -> String {
+    ::time::OffsetDateTime::from_unix_timestamp(secs)
+        .map(|t| format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day()))
+        .unwrap_or_else(|_| secs.to_string())
+}
+
+fn rfc3339(secs: i64) -> String {
+    ::time::OffsetDateTime::from_unix_timestamp(secs)
+        .map(crate::registry::fmt_time)
+        .unwrap_or_else(|_| "0000-01-01T00:00:00Z".into())
+}
+
+const DAY: i64 = 86_400;
+
+/// Certificates verified per parallel chunk (bounds memory; big enough to keep all cores busy).
+const CERT_CHUNK: usize = 4096;
+
+fn run_checks(
+    conn: &Connection,
+    o: &Options,
+    emit: &mut dyn FnMut(Finding) -> Result<()>,
+) -> Result<()> {
+    let now = o.now;
+    if o.wants(CERT_EXPIRING) {
+        let until = now + i64::from(o.expiring_within_days) * DAY;
+        q::certs_expiring(conn, now, until, |c| {
+            let days = (c.not_after - now) / DAY;
+            emit(with_cert(
+                finding(
+                    CERT_EXPIRING,
+                    Some(c.device),
+                    format!(
+                        "certificate {} expires on {} (in {days} day{}; device is {})",
+                        c.cert_serial,
+                        date(c.not_after),
+                        if days == 1 { "" } else { "s" },
+                        c.device_status
+                    ),
+                ),
+                &c.cert_serial,
+            ))
+        })?;
+    }
+    if o.wants(CERT_EXPIRED_DEPLOYED) {
+        q::certs_expired_deployed(conn, now, |c| {
+            emit(with_cert(
+                finding(
+                    CERT_EXPIRED_DEPLOYED,
+                    Some(c.device),
+                    format!(
+                        "certificate {} expired on {} but the device is {}",
+                        c.cert_serial,
+                        date(c.not_after),
+                        c.device_status
+                    ),
+                ),
+                &c.cert_serial,
+            ))
+        })?;
+    }
+    if o.wants(REVOKED_NOT_RETIRED) {
+        q::revoked_not_retired(conn, |r| {
+            emit(with_cert(
+                finding(
+                    REVOKED_NOT_RETIRED,
+                    Some(r.device),
+                    format!(
+                        "certificate {} was revoked{}{} but the device is {} with no active certificate",
+                        r.cert_serial,
+                        r.revoked_at.map(|t| format!(" on {t}")).unwrap_or_default(),
+                        r.reason.map(|t| format!(" ({t})")).unwrap_or_default(),
+                        r.device_status
+                    ),
+                ),
+                &r.cert_serial,
+            ))
+        })?;
+    }
+    if o.wants(DECOMMISSIONED_WITHOUT_WIPE) {
+        q::decommissioned_without_wipe(conn, |(serial, at, unverified)| {
+            let why = if unverified > 0 {
+                format!("{unverified} wipe attestation(s) recorded but none verified")
+            } else {
+                "no wipe record".to_string()
+            };
+            emit(finding(
+                DECOMMISSIONED_WITHOUT_WIPE,
+                Some(serial),
+                format!("decommissioned (last change {at}) with {why}"),
+            ))
+        })?;
+    }
+    if o.wants(DUPLICATE_PUBLIC_KEY) {
+        q::duplicate_public_keys(conn, |d| {
+            emit(finding(
+                DUPLICATE_PUBLIC_KEY,
+                Some(d.device),
+                format!(
+                    "public key sha256:{}… is used by {} devices ({})",
+                    &d.value[..d.value.len().min(16)],
+                    d.count,
+                    sample(&d.sample, d.count)
+                ),
+            ))
+        })?;
+    }
+    for (id, field, what) in [
+        (DUPLICATE_HARDWARE_ID, DupField::HardwareId, "hardware id"),
+        (DUPLICATE_MAC, DupField::Mac, "MAC"),
+        (DUPLICATE_IMEI, DupField::Imei, "IMEI"),
+    ] {
+        if o.wants(id) {
+            q::duplicate_devices(conn, field, |d| {
+                emit(finding(
+                    id,
+                    Some(d.device),
+                    format!(
+                        "{what} '{}' is shared by {} devices ({})",
+                        d.value,
+                        d.count,
+                        sample(&d.sample, d.count)
+                    ),
+                ))
+            })?;
+        }
+    }
+    let chain = o.wants(CERT_NOT_CHAINED);
+    let fp = o.wants(CERT_FINGERPRINT_MISMATCH);
+    if chain || fp {
+        check_stored_certs(conn, chain, fp, emit)?;
+    }
+    let before = rfc3339(now - i64::from(o.stuck_after_days) * DAY);
+    if o.wants(STUCK_PROVISIONING) {
+        q::stuck_provisioning(conn, &before, |s| {
+            let msg = if s.cert_status == "unused" {
+                format!(
+                    "provisioning failed on {} (certificate {} unused) and was not retried; device is still registered",
+                    s.issued_at, s.cert_serial
+                )
+            } else {
+                format!(
+                    "identity {} issued on {} but the device never reached 'provisioned' (over {} days)",
+                    s.cert_serial, s.issued_at, o.stuck_after_days
+                )
+            };
+            emit(with_cert(
+                finding(STUCK_PROVISIONING, Some(s.device), msg),
+                &s.cert_serial,
+            ))
+        })?;
+    }
+    if o.wants(STUCK_DECOMMISSION) {
+        q::stuck_decommission(conn, &before, |(serial, since, active)| {
+            emit(finding(
+                STUCK_DECOMMISSION,
+                Some(serial),
+                format!(
+                    "retired since {since} (over {} days) but not decommissioned; {active} active certificate(s) left",
+                    o.stuck_after_days
+                ),
+            ))
+        })?;
+    }
+    let stale = o.wants(CRL_STALE);
+    let missing = o.wants(CRL_MISSING_SERIALS);
+    if stale || missing {
+        check_crls(conn, now, stale, missing, emit)?;
+    }
+    if o.wants(EVENT_CHAIN) {
+        let report = events::verify_chain(conn)?;
+        if let Some(b) = report.first_break {
+            // The event named is the culprit when it was altered or inserted; after a
+            // deletion it is only the first survivor, so no device is blamed.
+            let device = match q::event_device(conn, b.event_id)? {
+                Some(id) if b.problem != "deleted" => q::device_serial(conn, id)?,
+                _ => None,
+            };
+            emit(finding(
+                EVENT_CHAIN,
+                device,
+                format!("event {} {}: {}", b.event_id, b.problem, b.message),
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// "A, B, C, D, E and 7 more".
+fn sample(list: &str, count: i64) -> String {
+    let names: Vec<&str> = list.split(", ").filter(|s| !s.is_empty()).take(5).collect();
+    let more = count - names.len() as i64;
+    if more > 0 {
+        format!("{} and {more} more", names.join(", "))
+    } else {
+        names.join(", ")
+    }
+}
+
+/// A registered CA, parsed once: its subject (raw DER) and its public key.
+struct KnownCa<'a> {
+    name: String,
+    cert: X509Certificate<'a>,
+}
+
+/// cert-not-chained and cert-fingerprint-mismatch in one pass over the stored DER:
+/// chunks of certificates are streamed from SQLite and verified on all cores.
+fn check_stored_certs(
+    conn: &Connection,
+    chain: bool,
+    fp: bool,
+    emit: &mut dyn FnMut(Finding) -> Result<()>,
+) -> Result<()> {
+    let cas = crate::registry::cas::all_cas(conn)?;
+    let known: Vec<KnownCa<'_>> = cas
+        .iter()
+        .filter_map(|ca| {
+            X509Certificate::from_der(&ca.der)
+                .ok()
+                .map(|(_, cert)| KnownCa {
+                    name: ca.name.clone(),
+                    cert,
+                })
+        })
+        .collect();
+    q::certs_in_chunks(conn, CERT_CHUNK, |chunk| {
+        let results: Vec<Vec<Finding>> = chunk
+            .par_iter()
+            .map(|c| check_one_cert(c, &known, chain, fp))
+            .collect();
+        for f in results.into_iter().flatten() {
+            emit(f)?;
+        }
+        Ok(())
+    })
+}
+
+fn check_one_cert(c: &StoredCert, known: &[KnownCa<'_>], chain: bool, fp: bool) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let dev = || Some(c.device.clone());
+    if fp {
+        let actual = sha256_hex(&c.der);
+        if actual != c.fingerprint {
+            out.push(with_cert(
+                finding(
+                    CERT_FINGERPRINT_MISMATCH,
+                    dev(),
+                    format!(
+                        "stored DER of certificate {} hashes to {}… but the recorded fingerprint is {}…",
+                        c.serial_hex,
+                        &actual[..16],
+                        &c.fingerprint[..c.fingerprint.len().min(16)]
+                    ),
+                ),
+                &c.serial_hex,
+            ));
+        }
+    }
+    if chain {
+        let msg = match X509Certificate::from_der(&c.der) {
+            Err(e) => Some(format!(
+                "stored certificate {} does not parse: {e}",
+                c.serial_hex
+            )),
+            Ok((_, cert)) => {
+                let issuer = cert.issuer().as_raw();
+                let candidates: Vec<&KnownCa<'_>> = known
+                    .iter()
+                    .filter(|k| k.cert.subject().as_raw() == issuer)
+                    .collect();
+                if candidates.is_empty() {
+                    Some(format!(
+                        "certificate {} names issuer '{}', which is not a registered CA",
+                        c.serial_hex,
+                        cert.issuer()
+                    ))
+                } else if candidates
+                    .iter()
+                    .any(|k| cert.verify_signature(Some(k.cert.public_key())).is_ok())
+                {
+                    None
+                } else {
+                    Some(format!(
+                        "signature of certificate {} does not verify against registered CA '{}'",
+                        c.serial_hex,
+                        candidates
+                            .iter()
+                            .map(|k| k.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join("', '")
+                    ))
+                }
+            }
+        };
+        if let Some(m) = msg {
+            out.push(with_cert(
+                finding(CERT_NOT_CHAINED, dev(), m),
+                &c.serial_hex,
+            ));
+        }
+    }
+    out
+}
+
+/// Certificate serials compare as hex without leading zero octets.
+fn norm_serial(hex: &str) -> String {
+    let h = hex.to_ascii_lowercase();
+    let mut s = h.as_str();
+    while s.len() > 2 && s.starts_with("00") {
+        s = &s[2..];
+    }
+    s.to_string()
+}
+
+fn check_crls(
+    conn: &Connection,
+    now: i64,
+    stale: bool,
+    missing: bool,
+    emit: &mut dyn FnMut(Finding) -> Result<()>,
+) -> Result<()> {
+    let crls = q::newest_crls(conn)?;
+    if stale {
+        for c in &crls {
+            if c.next_update < now {
+                emit(finding(
+                    CRL_STALE,
+                    None,
+                    format!(
+                        "CRL #{} of CA '{}' is stale: its next update was due {} (issued {})",
+                        c.crl_number,
+                        c.ca_name,
+                        rfc3339(c.next_update),
+                        rfc3339(c.this_update)
+                    ),
+                ))?;
+            }
+        }
+        for (ca_id, name, n) in q::revoked_counts_by_ca(conn)? {
+            let covered = match ca_id {
+                Some(id) => crls.iter().any(|c| c.ca_id == id),
+                None => !crls.is_empty(),
+            };
+            if !covered {
+                let who = if name.is_empty() {
+                    "an unrecorded CA".to_string()
+                } else {
+                    format!("CA '{name}'")
+                };
+                emit(finding(
+                    CRL_STALE,
+                    None,
+                    format!(
+                        "{n} certificate(s) of {who} are revoked but no CRL has been published"
+                    ),
+                ))?;
+            }
+        }
+    }
+    if missing {
+        for c in &crls {
+            let listed = match parse_crl(c) {
+                Ok(set) => set,
+                Err(msg) => {
+                    emit(finding(CRL_MISSING_SERIALS, None, msg))?;
+                    continue;
+                }
+            };
+            q::revoked_certs(conn, Some(c.ca_id), |(device, serial, at)| {
+                if listed.contains(&norm_serial(&serial)) {
+                    return Ok(());
+                }
+                emit(with_cert(
+                    finding(
+                        CRL_MISSING_SERIALS,
+                        Some(device),
+                        format!(
+                            "certificate {serial} was revoked{} but CRL #{} of CA '{}' does not list it",
+                            at.map(|t| format!(" on {t}")).unwrap_or_default(),
+                            c.crl_number,
+                            c.ca_name
+                        ),
+                    ),
+                    &serial,
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The serials a CRL lists, after checking it parses and is signed by its CA.
+fn parse_crl(c: &q::CrlRow) -> std::result::Result<HashSet<String>, String> {
+    let what = format!("CRL #{} of CA '{}'", c.crl_number, c.ca_name);
+    let (_, crl) = CertificateRevocationList::from_der(&c.der)
+        .map_err(|e| format!("{what} does not parse: {e}"))?;
+    if let Ok((_, ca)) = X509Certificate::from_der(&c.ca_der) {
+        if crl.issuer().as_raw() != ca.subject().as_raw()
+            || crl.verify_signature(ca.public_key()).is_err()
+        {
+            return Err(format!("{what} is not signed by that CA"));
+        }
+    }
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| norm_serial(&hex::encode(r.raw_serial())))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_ids_are_unique_and_kebab_case() {
+        let ids = check_ids();
+        let set: HashSet<_> = ids.iter().collect();
+        assert_eq!(set.len(), ids.len());
+        assert_eq!(ids.len(), 15);
+        for id in ids {
+            assert!(id.chars().all(|c| c.is_ascii_lowercase() || c == '-'));
+        }
+    }
+
+    #[test]
+    fn serials_compare_without_leading_zero_octets() {
+        assert_eq!(norm_serial("00AB12"), "ab12");
+        assert_eq!(norm_serial("00"), "00");
+        assert_eq!(norm_serial("7f01"), "7f01");
+    }
+
+    #[test]
+    fn sample_lists_five_then_counts() {
+        assert_eq!(sample("a, b", 2), "a, b");
+        assert_eq!(sample("a, b, c, d, e, f, g", 7), "a, b, c, d, e and 2 more");
+    }
+
+    #[test]
+    fn clean_in_memory_registry_has_no_findings() {
+        let reg = crate::registry::Registry::in_memory().unwrap();
+        let mut n = 0;
+        let s = run(reg.conn(), &Options::new(1_800_000_000), &mut |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((n, s.findings, s.checks.len()), (0, 0, CHECKS.len()));
+    }
+}

@@ -1,0 +1,269 @@
+//! `cradle audit`: run the registry checks and print findings for people or scripts.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::builder::PossibleValuesParser;
+
+use super::common::Ctx;
+use crate::audit::{self, Finding, Options, Severity, CHECKS};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailOn {
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+pub const AUDIT_AFTER_HELP: &str = "\
+Checks (ids for --check; `cradle audit --list-checks` describes them):
+  cert-expiring, cert-expired-deployed, revoked-not-retired, decommissioned-without-wipe,
+  duplicate-public-key, duplicate-hardware-id, duplicate-mac, duplicate-imei,
+  cert-not-chained, cert-fingerprint-mismatch, stuck-provisioning, stuck-decommission,
+  crl-stale, crl-missing-serials, event-chain
+
+Exit codes (audit differs from other commands: every runtime error is 2):
+  0  no finding at or above --fail-on
+  1  at least one finding at or above --fail-on (default: warning, so 0 means clean)
+  2  usage error, or the audit could not run (no registry, unreadable, locked, …)
+
+Examples:
+  cradle audit
+  cradle audit --check cert-expiring --expiring-within 60
+  cradle audit --skip cert-not-chained      # nightly: everything but the signature pass
+  cradle audit --fail-on error --format csv > findings.csv
+  cradle --json audit | jq '.findings[] | select(.severity == \"error\")'";
+
+/// Audit the registry: expiry, revocation, wipes, duplicates, chains, CRLs, the event log
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// Run only this check (repeatable)
+    #[arg(long = "check", value_name = "ID", value_parser = PossibleValuesParser::new(audit::check_ids()))]
+    pub checks: Vec<String>,
+    /// Do not run this check (repeatable), e.g. skip the signature pass on a nightly run
+    #[arg(long = "skip", value_name = "ID", value_parser = PossibleValuesParser::new(audit::check_ids()))]
+    pub skip: Vec<String>,
+    /// Warn about certificates expiring within DAYS
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    pub expiring_within: u32,
+    /// A device is stuck after DAYS registered-with-identity or retired
+    #[arg(long, value_name = "DAYS", default_value_t = 7)]
+    pub stuck_after: u32,
+    /// Exit 1 when a finding of this severity or worse exists
+    #[arg(long, value_enum, default_value = "warning")]
+    pub fail_on: FailOn,
+    /// Output format (--json is the same as --format json)
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// List the checks with their severity and exit
+    #[arg(long)]
+    pub list_checks: bool,
+}
+
+pub fn run(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
+    // The documented contract for scripts: any runtime error is exit 2.
+    match run_inner(ctx, a) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return Ok(0);
+            }
+            eprintln!("cradle: error: {e:#}");
+            Ok(crate::error::exit::USAGE)
+        }
+    }
+}
+
+fn run_inner(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
+    let format = if ctx.json {
+        Format::Json
+    } else {
+        a.format.unwrap_or(Format::Table)
+    };
+    if a.list_checks {
+        return list_checks(format);
+    }
+    let reg = ctx.registry()?;
+    let mut opts = Options::new(time::OffsetDateTime::now_utc().unix_timestamp());
+    opts.expiring_within_days = a.expiring_within;
+    opts.stuck_after_days = a.stuck_after;
+    opts.checks = if a.skip.is_empty() {
+        a.checks
+    } else {
+        let from: Vec<String> = if a.checks.is_empty() {
+            audit::check_ids().into_iter().map(String::from).collect()
+        } else {
+            a.checks
+        };
+        let left: Vec<String> = from.into_iter().filter(|c| !a.skip.contains(c)).collect();
+        if left.is_empty() {
+            return Err(crate::Error::input("--skip leaves no check to run").into());
+        }
+        left
+    };
+    let threshold = match a.fail_on {
+        FailOn::Warning => Severity::Warning,
+        FailOn::Error => Severity::Error,
+    };
+
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut failing = 0u64;
+    let mut first = true;
+    match format {
+        Format::Json => write!(out, "{{\n  \"findings\": [")?,
+        Format::Csv => writeln!(out, "severity,check,device,cert,message")?,
+        Format::Table => {}
+    }
+    let summary = {
+        let mut sink = |f: Finding| -> crate::Result<()> {
+            if f.severity >= threshold {
+                failing += 1;
+            }
+            write_finding(&mut out, format, &f, first)
+                .map_err(|e| crate::Error::io("<stdout>", e))?;
+            first = false;
+            Ok(())
+        };
+        audit::run(reg.conn(), &opts, &mut sink).context("audit failed")?
+    };
+    match format {
+        Format::Json => {
+            write!(
+                out,
+                "{}],\n  \"summary\": ",
+                if first { "" } else { "\n  " }
+            )?;
+            let mut s = serde_json::to_value(&summary)?;
+            s["fail_on"] = serde_json::json!(threshold.as_str());
+            s["failing"] = serde_json::json!(failing);
+            s["expiring_within_days"] = serde_json::json!(opts.expiring_within_days);
+            s["stuck_after_days"] = serde_json::json!(opts.stuck_after_days);
+            let text = serde_json::to_string_pretty(&s)?.replace('\n', "\n  ");
+            writeln!(out, "{text}\n}}")?;
+        }
+        Format::Csv => {}
+        Format::Table => {
+            if summary.findings == 0 {
+                writeln!(
+                    out,
+                    "no findings: {} check(s) over {} device(s) passed",
+                    summary.checks.len(),
+                    summary.devices
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "\n{} finding(s): {} error(s), {} warning(s) from {} check(s) over {} device(s)",
+                    summary.findings,
+                    summary.errors,
+                    summary.warnings,
+                    summary.checks.len(),
+                    summary.devices
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(if failing > 0 {
+        crate::error::exit::FAILED
+    } else {
+        crate::error::exit::OK
+    })
+}
+
+const SEV_W: usize = 7;
+const CHECK_W: usize = 27;
+const DEVICE_W: usize = 16;
+
+fn write_finding(
+    out: &mut impl Write,
+    format: Format,
+    f: &Finding,
+    first: bool,
+) -> std::io::Result<()> {
+    match format {
+        Format::Json => {
+            let line = serde_json::to_string(f).map_err(std::io::Error::other)?;
+            write!(out, "{}\n    {line}", if first { "" } else { "," })
+        }
+        Format::Csv => {
+            let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+            w.write_record([
+                f.severity.as_str(),
+                f.check,
+                &csv_safe(f.device.as_deref().unwrap_or("")),
+                f.cert.as_deref().unwrap_or(""),
+                &csv_safe(&f.message),
+            ])
+            .map_err(std::io::Error::other)?;
+            let bytes = w
+                .into_inner()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            out.write_all(&bytes)
+        }
+        Format::Table => {
+            if first {
+                writeln!(
+                    out,
+                    "{:<SEV_W$}  {:<CHECK_W$}  {:<DEVICE_W$}  MESSAGE",
+                    "SEVERITY", "CHECK", "DEVICE"
+                )?;
+            }
+            writeln!(
+                out,
+                "{:<SEV_W$}  {:<CHECK_W$}  {:<DEVICE_W$}  {}",
+                f.severity.as_str(),
+                f.check,
+                f.device.as_deref().unwrap_or("-"),
+                f.message
+            )
+        }
+    }
+}
+
+/// Spreadsheets run cells that start with = + - @ as formulas; prefix those with '.
+fn csv_safe(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    }
+}
+
+fn list_checks(format: Format) -> anyhow::Result<i32> {
+    match format {
+        Format::Json => super::common::print_json(&CHECKS)?,
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(std::io::stdout().lock());
+            w.write_record(["id", "severity", "description"])?;
+            for c in CHECKS {
+                w.write_record([c.id, c.severity.as_str(), c.description])?;
+            }
+            w.flush()?;
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> = CHECKS
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.id.to_string(),
+                        c.severity.as_str().to_string(),
+                        c.description.to_string(),
+                    ]
+                })
+                .collect();
+            super::common::print_table(&["CHECK", "SEVERITY", "DESCRIPTION"], &rows)?;
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,1093 @@
+//! `cradle audit`, `cradle log`, `cradle report fleet` against real registries: each bad
+//! situation is made with cradle commands or behind cradle's back with the sqlite3
+//! shell, and the exact finding (check id + device) is asserted.
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use common::{Env, PASS};
+use rcgen::{
+    CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber,
+};
+use serde_json::Value;
+use time::{Duration, OffsetDateTime};
+
+const DEVICES: usize = 8;
+
+/// A clean fleet, built once per test run: a CA and 8 devices from `identity batch`,
+/// given inventory data (site, model, hardware id, MAC, IMEI) and states.
+fn template() -> &'static Path {
+    static T: OnceLock<PathBuf> = OnceLock::new();
+    T.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("audit-template");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let e = Env::with_ca();
+        e.ok(&[
+            "identity",
+            "batch",
+            "--count",
+            &DEVICES.to_string(),
+            "--serial-pattern",
+            "DEV-{seq:03}",
+            "--bundle",
+            e.path("bundle.jsonl").to_str().unwrap(),
+            "--batch",
+            "B-2026-11",
+            "--passphrase-file",
+            e.pass(),
+        ]);
+        e.sql(
+            "UPDATE devices SET hardware_id = 'HW' || id, mac = printf('02:00:00:00:00:%02x', id),
+                imei = printf('3566000000000%02d', id), model = CASE WHEN id % 2 = 0 THEN 'sensor-s' ELSE 'gateway-g' END,
+                site = CASE WHEN id <= 3 THEN 'Berlin' ELSE 'Lyon' END, status = 'deployed';
+             UPDATE devices SET status = 'provisioned' WHERE serial = 'DEV-008';",
+        );
+        copy_dir(&e.home, &root.join("home"));
+        root.join("home")
+    })
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let p = entry.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// A private copy of the clean fleet.
+fn fleet() -> Env {
+    let e = Env::bare();
+    copy_dir(template(), &e.home);
+    e
+}
+
+/// Runs `cradle --json audit ARGS`; returns (exit code, parsed output).
+fn audit(e: &Env, args: &[&str]) -> (i32, Value) {
+    let mut a = vec!["--json", "audit"];
+    a.extend_from_slice(args);
+    let o = e.run(&a);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|err| {
+        panic!(
+            "audit output is not JSON ({err}):\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.code().unwrap(), v)
+}
+
+/// (check, device) of every finding.
+fn found(v: &Value) -> BTreeSet<(String, String)> {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["check"].as_str().unwrap().to_string(),
+                f["device"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn set(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    items
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+fn one_check(e: &Env, id: &str) -> (i32, BTreeSet<(String, String)>, Value) {
+    let (code, v) = audit(e, &["--check", id]);
+    (code, found(&v), v)
+}
+
+fn scalar(e: &Env, sql: &str) -> String {
+    e.sql(sql).trim().to_string()
+}
+
+#[test]
+fn clean_registry_has_zero_findings_and_exits_0() {
+    let e = fleet();
+    let before = e.dump();
+    let (code, v) = audit(&e, &[]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["findings"].as_array().unwrap().len(), 0, "{v}");
+    assert_eq!(v["summary"]["findings"], 0);
+    assert_eq!(v["summary"]["devices"], DEVICES as i64);
+    let by_check = v["summary"]["by_check"].as_object().unwrap();
+    assert_eq!(by_check.len(), 15);
+    assert!(by_check.values().all(|n| n == 0));
+    // Table and CSV say the same; the audit writes nothing.
+    let table = e.ok(&["audit"]);
+    assert!(
+        table.starts_with("no findings: 15 check(s) over 8 device(s) passed"),
+        "{table}"
+    );
+    let csv = e.ok(&["audit", "--format", "csv"]);
+    assert_eq!(csv, "severity,check,device,cert,message\n");
+    assert_eq!(e.dump(), before, "audit must not change the registry");
+    // The event log of a clean registry verifies.
+    let out = e.ok(&["log", "verify"]);
+    assert!(out.starts_with("event log OK: 10 event(s)"), "{out}");
+}
+
+#[test]
+fn list_checks_names_every_check_with_severity() {
+    let e = fleet();
+    let v = e.json(&["audit", "--list-checks"]);
+    let ids: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 15);
+    for id in [
+        "cert-expiring",
+        "cert-expired-deployed",
+        "revoked-not-retired",
+        "decommissioned-without-wipe",
+        "duplicate-public-key",
+        "duplicate-hardware-id",
+        "duplicate-mac",
+        "duplicate-imei",
+        "cert-not-chained",
+        "cert-fingerprint-mismatch",
+        "stuck-provisioning",
+        "stuck-decommission",
+        "crl-stale",
+        "crl-missing-serials",
+        "event-chain",
+    ] {
+        assert!(ids.contains(&id), "{id} missing");
+    }
+}
+
+#[test]
+fn skip_leaves_out_checks() {
+    let e = fleet();
+    e.sql("UPDATE devices SET imei = '356600000000001' WHERE serial = 'DEV-002'");
+    let (code, v) = audit(
+        &e,
+        &["--skip", "duplicate-imei", "--skip", "cert-not-chained"],
+    );
+    assert_eq!((code, found(&v)), (0, BTreeSet::new()));
+    let checks = v["summary"]["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 13);
+    assert!(!checks
+        .iter()
+        .any(|c| c == "duplicate-imei" || c == "cert-not-chained"));
+    let (code, v) = audit(&e, &["--skip", "cert-not-chained"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        found(&v),
+        set(&[("duplicate-imei", "DEV-001"), ("duplicate-imei", "DEV-002")])
+    );
+    // Skipping the only selected check leaves nothing: a usage error, exit 2.
+    let err = e.fails(
+        &["audit", "--check", "event-chain", "--skip", "event-chain"],
+        2,
+    );
+    assert!(err.contains("no check to run"), "{err}");
+}
+
+#[test]
+fn usage_and_runtime_errors_exit_2() {
+    let e = fleet();
+    let err = e.fails(&["audit", "--check", "no-such-check"], 2);
+    assert!(err.contains("no-such-check"), "{err}");
+    e.fails(&["audit", "--fail-on", "info"], 2);
+    e.fails(&["audit", "--format", "xml"], 2);
+    // No registry at all: a runtime error, still 2 for audit (documented exception).
+    let bare = Env::bare();
+    let err = bare.fails(&["audit"], 2);
+    assert!(err.contains("cradle init"), "{err}");
+    // A registry that is not a database.
+    let junk = Env::init();
+    std::fs::write(junk.registry(), b"this is not sqlite at all, just text....").unwrap();
+    let err = junk.fails(&["audit"], 2);
+    assert!(err.starts_with("cradle: error:"), "{err}");
+}
+
+#[test]
+fn cert_expiring_uses_the_window_and_a_short_lived_profile() {
+    let e = fleet();
+    // A real short-lived certificate from a custom profile.
+    let prof = e.path("short.toml");
+    std::fs::write(
+        &prof,
+        "description = \"short\"\nkind = \"end-entity\"\n[subject]\nCN = \"{serial}\"\n[validity]\ndays = 10\n[extensions]\nkey_usage = [\"digitalSignature\"]\nextended_key_usage = [\"clientAuth\"]\n",
+    )
+    .unwrap();
+    e.ok(&[
+        "identity",
+        "issue",
+        "SHORT-1",
+        "--profile",
+        prof.to_str().unwrap(),
+        "--out",
+        e.path("out").to_str().unwrap(),
+        "--passphrase-file",
+        e.pass(),
+    ]);
+    let (code, f, v) = one_check(&e, "cert-expiring");
+    assert_eq!(code, 1);
+    assert_eq!(f, set(&[("cert-expiring", "SHORT-1")]));
+    let msg = v["findings"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("in 9 days") || msg.contains("in 10 days"),
+        "{msg}"
+    );
+    // Outside a 5-day window it is not reported.
+    let (code, v) = audit(&e, &["--check", "cert-expiring", "--expiring-within", "5"]);
+    assert_eq!((code, found(&v)), (0, BTreeSet::new()));
+    // A 3700-day window catches the 10-year device certificates too.
+    let (_, v) = audit(
+        &e,
+        &["--check", "cert-expiring", "--expiring-within", "3700"],
+    );
+    assert_eq!(found(&v).len(), DEVICES + 1);
+    // Warnings only: --fail-on error exits 0, the default (warning) exits 1.
+    let o = e.run(&["audit", "--fail-on", "error"]);
+    assert_eq!(o.status.code(), Some(0));
+    let o = e.run(&["audit"]);
+    assert_eq!(o.status.code(), Some(1));
+    let table = String::from_utf8(o.stdout).unwrap();
+    assert!(table.contains("warning  cert-expiring"), "{table}");
+    assert!(table.contains("SHORT-1"), "{table}");
+}
+
+#[test]
+fn renewed_certificate_is_not_reported_as_expiring() {
+    let e = fleet();
+    // DEV-001's certificate expires in 5 days per the registry, but a newer one is active.
+    e.sql("UPDATE certificates SET not_after = strftime('%s','now') + 5*86400 WHERE id = 1");
+    let (_, f, _) = one_check(&e, "cert-expiring");
+    assert_eq!(f, set(&[("cert-expiring", "DEV-001")]));
+    e.ok(&[
+        "identity",
+        "issue",
+        "DEV-001",
+        "--out",
+        e.path("out").to_str().unwrap(),
+        "--passphrase-file",
+        e.pass(),
+    ]);
+    let (code, f, _) = one_check(&e, "cert-expiring");
+    assert_eq!((code, f), (0, BTreeSet::new()));
+}
+
+#[test]
+fn cert_expired_on_deployed_device() {
+    let e = fleet();
+    e.sql(
+        "UPDATE certificates SET not_after = strftime('%s','now') - 86400
+         WHERE device_id IN (SELECT id FROM devices WHERE serial IN ('DEV-002','DEV-008'))",
+    );
+    // DEV-002 is deployed (error); DEV-008 is only provisioned (not deployed).
+    let (code, f, _) = one_check(&e, "cert-expired-deployed");
+    assert_eq!(code, 1);
+    assert_eq!(f, set(&[("cert-expired-deployed", "DEV-002")]));
+    // Maintenance counts as deployed; retired does not.
+    e.sql("UPDATE devices SET status = 'maintenance' WHERE serial = 'DEV-008'");
+    e.sql("UPDATE devices SET status = 'retired' WHERE serial = 'DEV-002'");
+    let (_, f, _) = one_check(&e, "cert-expired-deployed");
+    assert_eq!(f, set(&[("cert-expired-deployed", "DEV-008")]));
+}
+
+#[test]
+fn revoked_certificate_on_device_not_retired() {
+    let e = fleet();
+    e.sql(
+        "UPDATE certificates SET status = 'revoked', revoked_at = '2026-11-01T00:00:00Z', revocation_reason = 'keyCompromise'
+         WHERE device_id IN (SELECT id FROM devices WHERE serial IN ('DEV-003','DEV-004','DEV-005'))",
+    );
+    e.sql("UPDATE devices SET status = 'retired' WHERE serial = 'DEV-004'");
+    e.sql("UPDATE devices SET status = 'decommissioned' WHERE serial = 'DEV-005'");
+    let (code, f, v) = one_check(&e, "revoked-not-retired");
+    assert_eq!(code, 1);
+    assert_eq!(f, set(&[("revoked-not-retired", "DEV-003")]));
+    let msg = v["findings"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("keyCompromise") && msg.contains("deployed"),
+        "{msg}"
+    );
+    // A replacement certificate makes the revoked one history, not a finding.
+    e.ok(&[
+        "identity",
+        "issue",
+        "DEV-003",
+        "--out",
+        e.path("out").to_str().unwrap(),
+        "--passphrase-file",
+        e.pass(),
+    ]);
+    let (code, f, _) = one_check(&e, "revoked-not-retired");
+    assert_eq!((code, f), (0, BTreeSet::new()));
+}
+
+#[test]
+fn decommissioned_without_verified_or_manual_wipe() {
+    let e = fleet();
+    e.sql(
+        "UPDATE devices SET status = 'decommissioned' WHERE serial IN ('DEV-001','DEV-002','DEV-003','DEV-004');
+         INSERT INTO wipes (device_id, kind, level, method, attestation_verified, recorded_at)
+           SELECT id, 'attested', 'purge', 'crypto-erase', 0, '2026-11-20T10:00:00Z' FROM devices WHERE serial = 'DEV-002';
+         INSERT INTO wipes (device_id, kind, level, method, attestation_verified, recorded_at)
+           SELECT id, 'attested', 'purge', 'crypto-erase', 1, '2026-11-20T10:00:00Z' FROM devices WHERE serial = 'DEV-003';
+         INSERT INTO wipes (device_id, kind, level, method, technician, recorded_at)
+           SELECT id, 'manual', 'destroy', 'shred', 'J. Doe', '2026-11-20T10:00:00Z' FROM devices WHERE serial = 'DEV-004';",
+    );
+    let (code, f, v) = one_check(&e, "decommissioned-without-wipe");
+    assert_eq!(code, 1);
+    assert_eq!(
+        f,
+        set(&[
+            ("decommissioned-without-wipe", "DEV-001"),
+            ("decommissioned-without-wipe", "DEV-002"),
+        ])
+    );
+    let msgs: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["message"].as_str().unwrap())
+        .collect();
+    assert!(msgs[0].contains("no wipe record"), "{msgs:?}");
+    assert!(msgs[1].contains("none verified"), "{msgs:?}");
+}
+
+#[test]
+fn duplicate_hardware_id_mac_and_imei() {
+    let e = fleet();
+    e.sql(
+        "UPDATE devices SET hardware_id = 'HW1' WHERE serial = 'DEV-004';
+         UPDATE devices SET mac = 'AA-BB-CC-00-11-22' WHERE serial = 'DEV-002';
+         UPDATE devices SET mac = 'aa:bb:cc:00:11:22' WHERE serial = 'DEV-006';
+         UPDATE devices SET imei = '356600000000007' WHERE serial IN ('DEV-003','DEV-005','DEV-007');",
+    );
+    let (code, v) = audit(&e, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        found(&v),
+        set(&[
+            ("duplicate-hardware-id", "DEV-001"),
+            ("duplicate-hardware-id", "DEV-004"),
+            ("duplicate-mac", "DEV-002"),
+            ("duplicate-mac", "DEV-006"),
+            ("duplicate-imei", "DEV-003"),
+            ("duplicate-imei", "DEV-005"),
+            ("duplicate-imei", "DEV-007"),
+        ])
+    );
+    // CSV for spreadsheets: the same findings, one per row.
+    let o = e.run(&["audit", "--format", "csv"]);
+    assert_eq!(o.status.code(), Some(1));
+    let mut r = csv::Reader::from_reader(&o.stdout[..]);
+    let rows: BTreeSet<(String, String)> = r
+        .records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            assert_eq!(&rec[0], "error");
+            (rec[1].to_string(), rec[2].to_string())
+        })
+        .collect();
+    assert_eq!(rows, found(&v));
+    let imei = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "duplicate-imei")
+        .unwrap();
+    assert_eq!(
+        imei["message"],
+        "IMEI '356600000000007' is shared by 3 devices (DEV-003, DEV-005, DEV-007)"
+    );
+}
+
+#[test]
+fn duplicate_public_key_from_one_csr_signed_for_two_devices() {
+    let e = fleet();
+    let csr = e.path("dev.csr");
+    let (ok, out) = common::openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        e.path("dev.key").to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+        "-subj",
+        "/CN=cloned",
+    ]);
+    assert!(ok, "{out}");
+    // DEV-002 twice: re-signing the same key for the same device is not a duplicate.
+    for serial in ["DEV-002", "DEV-002", "DEV-005"] {
+        e.ok(&[
+            "identity",
+            "sign-csr",
+            serial,
+            "--csr",
+            csr.to_str().unwrap(),
+            "-o",
+            e.path(&format!("{serial}-{}.pem", e.files().len()))
+                .to_str()
+                .unwrap(),
+            "--passphrase-file",
+            e.pass(),
+        ]);
+    }
+    let (code, f, _) = one_check(&e, "duplicate-public-key");
+    assert_eq!(code, 1);
+    assert_eq!(
+        f,
+        set(&[
+            ("duplicate-public-key", "DEV-002"),
+            ("duplicate-public-key", "DEV-005"),
+        ])
+    );
+    // Everything else about those certificates is fine.
+    let (code, v) = audit(
+        &e,
+        &[
+            "--check",
+            "cert-not-chained",
+            "--check",
+            "cert-fingerprint-mismatch",
+        ],
+    );
+    assert_eq!((code, found(&v)), (0, BTreeSet::new()));
+}
+
+#[test]
+fn certificate_from_a_foreign_ca_does_not_chain() {
+    let e = fleet();
+    // Another home with its own CA (same name, different key) issues a certificate;
+    // its row is copied into our registry behind cradle's back.
+    let other = Env::with_ca();
+    other.ok(&[
+        "identity",
+        "issue",
+        "ROGUE-1",
+        "--out",
+        other.path("out").to_str().unwrap(),
+        "--passphrase-file",
+        other.pass(),
+    ]);
+    e.sql(&format!(
+        "ATTACH '{}' AS o;
+         INSERT INTO devices (serial, status, created_at, updated_at) VALUES ('ROGUE-1', 'deployed', '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z');
+         INSERT INTO certificates (device_id, ca_id, serial_hex, fingerprint, pubkey_sha256, subject, profile, key_source, not_before, not_after, der, status, created_at)
+           SELECT (SELECT id FROM main.devices WHERE serial = 'ROGUE-1'), NULL, serial_hex, fingerprint, pubkey_sha256, subject, profile, key_source, not_before, not_after, der, status, created_at
+           FROM o.certificates;",
+        other.registry().display()
+    ));
+    let (code, f, v) = one_check(&e, "cert-not-chained");
+    assert_eq!(code, 1);
+    assert_eq!(f, set(&[("cert-not-chained", "ROGUE-1")]));
+    let msg = v["findings"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("does not verify against registered CA"),
+        "{msg}"
+    );
+    // Its recorded fingerprint is honest, so only the chain check fires.
+    let (code, f, _) = one_check(&e, "cert-fingerprint-mismatch");
+    assert_eq!((code, f), (0, BTreeSet::new()));
+}
+
+#[test]
+fn tampered_signature_and_unknown_issuer_do_not_chain() {
+    let e = fleet();
+    // Flip one byte of DEV-003's signature and record the new DER's own fingerprint,
+    // so that only the signature can tell.
+    let hex = scalar(&e, "SELECT hex(der) FROM certificates WHERE id = 3");
+    let mut der = hex::decode(hex).unwrap();
+    let n = der.len();
+    der[n - 3] ^= 0x01;
+    let fp = cradle::pki::cert::sha256_hex(&der);
+    e.sql(&format!(
+        "UPDATE certificates SET der = X'{}', fingerprint = '{fp}' WHERE id = 3",
+        hex::encode(&der)
+    ));
+    // A DER that does not parse at all.
+    e.sql("UPDATE certificates SET der = X'3003020101', fingerprint = lower(hex(randomblob(32))) WHERE id = 5");
+    let (code, f, _) = one_check(&e, "cert-not-chained");
+    assert_eq!(code, 1);
+    assert_eq!(
+        f,
+        set(&[
+            ("cert-not-chained", "DEV-003"),
+            ("cert-not-chained", "DEV-005")
+        ])
+    );
+    let (_, f, _) = one_check(&e, "cert-fingerprint-mismatch");
+    assert_eq!(f, set(&[("cert-fingerprint-mismatch", "DEV-005")]));
+}
+
+#[test]
+fn stored_der_not_matching_its_fingerprint() {
+    let e = fleet();
+    e.sql("UPDATE certificates SET der = (SELECT der FROM certificates WHERE id = 1) WHERE id = 6");
+    let (code, f, v) = one_check(&e, "cert-fingerprint-mismatch");
+    assert_eq!(code, 1);
+    assert_eq!(f, set(&[("cert-fingerprint-mismatch", "DEV-006")]));
+    assert_eq!(
+        v["findings"][0]["cert"].as_str().unwrap(),
+        scalar(&e, "SELECT serial_hex FROM certificates WHERE id = 6")
+    );
+    // Swapped DER is still a valid certificate of our CA.
+    let (code, _, _) = one_check(&e, "cert-not-chained");
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn stuck_provisioning_and_decommission() {
+    let e = fleet();
+    e.sql(
+        "UPDATE devices SET status = 'registered' WHERE serial IN ('DEV-001','DEV-002','DEV-003');
+         UPDATE certificates SET created_at = '2026-01-01T00:00:00Z' WHERE device_id IN
+           (SELECT id FROM devices WHERE serial IN ('DEV-001','DEV-002'));
+         UPDATE certificates SET status = 'unused' WHERE device_id = (SELECT id FROM devices WHERE serial = 'DEV-002');
+         UPDATE devices SET status = 'retired', updated_at = '2026-01-01T00:00:00Z' WHERE serial = 'DEV-004';
+         UPDATE devices SET status = 'retired', updated_at = strftime('%Y-%m-%dT%H:%M:%SZ','now') WHERE serial = 'DEV-005';",
+    );
+    // DEV-003 was issued just now: registered but not stuck yet. DEV-005 retired today.
+    let (code, v) = audit(
+        &e,
+        &[
+            "--check",
+            "stuck-provisioning",
+            "--check",
+            "stuck-decommission",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert_eq!(
+        found(&v),
+        set(&[
+            ("stuck-provisioning", "DEV-001"),
+            ("stuck-provisioning", "DEV-002"),
+            ("stuck-decommission", "DEV-004"),
+        ])
+    );
+    let msgs: Vec<String> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["message"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("never reached 'provisioned'")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("provisioning failed")),
+        "{msgs:?}"
+    );
+    // Warnings: --fail-on error lets a cron job pass.
+    let (code, _) = audit(&e, &["--check", "stuck-decommission", "--fail-on", "error"]);
+    assert_eq!(code, 0);
+    // A longer threshold clears them.
+    let (code, _) = audit(
+        &e,
+        &[
+            "--check",
+            "stuck-provisioning",
+            "--check",
+            "stuck-decommission",
+            "--stuck-after",
+            "100000",
+        ],
+    );
+    assert_eq!(code, 0);
+}
+
+/// Signs a CRL with the home's issuing CA and stores it behind cradle's back.
+fn publish_crl(e: &Env, number: u64, revoked_hex: &[String], next_update: Duration) {
+    let reg = cradle::registry::Registry::open(&e.registry()).unwrap();
+    let signer = cradle::pki::ca::unlock(reg.conn(), &e.home.join("ca"), PASS.as_bytes()).unwrap();
+    let now = OffsetDateTime::now_utc();
+    let this_update = now - Duration::days(10);
+    let params = CertificateRevocationListParams {
+        this_update,
+        next_update: now + next_update,
+        crl_number: SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: revoked_hex
+            .iter()
+            .map(|h| RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&hex::decode(h).unwrap()),
+                revocation_time: now - Duration::days(1),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let der = params.signed_by(&signer.issuer).unwrap().der().to_vec();
+    drop(reg);
+    e.sql(&format!(
+        "INSERT INTO crls (ca_id, crl_number, this_update, next_update, entries, der, created_at)
+         VALUES ({}, {number}, {}, {}, {}, X'{}', '2026-11-01T00:00:00Z')",
+        signer.record.id,
+        this_update.unix_timestamp(),
+        (now + next_update).unix_timestamp(),
+        revoked_hex.len(),
+        hex::encode(der)
+    ));
+}
+
+fn revoke_sql(e: &Env, serials: &[&str]) -> Vec<String> {
+    let list = serials
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    e.sql(&format!(
+        "UPDATE certificates SET status = 'revoked', revoked_at = '2026-11-20T00:00:00Z', revocation_reason = 'keyCompromise'
+         WHERE device_id IN (SELECT id FROM devices WHERE serial IN ({list}));
+         UPDATE devices SET status = 'decommissioned' WHERE serial IN ({list});
+         INSERT INTO wipes (device_id, kind, level, method, recorded_at)
+           SELECT id, 'manual', 'destroy', 'shred', '2026-11-20T00:00:00Z' FROM devices WHERE serial IN ({list});"
+    ));
+    e.sql(&format!(
+        "SELECT c.serial_hex FROM certificates c JOIN devices d ON d.id = c.device_id WHERE d.serial IN ({list}) ORDER BY d.serial"
+    ))
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+#[test]
+fn crl_missing_or_stale() {
+    let e = fleet();
+    let serials = revoke_sql(&e, &["DEV-001", "DEV-002"]);
+    // Revoked certificates and no CRL at all.
+    let (code, f, v) = one_check(&e, "crl-stale");
+    assert_eq!(code, 1);
+    assert_eq!(f, set(&[("crl-stale", "-")]));
+    assert!(v["findings"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("2 certificate(s) of CA 'Test' are revoked but no CRL"));
+    // A CRL whose next update passed yesterday.
+    publish_crl(&e, 1, &serials, Duration::days(-1));
+    let (code, f, v) = one_check(&e, "crl-stale");
+    assert_eq!(code, 1);
+    assert_eq!(f, set(&[("crl-stale", "-")]));
+    assert!(v["findings"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("CRL #1 of CA 'Test' is stale"));
+    // A fresh CRL (a higher number) clears it; the whole audit is clean again.
+    publish_crl(&e, 2, &serials, Duration::days(7));
+    let (code, v) = audit(&e, &[]);
+    assert_eq!((code, found(&v)), (0, BTreeSet::new()), "{v}");
+}
+
+#[test]
+fn crl_missing_a_revoked_serial() {
+    let e = fleet();
+    let serials = revoke_sql(&e, &["DEV-003", "DEV-004", "DEV-007"]);
+    // The newest CRL forgets DEV-004 (an older CRL that listed it does not count).
+    publish_crl(&e, 1, &serials, Duration::days(7));
+    publish_crl(
+        &e,
+        2,
+        &[serials[0].clone(), serials[2].clone()],
+        Duration::days(7),
+    );
+    let (code, f, v) = one_check(&e, "crl-missing-serials");
+    assert_eq!(code, 1);
+    assert_eq!(f, set(&[("crl-missing-serials", "DEV-004")]));
+    assert_eq!(v["findings"][0]["cert"].as_str().unwrap(), serials[1]);
+    // Cross-check with OpenSSL: the stored CRL really lacks that serial.
+    let der = hex::decode(scalar(&e, "SELECT hex(der) FROM crls WHERE crl_number = 2")).unwrap();
+    let p = e.path("crl.der");
+    std::fs::write(&p, der).unwrap();
+    let (ok, text) = common::openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        p.to_str().unwrap(),
+        "-noout",
+        "-text",
+    ]);
+    assert!(ok, "{text}");
+    assert!(!text.to_lowercase().contains(&serials[1].to_lowercase()));
+    assert!(text.to_lowercase().contains(&serials[0].to_lowercase()));
+}
+
+#[test]
+fn crl_not_signed_by_its_ca() {
+    let e = fleet();
+    let serials = revoke_sql(&e, &["DEV-006"]);
+    publish_crl(&e, 1, &serials, Duration::days(7));
+    // Corrupt the CRL signature behind cradle's back.
+    let hex = scalar(&e, "SELECT hex(der) FROM crls WHERE crl_number = 1");
+    let mut der = hex::decode(hex).unwrap();
+    let n = der.len();
+    der[n - 2] ^= 0x40;
+    e.sql(&format!("UPDATE crls SET der = X'{}'", hex::encode(der)));
+    let (code, f, v) = one_check(&e, "crl-missing-serials");
+    assert_eq!(code, 1);
+    assert_eq!(f, set(&[("crl-missing-serials", "-")]));
+    assert!(v["findings"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("is not signed by that CA"));
+}
+
+fn event_break(e: &Env) -> (BTreeSet<(String, String)>, String) {
+    let (code, f, v) = one_check(e, "event-chain");
+    assert_eq!(code, 1, "{v}");
+    (f, v["findings"][0]["message"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn edited_event_is_named() {
+    let e = fleet();
+    // Event 5 is DEV-003's identity.issued (1 init, 2 CA, then one per device).
+    assert_eq!(
+        scalar(
+            &e,
+            "SELECT d.serial FROM events e JOIN devices d ON d.id = e.device_id WHERE e.id = 5"
+        ),
+        "DEV-003"
+    );
+    e.sql("UPDATE events SET actor = 'mallory' WHERE id = 5");
+    let (f, msg) = event_break(&e);
+    assert_eq!(f, set(&[("event-chain", "DEV-003")]));
+    assert!(msg.starts_with("event 5 altered"), "{msg}");
+    // `log verify` names it too, and exits 1.
+    let o = e.run(&["log", "verify"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        out.contains("BROKEN at event 5 (altered, device DEV-003)"),
+        "{out}"
+    );
+    let o = e.run(&["--json", "log", "verify"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["first_break"]["event_id"], 5);
+    assert_eq!(v["first_break"]["problem"], "altered");
+    assert_eq!(v["first_break"]["device"], "DEV-003");
+}
+
+#[test]
+fn deleted_event_is_named() {
+    let e = fleet();
+    e.sql("DELETE FROM events WHERE id = 6");
+    let (f, msg) = event_break(&e);
+    assert_eq!(f, set(&[("event-chain", "-")]));
+    assert!(
+        msg.contains("event(s) 6..6 were deleted before event 7"),
+        "{msg}"
+    );
+    // Deleting the newest event is caught by the recorded head.
+    let e = fleet();
+    e.sql("DELETE FROM events WHERE id = (SELECT max(id) FROM events)");
+    let (_, msg) = event_break(&e);
+    assert!(msg.contains("deleted"), "{msg}");
+    let o = e.run(&["log", "verify"]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn inserted_events_are_named() {
+    use cradle::registry::events::event_hash;
+    // An event forged with a self-consistent hash at the end of the chain but linked
+    // to a made-up previous hash.
+    let e = fleet();
+    let max: i64 = scalar(&e, "SELECT max(id) FROM events").parse().unwrap();
+    let id = max + 1;
+    let prev = "ab".repeat(32);
+    let details = "{\"note\":\"forged\"}";
+    let h = event_hash(
+        id,
+        &prev,
+        Some(2),
+        "device.state",
+        "mallory",
+        "x",
+        "2026-11-01T00:00:00Z",
+        details,
+    );
+    e.sql(&format!(
+        "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
+         VALUES ({id}, 2, 'device.state', 'mallory', 'x', '2026-11-01T00:00:00Z', '{details}', '{prev}', '{h}')"
+    ));
+    let (f, msg) = event_break(&e);
+    assert_eq!(f, set(&[("event-chain", "DEV-002")]));
+    assert!(msg.starts_with(&format!("event {id} inserted")), "{msg}");
+
+    // Properly chained to the head, but appended without cradle (meta head not moved).
+    let e = fleet();
+    let head = scalar(&e, "SELECT hash FROM events ORDER BY id DESC LIMIT 1");
+    let h = event_hash(
+        id,
+        &head,
+        Some(2),
+        "device.state",
+        "mallory",
+        "x",
+        "2026-11-01T00:00:00Z",
+        details,
+    );
+    e.sql(&format!(
+        "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
+         VALUES ({id}, 2, 'device.state', 'mallory', 'x', '2026-11-01T00:00:00Z', '{details}', '{head}', '{h}')"
+    ));
+    let (_, msg) = event_break(&e);
+    assert!(
+        msg.contains(&format!("after {max} were appended out of band")),
+        "{msg}"
+    );
+}
+
+#[test]
+fn log_export_formats_and_filters() {
+    let e = fleet();
+    let total: usize = scalar(&e, "SELECT count(*) FROM events").parse().unwrap();
+    let jsonl = e.ok(&["log", "export"]);
+    assert_eq!(jsonl.lines().count(), total);
+    let first: Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+    assert_eq!(first["id"], 1);
+    assert_eq!(first["kind"], "home.initialised");
+    let arr = e.json(&["log", "export"]);
+    assert_eq!(arr.as_array().unwrap().len(), total);
+    // The export carries the chain: each prev_hash is the previous hash.
+    let a = arr.as_array().unwrap();
+    for w in a.windows(2) {
+        assert_eq!(w[1]["prev_hash"], w[0]["hash"]);
+    }
+    let dev = e.json(&["log", "export", "--device", "DEV-004"]);
+    assert_eq!(dev.as_array().unwrap().len(), 1);
+    assert_eq!(dev[0]["device"], "DEV-004");
+    assert_eq!(dev[0]["kind"], "identity.issued");
+    // --since: future → nothing; past → everything.
+    assert_eq!(e.ok(&["log", "export", "--since", "2999-01-01"]), "");
+    assert_eq!(
+        e.ok(&["log", "export", "--since", "2000-01-01T00:00:00Z"])
+            .lines()
+            .count(),
+        total
+    );
+    let csv = e.ok(&["log", "export", "--format", "csv"]);
+    let mut r = csv::Reader::from_reader(csv.as_bytes());
+    assert_eq!(
+        r.headers().unwrap().iter().collect::<Vec<_>>(),
+        [
+            "id",
+            "at",
+            "kind",
+            "device",
+            "actor",
+            "station",
+            "details",
+            "prev_hash",
+            "hash"
+        ]
+    );
+    assert_eq!(r.records().count(), total);
+    // Written to a file.
+    let out = e.path("events.jsonl");
+    e.ok(&["log", "export", "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), jsonl);
+    // Bad input: one clear line, exit 3.
+    let err = e.fails(&["log", "export", "--since", "last tuesday"], 3);
+    assert!(
+        err.contains("--since 'last tuesday' is not a time"),
+        "{err}"
+    );
+    let err = e.fails(&["log", "export", "--device", "NOPE"], 3);
+    assert!(err.contains("NOPE"), "{err}");
+}
+
+/// `data-*` attribute values of the elements whose tag text contains `marker`.
+fn attr_of(html: &str, marker: &str, attr: &str) -> Option<String> {
+    let pos = html.find(marker)?;
+    let tag_start = html[..pos].rfind('<')?;
+    let tag_end = pos + html[pos..].find('>')?;
+    let tag = &html[tag_start..tag_end];
+    let key = format!("{attr}=\"");
+    let i = tag.find(&key)? + key.len();
+    let j = tag[i..].find('"')? + i;
+    Some(tag[i..j].to_string())
+}
+
+fn count_of(html: &str, marker: &str) -> i64 {
+    attr_of(html, marker, "data-count")
+        .unwrap_or_else(|| panic!("no data-count on {marker}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn fleet_report_html_matches_the_registry() {
+    let e = fleet();
+    // Some variety: a decommissioned device with a wipe, one without, an expiring cert.
+    revoke_sql(&e, &["DEV-007"]);
+    e.sql(
+        "UPDATE devices SET status = 'decommissioned', updated_at = '2026-11-22T09:00:00Z' WHERE serial = 'DEV-006';
+         UPDATE devices SET updated_at = '2026-11-21T09:00:00Z' WHERE serial = 'DEV-007';
+         UPDATE certificates SET not_after = strftime('%s','now') + 3*86400 WHERE id = 1;
+         UPDATE devices SET site = '<script>alert(1)</script>' WHERE serial = 'DEV-005';",
+    );
+    let out = e.path("fleet.html");
+    let before = e.dump();
+    e.ok(&["report", "fleet", "-o", out.to_str().unwrap()]);
+    assert_eq!(e.dump(), before, "a report must not change the registry");
+    let html = std::fs::read_to_string(&out).unwrap();
+
+    // Self-contained: no scripts, no external resources, user data escaped.
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    for bad in [
+        "<script", "<link", " src=", "url(", "@import", "http://", "https://",
+    ] {
+        let hits: Vec<_> = html.match_indices(bad).collect();
+        // The only URL allowed is the SVG namespace name (never fetched).
+        let allowed = hits
+            .iter()
+            .all(|(i, _)| html[*i..].starts_with("http://www.w3.org/2000/svg"));
+        assert!(allowed, "report contains {bad}");
+    }
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+
+    // Numbers against the registry.
+    let n = |sql: &str| -> i64 { scalar(&e, sql).parse().unwrap() };
+    assert_eq!(
+        count_of(&html, "id=\"kpi-devices\""),
+        n("SELECT count(*) FROM devices")
+    );
+    assert_eq!(
+        count_of(&html, "id=\"kpi-active-certificates\""),
+        n("SELECT count(*) FROM certificates WHERE status = 'active'")
+    );
+    for st in [
+        "registered",
+        "provisioned",
+        "deployed",
+        "maintenance",
+        "retired",
+        "decommissioned",
+    ] {
+        assert_eq!(
+            count_of(&html, &format!("data-group=\"state\" data-label=\"{st}\"")),
+            n(&format!(
+                "SELECT count(*) FROM devices WHERE status = '{st}'"
+            )),
+            "{st}"
+        );
+    }
+    assert_eq!(
+        count_of(&html, "data-group=\"site\" data-label=\"Lyon\""),
+        n("SELECT count(*) FROM devices WHERE site = 'Lyon'")
+    );
+    assert_eq!(
+        count_of(&html, "data-group=\"site\" data-label=\"Berlin\""),
+        3
+    );
+    assert_eq!(
+        count_of(&html, "data-group=\"batch\" data-label=\"B-2026-11\""),
+        8
+    );
+    assert_eq!(
+        count_of(&html, "data-group=\"model\" data-label=\"sensor-s\""),
+        4
+    );
+    assert_eq!(
+        count_of(&html, "data-group=\"model\" data-label=\"gateway-g\""),
+        4
+    );
+    assert_eq!(
+        count_of(&html, "data-group=\"certificate\" data-label=\"revoked\""),
+        1
+    );
+
+    // The chart: one bar per month plus "expired" and "later"; bars sum to the active
+    // certificates of in-service devices.
+    let bars: Vec<(String, i64)> = html
+        .match_indices("<g class=\"bar\" data-month=\"")
+        .map(|(i, m)| {
+            let s = &html[i + m.len()..];
+            let month = s[..s.find('"').unwrap()].to_string();
+            (
+                month.clone(),
+                count_of(&html[i..], &format!("data-month=\"{month}\"")),
+            )
+        })
+        .collect();
+    assert_eq!(bars.len(), 14, "{bars:?}");
+    assert_eq!(bars[0].0, "expired");
+    assert_eq!(bars[13].0, "later");
+    let in_service = n(
+        "SELECT count(*) FROM certificates c JOIN devices d ON d.id = c.device_id
+                        WHERE c.status = 'active' AND d.status NOT IN ('retired','decommissioned')",
+    );
+    assert_eq!(bars.iter().map(|b| b.1).sum::<i64>(), in_service);
+    // DEV-001's certificate expires in 3 days: this month or next.
+    assert_eq!(bars[1].1 + bars[2].1, 1, "{bars:?}");
+    assert_eq!(bars[13].1, in_service - 1);
+
+    // Findings: the same as `cradle audit`.
+    let (_, v) = audit(&e, &[]);
+    let total = v["summary"]["findings"].as_i64().unwrap();
+    assert_eq!(count_of(&html, "id=\"findings\""), total);
+    assert_eq!(html.matches("<tr class=\"finding\"").count() as i64, total);
+    assert!(html.contains("data-check=\"decommissioned-without-wipe\" data-severity=\"error\" data-device=\"DEV-006\""));
+    assert!(html.contains(
+        "data-check=\"cert-expiring\" data-severity=\"warning\" data-device=\"DEV-001\""
+    ));
+    assert_eq!(
+        count_of(&html, "<tr data-check=\"decommissioned-without-wipe\""),
+        1
+    );
+    assert_eq!(count_of(&html, "<tr data-check=\"event-chain\""), 0);
+
+    // Recent decommissions, newest first.
+    assert_eq!(count_of(&html, "id=\"decommissions\""), 2);
+    let i6 = html
+        .find("class=\"decommission\" data-serial=\"DEV-006\"")
+        .unwrap();
+    let i7 = html
+        .find("class=\"decommission\" data-serial=\"DEV-007\"")
+        .unwrap();
+    assert!(i6 < i7, "newest decommission first");
+
+    // --json gives the same numbers.
+    let j = e.json(&["report", "fleet"]);
+    assert_eq!(j["devices"], 8);
+    assert_eq!(j["audit"]["findings"], total);
+    assert_eq!(j["expiry"]["months"].as_array().unwrap().len(), 12);
+}
+
+#[test]
+fn fleet_report_on_an_empty_registry() {
+    let e = Env::with_ca();
+    let html = e.ok(&["report", "fleet"]);
+    assert_eq!(count_of(&html, "id=\"kpi-devices\""), 0);
+    assert!(html.contains("No findings: every check passed."));
+    assert!(html.contains("No device has been decommissioned yet."));
+    let e = Env::bare();
+    e.fails(&["report", "fleet"], 4);
+}
