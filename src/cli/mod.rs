@@ -8,15 +8,13 @@ mod device;
 mod identity;
 mod init;
 mod inventory;
+mod log;
 mod meta;
 mod provision;
-mod sim;
 mod report;
 mod retire;
 mod sanitization;
-mod log;
-mod meta;
-mod report;
+mod sim;
 
 use std::path::PathBuf;
 
@@ -95,9 +93,6 @@ pub enum Command {
     )]
     Decommission(retire::DecommissionArgs),
 
-    /// Reports built from the registry (certificates of sanitization)
-    #[command(subcommand)]
-    Report(report::ReportCommand),
     /// Import and export devices as CSV, JSON or JSON Lines
     #[command(subcommand)]
     Inventory(inventory::InventoryCommand),
@@ -131,7 +126,7 @@ pub enum Command {
     #[command(subcommand)]
     Log(log::LogCommand),
 
-    /// Write reports for people (HTML fleet report)
+    /// Reports for people: the HTML fleet report, certificates of sanitization
     #[command(subcommand)]
     Report(report::ReportCommand),
 
@@ -177,7 +172,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Sim(a) => sim::run(&ctx, a),
         Command::Audit(a) => audit::run(&ctx, a),
         Command::Log(c) => log::run(&ctx, c),
-        Command::Report(c) => report::run(&ctx, c),
         Command::Completions { shell } => meta::completions(shell),
         Command::Man { out } => meta::man(&out),
     }
