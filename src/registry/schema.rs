@@ -146,6 +146,7 @@ CREATE TABLE decommissions (
     PRIMARY KEY (device_id, step)
 );
 CREATE INDEX certificates_revoked ON certificates(ca_id) WHERE status = 'revoked';
+"#,
     // 3: audit looks up revoked and unused certificates without scanning every row.
     r#"
 CREATE INDEX certificates_status ON certificates(status, device_id);
