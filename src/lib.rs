@@ -14,10 +14,10 @@ pub mod lifecycle;
 pub mod passphrase;
 pub mod pki;
 pub mod registry;
+pub mod retire;
 pub mod signals;
 pub mod sim;
 pub mod station;
 pub mod wire;
-pub mod retire;
 
 pub use error::{Error, Result};

@@ -6,9 +6,9 @@ pub mod cas;
 pub mod certs;
 pub mod devices;
 pub mod events;
+pub mod inventory;
 pub mod provision;
 pub mod retire;
-pub mod inventory;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
