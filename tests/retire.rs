@@ -873,3 +873,19 @@ fn a_batch_of_1000_devices_from_csv_with_manual_wipe_records() {
     assert_eq!(text.matches("Cessation Of Operation").count(), 1000);
     assert!(Path::new(&crl).exists());
 }
+
+#[test]
+fn a_certificate_named_twice_in_one_run_is_revoked_once() {
+    let (e, _) = fleet(1);
+    let j = e.json(&["revoke", "D-0001", "D-0001", "--passphrase-file", e.pass()]);
+    assert_eq!(j["revoked"], 1);
+    assert_eq!(j["already_revoked"], 1);
+    assert_eq!(
+        count(
+            &e,
+            "SELECT COUNT(*) FROM events WHERE kind = 'cert.revoked'"
+        ),
+        1
+    );
+    assert_eq!(j["crl"]["entries"], 1);
+}

@@ -26,6 +26,7 @@ pub fn read_snapshot(conn: &Connection) -> Result<Option<rusqlite::Transaction<'
 pub fn tune_for_bulk(conn: &Connection) -> Result<()> {
     let _: i64 = conn.query_row("PRAGMA mmap_size = 1073741824", [], |r| r.get(0))?;
     conn.pragma_update(None, "cache_size", -262_144)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
 }
 
@@ -120,6 +121,42 @@ pub fn revoke_cert(conn: &Connection, id: i64, reason: &str, now: &str) -> Resul
         )?
         .execute(params![now, reason, id])?;
     Ok(n == 1)
+}
+
+/// Revokes many certificates (id, reason) with one set-based UPDATE; returns the
+/// ids that were still active (or unused) and are now revoked.
+pub fn bulk_revoke(
+    conn: &Connection,
+    items: &[(i64, &str)],
+    now: &str,
+) -> Result<std::collections::HashSet<i64>> {
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS revoke_batch (id INTEGER PRIMARY KEY, reason TEXT NOT NULL);
+         DELETE FROM temp.revoke_batch;",
+    )?;
+    {
+        let mut ins = conn.prepare_cached(
+            "INSERT OR IGNORE INTO temp.revoke_batch (id, reason) VALUES (?1, ?2)",
+        )?;
+        for (id, reason) in items {
+            ins.execute(params![id, reason])?;
+        }
+    }
+    let mut done = std::collections::HashSet::with_capacity(items.len());
+    {
+        let mut upd = conn.prepare_cached(
+            "UPDATE certificates SET status = 'revoked', revoked_at = ?1, revocation_reason = t.reason
+             FROM temp.revoke_batch t
+             WHERE certificates.id = t.id AND certificates.status IN ('active','unused')
+             RETURNING certificates.id",
+        )?;
+        let mut rows = upd.query([now])?;
+        while let Some(r) = rows.next()? {
+            done.insert(r.get::<_, i64>(0)?);
+        }
+    }
+    conn.execute_batch("DELETE FROM temp.revoke_batch")?;
+    Ok(done)
 }
 
 /// Certificates of a device whose fingerprint starts with `prefix` (lower-case hex).

@@ -207,26 +207,7 @@ pub fn revoke_in_tx(
     for c in certs {
         let done = rr::revoke_cert(conn, c.id, reason.as_str(), now)?;
         if done {
-            let mut details = serde_json::json!({
-                "cert_serial": c.serial_hex,
-                "fingerprint": c.fingerprint,
-                "reason": reason.as_str(),
-                "reason_code": reason.code(),
-            });
-            if let (Some(d), Some(e)) = (details.as_object_mut(), extra.as_object()) {
-                d.extend(e.clone());
-            }
-            chain.append(
-                conn,
-                &NewEvent {
-                    device_id: Some(device_id),
-                    kind: "cert.revoked",
-                    actor: &actor.operator,
-                    station: &actor.station,
-                    details,
-                },
-                now,
-            )?;
+            revoked_event(conn, chain, device_id, c, reason, actor, now, extra)?;
         }
         out.push(Revocation {
             serial: serial.to_string(),
@@ -240,6 +221,40 @@ pub fn revoke_in_tx(
     Ok(out)
 }
 
+#[allow(clippy::too_many_arguments)]
+fn revoked_event(
+    conn: &Connection,
+    chain: &mut EventChain,
+    device_id: i64,
+    c: &ActiveCert,
+    reason: Reason,
+    actor: &Actor,
+    now: &str,
+    extra: &serde_json::Value,
+) -> Result<()> {
+    let mut details = serde_json::json!({
+        "cert_serial": c.serial_hex,
+        "fingerprint": c.fingerprint,
+        "reason": reason.as_str(),
+        "reason_code": reason.code(),
+    });
+    if let (Some(d), Some(e)) = (details.as_object_mut(), extra.as_object()) {
+        d.extend(e.clone());
+    }
+    chain.append(
+        conn,
+        &NewEvent {
+            device_id: Some(device_id),
+            kind: "cert.revoked",
+            actor: &actor.operator,
+            station: &actor.station,
+            details,
+        },
+        now,
+    )?;
+    Ok(())
+}
+
 /// Records the planned revocations, `CHUNK` devices per transaction.
 pub fn apply(
     reg: &mut Registry,
@@ -247,9 +262,7 @@ pub fn apply(
     actor: &Actor,
     progress: &dyn Fn(u64),
 ) -> Result<Vec<Revocation>> {
-    if plans.len() > 1000 {
-        rr::tune_for_bulk(reg.conn())?;
-    }
+    rr::tune_for_bulk(reg.conn())?;
     let mut out = Vec::with_capacity(plans.len());
     let mut done = 0u64;
     for chunk in plans.chunks(CHUNK) {
@@ -257,19 +270,38 @@ pub fn apply(
         let tx = reg.write()?;
         let mut chain = EventChain::load(&tx)?;
         let first = out.len();
+        // One set-based UPDATE for the chunk, then one event per revoked certificate.
+        let items: Vec<(i64, &str)> = chunk
+            .iter()
+            .flat_map(|p| p.certs.iter().map(move |c| (c.id, p.reason.as_str())))
+            .collect();
+        let mut revoked = rr::bulk_revoke(&tx, &items, &now)?;
         for p in chunk {
             out.extend(p.already.iter().cloned());
-            out.extend(revoke_in_tx(
-                &tx,
-                &mut chain,
-                p.device_id,
-                &p.serial,
-                &p.certs,
-                p.reason,
-                actor,
-                &now,
-                &serde_json::Value::Null,
-            )?);
+            for c in &p.certs {
+                // remove(): a certificate named twice gets one event, then "already".
+                let done = revoked.remove(&c.id);
+                if done {
+                    revoked_event(
+                        &tx,
+                        &mut chain,
+                        p.device_id,
+                        c,
+                        p.reason,
+                        actor,
+                        &now,
+                        &serde_json::Value::Null,
+                    )?;
+                }
+                out.push(Revocation {
+                    serial: p.serial.clone(),
+                    cert_serial: c.serial_hex.clone(),
+                    fingerprint: c.fingerprint.clone(),
+                    reason: p.reason.as_str().to_string(),
+                    result: if done { "revoked" } else { "already revoked" },
+                    revoked_at: done.then(|| now.clone()),
+                });
+            }
         }
         if out[first..].iter().any(|r| r.result == "revoked") {
             rr::mark_crl_stale(&tx)?;
