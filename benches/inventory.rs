@@ -55,6 +55,8 @@ fn generate(path: &Path, n: u64) {
 
 struct Run {
     secs: f64,
+    /// User + system CPU seconds (from /usr/bin/time), steadier than wall time on a busy machine.
+    cpu: Option<f64>,
     max_rss_kib: Option<u64>,
 }
 
@@ -110,7 +112,36 @@ fn measure(cmd: Command, what: &str) -> Run {
     } else {
         Some(hwm)
     };
-    Run { secs, max_rss_kib }
+    let field = |name: &str| -> Option<f64> {
+        err.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let cpu = match (
+        field("User time (seconds):"),
+        field("System time (seconds):"),
+    ) {
+        (Some(u), Some(s)) => Some(u + s),
+        _ => None,
+    };
+    Run {
+        secs,
+        cpu,
+        max_rss_kib,
+    }
+}
+
+fn cpu(r: &Run) -> String {
+    r.cpu
+        .map(|c| format!("{c:.2} s cpu"))
+        .unwrap_or_else(|| "cpu ?".into())
+}
+
+fn cpu_ratio(ours: &Run, theirs: &Run) -> String {
+    match (ours.cpu, theirs.cpu) {
+        (Some(a), Some(b)) if a > 0.0 => format!(", by CPU time {:.2}x", b / a),
+        _ => String::new(),
+    }
 }
 
 fn mib(r: &Run) -> String {
@@ -225,20 +256,23 @@ CREATE INDEX devices_status ON devices(status);";
 
     let rate = |r: &Run| rows as f64 / r.secs;
     println!(
-        "import  cradle  {:>10.0} rows/s  ({:.2} s, peak {})",
+        "import  cradle  {:>10.0} rows/s  ({:.2} s, {}, peak {})",
         rate(&imp),
         imp.secs,
+        cpu(&imp),
         mib(&imp)
     );
     println!(
-        "import  sqlite3 {:>10.0} rows/s  ({:.2} s, peak {})",
+        "import  sqlite3 {:>10.0} rows/s  ({:.2} s, {}, peak {})",
         rate(&ref_imp),
         ref_imp.secs,
+        cpu(&ref_imp),
         mib(&ref_imp)
     );
     println!(
-        "import  ratio cradle/sqlite3 = {:.2}x  (target >= 1.0x, peak < 64 MiB)",
-        rate(&imp) / rate(&ref_imp)
+        "import  ratio cradle/sqlite3 = {:.2}x{}  (target >= 1.0x, peak < 64 MiB)",
+        rate(&imp) / rate(&ref_imp),
+        cpu_ratio(&imp, &ref_imp)
     );
     println!(
         "re-import --mode upsert (all unchanged) {:>10.0} rows/s  ({:.2} s, peak {})",
@@ -247,20 +281,23 @@ CREATE INDEX devices_status ON devices(status);";
         mib(&again)
     );
     println!(
-        "export  cradle  {:>10.0} rows/s  ({:.2} s, peak {}, {:.1} MB)",
+        "export  cradle  {:>10.0} rows/s  ({:.2} s, {}, peak {}, {:.1} MB)",
         rate(&exp),
         exp.secs,
+        cpu(&exp),
         mib(&exp),
         exported as f64 / 1e6
     );
     println!(
-        "export  sqlite3 {:>10.0} rows/s  ({:.2} s, peak {})",
+        "export  sqlite3 {:>10.0} rows/s  ({:.2} s, {}, peak {})",
         rate(&ref_exp),
         ref_exp.secs,
+        cpu(&ref_exp),
         mib(&ref_exp)
     );
     println!(
-        "export  ratio cradle/sqlite3 = {:.2}x  (target >= 1.0x)",
-        rate(&exp) / rate(&ref_exp)
+        "export  ratio cradle/sqlite3 = {:.2}x{}  (target >= 1.0x)",
+        rate(&exp) / rate(&ref_exp),
+        cpu_ratio(&exp, &ref_exp)
     );
 }
