@@ -26,6 +26,7 @@ fn fleet(n: usize) -> (Env, Vec<(String, String)>) {
     let lines = std::fs::read_to_string(&bundle)
         .unwrap()
         .lines()
+        .skip(1) // the bundle's header line (chain, profile)
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             (
