@@ -1074,6 +1074,11 @@ fn fleet_report_html_matches_the_registry() {
         .unwrap();
     assert!(i6 < i7, "newest decommission first");
 
+    // --skip leaves a check out of the report's findings.
+    let j = e.json(&["report", "fleet", "--skip", "cert-expiring"]);
+    assert_eq!(j["audit"]["checks"].as_array().unwrap().len(), 14);
+    assert_eq!(j["audit"]["findings"], total - 1);
+
     // --json gives the same numbers.
     let j = e.json(&["report", "fleet"]);
     assert_eq!(j["devices"], 8);
