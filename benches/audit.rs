@@ -208,7 +208,12 @@ fn main() {
     let n: u64 = std::env::var("AUDIT_BENCH_DEVICES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+        // `cargo bench` passes --bench; under `cargo test --all-targets` run a smoke-sized fleet.
+        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
+            1_000_000
+        } else {
+            200
+        });
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("audit-bench-{n}"));
     let home = dir.join("home");
     let db = home.join("registry.db");

@@ -913,6 +913,19 @@ fn log_export_formats_and_filters() {
     let out = e.path("events.jsonl");
     e.ok(&["log", "export", "-o", out.to_str().unwrap()]);
     assert_eq!(std::fs::read_to_string(&out).unwrap(), jsonl);
+    // An unwritable destination: exit 8, nothing left behind.
+    let files = e.files();
+    let err = e.fails(
+        &[
+            "log",
+            "export",
+            "-o",
+            e.path("no/such/dir/x.jsonl").to_str().unwrap(),
+        ],
+        8,
+    );
+    assert!(err.contains("no/such/dir"), "{err}");
+    assert_eq!(e.files(), files);
     // Bad input: one clear line, exit 3.
     let err = e.fails(&["log", "export", "--since", "last tuesday"], 3);
     assert!(
@@ -1073,6 +1086,11 @@ fn fleet_report_html_matches_the_registry() {
         .find("class=\"decommission\" data-serial=\"DEV-007\"")
         .unwrap();
     assert!(i6 < i7, "newest decommission first");
+
+    // --skip leaves a check out of the report's findings.
+    let j = e.json(&["report", "fleet", "--skip", "cert-expiring"]);
+    assert_eq!(j["audit"]["checks"].as_array().unwrap().len(), 14);
+    assert_eq!(j["audit"]["findings"], total - 1);
 
     // --json gives the same numbers.
     let j = e.json(&["report", "fleet"]);

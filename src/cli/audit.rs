@@ -44,10 +44,10 @@ Examples:
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
     /// Run only this check (repeatable)
-    #[arg(long = "check", value_name = "ID", value_parser = PossibleValuesParser::new(audit::check_ids()))]
+    #[arg(long = "check", value_name = "ID", value_parser = PossibleValuesParser::new(audit::check_ids()), hide_possible_values = true)]
     pub checks: Vec<String>,
     /// Do not run this check (repeatable), e.g. skip the signature pass on a nightly run
-    #[arg(long = "skip", value_name = "ID", value_parser = PossibleValuesParser::new(audit::check_ids()))]
+    #[arg(long = "skip", value_name = "ID", value_parser = PossibleValuesParser::new(audit::check_ids()), hide_possible_values = true)]
     pub skip: Vec<String>,
     /// Warn about certificates expiring within DAYS
     #[arg(long, value_name = "DAYS", default_value_t = 30)]

@@ -31,7 +31,7 @@ pub struct FleetArgs {
     #[arg(long, value_name = "DAYS", default_value_t = 30)]
     pub expiring_within: u32,
     /// Leave this audit check out of the findings (repeatable)
-    #[arg(long = "skip", value_name = "ID", value_parser = clap::builder::PossibleValuesParser::new(crate::audit::check_ids()))]
+    #[arg(long = "skip", value_name = "ID", value_parser = clap::builder::PossibleValuesParser::new(crate::audit::check_ids()), hide_possible_values = true)]
     pub skip: Vec<String>,
     /// Audit threshold for stuck devices, in days
     #[arg(long, value_name = "DAYS", default_value_t = 7)]
