@@ -47,7 +47,10 @@ fn init_creates_a_home_and_refuses_to_overwrite_it() {
     assert!(env.registry().exists());
     assert_eq!(mode(&env.home), 0o700);
     assert_eq!(env.sql("PRAGMA journal_mode;").trim(), "wal");
-    assert_eq!(env.sql("PRAGMA user_version;").trim(), "1");
+    assert_eq!(
+        env.sql("PRAGMA user_version;").trim(),
+        cradle::registry::schema::MIGRATIONS.len().to_string()
+    );
     let before = env.dump();
     let err = env.fails(&["init"], 7);
     assert!(err.contains("already a cradle home"), "{err}");
