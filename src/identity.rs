@@ -527,6 +527,9 @@ pub fn batch(
     }
     let mut done = 0usize;
     let want_bundle = out.bundle.is_some();
+    // Checkpoint the WAL less often while bulk-inserting; restored below.
+    reg.conn()
+        .pragma_update(None, "wal_autocheckpoint", 16384)?;
     // Keys and certificates for chunk N+1 are made on the worker pool while chunk N
     // is committed here: the registry thread is the bottleneck, so keep it busy.
     let result = std::thread::scope(|scope| -> Result<()> {
@@ -554,6 +557,7 @@ pub fn batch(
     if let Some((f, _)) = bundle.as_mut() {
         f.sync_all().ok();
     }
+    let _ = reg.conn().pragma_update(None, "wal_autocheckpoint", 1000);
     // A bundle holding no committed device is not left behind.
     if result.is_err() && done == 0 {
         if let Some(p) = &out.bundle {

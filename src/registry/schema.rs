@@ -26,9 +26,9 @@ CREATE TABLE devices (
     created_at  TEXT NOT NULL,
     updated_at  TEXT NOT NULL
 );
-CREATE INDEX devices_hardware_id ON devices(hardware_id);
-CREATE INDEX devices_mac ON devices(mac);
-CREATE INDEX devices_imei ON devices(imei);
+CREATE INDEX devices_hardware_id ON devices(hardware_id) WHERE hardware_id IS NOT NULL;
+CREATE INDEX devices_mac ON devices(mac) WHERE mac IS NOT NULL;
+CREATE INDEX devices_imei ON devices(imei) WHERE imei IS NOT NULL;
 CREATE INDEX devices_status ON devices(status);
 
 CREATE TABLE cas (
