@@ -193,6 +193,8 @@ pub struct Session<T: Read + Write> {
     window: usize,
     pub stats: Stats,
     info: Option<DeviceInfo>,
+    /// Slots known to be empty (KEYGEN erases cert and chain): no STAT needed first.
+    known_empty: Vec<&'static str>,
 }
 
 /// The port type `open` returns.
@@ -238,6 +240,7 @@ impl<T: Read + Write> Session<T> {
             window: 1,
             stats: Stats::default(),
             info: None,
+            known_empty: Vec::new(),
         }
     }
 
@@ -450,11 +453,17 @@ impl<T: Read + Write> Session<T> {
                 self.stats.retries += 1;
                 let now = self.hello()?.public_key;
                 if let Some(p) = now.filter(|p| Some(p) != before.as_ref()) {
-                    return Ok((p, self.csr()?));
+                    let csr = self.csr()?;
+                    self.known_empty = vec![SLOT_CERT, SLOT_CHAIN];
+                    return Ok((p, csr));
                 }
             }
             match self.request("KEYGEN", vec![], false) {
-                Ok(f) => return Ok((f.need_b64("pub")?, f.need_b64("csr")?)),
+                Ok(f) => {
+                    let r = (f.need_b64("pub")?, f.need_b64("csr")?);
+                    self.known_empty = vec![SLOT_CERT, SLOT_CHAIN];
+                    return Ok(r);
+                }
                 Err(e @ WireError::Timeout { .. }) => last = Some(e),
                 Err(WireError::Protocol(m)) if m.contains("garbled") => {
                     last = Some(WireError::Protocol(m))
@@ -508,8 +517,23 @@ impl<T: Read + Write> Session<T> {
         let mut window = self.window;
         let mut resyncs = 0;
         let mut best = 0usize;
+        let mut fresh = match self.known_empty.iter().position(|s| *s == slot) {
+            Some(i) => {
+                self.known_empty.remove(i);
+                true
+            }
+            None => false,
+        };
         'resume: loop {
-            let st = self.stat(slot)?;
+            let st = if std::mem::take(&mut fresh) {
+                SlotStatus {
+                    len: 0,
+                    committed: false,
+                    sha256: sha256(&[]),
+                }
+            } else {
+                self.stat(slot)?
+            };
             let mut held = st.len as usize;
             if held > total || sha256(&data[..held]) != st.sha256 {
                 self.erase(slot)?;
