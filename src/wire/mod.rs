@@ -551,7 +551,11 @@ impl<T: Read + Write> Session<T> {
             let mut next = held;
             let mut in_flight: VecDeque<u32> = VecDeque::new();
             let mut last_progress = Instant::now();
-            while held < total {
+            // COMMIT follows the last WRITE without waiting: the device answers in order,
+            // so an OK to it means every WRITE before it landed.
+            let mut commit_seq = None;
+            let want = sha256(data);
+            loop {
                 while in_flight.len() < window && next < total {
                     let end = (next + chunk).min(total);
                     let seq = self.send(
@@ -561,10 +565,33 @@ impl<T: Read + Write> Session<T> {
                     in_flight.push_back(seq);
                     next = end;
                 }
+                if next >= total && commit_seq.is_none() {
+                    commit_seq = Some(self.send(
+                        "COMMIT",
+                        vec![slot.to_string(), total.to_string(), hex::encode(want)],
+                    )?);
+                }
                 let deadline = last_progress
                     + self.timeout
                     + self.line_time((self.window + 1) * self.max_line);
                 let lost = match self.recv(deadline, "WRITE") {
+                    Ok(f) if Some(f.seq) == commit_seq => {
+                        if f.verb == "OK" {
+                            if f.need("sha256")? != hex::encode(want) {
+                                return Err(WireError::Verify(format!(
+                                    "device computed a different SHA-256 for slot {slot}"
+                                )));
+                            }
+                            progress(total as u64, total as u64);
+                            return Ok(());
+                        }
+                        let code: u32 = f.args.first().and_then(|c| c.parse().ok()).unwrap_or(0);
+                        if code == code::NOT_COMMITTED || code == code::BAD_FRAME {
+                            true
+                        } else {
+                            return Err(refused("COMMIT", &f));
+                        }
+                    }
                     Ok(f) => match in_flight.iter().position(|s| *s == f.seq) {
                         Some(i) if f.verb == "OK" => {
                             // Acknowledgements are cumulative: `len` is all the device holds.
@@ -608,20 +635,7 @@ impl<T: Read + Write> Session<T> {
                     continue 'resume;
                 }
             }
-            break;
         }
-        let want = sha256(data);
-        let f = self.request(
-            "COMMIT",
-            vec![slot.to_string(), total.to_string(), hex::encode(want)],
-            true,
-        )?;
-        if f.need("sha256")? != hex::encode(want) {
-            return Err(WireError::Verify(format!(
-                "device computed a different SHA-256 for slot {slot}"
-            )));
-        }
-        Ok(())
     }
 
     /// Reads `len` bytes of `slot` with READ frames kept in flight (READ is idempotent).
