@@ -639,28 +639,42 @@ impl<T: Read + Write> Session<T> {
     }
 
     /// Reads `len` bytes of `slot` with READ frames kept in flight (READ is idempotent).
-    /// Lost replies are asked for again, in smaller frames if the line is noisy.
     pub fn read_object(&mut self, slot: &str, len: usize) -> Result<Vec<u8>, WireError> {
-        let mut data = Vec::with_capacity(len);
+        Ok(self.read_objects(&[(slot, len)])?.pop().unwrap_or_default())
+    }
+
+    /// Reads several slots in one pipelined pass. Lost replies are asked for again, in
+    /// smaller frames if the line is noisy.
+    pub fn read_objects(&mut self, wanted: &[(&str, usize)]) -> Result<Vec<Vec<u8>>, WireError> {
+        let mut data: Vec<Vec<u8>> = wanted.iter().map(|(_, l)| Vec::with_capacity(*l)).collect();
         let mut chunk = self.chunk_size();
         let mut window = self.window;
         let mut stuck = 0;
-        while data.len() < len {
-            let start = data.len();
-            let mut got: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
-            let mut todo = (start..len).step_by(chunk);
-            let mut pending: VecDeque<(u32, usize)> = VecDeque::new();
+        loop {
+            let before: usize = data.iter().map(Vec::len).sum();
+            let todo: Vec<(usize, usize)> = wanted
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (_, len))| (data[i].len()..*len).step_by(chunk).map(move |o| (i, o)))
+                .collect();
+            if todo.is_empty() {
+                return Ok(data);
+            }
+            let mut got: BTreeMap<(usize, usize), Vec<u8>> = BTreeMap::new();
+            let mut todo = todo.into_iter();
+            let mut pending: VecDeque<(u32, usize, usize)> = VecDeque::new();
             let mut last_progress = Instant::now();
             loop {
                 while pending.len() < window {
                     match todo.next() {
-                        Some(off) => {
+                        Some((i, off)) => {
+                            let (slot, len) = wanted[i];
                             let n = chunk.min(len - off);
                             let seq = self.send(
                                 "READ",
                                 vec![slot.to_string(), off.to_string(), n.to_string()],
                             )?;
-                            pending.push_back((seq, off));
+                            pending.push_back((seq, i, off));
                         }
                         None => break,
                     }
@@ -672,11 +686,12 @@ impl<T: Read + Write> Session<T> {
                     last_progress + self.timeout + self.line_time((window + 1) * self.max_line);
                 match self.recv(deadline, "READ") {
                     Ok(f) => {
-                        if let Some(i) = pending.iter().position(|(s, _)| *s == f.seq) {
+                        if let Some(k) = pending.iter().position(|(s, _, _)| *s == f.seq) {
                             if f.verb != "OK" {
                                 return Err(refused("READ", &f));
                             }
-                            let (_, off) = pending.remove(i).expect("index from position");
+                            let (_, i, off) = pending.remove(k).expect("index from position");
+                            let (slot, len) = wanted[i];
                             let d = f.need_b64("data")?;
                             if d.len() != chunk.min(len - off) {
                                 return Err(WireError::Protocol(format!(
@@ -684,7 +699,7 @@ impl<T: Read + Write> Session<T> {
                                     d.len()
                                 )));
                             }
-                            got.insert(off, d);
+                            got.insert((i, off), d);
                             last_progress = Instant::now();
                         } else if f.seq == 0 && f.verb == "ERR" {
                             // One of our READs arrived garbled; the round ends early.
@@ -695,36 +710,46 @@ impl<T: Read + Write> Session<T> {
                     Err(e) => return Err(e),
                 }
             }
-            let mut off = start;
-            while let Some(d) = got.remove(&off) {
-                off += d.len();
-                data.extend_from_slice(&d);
+            for (i, d) in data.iter_mut().enumerate() {
+                let mut off = d.len();
+                while let Some(c) = got.remove(&(i, off)) {
+                    off += c.len();
+                    d.extend_from_slice(&c);
+                }
             }
-            if data.len() == len {
-                break;
+            let after: usize = data.iter().map(Vec::len).sum();
+            if after == wanted.iter().map(|(_, l)| l).sum::<usize>() {
+                return Ok(data);
             }
             self.stats.resyncs += 1;
-            stuck = if data.len() > start { 0 } else { stuck + 1 };
+            stuck = if after > before { 0 } else { stuck + 1 };
             if stuck > MAX_RESYNC {
-                return Err(WireError::Protocol(format!(
-                    "reading slot {slot}: too many lost or garbled frames"
-                )));
+                return Err(WireError::Protocol(
+                    "reading back: too many lost or garbled frames".into(),
+                ));
             }
             chunk = ((chunk / 2) / 3 * 3).max(48);
             window = (window / 2).max(1);
         }
-        Ok(data)
     }
 
     /// Reads a slot back and checks it against `expected` by SHA-256.
     pub fn verify_object(&mut self, slot: &str, expected: &[u8]) -> Result<(), WireError> {
-        let back = self.read_object(slot, expected.len())?;
-        if sha256(&back) != sha256(expected) {
-            return Err(WireError::Verify(format!(
-                "read-back of slot {slot} does not match what was written (SHA-256 {} != {})",
-                hex::encode(sha256(&back)),
-                hex::encode(sha256(expected))
-            )));
+        self.verify_objects(&[(slot, expected)])
+    }
+
+    /// Reads slots back in one pipelined pass and checks each by SHA-256.
+    pub fn verify_objects(&mut self, objects: &[(&str, &[u8])]) -> Result<(), WireError> {
+        let wanted: Vec<(&str, usize)> = objects.iter().map(|(s, d)| (*s, d.len())).collect();
+        let back = self.read_objects(&wanted)?;
+        for ((slot, expected), back) in objects.iter().zip(back) {
+            if sha256(&back) != sha256(expected) {
+                return Err(WireError::Verify(format!(
+                    "read-back of slot {slot} does not match what was written (SHA-256 {} != {})",
+                    hex::encode(sha256(&back)),
+                    hex::encode(sha256(expected))
+                )));
+            }
         }
         Ok(())
     }
