@@ -116,7 +116,7 @@ pub enum Command {
     Provision(provision::ProvisionArgs),
 
     /// Simulate devices on pseudo-terminals (for demos and tests, no hardware needed)
-    #[command(after_help = concat!("Prints each device's pty path on its own line as soon as it is up, then runs until\nSIGINT/SIGTERM (removing its symlinks). With --state the device keeps its identity\nacross restarts.\n\n", crate::fault_help!(), "\n\nExamples:\n  cradle sim --link /tmp/dev/cradle --count 4 &\n  cradle sim --link /tmp/dev/dut --state dut.json --fault corrupt:0.001\n  cradle sim --profile nrf91 --link /tmp/dev/modem"))]
+    #[command(after_help = concat!("Prints each device's pty path on its own line as soon as it is up, then runs until\nSIGINT/SIGTERM (removing its symlinks); with --json, one JSON object per line (index,\npath, link, hardware_id). A device that hangs up (disconnect fault) comes back on a new pty\nbehind the same link and is printed again. With --state the device keeps its identity\nacross restarts.\n\n", crate::fault_help!(), "\n\nExamples:\n  cradle sim --link /tmp/dev/cradle --count 4 &\n  cradle sim --link /tmp/dev/dut --state dut.json --fault corrupt:0.001\n  cradle sim --profile nrf91 --link /tmp/dev/modem"))]
     Sim(sim::SimArgs),
     /// Check the registry for problems (exit 1 on findings; see --list-checks)
     #[command(after_help = audit::AUDIT_AFTER_HELP)]

@@ -74,7 +74,7 @@ impl Progress for Bars {
             let pb = self.multi.add(ProgressBar::new(1));
             pb.set_style(
                 ProgressStyle::with_template(
-                    "{prefix:<24} [{bar:30}] {bytes:>9}/{total_bytes:<9} {msg}",
+                    "{prefix:<24} [{bar:30}] {percent:>3}% {elapsed:>4} {msg}",
                 )
                 .expect("static template")
                 .progress_chars("=> "),

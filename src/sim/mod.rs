@@ -79,16 +79,14 @@ impl Responder for CradleResponder {
 /// Paces bytes to a baud rate: every byte, in either direction, costs 10 bit times
 /// (8N1), on one shared clock (the accounting the benchmark's wire limit uses).
 ///
-/// Like a UART with a FIFO, the line stays busy across small scheduling delays of the
-/// simulator process: if it wakes up late by less than `SLACK`, the next bytes follow
-/// back-to-back from where the line clock is, rather than from "now". The clock never
-/// runs ahead of real time by more than one charge, so the line rate is never exceeded.
+/// Like a UART with a FIFO: bytes that were available at `ready` go out back-to-back
+/// after whatever is already on the line, even if this process wakes up a little late;
+/// when the line was idle (nothing available), the clock restarts at `ready`. So idle
+/// time is never hidden and the line rate is never exceeded.
 pub struct Pacer {
     byte_time: Duration,
     next: Instant,
 }
-
-const SLACK: Duration = Duration::from_millis(2);
 
 impl Pacer {
     pub fn new(baud: u32) -> Pacer {
@@ -97,18 +95,16 @@ impl Pacer {
             next: Instant::now(),
         }
     }
-    pub fn charge(&mut self, bytes: usize) {
-        let now = Instant::now();
-        let start = if now.saturating_duration_since(self.next) < SLACK {
-            self.next
-        } else {
-            now
-        };
-        self.next = start + self.byte_time * bytes as u32;
+    /// Charges `bytes` that became available at `ready`; sleeps until they are through.
+    pub fn charge_from(&mut self, ready: Instant, bytes: usize) {
+        self.next = self.next.max(ready) + self.byte_time * bytes as u32;
         let wait = self.next.saturating_duration_since(Instant::now());
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
+    }
+    pub fn charge(&mut self, bytes: usize) {
+        self.charge_from(Instant::now(), bytes)
     }
 }
 
@@ -241,6 +237,7 @@ pub fn serve(pty: &mut Pty, r: &mut dyn Responder, baud: u32, stop: &AtomicBool)
         if poll_fd(pty.master.as_raw_fd(), libc::POLLIN, 50) == 0 {
             continue;
         }
+        let seen = Instant::now();
         let n = match pty.master.read(&mut buf) {
             Ok(0) => continue,
             Ok(n) => n,
@@ -260,7 +257,7 @@ pub fn serve(pty: &mut Pty, r: &mut dyn Responder, baud: u32, stop: &AtomicBool)
                 std::thread::sleep(d);
             }
             if reply.hangup {
-                pacer.charge(cost);
+                pacer.charge_from(seen, cost);
                 return Outcome::Hangup;
             }
             let out = {
@@ -271,12 +268,12 @@ pub fn serve(pty: &mut Pty, r: &mut dyn Responder, baud: u32, stop: &AtomicBool)
             // reply goes in pieces so the host sees it arrive at the line rate.
             let mut pieces = out.chunks(1024);
             let first = pieces.next().unwrap_or(&[]);
-            pacer.charge(cost + first.len());
+            pacer.charge_from(seen, cost + first.len());
             if !write_all_master(pty, first) {
                 continue;
             }
             for piece in pieces {
-                pacer.charge(piece.len());
+                pacer.charge_from(seen, piece.len());
                 if !write_all_master(pty, piece) {
                     break;
                 }

@@ -841,8 +841,7 @@ fn write_and_verify<T: Read + Write>(
     })?;
     run.step = "read back";
     progress.update(pname, "read back", total, total);
-    s.verify_object(SLOT_CERT, cert)?;
-    s.verify_object(SLOT_CHAIN, chain)
+    s.verify_objects(&[(SLOT_CERT, cert), (SLOT_CHAIN, chain)])
 }
 
 /// What a reconnect must check: the same device, still holding the certified key.

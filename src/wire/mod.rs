@@ -193,6 +193,8 @@ pub struct Session<T: Read + Write> {
     window: usize,
     pub stats: Stats,
     info: Option<DeviceInfo>,
+    /// Slots known to be empty (KEYGEN erases cert and chain): no STAT needed first.
+    known_empty: Vec<&'static str>,
 }
 
 /// The port type `open` returns.
@@ -238,6 +240,7 @@ impl<T: Read + Write> Session<T> {
             window: 1,
             stats: Stats::default(),
             info: None,
+            known_empty: Vec::new(),
         }
     }
 
@@ -450,11 +453,17 @@ impl<T: Read + Write> Session<T> {
                 self.stats.retries += 1;
                 let now = self.hello()?.public_key;
                 if let Some(p) = now.filter(|p| Some(p) != before.as_ref()) {
-                    return Ok((p, self.csr()?));
+                    let csr = self.csr()?;
+                    self.known_empty = vec![SLOT_CERT, SLOT_CHAIN];
+                    return Ok((p, csr));
                 }
             }
             match self.request("KEYGEN", vec![], false) {
-                Ok(f) => return Ok((f.need_b64("pub")?, f.need_b64("csr")?)),
+                Ok(f) => {
+                    let r = (f.need_b64("pub")?, f.need_b64("csr")?);
+                    self.known_empty = vec![SLOT_CERT, SLOT_CHAIN];
+                    return Ok(r);
+                }
                 Err(e @ WireError::Timeout { .. }) => last = Some(e),
                 Err(WireError::Protocol(m)) if m.contains("garbled") => {
                     last = Some(WireError::Protocol(m))
@@ -508,8 +517,23 @@ impl<T: Read + Write> Session<T> {
         let mut window = self.window;
         let mut resyncs = 0;
         let mut best = 0usize;
+        let mut fresh = match self.known_empty.iter().position(|s| *s == slot) {
+            Some(i) => {
+                self.known_empty.remove(i);
+                true
+            }
+            None => false,
+        };
         'resume: loop {
-            let st = self.stat(slot)?;
+            let st = if std::mem::take(&mut fresh) {
+                SlotStatus {
+                    len: 0,
+                    committed: false,
+                    sha256: sha256(&[]),
+                }
+            } else {
+                self.stat(slot)?
+            };
             let mut held = st.len as usize;
             if held > total || sha256(&data[..held]) != st.sha256 {
                 self.erase(slot)?;
@@ -527,7 +551,11 @@ impl<T: Read + Write> Session<T> {
             let mut next = held;
             let mut in_flight: VecDeque<u32> = VecDeque::new();
             let mut last_progress = Instant::now();
-            while held < total {
+            // COMMIT follows the last WRITE without waiting: the device answers in order,
+            // so an OK to it means every WRITE before it landed.
+            let mut commit_seq = None;
+            let want = sha256(data);
+            loop {
                 while in_flight.len() < window && next < total {
                     let end = (next + chunk).min(total);
                     let seq = self.send(
@@ -537,10 +565,33 @@ impl<T: Read + Write> Session<T> {
                     in_flight.push_back(seq);
                     next = end;
                 }
+                if next >= total && commit_seq.is_none() {
+                    commit_seq = Some(self.send(
+                        "COMMIT",
+                        vec![slot.to_string(), total.to_string(), hex::encode(want)],
+                    )?);
+                }
                 let deadline = last_progress
                     + self.timeout
                     + self.line_time((self.window + 1) * self.max_line);
                 let lost = match self.recv(deadline, "WRITE") {
+                    Ok(f) if Some(f.seq) == commit_seq => {
+                        if f.verb == "OK" {
+                            if f.need("sha256")? != hex::encode(want) {
+                                return Err(WireError::Verify(format!(
+                                    "device computed a different SHA-256 for slot {slot}"
+                                )));
+                            }
+                            progress(total as u64, total as u64);
+                            return Ok(());
+                        }
+                        let code: u32 = f.args.first().and_then(|c| c.parse().ok()).unwrap_or(0);
+                        if code == code::NOT_COMMITTED || code == code::BAD_FRAME {
+                            true
+                        } else {
+                            return Err(refused("COMMIT", &f));
+                        }
+                    }
                     Ok(f) => match in_flight.iter().position(|s| *s == f.seq) {
                         Some(i) if f.verb == "OK" => {
                             // Acknowledgements are cumulative: `len` is all the device holds.
@@ -584,45 +635,46 @@ impl<T: Read + Write> Session<T> {
                     continue 'resume;
                 }
             }
-            break;
         }
-        let want = sha256(data);
-        let f = self.request(
-            "COMMIT",
-            vec![slot.to_string(), total.to_string(), hex::encode(want)],
-            true,
-        )?;
-        if f.need("sha256")? != hex::encode(want) {
-            return Err(WireError::Verify(format!(
-                "device computed a different SHA-256 for slot {slot}"
-            )));
-        }
-        Ok(())
     }
 
     /// Reads `len` bytes of `slot` with READ frames kept in flight (READ is idempotent).
-    /// Lost replies are asked for again, in smaller frames if the line is noisy.
     pub fn read_object(&mut self, slot: &str, len: usize) -> Result<Vec<u8>, WireError> {
-        let mut data = Vec::with_capacity(len);
+        Ok(self.read_objects(&[(slot, len)])?.pop().unwrap_or_default())
+    }
+
+    /// Reads several slots in one pipelined pass. Lost replies are asked for again, in
+    /// smaller frames if the line is noisy.
+    pub fn read_objects(&mut self, wanted: &[(&str, usize)]) -> Result<Vec<Vec<u8>>, WireError> {
+        let mut data: Vec<Vec<u8>> = wanted.iter().map(|(_, l)| Vec::with_capacity(*l)).collect();
         let mut chunk = self.chunk_size();
         let mut window = self.window;
         let mut stuck = 0;
-        while data.len() < len {
-            let start = data.len();
-            let mut got: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
-            let mut todo = (start..len).step_by(chunk);
-            let mut pending: VecDeque<(u32, usize)> = VecDeque::new();
+        loop {
+            let before: usize = data.iter().map(Vec::len).sum();
+            let todo: Vec<(usize, usize)> = wanted
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (_, len))| (data[i].len()..*len).step_by(chunk).map(move |o| (i, o)))
+                .collect();
+            if todo.is_empty() {
+                return Ok(data);
+            }
+            let mut got: BTreeMap<(usize, usize), Vec<u8>> = BTreeMap::new();
+            let mut todo = todo.into_iter();
+            let mut pending: VecDeque<(u32, usize, usize)> = VecDeque::new();
             let mut last_progress = Instant::now();
             loop {
                 while pending.len() < window {
                     match todo.next() {
-                        Some(off) => {
+                        Some((i, off)) => {
+                            let (slot, len) = wanted[i];
                             let n = chunk.min(len - off);
                             let seq = self.send(
                                 "READ",
                                 vec![slot.to_string(), off.to_string(), n.to_string()],
                             )?;
-                            pending.push_back((seq, off));
+                            pending.push_back((seq, i, off));
                         }
                         None => break,
                     }
@@ -634,11 +686,12 @@ impl<T: Read + Write> Session<T> {
                     last_progress + self.timeout + self.line_time((window + 1) * self.max_line);
                 match self.recv(deadline, "READ") {
                     Ok(f) => {
-                        if let Some(i) = pending.iter().position(|(s, _)| *s == f.seq) {
+                        if let Some(k) = pending.iter().position(|(s, _, _)| *s == f.seq) {
                             if f.verb != "OK" {
                                 return Err(refused("READ", &f));
                             }
-                            let (_, off) = pending.remove(i).expect("index from position");
+                            let (_, i, off) = pending.remove(k).expect("index from position");
+                            let (slot, len) = wanted[i];
                             let d = f.need_b64("data")?;
                             if d.len() != chunk.min(len - off) {
                                 return Err(WireError::Protocol(format!(
@@ -646,7 +699,7 @@ impl<T: Read + Write> Session<T> {
                                     d.len()
                                 )));
                             }
-                            got.insert(off, d);
+                            got.insert((i, off), d);
                             last_progress = Instant::now();
                         } else if f.seq == 0 && f.verb == "ERR" {
                             // One of our READs arrived garbled; the round ends early.
@@ -657,36 +710,46 @@ impl<T: Read + Write> Session<T> {
                     Err(e) => return Err(e),
                 }
             }
-            let mut off = start;
-            while let Some(d) = got.remove(&off) {
-                off += d.len();
-                data.extend_from_slice(&d);
+            for (i, d) in data.iter_mut().enumerate() {
+                let mut off = d.len();
+                while let Some(c) = got.remove(&(i, off)) {
+                    off += c.len();
+                    d.extend_from_slice(&c);
+                }
             }
-            if data.len() == len {
-                break;
+            let after: usize = data.iter().map(Vec::len).sum();
+            if after == wanted.iter().map(|(_, l)| l).sum::<usize>() {
+                return Ok(data);
             }
             self.stats.resyncs += 1;
-            stuck = if data.len() > start { 0 } else { stuck + 1 };
+            stuck = if after > before { 0 } else { stuck + 1 };
             if stuck > MAX_RESYNC {
-                return Err(WireError::Protocol(format!(
-                    "reading slot {slot}: too many lost or garbled frames"
-                )));
+                return Err(WireError::Protocol(
+                    "reading back: too many lost or garbled frames".into(),
+                ));
             }
             chunk = ((chunk / 2) / 3 * 3).max(48);
             window = (window / 2).max(1);
         }
-        Ok(data)
     }
 
     /// Reads a slot back and checks it against `expected` by SHA-256.
     pub fn verify_object(&mut self, slot: &str, expected: &[u8]) -> Result<(), WireError> {
-        let back = self.read_object(slot, expected.len())?;
-        if sha256(&back) != sha256(expected) {
-            return Err(WireError::Verify(format!(
-                "read-back of slot {slot} does not match what was written (SHA-256 {} != {})",
-                hex::encode(sha256(&back)),
-                hex::encode(sha256(expected))
-            )));
+        self.verify_objects(&[(slot, expected)])
+    }
+
+    /// Reads slots back in one pipelined pass and checks each by SHA-256.
+    pub fn verify_objects(&mut self, objects: &[(&str, &[u8])]) -> Result<(), WireError> {
+        let wanted: Vec<(&str, usize)> = objects.iter().map(|(s, d)| (*s, d.len())).collect();
+        let back = self.read_objects(&wanted)?;
+        for ((slot, expected), back) in objects.iter().zip(back) {
+            if sha256(&back) != sha256(expected) {
+                return Err(WireError::Verify(format!(
+                    "read-back of slot {slot} does not match what was written (SHA-256 {} != {})",
+                    hex::encode(sha256(&back)),
+                    hex::encode(sha256(expected))
+                )));
+            }
         }
         Ok(())
     }
