@@ -41,6 +41,10 @@ pub struct DeviceState {
     pub wipe_counter: u64,
     #[serde(default)]
     pub last_nonce: Option<String>,
+    /// The reply to the last WIPE (`att=… sig=…`), resent when asked to wipe again
+    /// after the key is gone (a reply lost to a pulled cable can still be collected).
+    #[serde(default)]
+    pub last_attestation: Option<Vec<String>>,
     /// nRF91 profile: credentials by (tag, type) as PEM text.
     #[serde(default)]
     pub cmng: BTreeMap<String, String>,
@@ -57,6 +61,7 @@ impl DeviceState {
             locked: false,
             wipe_counter: 0,
             last_nonce: None,
+            last_attestation: None,
             cmng: BTreeMap::new(),
         }
     }
@@ -430,7 +435,13 @@ impl Device {
                     .ok()
                     .and_then(|v| v.try_into().ok())
                     .ok_or(code::BAD_ARGUMENT)?;
-                let key = self.state.key.clone().ok_or(code::NO_KEY)?;
+                let key = match (&self.state.key, &self.state.last_attestation) {
+                    (Some(k), _) => k.clone(),
+                    // Already wiped: resend the attestation made then (it answers the
+                    // earlier nonce; the host accepts it once if that was never used).
+                    (None, Some(args)) => return Ok(Reply::frame(ok(seq, args.clone()))),
+                    (None, None) => return Err(code::NO_KEY),
+                };
                 let mut erased: Vec<String> = self
                     .state
                     .slots
@@ -477,14 +488,13 @@ impl Device {
                 self.state.locked = false;
                 self.state.wipe_counter += 1;
                 self.state.last_nonce = Some(nonce_hex.clone());
+                let args = vec![
+                    format!("att={}", b64(&att.payload())),
+                    format!("sig={}", b64(&att.signature)),
+                ];
+                self.state.last_attestation = Some(args.clone());
                 self.save();
-                Ok(Reply::frame(ok(
-                    seq,
-                    vec![
-                        format!("att={}", b64(&att.payload())),
-                        format!("sig={}", b64(&att.signature)),
-                    ],
-                )))
+                Ok(Reply::frame(ok(seq, args)))
             }
             _ => Err(code::UNKNOWN_COMMAND),
         }
