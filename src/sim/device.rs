@@ -536,3 +536,33 @@ mod hexopt {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wipe(dev: &mut Device, seq: u32, nonce: [u8; 32]) -> Frame {
+        let line = Frame::new("WIPE", seq, vec![hex::encode(nonce)]).encode();
+        let reply = dev.handle_line(line.strip_suffix(b"\n").unwrap_or(&line));
+        Frame::parse(reply.bytes.strip_suffix(b"\n").unwrap_or(&reply.bytes)).unwrap()
+    }
+
+    #[test]
+    fn wipe_without_key_resends_the_stored_reply_or_says_no_key() {
+        let mut state = DeviceState::new("HW-T", "sim");
+        let mut dev = Device::new(state.clone(), None, Faults::default());
+        let r = wipe(&mut dev, 7, [1; 32]);
+        assert_eq!((r.verb.as_str(), r.args[0].as_str()), ("ERR", "8"));
+
+        state.key = Some(crate::pki::keys::generate().unwrap().serialize_der());
+        let mut dev = Device::new(state, None, Faults::default());
+        let first = wipe(&mut dev, 8, [1; 32]);
+        assert_eq!(first.verb, "OK");
+        assert!(dev.state.key.is_none());
+        // Asked again (the first reply was lost): the same attestation, for nonce 1.
+        let again = wipe(&mut dev, 9, [2; 32]);
+        assert_eq!((again.verb.as_str(), &again.args), ("OK", &first.args));
+        assert_eq!(again.seq, 9);
+        assert_eq!(dev.state.wipe_counter, 1);
+    }
+}
