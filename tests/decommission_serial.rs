@@ -512,3 +512,52 @@ fn killed_runs_with_a_serial_wipe_resume_with_no_step_done_twice() {
     assert_eq!(code, Some(0));
     assert_eq!(j["devices"].as_array().unwrap().len(), 0, "{j}");
 }
+
+#[test]
+fn sigkill_after_the_device_wiped_but_before_the_record_resumes() {
+    let env = Env::with_ca();
+    // A slow line gives the host's SIGKILL a window between the device's wipe (saved
+    // before its reply goes out) and the reply reaching cradle.
+    let mut d = Device::provisioned(&env, "HW-SIGKILL", &[]);
+    d.restart(&env, &["slow-baud:2400"]);
+    let mut child = env
+        .cmd(&[
+            "decommission",
+            "--passphrase-file",
+            env.pass(),
+            &d.serial,
+            "--wipe-port",
+            d.port(),
+            "--wipe-baud",
+            BAUD,
+            "--wipe-timeout",
+            "30",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while d.device_state()["wipe_counter"] != 1 {
+        assert!(Instant::now() < until, "the device never wiped");
+        assert!(child.try_wait().unwrap().is_none(), "cradle ended early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), None, "killed, not exited");
+    // Killed mid-step: wipe started (nonce issued), nothing verified stored.
+    assert_eq!(d.step_status(&env, "wipe"), "running");
+    assert_eq!(d.count(&env, "nonces", "used_at IS NULL"), 1);
+    assert_eq!(d.count(&env, "wipes", "1"), 0);
+    assert_eq!(d.status(&env), "retired");
+
+    d.restart(&env, &[]);
+    let (code, j, err) = decommission(&env, &["--resume"]);
+    assert_eq!(code, Some(0), "{err}\n{j}");
+    assert_verified(&env, &d);
+    assert_eq!(d.device_state()["wipe_counter"], 1, "no second wipe");
+    assert_eq!(d.count(&env, "nonces", "used_at IS NULL"), 0);
+    assert_eq!(d.count(&env, "events", "kind = 'decommission.step'"), 4);
+    assert_eq!(d.count(&env, "events", "kind = 'cert.revoked'"), 1);
+}
