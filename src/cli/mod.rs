@@ -89,9 +89,9 @@ pub enum Command {
 
     /// Retire devices: revoke, refresh the CRL, wipe with attestation or a manual record, mark decommissioned
     #[command(
-        after_help = "Steps per device, each one transaction, recorded and resumable:\n  1 retire  2 revoke active certificates + refresh the CRL  3 wipe  4 decommissioned\nA re-run of the same command (or --resume) continues where a crash stopped; no step runs twice.\nExit 1 if any device failed; the others go on.\n\nExamples:\n  cradle decommission ACME-000001 --wipe-port /dev/ttyUSB0 --report-dir certs/\n  cradle decommission ACME-000002 --wipe-method destroy --wipe-tool \"shredder SSL-1\" --verified-by \"J. Doe\"\n  cradle decommission --from retire.csv --wipe-method purge --wipe-tool nwipe --verified-by QA --dry-run\n  cradle decommission --resume"
+        after_help = "Steps per device, each one transaction, recorded and resumable:\n  1 retire  2 revoke active certificates + refresh the CRL  3 wipe  4 decommissioned\nA re-run of the same command (or --resume) continues where a crash stopped; no step runs twice.\nExit 1 if any device failed; the others go on.\n--wipe-port speaks cradle-protocol(7): HELLO (the registered hardware id must answer, else\nnothing is sent), then WIPE with a fresh single-use nonce; the signed attestation is verified\nagainst the device's registered certificate. A lost reply is collected by a re-run.\n\nExamples:\n  cradle decommission ACME-000001 --wipe-port /dev/ttyUSB0 --report-dir certs/\n  cradle decommission ACME-000003 --wipe-port /dev/ttyACM0 --wipe-baud 921600 --wipe-timeout 10\n  cradle decommission ACME-000002 --wipe-method destroy --wipe-tool \"shredder SSL-1\" --verified-by \"J. Doe\"\n  cradle decommission --from retire.csv --wipe-method purge --wipe-tool nwipe --verified-by QA --dry-run\n  cradle decommission --resume"
     )]
-    Decommission(retire::DecommissionArgs),
+    Decommission(Box<retire::DecommissionArgs>),
 
     /// Import and export devices as CSV, JSON or JSON Lines
     #[command(subcommand)]
@@ -162,7 +162,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ca(c) => ca::run(&ctx, c),
         Command::Identity(c) => identity::run(&ctx, c),
         Command::Revoke(a) => retire::revoke(&ctx, a),
-        Command::Decommission(a) => retire::decommission(&ctx, a),
+        Command::Decommission(a) => retire::decommission(&ctx, *a),
         Command::Report(c) => report::run(&ctx, c),
         Command::Inventory(c) => inventory::run(&ctx, c),
         Command::Device(c) => device::run(&ctx, c),

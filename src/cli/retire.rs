@@ -184,6 +184,14 @@ pub struct DecommissionArgs {
     /// Wipe over the device protocol on this serial port, with a signed attestation
     #[arg(long, value_name = "PATH", conflicts_with = "wipe_method")]
     wipe_port: Option<String>,
+    /// Serial wipe: line rate of the port (8N1)
+    #[arg(long, value_name = "BAUD", default_value_t = 115_200,
+          value_parser = clap::value_parser!(u32).range(50..=12_000_000))]
+    wipe_baud: u32,
+    /// Serial wipe: seconds the device may take to start answering a request
+    /// (the line time at --wipe-baud is added)
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_timeout)]
+    wipe_timeout: std::time::Duration,
     /// Manual wipe record: NIST SP 800-88 level
     #[arg(long, value_name = "LEVEL", value_parser = ["clear", "purge", "destroy"])]
     wipe_method: Option<String>,
@@ -320,6 +328,10 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
         });
     }
 
+    let serial_params = wipe::SerialParams {
+        baud: a.wipe_baud,
+        timeout: a.wipe_timeout,
+    };
     // A serial wipe takes one device at a time; check the link before changing anything.
     let serial_wipes = prepared
         .iter()
@@ -334,7 +346,7 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
             );
         }
         // Open the port and check who answers before changing anything.
-        let mut link = wipe::open_serial_link(port)?;
+        let mut link = wipe::open_serial_link(port, serial_params)?;
         if let Some(p) = prepared.iter().find(|p| {
             !p.complete() && !p.done.contains(&crate::retire::Step::Wipe) && p.blocked.is_none()
         }) {
@@ -356,7 +368,7 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
     let actor = ctx.actor(&config);
     let pb = progress_bar(prepared.len() as u64, "retiring");
     let progress = |n: u64| pb.set_position(n);
-    let mut opener = |port: &str| wipe::open_serial_link(port);
+    let mut opener = |port: &str| wipe::open_serial_link(port, serial_params);
     let org = config.org.clone();
     let report_dir = a.report_dir.clone();
     let writer = move |conn: &rusqlite::Connection, dev: &crate::registry::Device| {
@@ -463,4 +475,12 @@ fn print_summary(ctx: &Ctx, s: &Summary) -> anyhow::Result<()> {
         println!("failed devices stay resumable: fix the cause and re-run, or `cradle decommission --resume`");
     }
     Ok(())
+}
+
+/// `--wipe-timeout`: positive seconds, at most an hour.
+fn parse_timeout(s: &str) -> std::result::Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(std::time::Duration::from_secs_f64(v)),
+        _ => Err(format!("'{s}' is not a number of seconds in (0, 3600]")),
+    }
 }

@@ -604,7 +604,8 @@ impl Runner<'_> {
                         if step_done(conn, dev.id, Step::Wipe)? {
                             return Err(Error::conflict("wipe step was completed by another run"));
                         }
-                        rr::start_step(conn, dev.id, Step::Wipe.as_str(), &opts, now)?;
+                        // attested_wipe started the step (with these options) before
+                        // sending the nonce; starting it again would count a second attempt.
                         rr::finish_step(conn, dev.id, Step::Wipe.as_str(), now)?;
                         step_event(conn, chain, dev.id, Step::Wipe, actor, now, wipe_details(w))
                     },

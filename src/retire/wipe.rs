@@ -51,17 +51,40 @@ pub trait WipeLink {
     fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation>;
 }
 
-/// Opens a wipe link over the device protocol on a serial port.
-///
-/// The serial session lives in the device-protocol module; until it is linked in,
-/// this refuses with a clear message (and `decommission` checks it before changing
-/// anything). The adapter is two calls: `hello()` → hardware id, `wipe(nonce)` →
-/// [`WipeAttestation`].
-pub fn open_serial_link(port: &str) -> Result<Box<dyn WipeLink>> {
-    Err(Error::Device(format!(
-        "cannot wipe over serial port {port}: this build has no serial device link; \
-         record the wipe with --wipe-method clear|purge|destroy --wipe-tool TEXT --verified-by NAME"
-    )))
+/// Line settings for a wipe over a serial port (`--wipe-baud`, `--wipe-timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct SerialParams {
+    pub baud: u32,
+    /// How long the device may take to start answering a request.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for SerialParams {
+    fn default() -> Self {
+        SerialParams {
+            baud: 115_200,
+            timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// The device protocol session (cradle-protocol(7)) as a [`WipeLink`]: HELLO gives the
+/// hardware id, WIPE the attestation. Wire errors become `Error::Device` (exit 6).
+struct SerialLink(crate::wire::Session<crate::wire::Port>);
+
+impl WipeLink for SerialLink {
+    fn hardware_id(&mut self) -> Result<String> {
+        Ok(self.0.hello()?.hardware_id)
+    }
+    fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation> {
+        Ok(self.0.wipe(nonce)?)
+    }
+}
+
+/// Opens a wipe link over the device protocol on a serial port (or pty).
+pub fn open_serial_link(port: &str, params: SerialParams) -> Result<Box<dyn WipeLink>> {
+    let session = crate::wire::open(std::path::Path::new(port), params.baud, params.timeout)?;
+    Ok(Box::new(SerialLink(session)))
 }
 
 /// 32 random bytes from the OS.

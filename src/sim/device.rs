@@ -41,6 +41,10 @@ pub struct DeviceState {
     pub wipe_counter: u64,
     #[serde(default)]
     pub last_nonce: Option<String>,
+    /// The reply to the last WIPE (`att=… sig=…`), resent when asked to wipe again
+    /// after the key is gone (a reply lost to a pulled cable can still be collected).
+    #[serde(default)]
+    pub last_attestation: Option<Vec<String>>,
     /// nRF91 profile: credentials by (tag, type) as PEM text.
     #[serde(default)]
     pub cmng: BTreeMap<String, String>,
@@ -57,6 +61,7 @@ impl DeviceState {
             locked: false,
             wipe_counter: 0,
             last_nonce: None,
+            last_attestation: None,
             cmng: BTreeMap::new(),
         }
     }
@@ -430,7 +435,13 @@ impl Device {
                     .ok()
                     .and_then(|v| v.try_into().ok())
                     .ok_or(code::BAD_ARGUMENT)?;
-                let key = self.state.key.clone().ok_or(code::NO_KEY)?;
+                let key = match (&self.state.key, &self.state.last_attestation) {
+                    (Some(k), _) => k.clone(),
+                    // Already wiped: resend the attestation made then (it answers the
+                    // earlier nonce; the host accepts it once if that was never used).
+                    (None, Some(args)) => return Ok(Reply::frame(ok(seq, args.clone()))),
+                    (None, None) => return Err(code::NO_KEY),
+                };
                 let mut erased: Vec<String> = self
                     .state
                     .slots
@@ -477,14 +488,13 @@ impl Device {
                 self.state.locked = false;
                 self.state.wipe_counter += 1;
                 self.state.last_nonce = Some(nonce_hex.clone());
+                let args = vec![
+                    format!("att={}", b64(&att.payload())),
+                    format!("sig={}", b64(&att.signature)),
+                ];
+                self.state.last_attestation = Some(args.clone());
                 self.save();
-                Ok(Reply::frame(ok(
-                    seq,
-                    vec![
-                        format!("att={}", b64(&att.payload())),
-                        format!("sig={}", b64(&att.signature)),
-                    ],
-                )))
+                Ok(Reply::frame(ok(seq, args)))
             }
             _ => Err(code::UNKNOWN_COMMAND),
         }
@@ -524,5 +534,35 @@ mod hexopt {
             Some(h) => hex::decode(h).map(Some).map_err(serde::de::Error::custom),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wipe(dev: &mut Device, seq: u32, nonce: [u8; 32]) -> Frame {
+        let line = Frame::new("WIPE", seq, vec![hex::encode(nonce)]).encode();
+        let reply = dev.handle_line(line.strip_suffix(b"\n").unwrap_or(&line));
+        Frame::parse(reply.bytes.strip_suffix(b"\n").unwrap_or(&reply.bytes)).unwrap()
+    }
+
+    #[test]
+    fn wipe_without_key_resends_the_stored_reply_or_says_no_key() {
+        let mut state = DeviceState::new("HW-T", "sim");
+        let mut dev = Device::new(state.clone(), None, Faults::default());
+        let r = wipe(&mut dev, 7, [1; 32]);
+        assert_eq!((r.verb.as_str(), r.args[0].as_str()), ("ERR", "8"));
+
+        state.key = Some(crate::pki::keys::generate().unwrap().serialize_der());
+        let mut dev = Device::new(state, None, Faults::default());
+        let first = wipe(&mut dev, 8, [1; 32]);
+        assert_eq!(first.verb, "OK");
+        assert!(dev.state.key.is_none());
+        // Asked again (the first reply was lost): the same attestation, for nonce 1.
+        let again = wipe(&mut dev, 9, [2; 32]);
+        assert_eq!((again.verb.as_str(), &again.args), ("OK", &first.args));
+        assert_eq!(again.seq, 9);
+        assert_eq!(dev.state.wipe_counter, 1);
     }
 }
