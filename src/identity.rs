@@ -192,6 +192,92 @@ fn record(
     Ok((device_id, created))
 }
 
+/// A file written before the registry commit and removed if the commit fails.
+struct OutFile {
+    path: PathBuf,
+    contents: Zeroizing<Vec<u8>>,
+    mode: u32,
+}
+
+/// The common path of `issue_one` and `sign_csr`: check the device may get an identity,
+/// issue for `public_key`, record device + certificate + event, write the files (never
+/// overwriting), then commit; a failed commit removes the files again.
+fn issue_recorded(
+    reg: &mut Registry,
+    ctx: &IssueContext<'_>,
+    serial: &str,
+    public_key: &impl rcgen::PublicKeyData,
+    source: KeySource,
+    extra: serde_json::Value,
+    files: impl FnOnce(&str) -> Vec<OutFile>,
+) -> Result<(IssuedIdentity, String)> {
+    let existing = devices::device_by_serial(reg.conn(), serial)?;
+    check_issuable(existing.as_ref())?;
+    let device = existing.unwrap_or_else(|| device_template(serial));
+    let vars = vars_for(&device, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
+    let issued = issue(
+        ctx.signer,
+        ctx.profile,
+        &vars,
+        public_key,
+        OffsetDateTime::now_utc(),
+    )?;
+    let cert_pem = format!(
+        "{}{}",
+        to_pem("CERTIFICATE", &issued.der),
+        ctx.signer.chain_pem
+    );
+    let files = files(&cert_pem);
+
+    let now = now_rfc3339();
+    let tx = reg.write()?;
+    // Re-read inside the write lock: another station may have changed it meanwhile.
+    let existing = devices::device_by_serial(&tx, serial)?;
+    check_issuable(existing.as_ref())?;
+    let mut chain = EventChain::load(&tx)?;
+    let (_, created) = record(
+        &tx,
+        &mut chain,
+        ctx,
+        existing.as_ref(),
+        serial,
+        &issued,
+        source,
+        &now,
+        extra,
+    )?;
+    chain.store_head(&tx)?;
+    let mut written: Vec<PathBuf> = Vec::new();
+    let outcome = files
+        .iter()
+        .try_for_each(|f| {
+            keys::write_file_atomic(&f.path, &f.contents, f.mode, false)?;
+            written.push(f.path.clone());
+            Ok(())
+        })
+        .and_then(|_| tx.commit().map_err(Error::from));
+    if let Err(e) = outcome {
+        for p in &written {
+            let _ = fs::remove_file(p);
+        }
+        return Err(e);
+    }
+    Ok((
+        IssuedIdentity {
+            serial: serial.to_string(),
+            device_created: created,
+            profile: ctx.profile.name.clone(),
+            cert_serial: issued.info.serial_hex,
+            fingerprint: issued.info.fingerprint,
+            subject: issued.info.subject,
+            not_after: issued.info.not_after,
+            key_source: source,
+            files: written,
+        },
+        cert_pem,
+    ))
+}
+
 /// Issues one host-generated identity for `serial`, writing `SERIAL.key` (0600) and
 /// `SERIAL.pem` (certificate + chain) into `out_dir`.
 pub fn issue_one(
@@ -210,65 +296,31 @@ pub fn issue_one(
             )));
         }
     }
-    let existing = devices::device_by_serial(reg.conn(), serial)?;
-    check_issuable(existing.as_ref())?;
-    let device = existing.clone().unwrap_or_else(|| device_template(serial));
-    let vars = vars_for(&device, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
     let key = keys::generate()?;
-    let issued = issue(
-        ctx.signer,
-        ctx.profile,
-        &vars,
-        &key,
-        OffsetDateTime::now_utc(),
-    )?;
-    let key_pem = Zeroizing::new(key.serialize_pem());
-    drop(key);
-    let cert_pem = format!(
-        "{}{}",
-        to_pem("CERTIFICATE", &issued.der),
-        ctx.signer.chain_pem
-    );
-
-    let now = now_rfc3339();
-    let tx = reg.write()?;
-    // Re-read inside the write lock: another station may have created it meanwhile.
-    let existing = devices::device_by_serial(&tx, serial)?;
-    check_issuable(existing.as_ref())?;
-    let mut chain = EventChain::load(&tx)?;
-    let (_, created) = record(
-        &tx,
-        &mut chain,
+    let key_pem = Zeroizing::new(key.serialize_pem().into_bytes());
+    let (id, _) = issue_recorded(
+        reg,
         ctx,
-        existing.as_ref(),
         serial,
-        &issued,
+        &key,
         KeySource::Host,
-        &now,
         serde_json::json!({}),
+        |cert_pem| {
+            vec![
+                OutFile {
+                    path: key_path,
+                    contents: key_pem,
+                    mode: 0o600,
+                },
+                OutFile {
+                    path: cert_path,
+                    contents: Zeroizing::new(cert_pem.as_bytes().to_vec()),
+                    mode: 0o644,
+                },
+            ]
+        },
     )?;
-    chain.store_head(&tx)?;
-    keys::write_secret_file(&key_path, key_pem.as_bytes())?;
-    if let Err(e) = keys::write_file_atomic(&cert_path, cert_pem.as_bytes(), 0o644, false) {
-        let _ = fs::remove_file(&key_path);
-        return Err(e);
-    }
-    if let Err(e) = tx.commit() {
-        let _ = fs::remove_file(&key_path);
-        let _ = fs::remove_file(&cert_path);
-        return Err(e.into());
-    }
-    Ok(IssuedIdentity {
-        serial: serial.to_string(),
-        device_created: created,
-        profile: ctx.profile.name.clone(),
-        cert_serial: issued.info.serial_hex,
-        fingerprint: issued.info.fingerprint,
-        subject: issued.info.subject,
-        not_after: issued.info.not_after,
-        key_source: KeySource::Host,
-        files: vec![key_path, cert_path],
-    })
+    Ok(id)
 }
 
 /// Signs a device's CSR: checks signature and key type, takes only the public key,
@@ -285,65 +337,23 @@ pub fn sign_csr(
     let checked = csr::check_csr(&der)?;
     let spki = SubjectPublicKeyInfo::from_der(&checked.spki_der)
         .map_err(|e| Error::input(format!("CSR public key: {e}")))?;
-    let existing = devices::device_by_serial(reg.conn(), serial)?;
-    check_issuable(existing.as_ref())?;
-    let device = existing.clone().unwrap_or_else(|| device_template(serial));
-    let vars = vars_for(&device, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
-    let issued = issue(
-        ctx.signer,
-        ctx.profile,
-        &vars,
-        &spki,
-        OffsetDateTime::now_utc(),
-    )?;
-    let cert_pem = format!(
-        "{}{}",
-        to_pem("CERTIFICATE", &issued.der),
-        ctx.signer.chain_pem
-    );
-
-    let now = now_rfc3339();
-    let tx = reg.write()?;
-    let existing = devices::device_by_serial(&tx, serial)?;
-    check_issuable(existing.as_ref())?;
-    let mut chain = EventChain::load(&tx)?;
-    let (_, created) = record(
-        &tx,
-        &mut chain,
+    issue_recorded(
+        reg,
         ctx,
-        existing.as_ref(),
         serial,
-        &issued,
+        &spki,
         KeySource::Device,
-        &now,
         serde_json::json!({"csr_subject": checked.requested_subject}),
-    )?;
-    chain.store_head(&tx)?;
-    let mut files = Vec::new();
-    if let Some(p) = out {
-        keys::write_file_atomic(p, cert_pem.as_bytes(), 0o644, false)?;
-        files.push(p.to_path_buf());
-    }
-    if let Err(e) = tx.commit() {
-        for f in &files {
-            let _ = fs::remove_file(f);
-        }
-        return Err(e.into());
-    }
-    Ok((
-        IssuedIdentity {
-            serial: serial.to_string(),
-            device_created: created,
-            profile: ctx.profile.name.clone(),
-            cert_serial: issued.info.serial_hex,
-            fingerprint: issued.info.fingerprint,
-            subject: issued.info.subject,
-            not_after: issued.info.not_after,
-            key_source: KeySource::Device,
-            files,
+        |cert_pem| {
+            out.map(|p| OutFile {
+                path: p.to_path_buf(),
+                contents: Zeroizing::new(cert_pem.as_bytes().to_vec()),
+                mode: 0o644,
+            })
+            .into_iter()
+            .collect()
         },
-        cert_pem,
-    ))
+    )
 }
 
 /// Expands a pattern like `ACME-{seq:06}` for `count` devices starting at `start`.

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod cli;
 pub mod error;
 pub mod home;
+pub mod html;
 pub mod identity;
 pub mod inventory;
 pub mod lifecycle;

@@ -323,18 +323,7 @@ pub fn to_text(c: &Certificate) -> String {
 
 /// Escapes text for HTML element content and attribute values.
 pub fn html_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
+    crate::html::escape(s)
 }
 
 pub fn to_html(c: &Certificate) -> String {
