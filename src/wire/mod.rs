@@ -362,9 +362,13 @@ impl<T: Read + Write> Session<T> {
     ) -> Result<Frame, WireError> {
         let what = verb.to_string();
         let attempts = if idempotent { ATTEMPTS } else { 1 };
+        // A garbled-frame report (ERR with sequence 0) may be about an earlier pipelined
+        // frame rather than this request, so on a noisy line it gets its own, larger budget.
+        let garbled_budget = if idempotent { 4 * ATTEMPTS } else { 1 };
+        let (mut attempt, mut garbled) = (0, 0);
         let mut last = None;
-        for attempt in 0..attempts {
-            if attempt > 0 {
+        while attempt < attempts && garbled < garbled_budget {
+            if attempt + garbled > 0 {
                 self.stats.retries += 1;
             }
             let req_len: usize = args.iter().map(|a| a.len() + 1).sum::<usize>() + 24;
@@ -374,11 +378,15 @@ impl<T: Read + Write> Session<T> {
             match self.wait(seq, deadline, &what) {
                 Ok(Some(f)) => return Ok(f),
                 Ok(None) => {
+                    garbled += 1;
                     last = Some(WireError::Protocol(format!(
                         "device kept reporting garbled frames for {what}"
                     )))
                 }
-                Err(e @ WireError::Timeout { .. }) => last = Some(e),
+                Err(e @ WireError::Timeout { .. }) => {
+                    attempt += 1;
+                    last = Some(e)
+                }
                 Err(e) => return Err(e),
             }
         }
