@@ -4,60 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{openssl, Env};
-
-/// Fast simulated line for tests.
-const BAUD: &str = "2000000";
-
-/// A running `cradle sim`; SIGTERM + wait on drop, so no process or pty is leaked.
-/// (The same helper as in tests/serial.rs, kept minimal.)
-struct Sim {
-    child: Child,
-}
-
-impl Sim {
-    fn start(env: &Env, args: &[&str]) -> Sim {
-        let mut a = vec!["sim", "--baud", BAUD];
-        a.extend_from_slice(args);
-        let mut child = env
-            .cmd(&a)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn cradle sim");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert!(line.starts_with("/dev/"), "sim printed {line:?}");
-        // Keep draining stdout (a device that hangs up prints its new pty) so it never blocks.
-        std::thread::spawn(move || for _ in out.lines() {});
-        Sim { child }
-    }
-    fn stop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use common::{openssl, Env, Sim, SIM_BAUD as BAUD};
 
 /// One simulated device: its pty link, its state file ("flash") and its registry serial.
 struct Device {
@@ -123,7 +74,7 @@ impl Device {
             args.push("--fault");
             args.push(f);
         }
-        self.sim = Some(Sim::start(env, &args));
+        self.sim = Some(Sim::start(env, &args, 1));
     }
 
     fn port(&self) -> &str {

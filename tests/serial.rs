@@ -3,65 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{openssl, Env};
-
-/// Fast simulated line for tests (the benchmark measures real rates).
-const BAUD: &str = "2000000";
-
-/// A running `cradle sim`; SIGTERM + wait on drop, so no process or pty is leaked.
-struct Sim {
-    child: Child,
-    /// The pty paths the simulator printed.
-    paths: Vec<PathBuf>,
-}
-
-impl Sim {
-    fn start(env: &Env, args: &[&str], count: usize) -> Sim {
-        let mut a = vec!["sim", "--baud", BAUD];
-        a.extend_from_slice(args);
-        let mut child = env
-            .cmd(&a)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn cradle sim");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut paths = Vec::new();
-        for _ in 0..count {
-            let mut line = String::new();
-            out.read_line(&mut line).unwrap();
-            assert!(line.starts_with("/dev/"), "sim printed {line:?}");
-            paths.push(PathBuf::from(line.trim()));
-        }
-        // Keep draining stdout (re-appearing devices print again) so the sim never blocks.
-        std::thread::spawn(move || for _ in out.lines() {});
-        Sim { child, paths }
-    }
-    fn stop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use common::{openssl, Env, Sim, SIM_BAUD as BAUD};
 
 fn provision(
     env: &Env,
