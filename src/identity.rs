@@ -494,17 +494,10 @@ pub fn batch(
             )));
         }
     }
-    {
-        let mut stmt = reg
-            .conn()
-            .prepare("SELECT serial FROM devices WHERE serial = ?1")?;
-        for s in serials {
-            if stmt.exists([s])? {
-                return Err(Error::conflict(format!(
-                    "device '{s}' already exists in the registry (a batch only creates new devices; use `identity issue` to re-issue)"
-                )));
-            }
-        }
+    if let Some(s) = devices::first_existing_serial(reg.conn(), serials)? {
+        return Err(Error::conflict(format!(
+            "device '{s}' already exists in the registry (a batch only creates new devices; use `identity issue` to re-issue)"
+        )));
     }
     if let Some(dir) = &out.dir {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

@@ -216,6 +216,20 @@ pub fn device_by_serial(conn: &Connection, serial: &str) -> Result<Option<Device
     Ok(stmt.query_row([serial], from_row).optional()?)
 }
 
+/// The first of `serials` that already has a device row, if any.
+pub fn first_existing_serial<'a>(
+    conn: &Connection,
+    serials: &'a [String],
+) -> Result<Option<&'a str>> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM devices WHERE serial = ?1")?;
+    for s in serials {
+        if stmt.exists([s])? {
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
+}
+
 pub fn device_by_id(conn: &Connection, id: i64) -> Result<Option<Device>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"
