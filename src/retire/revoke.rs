@@ -17,7 +17,7 @@ use crate::identity::Actor;
 use crate::pki::crl::Reason;
 use crate::registry::certs::CertStatus;
 use crate::registry::devices;
-use crate::registry::events::{EventChain, NewEvent};
+use crate::registry::events::EventChain;
 use crate::registry::retire::{self as rr, ActiveCert};
 use crate::registry::{now_rfc3339, Registry};
 
@@ -232,24 +232,31 @@ fn revoked_event(
     now: &str,
     extra: &serde_json::Value,
 ) -> Result<()> {
-    let mut details = serde_json::json!({
-        "cert_serial": c.serial_hex,
-        "fingerprint": c.fingerprint,
-        "reason": reason.as_str(),
-        "reason_code": reason.code(),
-    });
-    if let (Some(d), Some(e)) = (details.as_object_mut(), extra.as_object()) {
-        d.extend(e.clone());
+    // Serialised straight from a struct: bulk revocations write 100,000s of these.
+    #[derive(serde::Serialize)]
+    struct Details<'a> {
+        cert_serial: &'a str,
+        fingerprint: &'a str,
+        reason: &'a str,
+        reason_code: u8,
+        #[serde(flatten)]
+        extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
     }
-    chain.append(
+    let details = serde_json::to_string(&Details {
+        cert_serial: &c.serial_hex,
+        fingerprint: &c.fingerprint,
+        reason: reason.as_str(),
+        reason_code: reason.code(),
+        extra: extra.as_object(),
+    })
+    .map_err(|e| Error::input(e.to_string()))?;
+    chain.append_raw(
         conn,
-        &NewEvent {
-            device_id: Some(device_id),
-            kind: "cert.revoked",
-            actor: &actor.operator,
-            station: &actor.station,
-            details,
-        },
+        Some(device_id),
+        "cert.revoked",
+        &actor.operator,
+        &actor.station,
+        &details,
         now,
     )?;
     Ok(())
