@@ -151,6 +151,7 @@ fn record(
             true,
         ),
     };
+    let mark = ctx.signer.mark(&issued.info.fingerprint);
     certs::insert_cert(
         conn,
         &NewCert {
@@ -165,6 +166,7 @@ fn record(
             not_before: issued.info.not_before,
             not_after: issued.info.not_after,
             der: &issued.der,
+            verified_mac: Some(&mark),
         },
         now,
     )?;
@@ -692,6 +694,7 @@ fn commit_chunk(
             },
             &now,
         )?;
+        let mark = ctx.signer.mark(&m.issued.info.fingerprint);
         certs::insert_cert(
             &tx,
             &NewCert {
@@ -706,6 +709,7 @@ fn commit_chunk(
                 not_before: m.issued.info.not_before,
                 not_after: m.issued.info.not_after,
                 der: &m.issued.der,
+                verified_mac: Some(&mark),
             },
             &now,
         )?;

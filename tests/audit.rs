@@ -1109,3 +1109,280 @@ fn fleet_report_on_an_empty_registry() {
     let e = Env::bare();
     e.fails(&["report", "fleet"], 4);
 }
+
+// --- verification marks: cert-not-chained skips ECDSA only for rows cradle recorded ---
+
+/// (signatures verified, certificates accepted on their mark) from the summary.
+fn sig_counts(v: &Value) -> (u64, u64) {
+    (
+        v["summary"]["signatures_verified"].as_u64().unwrap(),
+        v["summary"]["marks_accepted"].as_u64().unwrap(),
+    )
+}
+
+/// Inserts device `serial` with a certificate row of `der` behind cradle's back, naming
+/// our issuing CA, recording the DER's own hash as fingerprint and carrying a mark
+/// copied from certificate row 1. `serial_hex` overrides the certificate serial (for a
+/// copy of an existing certificate, which the UNIQUE constraint would refuse).
+fn insert_with_copied_mark(e: &Env, serial: &str, der: &[u8], serial_hex: Option<&str>) {
+    let info = cradle::pki::cert::info_of(der).unwrap();
+    let fingerprint = cradle::pki::cert::sha256_hex(der);
+    e.sql(&format!(
+        "INSERT INTO devices (serial, status, created_at, updated_at) VALUES ('{serial}', 'deployed', '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z');
+         INSERT INTO certificates (device_id, ca_id, serial_hex, fingerprint, pubkey_sha256, subject, profile, key_source, not_before, not_after, der, status, created_at, verified_mac)
+           VALUES ((SELECT id FROM devices WHERE serial = '{serial}'),
+                   (SELECT ca_id FROM certificates WHERE id = 1), '{}', '{fingerprint}', '{}', 'CN={serial}', 'device', 'host',
+                   {}, {}, X'{}', 'active', '2026-11-01T00:00:00Z',
+                   (SELECT verified_mac FROM certificates WHERE id = 1));",
+        serial_hex.unwrap_or(&info.serial_hex),
+        info.pubkey_sha256,
+        info.not_before,
+        info.not_after,
+        hex::encode(der)
+    ));
+}
+
+/// A certificate from another home's CA (same CA name, different key).
+fn foreign_cert(serial: &str) -> Vec<u8> {
+    let other = Env::with_ca();
+    other.ok(&[
+        "identity",
+        "issue",
+        serial,
+        "--out",
+        other.path("out").to_str().unwrap(),
+        "--passphrase-file",
+        other.pass(),
+    ]);
+    let hex = other
+        .sql("SELECT hex(der) FROM certificates")
+        .trim()
+        .to_string();
+    hex::decode(hex).unwrap()
+}
+
+/// A self-signed certificate: its issuer is no registered CA.
+fn self_signed(cn: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec![format!("{cn}.test")]).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.self_signed(&key).unwrap().der().to_vec()
+}
+
+#[test]
+fn cradle_recorded_certificates_carry_marks_that_the_audit_accepts() {
+    let e = fleet();
+    assert_eq!(
+        scalar(
+            &e,
+            "SELECT count(*) FROM certificates WHERE length(verified_mac) = 32"
+        ),
+        DEVICES.to_string()
+    );
+    let (code, v) = audit(&e, &["--check", "cert-not-chained"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(sig_counts(&v), (0, DEVICES as u64));
+    // identity issue (single) records a mark too.
+    e.ok(&[
+        "identity",
+        "issue",
+        "ONE-1",
+        "--out",
+        e.path("one").to_str().unwrap(),
+        "--passphrase-file",
+        e.pass(),
+    ]);
+    let (code, v) = audit(&e, &["--check", "cert-not-chained"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(sig_counts(&v), (0, DEVICES as u64 + 1));
+}
+
+#[test]
+fn copied_marks_do_not_skip_verification() {
+    let e = fleet();
+    // A foreign CA's certificate (bad signature for our CA), a certificate of ours with
+    // one signature byte flipped, and a self-signed one (unknown issuer): each inserted
+    // behind cradle's back with a mark copied from a genuine row.
+    insert_with_copied_mark(&e, "ROGUE-1", &foreign_cert("ROGUE-1"), None);
+    let mut der =
+        hex::decode(scalar(&e, "SELECT hex(der) FROM certificates WHERE id = 2")).unwrap();
+    let n = der.len();
+    der[n - 3] ^= 0x01;
+    insert_with_copied_mark(&e, "ROGUE-2", &der, Some("7e57"));
+    insert_with_copied_mark(&e, "ROGUE-3", &self_signed("Rogue Root"), None);
+    let before = e.dump();
+    let (code, f, v) = one_check(&e, "cert-not-chained");
+    assert_eq!(code, 1);
+    assert_eq!(
+        f,
+        set(&[
+            ("cert-not-chained", "ROGUE-1"),
+            ("cert-not-chained", "ROGUE-2"),
+            ("cert-not-chained", "ROGUE-3"),
+        ])
+    );
+    let msgs: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        msgs[0].contains("does not verify against registered CA"),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs[1].contains("does not verify against registered CA"),
+        "{msgs:?}"
+    );
+    assert!(msgs[2].contains("which is not a registered CA"), "{msgs:?}");
+    // The genuine rows keep their shortcut; the three rogues are verified in full.
+    assert_eq!(sig_counts(&v), (3, DEVICES as u64));
+    assert_eq!(e.dump(), before, "audit must not change the registry");
+}
+
+#[test]
+fn altered_der_is_not_shortcut_even_with_its_own_mark() {
+    let e = fleet();
+    // Row 4 keeps its fingerprint and its genuine mark, but its DER is replaced by a
+    // foreign CA's certificate: the fingerprint no longer matches, so no shortcut.
+    let der = foreign_cert("DEV-004");
+    e.sql(&format!(
+        "UPDATE certificates SET der = X'{}' WHERE id = 4",
+        hex::encode(&der)
+    ));
+    let (code, v) = audit(
+        &e,
+        &[
+            "--check",
+            "cert-not-chained",
+            "--check",
+            "cert-fingerprint-mismatch",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert_eq!(
+        found(&v),
+        set(&[
+            ("cert-fingerprint-mismatch", "DEV-004"),
+            ("cert-not-chained", "DEV-004")
+        ])
+    );
+    assert_eq!(sig_counts(&v), (1, DEVICES as u64 - 1));
+    // The same with cert-not-chained alone (the fingerprint is still compared).
+    let (code, f, v) = one_check(&e, "cert-not-chained");
+    assert_eq!((code, f), (1, set(&[("cert-not-chained", "DEV-004")])));
+    assert_eq!(sig_counts(&v), (1, DEVICES as u64 - 1));
+    // A CA row altered behind cradle's back invalidates every mark made under it.
+    e.sql("UPDATE cas SET der = CAST(der || X'00' AS BLOB) WHERE role = 'issuing'");
+    // (One trailing byte: the CA still parses and its key still verifies the genuine rows.)
+    let (code, f, v) = one_check(&e, "cert-not-chained");
+    assert_eq!((code, f), (1, set(&[("cert-not-chained", "DEV-004")])));
+    assert_eq!(sig_counts(&v), (DEVICES as u64, 0));
+}
+
+#[test]
+fn full_verifies_every_signature_with_the_same_findings() {
+    let e = fleet();
+    insert_with_copied_mark(&e, "ROGUE-1", &foreign_cert("ROGUE-1"), None);
+    let (code, marked) = audit(&e, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(sig_counts(&marked), (1, DEVICES as u64));
+    for flag in ["--full", "--verify-signatures"] {
+        let (code, full) = audit(&e, &[flag]);
+        assert_eq!(code, 1);
+        assert_eq!(found(&full), found(&marked));
+        assert_eq!(full["findings"], marked["findings"]);
+        assert_eq!(sig_counts(&full), (DEVICES as u64 + 1, 0), "{flag}");
+    }
+    // --full with only other checks verifies nothing.
+    let (_, v) = audit(&e, &["--full", "--check", "cert-expiring"]);
+    assert_eq!(sig_counts(&v), (0, 0));
+}
+
+#[test]
+fn without_the_key_file_every_signature_is_verified_with_a_note() {
+    let e = fleet();
+    insert_with_copied_mark(&e, "ROGUE-3", &self_signed("Rogue Root"), None);
+    let (code, with_key) = audit(&e, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(sig_counts(&with_key), (1, DEVICES as u64));
+    let o = e.run(&["--json", "audit"]);
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let key = e.home.join("ca/audit.key");
+    let before = e.dump();
+    for (what, setup) in [("missing", None), ("short", Some(&b"not 32 bytes"[..]))] {
+        let _ = std::fs::remove_file(&key);
+        if let Some(bytes) = setup {
+            std::fs::write(&key, bytes).unwrap();
+        }
+        let o = e.run(&["--json", "audit"]);
+        assert_eq!(o.status.code(), Some(1), "{what}");
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["findings"], with_key["findings"], "{what}");
+        assert_eq!(sig_counts(&v), (DEVICES as u64 + 1, 0), "{what}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.starts_with("cradle: note: ")
+                && err.contains("audit.key")
+                && err.contains("verifying the signature of every certificate in full")
+                && err.lines().count() == 1,
+            "{what}: {err}"
+        );
+        // A note, not a finding; and the audit neither writes the registry nor the key.
+        assert_eq!(v["summary"]["findings"], with_key["summary"]["findings"]);
+        assert_eq!(e.dump(), before);
+        assert_eq!(key.exists(), setup.is_some(), "{what}");
+    }
+    // --full needs no key and says nothing about it.
+    let o = e.run(&["--json", "audit", "--full"]);
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn audit_key_is_0600_and_never_in_the_registry() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = fleet();
+    let key_path = e.home.join("ca/audit.key");
+    let meta = std::fs::metadata(&key_path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let key = std::fs::read(&key_path).unwrap();
+    assert_eq!(key.len(), 32);
+    let dump = e.dump();
+    assert!(!dump.contains(&hex::encode(&key)));
+    assert!(!dump.contains(&hex::encode_upper(&key)));
+    // Nor its raw bytes anywhere in the database files.
+    for f in std::fs::read_dir(&e.home).unwrap() {
+        let p = f.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("registry.db")
+        {
+            let bytes = std::fs::read(&p).unwrap();
+            assert!(
+                !bytes.windows(32).any(|w| w == key.as_slice()),
+                "{}",
+                p.display()
+            );
+        }
+    }
+    // The mark is not the key, and not a plain hash of the fingerprint.
+    let mark = scalar(
+        &e,
+        "SELECT lower(hex(verified_mac)) FROM certificates WHERE id = 1",
+    );
+    let fp = scalar(&e, "SELECT fingerprint FROM certificates WHERE id = 1");
+    assert_eq!(mark.len(), 64);
+    assert_ne!(mark, hex::encode(&key));
+    assert_ne!(mark, cradle::pki::cert::sha256_hex(fp.as_bytes()));
+}

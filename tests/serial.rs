@@ -131,6 +131,11 @@ fn check_invariants(env: &Env, hwid: &str, state: Option<&Path>) {
             "device {hwid} is {status:?} but has an active certificate"
         );
     }
+    // Every certificate the station recorded carries its verification mark.
+    let unmarked = q(env, &format!(
+        "SELECT count(*) FROM certificates c JOIN devices d ON d.id=c.device_id WHERE d.hardware_id='{hwid}' AND (c.verified_mac IS NULL OR length(c.verified_mac) <> 32)"
+    ));
+    assert_eq!(unmarked, "0", "certificates of {hwid} without a mark");
     // The device stays readable through the CLI whatever happened.
     let serial = q(
         env,
@@ -228,6 +233,10 @@ fn csr_mode_single_device_end_to_end() {
     let key = hex::decode(dev["key"].as_str().unwrap()).unwrap();
     assert!(same_public_key(&env, &cert, &key));
     check_invariants(&env, "HW-CSR-1", Some(&state));
+    // The audit accepts the provisioned certificate on its mark.
+    let v = env.json(&["audit", "--check", "cert-not-chained"]);
+    assert_eq!(v["summary"]["marks_accepted"], 1, "{v}");
+    assert_eq!(v["summary"]["signatures_verified"], 0, "{v}");
 
     // Idempotent: a re-run is a PASS without issuing anything new.
     let before = env.dump();

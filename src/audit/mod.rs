@@ -15,6 +15,7 @@ use x509_parser::prelude::*;
 
 use crate::error::Result;
 use crate::pki::cert::sha256_hex;
+use crate::pki::mark::AuditKey;
 use crate::registry::audit::{self as q, DupField, StoredCert};
 use crate::registry::events;
 
@@ -121,6 +122,10 @@ pub struct Options {
     pub stuck_after_days: u32,
     /// Check ids to run; empty runs all.
     pub checks: Vec<String>,
+    /// Key of the verification marks (`ca/audit.key`). With it, cert-not-chained accepts
+    /// a certificate whose mark verifies and whose DER still hashes to its recorded
+    /// fingerprint without verifying its signature; `None` verifies every signature.
+    pub mark_key: Option<AuditKey>,
 }
 
 impl Options {
@@ -130,10 +135,15 @@ impl Options {
             expiring_within_days: 30,
             stuck_after_days: 7,
             checks: Vec::new(),
+            mark_key: None,
         }
     }
     fn wants(&self, id: &str) -> bool {
         self.checks.is_empty() || self.checks.iter().any(|c| c == id)
+    }
+    /// Whether check `id` will run.
+    pub fn checks_wanted(&self, id: &str) -> bool {
+        self.wants(id)
     }
 }
 
@@ -146,6 +156,10 @@ pub struct Summary {
     pub warnings: u64,
     /// Findings per check id (every check run appears, with 0 when clean).
     pub by_check: BTreeMap<&'static str, u64>,
+    /// cert-not-chained: certificates whose signature was verified against the CAs.
+    pub signatures_verified: u64,
+    /// cert-not-chained: certificates accepted on their verification mark instead.
+    pub marks_accepted: u64,
     pub seconds: f64,
 }
 
@@ -176,7 +190,9 @@ pub fn run(
             *summary.by_check.entry(f.check).or_default() += 1;
             sink(f)
         };
-        run_checks(conn, opts, &mut emit)?;
+        let stats = run_checks(conn, opts, &mut emit)?;
+        summary.signatures_verified = stats.verified;
+        summary.marks_accepted = stats.marked;
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
@@ -215,11 +231,18 @@ const DAY: i64 = 86_400;
 /// Certificates verified per parallel chunk (bounds memory; big enough to keep all cores busy).
 const CERT_CHUNK: usize = 4096;
 
+/// How cert-not-chained settled each certificate.
+#[derive(Debug, Default, Clone, Copy)]
+struct CertStats {
+    verified: u64,
+    marked: u64,
+}
+
 fn run_checks(
     conn: &Connection,
     o: &Options,
     emit: &mut dyn FnMut(Finding) -> Result<()>,
-) -> Result<()> {
+) -> Result<CertStats> {
     let now = o.now;
     if o.wants(CERT_EXPIRING) {
         let until = now + i64::from(o.expiring_within_days) * DAY;
@@ -326,8 +349,9 @@ fn run_checks(
     }
     let chain = o.wants(CERT_NOT_CHAINED);
     let fp = o.wants(CERT_FINGERPRINT_MISMATCH);
+    let mut stats = CertStats::default();
     if chain || fp {
-        check_stored_certs(conn, chain, fp, emit)?;
+        stats = check_stored_certs(conn, chain, fp, o.mark_key.as_ref(), emit)?;
     }
     let before = rfc3339(now - i64::from(o.stuck_after_days) * DAY);
     if o.wants(STUCK_PROVISIONING) {
@@ -382,7 +406,7 @@ fn run_checks(
             ))?;
         }
     }
-    Ok(())
+    Ok(stats)
 }
 
 /// "A, B, C, D, E and 7 more".
@@ -398,7 +422,11 @@ fn sample(list: &str, count: i64) -> String {
 
 /// A registered CA, parsed once: its subject (raw DER) and its public key.
 struct KnownCa<'a> {
+    id: i64,
     name: String,
+    /// Hex SHA-256 of the DER as stored now (not the recorded fingerprint), so a CA row
+    /// altered behind cradle's back no longer matches the marks made under it.
+    fingerprint: String,
     cert: X509Certificate<'a>,
 }
 
@@ -408,8 +436,9 @@ fn check_stored_certs(
     conn: &Connection,
     chain: bool,
     fp: bool,
+    key: Option<&AuditKey>,
     emit: &mut dyn FnMut(Finding) -> Result<()>,
-) -> Result<()> {
+) -> Result<CertStats> {
     let cas = crate::registry::cas::all_cas(conn)?;
     let known: Vec<KnownCa<'_>> = cas
         .iter()
@@ -417,28 +446,74 @@ fn check_stored_certs(
             X509Certificate::from_der(&ca.der)
                 .ok()
                 .map(|(_, cert)| KnownCa {
+                    id: ca.id,
                     name: ca.name.clone(),
+                    fingerprint: sha256_hex(&ca.der),
                     cert,
                 })
         })
         .collect();
+    let mut stats = CertStats::default();
     q::certs_in_chunks(conn, CERT_CHUNK, |chunk| {
-        let results: Vec<Vec<Finding>> = chunk
+        let results: Vec<(Vec<Finding>, Settled)> = chunk
             .par_iter()
-            .map(|c| check_one_cert(c, &known, chain, fp))
+            .map(|c| check_one_cert(c, &known, chain, fp, key))
             .collect();
-        for f in results.into_iter().flatten() {
-            emit(f)?;
+        for (findings, settled) in results {
+            match settled {
+                Settled::Verified => stats.verified += 1,
+                Settled::Marked => stats.marked += 1,
+                Settled::NotChecked => {}
+            }
+            for f in findings {
+                emit(f)?;
+            }
         }
         Ok(())
-    })
+    })?;
+    Ok(stats)
 }
 
-fn check_one_cert(c: &StoredCert, known: &[KnownCa<'_>], chain: bool, fp: bool) -> Vec<Finding> {
+/// How cert-not-chained settled one certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// Parsed and its signature verified (or found bad) against the registered CAs.
+    Verified,
+    /// Accepted on its verification mark: cradle recorded exactly this DER, issued by a
+    /// CA whose stored DER is unchanged.
+    Marked,
+    /// cert-not-chained was not run.
+    NotChecked,
+}
+
+/// Whether a certificate may skip signature verification: it carries a mark that
+/// verifies for its *actual* DER hash (which must equal the recorded fingerprint) and
+/// the actual DER hash of the registered CA it names.
+fn mark_holds(c: &StoredCert, actual: &str, known: &[KnownCa<'_>], key: &AuditKey) -> bool {
+    let (Some(mark), Some(ca_id)) = (c.verified_mac.as_deref(), c.ca_id) else {
+        return false;
+    };
+    if actual != c.fingerprint {
+        return false;
+    }
+    known
+        .iter()
+        .find(|k| k.id == ca_id)
+        .is_some_and(|k| key.verify(actual, &k.fingerprint, mark))
+}
+
+fn check_one_cert(
+    c: &StoredCert,
+    known: &[KnownCa<'_>],
+    chain: bool,
+    fp: bool,
+    key: Option<&AuditKey>,
+) -> (Vec<Finding>, Settled) {
     let mut out = Vec::new();
     let dev = || Some(c.device.clone());
-    if fp {
-        let actual = sha256_hex(&c.der);
+    // Hashed at most once: both the fingerprint check and the mark need it.
+    let actual = (fp || (chain && key.is_some())).then(|| sha256_hex(&c.der));
+    if let (true, Some(actual)) = (fp, actual.as_deref()) {
         if actual != c.fingerprint {
             out.push(with_cert(
                 finding(
@@ -455,7 +530,14 @@ fn check_one_cert(c: &StoredCert, known: &[KnownCa<'_>], chain: bool, fp: bool) 
             ));
         }
     }
+    let mut settled = Settled::NotChecked;
     if chain {
+        if let (Some(key), Some(actual)) = (key, actual.as_deref()) {
+            if mark_holds(c, actual, known, key) {
+                return (out, Settled::Marked);
+            }
+        }
+        settled = Settled::Verified;
         let msg = match X509Certificate::from_der(&c.der) {
             Err(e) => Some(format!(
                 "stored certificate {} does not parse: {e}",
@@ -498,7 +580,7 @@ fn check_one_cert(c: &StoredCert, known: &[KnownCa<'_>], chain: bool, fp: bool) 
             ));
         }
     }
-    out
+    (out, settled)
 }
 
 /// Certificate serials compare as hex without leading zero octets.

@@ -28,6 +28,15 @@ Checks (ids for --check; `cradle audit --list-checks` describes them):
   cert-not-chained, cert-fingerprint-mismatch, stuck-provisioning, stuck-decommission,
   crl-stale, crl-missing-serials, event-chain
 
+Signatures (cert-not-chained):
+  Certificates cradle recorded itself carry a verification mark, an HMAC-SHA256 keyed
+  by HOME/ca/audit.key over the certificate's and its CA's fingerprints. A certificate
+  whose mark verifies and whose stored DER still hashes to its recorded fingerprint is
+  accepted without re-verifying its ECDSA signature; every other certificate (no mark,
+  a wrong or copied mark, altered DER or CA) is verified in full. --full verifies every
+  signature. Without a readable audit.key, every signature is verified (with a note on
+  stderr). The audit only reads the key and never writes to the registry.
+
 Exit codes (audit differs from other commands: every runtime error is 2):
   0  no finding at or above --fail-on
   1  at least one finding at or above --fail-on (default: warning, so 0 means clean)
@@ -37,6 +46,7 @@ Examples:
   cradle audit
   cradle audit --check cert-expiring --expiring-within 60
   cradle audit --skip cert-not-chained      # nightly: everything but the signature pass
+  cradle audit --full --check cert-not-chained   # re-verify every certificate signature
   cradle audit --fail-on error --format csv > findings.csv
   cradle --json audit | jq '.findings[] | select(.severity == \"error\")'";
 
@@ -61,6 +71,9 @@ pub struct AuditArgs {
     /// Output format (--json is the same as --format json)
     #[arg(long, value_enum)]
     pub format: Option<Format>,
+    /// Verify every certificate's signature, ignoring verification marks
+    #[arg(long, visible_alias = "verify-signatures")]
+    pub full: bool,
     /// List the checks with their severity and exit
     #[arg(long)]
     pub list_checks: bool,
@@ -110,6 +123,9 @@ fn run_inner(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
         }
         left
     };
+    if !a.full && opts.checks_wanted(audit::CERT_NOT_CHAINED) {
+        opts.mark_key = mark_key(ctx, &reg)?;
+    }
     let threshold = match a.fail_on {
         FailOn::Warning => Severity::Warning,
         FailOn::Error => Severity::Error,
@@ -179,6 +195,27 @@ fn run_inner(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
     } else {
         crate::error::exit::OK
     })
+}
+
+/// The verification-mark key for cert-not-chained, or `None` (every signature verified,
+/// said in a note) when it cannot be read. Read only: the audit never creates it.
+fn mark_key(
+    ctx: &Ctx,
+    reg: &crate::registry::Registry,
+) -> anyhow::Result<Option<crate::pki::mark::AuditKey>> {
+    let ca_dir = ctx.home.ca_dir();
+    let why = match crate::pki::mark::AuditKey::load(&ca_dir) {
+        Ok(Some(k)) => return Ok(Some(k)),
+        Ok(None) => format!(
+            "{} does not exist",
+            crate::pki::mark::key_path(&ca_dir).display()
+        ),
+        Err(e) => e.to_string(),
+    };
+    if crate::registry::audit::has_certificates(reg.conn())? {
+        eprintln!("cradle: note: {why}; verifying the signature of every certificate in full");
+    }
+    Ok(None)
 }
 
 const SEV_W: usize = 7;

@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 
 use super::cert::{info_of, read_certs, to_pem, CertInfo};
 use super::keys;
+use super::mark::AuditKey;
 use super::profile::{Profile, Vars};
 use crate::error::{Error, Result};
 use crate::registry::cas::{self, CaRecord, CaRole, NewCa};
@@ -276,6 +277,17 @@ pub struct CaSigner {
     /// Issuing CA (+ intermediates) + root, PEM, for bundles and devices.
     pub chain_pem: String,
     pub chain_der: Vec<Vec<u8>>,
+    /// Key of the verification marks stored with every certificate this signer records.
+    pub audit_key: AuditKey,
+    /// Hex SHA-256 of the issuing CA certificate's DER, as bound into each mark.
+    pub ca_fingerprint: String,
+}
+
+impl CaSigner {
+    /// The verification mark of a certificate (hex SHA-256 fingerprint) this CA issued.
+    pub fn mark(&self, cert_fingerprint: &str) -> Vec<u8> {
+        self.audit_key.mark(cert_fingerprint, &self.ca_fingerprint)
+    }
 }
 
 impl std::fmt::Debug for CaSigner {
@@ -307,10 +319,14 @@ pub fn unlock(conn: &Connection, ca_dir: &Path, passphrase: &[u8]) -> Result<CaS
     let chain_path = ca_dir.join(CHAIN);
     let chain_pem = fs::read_to_string(&chain_path).map_err(|e| Error::io(&chain_path, e))?;
     let chain_der = read_certs(chain_pem.as_bytes(), "CA chain")?;
+    let audit_key = AuditKey::load_or_create(ca_dir)?;
+    let ca_fingerprint = super::cert::sha256_hex(&record.der);
     Ok(CaSigner {
         record,
         issuer,
         chain_pem,
         chain_der,
+        audit_key,
+        ca_fingerprint,
     })
 }

@@ -6,5 +6,6 @@ pub mod crl;
 pub mod csr;
 pub mod issue;
 pub mod keys;
+pub mod mark;
 pub mod profile;
 pub mod verify;

@@ -275,6 +275,8 @@ pub struct StoredCert {
     pub serial_hex: String,
     pub fingerprint: String,
     pub der: Vec<u8>,
+    /// Verification mark recorded by cradle (`pki::mark`), if any.
+    pub verified_mac: Option<Vec<u8>>,
 }
 
 /// Every certificate in id order, in chunks of `chunk` rows (so a caller can work on a
@@ -287,7 +289,7 @@ pub fn certs_in_chunks(
     let mut buf = Vec::with_capacity(chunk);
     each(
         conn,
-        "SELECT c.id, d.serial, c.ca_id, c.serial_hex, c.fingerprint, c.der
+        "SELECT c.id, d.serial, c.ca_id, c.serial_hex, c.fingerprint, c.der, c.verified_mac
          FROM certificates c JOIN devices d ON d.id = c.device_id ORDER BY c.id",
         [],
         |r| {
@@ -298,6 +300,7 @@ pub fn certs_in_chunks(
                 serial_hex: r.get(3)?,
                 fingerprint: r.get(4)?,
                 der: r.get(5)?,
+                verified_mac: r.get(6)?,
             })
         },
         |c| {
@@ -450,6 +453,15 @@ pub fn revoked_certs(
         [ca_id],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         f,
+    )
+}
+
+/// Whether the registry holds any certificate at all.
+pub fn has_certificates(conn: &Connection) -> Result<bool> {
+    Ok(
+        conn.query_row("SELECT EXISTS (SELECT 1 FROM certificates)", [], |r| {
+            r.get(0)
+        })?,
     )
 }
 

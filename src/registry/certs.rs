@@ -62,6 +62,9 @@ pub struct NewCert<'a> {
     pub not_before: i64,
     pub not_after: i64,
     pub der: &'a [u8],
+    /// Verification mark (HMAC of fingerprint and CA fingerprint, see `pki::mark`);
+    /// `None` for certificates cradle did not issue itself.
+    pub verified_mac: Option<&'a [u8]>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,8 +114,8 @@ pub fn cert_from_row(r: &Row<'_>) -> rusqlite::Result<CertRecord> {
 
 pub fn insert_cert(conn: &Connection, c: &NewCert<'_>, now: &str) -> Result<i64> {
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO certificates (device_id, ca_id, serial_hex, fingerprint, pubkey_sha256, subject, profile, key_source, not_before, not_after, der, status, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12)",
+        "INSERT INTO certificates (device_id, ca_id, serial_hex, fingerprint, pubkey_sha256, subject, profile, key_source, not_before, not_after, der, status, created_at, verified_mac)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, ?13)",
     )?;
     stmt.execute(params![
         c.device_id,
@@ -126,7 +129,8 @@ pub fn insert_cert(conn: &Connection, c: &NewCert<'_>, now: &str) -> Result<i64>
         c.not_before,
         c.not_after,
         c.der,
-        now
+        now,
+        c.verified_mac
     ])
     .map_err(|e| match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::ConstraintViolation) => {

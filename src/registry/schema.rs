@@ -151,4 +151,11 @@ CREATE INDEX certificates_revoked ON certificates(ca_id) WHERE status = 'revoked
     r#"
 CREATE INDEX certificates_status ON certificates(status, device_id);
 "#,
+    // 4: verification mark of certificates cradle recorded itself (HMAC-SHA256 keyed by
+    // ca/audit.key over the certificate and CA fingerprints); NULL for older rows and
+    // anything inserted behind cradle's back. Lets the audit skip the ECDSA check of
+    // certificates whose stored DER is exactly what cradle issued.
+    r#"
+ALTER TABLE certificates ADD COLUMN verified_mac BLOB;
+"#,
 ];

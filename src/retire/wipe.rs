@@ -413,6 +413,7 @@ pub(crate) mod tests {
                 not_before: info.not_before,
                 not_after: info.not_after,
                 der: &der,
+                verified_mac: None,
             },
             &now,
         )

@@ -341,6 +341,7 @@ impl Station<'_> {
     ) -> Result<i64> {
         let now = now_rfc3339();
         let tx = reg.write()?;
+        let mark = self.signer.mark(&issued.info.fingerprint);
         let cert_id = certs::insert_cert(
             &tx,
             &NewCert {
@@ -355,6 +356,7 @@ impl Station<'_> {
                 not_before: issued.info.not_before,
                 not_after: issued.info.not_after,
                 der: &issued.der,
+                verified_mac: Some(&mark),
             },
             &now,
         )?;
