@@ -19,8 +19,11 @@ CREATE TABLE devices (
     owner       TEXT,
     mac         TEXT,
     imei        TEXT,
+    -- An OR chain, not IN (...): SQLite evaluates an IN list of more than two
+    -- constants through a temporary b-tree built on every INSERT and UPDATE.
     status      TEXT NOT NULL DEFAULT 'registered'
-                CHECK (status IN ('registered','provisioned','deployed','maintenance','retired','decommissioned')),
+                CHECK (status = 'registered' OR status = 'provisioned' OR status = 'deployed'
+                       OR status = 'maintenance' OR status = 'retired' OR status = 'decommissioned'),
     notes       TEXT,
     attributes  TEXT,
     created_at  TEXT NOT NULL,
