@@ -58,11 +58,11 @@ CREATE TABLE certificates (
     pubkey_sha256     TEXT NOT NULL,
     subject           TEXT NOT NULL,
     profile           TEXT NOT NULL,
-    key_source        TEXT NOT NULL CHECK (key_source IN ('host','device')),
+    key_source        TEXT NOT NULL CHECK (key_source = 'host' OR key_source = 'device'),
     not_before        INTEGER NOT NULL,
     not_after         INTEGER NOT NULL,
     der               BLOB NOT NULL,
-    status            TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active','revoked','unused')),
+    status            TEXT NOT NULL DEFAULT 'active' CHECK (status = 'active' OR status = 'revoked' OR status = 'unused'),
     revoked_at        TEXT,
     revocation_reason TEXT,
     created_at        TEXT NOT NULL
