@@ -100,6 +100,38 @@ pub fn check_serial(serial: &str) -> Result<()> {
     Ok(())
 }
 
+/// Records a certificate cradle issued for `device_id`, with its audit verification
+/// mark; returns the certificate row id.
+pub fn insert_issued(
+    conn: &Connection,
+    signer: &CaSigner,
+    profile: &str,
+    device_id: i64,
+    issued: &Issued,
+    source: KeySource,
+    now: &str,
+) -> Result<i64> {
+    let mark = signer.mark(&issued.info.fingerprint);
+    certs::insert_cert(
+        conn,
+        &NewCert {
+            device_id,
+            ca_id: Some(signer.record.id),
+            serial_hex: &issued.info.serial_hex,
+            fingerprint: &issued.info.fingerprint,
+            pubkey_sha256: &issued.info.pubkey_sha256,
+            subject: &issued.info.subject,
+            profile,
+            key_source: source,
+            not_before: issued.info.not_before,
+            not_after: issued.info.not_after,
+            der: &issued.der,
+            verified_mac: Some(&mark),
+        },
+        now,
+    )
+}
+
 /// A retired or decommissioned device must not get a new identity.
 fn check_issuable(device: Option<&Device>) -> Result<()> {
     match device {
@@ -151,23 +183,13 @@ fn record(
             true,
         ),
     };
-    let mark = ctx.signer.mark(&issued.info.fingerprint);
-    certs::insert_cert(
+    insert_issued(
         conn,
-        &NewCert {
-            device_id,
-            ca_id: Some(ctx.signer.record.id),
-            serial_hex: &issued.info.serial_hex,
-            fingerprint: &issued.info.fingerprint,
-            pubkey_sha256: &issued.info.pubkey_sha256,
-            subject: &issued.info.subject,
-            profile: &ctx.profile.name,
-            key_source: source,
-            not_before: issued.info.not_before,
-            not_after: issued.info.not_after,
-            der: &issued.der,
-            verified_mac: Some(&mark),
-        },
+        ctx.signer,
+        &ctx.profile.name,
+        device_id,
+        issued,
+        source,
         now,
     )?;
     let mut details = serde_json::json!({
@@ -696,23 +718,13 @@ fn commit_chunk(
             },
             &now,
         )?;
-        let mark = ctx.signer.mark(&m.issued.info.fingerprint);
-        certs::insert_cert(
+        insert_issued(
             &tx,
-            &NewCert {
-                device_id,
-                ca_id: Some(ctx.signer.record.id),
-                serial_hex: &m.issued.info.serial_hex,
-                fingerprint: &m.issued.info.fingerprint,
-                pubkey_sha256: &m.issued.info.pubkey_sha256,
-                subject: &m.issued.info.subject,
-                profile: &ctx.profile.name,
-                key_source: KeySource::Host,
-                not_before: m.issued.info.not_before,
-                not_after: m.issued.info.not_after,
-                der: &m.issued.der,
-                verified_mac: Some(&mark),
-            },
+            ctx.signer,
+            &ctx.profile.name,
+            device_id,
+            &m.issued,
+            KeySource::Host,
             &now,
         )?;
         chain.append_raw(

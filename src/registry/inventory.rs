@@ -84,11 +84,7 @@ impl<'c> ImportDb<'c> {
             by_serial: conn.prepare(&sel("serial = ?1"))?,
             by_mac: conn.prepare(&sel("mac = ?1"))?,
             by_imei: conn.prepare(&sel("imei = ?1"))?,
-            update: conn.prepare(
-                "UPDATE devices SET hardware_id = ?2, model = ?3, hw_rev = ?4, batch = ?5, site = ?6,
-                 location = ?7, owner = ?8, mac = ?9, imei = ?10, notes = ?11, attributes = ?12,
-                 updated_at = ?13 WHERE id = ?1",
-            )?,
+            update: conn.prepare(UPDATE_FIELDS)?,
             seen_insert: None,
             seen_line: None,
             head_id: 0,
@@ -203,22 +199,7 @@ impl<'c> ImportDb<'c> {
 
     /// Writes every field of `d` except serial and status (those go through lifecycle).
     pub fn update_fields(&mut self, d: &Device, now: &str) -> Result<()> {
-        self.update.execute(params![
-            d.id,
-            d.hardware_id,
-            d.model,
-            d.hw_rev,
-            d.batch,
-            d.site,
-            d.location,
-            d.owner,
-            d.mac,
-            d.imei,
-            d.notes,
-            devices::attributes_json(&d.attributes),
-            now
-        ])?;
-        Ok(())
+        exec_update_fields(&mut self.update, d, now)
     }
 
     /// Appends one event to the chain; `details` must be compact JSON.
@@ -454,12 +435,18 @@ pub fn fleet_summary(conn: &Connection) -> Result<FleetSummary> {
 
 /// Writes every field of a device except serial and status (used by `device set`).
 pub fn update_device_fields(conn: &Connection, d: &Device, now: &str) -> Result<()> {
-    conn.prepare_cached(
-        "UPDATE devices SET hardware_id = ?2, model = ?3, hw_rev = ?4, batch = ?5, site = ?6,
-         location = ?7, owner = ?8, mac = ?9, imei = ?10, notes = ?11, attributes = ?12,
-         updated_at = ?13 WHERE id = ?1",
-    )?
-    .execute(params![
+    let mut stmt = conn.prepare_cached(UPDATE_FIELDS)?;
+    exec_update_fields(&mut stmt, d, now)
+}
+
+/// Every field of a device except serial and status (those go through lifecycle).
+const UPDATE_FIELDS: &str =
+    "UPDATE devices SET hardware_id = ?2, model = ?3, hw_rev = ?4, batch = ?5,
+    site = ?6, location = ?7, owner = ?8, mac = ?9, imei = ?10, notes = ?11, attributes = ?12,
+    updated_at = ?13 WHERE id = ?1";
+
+fn exec_update_fields(stmt: &mut rusqlite::Statement<'_>, d: &Device, now: &str) -> Result<()> {
+    stmt.execute(params![
         d.id,
         d.hardware_id,
         d.model,

@@ -29,7 +29,7 @@ use crate::pki::cert::sha256_hex;
 use crate::pki::issue::{issue, vars_for, Issued};
 use crate::pki::profile::Profile;
 use crate::pki::{csr, keys};
-use crate::registry::certs::{self, CertStatus, KeySource, NewCert};
+use crate::registry::certs::{self, CertStatus, KeySource};
 use crate::registry::devices::{self, Device, DeviceStatus};
 use crate::registry::events::{EventChain, NewEvent};
 use crate::registry::{now_rfc3339, provision, Registry};
@@ -341,23 +341,13 @@ impl Station<'_> {
     ) -> Result<i64> {
         let now = now_rfc3339();
         let tx = reg.write()?;
-        let mark = self.signer.mark(&issued.info.fingerprint);
-        let cert_id = certs::insert_cert(
+        let cert_id = crate::identity::insert_issued(
             &tx,
-            &NewCert {
-                device_id: device.id,
-                ca_id: Some(self.signer.record.id),
-                serial_hex: &issued.info.serial_hex,
-                fingerprint: &issued.info.fingerprint,
-                pubkey_sha256: &issued.info.pubkey_sha256,
-                subject: &issued.info.subject,
-                profile: &self.profile.name,
-                key_source: source,
-                not_before: issued.info.not_before,
-                not_after: issued.info.not_after,
-                der: &issued.der,
-                verified_mac: Some(&mark),
-            },
+            self.signer,
+            &self.profile.name,
+            device.id,
+            issued,
+            source,
             &now,
         )?;
         // Pending until the device has it and is locked.
