@@ -33,6 +33,12 @@ Every row is checked and every bad row reported as FILE:LINE (the physical line 
 record starts). By default the import is all-or-nothing in one transaction; --partial
 commits the good rows. Importing the same file twice changes nothing the second time.
 
+A file of 4 MiB or more (about 30,000 rows) is imported with the registry taken
+exclusively when no other process has it open: pages go straight into the registry file
+instead of through the write-ahead log, which makes a large import about 20% faster.
+Meanwhile other cradle processes wait for it (up to 30 s, then exit 4). --shared keeps
+the registry readable throughout. A killed import is rolled back either way.
+
 Exit codes: 0 imported (or nothing to change); 3 some rows are invalid (nothing written)
 or the file/header is unusable; 7 rows conflict with the registry (nothing written);
 1 with --partial when some rows were rejected (the good rows were written);
@@ -117,6 +123,9 @@ pub enum InventoryCommand {
         /// Show what would change (created, updated with fields, unchanged, rejected); write nothing
         #[arg(long)]
         dry_run: bool,
+        /// Let other processes read the registry during a large import (slower; see below)
+        #[arg(long)]
+        shared: bool,
     },
     /// Export devices as CSV, JSON or JSON Lines
     #[command(after_help = EXPORT_HELP)]
@@ -171,6 +180,7 @@ pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
             errors,
             partial,
             dry_run,
+            shared,
         } => {
             let opts = ImportOptions {
                 mode: match mode {
@@ -191,6 +201,7 @@ pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
                 partial,
                 dry_run,
                 errors_path: errors,
+                shared,
             };
             import_cmd(ctx, &file, &opts)
         }
