@@ -446,14 +446,144 @@ impl<R> Counting<R> {
     }
 }
 
-/// Records handed from the parsing thread to the importing thread.
+/// Records handed from the parsing thread to the importing thread, already decoded
+/// and validated there, so that the importing thread does little but SQLite.
 #[derive(Default)]
 struct Batch {
     recs: Vec<ByteRecord>,
     lines: Vec<u64>,
+    checked: Vec<Checked>,
+    /// The checked values of every row, one after another (`Cell::Set` ranges).
+    text: String,
     len: usize,
     /// Bytes of the file consumed when the batch was filled (progress).
     bytes: u64,
+}
+
+/// Where a checked cell's value is: kept, cleared, or a range of `Batch::text`
+/// (formula rule undone, value normalised).
+#[derive(Debug, Clone, Copy, Default)]
+enum Cell {
+    #[default]
+    Keep,
+    Clear,
+    Set(usize, usize),
+}
+
+/// One row after decoding and validation (parsing thread).
+#[derive(Default)]
+struct Checked {
+    /// The documented fields, in `Field` order.
+    fields: [Cell; Field::COUNT],
+    /// Attribute columns (column index, cell).
+    attrs: Vec<(usize, Cell)>,
+    /// Every problem of the row (`column 'mac': ...`).
+    msgs: Vec<String>,
+    /// The row has the wrong number of fields (`msgs` says so; nothing else checked).
+    wrong_len: bool,
+}
+
+/// What the parsing thread needs to check rows.
+struct RowRules {
+    columns: Vec<Column>,
+    blank: Blank,
+}
+
+/// Decodes and validates every cell of `rec`, collecting all problems of the row.
+fn check_row(rules: &RowRules, rec: &ByteRecord, out: &mut Checked, text: &mut String) {
+    out.fields = [Cell::Keep; Field::COUNT];
+    out.attrs.clear();
+    out.msgs.clear();
+    out.wrong_len = false;
+    let ncols = rules.columns.len();
+    if rec.len() != ncols {
+        out.wrong_len = true;
+        out.msgs.push(format!(
+            "{} field{} but the header has {ncols} columns",
+            rec.len(),
+            if rec.len() == 1 { "" } else { "s" }
+        ));
+        return;
+    }
+    let mut keep = |v: &str| {
+        let start = text.len();
+        text.push_str(v);
+        Cell::Set(start, text.len())
+    };
+    for (i, col) in rules.columns.iter().enumerate() {
+        let raw = &rec[i];
+        let colname = || match col {
+            Column::Field(f) => f.name().to_string(),
+            Column::Attr(a) => format!("{ATTR_PREFIX}{a}"),
+            Column::Ignore => String::new(),
+        };
+        if matches!(col, Column::Ignore) {
+            continue;
+        }
+        let text = match std::str::from_utf8(raw) {
+            Ok(t) => cell::restore(t),
+            Err(e) => {
+                out.msgs.push(format!(
+                    "column '{}': not valid UTF-8 (byte 0x{:02x} at offset {}); save the file as UTF-8",
+                    colname(),
+                    raw[e.valid_up_to()],
+                    e.valid_up_to()
+                ));
+                continue;
+            }
+        };
+        let want = if text.is_empty() {
+            match rules.blank {
+                Blank::Keep => Want::Keep,
+                Blank::Clears => Want::Clear,
+            }
+        } else if text == CLEAR {
+            Want::Clear
+        } else {
+            Want::Set(Cow::Borrowed(text))
+        };
+        match col {
+            Column::Field(f) => {
+                let cell = match want {
+                    Want::Set(v) => match f.check(&v) {
+                        Ok(n) => keep(&n),
+                        Err(e) => {
+                            out.msgs.push(format!("column '{}': {e}", f.name()));
+                            continue;
+                        }
+                    },
+                    // A blank serial/status under --blank clears just keeps it.
+                    Want::Clear if !f.clearable() && text.is_empty() => Cell::Keep,
+                    Want::Clear if !f.clearable() => {
+                        out.msgs.push(format!(
+                            "column '{}': {CLEAR} cannot clear the {}",
+                            f.name(),
+                            f.name()
+                        ));
+                        continue;
+                    }
+                    Want::Clear => Cell::Clear,
+                    Want::Keep => Cell::Keep,
+                };
+                out.fields[f.idx()] = cell;
+            }
+            Column::Attr(_) => {
+                let cell = match want {
+                    Want::Set(v) => {
+                        if let Err(e) = fields::check_attr_value(&v) {
+                            out.msgs.push(format!("column '{}': {e}", colname()));
+                            continue;
+                        }
+                        keep(&v)
+                    }
+                    Want::Clear => Cell::Clear,
+                    Want::Keep => Cell::Keep,
+                };
+                out.attrs.push((i, cell));
+            }
+            Column::Ignore => {}
+        }
+    }
 }
 
 const BATCH_ROWS: usize = 1024;
@@ -464,16 +594,19 @@ const BATCHES: usize = 4;
 fn parse_batches(
     mut rdr: csv::Reader<Counting<BufReader<File>>>,
     path: PathBuf,
+    rules: RowRules,
     full: mpsc::SyncSender<Result<Batch>>,
     empty: mpsc::Receiver<Batch>,
 ) {
     loop {
         let Ok(mut b) = empty.recv() else { return };
         b.len = 0;
+        b.text.clear();
         while b.len < BATCH_ROWS {
             if b.recs.len() == b.len {
                 b.recs.push(ByteRecord::new());
                 b.lines.push(0);
+                b.checked.push(Checked::default());
             }
             match rdr.read_byte_record(&mut b.recs[b.len]) {
                 Ok(true) => {
@@ -482,6 +615,7 @@ fn parse_batches(
                         Some(p) => p.line() + rdr.get_ref().newlines_from(p.byte()),
                         None => 0,
                     };
+                    check_row(&rules, rec, &mut b.checked[b.len], &mut b.text);
                     b.len += 1;
                 }
                 Ok(false) => break,
@@ -573,7 +707,6 @@ fn import_file(
         ));
     }
     let header = parse_header(&file, &rec, opts)?;
-    let ncols = header.columns.len();
     let mut errors_file = match &opts.errors_path {
         Some(p) => Some(ErrorsFile::create(p, &header.raw)?),
         None => None,
@@ -659,7 +792,11 @@ fn import_file(
         let _ = tx_empty.send(Batch::default());
     }
     let err_path = path.to_path_buf();
-    let reader = std::thread::spawn(move || parse_batches(rdr, err_path, tx_full, rx_empty));
+    let rules = RowRules {
+        columns: header.columns.clone(),
+        blank: opts.blank,
+    };
+    let reader = std::thread::spawn(move || parse_batches(rdr, err_path, rules, tx_full, rx_empty));
     let mut pending: Option<Batch> = None;
     let mut idx = 0;
     loop {
@@ -680,14 +817,11 @@ fn import_file(
         let batch = pending.as_ref().expect("a batch");
         let rec = &batch.recs[idx];
         let line = batch.lines[idx];
+        let chk = &batch.checked[idx];
         idx += 1;
         s.rows += 1;
-        if rec.len() != ncols {
-            let msg = format!(
-                "{} field{} but the header has {ncols} columns",
-                rec.len(),
-                if rec.len() == 1 { "" } else { "s" }
-            );
+        if chk.wrong_len {
+            let msg = chk.msgs.join("; ");
             reject(
                 &mut s,
                 obs,
@@ -699,85 +833,21 @@ fn import_file(
             )?;
             continue;
         }
-
-        // Decode and validate every cell; collect all problems of the row.
         msgs.clear();
-        let mut attr_wants: Vec<(usize, Want)> = Vec::new();
-        let mut wants: [Want; Field::COUNT] = std::array::from_fn(|_| Want::Keep);
-        for (i, col) in header.columns.iter().enumerate() {
-            let raw = &rec[i];
-            let colname = || match col {
-                Column::Field(f) => f.name().to_string(),
-                Column::Attr(a) => format!("{ATTR_PREFIX}{a}"),
-                Column::Ignore => String::new(),
-            };
-            if matches!(col, Column::Ignore) {
-                continue;
-            }
-            let text = match std::str::from_utf8(raw) {
-                Ok(t) => cell::restore(t),
-                Err(e) => {
-                    msgs.push(format!(
-                        "column '{}': not valid UTF-8 (byte 0x{:02x} at offset {}); save the file as UTF-8",
-                        colname(),
-                        raw[e.valid_up_to()],
-                        e.valid_up_to()
-                    ));
-                    continue;
-                }
-            };
-            let want = if text.is_empty() {
-                match opts.blank {
-                    Blank::Keep => Want::Keep,
-                    Blank::Clears => Want::Clear,
-                }
-            } else if text == CLEAR {
-                Want::Clear
-            } else {
-                Want::Set(Cow::Borrowed(text))
-            };
-            match col {
-                Column::Field(f) => {
-                    let want = match want {
-                        Want::Set(v) => match f.check(&v) {
-                            Ok(Cow::Borrowed(_)) => Want::Set(v),
-                            Ok(Cow::Owned(n)) => Want::Set(Cow::Owned(n)),
-                            Err(e) => {
-                                msgs.push(format!("column '{}': {e}", f.name()));
-                                continue;
-                            }
-                        },
-                        // A blank serial/status under --blank clears just keeps it.
-                        Want::Clear if !f.clearable() && text.is_empty() => Want::Keep,
-                        Want::Clear if !f.clearable() => {
-                            msgs.push(format!(
-                                "column '{}': {CLEAR} cannot clear the {}",
-                                f.name(),
-                                f.name()
-                            ));
-                            continue;
-                        }
-                        w => w,
-                    };
-                    wants[f.idx()] = want;
-                }
-                Column::Attr(_) => {
-                    if let Want::Set(v) = &want {
-                        if let Err(e) = fields::check_attr_value(v) {
-                            msgs.push(format!("column '{}': {e}", colname()));
-                            continue;
-                        }
-                    }
-                    attr_wants.push((i, want));
-                }
-                Column::Ignore => {}
-            }
-        }
+        msgs.extend(chk.msgs.iter().cloned());
+        let text = batch.text.as_str();
+        let want = |c: Cell| match c {
+            Cell::Keep => Want::Keep,
+            Cell::Clear => Want::Clear,
+            Cell::Set(a, b) => Want::Set(Cow::Borrowed(&text[a..b])),
+        };
+        let wants: [Want; Field::COUNT] = std::array::from_fn(|i| want(chk.fields[i]));
+        let attr_wants: Vec<(usize, Want)> = chk.attrs.iter().map(|&(i, c)| (i, want(c))).collect();
 
         // The match key must be present; duplicates inside the file are rejected.
-        let key = wants[key_f.idx()].value().map(str::to_owned);
+        let key = wants[key_f.idx()].value();
         let mut key_h = None;
-        match &key {
+        match key {
             Some(k) if db_dedup => {
                 let h = key_hash(k);
                 match seen.get(&h) {
