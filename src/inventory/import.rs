@@ -904,7 +904,7 @@ fn import_file(
         let existing = if opts.mode == Mode::Create && opts.key == MatchKey::Serial {
             None // the insert itself detects an existing serial
         } else {
-            match db.find(opts.key, &key)? {
+            match db.find(opts.key, key)? {
                 Lookup::None => None,
                 Lookup::One(d) => Some(d),
                 Lookup::Many(n) => {
