@@ -11,6 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension, Statement};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::bulk::{BulkStmt, Val};
 use super::devices::{self, from_row, Device, DeviceStatus, DEVICE_COLUMNS};
 use super::events::GENESIS;
 use crate::error::{Error, Result};
@@ -53,8 +54,8 @@ pub enum Lookup {
 /// Prepared statements and the event-chain head for one import transaction.
 pub struct ImportDb<'c> {
     conn: &'c Connection,
-    insert_device: Statement<'c>,
-    insert_event: Statement<'c>,
+    insert_device: BulkStmt<'c>,
+    insert_event: BulkStmt<'c>,
     by_serial: Statement<'c>,
     by_mac: Statement<'c>,
     by_imei: Statement<'c>,
@@ -77,13 +78,18 @@ impl<'c> ImportDb<'c> {
         let sel = |w: &str| format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE {w} LIMIT 2");
         let mut db = ImportDb {
             conn,
-            insert_device: conn.prepare(
+            insert_device: BulkStmt::prepare(
+                conn,
                 "INSERT INTO devices (serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)",
+                1..14,
             )?,
-            insert_event: conn.prepare(
-                "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
+            // Per-row parameters first (?1-?5), then the ones that rarely change.
+            insert_event: BulkStmt::prepare(
+                conn,
+                "INSERT INTO events (id, device_id, details, prev_hash, hash, kind, actor, station, at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                1..6,
             )?,
             by_serial: conn.prepare(&sel("serial = ?1"))?,
             by_mac: conn.prepare(&sel("mac = ?1"))?,
@@ -190,22 +196,17 @@ impl<'c> ImportDb<'c> {
         now: &str,
     ) -> Result<Option<i64>> {
         let status = f[10].unwrap_or(DeviceStatus::Registered.as_str());
-        // Bound one by one (not `execute(params![..])`): cheaper per row, and the
-        // timestamp stays bound from the previous row.
-        let st = &mut self.insert_device;
-        for (i, v) in f.iter().enumerate() {
-            if i == 10 {
-                st.raw_bind_parameter(i + 1, status)?;
-            } else {
-                st.raw_bind_parameter(i + 1, *v)?;
-            }
-        }
-        st.raw_bind_parameter(13, attributes)?;
         if self.bound_now.as_deref() != Some(now) {
-            st.raw_bind_parameter(14, now)?;
+            self.insert_device.bind_const(14, Val::Text(now))?;
             self.bound_now = Some(now.to_string());
         }
-        let r = st.raw_execute();
+        let mut vals = [Val::Null; 13];
+        for (v, f) in vals.iter_mut().zip(f) {
+            *v = Val::from(*f);
+        }
+        vals[10] = Val::Text(status);
+        vals[12] = Val::from(attributes);
+        let r = self.insert_device.exec(&vals);
         match r {
             Ok(_) => Ok(Some(self.conn.last_insert_rowid())),
             Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
@@ -252,23 +253,23 @@ impl<'c> ImportDb<'c> {
         // Both buffers are ASCII hex digits.
         let prev = std::str::from_utf8(&self.head_hash).expect("hex");
         let new = std::str::from_utf8(&hash).expect("hex");
-        let st = &mut self.insert_event;
-        st.raw_bind_parameter(1, id)?;
-        st.raw_bind_parameter(2, device_id)?;
         for (i, (v, bound)) in [kind, actor, station, at]
             .into_iter()
             .zip(self.bound_event.iter_mut())
             .enumerate()
         {
             if bound.as_deref() != Some(v) {
-                st.raw_bind_parameter(i + 3, v)?;
+                self.insert_event.bind_const(i + 6, Val::Text(v))?;
                 *bound = Some(v.to_string());
             }
         }
-        st.raw_bind_parameter(7, details)?;
-        st.raw_bind_parameter(8, prev)?;
-        st.raw_bind_parameter(9, new)?;
-        st.raw_execute()?;
+        self.insert_event.exec(&[
+            Val::Int(id),
+            Val::Int(device_id),
+            Val::Text(details),
+            Val::Text(prev),
+            Val::Text(new),
+        ])?;
         self.head_id = id;
         self.head_hash = hash;
         self.events_written += 1;

@@ -2,6 +2,7 @@
 //! hands out write transactions. All SQL lives under this module.
 
 pub mod audit;
+pub mod bulk;
 pub mod cas;
 pub mod certs;
 pub mod devices;
