@@ -263,13 +263,21 @@ impl<'c> ImportDb<'c> {
                 *bound = Some(v.to_string());
             }
         }
+        // The id is left to SQLite (max + 1, which is `id`: head_id is the largest),
+        // which appends without first searching the table for the given rowid.
         self.insert_event.exec(&[
-            Val::Int(id),
+            Val::Null,
             Val::Int(device_id),
             Val::Text(details),
             Val::Text(prev),
             Val::Text(new),
         ])?;
+        let got = self.conn.last_insert_rowid();
+        if got != id {
+            return Err(Error::input(format!(
+                "event log: expected to append event {id}, SQLite gave {got}; run the audit"
+            )));
+        }
         self.head_id = id;
         self.head_hash = hash;
         self.events_written += 1;
