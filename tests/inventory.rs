@@ -723,6 +723,61 @@ fn sigkill_mid_shared_import_leaves_registry_as_before() {
     sigkill_mid_import(&["--shared"]);
 }
 
+/// A large import takes the registry exclusively; other processes that open it
+/// meanwhile (readers and writers) wait for it instead of failing, and all of them
+/// see a consistent registry in WAL mode afterwards.
+#[test]
+fn other_processes_wait_for_a_bulk_import() {
+    let env = Env::init();
+    let big = env.path("big.csv");
+    big_csv(&big, 200_000);
+    let small = write(&env, "small.csv", b"serial,model\nSIDE-1,m\nSIDE-2,m\n");
+    let mut child = env
+        .cmd(&["inventory", "import", big.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Start the others once the import is under way (past the journal switch).
+    let size = std::fs::metadata(&big).unwrap().len();
+    while child.try_wait().unwrap().is_none()
+        && read_offset(child.id(), &big).is_none_or(|p| p < size / 4)
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut readers = 0;
+    let mut side_import = false;
+    while child.try_wait().unwrap().is_none() {
+        if !side_import {
+            let out = env.ok(&["inventory", "import", &small]);
+            assert!(out.contains("2 created"), "{out}");
+            side_import = true;
+        }
+        let total = env.json(&["status", "--json"])["devices"]["total"]
+            .as_u64()
+            .unwrap();
+        // All or nothing of the big file, never part of it.
+        assert!(
+            [0, 2, 200_000, 200_002].contains(&total),
+            "a reader saw {total} devices"
+        );
+        readers += 1;
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(readers > 0);
+    let total = env.json(&["status", "--json"])["devices"]["total"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(total, 200_002);
+    assert_eq!(env.sql("PRAGMA journal_mode").trim(), "wal");
+    chain_ok(&env);
+}
+
 #[test]
 fn line_numbers_count_blank_lines_and_crlf() {
     let env = Env::init();

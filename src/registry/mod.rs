@@ -141,17 +141,21 @@ impl Registry {
         // switch back needs it to finish, so keep trying for the busy timeout.
         let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
         loop {
-            let mode: String = c
-                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-                .map_err(|e| reg_err(&path, e))?;
-            if path.as_os_str() == ":memory:" || mode.eq_ignore_ascii_case("wal") {
-                break;
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(Error::Registry {
-                    path,
+            // While the bulk writer holds its lock the switch fails at once with
+            // SQLITE_BUSY (SQLite does not wait where waiting could deadlock).
+            let err = match c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+                Ok(mode) if path.as_os_str() == ":memory:" || mode.eq_ignore_ascii_case("wal") => {
+                    break
+                }
+                Ok(mode) => Error::Registry {
+                    path: path.clone(),
                     msg: format!("cannot switch to WAL mode (got {mode})"),
-                });
+                },
+                Err(e) if is_busy(&e) => Error::RegistryBusy,
+                Err(e) => return Err(reg_err(&path, e)),
+            };
+            if std::time::Instant::now() >= deadline {
+                return Err(err);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -260,14 +264,7 @@ impl Registry {
         self.conn.busy_timeout(BUSY_TIMEOUT)?;
         let mode = match switched {
             Ok(m) => m,
-            Err(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-                ) =>
-            {
-                return Ok(false)
-            }
+            Err(e) if is_busy(&e) => return Ok(false),
             Err(e) => return Err(reg_err(&self.path, e)),
         };
         if !mode.eq_ignore_ascii_case("delete") {
@@ -294,6 +291,13 @@ impl Registry {
         self.conn.pragma_update(None, "foreign_keys", true)?;
         Ok(())
     }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 fn busy_or(e: rusqlite::Error) -> Error {
