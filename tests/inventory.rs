@@ -625,6 +625,93 @@ fn device_lifecycle_commands() {
     assert!(t.contains("3 devices") && t.contains("B-2026-12"), "{t}");
 }
 
+/// Devices are written many rows per statement in create mode; conflicts and
+/// invalid rows in the middle of such a group are reported in file order, with the
+/// right line and kind, and every other row gets its device and its event.
+#[test]
+fn rows_rejected_mid_group_keep_order_and_the_rest_import() {
+    let env = Env::init();
+    env.ok(&[
+        "inventory",
+        "import",
+        &write(&env, "first.csv", b"serial,model\nG-00050,old\n"),
+    ]);
+    let mut csv = String::from("serial,model,mac,attr.slot\n");
+    for i in 0..300u32 {
+        let serial = match i {
+            120 => "G-00010".to_string(), // an earlier row of this file
+            _ => format!("G-{i:05}"),     // G-00050 is in the registry
+        };
+        let mac = if i == 200 {
+            "zz:00".to_string()
+        } else {
+            format!("02:00:00:00:{:02x}:{:02x}", i >> 8, i & 0xff)
+        };
+        csv.push_str(&format!("{serial},m-{i},{mac},s{i}\n"));
+    }
+    let f = write(&env, "groups.csv", csv.as_bytes());
+
+    // All-or-nothing first: rejected rows mean nothing is written.
+    let err = fails_unchanged(&env, &["inventory", "import", &f], 3);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("groups.csv:"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].starts_with("groups.csv:52: device 'G-00050' already exists"),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("groups.csv:122: duplicate serial 'G-00010': already at line 12"),
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with("groups.csv:202: column 'mac'"),
+        "{err}"
+    );
+
+    let o = env.run(&["--json", "inventory", "import", &f, "--partial"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "--partial with rejected rows exits 1"
+    );
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["created"], 297, "{out}");
+    assert_eq!(out["rejected"], 3, "{out}");
+    let errs: Vec<u64> = out["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(errs, [52, 122, 202]);
+    assert_eq!(out["errors"][0]["kind"], "conflict");
+    assert_eq!(out["errors"][1]["kind"], "invalid");
+    for (serial, line, model) in [
+        ("G-00000", 2, "m-0"),
+        ("G-00049", 51, "m-49"),
+        ("G-00051", 53, "m-51"),
+        ("G-00121", 123, "m-121"),
+        ("G-00201", 203, "m-201"),
+        ("G-00299", 301, "m-299"),
+    ] {
+        let d = device(&env, serial);
+        assert_eq!(d["model"], model, "{serial}");
+        assert_eq!(
+            d["attributes"]["slot"],
+            format!("s{}", line - 2),
+            "{serial}"
+        );
+        let h = env.json(&["device", "history", serial]);
+        assert_eq!(h["events"][0]["details"]["line"], line, "{serial}");
+    }
+    assert_eq!(device(&env, "G-00050")["model"], "old");
+    assert_eq!(event_count(&env), 1 + 1 + 297);
+    chain_ok(&env);
+}
+
 /// Writes `n` valid rows (serial, model, batch, mac, imei).
 fn big_csv(path: &Path, n: u64) {
     let mut w = std::io::BufWriter::new(std::fs::File::create(path).unwrap());

@@ -25,9 +25,12 @@ use super::fields::{self, Field, ATTR_PREFIX};
 use crate::error::{Error, Result};
 use crate::identity::Actor;
 use crate::lifecycle;
+use crate::registry::bulk::Val;
 use crate::registry::devices::{Device, DeviceStatus};
 use crate::registry::events::EventChain;
-use crate::registry::inventory::{ImportDb, Lookup, MatchKey};
+use crate::registry::inventory::{
+    device_values, ImportDb, Lookup, MatchKey, DEVICE_VALUES, ROWS_PER_INSERT,
+};
 use crate::registry::{now_rfc3339, Registry};
 
 /// What an import may do to the registry.
@@ -754,37 +757,6 @@ fn import_file(
     let mut db = ImportDb::new(&tx)?;
     let start_max_id = db.max_device_id()?;
 
-    // Reports one rejected row everywhere it must go.
-    let reject = |s: &mut ImportSummary,
-                  obs: &mut dyn Observer,
-                  ef: &mut Option<ErrorsFile>,
-                  rec: &ByteRecord,
-                  line: u64,
-                  kind: RejectKind,
-                  message: String|
-     -> Result<()> {
-        s.rejected += 1;
-        if kind == RejectKind::Conflict {
-            s.rejected_conflicts += 1;
-        }
-        let r = Rejection {
-            file: file.clone(),
-            line,
-            kind,
-            message,
-        };
-        obs.rejected(&r);
-        if let Some(ef) = ef {
-            ef.row(rec, &r.message)?;
-        }
-        if s.errors.len() < LIST_CAP {
-            s.errors.push(r);
-        } else {
-            s.errors_not_listed += 1;
-        }
-        Ok(())
-    };
-
     // Parsing runs on its own thread, a few batches ahead of validation and SQLite.
     let (tx_full, rx_full) = mpsc::sync_channel::<Result<Batch>>(BATCHES);
     let (tx_empty, rx_empty) = mpsc::sync_channel::<Batch>(BATCHES + 2);
@@ -797,10 +769,23 @@ fn import_file(
         blank: opts.blank,
     };
     let reader = std::thread::spawn(move || parse_batches(rdr, err_path, rules, tx_full, rx_empty));
+    let cx = CreateCtx {
+        columns: &header.columns,
+        file_json: &file_json,
+        actor,
+        now: &now,
+        start_max_id,
+    };
+    // Create mode by serial collects new devices and writes them in groups
+    // (`flush_creates`); other modes look each row up first, one at a time.
+    let mut creates: Vec<(usize, u64)> = Vec::with_capacity(ROWS_PER_INSERT);
     let mut pending: Option<Batch> = None;
     let mut idx = 0;
     loop {
         if pending.as_ref().is_none_or(|b| idx >= b.len) {
+            if let Some(b) = pending.as_ref() {
+                flush_creates(&mut db, b, &mut creates, &cx, &mut s, obs, &mut errors_file)?;
+            }
             if let Some(b) = pending.take() {
                 obs.progress(b.bytes);
                 let _ = tx_empty.send(b);
@@ -821,6 +806,16 @@ fn import_file(
         idx += 1;
         s.rows += 1;
         if chk.wrong_len {
+            // Rejections are reported in file order.
+            flush_creates(
+                &mut db,
+                batch,
+                &mut creates,
+                &cx,
+                &mut s,
+                obs,
+                &mut errors_file,
+            )?;
             let msg = chk.msgs.join("; ");
             reject(
                 &mut s,
@@ -882,6 +877,15 @@ fn import_file(
             }
         }
         if !msgs.is_empty() {
+            flush_creates(
+                &mut db,
+                batch,
+                &mut creates,
+                &cx,
+                &mut s,
+                obs,
+                &mut errors_file,
+            )?;
             if let Some(h) = key_h {
                 // Not inserted, so the registry cannot name it as a duplicate later.
                 seen.insert(h, line.min(u32::MAX as u64) as u32);
@@ -972,6 +976,21 @@ fn import_file(
                     )?;
                     continue;
                 };
+                if db_dedup {
+                    creates.push((idx - 1, line));
+                    if creates.len() == ROWS_PER_INSERT {
+                        flush_creates(
+                            &mut db,
+                            batch,
+                            &mut creates,
+                            &cx,
+                            &mut s,
+                            obs,
+                            &mut errors_file,
+                        )?;
+                    }
+                    continue;
+                }
                 let mut vals: [Option<&str>; Field::COUNT] = [None; Field::COUNT];
                 for (v, w) in vals.iter_mut().zip(wants.iter()) {
                     *v = w.value();
@@ -995,21 +1014,7 @@ fn import_file(
                         s.created += 1;
                     }
                     None => {
-                        let serial = serial.to_string();
-                        let earlier = match db.find(MatchKey::Serial, &serial)? {
-                            Lookup::One(d) if d.id > start_max_id => db.import_line_of(d.id)?,
-                            _ => None,
-                        };
-                        let (kind, m) = match earlier {
-                            Some(l) => (
-                                RejectKind::Invalid,
-                                format!("duplicate serial '{serial}': already at line {l} of this file"),
-                            ),
-                            None => (
-                                RejectKind::Conflict,
-                                format!("device '{serial}' already exists; use --mode update or --mode upsert to change it"),
-                            ),
-                        };
+                        let (kind, m) = serial_taken(&mut db, serial, start_max_id)?;
                         reject(&mut s, obs, &mut errors_file, rec, line, kind, m)?;
                     }
                 }
@@ -1100,6 +1105,177 @@ fn import_file(
     }
     reg.restore_checks()?;
     Ok(s)
+}
+
+/// Reports one rejected row everywhere it must go.
+fn reject(
+    s: &mut ImportSummary,
+    obs: &mut dyn Observer,
+    ef: &mut Option<ErrorsFile>,
+    rec: &ByteRecord,
+    line: u64,
+    kind: RejectKind,
+    message: String,
+) -> Result<()> {
+    s.rejected += 1;
+    if kind == RejectKind::Conflict {
+        s.rejected_conflicts += 1;
+    }
+    let r = Rejection {
+        file: s.file.clone(),
+        line,
+        kind,
+        message,
+    };
+    obs.rejected(&r);
+    if let Some(ef) = ef {
+        ef.row(rec, &r.message)?;
+    }
+    if s.errors.len() < LIST_CAP {
+        s.errors.push(r);
+    } else {
+        s.errors_not_listed += 1;
+    }
+    Ok(())
+}
+
+/// What creating devices from a file needs besides the rows.
+struct CreateCtx<'a> {
+    columns: &'a [Column],
+    file_json: &'a str,
+    actor: &'a Actor,
+    now: &'a str,
+    /// Devices with a larger id were created by this import.
+    start_max_id: i64,
+}
+
+/// Why a new device's serial could not be inserted: an earlier row of this file
+/// created it (invalid), or the registry had it (conflict).
+fn serial_taken(
+    db: &mut ImportDb,
+    serial: &str,
+    start_max_id: i64,
+) -> Result<(RejectKind, String)> {
+    let earlier = match db.find(MatchKey::Serial, serial)? {
+        Lookup::One(d) if d.id > start_max_id => db.import_line_of(d.id)?,
+        _ => None,
+    };
+    Ok(match earlier {
+        Some(l) => (
+            RejectKind::Invalid,
+            format!("duplicate serial '{serial}': already at line {l} of this file"),
+        ),
+        None => (
+            RejectKind::Conflict,
+            format!(
+                "device '{serial}' already exists; use --mode update or --mode upsert to change it"
+            ),
+        ),
+    })
+}
+
+/// The text of a checked cell, if it sets a value.
+fn cell_text(text: &str, c: Cell) -> Option<&str> {
+    match c {
+        Cell::Set(a, b) => Some(&text[a..b]),
+        Cell::Keep | Cell::Clear => None,
+    }
+}
+
+fn cell_want(text: &str, c: Cell) -> Want<'_> {
+    match c {
+        Cell::Keep => Want::Keep,
+        Cell::Clear => Want::Clear,
+        Cell::Set(a, b) => Want::Set(Cow::Borrowed(&text[a..b])),
+    }
+}
+
+/// Creates the devices of `rows` (indexes into `batch`, with their lines), in order,
+/// `ROWS_PER_INSERT` per statement, each with its `device.created` event. A row
+/// whose serial exists is rejected (as an in-file duplicate if this import created
+/// it) and the rows after it go on.
+fn flush_creates(
+    db: &mut ImportDb,
+    batch: &Batch,
+    rows: &mut Vec<(usize, u64)>,
+    cx: &CreateCtx,
+    s: &mut ImportSummary,
+    obs: &mut dyn Observer,
+    ef: &mut Option<ErrorsFile>,
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let text = batch.text.as_str();
+    let attrs: Vec<Option<String>> = rows
+        .iter()
+        .map(|&(ri, _)| {
+            let chk = &batch.checked[ri];
+            if chk.attrs.is_empty() {
+                return None;
+            }
+            let wants: Vec<(usize, Want)> = chk
+                .attrs
+                .iter()
+                .map(|&(i, c)| (i, cell_want(text, c)))
+                .collect();
+            attributes_for_create(cx.columns, &wants)
+        })
+        .collect();
+    let mut vals = vec![Val::Null; rows.len() * DEVICE_VALUES];
+    for (k, &(ri, _)) in rows.iter().enumerate() {
+        let chk = &batch.checked[ri];
+        let f: [Option<&str>; Field::COUNT] =
+            std::array::from_fn(|i| cell_text(text, chk.fields[i]));
+        device_values(
+            &f,
+            attrs[k].as_deref(),
+            &mut vals[k * DEVICE_VALUES..(k + 1) * DEVICE_VALUES],
+        );
+    }
+    let mut details = String::new();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut at = 0;
+    while at < rows.len() {
+        let (n, first) = db.insert_devices(&vals[at * DEVICE_VALUES..], cx.now)?;
+        if n > 0 {
+            details.clear();
+            spans.clear();
+            for &(_, line) in &rows[at..at + n] {
+                let a = details.len();
+                let _ = write!(
+                    details,
+                    r#"{{"source":"import","file":{},"line":{line}}}"#,
+                    cx.file_json
+                );
+                spans.push((a, details.len()));
+            }
+            let items: Vec<(i64, &str)> = spans
+                .iter()
+                .enumerate()
+                .map(|(j, &(a, b))| (first + j as i64, &details[a..b]))
+                .collect();
+            db.append_events(
+                &items,
+                "device.created",
+                &cx.actor.operator,
+                &cx.actor.station,
+                cx.now,
+            )?;
+            s.created += n as u64;
+            at += n;
+        }
+        if at < rows.len() {
+            let (ri, line) = rows[at];
+            let serial = cell_text(text, batch.checked[ri].fields[Field::Serial.idx()])
+                .expect("a create has a serial");
+            let (kind, m) = serial_taken(db, serial, cx.start_max_id)?;
+            reject(s, obs, ef, &batch.recs[ri], line, kind, m)?;
+            at += 1;
+        }
+    }
+    rows.clear();
+    Ok(())
 }
 
 /// The attributes JSON for a new device (only the columns with a value).

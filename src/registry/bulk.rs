@@ -36,6 +36,8 @@ pub struct BulkStmt<'c> {
     stmt: NonNull<ffi::sqlite3_stmt>,
     /// 1-based indexes of the parameters `exec` binds on every call.
     per_row: Range<usize>,
+    /// Text last bound by `set_const`, by parameter index.
+    consts: Vec<Option<String>>,
 }
 
 impl<'c> BulkStmt<'c> {
@@ -70,6 +72,7 @@ impl<'c> BulkStmt<'c> {
             conn,
             stmt,
             per_row,
+            consts: vec![None; count + 1],
         })
     }
 
@@ -80,7 +83,17 @@ impl<'c> BulkStmt<'c> {
             !self.per_row.contains(&idx),
             "?{idx} is a per-row parameter"
         );
+        self.consts[idx] = None;
         self.bind(idx, v, ffi::SQLITE_TRANSIENT())
+    }
+
+    /// Binds a constant text parameter unless it already holds `v`.
+    pub fn set_const(&mut self, idx: usize, v: &str) -> Result<()> {
+        if self.consts[idx].as_deref() != Some(v) {
+            self.bind_const(idx, Val::Text(v))?;
+            self.consts[idx] = Some(v.to_string());
+        }
+        Ok(())
     }
 
     /// Binds `vals` to the per-row parameters (all of them), steps once and resets.
