@@ -756,4 +756,71 @@ mod tests {
         EventChain::load(&tx).unwrap().store_head(&tx).unwrap();
         assert!(verify_chain(&tx).unwrap().first_break.is_none());
     }
+
+    #[test]
+    fn grouped_inserts_stop_at_the_first_taken_serial_wherever_it_is() {
+        let mut reg = Registry::in_memory().unwrap();
+        let tx = reg.write().unwrap();
+        let mut db = ImportDb::new(&tx).unwrap();
+        let serials: Vec<String> = (0..200).map(|i| format!("S-{i:03}")).collect();
+        let vals = |range: std::ops::Range<usize>| -> Vec<Val<'_>> {
+            let mut v = vec![Val::Null; range.len() * DEVICE_VALUES];
+            for (k, i) in range.enumerate() {
+                let mut f: [Option<&str>; 12] = [None; 12];
+                f[0] = Some(&serials[i]);
+                device_values(&f, None, &mut v[k * DEVICE_VALUES..(k + 1) * DEVICE_VALUES]);
+            }
+            v
+        };
+        // A full group, then a full group whose first row is taken (the previous
+        // statement's 64 changes must not be mistaken for this one's).
+        assert_eq!(db.insert_devices(&vals(0..64), "t").unwrap(), (64, 1));
+        assert_eq!(db.insert_devices(&vals(63..127), "t").unwrap().0, 0);
+        // Taken in the middle and at the end of a group.
+        let mut v = vals(64..128);
+        v[10 * DEVICE_VALUES] = Val::Text("S-005");
+        assert_eq!(db.insert_devices(&v, "t").unwrap(), (10, 65));
+        let mut v = vals(74..138);
+        v[63 * DEVICE_VALUES] = Val::Text("S-000");
+        assert_eq!(db.insert_devices(&v, "t").unwrap(), (63, 75));
+        // Fewer than a group go one by one, with the same answer.
+        let mut v = vals(137..140);
+        v[2 * DEVICE_VALUES] = Val::Text("S-001");
+        assert_eq!(db.insert_devices(&v, "t").unwrap(), (2, 138));
+        drop(db);
+        let n: i64 = tx
+            .query_row("SELECT count(*) FROM devices", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 64 + 10 + 63 + 2);
+        let (id, serial): (i64, String) = tx
+            .query_row(
+                "SELECT id, serial FROM devices ORDER BY id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((id, serial.as_str()), (139, "S-138"));
+    }
+
+    #[test]
+    fn grouped_events_chain_like_single_ones() {
+        let mut reg = Registry::in_memory().unwrap();
+        let tx = reg.write().unwrap();
+        let mut db = ImportDb::new(&tx).unwrap();
+        let details: Vec<String> = (0..150).map(|i| format!(r#"{{"line":{i}}}"#)).collect();
+        let mut v = [Val::Null; DEVICE_VALUES];
+        let mut f: [Option<&str>; 12] = [None; 12];
+        f[0] = Some("S-1");
+        device_values(&f, None, &mut v);
+        let (_, id) = db.insert_devices(&v, "t").unwrap();
+        let items: Vec<(i64, &str)> = details.iter().map(|d| (id, d.as_str())).collect();
+        db.append_events(&items, "k", "a", "s", "t").unwrap();
+        db.append_event(id, "k2", "a", "s", "t", "{}").unwrap();
+        assert_eq!(db.events_written, 151);
+        drop(db);
+        EventChain::load(&tx).unwrap().store_head(&tx).unwrap();
+        let r = verify_chain(&tx).unwrap();
+        assert!(r.first_break.is_none(), "{:?}", r.first_break);
+        assert_eq!(r.events, 151);
+    }
 }
