@@ -3,8 +3,9 @@
 //! the same columns and indexes (UNIQUE serial, mac, imei, status; WAL), and its
 //! `.mode csv` export, measured in the same run. Prints rows/s, the ratio and peak
 //! memory (max RSS). `ROWS=200000 cargo bench --bench inventory` for a shorter run.
-//! The default import of a file this size takes the registry exclusively (rollback
-//! journal, pages written once); the `--shared` line is the same import in WAL mode.
+//! The default import keeps the registry in WAL mode (readers never wait); the
+//! `--exclusive` line is the same import with the registry taken for it (rollback
+//! journal, pages written once).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -206,19 +207,19 @@ fn main() {
         ),
         "cradle inventory import --mode upsert (second time)",
     );
-    // The same import with --shared (WAL throughout, readers never wait), fresh home.
-    let home2 = d.join("home-shared");
+    // The same import with --exclusive, into a fresh home.
+    let home2 = d.join("home-exclusive");
     let st = cradle(&home2, &["init", "--org", "Bench", "--station", "bench"])
         .stdout(Stdio::null())
         .status()
         .unwrap();
     assert!(st.success());
-    let shared = measure(
+    let excl = measure(
         cradle(
             &home2,
-            &["inventory", "import", csv.to_str().unwrap(), "--shared"],
+            &["inventory", "import", csv.to_str().unwrap(), "--exclusive"],
         ),
-        "cradle inventory import --shared",
+        "cradle inventory import --exclusive",
     );
     std::fs::remove_dir_all(&home2).unwrap();
     let out_csv: PathBuf = d.join("export.csv");
@@ -292,13 +293,13 @@ CREATE INDEX devices_status ON devices(status);";
         cpu_ratio(&imp, &ref_imp)
     );
     println!(
-        "import  cradle --shared {:>10.0} rows/s  ({:.2} s, {}, peak {}), {:.2}x{}",
-        rate(&shared),
-        shared.secs,
-        cpu(&shared),
-        mib(&shared),
-        rate(&shared) / rate(&ref_imp),
-        cpu_ratio(&shared, &ref_imp)
+        "import  cradle --exclusive {:>10.0} rows/s  ({:.2} s, {}, peak {}), {:.2}x{}",
+        rate(&excl),
+        excl.secs,
+        cpu(&excl),
+        mib(&excl),
+        rate(&excl) / rate(&ref_imp),
+        cpu_ratio(&excl, &ref_imp)
     );
     println!(
         "re-import --mode upsert (all unchanged) {:>10.0} rows/s  ({:.2} s, peak {})",

@@ -751,8 +751,8 @@ fn read_offset(pid: u32, path: &Path) -> Option<u64> {
     None
 }
 
-/// Kills a large import mid-way (`extra` picks the journal: a 16 MB file is imported
-/// with the registry taken exclusively, `--shared` keeps WAL mode).
+/// Kills a large import mid-way (`extra` picks the journal: WAL by default, a
+/// rollback journal with `--exclusive`).
 fn sigkill_mid_import(extra: &[&str]) {
     let env = Env::init();
     let g = fixture(&env, "good.csv");
@@ -760,7 +760,6 @@ fn sigkill_mid_import(extra: &[&str]) {
     let big = env.path("big.csv");
     big_csv(&big, 200_000);
     let size = std::fs::metadata(&big).unwrap().len();
-    assert!(size >= cradle::inventory::import::BULK_MIN_BYTES);
     let before = env.dump();
 
     let mut args = vec!["inventory", "import", big.to_str().unwrap()];
@@ -806,22 +805,28 @@ fn sigkill_mid_import_leaves_registry_as_before_and_rerun_succeeds() {
 }
 
 #[test]
-fn sigkill_mid_shared_import_leaves_registry_as_before() {
-    sigkill_mid_import(&["--shared"]);
+fn sigkill_mid_exclusive_import_leaves_registry_as_before() {
+    sigkill_mid_import(&["--exclusive"]);
 }
 
-/// A large import takes the registry exclusively; other processes that open it
+/// An `--exclusive` import has the registry to itself; other processes that open it
 /// meanwhile (readers and writers) wait for it instead of failing, and all of them
 /// see a consistent registry in WAL mode afterwards.
 #[test]
-fn other_processes_wait_for_a_bulk_import() {
+fn other_processes_wait_for_an_exclusive_import() {
     let env = Env::init();
     let big = env.path("big.csv");
     big_csv(&big, 200_000);
     let small = write(&env, "small.csv", b"serial,model\nSIDE-1,m\nSIDE-2,m\n");
     let mut child = env
-        .cmd(&["inventory", "import", big.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
+        .cmd(&[
+            "--json",
+            "inventory",
+            "import",
+            big.to_str().unwrap(),
+            "--exclusive",
+        ])
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -863,6 +868,29 @@ fn other_processes_wait_for_a_bulk_import() {
     assert_eq!(total, 200_002);
     assert_eq!(env.sql("PRAGMA journal_mode").trim(), "wal");
     chain_ok(&env);
+}
+
+/// `--exclusive` never waits for, or breaks, a process that has the registry open:
+/// the import runs as usual (WAL) and says so.
+#[test]
+fn exclusive_import_with_the_registry_open_elsewhere_runs_shared() {
+    let env = Env::init();
+    let other = cradle::registry::Registry::open(&env.registry()).unwrap();
+    let n: i64 = other
+        .conn()
+        .query_row("SELECT count(*) FROM devices", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+    let f = fixture(&env, "good.csv");
+    let o = env.run(&["--json", "inventory", "import", &f, "--exclusive"]);
+    assert!(o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("imported without --exclusive"), "{stderr}");
+    let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["exclusive"], false);
+    assert_eq!(summary["created"], 3);
+    drop(other);
+    assert_eq!(env.sql("PRAGMA journal_mode").trim(), "wal");
 }
 
 #[test]

@@ -67,9 +67,9 @@ pub struct ImportOptions {
     pub dry_run: bool,
     /// Write rejected rows, with a `reject_reason` column, to this CSV file.
     pub errors_path: Option<PathBuf>,
-    /// Keep the registry readable by other processes during a large import
-    /// (stay in WAL mode; see `Registry::begin_bulk`).
-    pub shared: bool,
+    /// Take the registry exclusively for the import (`Registry::begin_bulk`), if no
+    /// other process has it open.
+    pub exclusive: bool,
 }
 
 impl Default for ImportOptions {
@@ -82,7 +82,7 @@ impl Default for ImportOptions {
             partial: false,
             dry_run: false,
             errors_path: None,
-            shared: false,
+            exclusive: false,
         }
     }
 }
@@ -144,6 +144,9 @@ pub struct ImportSummary {
     pub partial: bool,
     /// True when changes were written to the registry.
     pub committed: bool,
+    /// True when the import had the registry to itself (`--exclusive`, and no other
+    /// process had it open).
+    pub exclusive: bool,
     pub rows: u64,
     pub created: u64,
     pub updated: u64,
@@ -642,11 +645,6 @@ fn parse_batches(
 /// Imports `path` into the registry. Rejected rows are reported through `obs` and in
 /// the summary; the summary says whether anything was committed. Errors that stop
 /// the whole file (unreadable, empty, bad header, registry) are returned as `Err`.
-/// Files from this size on are imported with the registry taken exclusively
-/// (`Registry::begin_bulk`), unless `--shared`: about 30,000 rows, where writing every
-/// page twice in WAL mode starts to cost more than a brief wait for readers.
-pub const BULK_MIN_BYTES: u64 = 4 << 20;
-
 pub fn import(
     reg: &mut Registry,
     path: &Path,
@@ -655,13 +653,14 @@ pub fn import(
     obs: &mut dyn Observer,
 ) -> Result<ImportSummary> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let bulk = !opts.dry_run && !opts.shared && len >= BULK_MIN_BYTES && reg.begin_bulk()?;
+    // A dry run writes nothing, so there is nothing to gain from the lock.
+    let bulk = opts.exclusive && !opts.dry_run && reg.begin_bulk()?;
     let r = import_file(reg, path, f, opts, actor, obs);
     // Back to WAL whether the import committed, rolled back or failed.
     let back = if bulk { reg.end_bulk() } else { Ok(()) };
-    let s = r?;
+    let mut s = r?;
     back?;
+    s.exclusive = bulk;
     Ok(s)
 }
 
@@ -723,6 +722,7 @@ fn import_file(
         dry_run: opts.dry_run,
         partial: opts.partial,
         committed: false,
+        exclusive: false,
         rows: 0,
         created: 0,
         updated: 0,
