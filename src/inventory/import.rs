@@ -779,12 +779,25 @@ fn import_file(
     // Create mode by serial collects new devices and writes them in groups
     // (`flush_creates`); other modes look each row up first, one at a time.
     let mut creates: Vec<(usize, u64)> = Vec::with_capacity(ROWS_PER_INSERT);
+    macro_rules! flush {
+        ($batch:expr) => {
+            flush_creates(
+                &mut db,
+                $batch,
+                &mut creates,
+                &cx,
+                &mut s,
+                obs,
+                &mut errors_file,
+            )?
+        };
+    }
     let mut pending: Option<Batch> = None;
     let mut idx = 0;
     loop {
         if pending.as_ref().is_none_or(|b| idx >= b.len) {
             if let Some(b) = pending.as_ref() {
-                flush_creates(&mut db, b, &mut creates, &cx, &mut s, obs, &mut errors_file)?;
+                flush!(b);
             }
             if let Some(b) = pending.take() {
                 obs.progress(b.bytes);
@@ -807,15 +820,7 @@ fn import_file(
         s.rows += 1;
         if chk.wrong_len {
             // Rejections are reported in file order.
-            flush_creates(
-                &mut db,
-                batch,
-                &mut creates,
-                &cx,
-                &mut s,
-                obs,
-                &mut errors_file,
-            )?;
+            flush!(batch);
             let msg = chk.msgs.join("; ");
             reject(
                 &mut s,
@@ -877,15 +882,7 @@ fn import_file(
             }
         }
         if !msgs.is_empty() {
-            flush_creates(
-                &mut db,
-                batch,
-                &mut creates,
-                &cx,
-                &mut s,
-                obs,
-                &mut errors_file,
-            )?;
+            flush!(batch);
             if let Some(h) = key_h {
                 // Not inserted, so the registry cannot name it as a duplicate later.
                 seen.insert(h, line.min(u32::MAX as u64) as u32);
@@ -979,15 +976,7 @@ fn import_file(
                 if db_dedup {
                     creates.push((idx - 1, line));
                     if creates.len() == ROWS_PER_INSERT {
-                        flush_creates(
-                            &mut db,
-                            batch,
-                            &mut creates,
-                            &cx,
-                            &mut s,
-                            obs,
-                            &mut errors_file,
-                        )?;
+                        flush!(batch);
                     }
                     continue;
                 }

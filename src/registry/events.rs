@@ -65,22 +65,56 @@ pub fn event_hash(
     at: &str,
     details: &str,
 ) -> String {
-    let mut h = Sha256::new();
-    let dev = device_id.map(|d| d.to_string()).unwrap_or_default();
-    for part in [
-        id.to_string().as_str(),
-        prev_hash,
-        &dev,
+    let hex = event_hash_hex(
+        id,
+        prev_hash.as_bytes(),
+        device_id,
         kind,
         actor,
         station,
         at,
         details,
-    ] {
+    );
+    String::from_utf8(hex.to_vec()).expect("hex digits")
+}
+
+/// `event_hash` as 64 ASCII hex digits, without allocating (bulk writers).
+pub fn event_hash_hex(
+    id: i64,
+    prev_hash: &[u8],
+    device_id: Option<i64>,
+    kind: &str,
+    actor: &str,
+    station: &str,
+    at: &str,
+    details: &str,
+) -> [u8; 64] {
+    let mut h = Sha256::new();
+    let mut num = [0u8; 20];
+    h.update(decimal(id, &mut num));
+    h.update(b"\n");
+    h.update(prev_hash);
+    h.update(b"\n");
+    if let Some(d) = device_id {
+        h.update(decimal(d, &mut num));
+    }
+    h.update(b"\n");
+    for part in [kind, actor, station, at, details] {
         h.update(part.as_bytes());
         h.update(b"\n");
     }
-    hex::encode(h.finalize())
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(h.finalize(), &mut out).expect("64 hex digits");
+    out
+}
+
+/// `n` in decimal, written into `buf` (20 bytes hold any i64).
+fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    use std::io::Write;
+    let mut c = std::io::Cursor::new(&mut buf[..]);
+    write!(c, "{n}").expect("an i64 fits in 20 bytes");
+    let len = c.position() as usize;
+    &buf[..len]
 }
 
 /// Recomputes the hash of a stored event from its stored fields (raw details text).

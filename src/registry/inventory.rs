@@ -1,7 +1,7 @@
 //! SQL for inventory import/export, device listing and the fleet summary.
 //!
-//! Import keeps one prepared statement per kind and appends events itself (same hash
-//! as `events::event_hash`, without per-event allocations); the caller refreshes the
+//! Import writes devices and events in groups with its own statements (same hash as
+//! `events::event_hash`, without per-event allocations); the caller refreshes the
 //! recorded chain head with `EventChain::load(..).store_head(..)` before committing.
 
 use std::fmt::Write as _;
@@ -9,11 +9,10 @@ use std::fmt::Write as _;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Statement};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::bulk::{BulkStmt, Val};
 use super::devices::{self, from_row, Device, DeviceStatus, DEVICE_COLUMNS};
-use super::events::GENESIS;
+use super::events::{event_hash_hex, GENESIS};
 use crate::error::{Error, Result};
 
 /// Page cache for a bulk import, in KiB: big enough that index pages stay cached on
@@ -131,7 +130,6 @@ pub struct ImportDb<'c> {
     seen_line: Option<Statement<'c>>,
     head_id: i64,
     head_hash: [u8; 64],
-    num: String,
     /// Hex hashes of the events being appended (their `prev_hash` is the one before).
     hashes: Vec<[u8; 64]>,
     pub events_written: u64,
@@ -163,7 +161,6 @@ impl<'c> ImportDb<'c> {
             seen_line: None,
             head_id: 0,
             head_hash: [b'0'; 64],
-            num: String::with_capacity(24),
             hashes: Vec::with_capacity(ROWS_PER_INSERT),
             events_written: 0,
         };
@@ -363,10 +360,10 @@ impl<'c> ImportDb<'c> {
         self.hashes.clear();
         let mut prev = self.head_hash;
         for (k, &(device_id, details)) in group.iter().enumerate() {
-            let hash = self.event_hash(
+            let hash = event_hash_hex(
                 self.head_id + 1 + k as i64,
                 &prev,
-                device_id,
+                Some(device_id),
                 kind,
                 actor,
                 station,
@@ -414,39 +411,6 @@ impl<'c> ImportDb<'c> {
         self.head_hash = *self.hashes.last().expect("a non-empty group");
         self.events_written += n as u64;
         Ok(())
-    }
-
-    /// The chain hash of one event (the same as `events::event_hash`, without
-    /// allocating).
-    fn event_hash(
-        &mut self,
-        id: i64,
-        prev: &[u8; 64],
-        device_id: i64,
-        kind: &str,
-        actor: &str,
-        station: &str,
-        at: &str,
-        details: &str,
-    ) -> [u8; 64] {
-        let mut h = Sha256::new();
-        self.num.clear();
-        let _ = write!(self.num, "{id}");
-        h.update(self.num.as_bytes());
-        h.update(b"\n");
-        h.update(prev);
-        h.update(b"\n");
-        self.num.clear();
-        let _ = write!(self.num, "{device_id}");
-        h.update(self.num.as_bytes());
-        for part in [kind, actor, station, at, details] {
-            h.update(b"\n");
-            h.update(part.as_bytes());
-        }
-        h.update(b"\n");
-        let mut hash = [0u8; 64];
-        hex::encode_to_slice(h.finalize(), &mut hash).expect("64 hex digits");
-        hash
     }
 
     /// The line recorded on the first event this import wrote for a device (to name
