@@ -238,10 +238,58 @@ fn duplicates_in_file_and_conflicts_with_registry() {
     assert!(err.contains("dup_mac.csv:3: column 'mac'"), "{err}");
     let g = fixture(&env, "good.csv");
     env.ok(&["inventory", "import", &g]);
-    // create: an existing device is a conflict (exit 7), nothing written.
-    let err = fails_unchanged(&env, &["inventory", "import", &g], 7);
+    // create again: rows that would change nothing are unchanged, and it says so.
+    let before = env.dump();
+    let out = env.ok(&["inventory", "import", &g]);
     assert!(
-        err.contains("good.csv:2: device 'ACME-0001' already exists"),
+        out.contains("0 created, 0 updated, 3 unchanged, 0 rejected"),
+        "{out}"
+    );
+    assert!(out.contains("nothing to change"), "{out}");
+    assert_eq!(env.dump(), before, "a re-run must not write");
+    // create: an existing device that a row would change is a conflict (exit 7).
+    let c = write(
+        &env,
+        "changed.csv",
+        b"serial,model,location,notes\nACME-0001,Sensor-X,rack 1,first\nACME-0002,Sensor-X,rack 9,moved\n",
+    );
+    let err = fails_unchanged(&env, &["inventory", "import", &c], 7);
+    assert!(
+        err.contains(
+            "changed.csv:3: device 'ACME-0002' already exists with other values (location, notes)"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("changed.csv:2:"), "{err}");
+    // A row repeated in the file is a duplicate even when the registry has it.
+    let d = write(
+        &env,
+        "again.csv",
+        b"serial,model\nACME-0003,Sensor-Y\nACME-0001,Sensor-X\nACME-0003,Sensor-Y\n",
+    );
+    let err = fails_unchanged(&env, &["inventory", "import", &d], 3);
+    assert!(
+        err.contains("again.csv:4: duplicate serial 'ACME-0003': already at line 2"),
+        "{err}"
+    );
+    // The same by MAC: unchanged, or a conflict naming the field.
+    let out = env.ok(&["inventory", "import", &g, "--match", "mac"]);
+    assert!(out.contains("3 unchanged"), "{out}");
+    let err = fails_unchanged(&env, &["inventory", "import", &c, "--match", "mac"], 3);
+    assert!(
+        err.contains("changed.csv:1: the header has no 'mac' column"),
+        "{err}"
+    );
+    let cm = write(
+        &env,
+        "changed_mac.csv",
+        b"serial,mac,site\nACME-0001,aa:bb:cc:00:00:01,berlin-1\nACME-0002,aa:bb:cc:00:00:02,paris\n",
+    );
+    let err = fails_unchanged(&env, &["inventory", "import", &cm, "--match", "mac"], 7);
+    assert!(
+        err.contains(
+            "changed_mac.csv:3: device 'ACME-0002' already exists with other values (site)"
+        ),
         "{err}"
     );
     // update: a missing device is a conflict.

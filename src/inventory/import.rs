@@ -225,6 +225,9 @@ impl Hasher for IdentityHasher {
     }
 }
 
+/// Key hash -> first line, for duplicates inside the file (see `import_file`).
+type Seen = HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>;
+
 fn key_hash(s: &str) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     s.hash(&mut h);
@@ -747,7 +750,7 @@ fn import_file(
     // modes record every key in a temporary on-disk table (`first_line_of_key`).
     // Either way memory stays flat on million-row files.
     let db_dedup = opts.mode == Mode::Create && opts.key == MatchKey::Serial;
-    let mut seen: HashMap<u64, u32, BuildHasherDefault<IdentityHasher>> = HashMap::default();
+    let mut seen = Seen::default();
     let mut details = String::with_capacity(256);
     let mut msgs: Vec<String> = Vec::new();
 
@@ -786,6 +789,7 @@ fn import_file(
                 $batch,
                 &mut creates,
                 &cx,
+                &mut seen,
                 &mut s,
                 obs,
                 &mut errors_file,
@@ -835,14 +839,7 @@ fn import_file(
         }
         msgs.clear();
         msgs.extend(chk.msgs.iter().cloned());
-        let text = batch.text.as_str();
-        let want = |c: Cell| match c {
-            Cell::Keep => Want::Keep,
-            Cell::Clear => Want::Clear,
-            Cell::Set(a, b) => Want::Set(Cow::Borrowed(&text[a..b])),
-        };
-        let wants: [Want; Field::COUNT] = std::array::from_fn(|i| want(chk.fields[i]));
-        let attr_wants: Vec<(usize, Want)> = chk.attrs.iter().map(|&(i, c)| (i, want(c))).collect();
+        let (wants, attr_wants) = row_wants(batch.text.as_str(), chk);
 
         // The match key must be present; duplicates inside the file are rejected.
         let key = wants[key_f.idx()].value();
@@ -929,20 +926,18 @@ fn import_file(
 
         match (existing, opts.mode) {
             (Some(d), Mode::Create) => {
-                let m = format!(
-                    "device '{}' ({} '{key}') already exists; use --mode update or --mode upsert to change it",
-                    d.serial,
-                    key_f.name()
-                );
-                reject(
-                    &mut s,
-                    obs,
-                    &mut errors_file,
-                    rec,
-                    line,
-                    RejectKind::Conflict,
-                    m,
-                )?;
+                match create_over_existing(&d, &wants, &header.columns, &attr_wants) {
+                    None => s.unchanged += 1,
+                    Some(m) => reject(
+                        &mut s,
+                        obs,
+                        &mut errors_file,
+                        rec,
+                        line,
+                        RejectKind::Conflict,
+                        m,
+                    )?,
+                }
             }
             (None, Mode::Update) => {
                 let m = format!(
@@ -1179,6 +1174,45 @@ fn cell_want(text: &str, c: Cell) -> Want<'_> {
     }
 }
 
+/// A checked row's cells as what they ask of each field and attribute.
+fn row_wants<'t>(
+    text: &'t str,
+    chk: &Checked,
+) -> ([Want<'t>; Field::COUNT], Vec<(usize, Want<'t>)>) {
+    let wants = std::array::from_fn(|i| cell_want(text, chk.fields[i]));
+    let attrs = chk
+        .attrs
+        .iter()
+        .map(|&(i, c)| (i, cell_want(text, c)))
+        .collect();
+    (wants, attrs)
+}
+
+/// A create row whose device already exists: `None` if the row would change nothing
+/// (so running the same import again is harmless), else the conflict message.
+fn create_over_existing(
+    dev: &Device,
+    wants: &[Want; Field::COUNT],
+    columns: &[Column],
+    attr_wants: &[(usize, Want)],
+) -> Option<String> {
+    match plan_update(dev, wants, columns, attr_wants) {
+        Ok(None) => None,
+        Ok(Some((_, changes, _))) => {
+            let names: Vec<&str> = changes.iter().map(|c| c.field.as_str()).collect();
+            Some(format!(
+                "device '{}' already exists with other values ({}); use --mode update or --mode upsert to change it",
+                dev.serial,
+                names.join(", ")
+            ))
+        }
+        Err(m) => Some(format!(
+            "device '{}' already exists and differs from this row: {m}",
+            dev.serial
+        )),
+    }
+}
+
 /// Creates the devices of `rows` (indexes into `batch`, with their lines), in order,
 /// `ROWS_PER_INSERT` per statement, each with its `device.created` event. A row
 /// whose serial exists is rejected (as an in-file duplicate if this import created
@@ -1188,6 +1222,7 @@ fn flush_creates(
     batch: &Batch,
     rows: &mut Vec<(usize, u64)>,
     cx: &CreateCtx,
+    seen: &mut Seen,
     s: &mut ImportSummary,
     obs: &mut dyn Observer,
     ef: &mut Option<ErrorsFile>,
@@ -1256,10 +1291,37 @@ fn flush_creates(
         }
         if at < rows.len() {
             let (ri, line) = rows[at];
-            let serial = cell_text(text, batch.checked[ri].fields[Field::Serial.idx()])
-                .expect("a create has a serial");
-            let (kind, m) = serial_taken(db, serial, cx.start_max_id)?;
-            reject(s, obs, ef, &batch.recs[ri], line, kind, m)?;
+            let chk = &batch.checked[ri];
+            let serial =
+                cell_text(text, chk.fields[Field::Serial.idx()]).expect("a create has a serial");
+            let (wants, attr_wants) = row_wants(text, chk);
+            let taken = match db.find(MatchKey::Serial, serial)? {
+                // Already in the registry before this import: harmless if the row
+                // would change nothing (a re-run), unless an earlier row said so.
+                Lookup::One(d) if d.id <= cx.start_max_id => {
+                    let h = key_hash(serial);
+                    match seen.get(&h) {
+                        Some(&first) => Some((
+                            RejectKind::Invalid,
+                            format!(
+                                "duplicate serial '{serial}': already at line {first} of this file"
+                            ),
+                        )),
+                        None => {
+                            let m = create_over_existing(&d, &wants, cx.columns, &attr_wants);
+                            if m.is_none() {
+                                seen.insert(h, line.min(u32::MAX as u64) as u32);
+                            }
+                            m.map(|m| (RejectKind::Conflict, m))
+                        }
+                    }
+                }
+                _ => Some(serial_taken(db, serial, cx.start_max_id)?),
+            };
+            match taken {
+                None => s.unchanged += 1,
+                Some((kind, m)) => reject(s, obs, ef, &batch.recs[ri], line, kind, m)?,
+            }
             at += 1;
         }
     }
