@@ -27,6 +27,9 @@ pub mod exit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Arguments that cannot work together (exit 2, as clap's own usage errors).
+    #[error("{0}")]
+    Usage(String),
     #[error("{0}")]
     Input(String),
     #[error("{path}:{line}: {msg}")]
@@ -62,6 +65,9 @@ pub enum Error {
 }
 
 impl Error {
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
+    }
     pub fn input(msg: impl Into<String>) -> Self {
         Error::Input(msg.into())
     }
@@ -91,6 +97,7 @@ impl Error {
     /// The documented exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
+            Error::Usage(_) => exit::USAGE,
             Error::Input(_) | Error::InputAt { .. } => exit::INPUT,
             Error::Registry { .. } | Error::RegistryBusy | Error::NotInitialised(_) => {
                 exit::REGISTRY

@@ -12,6 +12,7 @@ pub mod html;
 pub mod identity;
 pub mod inventory;
 pub mod lifecycle;
+pub mod outfile;
 pub mod passphrase;
 pub mod pki;
 pub mod registry;

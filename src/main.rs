@@ -7,15 +7,10 @@ fn main() -> ExitCode {
     match cradle::cli::run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => {
-            // A closed pipe (`cradle … | head`) is not a failure.
-            if err.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
+            if cradle::cli::common::is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            // One line: the context chain joined by ": ".
-            eprintln!("cradle: error: {err:#}");
+            eprintln!("{}", cradle::cli::common::error_line(&err));
             ExitCode::from(cradle::error::exit_code_for(&err) as u8)
         }
     }

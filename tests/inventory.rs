@@ -461,28 +461,93 @@ fn formula_cells_are_restored_on_import_and_neutralised_on_export() {
 #[test]
 fn long_fields() {
     let env = Env::init();
-    let long = "x".repeat(10_000);
-    let f = write(
-        &env,
-        "long.csv",
-        format!("serial,notes\nACME-1001,{long}\n").as_bytes(),
-    );
-    env.ok(&["inventory", "import", &f]);
-    assert_eq!(
-        device(&env, "ACME-1001")["notes"].as_str().unwrap().len(),
-        10_000
-    );
-    let f = write(
-        &env,
-        "long_site.csv",
-        format!("serial,site\nACME-1002,{long}\n").as_bytes(),
-    );
+    // long_field.csv: a 10,000-character note (allowed) and site (over its limit).
+    let f = fixture(&env, "long_field.csv");
     let err = fails_unchanged(&env, &["inventory", "import", &f], 3);
     assert!(
         err.contains(
-            "long_site.csv:2: column 'site': value is 10000 characters long; the limit is 256"
+            "long_field.csv:3: column 'site': value is 10000 characters long; the limit is 256"
         ),
         "{err}"
+    );
+    assert!(!err.contains("long_field.csv:2"), "{err}");
+    let o = env.run(&["inventory", "import", &f, "--partial"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        device(&env, "L-0001")["notes"].as_str().unwrap(),
+        "x".repeat(10_000)
+    );
+    // A runaway record (an unclosed quote swallowing the rest of a big file) stops
+    // the import with its line instead of growing without bound.
+    let mut big = String::from("serial,notes\nR-1,ok\nR-2,\"unclosed\n");
+    let row = "R-3,".to_string() + &"y".repeat(1000) + "\n";
+    while big.len() < 9 << 20 {
+        big.push_str(&row);
+    }
+    let f = write(&env, "runaway.csv", big.as_bytes());
+    let err = fails_unchanged(&env, &["inventory", "import", &f, "--partial"], 3);
+    assert!(
+        err.contains("runaway.csv:3: a record runs on for more than 8 MiB (an unclosed quote?)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn hostile_cells_are_escaped_in_messages_and_outputs_never_replace_inputs() {
+    let env = Env::init();
+    // Terminal escapes in a header or a cell are shown escaped, never sent raw.
+    let f = fixture(&env, "control_chars.csv");
+    let err = fails_unchanged(&env, &["inventory", "import", &f], 3);
+    assert!(!err.contains('\x1b'), "raw escape on stderr: {err:?}");
+    assert!(
+        err.contains("control_chars.csv:2: column 'model': \"Sensor\\u{1b}[2J\" contains the control character \\u{1b}"),
+        "{err}"
+    );
+    assert!(
+        err.contains("control_chars.csv:3: column 'serial': serial 'C-\\u{1b}0002'"),
+        "{err}"
+    );
+    let h = write(&env, "esc_header.csv", b"serial,mo\x1b[31mdel\nA-1,x\n");
+    let err = fails_unchanged(&env, &["inventory", "import", &h], 3);
+    assert!(!err.contains('\x1b'), "raw escape on stderr: {err:?}");
+    assert!(
+        err.contains("esc_header.csv:1: unknown column 'mo\\u{1b}[31mdel'"),
+        "{err}"
+    );
+
+    // --errors naming the file being imported (or the registry) is refused up front:
+    // exit 2, the input and the registry untouched.
+    let f = fixture(&env, "bad_mac.csv");
+    let input = std::fs::read(env.path(&f)).unwrap();
+    let err = fails_unchanged(
+        &env,
+        &["inventory", "import", &f, "--errors", &format!("./{f}")],
+        2,
+    );
+    assert!(err.contains("refusing to write over bad_mac.csv"), "{err}");
+    assert_eq!(std::fs::read(env.path(&f)).unwrap(), input);
+    let reg = env.registry();
+    let reg = reg.to_str().unwrap();
+    let err = fails_unchanged(&env, &["inventory", "import", &f, "--errors", reg], 2);
+    assert!(err.contains("refusing to write over"), "{err}");
+    // Export and log export refuse the registry files too.
+    for args in [
+        ["inventory", "export", "-o", reg],
+        ["log", "export", "-o", &format!("{reg}-wal")],
+    ] {
+        let err = fails_unchanged(&env, &args, 2);
+        assert!(err.contains("refusing to write over"), "{err}");
+    }
+    env.ok(&["device", "list"]);
+    // A failed import with --errors still writes the errors file, whole.
+    let err = env.fails(&["inventory", "import", &f, "--errors", "bad.csv"], 3);
+    assert!(err.contains("2 of 5 rows are invalid"), "{err}");
+    let bad = std::fs::read_to_string(env.path("bad.csv")).unwrap();
+    assert_eq!(bad.lines().count(), 3, "{bad}");
+    assert!(
+        env.files().iter().all(|f| !f.contains(".cradle-tmp")),
+        "{:?}",
+        env.files()
     );
 }
 

@@ -84,13 +84,10 @@ pub fn run(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
     match run_inner(ctx, a) {
         Ok(code) => Ok(code),
         Err(e) => {
-            if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
+            if super::common::is_broken_pipe(&e) {
                 return Ok(0);
             }
-            eprintln!("cradle: error: {e:#}");
+            eprintln!("{}", super::common::error_line(&e));
             Ok(crate::error::exit::USAGE)
         }
     }

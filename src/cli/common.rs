@@ -65,6 +65,51 @@ pub struct PassArgs {
     pub passphrase_file: Option<PathBuf>,
 }
 
+/// The one stderr line for a failed command: the context chain joined by ": ", each
+/// cause once (a cause already at the end of the line is not repeated), with control
+/// characters escaped, since messages quote file contents and device replies that
+/// must not move the cursor or recolour the terminal.
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::from("cradle: error: ");
+    let start = line.len();
+    for cause in err.chain() {
+        let text = one_line(&cause.to_string()).into_owned();
+        if line[start..].ends_with(&text) {
+            continue;
+        }
+        if line.len() > start {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// `s` with every control character (newlines too) escaped as `\n`, `\u{1b}`….
+pub fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// A closed pipe (`cradle … | head`) is not a failure.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Prints `value` as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -122,4 +167,24 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()>
         writeln!(out, "{}", line(r.iter().map(String::as_str).collect()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_line_names_each_cause_once_and_escapes_controls() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(crate::Error::io("/x.csv", io)).context("importing");
+        assert_eq!(
+            error_line(&e),
+            "cradle: error: importing: /x.csv: No such file"
+        );
+        let e = anyhow::anyhow!("column 'mo\x1b[2Jdel'\nline two");
+        assert_eq!(
+            error_line(&e),
+            "cradle: error: column 'mo\\u{1b}[2Jdel'\\nline two"
+        );
+    }
 }

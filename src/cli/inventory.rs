@@ -1,7 +1,7 @@
 //! `cradle inventory …`: CSV import and export.
 
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
@@ -11,6 +11,7 @@ use super::common::{print_json, progress_bar, Ctx};
 use crate::error::Error;
 use crate::inventory::import::{self, Rejection};
 use crate::inventory::{self as inv, Blank, DeviceFilter, Format, ImportOptions, MatchKey, Mode};
+use crate::outfile::OutFile;
 use crate::registry::DeviceStatus;
 
 const IMPORT_HELP: &str = "\
@@ -165,7 +166,8 @@ impl import::Observer for CliObserver {
     fn rejected(&mut self, r: &Rejection) {
         self.printed += 1;
         if self.printed <= PRINT_CAP {
-            self.pb.suspend(|| eprintln!("{r}"));
+            self.pb
+                .suspend(|| eprintln!("{}", super::common::one_line(&r.to_string())));
         }
     }
 }
@@ -229,18 +231,11 @@ pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
             let mut tick = |n: u64| pb.set_position(n);
             let n = match &out {
                 Some(path) => {
-                    let dir = match path.parent() {
-                        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                        _ => PathBuf::from("."),
-                    };
-                    let tmp =
-                        tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
-                    let mut w = BufWriter::with_capacity(1 << 20, tmp);
+                    let files = reg.files();
+                    let keep: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+                    let mut w = OutFile::create(path, 0o644, &keep)?;
                     let n = inv::export(reg.conn(), &filter, format, &mut w, &mut tick)?;
-                    let tmp = w
-                        .into_inner()
-                        .map_err(|e| Error::io(path, e.into_error()))?;
-                    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+                    w.commit()?;
                     n
                 }
                 None => {

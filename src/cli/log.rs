@@ -7,6 +7,7 @@ use clap::Subcommand;
 
 use super::common::{print_json, Ctx};
 use crate::error::Error;
+use crate::outfile::OutFile;
 use crate::registry::audit::{self as q, ExportedEvent};
 use crate::registry::events;
 
@@ -71,25 +72,11 @@ pub fn run(ctx: &Ctx, cmd: LogCommand) -> anyhow::Result<i32> {
                     // Streamed into a temporary file beside the target, renamed when
                     // complete: a large log never sits in memory, a failure leaves no
                     // half-written export.
-                    let dir = path
-                        .parent()
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .unwrap_or(std::path::Path::new("."));
-                    let tmp =
-                        tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-                    let mut w = std::io::BufWriter::new(tmp);
+                    let files = reg.files();
+                    let keep: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+                    let mut w = OutFile::create(&path, 0o644, &keep)?;
                     export(&reg, since.as_deref(), device.as_deref(), format, &mut w)?;
-                    let tmp = w
-                        .into_inner()
-                        .map_err(|e| Error::io(&path, e.into_error()))?;
-                    {
-                        use std::os::unix::fs::PermissionsExt;
-                        let f = tmp.as_file();
-                        f.set_permissions(std::fs::Permissions::from_mode(0o644))
-                            .map_err(|e| Error::io(&path, e))?;
-                        f.sync_all().map_err(|e| Error::io(&path, e))?;
-                    }
-                    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+                    w.commit()?;
                 }
                 None => {
                     let mut w = std::io::BufWriter::new(std::io::stdout().lock());

@@ -2,7 +2,7 @@
 
 mod audit;
 mod ca;
-mod common;
+pub mod common;
 mod crl;
 mod device;
 mod identity;
@@ -169,7 +169,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Ok(ctx) => ctx,
         // `cradle audit` promises scripts exit 2 for every runtime error.
         Err(e) if matches!(cli.command, Command::Audit(_)) => {
-            eprintln!("cradle: error: {e:#}");
+            eprintln!("{}", common::error_line(&e));
             return Ok(crate::error::exit::USAGE);
         }
         Err(e) => return Err(e),

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -25,6 +25,7 @@ use super::fields::{self, Field, ATTR_PREFIX};
 use crate::error::{Error, Result};
 use crate::identity::Actor;
 use crate::lifecycle;
+use crate::outfile::OutFile;
 use crate::registry::bulk::Val;
 use crate::registry::devices::{Device, DeviceStatus};
 use crate::registry::events::EventChain;
@@ -371,18 +372,16 @@ fn key_field(k: MatchKey) -> Field {
     }
 }
 
-/// Writes rejected rows with a reason column.
+/// Writes rejected rows with a reason column; the file appears when the import ends.
 struct ErrorsFile {
-    w: csv::Writer<BufWriter<File>>,
+    w: csv::Writer<OutFile>,
     path: PathBuf,
 }
 
 impl ErrorsFile {
-    fn create(path: &Path, header: &ByteRecord) -> Result<ErrorsFile> {
-        let f = File::create(path).map_err(|e| Error::io(path, e))?;
-        let mut w = csv::WriterBuilder::new()
-            .flexible(true)
-            .from_writer(BufWriter::new(f));
+    fn create(path: &Path, header: &ByteRecord, keep: &[&Path]) -> Result<ErrorsFile> {
+        let f = OutFile::create(path, 0o644, keep)?;
+        let mut w = csv::WriterBuilder::new().flexible(true).from_writer(f);
         let mut h = header.clone();
         h.push_field(REASON_COLUMN.as_bytes());
         w.write_byte_record(&h).map_err(|e| csv_io(path, e))?;
@@ -402,8 +401,12 @@ impl ErrorsFile {
             .write_record(None::<&[u8]>)
             .map_err(|e| csv_io(&self.path, e))
     }
-    fn finish(mut self) -> Result<()> {
-        self.w.flush().map_err(|e| Error::io(&self.path, e))
+    fn finish(self) -> Result<()> {
+        let f = self
+            .w
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
+        f.commit()
     }
 }
 
@@ -417,17 +420,36 @@ fn csv_io(path: &Path, e: csv::Error) -> Error {
 /// Counts bytes read (for progress) and keeps a window of the most recent bytes, to
 /// find the physical line where a record starts: the parser reports the position
 /// before any blank lines or the LF of a CRLF that precede the record.
+/// It also bounds one record: a stray quote would otherwise make the rest of the file
+/// one field, held in memory whole.
 struct Counting<R> {
     inner: R,
     n: u64,
     window: Vec<u8>,
     window_start: u64,
+    /// Where the record being parsed starts (set by the parsing loop).
+    record_start: u64,
 }
 
 const WINDOW: usize = 1 << 20;
 
+/// The longest record (row) accepted, in bytes: far above the largest valid row
+/// (notes and attribute values have their own, smaller limits).
+pub const MAX_RECORD: u64 = 8 << 20;
+
+/// The I/O error `Counting` stops a runaway record with.
+#[derive(Debug, thiserror::Error)]
+#[error("a record runs on for more than {} MiB (an unclosed quote?)", MAX_RECORD >> 20)]
+struct RecordTooLong;
+
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.n - self.record_start > MAX_RECORD {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                RecordTooLong,
+            ));
+        }
         let k = self.inner.read(buf)?;
         self.n += k as u64;
         if self.window.len() + k > 2 * WINDOW {
@@ -607,6 +629,8 @@ fn parse_batches(
     full: mpsc::SyncSender<Result<Batch>>,
     empty: mpsc::Receiver<Batch>,
 ) {
+    // Where the next record starts, for an error that stops the file inside it.
+    let mut next_line = rdr.position().line();
     loop {
         let Ok(mut b) = empty.recv() else { return };
         b.len = 0;
@@ -626,10 +650,26 @@ fn parse_batches(
                     };
                     check_row(&rules, rec, &mut b.checked[b.len], &mut b.text);
                     b.len += 1;
+                    let at = rdr.position().clone();
+                    rdr.get_mut().record_start = at.byte();
+                    next_line = at.line();
                 }
                 Ok(false) => break,
                 Err(e) => {
-                    let _ = full.send(Err(csv_io(&path, e)));
+                    let line = next_line;
+                    let e = match e.kind() {
+                        csv::ErrorKind::Io(io)
+                            if io.get_ref().is_some_and(|r| r.is::<RecordTooLong>()) =>
+                        {
+                            Error::input_at(
+                                path.display(),
+                                line as usize,
+                                RecordTooLong.to_string(),
+                            )
+                        }
+                        _ => csv_io(&path, e),
+                    };
+                    let _ = full.send(Err(e));
                     return;
                 }
             }
@@ -699,6 +739,7 @@ fn import_file(
             n: 0,
             window: Vec::with_capacity(2 * WINDOW),
             window_start: 0,
+            record_start: 0,
         });
     let mut rec = ByteRecord::new();
     if !rdr
@@ -713,7 +754,13 @@ fn import_file(
     }
     let header = parse_header(&file, &rec, opts)?;
     let mut errors_file = match &opts.errors_path {
-        Some(p) => Some(ErrorsFile::create(p, &header.raw)?),
+        Some(p) => {
+            // Never over the file being read or the registry (the rename would lose them).
+            let reg_files = reg.files();
+            let mut keep: Vec<&Path> = reg_files.iter().map(PathBuf::as_path).collect();
+            keep.push(path);
+            Some(ErrorsFile::create(p, &header.raw, &keep)?)
+        }
         None => None,
     };
 

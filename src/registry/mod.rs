@@ -126,6 +126,17 @@ impl Registry {
         &self.path
     }
 
+    /// The registry file and its WAL and shared-memory files: what an output file
+    /// must never replace.
+    pub fn files(&self) -> [PathBuf; 3] {
+        let with = |suffix: &str| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        [self.path.clone(), with("-wal"), with("-shm")]
+    }
+
     pub fn conn(&self) -> &Connection {
         &self.conn
     }
