@@ -1021,3 +1021,34 @@ fn line_numbers_count_blank_lines_and_crlf() {
         }
     }
 }
+
+#[test]
+fn a_reader_that_stops_early_is_not_an_error() {
+    use std::io::Read;
+    let env = Env::init();
+    let mut csv = String::from("serial,model,notes\n");
+    for i in 0..3000 {
+        csv.push_str(&format!("P-{i:05},m,{}\n", "n".repeat(200)));
+    }
+    env.ok(&["inventory", "import", &write(&env, "p.csv", csv.as_bytes())]);
+    // `cradle … | head -1`: the pipe closes long before the output ends.
+    for args in [
+        &["--json", "device", "list"][..],
+        &["inventory", "export", "--format", "json"],
+        &["inventory", "export"],
+        &["device", "list"],
+        &["log", "export"],
+    ] {
+        let mut child = env
+            .cmd(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 64];
+        child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&o.stderr), "", "{args:?}");
+    }
+}

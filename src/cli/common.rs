@@ -104,9 +104,15 @@ pub fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
 
 /// A closed pipe (`cradle … | head`) is not a failure.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    // serde_json keeps the io::Error inside without exposing it as a source.
     err.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|e| e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+            || c.downcast_ref::<csv::Error>().is_some_and(|e| {
+                matches!(e.kind(), csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+            })
     })
 }
 

@@ -53,7 +53,7 @@ pub fn export(
                     out.write_all(if n == 0 { b"\n" } else { b",\n" })
                         .map_err(io)?;
                 }
-                serde_json::to_writer(&mut *out, &d).map_err(|e| Error::input(e.to_string()))?;
+                serde_json::to_writer(&mut *out, &d).map_err(|e| io(e.into()))?;
                 if format == Format::Jsonl {
                     out.write_all(b"\n").map_err(io)?;
                 }
