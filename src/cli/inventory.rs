@@ -31,8 +31,11 @@ Cells:
 A column named reject_reason (as written by --errors) is ignored.
 
 Every row is checked and every bad row reported as FILE:LINE (the physical line where the
-record starts). By default the import is all-or-nothing in one transaction; --partial
-commits the good rows. Importing the same file twice changes nothing the second time.
+record starts), with control characters shown escaped. A record over 8 MiB (an unclosed
+quote) stops the file. By default the import is all-or-nothing in one transaction;
+--partial commits the good rows. Importing the same file twice changes nothing the
+second time, in any mode: in create mode a device that exists already is a conflict only
+if the row would change it.
 
 Other processes can read the registry throughout an import. --exclusive takes it for
 the import instead, if no other process has it open (else it says so and imports as
@@ -41,7 +44,8 @@ log, which makes a 1M-row import about 30% faster. Meanwhile other cradle proces
 (up to 30 s, then exit 4) and other SQLite readers may get `database is locked`. A killed
 import is rolled back either way.
 
-Exit codes: 0 imported (or nothing to change); 3 some rows are invalid (nothing written)
+Exit codes: 0 imported (or nothing to change); 2 usage (e.g. --errors naming the input
+or the registry); 3 some rows are invalid (nothing written)
 or the file/header is unusable; 7 rows conflict with the registry (nothing written);
 1 with --partial when some rows were rejected (the good rows were written);
 4 registry problem; 8 file cannot be read.
@@ -104,7 +108,7 @@ pub enum InventoryCommand {
     Import {
         /// The CSV file (UTF-8, optional BOM, CRLF or LF, RFC 4180 quoting)
         file: PathBuf,
-        /// create: new devices only; update: existing only; upsert: both
+        /// create: new devices only (an existing one the row would change is a conflict); update: existing only; upsert: both
         #[arg(long, value_enum, default_value = "create")]
         mode: ModeArg,
         /// The column that identifies a row's device
@@ -116,7 +120,7 @@ pub enum InventoryCommand {
         /// Unknown columns: keep them as device attributes, or reject the file
         #[arg(long, value_enum, default_value = "reject")]
         extra_columns: ExtraArg,
-        /// Write the rejected rows, with a reject_reason column, to this CSV file
+        /// Write the rejected rows, with a reject_reason column, to this CSV file (replaced whole when the import ends; never the input or the registry)
         #[arg(long, value_name = "BAD.csv")]
         errors: Option<PathBuf>,
         /// Commit the good rows even if some are rejected (exit 1 if any were)
