@@ -15,8 +15,30 @@ use tempfile::NamedTempFile;
 use crate::error::{Error, Result};
 
 pub struct OutFile {
-    w: BufWriter<NamedTempFile>,
+    w: BufWriter<Target>,
     path: PathBuf,
+}
+
+/// A regular file is replaced by rename; anything else that exists already (a
+/// terminal, `/dev/stdout`, a FIFO) is written in place, as a plain open would.
+enum Target {
+    Temp(NamedTempFile),
+    Direct(fs::File),
+}
+
+impl Write for Target {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Target::Temp(f) => f.write(buf),
+            Target::Direct(f) => f.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Target::Temp(f) => f.flush(),
+            Target::Direct(f) => f.flush(),
+        }
+    }
 }
 
 impl OutFile {
@@ -30,34 +52,47 @@ impl OutFile {
                 k.display()
             )));
         }
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = tempfile::Builder::new()
-            .prefix(".cradle-tmp")
-            .permissions(fs::Permissions::from_mode(mode))
-            .tempfile_in(dir)
-            .map_err(|e| Error::io(dir, e))?;
+        let target = match fs::metadata(path) {
+            Ok(m) if !m.is_file() && !m.is_dir() => Target::Direct(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| Error::io(path, e))?,
+            ),
+            _ => {
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                Target::Temp(
+                    tempfile::Builder::new()
+                        .prefix(".cradle-tmp")
+                        .permissions(fs::Permissions::from_mode(mode))
+                        .tempfile_in(dir)
+                        .map_err(|e| Error::io(dir, e))?,
+                )
+            }
+        };
         Ok(OutFile {
-            w: BufWriter::with_capacity(1 << 20, tmp),
+            w: BufWriter::with_capacity(1 << 20, target),
             path: path.to_path_buf(),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Flushes, syncs and renames the file into place.
     pub fn commit(self) -> Result<()> {
         let path = self.path;
-        let tmp = self
+        let target = self
             .w
             .into_inner()
             .map_err(|e| Error::io(&path, e.into_error()))?;
-        tmp.as_file().sync_all().map_err(|e| Error::io(&path, e))?;
-        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        match target {
+            Target::Temp(tmp) => {
+                tmp.as_file().sync_all().map_err(|e| Error::io(&path, e))?;
+                tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+            }
+            Target::Direct(_) => {}
+        }
         Ok(())
     }
 }
@@ -123,5 +158,14 @@ mod tests {
         }
         assert_eq!(fs::read_to_string(&keep).unwrap(), "db");
         assert!(OutFile::create(&d.path().join("new.csv"), 0o644, &[&keep]).is_ok());
+    }
+
+    #[test]
+    fn a_device_is_written_in_place() {
+        // /dev/null stands for /dev/stdout or a FIFO: never renamed over.
+        let mut f = OutFile::create(Path::new("/dev/null"), 0o644, &[]).unwrap();
+        f.write_all(b"rows").unwrap();
+        f.commit().unwrap();
+        assert!(!fs::metadata("/dev/null").unwrap().is_file());
     }
 }

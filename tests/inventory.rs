@@ -1052,3 +1052,34 @@ fn a_reader_that_stops_early_is_not_an_error() {
         assert_eq!(String::from_utf8_lossy(&o.stderr), "", "{args:?}");
     }
 }
+
+#[test]
+fn output_to_a_fifo_or_terminal_is_written_in_place() {
+    use std::os::unix::fs::FileTypeExt;
+    let env = Env::init();
+    env.ok(&["inventory", "import", &fixture(&env, "good.csv")]);
+    let bad = fixture(&env, "bad_mac.csv");
+    // `-o /dev/stdout` or a FIFO must be written to, never renamed over.
+    for args in [
+        vec!["inventory", "export", "-o", "pipe"],
+        vec!["log", "export", "-o", "pipe"],
+        vec!["inventory", "import", &bad, "--errors", "pipe"],
+    ] {
+        let fifo = env.path("pipe");
+        let st = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+        };
+        env.run(&args);
+        let ft = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+        assert!(ft.is_fifo(), "{args:?} replaced the FIFO with a file");
+        let got = reader.join().unwrap();
+        assert!(got.lines().count() >= 3, "{args:?}: {got}");
+        std::fs::remove_file(&fifo).unwrap();
+    }
+}
