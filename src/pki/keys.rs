@@ -114,14 +114,20 @@ pub fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     f.write_all(contents).map_err(|e| Error::io(path, e))
 }
 
-/// Writes a file atomically with `mode`; `overwrite` allows replacing an existing one.
+/// Writes a file atomically with `mode`; `overwrite` allows replacing an existing one
+/// (a target that is not a regular file, such as `/dev/stdout`, is written in place).
 pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    if overwrite {
+        let mut f = crate::outfile::OutFile::create(path, mode, &[])?;
+        f.write_all(contents).map_err(|e| Error::io(path, e))?;
+        return f.commit();
+    }
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    if !overwrite && path.exists() {
+    if path.exists() {
         return Err(Error::conflict(format!(
             "{} already exists; not overwriting",
             path.display()
@@ -135,11 +141,7 @@ pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, overwrite: boo
     tmp.write_all(contents)
         .and_then(|_| tmp.as_file().sync_all())
         .map_err(|e| Error::io(path, e))?;
-    if overwrite {
-        tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    } else {
-        tmp.persist_noclobber(path)
-            .map_err(|e| Error::io(path, e.error))?;
-    }
+    tmp.persist_noclobber(path)
+        .map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }
