@@ -420,6 +420,7 @@ fn csv_io(path: &Path, e: csv::Error) -> Error {
 /// Counts bytes read (for progress) and keeps a window of the most recent bytes, to
 /// find the physical line where a record starts: the parser reports the position
 /// before any blank lines or the LF of a CRLF that precede the record.
+///
 /// It also bounds one record: a stray quote would otherwise make the rest of the file
 /// one field, held in memory whole.
 struct Counting<R> {
@@ -656,14 +657,13 @@ fn parse_batches(
                 }
                 Ok(false) => break,
                 Err(e) => {
-                    let line = next_line;
                     let e = match e.kind() {
                         csv::ErrorKind::Io(io)
                             if io.get_ref().is_some_and(|r| r.is::<RecordTooLong>()) =>
                         {
                             Error::input_at(
                                 path.display(),
-                                line as usize,
+                                next_line as usize,
                                 RecordTooLong.to_string(),
                             )
                         }
