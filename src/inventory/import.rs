@@ -843,6 +843,12 @@ fn import_file(
             )?
         };
     }
+    // Reports row `rec` at `line` as rejected, everywhere it must go.
+    macro_rules! reject_row {
+        ($rec:expr, $line:expr, $kind:expr, $msg:expr) => {
+            reject(&mut s, obs, &mut errors_file, $rec, $line, $kind, $msg)?
+        };
+    }
     let mut pending: Option<Batch> = None;
     let mut idx = 0;
     loop {
@@ -873,15 +879,7 @@ fn import_file(
             // Rejections are reported in file order.
             flush!(batch);
             let msg = chk.msgs.join("; ");
-            reject(
-                &mut s,
-                obs,
-                &mut errors_file,
-                rec,
-                line,
-                RejectKind::Invalid,
-                msg,
-            )?;
+            reject_row!(rec, line, RejectKind::Invalid, msg);
             continue;
         }
         msgs.clear();
@@ -932,15 +930,7 @@ fn import_file(
                 seen.insert(h, line.min(u32::MAX as u64) as u32);
             }
             let m = msgs.join("; ");
-            reject(
-                &mut s,
-                obs,
-                &mut errors_file,
-                rec,
-                line,
-                RejectKind::Invalid,
-                m,
-            )?;
+            reject_row!(rec, line, RejectKind::Invalid, m);
             continue;
         }
         let key = key.expect("checked");
@@ -957,15 +947,7 @@ fn import_file(
                         "{} '{key}' matches {n} devices in the registry; match on serial instead",
                         key_f.name()
                     );
-                    reject(
-                        &mut s,
-                        obs,
-                        &mut errors_file,
-                        rec,
-                        line,
-                        RejectKind::Conflict,
-                        m,
-                    )?;
+                    reject_row!(rec, line, RejectKind::Conflict, m);
                     continue;
                 }
             }
@@ -975,15 +957,7 @@ fn import_file(
             (Some(d), Mode::Create) => {
                 match create_over_existing(&d, &wants, &header.columns, &attr_wants) {
                     None => s.unchanged += 1,
-                    Some(m) => reject(
-                        &mut s,
-                        obs,
-                        &mut errors_file,
-                        rec,
-                        line,
-                        RejectKind::Conflict,
-                        m,
-                    )?,
+                    Some(m) => reject_row!(rec, line, RejectKind::Conflict, m),
                 }
             }
             (None, Mode::Update) => {
@@ -991,28 +965,12 @@ fn import_file(
                     "no device with {} '{key}' in the registry (--mode update changes existing devices only; use --mode upsert)",
                     key_f.name()
                 );
-                reject(
-                    &mut s,
-                    obs,
-                    &mut errors_file,
-                    rec,
-                    line,
-                    RejectKind::Conflict,
-                    m,
-                )?;
+                reject_row!(rec, line, RejectKind::Conflict, m);
             }
             (None, _) => {
                 let Some(serial) = wants[Field::Serial.idx()].value() else {
                     let m = "column 'serial' is empty; a new device needs a serial".to_string();
-                    reject(
-                        &mut s,
-                        obs,
-                        &mut errors_file,
-                        rec,
-                        line,
-                        RejectKind::Invalid,
-                        m,
-                    )?;
+                    reject_row!(rec, line, RejectKind::Invalid, m);
                     continue;
                 };
                 if db_dedup {
@@ -1046,21 +1004,13 @@ fn import_file(
                     }
                     None => {
                         let (kind, m) = serial_taken(&mut db, serial, start_max_id)?;
-                        reject(&mut s, obs, &mut errors_file, rec, line, kind, m)?;
+                        reject_row!(rec, line, kind, m);
                     }
                 }
             }
             (Some(dev), _) => match plan_update(&dev, &wants, &header.columns, &attr_wants) {
                 Err(m) => {
-                    reject(
-                        &mut s,
-                        obs,
-                        &mut errors_file,
-                        rec,
-                        line,
-                        RejectKind::Conflict,
-                        m,
-                    )?;
+                    reject_row!(rec, line, RejectKind::Conflict, m);
                 }
                 Ok(None) => s.unchanged += 1,
                 Ok(Some((new, changes, to_status))) => {
