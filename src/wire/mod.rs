@@ -155,6 +155,8 @@ pub struct Stats {
     pub retries: u32,
     pub resyncs: u32,
     pub garbage_lines: u32,
+    /// Waits that ended at their deadline with no reply.
+    pub timeouts: u32,
 }
 
 /// A checked identifier from a device (hardware id, model…): printable, no spaces.
@@ -181,11 +183,28 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
+/// One line from the device, and the request it answers.
+struct Incoming {
+    /// The frame, or `None` for a line that failed to parse (damaged on the way).
+    frame: Option<Frame>,
+    /// The outstanding request this line answers: a reply's own SEQ; for a damaged line
+    /// or an ERR with sequence 0, the oldest unanswered request (the device answers in
+    /// order). `None` when it answers nothing outstanding (a stale reply, noise).
+    answers: Option<u32>,
+}
+
+/// Requests remembered as unanswered, at most (more are forgotten, oldest first).
+const MAX_UNANSWERED: usize = 256;
+
 /// A host session with one device over a byte stream.
 pub struct Session<T: Read + Write> {
     port: T,
     lines: LineBuffer,
-    queue: VecDeque<Frame>,
+    queue: VecDeque<Option<Frame>>,
+    /// Requests sent and not answered yet, oldest first. The device answers each request
+    /// once and in order, so a reply to one answers every request sent before it (those
+    /// answers were lost), and a damaged line answers the oldest one.
+    unanswered: VecDeque<u32>,
     seq: u32,
     timeout: Duration,
     byte_time: Duration,
@@ -233,6 +252,7 @@ impl<T: Read + Write> Session<T> {
             port,
             lines: LineBuffer::new(MAX_LINE),
             queue: VecDeque::new(),
+            unanswered: VecDeque::new(),
             seq,
             timeout,
             byte_time: Duration::from_secs_f64(10.0 / baud.max(1) as f64),
@@ -272,19 +292,44 @@ impl<T: Read + Write> Session<T> {
         self.port.write_all(&bytes)?;
         self.port.flush()?;
         self.stats.tx_bytes += bytes.len() as u64;
+        if self.unanswered.len() >= MAX_UNANSWERED {
+            self.unanswered.pop_front();
+        }
+        self.unanswered.push_back(seq);
         Ok(seq)
     }
 
-    /// Next well-formed frame, or `Timeout` at `deadline`. Garbled lines are skipped
-    /// (resynchronisation); an overlong line is an error.
-    fn recv(&mut self, deadline: Instant, what: &str) -> Result<Frame, WireError> {
+    /// Whether `seq` was sent and its answer has not arrived (intact or damaged) yet.
+    fn is_unanswered(&self, seq: u32) -> bool {
+        self.unanswered.contains(&seq)
+    }
+
+    /// Next line: a well-formed frame or a damaged line (`frame: None`), with the request
+    /// it answers; `Timeout` at `deadline` (everything outstanding is then taken as lost).
+    /// An overlong line is an error.
+    fn recv_line(&mut self, deadline: Instant, what: &str) -> Result<Incoming, WireError> {
         let mut buf = [0u8; 4096];
         loop {
-            if let Some(f) = self.queue.pop_front() {
-                return Ok(f);
+            if let Some(frame) = self.queue.pop_front() {
+                let answers = match &frame {
+                    Some(f) if f.seq != 0 => {
+                        // Replies come in order: every request sent before this one has
+                        // been answered too (its answer was lost if it did not come).
+                        let i = self.unanswered.iter().position(|s| *s == f.seq);
+                        i.map(|i| {
+                            self.unanswered.drain(..=i);
+                            f.seq
+                        })
+                    }
+                    // ERR 0 (a request arrived garbled) or a damaged reply: the oldest.
+                    _ => self.unanswered.pop_front(),
+                };
+                return Ok(Incoming { frame, answers });
             }
             let now = Instant::now();
             if now >= deadline {
+                self.unanswered.clear();
+                self.stats.timeouts += 1;
                 return Err(WireError::Timeout {
                     what: what.to_string(),
                     secs: self.timeout.as_secs_f64(),
@@ -303,8 +348,11 @@ impl<T: Read + Write> Session<T> {
                                 return Err(WireError::LineTooLong { limit: MAX_LINE });
                             }
                             Line::Complete(l) => match Frame::parse(&l) {
-                                Ok(f) => self.queue.push_back(f),
-                                Err(_) => self.stats.garbage_lines += 1,
+                                Ok(f) => self.queue.push_back(Some(f)),
+                                Err(_) => {
+                                    self.stats.garbage_lines += 1;
+                                    self.queue.push_back(None);
+                                }
                             },
                         }
                     }
@@ -325,15 +373,25 @@ impl<T: Read + Write> Session<T> {
     }
 
     /// Waits for the reply to `seq`. `Ok(None)` means the device reported a garbled
-    /// frame (ERR with sequence 0): the request should be sent again.
+    /// frame (ERR with sequence 0), or, if `lost_reply_ends` is set, that the reply to
+    /// `seq` itself arrived damaged: the request should be sent again.
     fn wait(
         &mut self,
         seq: u32,
         deadline: Instant,
         what: &str,
+        lost_reply_ends: bool,
     ) -> Result<Option<Frame>, WireError> {
         loop {
-            let f = self.recv(deadline, what)?;
+            let rx = self.recv_line(deadline, what)?;
+            let Some(f) = rx.frame else {
+                // A damaged line: if it stands for our reply, that reply will never come.
+                // Otherwise it answered an earlier request (or was noise): keep waiting.
+                if lost_reply_ends && rx.answers == Some(seq) {
+                    return Ok(None);
+                }
+                continue;
+            };
             if f.seq == seq {
                 if f.verb == "ERR" {
                     return Err(refused(what, &f));
@@ -362,8 +420,12 @@ impl<T: Read + Write> Session<T> {
     ) -> Result<Frame, WireError> {
         let what = verb.to_string();
         let attempts = if idempotent { ATTEMPTS } else { 1 };
-        // A garbled-frame report (ERR with sequence 0) may be about an earlier pipelined
-        // frame rather than this request, so on a noisy line it gets its own, larger budget.
+        // A garbled frame in either direction (the device's ERR with sequence 0, or our
+        // reply arriving with a bad CRC) is known at once, so an idempotent request is sent
+        // again without waiting for the timeout. On a noisy line that happens often (0.2%
+        // bad bytes lose 40% of 250-byte replies), so it has its own, larger budget; the
+        // timeout attempts are for a silent line. A non-idempotent request still waits
+        // out a damaged reply: it is never resent, and the caller recovers by inspection.
         let garbled_budget = if idempotent { 4 * ATTEMPTS } else { 1 };
         let (mut attempt, mut garbled) = (0, 0);
         let mut last = None;
@@ -375,12 +437,12 @@ impl<T: Read + Write> Session<T> {
             let seq = self.send(verb, args.clone())?;
             let deadline =
                 Instant::now() + self.timeout + self.line_time(req_len + self.max_line.max(256));
-            match self.wait(seq, deadline, &what) {
+            match self.wait(seq, deadline, &what, idempotent) {
                 Ok(Some(f)) => return Ok(f),
                 Ok(None) => {
                     garbled += 1;
                     last = Some(WireError::Protocol(format!(
-                        "device kept reporting garbled frames for {what}"
+                        "too many garbled frames on the line for {what}"
                     )))
                 }
                 Err(e @ WireError::Timeout { .. }) => {
@@ -582,8 +644,16 @@ impl<T: Read + Write> Session<T> {
                 let deadline = last_progress
                     + self.timeout
                     + self.line_time((self.window + 1) * self.max_line);
-                let lost = match self.recv(deadline, "WRITE") {
-                    Ok(f) if Some(f.seq) == commit_seq => {
+                let lost = match self.recv_line(deadline, "WRITE").map(|rx| rx.frame) {
+                    // A damaged reply. Acknowledgements are cumulative, so a lost one costs
+                    // nothing while a later one can still come; once none of ours is
+                    // unanswered (the last ones, or the COMMIT's, were damaged), nothing
+                    // will: resume now rather than at the deadline.
+                    Ok(None) => !in_flight
+                        .iter()
+                        .chain(commit_seq.iter())
+                        .any(|s| self.is_unanswered(*s)),
+                    Ok(Some(f)) if Some(f.seq) == commit_seq => {
                         if f.verb == "OK" {
                             if f.need("sha256")? != hex::encode(want) {
                                 return Err(WireError::Verify(format!(
@@ -600,7 +670,7 @@ impl<T: Read + Write> Session<T> {
                             return Err(refused("COMMIT", &f));
                         }
                     }
-                    Ok(f) => match in_flight.iter().position(|s| *s == f.seq) {
+                    Ok(Some(f)) => match in_flight.iter().position(|s| *s == f.seq) {
                         Some(i) if f.verb == "OK" => {
                             // Acknowledgements are cumulative: `len` is all the device holds.
                             let len = f.need_u64("len")? as usize;
@@ -692,31 +762,37 @@ impl<T: Read + Write> Session<T> {
                 }
                 let deadline =
                     last_progress + self.timeout + self.line_time((window + 1) * self.max_line);
-                match self.recv(deadline, "READ") {
-                    Ok(f) => {
-                        if let Some(k) = pending.iter().position(|(s, _, _)| *s == f.seq) {
-                            if f.verb != "OK" {
-                                return Err(refused("READ", &f));
-                            }
-                            let (_, i, off) = pending.remove(k).expect("index from position");
-                            let (slot, len) = wanted[i];
-                            let d = f.need_b64("data")?;
-                            if d.len() != chunk.min(len - off) {
-                                return Err(WireError::Protocol(format!(
-                                    "READ {slot} at {off} returned {} bytes",
-                                    d.len()
-                                )));
-                            }
-                            got.insert((i, off), d);
-                            last_progress = Instant::now();
-                        } else if f.seq == 0 && f.verb == "ERR" {
-                            // One of our READs arrived garbled; the round ends early.
-                            break;
-                        }
-                    }
+                let rx = match self.recv_line(deadline, "READ") {
+                    Ok(rx) => rx,
                     Err(WireError::Timeout { .. }) => break,
                     Err(e) => return Err(e),
+                };
+                // A damaged reply (no frame) is asked for again in the next round.
+                if let Some(f) = rx.frame {
+                    if let Some(k) = pending.iter().position(|(s, _, _)| *s == f.seq) {
+                        if f.verb != "OK" {
+                            return Err(refused("READ", &f));
+                        }
+                        let (_, i, off) = pending.remove(k).expect("index from position");
+                        let (slot, len) = wanted[i];
+                        let d = f.need_b64("data")?;
+                        if d.len() != chunk.min(len - off) {
+                            return Err(WireError::Protocol(format!(
+                                "READ {slot} at {off} returned {} bytes",
+                                d.len()
+                            )));
+                        }
+                        got.insert((i, off), d);
+                        last_progress = Instant::now();
+                    } else if f.seq == 0 && f.verb == "ERR" {
+                        // One of our READs arrived garbled; the round ends early.
+                        break;
+                    }
                 }
+                // Replies come in order: a READ answered by a damaged line, or sent before
+                // the one just answered and not answered itself, will get no reply. Stop
+                // waiting for it (the next round asks again) instead of timing out.
+                pending.retain(|(s, _, _)| self.is_unanswered(*s));
             }
             for (i, d) in data.iter_mut().enumerate() {
                 let mut off = d.len();
@@ -861,13 +937,20 @@ mod tests {
     use super::*;
     use crate::sim::{device::DeviceState, Device, Faults, Responder};
 
-    /// Runs a simulated device on one end of an in-memory pipe.
-    fn device_on_pipe(faults: Faults) -> (Session<pipe::End>, std::thread::JoinHandle<()>) {
+    /// Runs a simulated device on one end of an in-memory pipe. Like `cradle sim`, its
+    /// byte faults hit both directions; `damage(n, reply)` may then alter the n-th reply
+    /// (0-based) on its way to the host.
+    fn device_on_pipe_with(
+        faults: Faults,
+        timeout: Duration,
+        mut damage: impl FnMut(usize, &mut Vec<u8>) + Send + 'static,
+    ) -> (Session<pipe::End>, std::thread::JoinHandle<()>) {
         let (host, mut dev_end) = pipe::pair();
         let h = std::thread::spawn(move || {
             let dev = Device::new(DeviceState::new("PIPE-1", "pipe"), None, faults);
             let mut r = crate::sim::CradleResponder::new(dev);
             let mut buf = [0u8; 4096];
+            let mut replies = 0;
             loop {
                 match dev_end.read(&mut buf) {
                     Ok(0) => return,
@@ -880,7 +963,17 @@ mod tests {
                             if reply.hangup {
                                 return;
                             }
-                            if dev_end.write_all(&reply.bytes).is_err() {
+                            let mut out = {
+                                let d = r.device();
+                                crate::sim::faults::mangle(
+                                    &reply.bytes,
+                                    &d.faults.clone(),
+                                    &mut d.rng,
+                                )
+                            };
+                            damage(replies, &mut out);
+                            replies += 1;
+                            if dev_end.write_all(&out).is_err() {
                                 return;
                             }
                         }
@@ -889,7 +982,16 @@ mod tests {
                 }
             }
         });
-        (Session::new(host, 1_000_000, Duration::from_millis(300)), h)
+        (Session::new(host, 1_000_000, timeout), h)
+    }
+
+    fn device_on_pipe(faults: Faults) -> (Session<pipe::End>, std::thread::JoinHandle<()>) {
+        device_on_pipe_with(faults, Duration::from_millis(300), |_, _| {})
+    }
+
+    /// Flips one bit in the frame body: the line arrives, its CRC does not match.
+    fn garble(reply: &mut [u8]) {
+        reply[1] ^= 0x01;
     }
 
     #[test]
@@ -952,6 +1054,93 @@ mod tests {
         }
         let e: crate::Error = WireError::Disconnected.into();
         assert_eq!(e.exit_code(), crate::error::exit::DEVICE);
+        drop(s);
+        h.join().unwrap();
+    }
+
+    /// Long enough that a wait for a reply that cannot come would be noticed (and counted
+    /// in `stats.timeouts`); no test here should ever reach it.
+    const PATIENT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn damaged_replies_are_asked_again_at_once() {
+        // More damaged replies in a row than there are timeout attempts (ATTEMPTS).
+        let (mut s, h) = device_on_pipe_with(Faults::default(), PATIENT, |n, r| {
+            if n < 6 {
+                garble(r)
+            }
+        });
+        assert_eq!(s.hello().unwrap().hardware_id, "PIPE-1");
+        assert_eq!(
+            s.stats.timeouts, 0,
+            "waited for a reply that could not come"
+        );
+        assert_eq!((s.stats.garbage_lines, s.stats.retries), (6, 6));
+        drop(s);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn damaged_stale_reply_is_not_taken_for_the_current_one() {
+        // The reply to an earlier request is damaged; it answers that request (replies
+        // come in order), so HELLO is not resent and gets its own reply.
+        let (mut s, h) = device_on_pipe_with(Faults::default(), PATIENT, |n, r| {
+            if n == 0 {
+                garble(r)
+            }
+        });
+        s.send("STAT", vec![SLOT_CERT.into()]).unwrap();
+        assert_eq!(s.hello().unwrap().hardware_id, "PIPE-1");
+        assert_eq!((s.stats.garbage_lines, s.stats.retries), (1, 0));
+        drop(s);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn damaged_commit_and_read_replies_cost_no_timeout() {
+        let (mut s, h) = device_on_pipe_with(Faults::default(), PATIENT, {
+            let (mut commits, mut reads) = (0, 0);
+            move |_, r: &mut Vec<u8>| {
+                let text = String::from_utf8_lossy(r).to_string();
+                if text.contains(" sha256=") && !text.contains(" len=") {
+                    commits += 1;
+                    if commits == 1 {
+                        garble(r)
+                    }
+                } else if text.contains(" data=") {
+                    reads += 1;
+                    // The first two READ replies, and the last of the first round.
+                    if reads <= 2 || reads == 5 {
+                        garble(r)
+                    }
+                }
+            }
+        });
+        s.hello().unwrap();
+        let obj: Vec<u8> = (0..3000u32).map(|i| (i % 253) as u8).collect();
+        s.write_object(SLOT_CHAIN, &obj, &mut |_, _| {}).unwrap();
+        assert!(s.stat(SLOT_CHAIN).unwrap().committed);
+        assert_eq!(s.read_object(SLOT_CHAIN, obj.len()).unwrap(), obj);
+        assert_eq!(
+            s.stats.timeouts, 0,
+            "waited for a reply that could not come"
+        );
+        assert_eq!(s.stats.garbage_lines, 4);
+        drop(s);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn noisy_line_both_ways_still_provisions() {
+        // The rate of the `fault_corrupt_bytes_recovers` integration test, replies too.
+        let faults = Faults::parse(&["corrupt:0.002".into()]).unwrap();
+        let (mut s, h) = device_on_pipe_with(faults, Duration::from_millis(300), |_, _| {});
+        for _ in 0..10 {
+            assert_eq!(s.hello().unwrap().hardware_id, "PIPE-1");
+        }
+        let obj: Vec<u8> = (0..5000u32).map(|i| (i * 13 % 256) as u8).collect();
+        s.write_object(SLOT_CHAIN, &obj, &mut |_, _| {}).unwrap();
+        s.verify_object(SLOT_CHAIN, &obj).unwrap();
         drop(s);
         h.join().unwrap();
     }
