@@ -44,8 +44,9 @@ impl Write for Target {
 impl OutFile {
     /// A temporary file beside `path` with `mode`. `keep` lists files that `path`
     /// must not be (compared by device and inode, so links and other spellings count).
-    pub fn create(path: &Path, mode: u32, keep: &[&Path]) -> Result<OutFile> {
-        if let Some(k) = keep.iter().find(|k| same_file(path, k)) {
+    pub fn create(path: &Path, mode: u32, keep: &[impl AsRef<Path>]) -> Result<OutFile> {
+        let keep = keep.iter().map(AsRef::as_ref);
+        if let Some(k) = keep.into_iter().find(|k| same_file(path, k)) {
             return Err(Error::usage(format!(
                 "{}: refusing to write over {}",
                 path.display(),
@@ -81,6 +82,16 @@ impl OutFile {
 
     /// Flushes, syncs and renames the file into place.
     pub fn commit(self) -> Result<()> {
+        self.finish(true)
+    }
+
+    /// As `commit`, but fails if a file appeared at the target meanwhile (for files that
+    /// must never be replaced, such as keys).
+    pub fn commit_new(self) -> Result<()> {
+        self.finish(false)
+    }
+
+    fn finish(self, clobber: bool) -> Result<()> {
         let path = self.path;
         let target = self
             .w
@@ -89,7 +100,12 @@ impl OutFile {
         match target {
             Target::Temp(tmp) => {
                 tmp.as_file().sync_all().map_err(|e| Error::io(&path, e))?;
-                tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+                if clobber {
+                    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+                } else {
+                    tmp.persist_noclobber(&path)
+                        .map_err(|e| Error::io(&path, e.error))?;
+                }
             }
             Target::Direct(_) => {}
         }
@@ -126,11 +142,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("out.csv");
         fs::write(&p, "old").unwrap();
-        let mut f = OutFile::create(&p, 0o644, &[]).unwrap();
+        let mut f = OutFile::create(&p, 0o644, &[] as &[&Path]).unwrap();
         f.write_all(b"new").unwrap();
         drop(f);
         assert_eq!(fs::read_to_string(&p).unwrap(), "old");
-        let mut f = OutFile::create(&p, 0o644, &[]).unwrap();
+        let mut f = OutFile::create(&p, 0o644, &[] as &[&Path]).unwrap();
         f.write_all(b"new").unwrap();
         f.commit().unwrap();
         assert_eq!(fs::read_to_string(&p).unwrap(), "new");
@@ -163,7 +179,7 @@ mod tests {
     #[test]
     fn a_device_is_written_in_place() {
         // /dev/null stands for /dev/stdout or a FIFO: never renamed over.
-        let mut f = OutFile::create(Path::new("/dev/null"), 0o644, &[]).unwrap();
+        let mut f = OutFile::create(Path::new("/dev/null"), 0o644, &[] as &[&Path]).unwrap();
         f.write_all(b"rows").unwrap();
         f.commit().unwrap();
         assert!(!fs::metadata("/dev/null").unwrap().is_file());

@@ -1,7 +1,7 @@
 //! `cradle inventory …`: CSV import and export.
 
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
@@ -235,9 +235,7 @@ pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
             let mut tick = |n: u64| pb.set_position(n);
             let n = match &out {
                 Some(path) => {
-                    let files = reg.files();
-                    let keep: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-                    let mut w = OutFile::create(path, 0o644, &keep)?;
+                    let mut w = OutFile::create(path, 0o644, &reg.files())?;
                     let n = inv::export(reg.conn(), &filter, format, &mut w, &mut tick)?;
                     w.commit()?;
                     n

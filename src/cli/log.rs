@@ -72,9 +72,7 @@ pub fn run(ctx: &Ctx, cmd: LogCommand) -> anyhow::Result<i32> {
                     // Streamed into a temporary file beside the target, renamed when
                     // complete: a large log never sits in memory, a failure leaves no
                     // half-written export.
-                    let files = reg.files();
-                    let keep: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
-                    let mut w = OutFile::create(&path, 0o644, &keep)?;
+                    let mut w = OutFile::create(&path, 0o644, &reg.files())?;
                     export(&reg, since.as_deref(), device.as_deref(), format, &mut w)?;
                     w.commit()?;
                 }

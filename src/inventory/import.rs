@@ -379,7 +379,7 @@ struct ErrorsFile {
 }
 
 impl ErrorsFile {
-    fn create(path: &Path, header: &ByteRecord, keep: &[&Path]) -> Result<ErrorsFile> {
+    fn create(path: &Path, header: &ByteRecord, keep: &[PathBuf]) -> Result<ErrorsFile> {
         let f = OutFile::create(path, 0o644, keep)?;
         let mut w = csv::WriterBuilder::new().flexible(true).from_writer(f);
         let mut h = header.clone();
@@ -756,9 +756,8 @@ fn import_file(
     let mut errors_file = match &opts.errors_path {
         Some(p) => {
             // Never over the file being read or the registry (the rename would lose them).
-            let reg_files = reg.files();
-            let mut keep: Vec<&Path> = reg_files.iter().map(PathBuf::as_path).collect();
-            keep.push(path);
+            let mut keep = reg.files().to_vec();
+            keep.push(path.to_path_buf());
             Some(ErrorsFile::create(p, &header.raw, &keep)?)
         }
         None => None,

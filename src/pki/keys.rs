@@ -117,31 +117,17 @@ pub fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
 /// Writes a file atomically with `mode`; `overwrite` allows replacing an existing one
 /// (a target that is not a regular file, such as `/dev/stdout`, is written in place).
 pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if overwrite {
-        let mut f = crate::outfile::OutFile::create(path, mode, &[])?;
-        f.write_all(contents).map_err(|e| Error::io(path, e))?;
-        return f.commit();
-    }
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if path.exists() {
+    if !overwrite && path.exists() {
         return Err(Error::conflict(format!(
             "{} already exists; not overwriting",
             path.display()
         )));
     }
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".cradle-tmp")
-        .permissions(fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(contents)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| Error::io(path, e))?;
-    tmp.persist_noclobber(path)
-        .map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    let mut f = crate::outfile::OutFile::create(path, mode, &[] as &[&Path])?;
+    f.write_all(contents).map_err(|e| Error::io(path, e))?;
+    if overwrite {
+        f.commit()
+    } else {
+        f.commit_new()
+    }
 }
