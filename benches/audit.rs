@@ -153,7 +153,7 @@ fn build(dir: &Path, n: u64) -> PathBuf {
     )
     .unwrap();
     // A CRL listing every revoked certificate, signed by the issuing CA.
-    let reg = cradle::registry::Registry::open(&db).unwrap();
+    let reg = cradle::store::Registry::open(&db).unwrap();
     let signer = cradle::pki::ca::unlock(reg.conn(), &home.join("ca"), PASS.as_bytes()).unwrap();
     let serials: Vec<String> = {
         let mut st = conn
@@ -191,7 +191,7 @@ fn build(dir: &Path, n: u64) -> PathBuf {
             (now + time::Duration::days(7)).unix_timestamp(),
             serials.len() as i64,
             crl.der().to_vec(),
-            cradle::registry::now_rfc3339()
+            cradle::store::now_rfc3339()
         ],
     )
     .unwrap();

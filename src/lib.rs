@@ -3,23 +3,18 @@
 //! Layers: `cli` (clap, output, progress) → workflows (`identity`) → `pki`, `registry`.
 //! The lower layers never print and know nothing of clap or indicatif.
 
+pub mod app;
 pub mod attestation;
-pub mod audit;
 pub mod cli;
 pub mod error;
 pub mod home;
 pub mod html;
-pub mod identity;
-pub mod inventory;
-pub mod lifecycle;
 pub mod outfile;
 pub mod passphrase;
 pub mod pki;
-pub mod registry;
-pub mod retire;
 pub mod signals;
 pub mod sim;
-pub mod station;
+pub mod store;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -620,7 +620,7 @@ fn stuck_provisioning_and_decommission() {
 
 /// Signs a CRL with the home's issuing CA and stores it behind cradle's back.
 fn publish_crl(e: &Env, number: u64, revoked_hex: &[String], next_update: Duration) {
-    let reg = cradle::registry::Registry::open(&e.registry()).unwrap();
+    let reg = cradle::store::Registry::open(&e.registry()).unwrap();
     let signer = cradle::pki::ca::unlock(reg.conn(), &e.home.join("ca"), PASS.as_bytes()).unwrap();
     let now = OffsetDateTime::now_utc();
     let this_update = now - Duration::days(10);
@@ -814,7 +814,7 @@ fn deleted_event_is_named() {
 
 #[test]
 fn inserted_events_are_named() {
-    use cradle::registry::events::event_hash;
+    use cradle::store::events::event_hash;
     // An event forged with a self-consistent hash at the end of the chain but linked
     // to a made-up previous hash.
     let e = fleet();

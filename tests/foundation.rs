@@ -49,7 +49,7 @@ fn init_creates_a_home_and_refuses_to_overwrite_it() {
     assert_eq!(env.sql("PRAGMA journal_mode;").trim(), "wal");
     assert_eq!(
         env.sql("PRAGMA user_version;").trim(),
-        cradle::registry::schema::MIGRATIONS.len().to_string()
+        cradle::store::schema::MIGRATIONS.len().to_string()
     );
     let before = env.dump();
     let err = env.fails(&["init"], 7);

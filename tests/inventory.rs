@@ -27,8 +27,8 @@ fn device(env: &Env, serial: &str) -> Value {
 }
 
 fn chain_ok(env: &Env) {
-    let reg = cradle::registry::Registry::open(&env.registry()).unwrap();
-    let r = cradle::registry::events::verify_chain(reg.conn()).unwrap();
+    let reg = cradle::store::Registry::open(&env.registry()).unwrap();
+    let r = cradle::store::events::verify_chain(reg.conn()).unwrap();
     assert!(r.first_break.is_none(), "{:?}", r.first_break);
 }
 
@@ -831,7 +831,7 @@ fn big_csv(path: &Path, n: u64) {
     writeln!(w, "serial,model,batch,mac,imei").unwrap();
     for i in 0..n {
         let body = format!("35{:012}", i);
-        let check = cradle::inventory::fields::luhn_digit(body.as_bytes());
+        let check = cradle::app::inventory::fields::luhn_digit(body.as_bytes());
         writeln!(
             w,
             "BIG-{i:08},Sensor-X,B-{},02:00:{:02x}:{:02x}:{:02x}:{:02x},{body}{check}",
@@ -988,7 +988,7 @@ fn other_processes_wait_for_an_exclusive_import() {
 #[test]
 fn exclusive_import_with_the_registry_open_elsewhere_runs_shared() {
     let env = Env::init();
-    let other = cradle::registry::Registry::open(&env.registry()).unwrap();
+    let other = cradle::store::Registry::open(&env.registry()).unwrap();
     let n: i64 = other
         .conn()
         .query_row("SELECT count(*) FROM devices", [], |r| r.get(0))

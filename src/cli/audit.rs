@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::builder::PossibleValuesParser;
 
 use super::common::Ctx;
-use crate::audit::{self, Finding, Options, Severity, CHECKS};
+use crate::app::audit::{self, Finding, Options, Severity, CHECKS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FailOn {
@@ -198,7 +198,7 @@ fn run_inner(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
 /// said in a note) when it cannot be read. Read only: the audit never creates it.
 fn mark_key(
     ctx: &Ctx,
-    reg: &crate::registry::Registry,
+    reg: &crate::store::Registry,
 ) -> anyhow::Result<Option<crate::pki::mark::AuditKey>> {
     let ca_dir = ctx.home.ca_dir();
     let why = match crate::pki::mark::AuditKey::load(&ca_dir) {
@@ -209,7 +209,7 @@ fn mark_key(
         ),
         Err(e) => e.to_string(),
     };
-    if crate::registry::audit::has_certificates(reg.conn())? {
+    if crate::store::audit::has_certificates(reg.conn())? {
         eprintln!("cradle: note: {why}; verifying the signature of every certificate in full");
     }
     Ok(None)

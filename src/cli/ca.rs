@@ -12,9 +12,9 @@ use crate::error::Error;
 use crate::pki::ca::{self, CHAIN};
 use crate::pki::cert::{colon_hex, info_of, to_pem};
 use crate::pki::keys;
-use crate::registry::cas::{self, CaRole};
-use crate::registry::events::{append_event, NewEvent};
-use crate::registry::now_rfc3339;
+use crate::store::cas::{self, CaRole};
+use crate::store::events::{append_event, NewEvent};
+use crate::store::now_rfc3339;
 
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
@@ -109,7 +109,7 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> anyhow::Result<i32> {
     }
 }
 
-fn refuse_existing(reg: &crate::registry::Registry) -> anyhow::Result<()> {
+fn refuse_existing(reg: &crate::store::Registry) -> anyhow::Result<()> {
     if let Some(c) = cas::active_ca(reg.conn(), CaRole::Issuing)? {
         return Err(Error::conflict(format!(
             "this home already has a CA ('{}'); refusing to replace it",
@@ -172,7 +172,7 @@ fn import(
 
 fn finish_install(
     ctx: &Ctx,
-    reg: &mut crate::registry::Registry,
+    reg: &mut crate::store::Registry,
     name: &str,
     material: &ca::CaMaterial,
     kind: &str,

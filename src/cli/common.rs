@@ -8,9 +8,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::home::{self, Config, Home};
-use crate::identity::Actor;
+use crate::app::identity::Actor;
 use crate::pki::ca::{self, CaSigner};
-use crate::registry::Registry;
+use crate::store::Registry;
 
 pub struct Ctx {
     pub home: Home,
@@ -139,7 +139,7 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
 /// Unix seconds as RFC 3339.
 pub fn ts(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
-        .map(crate::registry::fmt_time)
+        .map(crate::store::fmt_time)
         .unwrap_or_else(|_| secs.to_string())
 }
 

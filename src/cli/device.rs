@@ -5,11 +5,11 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::common::{print_json, print_table, Ctx};
-use crate::inventory::device::{self, Assignment, EditOutcome};
-use crate::inventory::import::describe_change;
-use crate::registry::devices::{require_device, Device, DeviceStatus};
-use crate::registry::events::{events_for_device, Event};
-use crate::registry::inventory::{self as q, DeviceFilter, FleetSummary};
+use crate::app::inventory::device::{self, Assignment, EditOutcome};
+use crate::app::inventory::import::describe_change;
+use crate::store::devices::{require_device, Device, DeviceStatus};
+use crate::store::events::{events_for_device, Event};
+use crate::store::inventory::{self as q, DeviceFilter, FleetSummary};
 
 /// `--force --reason TEXT`: override the lifecycle rules, recorded on the event.
 #[derive(Debug, Clone, Args)]
@@ -151,10 +151,10 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
             if ctx.json {
                 // Streamed: a large fleet is not held in memory.
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                crate::inventory::export(
+                crate::app::inventory::export(
                     reg.conn(),
                     &f,
-                    crate::inventory::Format::Json,
+                    crate::app::inventory::Format::Json,
                     &mut out,
                     &mut |_| {},
                 )?;
@@ -195,7 +195,7 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             let mut rows: Vec<Vec<String>> = Vec::new();
-            for f in crate::inventory::fields::Field::ALL {
+            for f in crate::app::inventory::fields::Field::ALL {
                 rows.push(vec![
                     f.name().to_string(),
                     f.get(&d).unwrap_or_default().to_string(),

@@ -8,11 +8,11 @@ use serde::Serialize;
 
 use super::common::{print_json, progress_bar, ts, Ctx, PassArgs};
 use crate::error::Error;
-use crate::identity::{self, BatchOutput, IssueContext};
+use crate::app::identity::{self, BatchOutput, IssueContext};
 use crate::pki::cert::{colon_hex, read_certs};
 use crate::pki::profile::Profile;
 use crate::pki::verify;
-use crate::registry::{certs, devices, events};
+use crate::store::{certs, devices, events};
 
 #[derive(Debug, Subcommand)]
 pub enum IdentityCommand {

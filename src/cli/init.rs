@@ -10,8 +10,8 @@ use super::common::{print_json, Ctx};
 use crate::error::Error;
 use crate::home::Config;
 use crate::pki::profile;
-use crate::registry::events::{append_event, NewEvent};
-use crate::registry::{now_rfc3339, Registry};
+use crate::store::events::{append_event, NewEvent};
+use crate::store::{now_rfc3339, Registry};
 
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {

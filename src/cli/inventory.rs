@@ -9,10 +9,10 @@ use indicatif::ProgressBar;
 
 use super::common::{print_json, progress_bar, Ctx};
 use crate::error::Error;
-use crate::inventory::import::{self, Rejection};
-use crate::inventory::{self as inv, Blank, DeviceFilter, Format, ImportOptions, MatchKey, Mode};
+use crate::app::inventory::import::{self, Rejection};
+use crate::app::inventory::{self as inv, Blank, DeviceFilter, Format, ImportOptions, MatchKey, Mode};
 use crate::outfile::OutFile;
-use crate::registry::DeviceStatus;
+use crate::store::DeviceStatus;
 
 const IMPORT_HELP: &str = "\
 Columns (header names, case-insensitive): serial, hardware_id, model, hw_rev, batch, site,
@@ -231,7 +231,7 @@ pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
             };
             let reg = ctx.registry()?;
             let pb = progress_bar(0, "export");
-            pb.set_length(crate::registry::inventory::approx_device_count(reg.conn())?);
+            pb.set_length(crate::store::inventory::approx_device_count(reg.conn())?);
             let mut tick = |n: u64| pb.set_position(n);
             let n = match &out {
                 Some(path) => {

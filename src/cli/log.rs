@@ -8,8 +8,8 @@ use clap::Subcommand;
 use super::common::{print_json, Ctx};
 use crate::error::Error;
 use crate::outfile::OutFile;
-use crate::registry::audit::{self as q, ExportedEvent};
-use crate::registry::events;
+use crate::store::audit::{self as q, ExportedEvent};
+use crate::store::events;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
@@ -65,7 +65,7 @@ pub fn run(ctx: &Ctx, cmd: LogCommand) -> anyhow::Result<i32> {
             let since = since.as_deref().map(parse_since).transpose()?;
             let reg = ctx.registry()?;
             if let Some(d) = &device {
-                crate::registry::devices::require_device(reg.conn(), d)?;
+                crate::store::devices::require_device(reg.conn(), d)?;
             }
             match out {
                 Some(path) => {
@@ -129,11 +129,11 @@ pub fn parse_since(s: &str) -> crate::Result<String> {
     use time::format_description::well_known::Rfc3339;
     let t = s.trim();
     if let Ok(dt) = time::OffsetDateTime::parse(t, &Rfc3339) {
-        return Ok(crate::registry::fmt_time(dt));
+        return Ok(crate::store::fmt_time(dt));
     }
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
     if let Ok(d) = time::Date::parse(t, &fmt) {
-        return Ok(crate::registry::fmt_time(d.midnight().assume_utc()));
+        return Ok(crate::store::fmt_time(d.midnight().assume_utc()));
     }
     Err(Error::input(format!(
         "--since '{s}' is not a time: use RFC 3339 (2026-11-01T08:00:00Z) or a date (2026-11-01)"
@@ -141,7 +141,7 @@ pub fn parse_since(s: &str) -> crate::Result<String> {
 }
 
 fn export(
-    reg: &crate::registry::Registry,
+    reg: &crate::store::Registry,
     since: Option<&str>,
     device: Option<&str>,
     format: ExportFormat,

@@ -13,7 +13,7 @@ use super::common::{print_json, print_table, Ctx, PassArgs};
 use crate::error::{exit, Error};
 use crate::pki::profile::Profile;
 use crate::sim::DeviceProfile;
-use crate::station::{self, Mode, PortResult, Progress, Station};
+use crate::app::station::{self, Mode, PortResult, Progress, Station};
 
 #[derive(Debug, Args)]
 pub struct ProvisionArgs {

@@ -6,7 +6,7 @@ use clap::Subcommand;
 
 use super::common::{print_json, Ctx};
 use super::sanitization;
-use crate::audit::{report, Options};
+use crate::app::audit::{report, Options};
 
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
@@ -31,7 +31,7 @@ pub struct FleetArgs {
     #[arg(long, value_name = "DAYS", default_value_t = 30)]
     pub expiring_within: u32,
     /// Leave this audit check out of the findings (repeatable)
-    #[arg(long = "skip", value_name = "ID", value_parser = clap::builder::PossibleValuesParser::new(crate::audit::check_ids()), hide_possible_values = true)]
+    #[arg(long = "skip", value_name = "ID", value_parser = clap::builder::PossibleValuesParser::new(crate::app::audit::check_ids()), hide_possible_values = true)]
     pub skip: Vec<String>,
     /// Audit threshold for stuck devices, in days
     #[arg(long, value_name = "DAYS", default_value_t = 7)]
@@ -51,7 +51,7 @@ fn fleet(ctx: &Ctx, a: FleetArgs) -> anyhow::Result<i32> {
     opts.expiring_within_days = a.expiring_within;
     opts.stuck_after_days = a.stuck_after;
     if !a.skip.is_empty() {
-        opts.checks = crate::audit::check_ids()
+        opts.checks = crate::app::audit::check_ids()
             .into_iter()
             .filter(|c| !a.skip.iter().any(|s| s == c))
             .map(String::from)

@@ -9,10 +9,10 @@ use super::common::{print_json, print_table, progress_bar, Ctx, PassArgs};
 use crate::error::{exit, Error};
 use crate::home::Config;
 use crate::pki::crl::{self, CrlIssued, Reason};
-use crate::registry::retire as rr;
-use crate::retire::decommission::{self, Given, Job, Runner, Summary};
-use crate::retire::revoke::{self, Revocation, RevokeRequest};
-use crate::retire::{report, wipe, WipeContext, WipeLevel};
+use crate::store::retire as rr;
+use crate::app::retire::decommission::{self, Given, Job, Runner, Summary};
+use crate::app::retire::revoke::{self, Revocation, RevokeRequest};
+use crate::app::retire::{report, wipe, WipeContext, WipeLevel};
 
 /// Test hook: abort right after committing decommission step N (1-4).
 pub const CRASH_ENV: &str = "CRADLE_TEST_CRASH_AFTER_STEP";
@@ -257,7 +257,7 @@ impl DecommissionArgs {
 /// Writes SERIAL.sanitization.{json,html} into `dir`.
 pub fn write_reports(
     conn: &rusqlite::Connection,
-    dev: &crate::registry::Device,
+    dev: &crate::store::Device,
     dir: &Path,
     org: &str,
 ) -> crate::Result<Vec<PathBuf>> {
@@ -336,7 +336,7 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
     let serial_wipes = prepared
         .iter()
         .filter(|p| {
-            !p.complete() && matches!(p.options.wipe, Some(crate::retire::WipeSpec::Serial { .. }))
+            !p.complete() && matches!(p.options.wipe, Some(crate::app::retire::WipeSpec::Serial { .. }))
         })
         .count();
     if let Some(port) = &a.wipe_port {
@@ -348,7 +348,7 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
         // Open the port and check who answers before changing anything.
         let mut link = wipe::open_serial_link(port, serial_params)?;
         if let Some(p) = prepared.iter().find(|p| {
-            !p.complete() && !p.done.contains(&crate::retire::Step::Wipe) && p.blocked.is_none()
+            !p.complete() && !p.done.contains(&crate::app::retire::Step::Wipe) && p.blocked.is_none()
         }) {
             wipe::check_identity(&p.device, link.as_mut())?;
         }
@@ -371,7 +371,7 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
     let mut opener = |port: &str| wipe::open_serial_link(port, serial_params);
     let org = config.org.clone();
     let report_dir = a.report_dir.clone();
-    let writer = move |conn: &rusqlite::Connection, dev: &crate::registry::Device| {
+    let writer = move |conn: &rusqlite::Connection, dev: &crate::store::Device| {
         write_reports(
             conn,
             dev,

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use super::common::Ctx;
 use crate::pki::keys;
-use crate::registry::devices;
-use crate::retire::report;
+use crate::store::devices;
+use crate::app::retire::report;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

@@ -13,7 +13,7 @@ use super::keys;
 use super::mark::AuditKey;
 use super::profile::{Profile, Vars};
 use crate::error::{Error, Result};
-use crate::registry::cas::{self, CaRecord, CaRole, NewCa};
+use crate::store::cas::{self, CaRecord, CaRole, NewCa};
 
 pub const ROOT_CERT: &str = "root.pem";
 pub const ROOT_KEY: &str = "root.key";

@@ -15,10 +15,10 @@ use super::ca::CaSigner;
 use super::cert::{sha256_hex, to_pem};
 use super::keys;
 use crate::error::{Error, Result};
-use crate::identity::Actor;
-use crate::registry::events::{EventChain, NewEvent};
-use crate::registry::retire::{self as rr, NewCrl};
-use crate::registry::{fmt_time, Registry};
+use crate::app::identity::Actor;
+use crate::store::events::{EventChain, NewEvent};
+use crate::store::retire::{self as rr, NewCrl};
+use crate::store::{fmt_time, Registry};
 
 /// RFC 5280 §5.3.1 CRLReason (removeFromCRL is not offered: cradle never un-revokes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

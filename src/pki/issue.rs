@@ -7,7 +7,7 @@ use super::ca::{random_serial, CaSigner};
 use super::cert::{info_of, CertInfo};
 use super::profile::{Profile, Vars};
 use crate::error::{Error, Result};
-use crate::registry::Device;
+use crate::store::Device;
 
 /// A freshly issued certificate and the facts recorded about it.
 #[derive(Debug, Clone)]

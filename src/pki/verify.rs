@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::cert::{info_of, parse_der};
 use crate::error::Result;
-use crate::registry::{cas, certs, devices};
+use crate::store::{cas, certs, devices};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Verification {

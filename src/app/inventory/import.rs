@@ -23,16 +23,16 @@ use serde::Serialize;
 use super::cell::{self, CLEAR};
 use super::fields::{self, Field, ATTR_PREFIX};
 use crate::error::{Error, Result};
-use crate::identity::Actor;
-use crate::lifecycle;
+use crate::app::identity::Actor;
+use crate::app::lifecycle;
 use crate::outfile::OutFile;
-use crate::registry::bulk::Val;
-use crate::registry::devices::{Device, DeviceStatus};
-use crate::registry::events::EventChain;
-use crate::registry::inventory::{
+use crate::store::bulk::Val;
+use crate::store::devices::{Device, DeviceStatus};
+use crate::store::events::EventChain;
+use crate::store::inventory::{
     device_values, ImportDb, Lookup, MatchKey, DEVICE_VALUES, ROWS_PER_INSERT,
 };
-use crate::registry::{now_rfc3339, Registry};
+use crate::store::{now_rfc3339, Registry};
 
 /// What an import may do to the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

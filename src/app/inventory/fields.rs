@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use crate::registry::devices::{Device, DeviceStatus};
+use crate::store::devices::{Device, DeviceStatus};
 
 /// A documented device column. The order is the CSV export order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,7 +123,7 @@ impl Field {
     /// (the caller adds file, line and column).
     pub fn check(self, v: &str) -> Result<Cow<'_, str>, String> {
         match self {
-            Field::Serial => crate::identity::check_serial(v)
+            Field::Serial => crate::app::identity::check_serial(v)
                 .map(|_| Cow::Borrowed(v))
                 .map_err(|e| e.to_string()),
             Field::Mac => normalise_mac(v),

@@ -8,12 +8,12 @@ use super::cell::CLEAR;
 use super::fields::{self, Field, ATTR_PREFIX};
 use super::import::Change;
 use crate::error::{Error, Result};
-use crate::identity::Actor;
-use crate::lifecycle;
-use crate::registry::devices::{require_device, DeviceStatus};
-use crate::registry::events::{EventChain, NewEvent};
-use crate::registry::inventory::update_device_fields;
-use crate::registry::{now_rfc3339, Registry};
+use crate::app::identity::Actor;
+use crate::app::lifecycle;
+use crate::store::devices::{require_device, DeviceStatus};
+use crate::store::events::{EventChain, NewEvent};
+use crate::store::inventory::update_device_fields;
+use crate::store::{now_rfc3339, Registry};
 
 /// One `FIELD=VALUE` assignment. An empty value or `<clear>` clears the field.
 #[derive(Debug, Clone)]

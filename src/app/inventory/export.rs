@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::cell::neutralise;
 use super::fields::{Field, ATTR_PREFIX};
 use crate::error::{Error, Result};
-use crate::registry::inventory::{self as q, DeviceFilter};
+use crate::store::inventory::{self as q, DeviceFilter};
 use rusqlite::Connection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -22,17 +22,17 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::identity::{check_serial, Actor};
-use crate::lifecycle;
+use crate::app::identity::{check_serial, Actor};
+use crate::app::lifecycle;
 use crate::pki::ca::CaSigner;
 use crate::pki::cert::sha256_hex;
 use crate::pki::issue::{issue, vars_for, Issued};
 use crate::pki::profile::Profile;
 use crate::pki::{csr, keys};
-use crate::registry::certs::{self, CertStatus, KeySource};
-use crate::registry::devices::{self, Device, DeviceStatus};
-use crate::registry::events::{EventChain, NewEvent};
-use crate::registry::{now_rfc3339, provision, Registry};
+use crate::store::certs::{self, CertStatus, KeySource};
+use crate::store::devices::{self, Device, DeviceStatus};
+use crate::store::events::{EventChain, NewEvent};
+use crate::store::{now_rfc3339, provision, Registry};
 use crate::sim::DeviceProfile;
 use crate::wire::{self, Session, WireError, SLOT_CERT, SLOT_CHAIN, SLOT_KEY};
 
@@ -341,7 +341,7 @@ impl Station<'_> {
     ) -> Result<i64> {
         let now = now_rfc3339();
         let tx = reg.write()?;
-        let cert_id = crate::identity::insert_issued(
+        let cert_id = crate::app::identity::insert_issued(
             &tx,
             self.signer,
             &self.profile.name,

@@ -372,7 +372,7 @@ pub fn verify_chain(conn: &Connection) -> Result<ChainReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Registry;
+    use crate::store::Registry;
 
     fn ev(kind: &str) -> NewEvent<'_> {
         NewEvent {

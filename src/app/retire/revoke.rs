@@ -13,13 +13,13 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::identity::Actor;
+use crate::app::identity::Actor;
 use crate::pki::crl::Reason;
-use crate::registry::certs::CertStatus;
-use crate::registry::devices;
-use crate::registry::events::EventChain;
-use crate::registry::retire::{self as rr, ActiveCert};
-use crate::registry::{now_rfc3339, Registry};
+use crate::store::certs::CertStatus;
+use crate::store::devices;
+use crate::store::events::EventChain;
+use crate::store::retire::{self as rr, ActiveCert};
+use crate::store::{now_rfc3339, Registry};
 
 /// Devices per registry transaction in a bulk revocation. One transaction writes
 /// each touched page to the WAL once; 100,000 devices fit in one.
@@ -169,7 +169,7 @@ pub fn plan(conn: &Connection, reqs: &[RevokeRequest]) -> Result<Vec<Planned>> {
         }
         if p.certs.is_empty() && p.already.is_empty() {
             // Nothing active: report what was revoked before, so "twice" says so.
-            for c in crate::registry::certs::certs_for_device(conn, dev.id)? {
+            for c in crate::store::certs::certs_for_device(conn, dev.id)? {
                 if c.status == CertStatus::Revoked {
                     p.already.push(Revocation {
                         serial: dev.serial.clone(),
@@ -372,7 +372,7 @@ pub fn requests_from_csv(path: &Path, default_reason: Reason) -> Result<Vec<Revo
         })?;
         let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
         let serial = rec.get(serial_col).unwrap_or("").trim().to_string();
-        crate::identity::check_serial(&serial)
+        crate::app::identity::check_serial(&serial)
             .map_err(|e| Error::input_at(&name, line, e.to_string()))?;
         let cert = cols
             .1

@@ -16,8 +16,8 @@ use x509_parser::prelude::*;
 use crate::error::Result;
 use crate::pki::cert::sha256_hex;
 use crate::pki::mark::AuditKey;
-use crate::registry::audit::{self as q, DupField, StoredCert};
-use crate::registry::events;
+use crate::store::audit::{self as q, DupField, StoredCert};
+use crate::store::events;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -222,7 +222,7 @@ pub fn date(secs: i64) -> String {
 
 fn rfc3339(secs: i64) -> String {
     ::time::OffsetDateTime::from_unix_timestamp(secs)
-        .map(crate::registry::fmt_time)
+        .map(crate::store::fmt_time)
         .unwrap_or_else(|_| "0000-01-01T00:00:00Z".into())
 }
 
@@ -439,7 +439,7 @@ fn check_stored_certs(
     key: Option<&AuditKey>,
     emit: &mut dyn FnMut(Finding) -> Result<()>,
 ) -> Result<CertStats> {
-    let cas = crate::registry::cas::all_cas(conn)?;
+    let cas = crate::store::cas::all_cas(conn)?;
     let known: Vec<KnownCa<'_>> = cas
         .iter()
         .filter_map(|ca| {
@@ -718,7 +718,7 @@ mod tests {
 
     #[test]
     fn clean_in_memory_registry_has_no_findings() {
-        let reg = crate::registry::Registry::in_memory().unwrap();
+        let reg = crate::store::Registry::in_memory().unwrap();
         let mut n = 0;
         let s = run(reg.conn(), &Options::new(1_800_000_000), &mut |_| {
             n += 1;

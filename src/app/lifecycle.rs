@@ -3,9 +3,9 @@
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
-use crate::identity::Actor;
-use crate::registry::devices::{self, Device, DeviceStatus};
-use crate::registry::events::{EventChain, NewEvent};
+use crate::app::identity::Actor;
+use crate::store::devices::{self, Device, DeviceStatus};
+use crate::store::events::{EventChain, NewEvent};
 
 /// Moves `device` to `to`, recording a `device.state` event. An illegal transition
 /// fails unless `force_reason` is given, in which case the override is recorded.

@@ -34,11 +34,11 @@ use x509_parser::prelude::FromDer;
 use super::WipeContext;
 use crate::attestation::WipeAttestation;
 use crate::error::{Error, Result};
-use crate::identity::Actor;
-use crate::registry::devices::Device;
-use crate::registry::events::EventChain;
-use crate::registry::retire::{self as rr, WipeRecord};
-use crate::registry::{now_rfc3339, Registry};
+use crate::app::identity::Actor;
+use crate::store::devices::Device;
+use crate::store::events::EventChain;
+use crate::store::retire::{self as rr, WipeRecord};
+use crate::store::{now_rfc3339, Registry};
 
 /// Purpose recorded on wipe nonces.
 pub const NONCE_PURPOSE: &str = "wipe";
@@ -272,7 +272,7 @@ pub fn reverify(conn: &Connection, device: &Device, w: &WipeRecord) -> Result<()
     let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
     let spki = match v.get("certificate_fingerprint").and_then(|f| f.as_str()) {
         Some(fp) => {
-            let c = crate::registry::certs::cert_by_fingerprint(conn, fp)?.ok_or_else(|| {
+            let c = crate::store::certs::cert_by_fingerprint(conn, fp)?.ok_or_else(|| {
                 Error::not_found(format!("certificate {fp} is no longer recorded"))
             })?;
             let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(&c.der)
@@ -291,9 +291,9 @@ pub fn reverify(conn: &Connection, device: &Device, w: &WipeRecord) -> Result<()
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::registry::certs::{self, KeySource, NewCert};
-    use crate::registry::devices::{self, NewDevice};
-    use crate::retire::Step;
+    use crate::store::certs::{self, KeySource, NewCert};
+    use crate::store::devices::{self, NewDevice};
+    use crate::app::retire::Step;
     use std::cell::Cell;
 
     /// An in-process device: real P-256 key, really signs (`attestation::sign`).

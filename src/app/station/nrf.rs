@@ -16,8 +16,8 @@ use super::{dev_err, Mode, PortResult, Progress, Run, Station};
 use crate::error::{Error, Result};
 use crate::pki::cert::to_pem;
 use crate::pki::{csr, keys};
-use crate::registry::certs::{self, CertStatus, KeySource};
-use crate::registry::devices::DeviceStatus;
+use crate::store::certs::{self, CertStatus, KeySource};
+use crate::store::devices::DeviceStatus;
 use crate::wire::nrf91::{
     self, cmng_sha, NrfSession, TYPE_CA_CHAIN, TYPE_CLIENT_CERT, TYPE_PRIVATE_KEY,
 };

@@ -23,14 +23,14 @@ use super::revoke::{revoke_in_tx, Revocation};
 use super::wipe::{self, WipeLink};
 use super::{check_text, JobOptions, ManualWipe, Step, WipeContext, WipeLevel, WipeSpec};
 use crate::error::{Error, Result};
-use crate::identity::Actor;
-use crate::lifecycle::transition;
+use crate::app::identity::Actor;
+use crate::app::lifecycle::transition;
 use crate::pki::ca::CaSigner;
 use crate::pki::crl::{self, CrlIssued, Reason};
-use crate::registry::devices::{self, Device, DeviceStatus};
-use crate::registry::events::{EventChain, NewEvent};
-use crate::registry::retire::{self as rr, StepRow, WipeRecord};
-use crate::registry::{now_rfc3339, Registry};
+use crate::store::devices::{self, Device, DeviceStatus};
+use crate::store::events::{EventChain, NewEvent};
+use crate::store::retire::{self as rr, StepRow, WipeRecord};
+use crate::store::{now_rfc3339, Registry};
 
 /// Wipe and job options as given on the command line or in a CSV row; unset
 /// fields fall back to the row's defaults, then to what an earlier run stored.
@@ -854,7 +854,7 @@ pub fn jobs_from_csv(path: &Path, defaults: &Given) -> Result<Vec<Job>> {
         };
         let serial = rec.get(serial_col).unwrap_or("").trim().to_string();
         let err = |e: Error| Error::input_at(&name, line, e.to_string());
-        crate::identity::check_serial(&serial).map_err(err)?;
+        crate::app::identity::check_serial(&serial).map_err(err)?;
         let row = Given {
             reason: cell("reason").map(|r| r.parse()).transpose().map_err(err)?,
             port: cell("wipe_port"),
@@ -892,7 +892,7 @@ pub fn jobs_from_csv(path: &Path, defaults: &Given) -> Result<Vec<Job>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::retire::wipe::tests::{setup, SimDevice};
+    use crate::app::retire::wipe::tests::{setup, SimDevice};
     use std::cell::RefCell;
     use std::rc::Rc;
 
@@ -985,7 +985,7 @@ mod tests {
             (w.kind.as_str(), w.attestation_verified),
             ("attested", Some(true))
         );
-        let cert = crate::retire::report::build(
+        let cert = crate::app::retire::report::build(
             reg.conn(),
             &devices::device_by_id(reg.conn(), dev.id).unwrap().unwrap(),
             "ACME",

@@ -20,10 +20,10 @@ use crate::pki::cert::to_pem;
 use crate::pki::issue::{issue, vars_for, Issued};
 use crate::pki::profile::Profile;
 use crate::pki::{csr, keys};
-use crate::registry::certs::{self, KeySource, NewCert};
-use crate::registry::devices::{self, Device, NewDevice};
-use crate::registry::events::{EventChain, NewEvent};
-use crate::registry::{now_rfc3339, Registry};
+use crate::store::certs::{self, KeySource, NewCert};
+use crate::store::devices::{self, Device, NewDevice};
+use crate::store::events::{EventChain, NewEvent};
+use crate::store::{now_rfc3339, Registry};
 
 /// Who and where, recorded on every event.
 #[derive(Debug, Clone)]

@@ -7,6 +7,6 @@ pub mod export;
 pub mod fields;
 pub mod import;
 
-pub use crate::registry::inventory::{DeviceFilter, MatchKey};
+pub use crate::store::inventory::{DeviceFilter, MatchKey};
 pub use export::{export, Format};
 pub use import::{import, Blank, ImportOptions, ImportSummary, Mode, Observer, Rejection};

@@ -648,8 +648,8 @@ pub fn cert_counts(conn: &Connection, device_id: i64) -> Result<Vec<(String, u64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::events::{event_hash, verify_chain, EventChain};
-    use crate::registry::Registry;
+    use crate::store::events::{event_hash, verify_chain, EventChain};
+    use crate::store::Registry;
 
     #[test]
     fn device_insert_builds_no_temporary_btree() {

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{Finding, Options, Severity, Summary};
 use crate::error::Result;
-use crate::registry::audit::{self as q, Decommissioned};
+use crate::store::audit::{self as q, Decommissioned};
 
 /// Findings listed in the report (the per-check counts cover all of them).
 pub const MAX_LISTED_FINDINGS: usize = 200;
@@ -81,7 +81,7 @@ fn breakdown(rows: Vec<(String, i64)>) -> Breakdown {
 /// Gathers the report's numbers and runs the audit (keeping the first findings).
 pub fn build(conn: &Connection, registry: &str, opts: &Options) -> Result<Fleet> {
     let states = q::device_counts_by(conn, "status")?;
-    let by_state = crate::registry::DeviceStatus::ALL
+    let by_state = crate::store::DeviceStatus::ALL
         .iter()
         .map(|s| Count {
             label: s.as_str().to_string(),
@@ -139,7 +139,7 @@ pub fn build(conn: &Connection, registry: &str, opts: &Options) -> Result<Fleet>
 
     let certs = q::cert_counts(conn)?;
     Ok(Fleet {
-        generated_at: crate::registry::fmt_time(start),
+        generated_at: crate::store::fmt_time(start),
         registry: registry.to_string(),
         devices: q::device_count(conn)?,
         by_state,

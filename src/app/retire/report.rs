@@ -7,9 +7,9 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::registry::certs::{self, CertStatus};
-use crate::registry::devices::Device;
-use crate::registry::retire as rr;
+use crate::store::certs::{self, CertStatus};
+use crate::store::devices::Device;
+use crate::store::retire as rr;
 
 pub const STANDARD: &str = "NIST SP 800-88 Rev. 1, Appendix G";
 
@@ -154,7 +154,7 @@ pub fn build(conn: &Connection, device: &Device, org: &str) -> Result<Certificat
     Ok(Certificate {
         document: "Certificate of Sanitization".into(),
         standard: STANDARD.into(),
-        generated_at: crate::registry::now_rfc3339(),
+        generated_at: crate::store::now_rfc3339(),
         generated_by: format!("cradle {}", env!("CARGO_PKG_VERSION")),
         person: Person {
             name: w.technician.clone(),

@@ -1,0 +1,9 @@
+//! Workflows: the only code that opens a write transaction. Each composes the store,
+//! the PKI and the device links; the CLI parses, calls one workflow and prints.
+
+pub mod audit;
+pub mod identity;
+pub mod inventory;
+pub mod lifecycle;
+pub mod retire;
+pub mod station;
