@@ -153,8 +153,8 @@ fn build(dir: &Path, n: u64) -> PathBuf {
     )
     .unwrap();
     // A CRL listing every revoked certificate, signed by the issuing CA.
-    let reg = cradle::store::Registry::open(&db).unwrap();
-    let signer = cradle::pki::ca::unlock(reg.conn(), &home.join("ca"), PASS.as_bytes()).unwrap();
+    let reg = cradle::store::Store::open(&db).unwrap();
+    let signer = cradle::pki::ca::unlock(&reg, &home.join("ca"), PASS.as_bytes()).unwrap();
     let serials: Vec<String> = {
         let mut st = conn
             .prepare("SELECT serial_hex FROM certificates WHERE status = 'revoked'")

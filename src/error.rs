@@ -38,10 +38,9 @@ pub enum Error {
         line: usize,
         msg: String,
     },
-    #[error("registry {path}: {msg}")]
-    Registry { path: PathBuf, msg: String },
-    #[error("registry is busy (locked by another station) for longer than the timeout")]
-    RegistryBusy,
+    /// The registry store refused or failed (busy, missing, corrupt, a constraint).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     NotInitialised(String),
     #[error("{0}")]
@@ -60,8 +59,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("database error: {0}")]
-    Sql(#[from] rusqlite::Error),
 }
 
 impl Error {
@@ -99,10 +96,9 @@ impl Error {
         match self {
             Error::Usage(_) => exit::USAGE,
             Error::Input(_) | Error::InputAt { .. } => exit::INPUT,
-            Error::Registry { .. } | Error::RegistryBusy | Error::NotInitialised(_) => {
-                exit::REGISTRY
-            }
-            Error::Sql(e) => sql_exit_code(e),
+            Error::NotInitialised(_) => exit::REGISTRY,
+            Error::Store(crate::store::StoreError::Constraint(_)) => exit::CONFLICT,
+            Error::Store(_) => exit::REGISTRY,
             Error::Crypto(_) | Error::WrongPassphrase(_) => exit::CRYPTO,
             Error::Conflict(_) => exit::CONFLICT,
             Error::NotFound(_) => exit::INPUT,
@@ -112,21 +108,11 @@ impl Error {
     }
 }
 
-fn sql_exit_code(e: &rusqlite::Error) -> i32 {
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::ConstraintViolation) => exit::CONFLICT,
-        _ => exit::REGISTRY,
-    }
-}
-
 /// Picks the exit code for an error chain produced by a command handler.
 pub fn exit_code_for(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<Error>() {
             return e.exit_code();
-        }
-        if let Some(e) = cause.downcast_ref::<rusqlite::Error>() {
-            return sql_exit_code(e);
         }
         if cause.downcast_ref::<std::io::Error>().is_some() {
             return exit::IO;

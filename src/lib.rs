@@ -9,6 +9,7 @@ pub mod cli;
 pub mod error;
 pub mod home;
 pub mod html;
+pub mod model;
 pub mod outfile;
 pub mod passphrase;
 pub mod pki;

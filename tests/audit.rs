@@ -620,8 +620,8 @@ fn stuck_provisioning_and_decommission() {
 
 /// Signs a CRL with the home's issuing CA and stores it behind cradle's back.
 fn publish_crl(e: &Env, number: u64, revoked_hex: &[String], next_update: Duration) {
-    let reg = cradle::store::Registry::open(&e.registry()).unwrap();
-    let signer = cradle::pki::ca::unlock(reg.conn(), &e.home.join("ca"), PASS.as_bytes()).unwrap();
+    let reg = cradle::store::Store::open(&e.registry()).unwrap();
+    let signer = cradle::pki::ca::unlock(&reg, &e.home.join("ca"), PASS.as_bytes()).unwrap();
     let now = OffsetDateTime::now_utc();
     let this_update = now - Duration::days(10);
     let params = CertificateRevocationListParams {

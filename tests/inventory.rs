@@ -27,8 +27,8 @@ fn device(env: &Env, serial: &str) -> Value {
 }
 
 fn chain_ok(env: &Env) {
-    let reg = cradle::store::Registry::open(&env.registry()).unwrap();
-    let r = cradle::store::events::verify_chain(reg.conn()).unwrap();
+    let reg = cradle::store::Store::open(&env.registry()).unwrap();
+    let r = cradle::store::events::verify_chain(&reg).unwrap();
     assert!(r.first_break.is_none(), "{:?}", r.first_break);
 }
 
@@ -988,11 +988,8 @@ fn other_processes_wait_for_an_exclusive_import() {
 #[test]
 fn exclusive_import_with_the_registry_open_elsewhere_runs_shared() {
     let env = Env::init();
-    let other = cradle::store::Registry::open(&env.registry()).unwrap();
-    let n: i64 = other
-        .conn()
-        .query_row("SELECT count(*) FROM devices", [], |r| r.get(0))
-        .unwrap();
+    let other = cradle::store::Store::open(&env.registry()).unwrap();
+    let n = cradle::store::retire::device_count(&other).unwrap();
     assert_eq!(n, 0);
     let f = fixture(&env, "good.csv");
     let o = env.run(&["--json", "inventory", "import", &f, "--exclusive"]);

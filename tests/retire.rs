@@ -662,8 +662,8 @@ fn a_killed_run_resumes_where_it_stopped_with_no_step_done_twice() {
         assert!(text.contains(&s), "{s} not in the CRL");
     }
     // The event chain is intact.
-    let reg = cradle::store::Registry::open(&e.registry()).unwrap();
-    let rep = cradle::store::events::verify_chain(reg.conn()).unwrap();
+    let reg = cradle::store::Store::open(&e.registry()).unwrap();
+    let rep = cradle::store::events::verify_chain(&reg).unwrap();
     assert!(rep.first_break.is_none(), "{:?}", rep.first_break);
     drop(reg);
     // Nothing left to resume.

@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use rcgen::SubjectPublicKeyInfo;
-use rusqlite::Connection;
 use serde::Serialize;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
+use crate::model::Actor;
+use crate::model::EventKind;
 use crate::pki::ca::CaSigner;
 use crate::pki::cert::to_pem;
 use crate::pki::issue::{issue, vars_for, Issued};
@@ -22,15 +23,7 @@ use crate::pki::profile::Profile;
 use crate::pki::{csr, keys};
 use crate::store::certs::{self, KeySource, NewCert};
 use crate::store::devices::{self, Device, NewDevice};
-use crate::store::events::{EventChain, NewEvent};
-use crate::store::{now_rfc3339, Registry};
-
-/// Who and where, recorded on every event.
-#[derive(Debug, Clone)]
-pub struct Actor {
-    pub operator: String,
-    pub station: String,
-}
+use crate::store::{now_rfc3339, Store, Tx};
 
 /// Everything needed to issue: the unlocked CA, the profile, org name.
 pub struct IssueContext<'a> {
@@ -103,7 +96,7 @@ pub fn check_serial(serial: &str) -> Result<()> {
 /// Records a certificate cradle issued for `device_id`, with its audit verification
 /// mark; returns the certificate row id.
 pub fn insert_issued(
-    conn: &Connection,
+    tx: &Tx<'_>,
     signer: &CaSigner,
     profile: &str,
     device_id: i64,
@@ -113,7 +106,7 @@ pub fn insert_issued(
 ) -> Result<i64> {
     let mark = signer.mark(&issued.info.fingerprint);
     certs::insert_cert(
-        conn,
+        tx,
         &NewCert {
             device_id,
             ca_id: Some(signer.record.id),
@@ -159,8 +152,7 @@ fn file_names(dir: &Path, serial: &str) -> (PathBuf, PathBuf) {
 }
 
 fn record(
-    conn: &Connection,
-    chain: &mut EventChain,
+    tx: &Tx<'_>,
     ctx: &IssueContext<'_>,
     existing: Option<&Device>,
     serial: &str,
@@ -173,7 +165,7 @@ fn record(
         Some(d) => (d.id, false),
         None => (
             devices::insert_device(
-                conn,
+                tx,
                 &NewDevice {
                     serial: serial.to_string(),
                     ..Default::default()
@@ -184,7 +176,7 @@ fn record(
         ),
     };
     insert_issued(
-        conn,
+        tx,
         ctx.signer,
         &ctx.profile.name,
         device_id,
@@ -202,15 +194,11 @@ fn record(
     if let (Some(d), serde_json::Value::Object(e)) = (details.as_object_mut(), extra) {
         d.extend(e);
     }
-    chain.append(
-        conn,
-        &NewEvent {
-            device_id: Some(device_id),
-            kind: "identity.issued",
-            actor: &ctx.actor.operator,
-            station: &ctx.actor.station,
-            details,
-        },
+    tx.event(
+        EventKind::IdentityIssued,
+        Some(device_id),
+        ctx.actor,
+        details,
         now,
     )?;
     Ok((device_id, created))
@@ -227,7 +215,7 @@ struct OutFile {
 /// issue for `public_key`, record device + certificate + event, write the files (never
 /// overwriting), then commit; a failed commit removes the files again.
 fn issue_recorded(
-    reg: &mut Registry,
+    reg: &mut Store,
     ctx: &IssueContext<'_>,
     serial: &str,
     public_key: &impl rcgen::PublicKeyData,
@@ -235,7 +223,7 @@ fn issue_recorded(
     extra: serde_json::Value,
     files: impl FnOnce(&str) -> Vec<OutFile>,
 ) -> Result<(IssuedIdentity, String)> {
-    let existing = devices::device_by_serial(reg.conn(), serial)?;
+    let existing = devices::device_by_serial(reg.reader(), serial)?;
     check_issuable(existing.as_ref())?;
     let device = existing.unwrap_or_else(|| device_template(serial));
     let vars = vars_for(&device, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
@@ -258,10 +246,8 @@ fn issue_recorded(
     // Re-read inside the write lock: another station may have changed it meanwhile.
     let existing = devices::device_by_serial(&tx, serial)?;
     check_issuable(existing.as_ref())?;
-    let mut chain = EventChain::load(&tx)?;
     let (_, created) = record(
         &tx,
-        &mut chain,
         ctx,
         existing.as_ref(),
         serial,
@@ -270,7 +256,6 @@ fn issue_recorded(
         &now,
         extra,
     )?;
-    chain.store_head(&tx)?;
     let mut written: Vec<PathBuf> = Vec::new();
     let outcome = files
         .iter()
@@ -305,7 +290,7 @@ fn issue_recorded(
 /// Issues one host-generated identity for `serial`, writing `SERIAL.key` (0600) and
 /// `SERIAL.pem` (certificate + chain) into `out_dir`.
 pub fn issue_one(
-    reg: &mut Registry,
+    reg: &mut Store,
     ctx: &IssueContext<'_>,
     serial: &str,
     out_dir: &Path,
@@ -350,7 +335,7 @@ pub fn issue_one(
 /// Signs a device's CSR: checks signature and key type, takes only the public key,
 /// fills the subject from the profile and registry. Writes `SERIAL.pem` if `out` is set.
 pub fn sign_csr(
-    reg: &mut Registry,
+    reg: &mut Store,
     ctx: &IssueContext<'_>,
     serial: &str,
     csr_bytes: &[u8],
@@ -496,7 +481,7 @@ struct Made {
 /// cores, recorded one transaction per chunk. Fails before writing anything if a
 /// serial repeats or already has a device row.
 pub fn batch(
-    reg: &mut Registry,
+    reg: &mut Store,
     ctx: &IssueContext<'_>,
     serials: &[String],
     out: &BatchOutput,
@@ -518,7 +503,7 @@ pub fn batch(
             )));
         }
     }
-    if let Some(s) = devices::first_existing_serial(reg.conn(), serials)? {
+    if let Some(s) = devices::first_existing_serial(reg.reader(), serials)? {
         return Err(Error::conflict(format!(
             "device '{s}' already exists in the registry (a batch only creates new devices; use `identity issue` to re-issue)"
         )));
@@ -555,8 +540,7 @@ pub fn batch(
     let mut done = 0usize;
     let want_bundle = out.bundle.is_some();
     // Checkpoint the WAL less often while bulk-inserting; restored below.
-    reg.conn()
-        .pragma_update(None, "wal_autocheckpoint", 16384)?;
+    reg.set_autocheckpoint(16384)?;
     // Keys and certificates for chunk N+1 are made on the worker pool while chunk N
     // is committed here: the registry thread is the bottleneck, so keep it busy.
     let result = std::thread::scope(|scope| -> Result<()> {
@@ -584,7 +568,7 @@ pub fn batch(
     if let Some((f, _)) = bundle.as_mut() {
         f.sync_all().ok();
     }
-    let _ = reg.conn().pragma_update(None, "wal_autocheckpoint", 1000);
+    let _ = reg.set_autocheckpoint(1000);
     let _ = reg.restore_checks();
     // A bundle holding no committed device is not left behind.
     if result.is_err() && done == 0 {
@@ -697,7 +681,7 @@ fn make_one(
 /// Writes one chunk's files and bundle lines, then commits its registry rows; if the
 /// commit fails, the chunk's files are removed and the bundle truncated back.
 fn commit_chunk(
-    reg: &mut Registry,
+    reg: &mut Store,
     ctx: &IssueContext<'_>,
     made: &[Made],
     out: &BatchOutput,
@@ -707,7 +691,6 @@ fn commit_chunk(
     let now = now_rfc3339();
     // Rows reference only the device inserted just before and the signing CA.
     let tx = reg.write_trusted()?;
-    let mut chain = EventChain::load(&tx)?;
     for m in made {
         let device_id = devices::insert_device(
             &tx,
@@ -727,17 +710,14 @@ fn commit_chunk(
             KeySource::Host,
             &now,
         )?;
-        chain.append_raw(
-            &tx,
+        tx.event_json(
+            EventKind::IdentityIssued,
             Some(device_id),
-            "identity.issued",
-            &ctx.actor.operator,
-            &ctx.actor.station,
+            ctx.actor,
             &m.details,
             &now,
         )?;
     }
-    chain.store_head(&tx)?;
 
     let mut written: Vec<PathBuf> = Vec::new();
     let mut bundle = bundle;

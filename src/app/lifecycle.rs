@@ -1,18 +1,15 @@
 //! Lifecycle transitions: checked, recorded as events, overridable with a reason.
 
-use rusqlite::Connection;
-
 use crate::error::{Error, Result};
-use crate::app::identity::Actor;
+use crate::model::{Actor, EventKind};
 use crate::store::devices::{self, Device, DeviceStatus};
-use crate::store::events::{EventChain, NewEvent};
+use crate::store::Tx;
 
 /// Moves `device` to `to`, recording a `device.state` event. An illegal transition
 /// fails unless `force_reason` is given, in which case the override is recorded.
 /// Moving to the current state is a no-op (returns false).
 pub fn transition(
-    conn: &Connection,
-    chain: &mut EventChain,
+    tx: &Tx<'_>,
     device: &Device,
     to: DeviceStatus,
     actor: &Actor,
@@ -36,7 +33,7 @@ pub fn transition(
             }
         }
     }
-    devices::set_status(conn, device.id, to, now)?;
+    devices::set_status(tx, device.id, to, now)?;
     let mut details = serde_json::json!({"from": from, "to": to, "forced": forced});
     if forced {
         details["reason"] = serde_json::Value::String(force_reason.unwrap_or("").to_string());
@@ -44,16 +41,6 @@ pub fn transition(
     if let (Some(d), serde_json::Value::Object(e)) = (details.as_object_mut(), extra) {
         d.extend(e);
     }
-    chain.append(
-        conn,
-        &NewEvent {
-            device_id: Some(device.id),
-            kind: "device.state",
-            actor: &actor.operator,
-            station: &actor.station,
-            details,
-        },
-        now,
-    )?;
+    tx.event(EventKind::DeviceState, Some(device.id), actor, details, now)?;
     Ok(true)
 }

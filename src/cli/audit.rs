@@ -147,7 +147,7 @@ fn run_inner(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
             first = false;
             Ok(())
         };
-        audit::run(reg.conn(), &opts, &mut sink).context("audit failed")?
+        audit::run(reg.reader(), &opts, &mut sink).context("audit failed")?
     };
     match format {
         Format::Json => {
@@ -198,7 +198,7 @@ fn run_inner(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
 /// said in a note) when it cannot be read. Read only: the audit never creates it.
 fn mark_key(
     ctx: &Ctx,
-    reg: &crate::store::Registry,
+    reg: &crate::store::Store,
 ) -> anyhow::Result<Option<crate::pki::mark::AuditKey>> {
     let ca_dir = ctx.home.ca_dir();
     let why = match crate::pki::mark::AuditKey::load(&ca_dir) {
@@ -209,7 +209,7 @@ fn mark_key(
         ),
         Err(e) => e.to_string(),
     };
-    if crate::store::audit::has_certificates(reg.conn())? {
+    if crate::store::audit::has_certificates(reg.reader())? {
         eprintln!("cradle: note: {why}; verifying the signature of every certificate in full");
     }
     Ok(None)

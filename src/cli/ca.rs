@@ -9,11 +9,11 @@ use serde::Serialize;
 
 use super::common::{print_json, ts, Ctx, PassArgs};
 use crate::error::Error;
+use crate::model::EventKind;
 use crate::pki::ca::{self, CHAIN};
 use crate::pki::cert::{colon_hex, info_of, to_pem};
 use crate::pki::keys;
 use crate::store::cas::{self, CaRole};
-use crate::store::events::{append_event, NewEvent};
 use crate::store::now_rfc3339;
 
 #[derive(Debug, Subcommand)]
@@ -109,8 +109,8 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> anyhow::Result<i32> {
     }
 }
 
-fn refuse_existing(reg: &crate::store::Registry) -> anyhow::Result<()> {
-    if let Some(c) = cas::active_ca(reg.conn(), CaRole::Issuing)? {
+fn refuse_existing(reg: &crate::store::Store) -> anyhow::Result<()> {
+    if let Some(c) = cas::active_ca(reg.reader(), CaRole::Issuing)? {
         return Err(Error::conflict(format!(
             "this home already has a CA ('{}'); refusing to replace it",
             c.subject
@@ -129,7 +129,7 @@ fn init(ctx: &Ctx, name: &str, pass: &PassArgs) -> anyhow::Result<i32> {
     let config = ctx.config()?;
     let p = crate::passphrase::obtain(pass.passphrase_file.as_deref(), true)?;
     let material = ca::generate(name, &config.org, ctx.templates().as_deref(), p.as_bytes())?;
-    finish_install(ctx, &mut reg, name, &material, "ca.created")
+    finish_install(ctx, &mut reg, name, &material, EventKind::CaCreated)
 }
 
 fn import(
@@ -167,15 +167,15 @@ fn import(
             .map(|i| i.subject)
             .unwrap_or_else(|_| "imported".into())
     });
-    finish_install(ctx, &mut reg, &name, &material, "ca.imported")
+    finish_install(ctx, &mut reg, &name, &material, EventKind::CaImported)
 }
 
 fn finish_install(
     ctx: &Ctx,
-    reg: &mut crate::store::Registry,
+    reg: &mut crate::store::Store,
     name: &str,
     material: &ca::CaMaterial,
-    kind: &str,
+    kind: EventKind,
 ) -> anyhow::Result<i32> {
     let config = ctx.config()?;
     let actor = ctx.actor(&config);
@@ -185,19 +185,15 @@ fn finish_install(
     let (root_id, issuing_id) = ca::install(&dir, &tx, name, material, &now)?;
     let issuing = info_of(&material.issuing_der)?;
     let root = info_of(&material.root_der)?;
-    append_event(
-        &tx,
-        &NewEvent {
-            device_id: None,
-            kind,
-            actor: &actor.operator,
-            station: &actor.station,
-            details: serde_json::json!({
-                "name": name,
-                "root": root.fingerprint,
-                "issuing": issuing.fingerprint,
-            }),
-        },
+    tx.event(
+        kind,
+        None,
+        &actor,
+        serde_json::json!({
+            "name": name,
+            "root": root.fingerprint,
+            "issuing": issuing.fingerprint,
+        }),
         &now,
     )?;
     if let Err(e) = tx.commit() {
@@ -238,8 +234,8 @@ struct CaView {
 
 fn show(ctx: &Ctx) -> anyhow::Result<i32> {
     let reg = ctx.registry()?;
-    ca::active_issuing(reg.conn())?;
-    let views: Vec<CaView> = cas::all_cas(reg.conn())?
+    ca::active_issuing(reg.reader())?;
+    let views: Vec<CaView> = cas::all_cas(reg.reader())?
         .into_iter()
         .map(|c| CaView {
             role: c.role,
@@ -271,9 +267,9 @@ fn show(ctx: &Ctx) -> anyhow::Result<i32> {
 
 fn export(ctx: &Ctx, root: bool, issuing: bool, out: Option<PathBuf>) -> anyhow::Result<i32> {
     let reg = ctx.registry()?;
-    let issuing_rec = ca::active_issuing(reg.conn())?;
+    let issuing_rec = ca::active_issuing(reg.reader())?;
     let pem = if root {
-        let r = cas::active_ca(reg.conn(), CaRole::Root)?
+        let r = cas::active_ca(reg.reader(), CaRole::Root)?
             .ok_or_else(|| Error::not_found("no root CA recorded"))?;
         to_pem("CERTIFICATE", &r.der)
     } else if issuing {

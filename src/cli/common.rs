@@ -8,9 +8,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::home::{self, Config, Home};
-use crate::app::identity::Actor;
+use crate::model::Actor;
 use crate::pki::ca::{self, CaSigner};
-use crate::store::Registry;
+use crate::store::Store;
 
 pub struct Ctx {
     pub home: Home,
@@ -26,9 +26,9 @@ impl Ctx {
     }
 
     /// Opens the registry of an initialised home.
-    pub fn registry(&self) -> anyhow::Result<Registry> {
+    pub fn registry(&self) -> anyhow::Result<Store> {
         self.home.require_initialised()?;
-        Ok(Registry::open(&self.home.registry_path())?)
+        Ok(Store::open(&self.home.registry_path())?)
     }
 
     pub fn config(&self) -> anyhow::Result<Config> {
@@ -43,11 +43,11 @@ impl Ctx {
     }
 
     /// Unlocks the issuing CA with the passphrase from file, env or prompt.
-    pub fn signer(&self, reg: &Registry, pass: &PassArgs) -> anyhow::Result<CaSigner> {
+    pub fn signer(&self, reg: &Store, pass: &PassArgs) -> anyhow::Result<CaSigner> {
         // Check for a CA before asking for a passphrase that cannot help.
-        ca::active_issuing(reg.conn())?;
+        ca::active_issuing(reg.reader())?;
         let p = crate::passphrase::obtain(pass.passphrase_file.as_deref(), false)?;
-        ca::unlock(reg.conn(), &self.home.ca_dir(), p.as_bytes())
+        ca::unlock(reg.reader(), &self.home.ca_dir(), p.as_bytes())
             .context("cannot unlock the issuing CA")
     }
 

@@ -152,7 +152,7 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
                 // Streamed: a large fleet is not held in memory.
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
                 crate::app::inventory::export(
-                    reg.conn(),
+                    reg.reader(),
                     &f,
                     crate::app::inventory::Format::Json,
                     &mut out,
@@ -162,7 +162,7 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             let mut rows = Vec::new();
-            q::for_each_device(reg.conn(), &f, |d| {
+            q::for_each_device(reg.reader(), &f, |d| {
                 rows.push(vec![
                     d.serial,
                     d.status.to_string(),
@@ -184,8 +184,8 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
         }
         DeviceCommand::Show { serial } => {
             let reg = ctx.registry()?;
-            let d = require_device(reg.conn(), &serial)?;
-            let certificates = q::cert_counts(reg.conn(), d.id)?.into_iter().collect();
+            let d = require_device(reg.reader(), &serial)?;
+            let certificates = q::cert_counts(reg.reader(), d.id)?.into_iter().collect();
             let out = ShowOut {
                 device: &d,
                 certificates,
@@ -225,8 +225,8 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
         }
         DeviceCommand::History { serial } => {
             let reg = ctx.registry()?;
-            let d = require_device(reg.conn(), &serial)?;
-            let events = events_for_device(reg.conn(), d.id)?;
+            let d = require_device(reg.reader(), &serial)?;
+            let events = events_for_device(reg.reader(), d.id)?;
             if ctx.json {
                 print_json(&HistoryOut {
                     serial: &d.serial,
@@ -300,7 +300,7 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
         DeviceCommand::Return { serial, force } => {
             let mut reg = ctx.registry()?;
             let actor = ctx.actor(&ctx.config()?);
-            let dev = require_device(reg.conn(), &serial)?;
+            let dev = require_device(reg.reader(), &serial)?;
             if dev.status != DeviceStatus::Maintenance && !force.force {
                 return Err(crate::Error::conflict(format!(
                     "device '{serial}' is {}, not in maintenance (use `cradle device deploy`)",
@@ -344,7 +344,7 @@ fn print_edit(ctx: &Ctx, o: &EditOutcome) -> anyhow::Result<i32> {
 /// `cradle status`: the fleet by state, site and batch.
 pub fn status(ctx: &Ctx) -> anyhow::Result<i32> {
     let reg = ctx.registry()?;
-    let s: FleetSummary = q::fleet_summary(reg.conn())?;
+    let s: FleetSummary = q::fleet_summary(reg.reader())?;
     if ctx.json {
         print_json(&s)?;
         return Ok(0);

@@ -7,8 +7,8 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::common::{print_json, progress_bar, ts, Ctx, PassArgs};
-use crate::error::Error;
 use crate::app::identity::{self, BatchOutput, IssueContext};
+use crate::error::Error;
 use crate::pki::cert::{colon_hex, read_certs};
 use crate::pki::profile::Profile;
 use crate::pki::verify;
@@ -232,7 +232,7 @@ pub fn run(ctx: &Ctx, cmd: IdentityCommand) -> anyhow::Result<i32> {
             let der = read_certs(&bytes, &cert.display().to_string())?.remove(0);
             let reg = ctx.registry()?;
             let v = verify::verify(
-                reg.conn(),
+                reg.reader(),
                 &der,
                 time::OffsetDateTime::now_utc().unix_timestamp(),
             )?;
@@ -309,8 +309,8 @@ struct CertView {
 
 fn show(ctx: &Ctx, serial: &str) -> anyhow::Result<i32> {
     let reg = ctx.registry()?;
-    let dev = devices::require_device(reg.conn(), serial)?;
-    let certs: Vec<CertView> = certs::certs_for_device(reg.conn(), dev.id)?
+    let dev = devices::require_device(reg.reader(), serial)?;
+    let certs: Vec<CertView> = certs::certs_for_device(reg.reader(), dev.id)?
         .into_iter()
         .map(|c| CertView {
             cert_serial: c.serial_hex,
@@ -325,7 +325,7 @@ fn show(ctx: &Ctx, serial: &str) -> anyhow::Result<i32> {
             revocation_reason: c.revocation_reason,
         })
         .collect();
-    let n_events = events::events_for_device(reg.conn(), dev.id)?.len();
+    let n_events = events::events_for_device(reg.reader(), dev.id)?.len();
     if ctx.json {
         print_json(&serde_json::json!({
             "serial": dev.serial,

@@ -9,9 +9,9 @@ use serde::Serialize;
 use super::common::{print_json, Ctx};
 use crate::error::Error;
 use crate::home::Config;
+use crate::model::EventKind;
 use crate::pki::profile;
-use crate::store::events::{append_event, NewEvent};
-use crate::store::{now_rfc3339, Registry};
+use crate::store::{now_rfc3339, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
@@ -64,18 +64,18 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> anyhow::Result<i32> {
         let header = "# cradle home configuration (see cradle(1))\n";
         fs::write(home.config_path(), format!("{header}{text}"))
             .map_err(|e| Error::io(home.config_path(), e))?;
-        let mut reg = Registry::create(&home.registry_path())?;
+        let mut reg = Store::create(&home.registry_path())?;
         let station = home.station(&config);
         let tx = reg.write()?;
-        append_event(
-            &tx,
-            &NewEvent {
-                device_id: None,
-                kind: "home.initialised",
-                actor: &crate::home::operator(),
-                station: &station,
-                details: serde_json::json!({"org": config.org}),
-            },
+        let actor = crate::model::Actor {
+            operator: crate::home::operator(),
+            station: station.clone(),
+        };
+        tx.event(
+            EventKind::HomeInitialised,
+            None,
+            &actor,
+            serde_json::json!({"org": config.org}),
             &now_rfc3339(),
         )?;
         tx.commit()?;

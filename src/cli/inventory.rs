@@ -8,9 +8,11 @@ use clap::{Subcommand, ValueEnum};
 use indicatif::ProgressBar;
 
 use super::common::{print_json, progress_bar, Ctx};
-use crate::error::Error;
 use crate::app::inventory::import::{self, Rejection};
-use crate::app::inventory::{self as inv, Blank, DeviceFilter, Format, ImportOptions, MatchKey, Mode};
+use crate::app::inventory::{
+    self as inv, Blank, DeviceFilter, Format, ImportOptions, MatchKey, Mode,
+};
+use crate::error::Error;
 use crate::outfile::OutFile;
 use crate::store::DeviceStatus;
 
@@ -231,19 +233,19 @@ pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
             };
             let reg = ctx.registry()?;
             let pb = progress_bar(0, "export");
-            pb.set_length(crate::store::inventory::approx_device_count(reg.conn())?);
+            pb.set_length(crate::store::inventory::approx_device_count(reg.reader())?);
             let mut tick = |n: u64| pb.set_position(n);
             let n = match &out {
                 Some(path) => {
                     let mut w = OutFile::create(path, 0o644, &reg.files())?;
-                    let n = inv::export(reg.conn(), &filter, format, &mut w, &mut tick)?;
+                    let n = inv::export(reg.reader(), &filter, format, &mut w, &mut tick)?;
                     w.commit()?;
                     n
                 }
                 None => {
                     let stdout = std::io::stdout();
                     let mut w = BufWriter::with_capacity(1 << 20, stdout.lock());
-                    let n = inv::export(reg.conn(), &filter, format, &mut w, &mut tick)?;
+                    let n = inv::export(reg.reader(), &filter, format, &mut w, &mut tick)?;
                     w.flush().context("writing to stdout")?;
                     n
                 }

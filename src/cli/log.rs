@@ -65,7 +65,7 @@ pub fn run(ctx: &Ctx, cmd: LogCommand) -> anyhow::Result<i32> {
             let since = since.as_deref().map(parse_since).transpose()?;
             let reg = ctx.registry()?;
             if let Some(d) = &device {
-                crate::store::devices::require_device(reg.conn(), d)?;
+                crate::store::devices::require_device(reg.reader(), d)?;
             }
             match out {
                 Some(path) => {
@@ -89,10 +89,10 @@ pub fn run(ctx: &Ctx, cmd: LogCommand) -> anyhow::Result<i32> {
 
 fn verify(ctx: &Ctx) -> anyhow::Result<i32> {
     let reg = ctx.registry()?;
-    let report = events::verify_chain(reg.conn())?;
+    let report = events::verify_chain(reg.reader())?;
     let device = match &report.first_break {
-        Some(b) => match q::event_device(reg.conn(), b.event_id)? {
-            Some(id) => q::device_serial(reg.conn(), id)?,
+        Some(b) => match q::event_device(reg.reader(), b.event_id)? {
+            Some(id) => q::device_serial(reg.reader(), id)?,
             None => None,
         },
         None => None,
@@ -141,7 +141,7 @@ pub fn parse_since(s: &str) -> crate::Result<String> {
 }
 
 fn export(
-    reg: &crate::store::Registry,
+    reg: &crate::store::Store,
     since: Option<&str>,
     device: Option<&str>,
     format: ExportFormat,
@@ -156,7 +156,7 @@ fn export(
         }
         ExportFormat::Jsonl => {}
     }
-    q::events_export(reg.conn(), since, device, |e: ExportedEvent| {
+    q::events_export(reg.reader(), since, device, |e: ExportedEvent| {
         match format {
             ExportFormat::Jsonl => {
                 serde_json::to_writer(&mut *w, &e).map_err(|e| io(e.into()))?;

@@ -10,10 +10,10 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::common::{print_json, print_table, Ctx, PassArgs};
+use crate::app::station::{self, Mode, PortResult, Progress, Station};
 use crate::error::{exit, Error};
 use crate::pki::profile::Profile;
 use crate::sim::DeviceProfile;
-use crate::app::station::{self, Mode, PortResult, Progress, Station};
 
 #[derive(Debug, Args)]
 pub struct ProvisionArgs {

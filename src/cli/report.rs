@@ -60,7 +60,7 @@ fn fleet(ctx: &Ctx, a: FleetArgs) -> anyhow::Result<i32> {
             return Err(crate::Error::input("--skip leaves no check to run").into());
         }
     }
-    let fleet = report::build(reg.conn(), &reg.path().display().to_string(), &opts)?;
+    let fleet = report::build(reg.reader(), &reg.path().display().to_string(), &opts)?;
     if ctx.json {
         print_json(&fleet)?;
         if a.out.is_none() {

@@ -6,13 +6,13 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::common::{print_json, print_table, progress_bar, Ctx, PassArgs};
+use crate::app::retire::decommission::{self, Given, Job, Runner, Summary};
+use crate::app::retire::revoke::{self, Revocation, RevokeRequest};
+use crate::app::retire::{report, wipe, WipeContext, WipeLevel};
 use crate::error::{exit, Error};
 use crate::home::Config;
 use crate::pki::crl::{self, CrlIssued, Reason};
 use crate::store::retire as rr;
-use crate::app::retire::decommission::{self, Given, Job, Runner, Summary};
-use crate::app::retire::revoke::{self, Revocation, RevokeRequest};
-use crate::app::retire::{report, wipe, WipeContext, WipeLevel};
 
 /// Test hook: abort right after committing decommission step N (1-4).
 pub const CRASH_ENV: &str = "CRADLE_TEST_CRASH_AFTER_STEP";
@@ -73,9 +73,9 @@ pub fn revoke(ctx: &Ctx, a: RevokeArgs) -> anyhow::Result<i32> {
     };
     let mut reg = ctx.registry()?;
     let config = ctx.config()?;
-    let plans = revoke::plan(reg.conn(), &reqs)?;
+    let plans = revoke::plan(reg.reader(), &reqs)?;
     let to_revoke: usize = plans.iter().map(|p| p.certs.len()).sum();
-    let stale = rr::crl_stale(reg.conn())?;
+    let stale = rr::crl_stale(reg.reader())?;
     if to_revoke == 0 && !stale {
         let already: Vec<Revocation> = plans.iter().flat_map(|p| p.already.clone()).collect();
         if ctx.json {
@@ -256,7 +256,7 @@ impl DecommissionArgs {
 
 /// Writes SERIAL.sanitization.{json,html} into `dir`.
 pub fn write_reports(
-    conn: &rusqlite::Connection,
+    conn: &crate::store::Reader,
     dev: &crate::store::Device,
     dir: &Path,
     org: &str,
@@ -293,7 +293,7 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
                 at: None,
             })
             .collect(),
-        (None, true) if a.resume => decommission::unfinished(reg.conn())?
+        (None, true) if a.resume => decommission::unfinished(reg.reader())?
             .into_iter()
             .map(|s| Job {
                 serial: s,
@@ -316,10 +316,10 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    let prepared = decommission::prepare(reg.conn(), &jobs)?;
+    let prepared = decommission::prepare(reg.reader(), &jobs)?;
 
     if a.dry_run {
-        let plan = decommission::plan(reg.conn(), &prepared)?;
+        let plan = decommission::plan(reg.reader(), &prepared)?;
         print_summary(ctx, &plan)?;
         return Ok(if plan.any_failed() {
             exit::FAILED
@@ -336,7 +336,11 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
     let serial_wipes = prepared
         .iter()
         .filter(|p| {
-            !p.complete() && matches!(p.options.wipe, Some(crate::app::retire::WipeSpec::Serial { .. }))
+            !p.complete()
+                && matches!(
+                    p.options.wipe,
+                    Some(crate::app::retire::WipeSpec::Serial { .. })
+                )
         })
         .count();
     if let Some(port) = &a.wipe_port {
@@ -348,7 +352,9 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
         // Open the port and check who answers before changing anything.
         let mut link = wipe::open_serial_link(port, serial_params)?;
         if let Some(p) = prepared.iter().find(|p| {
-            !p.complete() && !p.done.contains(&crate::app::retire::Step::Wipe) && p.blocked.is_none()
+            !p.complete()
+                && !p.done.contains(&crate::app::retire::Step::Wipe)
+                && p.blocked.is_none()
         }) {
             wipe::check_identity(&p.device, link.as_mut())?;
         }
@@ -357,7 +363,7 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
     if let Some(d) = &a.report_dir {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
     }
-    let signer = if decommission::needs_ca(reg.conn(), &prepared)? {
+    let signer = if decommission::needs_ca(reg.reader(), &prepared)? {
         Some(ctx.signer(&reg, &a.pass)?)
     } else {
         None
@@ -371,7 +377,7 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
     let mut opener = |port: &str| wipe::open_serial_link(port, serial_params);
     let org = config.org.clone();
     let report_dir = a.report_dir.clone();
-    let writer = move |conn: &rusqlite::Connection, dev: &crate::store::Device| {
+    let writer = move |conn: &crate::store::Reader, dev: &crate::store::Device| {
         write_reports(
             conn,
             dev,

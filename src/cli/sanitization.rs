@@ -4,9 +4,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use super::common::Ctx;
+use crate::app::retire::report;
 use crate::pki::keys;
 use crate::store::devices;
-use crate::app::retire::report;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -33,8 +33,8 @@ pub struct SanitizationArgs {
 pub fn run(ctx: &Ctx, a: SanitizationArgs) -> anyhow::Result<i32> {
     let reg = ctx.registry()?;
     let config = ctx.config()?;
-    let dev = devices::require_device(reg.conn(), &a.serial)?;
-    let cert = report::build(reg.conn(), &dev, &config.org)?;
+    let dev = devices::require_device(reg.reader(), &a.serial)?;
+    let cert = report::build(reg.reader(), &dev, &config.org)?;
     let format = if ctx.json { Format::Json } else { a.format };
     let body = match format {
         Format::Json => serde_json::to_string_pretty(&cert)? + "\n",

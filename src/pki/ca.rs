@@ -3,8 +3,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::store::Reader;
 use rcgen::{Issuer, KeyPair, PublicKeyData, SerialNumber};
-use rusqlite::Connection;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -195,7 +195,7 @@ pub fn verify_signed_by(child_der: &[u8], parent_der: &[u8]) -> Result<()> {
 /// written first (never overwriting); if the registry step fails they are removed.
 pub fn install(
     dir: &Path,
-    conn: &Connection,
+    tx: &crate::store::Tx<'_>,
     name: &str,
     material: &CaMaterial,
     now: &str,
@@ -233,7 +233,7 @@ pub fn install(
         let issuing = info_of(&material.issuing_der)?;
         let record = |role: CaRole, info: &CertInfo, der: &[u8], key: Option<&str>| {
             cas::insert_ca(
-                conn,
+                tx,
                 &NewCa {
                     name,
                     role,
@@ -299,7 +299,7 @@ impl std::fmt::Debug for CaSigner {
 }
 
 /// The active issuing CA record, or a clear error telling the user to make one.
-pub fn active_issuing(conn: &Connection) -> Result<CaRecord> {
+pub fn active_issuing(conn: &Reader) -> Result<CaRecord> {
     cas::active_ca(conn, CaRole::Issuing)?.ok_or_else(|| {
         Error::NotInitialised(
             "no CA yet: run `cradle ca init --name NAME` or `cradle ca import`".into(),
@@ -307,7 +307,7 @@ pub fn active_issuing(conn: &Connection) -> Result<CaRecord> {
     })
 }
 
-pub fn unlock(conn: &Connection, ca_dir: &Path, passphrase: &[u8]) -> Result<CaSigner> {
+pub fn unlock(conn: &Reader, ca_dir: &Path, passphrase: &[u8]) -> Result<CaSigner> {
     let record = active_issuing(conn)?;
     let key_file = ca_dir.join(record.key_file.as_deref().unwrap_or(ISSUING_KEY));
     let pem = Zeroizing::new(fs::read_to_string(&key_file).map_err(|e| Error::io(&key_file, e))?);

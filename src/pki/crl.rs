@@ -15,10 +15,10 @@ use super::ca::CaSigner;
 use super::cert::{sha256_hex, to_pem};
 use super::keys;
 use crate::error::{Error, Result};
-use crate::app::identity::Actor;
-use crate::store::events::{EventChain, NewEvent};
+use crate::model::Actor;
+use crate::model::EventKind;
 use crate::store::retire::{self as rr, NewCrl};
-use crate::store::{fmt_time, Registry};
+use crate::store::{fmt_time, Store};
 
 /// RFC 5280 §5.3.1 CRLReason (removeFromCRL is not offered: cradle never un-revokes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -227,7 +227,7 @@ pub fn encode_for(path: &Path, der: &[u8]) -> Vec<u8> {
 /// records it (number, dates, DER, a `crl.issued` event), clears the stale mark and
 /// writes it to `publish`, all in one transaction: a failed write records nothing.
 pub fn issue(
-    reg: &mut Registry,
+    reg: &mut Store,
     signer: &CaSigner,
     next_update_days: u32,
     publish: &Path,
@@ -261,26 +261,20 @@ pub fn issue(
         },
         &now_s,
     )?;
-    let mut chain = EventChain::load(&tx)?;
-    chain.append(
-        &tx,
-        &NewEvent {
-            device_id: None,
-            kind: "crl.issued",
-            actor: &actor.operator,
-            station: &actor.station,
-            details: serde_json::json!({
-                "issuer": signer.record.subject,
-                "crl_number": number,
-                "entries": rows.len(),
-                "next_update": fmt_time(next),
-                "sha256": sha,
-                "published": publish.display().to_string(),
-            }),
-        },
+    tx.event(
+        EventKind::CrlIssued,
+        None,
+        actor,
+        serde_json::json!({
+            "issuer": signer.record.subject,
+            "crl_number": number,
+            "entries": rows.len(),
+            "next_update": fmt_time(next),
+            "sha256": sha,
+            "published": publish.display().to_string(),
+        }),
         &now_s,
     )?;
-    chain.store_head(&tx)?;
     rr::clear_crl_stale(&tx)?;
     if let Some(dir) = publish.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

@@ -1,6 +1,6 @@
 //! Verifying a certificate against the registry's CAs: chain, validity, revocation.
 
-use rusqlite::Connection;
+use crate::store::Reader;
 use serde::Serialize;
 
 use super::cert::{info_of, parse_der};
@@ -27,7 +27,7 @@ pub struct Verification {
     pub problems: Vec<String>,
 }
 
-pub fn verify(conn: &Connection, der: &[u8], now: i64) -> Result<Verification> {
+pub fn verify(conn: &Reader, der: &[u8], now: i64) -> Result<Verification> {
     let info = info_of(der)?;
     let mut problems = Vec::new();
     let known = cas::all_cas(conn)?;

@@ -7,6 +7,7 @@
 use rusqlite::{params, Connection, Params, Row};
 use serde::Serialize;
 
+use super::Reader;
 use crate::error::Result;
 
 /// Device states in which a device is no longer in service.
@@ -51,11 +52,12 @@ const NOT_RENEWED: &str = "NOT EXISTS (SELECT 1 FROM certificates n
 
 /// Active, not renewed certificates of in-service devices with `from <= not_after < until`.
 pub fn certs_expiring(
-    conn: &Connection,
+    db: &Reader,
     from: i64,
     until: i64,
     f: impl FnMut(DeviceCert) -> Result<()>,
 ) -> Result<()> {
+    let conn = db.conn();
     let sql = format!(
         "SELECT d.serial, d.status, c.serial_hex, c.not_after
          FROM certificates c JOIN devices d ON d.id = c.device_id
@@ -68,10 +70,11 @@ pub fn certs_expiring(
 
 /// Active, not renewed certificates past `not_after` on deployed (or maintenance) devices.
 pub fn certs_expired_deployed(
-    conn: &Connection,
+    db: &Reader,
     now: i64,
     f: impl FnMut(DeviceCert) -> Result<()>,
 ) -> Result<()> {
+    let conn = db.conn();
     let sql = format!(
         "SELECT d.serial, d.status, c.serial_hex, c.not_after
          FROM certificates c JOIN devices d ON d.id = c.device_id
@@ -94,9 +97,10 @@ pub struct RevokedInService {
 /// In-service devices whose identity is revoked: they hold a revoked certificate and
 /// no active one (a device whose old certificate was revoked after a renewal is fine).
 pub fn revoked_not_retired(
-    conn: &Connection,
+    db: &Reader,
     f: impl FnMut(RevokedInService) -> Result<()>,
 ) -> Result<()> {
+    let conn = db.conn();
     let sql = format!(
         "SELECT d.serial, d.status, c.serial_hex, c.revoked_at, c.revocation_reason
          FROM certificates c JOIN devices d ON d.id = c.device_id
@@ -127,9 +131,10 @@ pub fn revoked_not_retired(
 /// Decommissioned devices with neither a verified wipe attestation nor a manual wipe
 /// record. Yields (serial, updated_at, number of unverified attestation rows).
 pub fn decommissioned_without_wipe(
-    conn: &Connection,
+    db: &Reader,
     f: impl FnMut((String, String, i64)) -> Result<()>,
 ) -> Result<()> {
+    let conn = db.conn();
     each(
         conn,
         "SELECT d.serial, d.updated_at,
@@ -181,10 +186,11 @@ const MAC_KEY: &str = "lower(replace(replace(replace(trim(mac),':',''),'-',''),'
 /// Devices sharing a hardware id, MAC or IMEI with another device: GROUP BY/HAVING
 /// finds the duplicate groups, then only their members are read.
 pub fn duplicate_devices(
-    conn: &Connection,
+    db: &Reader,
     field: DupField,
     f: impl FnMut(Duplicate) -> Result<()>,
 ) -> Result<()> {
+    let conn = db.conn();
     let sql = if field == DupField::Mac {
         // No index on the normalised MAC: one scan groups, a second probes the groups.
         format!(
@@ -230,10 +236,8 @@ pub fn duplicate_devices(
 }
 
 /// Devices whose certificates share a public key with another device's certificate.
-pub fn duplicate_public_keys(
-    conn: &Connection,
-    f: impl FnMut(Duplicate) -> Result<()>,
-) -> Result<()> {
+pub fn duplicate_public_keys(db: &Reader, f: impl FnMut(Duplicate) -> Result<()>) -> Result<()> {
+    let conn = db.conn();
     each(
         conn,
         // A covering scan of the pubkey index finds repeated keys; only those rows are
@@ -282,10 +286,11 @@ pub struct StoredCert {
 /// Every certificate in id order, in chunks of `chunk` rows (so a caller can work on a
 /// chunk in parallel while memory stays bounded by the chunk size).
 pub fn certs_in_chunks(
-    conn: &Connection,
+    db: &Reader,
     chunk: usize,
     mut f: impl FnMut(Vec<StoredCert>) -> Result<()>,
 ) -> Result<()> {
+    let conn = db.conn();
     let mut buf = Vec::with_capacity(chunk);
     each(
         conn,
@@ -331,10 +336,11 @@ pub struct StuckProvisioning {
 /// Devices still `registered` whose newest certificate was made before `before`
 /// (RFC 3339): an identity was issued (or a run failed) but provisioning never completed.
 pub fn stuck_provisioning(
-    conn: &Connection,
+    db: &Reader,
     before: &str,
     f: impl FnMut(StuckProvisioning) -> Result<()>,
 ) -> Result<()> {
+    let conn = db.conn();
     each(
         conn,
         "SELECT d.serial, c.status, c.serial_hex, c.created_at
@@ -359,10 +365,11 @@ pub fn stuck_provisioning(
 /// Devices `retired` (decommission started) since before `before`. Yields (serial, since,
 /// active certificates left).
 pub fn stuck_decommission(
-    conn: &Connection,
+    db: &Reader,
     before: &str,
     f: impl FnMut((String, String, i64)) -> Result<()>,
 ) -> Result<()> {
+    let conn = db.conn();
     each(
         conn,
         "SELECT d.serial, d.updated_at,
@@ -389,7 +396,8 @@ pub struct CrlRow {
 }
 
 /// The newest CRL (highest CRL number) of each CA that has one.
-pub fn newest_crls(conn: &Connection) -> Result<Vec<CrlRow>> {
+pub fn newest_crls(db: &Reader) -> Result<Vec<CrlRow>> {
+    let conn = db.conn();
     let mut out = Vec::new();
     each(
         conn,
@@ -420,7 +428,8 @@ pub fn newest_crls(conn: &Connection) -> Result<Vec<CrlRow>> {
 
 /// Revoked certificates per issuing CA: (ca_id, CA name, count). A NULL ca_id
 /// (certificate recorded without its CA) comes back as `None`.
-pub fn revoked_counts_by_ca(conn: &Connection) -> Result<Vec<(Option<i64>, String, i64)>> {
+pub fn revoked_counts_by_ca(db: &Reader) -> Result<Vec<(Option<i64>, String, i64)>> {
+    let conn = db.conn();
     let mut out = Vec::new();
     each(
         conn,
@@ -440,10 +449,11 @@ pub fn revoked_counts_by_ca(conn: &Connection) -> Result<Vec<(Option<i64>, Strin
 /// Revoked certificates issued by `ca_id` (or by any CA when `None`): (device serial,
 /// certificate serial hex, revoked_at).
 pub fn revoked_certs(
-    conn: &Connection,
+    db: &Reader,
     ca_id: Option<i64>,
     f: impl FnMut((String, String, Option<String>)) -> Result<()>,
 ) -> Result<()> {
+    let conn = db.conn();
     each(
         conn,
         "SELECT d.serial, c.serial_hex, c.revoked_at
@@ -457,7 +467,8 @@ pub fn revoked_certs(
 }
 
 /// Whether the registry holds any certificate at all.
-pub fn has_certificates(conn: &Connection) -> Result<bool> {
+pub fn has_certificates(db: &Reader) -> Result<bool> {
+    let conn = db.conn();
     Ok(
         conn.query_row("SELECT EXISTS (SELECT 1 FROM certificates)", [], |r| {
             r.get(0)
@@ -466,12 +477,14 @@ pub fn has_certificates(conn: &Connection) -> Result<bool> {
 }
 
 /// Number of devices in the registry.
-pub fn device_count(conn: &Connection) -> Result<i64> {
+pub fn device_count(db: &Reader) -> Result<i64> {
+    let conn = db.conn();
     Ok(conn.query_row("SELECT count(*) FROM devices", [], |r| r.get(0))?)
 }
 
 /// Serial of a device id (for naming the device of a broken event).
-pub fn device_serial(conn: &Connection, id: i64) -> Result<Option<String>> {
+pub fn device_serial(db: &Reader, id: i64) -> Result<Option<String>> {
+    let conn = db.conn();
     use rusqlite::OptionalExtension;
     Ok(conn
         .query_row("SELECT serial FROM devices WHERE id = ?1", [id], |r| {
@@ -481,7 +494,8 @@ pub fn device_serial(conn: &Connection, id: i64) -> Result<Option<String>> {
 }
 
 /// Device id of an event, if the event row (still) exists.
-pub fn event_device(conn: &Connection, event_id: i64) -> Result<Option<i64>> {
+pub fn event_device(db: &Reader, event_id: i64) -> Result<Option<i64>> {
+    let conn = db.conn();
     use rusqlite::OptionalExtension;
     Ok(conn
         .query_row(
@@ -510,11 +524,12 @@ pub struct ExportedEvent {
 /// Events in id order, optionally only those at or after `since` (RFC 3339) and of one
 /// device.
 pub fn events_export(
-    conn: &Connection,
+    db: &Reader,
     since: Option<&str>,
     device: Option<&str>,
     f: impl FnMut(ExportedEvent) -> Result<()>,
 ) -> Result<()> {
+    let conn = db.conn();
     each(
         conn,
         "SELECT e.id, e.at, e.kind, d.serial, e.actor, e.station, e.details, e.prev_hash, e.hash
@@ -542,7 +557,8 @@ pub fn events_export(
 }
 
 /// `(label, count)` rows of devices grouped by one column (NULL/empty as "").
-pub fn device_counts_by(conn: &Connection, column: &str) -> Result<Vec<(String, i64)>> {
+pub fn device_counts_by(db: &Reader, column: &str) -> Result<Vec<(String, i64)>> {
+    let conn = db.conn();
     let col = match column {
         "status" | "site" | "batch" | "model" => column,
         other => {
@@ -569,7 +585,8 @@ pub fn device_counts_by(conn: &Connection, column: &str) -> Result<Vec<(String, 
 }
 
 /// Certificates by status: (status, count).
-pub fn cert_counts(conn: &Connection) -> Result<Vec<(String, i64)>> {
+pub fn cert_counts(db: &Reader) -> Result<Vec<(String, i64)>> {
+    let conn = db.conn();
     let mut out = Vec::new();
     each(
         conn,
@@ -587,7 +604,8 @@ pub fn cert_counts(conn: &Connection) -> Result<Vec<(String, i64)>> {
 /// Active, not renewed certificates of in-service devices per month of expiry
 /// ("YYYY-MM", count), for months with `not_after >= from`; plus the number already
 /// expired before `from`.
-pub fn expiry_by_month(conn: &Connection, from: i64) -> Result<(Vec<(String, i64)>, i64)> {
+pub fn expiry_by_month(db: &Reader, from: i64) -> Result<(Vec<(String, i64)>, i64)> {
+    let conn = db.conn();
     let mut months = Vec::new();
     let mut expired = 0;
     each(
@@ -627,7 +645,8 @@ pub struct Decommissioned {
 }
 
 /// The `limit` most recently decommissioned devices, newest first.
-pub fn recent_decommissions(conn: &Connection, limit: i64) -> Result<Vec<Decommissioned>> {
+pub fn recent_decommissions(db: &Reader, limit: i64) -> Result<Vec<Decommissioned>> {
+    let conn = db.conn();
     let mut out = Vec::new();
     each(
         conn,

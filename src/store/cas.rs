@@ -1,8 +1,9 @@
 //! CA certificates known to the registry (the keys stay in encrypted files).
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 
+use super::{Reader, Tx};
 use crate::error::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -69,7 +70,8 @@ fn ca_from_row(r: &Row<'_>) -> rusqlite::Result<CaRecord> {
 }
 
 /// Records a CA; an older CA of the same role stays known (for chain checks) but inactive.
-pub fn insert_ca(conn: &Connection, ca: &NewCa<'_>, now: &str) -> Result<i64> {
+pub fn insert_ca(tx: &Tx<'_>, ca: &NewCa<'_>, now: &str) -> Result<i64> {
+    let conn = tx.conn();
     conn.execute(
         "UPDATE cas SET active = 0 WHERE role = ?1",
         [ca.role.as_str()],
@@ -88,14 +90,16 @@ pub fn insert_ca(conn: &Connection, ca: &NewCa<'_>, now: &str) -> Result<i64> {
     Ok(id)
 }
 
-pub fn active_ca(conn: &Connection, role: CaRole) -> Result<Option<CaRecord>> {
+pub fn active_ca(db: &Reader, role: CaRole) -> Result<Option<CaRecord>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {CA_COLUMNS} FROM cas WHERE role = ?1 AND active = 1 ORDER BY id DESC LIMIT 1"
     ))?;
     Ok(stmt.query_row([role.as_str()], ca_from_row).optional()?)
 }
 
-pub fn all_cas(conn: &Connection) -> Result<Vec<CaRecord>> {
+pub fn all_cas(db: &Reader) -> Result<Vec<CaRecord>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(&format!("SELECT {CA_COLUMNS} FROM cas ORDER BY id"))?;
     let rows = stmt.query_map([], ca_from_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -1,8 +1,9 @@
 //! Issued certificates as recorded in the registry (never their private keys).
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 
+use super::{Reader, Tx};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -112,7 +113,8 @@ pub fn cert_from_row(r: &Row<'_>) -> rusqlite::Result<CertRecord> {
     })
 }
 
-pub fn insert_cert(conn: &Connection, c: &NewCert<'_>, now: &str) -> Result<i64> {
+pub fn insert_cert(tx: &Tx<'_>, c: &NewCert<'_>, now: &str) -> Result<i64> {
+    let conn = tx.conn();
     let mut stmt = conn.prepare_cached(
         "INSERT INTO certificates (device_id, ca_id, serial_hex, fingerprint, pubkey_sha256, subject, profile, key_source, not_before, not_after, der, status, created_at, verified_mac)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, ?13)",
@@ -136,12 +138,13 @@ pub fn insert_cert(conn: &Connection, c: &NewCert<'_>, now: &str) -> Result<i64>
         Some(rusqlite::ErrorCode::ConstraintViolation) => {
             Error::conflict(format!("certificate {} is already recorded", c.fingerprint))
         }
-        _ => Error::Sql(e),
+        _ => Error::from(e),
     })?;
     Ok(conn.last_insert_rowid())
 }
 
-pub fn certs_for_device(conn: &Connection, device_id: i64) -> Result<Vec<CertRecord>> {
+pub fn certs_for_device(db: &Reader, device_id: i64) -> Result<Vec<CertRecord>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {CERT_COLUMNS} FROM certificates WHERE device_id = ?1 ORDER BY id"
     ))?;
@@ -149,14 +152,16 @@ pub fn certs_for_device(conn: &Connection, device_id: i64) -> Result<Vec<CertRec
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-pub fn cert_by_fingerprint(conn: &Connection, fp: &str) -> Result<Option<CertRecord>> {
+pub fn cert_by_fingerprint(db: &Reader, fp: &str) -> Result<Option<CertRecord>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {CERT_COLUMNS} FROM certificates WHERE fingerprint = ?1"
     ))?;
     Ok(stmt.query_row([fp], cert_from_row).optional()?)
 }
 
-pub fn cert_by_serial_hex(conn: &Connection, serial_hex: &str) -> Result<Option<CertRecord>> {
+pub fn cert_by_serial_hex(db: &Reader, serial_hex: &str) -> Result<Option<CertRecord>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {CERT_COLUMNS} FROM certificates WHERE serial_hex = ?1"
     ))?;
@@ -164,12 +169,13 @@ pub fn cert_by_serial_hex(conn: &Connection, serial_hex: &str) -> Result<Option<
 }
 
 pub fn set_cert_status(
-    conn: &Connection,
+    tx: &Tx<'_>,
     id: i64,
     status: CertStatus,
     reason: Option<&str>,
     now: &str,
 ) -> Result<()> {
+    let conn = tx.conn();
     let revoked_at = (status == CertStatus::Revoked).then_some(now);
     conn.prepare_cached(
         "UPDATE certificates SET status = ?1, revoked_at = ?2, revocation_reason = ?3 WHERE id = ?4",

@@ -3,9 +3,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
+use super::{Reader, Tx};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -179,7 +180,8 @@ pub fn attributes_json(map: &serde_json::Map<String, serde_json::Value>) -> Opti
 }
 
 /// Inserts a device and returns its id.
-pub fn insert_device(conn: &Connection, d: &NewDevice, now: &str) -> Result<i64> {
+pub fn insert_device(tx: &Tx<'_>, d: &NewDevice, now: &str) -> Result<i64> {
+    let conn = tx.conn();
     let mut stmt = conn.prepare_cached(
         "INSERT INTO devices (serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)",
@@ -204,12 +206,13 @@ pub fn insert_device(conn: &Connection, d: &NewDevice, now: &str) -> Result<i64>
         Some(rusqlite::ErrorCode::ConstraintViolation) => {
             Error::conflict(format!("device '{}' already exists", d.serial))
         }
-        _ => Error::Sql(e),
+        _ => Error::from(e),
     })?;
     Ok(conn.last_insert_rowid())
 }
 
-pub fn device_by_serial(conn: &Connection, serial: &str) -> Result<Option<Device>> {
+pub fn device_by_serial(db: &Reader, serial: &str) -> Result<Option<Device>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {DEVICE_COLUMNS} FROM devices WHERE serial = ?1"
     ))?;
@@ -217,10 +220,8 @@ pub fn device_by_serial(conn: &Connection, serial: &str) -> Result<Option<Device
 }
 
 /// The first of `serials` that already has a device row, if any.
-pub fn first_existing_serial<'a>(
-    conn: &Connection,
-    serials: &'a [String],
-) -> Result<Option<&'a str>> {
+pub fn first_existing_serial<'a>(db: &Reader, serials: &'a [String]) -> Result<Option<&'a str>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached("SELECT 1 FROM devices WHERE serial = ?1")?;
     for s in serials {
         if stmt.exists([s])? {
@@ -230,14 +231,16 @@ pub fn first_existing_serial<'a>(
     Ok(None)
 }
 
-pub fn device_by_id(conn: &Connection, id: i64) -> Result<Option<Device>> {
+pub fn device_by_id(db: &Reader, id: i64) -> Result<Option<Device>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"
     ))?;
     Ok(stmt.query_row([id], from_row).optional()?)
 }
 
-pub fn device_by_hardware_id(conn: &Connection, hwid: &str) -> Result<Option<Device>> {
+pub fn device_by_hardware_id(db: &Reader, hwid: &str) -> Result<Option<Device>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {DEVICE_COLUMNS} FROM devices WHERE hardware_id = ?1 ORDER BY id LIMIT 1"
     ))?;
@@ -245,13 +248,14 @@ pub fn device_by_hardware_id(conn: &Connection, hwid: &str) -> Result<Option<Dev
 }
 
 /// Looks a device up by serial or fails with a clear "no such device".
-pub fn require_device(conn: &Connection, serial: &str) -> Result<Device> {
-    device_by_serial(conn, serial)?.ok_or_else(|| {
+pub fn require_device(db: &Reader, serial: &str) -> Result<Device> {
+    device_by_serial(db, serial)?.ok_or_else(|| {
         Error::not_found(format!("no device with serial '{serial}' in the registry"))
     })
 }
 
-pub fn set_status(conn: &Connection, id: i64, status: DeviceStatus, now: &str) -> Result<()> {
+pub fn set_status(tx: &Tx<'_>, id: i64, status: DeviceStatus, now: &str) -> Result<()> {
+    let conn = tx.conn();
     conn.prepare_cached("UPDATE devices SET status = ?1, updated_at = ?2 WHERE id = ?3")?
         .execute(params![status.as_str(), now, id])?;
     Ok(())

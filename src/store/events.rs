@@ -4,7 +4,9 @@
 //! id and hash are also kept in `meta`, so an edit, a deletion or an insertion made
 //! behind cradle's back breaks the chain where it happened.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{OptionalExtension, Row};
+
+use super::Reader;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -12,16 +14,7 @@ use crate::error::{Error, Result};
 
 /// The `prev_hash` of the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-const HEAD_KEY: &str = "event_head";
-
-#[derive(Debug, Clone)]
-pub struct NewEvent<'a> {
-    pub device_id: Option<i64>,
-    pub kind: &'a str,
-    pub actor: &'a str,
-    pub station: &'a str,
-    pub details: serde_json::Value,
-}
+pub(super) const HEAD_KEY: &str = "event_head";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -131,105 +124,9 @@ pub fn recompute(e: &Event, raw_details: &str) -> String {
     )
 }
 
-/// The head of the chain while appending inside one transaction.
-pub struct EventChain {
-    head_id: i64,
-    head_hash: String,
-}
-
-impl EventChain {
-    /// Reads the head from the newest row. Call inside the write transaction.
-    pub fn load(conn: &Connection) -> Result<EventChain> {
-        let last: Option<(i64, String)> = conn
-            .query_row(
-                "SELECT id, hash FROM events ORDER BY id DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let (head_id, head_hash) = last.unwrap_or((0, GENESIS.to_string()));
-        Ok(EventChain { head_id, head_hash })
-    }
-
-    pub fn append(&mut self, conn: &Connection, ev: &NewEvent<'_>, at: &str) -> Result<i64> {
-        let details = ev.details.to_string();
-        self.append_raw(
-            conn,
-            ev.device_id,
-            ev.kind,
-            ev.actor,
-            ev.station,
-            &details,
-            at,
-        )
-    }
-
-    /// `append` with the details already serialised as JSON text (bulk paths).
-    pub fn append_raw(
-        &mut self,
-        conn: &Connection,
-        device_id: Option<i64>,
-        kind: &str,
-        actor: &str,
-        station: &str,
-        details: &str,
-        at: &str,
-    ) -> Result<i64> {
-        let id = self.head_id + 1;
-        let hash = event_hash(
-            id,
-            &self.head_hash,
-            device_id,
-            kind,
-            actor,
-            station,
-            at,
-            details,
-        );
-        conn.prepare_cached(
-            "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?
-        .execute(params![
-            id,
-            device_id,
-            kind,
-            actor,
-            station,
-            at,
-            details,
-            self.head_hash,
-            hash
-        ])?;
-        self.head_id = id;
-        self.head_hash = hash;
-        Ok(id)
-    }
-
-    /// Records the head in `meta`; call once before committing.
-    pub fn store_head(&self, conn: &Connection) -> Result<()> {
-        conn.prepare_cached(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        )?
-        .execute(params![
-            HEAD_KEY,
-            format!("{}:{}", self.head_id, self.head_hash)
-        ])?;
-        Ok(())
-    }
-}
-
-/// Appends a single event (loads the head, appends, stores the head).
-pub fn append_event(conn: &Connection, ev: &NewEvent<'_>, at: &str) -> Result<i64> {
-    let mut chain = EventChain::load(conn)?;
-    let id = chain.append(conn, ev, at)?;
-    chain.store_head(conn)?;
-    Ok(id)
-}
-
 /// The head recorded in `meta` (id, hash), if any event was ever written.
-pub fn recorded_head(conn: &Connection) -> Result<Option<(i64, String)>> {
+pub fn recorded_head(db: &Reader) -> Result<Option<(i64, String)>> {
+    let conn = db.conn();
     let v: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = ?1", [HEAD_KEY], |r| {
             r.get(0)
@@ -249,7 +146,8 @@ pub fn recorded_head(conn: &Connection) -> Result<Option<(i64, String)>> {
     }
 }
 
-pub fn events_for_device(conn: &Connection, device_id: i64) -> Result<Vec<Event>> {
+pub fn events_for_device(db: &Reader, device_id: i64) -> Result<Vec<Event>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE device_id = ?1 ORDER BY id"
     ))?;
@@ -275,7 +173,8 @@ pub struct ChainReport {
 }
 
 /// Walks the whole chain in id order and reports the first break.
-pub fn verify_chain(conn: &Connection) -> Result<ChainReport> {
+pub fn verify_chain(db: &Reader) -> Result<ChainReport> {
+    let conn = db.conn();
     let mut stmt = conn.prepare(
         "SELECT id, device_id, kind, actor, station, at, details, prev_hash, hash FROM events ORDER BY id",
     )?;
@@ -334,7 +233,7 @@ pub fn verify_chain(conn: &Connection) -> Result<ChainReport> {
         expected_id = id + 1;
     }
     if first_break.is_none() {
-        if let Some((head_id, head_hash)) = recorded_head(conn)? {
+        if let Some((head_id, head_hash)) = recorded_head(db)? {
             if head_id != expected_id - 1 || head_hash != expected_prev {
                 let message = if head_id > expected_id - 1 {
                     format!(
@@ -372,54 +271,59 @@ pub fn verify_chain(conn: &Connection) -> Result<ChainReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Registry;
+    use crate::store::Store;
 
-    fn ev(kind: &str) -> NewEvent<'_> {
-        NewEvent {
-            device_id: None,
-            kind,
-            actor: "t",
-            station: "s",
-            details: serde_json::json!({"k": kind}),
-        }
+    fn ev(tx: &crate::store::Tx<'_>, kind: &str, at: &str) {
+        let actor = crate::model::Actor {
+            operator: "t".into(),
+            station: "s".into(),
+        };
+        tx.event_json(
+            crate::model::EventKind::DeviceUpdated,
+            None,
+            &actor,
+            &serde_json::json!({"k": kind}).to_string(),
+            at,
+        )
+        .unwrap();
     }
 
     #[test]
     fn chain_detects_edit_delete_insert() {
-        let mut reg = Registry::in_memory().unwrap();
+        let mut reg = Store::in_memory().unwrap();
         {
             let tx = reg.write().unwrap();
             for k in ["a", "b", "c", "d"] {
-                append_event(&tx, &ev(k), "2026-01-01T00:00:00Z").unwrap();
+                ev(&tx, k, "2026-01-01T00:00:00Z");
             }
             tx.commit().unwrap();
         }
         let c = reg.conn();
-        assert!(verify_chain(c).unwrap().first_break.is_none());
+        assert!(verify_chain(&reg).unwrap().first_break.is_none());
         c.execute("UPDATE events SET actor='x' WHERE id=2", [])
             .unwrap();
-        let b = verify_chain(c).unwrap().first_break.unwrap();
+        let b = verify_chain(&reg).unwrap().first_break.unwrap();
         assert_eq!((b.event_id, b.problem.as_str()), (2, "altered"));
         c.execute("UPDATE events SET actor='t' WHERE id=2", [])
             .unwrap();
         c.execute("DELETE FROM events WHERE id=3", []).unwrap();
-        let b = verify_chain(c).unwrap().first_break.unwrap();
+        let b = verify_chain(&reg).unwrap().first_break.unwrap();
         assert_eq!((b.event_id, b.problem.as_str()), (4, "deleted"));
     }
 
     #[test]
     fn deleting_the_newest_event_is_detected() {
-        let mut reg = Registry::in_memory().unwrap();
+        let mut reg = Store::in_memory().unwrap();
         {
             let tx = reg.write().unwrap();
-            append_event(&tx, &ev("a"), "t").unwrap();
-            append_event(&tx, &ev("b"), "t").unwrap();
+            ev(&tx, "a", "t");
+            ev(&tx, "b", "t");
             tx.commit().unwrap();
         }
         reg.conn()
             .execute("DELETE FROM events WHERE id=2", [])
             .unwrap();
-        let b = verify_chain(reg.conn()).unwrap().first_break.unwrap();
+        let b = verify_chain(&reg).unwrap().first_break.unwrap();
         assert_eq!(b.problem, "deleted");
     }
 }

@@ -1,8 +1,9 @@
 //! SQL for inventory import/export, device listing and the fleet summary.
 //!
 //! Import writes devices and events in groups with its own statements (same hash as
-//! `events::event_hash`, without per-event allocations); the caller refreshes the
-//! recorded chain head with `EventChain::load(..).store_head(..)` before committing.
+//! `events::event_hash`, without per-event allocations), appending through the head
+//! of its `Tx`, so events written by other code in the same transaction (a lifecycle
+//! transition) and the head recorded at commit always agree.
 
 use std::fmt::Write as _;
 
@@ -12,7 +13,8 @@ use serde::Serialize;
 
 use super::bulk::{BulkStmt, Val};
 use super::devices::{self, from_row, Device, DeviceStatus, DEVICE_COLUMNS};
-use super::events::{event_hash_hex, GENESIS};
+use super::events::event_hash_hex;
+use super::{Reader, Tx};
 use crate::error::{Error, Result};
 
 /// Page cache for a bulk import, in KiB: big enough that index pages stay cached on
@@ -116,6 +118,7 @@ pub enum Lookup {
 
 /// Prepared statements and the event-chain head for one import transaction.
 pub struct ImportDb<'c> {
+    tx: &'c Tx<'c>,
     conn: &'c Connection,
     /// INSERTs of one and of `ROWS_PER_INSERT` devices / events.
     one_device: BulkStmt<'c>,
@@ -128,18 +131,18 @@ pub struct ImportDb<'c> {
     update: Statement<'c>,
     seen_insert: Option<Statement<'c>>,
     seen_line: Option<Statement<'c>>,
-    head_id: i64,
-    head_hash: [u8; 64],
     /// Hex hashes of the events being appended (their `prev_hash` is the one before).
     hashes: Vec<[u8; 64]>,
     pub events_written: u64,
 }
 
 impl<'c> ImportDb<'c> {
-    pub fn new(conn: &'c Connection) -> Result<ImportDb<'c>> {
+    pub fn new(tx: &'c Tx<'c>) -> Result<ImportDb<'c>> {
+        let conn = tx.conn();
         conn.pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)?;
         let sel = |w: &str| format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE {w} LIMIT 2");
-        let mut db = ImportDb {
+        Ok(ImportDb {
+            tx,
             conn,
             one_device: BulkStmt::prepare(conn, &insert_devices_sql(1), 1..DEVICE_VALUES + 1)?,
             many_devices: BulkStmt::prepare(
@@ -159,35 +162,9 @@ impl<'c> ImportDb<'c> {
             update: conn.prepare(UPDATE_FIELDS)?,
             seen_insert: None,
             seen_line: None,
-            head_id: 0,
-            head_hash: [b'0'; 64],
             hashes: Vec::with_capacity(ROWS_PER_INSERT),
             events_written: 0,
-        };
-        db.reload_head()?;
-        Ok(db)
-    }
-
-    /// Re-reads the chain head (after something else, e.g. `lifecycle::transition`,
-    /// appended events on this connection).
-    pub fn reload_head(&mut self) -> Result<()> {
-        let last: Option<(i64, String)> = self
-            .conn
-            .query_row(
-                "SELECT id, hash FROM events ORDER BY id DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let (id, hash) = last.unwrap_or((0, GENESIS.to_string()));
-        if hash.len() != 64 {
-            return Err(Error::input(format!(
-                "event {id} has a malformed hash; run the audit"
-            )));
-        }
-        self.head_id = id;
-        self.head_hash.copy_from_slice(hash.as_bytes());
-        Ok(())
+        })
     }
 
     /// Records that a row of this file used `key`; returns the line of an earlier row
@@ -357,60 +334,63 @@ impl<'c> ImportDb<'c> {
         station: &str,
         at: &str,
     ) -> Result<()> {
-        self.hashes.clear();
-        let mut prev = self.head_hash;
-        for (k, &(device_id, details)) in group.iter().enumerate() {
-            let hash = event_hash_hex(
-                self.head_id + 1 + k as i64,
-                &prev,
-                Some(device_id),
-                kind,
-                actor,
-                station,
-                at,
-                details,
-            );
-            self.hashes.push(hash);
-            prev = hash;
-        }
-        let mut vals = [Val::Null; ROWS_PER_INSERT * EVENT_VALUES];
-        for (k, &(device_id, details)) in group.iter().enumerate() {
-            let prev = if k == 0 {
-                &self.head_hash
+        let tx = self.tx;
+        tx.with_head(|conn, head| {
+            self.hashes.clear();
+            let mut prev = head.hash;
+            for (k, &(device_id, details)) in group.iter().enumerate() {
+                let hash = event_hash_hex(
+                    head.id + 1 + k as i64,
+                    &prev,
+                    Some(device_id),
+                    kind,
+                    actor,
+                    station,
+                    at,
+                    details,
+                );
+                self.hashes.push(hash);
+                prev = hash;
+            }
+            let mut vals = [Val::Null; ROWS_PER_INSERT * EVENT_VALUES];
+            for (k, &(device_id, details)) in group.iter().enumerate() {
+                let prev = if k == 0 {
+                    &head.hash
+                } else {
+                    &self.hashes[k - 1]
+                };
+                // Both are ASCII hex digits.
+                let v = &mut vals[k * EVENT_VALUES..(k + 1) * EVENT_VALUES];
+                v[0] = Val::Int(device_id);
+                v[1] = Val::Text(details);
+                v[2] = Val::Text(std::str::from_utf8(prev).expect("hex"));
+                v[3] = Val::Text(std::str::from_utf8(&self.hashes[k]).expect("hex"));
+            }
+            let n = group.len();
+            let st = if many {
+                &mut self.many_events
             } else {
-                &self.hashes[k - 1]
+                &mut self.one_event
             };
-            // Both are ASCII hex digits.
-            let v = &mut vals[k * EVENT_VALUES..(k + 1) * EVENT_VALUES];
-            v[0] = Val::Int(device_id);
-            v[1] = Val::Text(details);
-            v[2] = Val::Text(std::str::from_utf8(prev).expect("hex"));
-            v[3] = Val::Text(std::str::from_utf8(&self.hashes[k]).expect("hex"));
-        }
-        let n = group.len();
-        let st = if many {
-            &mut self.many_events
-        } else {
-            &mut self.one_event
-        };
-        for (i, v) in [kind, actor, station, at].into_iter().enumerate() {
-            st.set_const(n * EVENT_VALUES + 1 + i, v)?;
-        }
-        st.exec(&vals[..n * EVENT_VALUES])?;
-        // The ids are left to SQLite (max + 1 per row, and head_id is the largest),
-        // which appends without first searching the table for a given rowid; they
-        // must be the ones hashed.
-        let want = self.head_id + n as i64;
-        let got = self.conn.last_insert_rowid();
-        if got != want {
-            return Err(Error::input(format!(
-                "event log: expected to append up to event {want}, SQLite gave {got}; run the audit"
-            )));
-        }
-        self.head_id = want;
-        self.head_hash = *self.hashes.last().expect("a non-empty group");
-        self.events_written += n as u64;
-        Ok(())
+            for (i, v) in [kind, actor, station, at].into_iter().enumerate() {
+                st.set_const(n * EVENT_VALUES + 1 + i, v)?;
+            }
+            st.exec(&vals[..n * EVENT_VALUES])?;
+            // The ids are left to SQLite (max + 1 per row, and the head is the largest),
+            // which appends without first searching the table for a given rowid; they
+            // must be the ones hashed.
+            let want = head.id + n as i64;
+            let got = conn.last_insert_rowid();
+            if got != want {
+                return Err(Error::input(format!(
+                    "event log: expected to append up to event {want}, SQLite gave {got}; run the audit"
+                )));
+            }
+            head.id = want;
+            head.hash = *self.hashes.last().expect("a non-empty group");
+            self.events_written += n as u64;
+            Ok(())
+        })
     }
 
     /// The line recorded on the first event this import wrote for a device (to name
@@ -440,7 +420,8 @@ const FILTER_SQL: &str =
     "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR site = ?2) AND (?3 IS NULL OR batch = ?3)";
 
 /// Attribute names used by the filtered devices, sorted (the CSV export's extra columns).
-pub fn attribute_keys(conn: &Connection, f: &DeviceFilter) -> Result<Vec<String>> {
+pub fn attribute_keys(db: &Reader, f: &DeviceFilter) -> Result<Vec<String>> {
+    let conn = db.conn();
     conn.pragma_update(None, "cache_size", -SCAN_CACHE_KIB)?;
     let mut stmt = conn.prepare(&format!(
         "SELECT DISTINCT j.key FROM devices, json_each(devices.attributes) AS j
@@ -455,7 +436,8 @@ pub fn attribute_keys(conn: &Connection, f: &DeviceFilter) -> Result<Vec<String>
 
 /// The largest device id: an instant upper bound on the device count, for progress
 /// bars (a `count(*)` would scan a whole index first).
-pub fn approx_device_count(conn: &Connection) -> Result<u64> {
+pub fn approx_device_count(db: &Reader) -> Result<u64> {
+    let conn = db.conn();
     let n: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM devices", [], |r| r.get(0))?;
     Ok(n as u64)
 }
@@ -463,10 +445,11 @@ pub fn approx_device_count(conn: &Connection) -> Result<u64> {
 /// Calls `each` with the 12 documented fields (in `Field` order) and the attributes
 /// JSON of every filtered device, in id order, without building a `Device`.
 pub fn for_each_row(
-    conn: &Connection,
+    db: &Reader,
     f: &DeviceFilter,
     mut each: impl FnMut(&[Option<&str>; 13]) -> Result<()>,
 ) -> Result<u64> {
+    let conn = db.conn();
     conn.pragma_update(None, "cache_size", -SCAN_CACHE_KIB)?;
     let mut stmt = conn.prepare(&format!(
         "SELECT serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes
@@ -499,10 +482,11 @@ pub fn for_each_row(
 
 /// Calls `each` with every filtered device, in id order.
 pub fn for_each_device(
-    conn: &Connection,
+    db: &Reader,
     f: &DeviceFilter,
     mut each: impl FnMut(Device) -> Result<()>,
 ) -> Result<u64> {
+    let conn = db.conn();
     conn.pragma_update(None, "cache_size", -SCAN_CACHE_KIB)?;
     let mut stmt = conn.prepare(&format!(
         "SELECT {DEVICE_COLUMNS} FROM devices WHERE {FILTER_SQL} ORDER BY id"
@@ -568,7 +552,8 @@ pub struct FleetSummary {
 }
 
 /// The fleet by state, site and batch.
-pub fn fleet_summary(conn: &Connection) -> Result<FleetSummary> {
+pub fn fleet_summary(db: &Reader) -> Result<FleetSummary> {
+    let conn = db.conn();
     let mut devices = StateCounts::default();
     let mut st = conn.prepare("SELECT status, count(*) FROM devices GROUP BY status")?;
     let mut rows = st.query([])?;
@@ -604,7 +589,8 @@ pub fn fleet_summary(conn: &Connection) -> Result<FleetSummary> {
 }
 
 /// Writes every field of a device except serial and status (used by `device set`).
-pub fn update_device_fields(conn: &Connection, d: &Device, now: &str) -> Result<()> {
+pub fn update_device_fields(tx: &Tx<'_>, d: &Device, now: &str) -> Result<()> {
+    let conn = tx.conn();
     let mut stmt = conn.prepare_cached(UPDATE_FIELDS)?;
     exec_update_fields(&mut stmt, d, now)
 }
@@ -635,7 +621,8 @@ fn exec_update_fields(stmt: &mut rusqlite::Statement<'_>, d: &Device, now: &str)
 }
 
 /// Number of certificates per status for one device (for `device show`).
-pub fn cert_counts(conn: &Connection, device_id: i64) -> Result<Vec<(String, u64)>> {
+pub fn cert_counts(db: &Reader, device_id: i64) -> Result<Vec<(String, u64)>> {
+    let conn = db.conn();
     let mut st = conn.prepare_cached(
         "SELECT status, count(*) FROM certificates WHERE device_id = ?1 GROUP BY status ORDER BY status",
     )?;
@@ -648,14 +635,14 @@ pub fn cert_counts(conn: &Connection, device_id: i64) -> Result<Vec<(String, u64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::events::{event_hash, verify_chain, EventChain};
-    use crate::store::Registry;
+    use crate::store::events::{event_hash, verify_chain, GENESIS};
+    use crate::store::Store;
 
     #[test]
     fn device_insert_builds_no_temporary_btree() {
         // A CHECK with `IN (more than two constants)` makes every INSERT build a
         // temporary b-tree (measured: ~20% of a bulk import's CPU time).
-        let reg = Registry::in_memory().unwrap();
+        let reg = Store::in_memory().unwrap();
         let mut st = reg
             .conn()
             .prepare(
@@ -685,7 +672,7 @@ mod tests {
 
     #[test]
     fn fast_event_hash_matches_the_chain() {
-        let mut reg = Registry::in_memory().unwrap();
+        let mut reg = Store::in_memory().unwrap();
         let tx = reg.write().unwrap();
         let mut db = ImportDb::new(&tx).unwrap();
         let mut f: [Option<&str>; 12] = [None; 12];
@@ -714,16 +701,17 @@ mod tests {
             r#"{"line":2}"#,
         );
         let stored: String = tx
+            .conn()
             .query_row("SELECT hash FROM events WHERE id = 1", [], |r| r.get(0))
             .unwrap();
         assert_eq!(stored, h1);
-        EventChain::load(&tx).unwrap().store_head(&tx).unwrap();
-        assert!(verify_chain(&tx).unwrap().first_break.is_none());
+        tx.commit().unwrap();
+        assert!(verify_chain(&reg).unwrap().first_break.is_none());
     }
 
     #[test]
     fn grouped_inserts_stop_at_the_first_taken_serial_wherever_it_is() {
-        let mut reg = Registry::in_memory().unwrap();
+        let mut reg = Store::in_memory().unwrap();
         let tx = reg.write().unwrap();
         let mut db = ImportDb::new(&tx).unwrap();
         let serials: Vec<String> = (0..200).map(|i| format!("S-{i:03}")).collect();
@@ -753,10 +741,12 @@ mod tests {
         assert_eq!(db.insert_devices(&v, "t").unwrap(), (2, 138));
         drop(db);
         let n: i64 = tx
+            .conn()
             .query_row("SELECT count(*) FROM devices", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 64 + 10 + 63 + 2);
         let (id, serial): (i64, String) = tx
+            .conn()
             .query_row(
                 "SELECT id, serial FROM devices ORDER BY id DESC LIMIT 1",
                 [],
@@ -768,7 +758,7 @@ mod tests {
 
     #[test]
     fn grouped_events_chain_like_single_ones() {
-        let mut reg = Registry::in_memory().unwrap();
+        let mut reg = Store::in_memory().unwrap();
         let tx = reg.write().unwrap();
         let mut db = ImportDb::new(&tx).unwrap();
         let details: Vec<String> = (0..150).map(|i| format!(r#"{{"line":{i}}}"#)).collect();
@@ -782,8 +772,8 @@ mod tests {
         db.append_event(id, "k2", "a", "s", "t", "{}").unwrap();
         assert_eq!(db.events_written, 151);
         drop(db);
-        EventChain::load(&tx).unwrap().store_head(&tx).unwrap();
-        let r = verify_chain(&tx).unwrap();
+        tx.commit().unwrap();
+        let r = verify_chain(&reg).unwrap();
         assert!(r.first_break.is_none(), "{:?}", r.first_break);
         assert_eq!(r.events, 151);
     }

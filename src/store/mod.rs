@@ -1,28 +1,36 @@
-//! The SQLite registry: one `Registry` owns the connection, applies migrations and
-//! hands out write transactions. All SQL lives under this module.
+//! The registry store: the only module that names rusqlite. One `Store` owns the
+//! connection, applies migrations and hands out units of work (`Tx`); read-only
+//! queries take a `Reader`, which `&Store` and `&Tx` both dereference to. Errors
+//! leave as the project's own `StoreError`, never as `rusqlite::Error`.
 
 pub mod audit;
 pub mod bulk;
 pub mod cas;
 pub mod certs;
 pub mod devices;
+pub mod error;
 pub mod events;
 pub mod inventory;
 pub mod provision;
 pub mod retire;
 pub mod schema;
+mod tx;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use cas::{CaRecord, CaRole, NewCa};
 pub use certs::{CertRecord, CertStatus, KeySource, NewCert};
 pub use devices::{Device, DeviceStatus, NewDevice};
-pub use events::{Event, EventChain, NewEvent};
+pub use error::StoreError;
+use error::{file_err, is_busy};
+pub use events::Event;
+pub use tx::{Reader, Snapshot, Tx};
 
 use crate::error::{Error, Result};
+use std::ops::Deref;
 
 /// Page size of new registries, in bytes. CPU seconds of a 1M-row import: 4 KiB 8.9,
 /// 8 KiB 8.3, 16 KiB 7.7; after the status CHECK fix, 16 KiB 6.1, 32 KiB 5.7, 64 KiB
@@ -47,16 +55,16 @@ fn init_sqlite() {
 /// How long a writer waits for another station's transaction before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub struct Registry {
+pub struct Store {
     conn: Connection,
     path: PathBuf,
     /// `begin_bulk` left WAL mode; `end_bulk` goes back.
     bulk: bool,
 }
 
-impl Registry {
+impl Store {
     /// Creates a new registry file; fails if one exists.
-    pub fn create(path: &Path) -> Result<Registry> {
+    pub fn create(path: &Path) -> Result<Store> {
         if path.exists() {
             return Err(Error::conflict(format!(
                 "registry {} already exists",
@@ -67,13 +75,13 @@ impl Registry {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         init_sqlite();
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| reg_err(path, e))?;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| file_err(path, e))?;
         // The page size is fixed once the first table exists (and WAL mode pins it), so
         // it is set before anything else. Bigger pages mean fewer b-tree splits and
         // cell moves per row on bulk imports (measured with benches/inventory.rs).
         conn.pragma_update(None, "page_size", PAGE_SIZE)
-            .map_err(|e| reg_err(path, e))?;
-        let mut reg = Registry {
+            .map_err(|e| file_err(path, e))?;
+        let mut reg = Store {
             conn,
             path: path.to_path_buf(),
             bulk: false,
@@ -81,23 +89,23 @@ impl Registry {
         reg.configure()?;
         reg.conn
             .pragma_update(None, "application_id", schema::APPLICATION_ID)
-            .map_err(|e| reg_err(path, e))?;
+            .map_err(|e| file_err(path, e))?;
         reg.migrate()?;
         Ok(reg)
     }
 
     /// Opens an existing registry, migrating it forward if the binary is newer.
-    pub fn open(path: &Path) -> Result<Registry> {
+    pub fn open(path: &Path) -> Result<Store> {
         if !path.exists() {
-            return Err(Error::NotInitialised(format!(
+            return Err(Error::Store(StoreError::NotInitialised(format!(
                 "no registry at {}: run `cradle init` first",
                 path.display()
-            )));
+            ))));
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         init_sqlite();
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| reg_err(path, e))?;
-        let mut reg = Registry {
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| file_err(path, e))?;
+        let mut reg = Store {
             conn,
             path: path.to_path_buf(),
             bulk: false,
@@ -109,10 +117,10 @@ impl Registry {
     }
 
     /// An in-memory registry (unit tests).
-    pub fn in_memory() -> Result<Registry> {
+    pub fn in_memory() -> Result<Store> {
         init_sqlite();
         let conn = Connection::open_in_memory()?;
-        let mut reg = Registry {
+        let mut reg = Store {
             conn,
             path: PathBuf::from(":memory:"),
             bulk: false,
@@ -137,15 +145,33 @@ impl Registry {
         [self.path.clone(), with("-wal"), with("-shm")]
     }
 
-    pub fn conn(&self) -> &Connection {
-        &self.conn
+    /// How many WAL pages may accumulate before an automatic checkpoint (bulk
+    /// inserts checkpoint less often; SQLite's default is 1000).
+    pub fn set_autocheckpoint(&self, pages: u32) -> Result<()> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        Ok(())
+    }
+
+    /// Read-only queries (the same as dereferencing the store).
+    pub fn reader(&self) -> &Reader {
+        self
+    }
+
+    /// Settings for bulk work on this connection: map the file instead of reading it
+    /// page by page, keep more of it cached, and checkpoint the WAL less often.
+    pub fn tune_for_bulk(&self) -> Result<()> {
+        let c = &self.conn;
+        let _: i64 = c.query_row("PRAGMA mmap_size = 1073741824", [], |r| r.get(0))?;
+        c.pragma_update(None, "cache_size", -262_144)?;
+        c.pragma_update(None, "temp_store", "MEMORY")?;
+        Ok(())
     }
 
     fn configure(&mut self) -> Result<()> {
         let path = self.path.clone();
         let c = &self.conn;
         c.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| reg_err(&path, e))?;
+            .map_err(|e| file_err(&path, e))?;
         // journal_mode is the first statement that reads the file, so a file that is
         // not SQLite at all fails here with "file is not a database". Another process
         // may have the registry out of WAL mode for a bulk import (`begin_bulk`); the
@@ -158,12 +184,12 @@ impl Registry {
                 Ok(mode) if path.as_os_str() == ":memory:" || mode.eq_ignore_ascii_case("wal") => {
                     break
                 }
-                Ok(mode) => Error::Registry {
-                    path: path.clone(),
-                    msg: format!("cannot switch to WAL mode (got {mode})"),
-                },
-                Err(e) if is_busy(&e) => Error::RegistryBusy,
-                Err(e) => return Err(reg_err(&path, e)),
+                Ok(mode) => Error::Store(StoreError::corrupt(
+                    &path,
+                    format!("cannot switch to WAL mode (got {mode})"),
+                )),
+                Err(e) if is_busy(&e) => Error::Store(StoreError::Busy),
+                Err(e) => return Err(file_err(&path, e)),
             };
             if std::time::Instant::now() >= deadline {
                 return Err(err);
@@ -173,7 +199,7 @@ impl Registry {
         c.pragma_update(None, "foreign_keys", true)
             .and_then(|_| c.pragma_update(None, "synchronous", "NORMAL"))
             .and_then(|_| c.pragma_update(None, "cache_size", -65536))
-            .map_err(|e| reg_err(&path, e))?;
+            .map_err(|e| file_err(&path, e))?;
         Ok(())
     }
 
@@ -182,12 +208,12 @@ impl Registry {
         let app: i64 = self
             .conn
             .pragma_query_value(None, "application_id", |r| r.get(0))
-            .map_err(|e| reg_err(&self.path, e))?;
+            .map_err(|e| file_err(&self.path, e))?;
         if app != schema::APPLICATION_ID {
-            return Err(Error::Registry {
-                path: self.path.clone(),
-                msg: "not a cradle registry (foreign SQLite database)".into(),
-            });
+            return Err(Error::Store(StoreError::corrupt(
+                &self.path,
+                "not a cradle registry (foreign SQLite database)",
+            )));
         }
         Ok(())
     }
@@ -201,18 +227,19 @@ impl Registry {
 
     /// Applies pending migrations in one exclusive transaction.
     fn migrate(&mut self) -> Result<()> {
-        let current = self.schema_version().map_err(|e| match e {
-            Error::Sql(s) => reg_err(&self.path, s),
-            other => other,
-        })?;
+        let current: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| file_err(&self.path, e))?;
+        let current = current as usize;
         let known = schema::MIGRATIONS.len();
         if current > known {
-            return Err(Error::Registry {
-                path: self.path.clone(),
-                msg: format!(
+            return Err(Error::Store(StoreError::corrupt(
+                &self.path,
+                format!(
                     "schema version {current} is newer than this cradle understands ({known}); upgrade cradle"
                 ),
-            });
+            )));
         }
         if current == known {
             return Ok(());
@@ -230,27 +257,41 @@ impl Registry {
 
     /// A write transaction that takes the write lock up front, so two stations
     /// serialise instead of failing half-way. Rolls back on drop unless committed.
-    pub fn write(&mut self) -> Result<Transaction<'_>> {
+    pub fn write(&mut self) -> Result<Tx<'_>> {
         // `write_trusted` may have turned the checks off for its transaction.
         self.conn.pragma_update(None, "foreign_keys", true)?;
-        self.conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(busy_or)
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Ok(Tx::new(tx))
+    }
+
+    /// One consistent read of the registry (see `Snapshot`).
+    pub fn snapshot(&self) -> Result<Snapshot<'_>> {
+        Ok(Snapshot::new(self.conn.unchecked_transaction()?))
     }
 }
 
-impl Registry {
+impl Deref for Store {
+    type Target = Reader;
+    fn deref(&self) -> &Reader {
+        Reader::of(&self.conn)
+    }
+}
+
+impl Store {
     /// Like `write`, but without foreign-key checks for this transaction: for bulk
     /// writers (inventory import) whose rows only reference devices they just
     /// inserted or looked up in the same transaction, where the per-row parent lookup
     /// is pure cost. The next `write` turns the checks back on; so does
     /// `restore_checks`.
-    pub fn write_trusted(&mut self) -> Result<Transaction<'_>> {
+    pub fn write_trusted(&mut self) -> Result<Tx<'_>> {
         // The pragma is a no-op inside a transaction, so it goes before BEGIN.
         self.conn.pragma_update(None, "foreign_keys", false)?;
-        self.conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(busy_or)
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Ok(Tx::new(tx))
     }
 
     /// For one write transaction that adds far more pages than the page cache holds (a
@@ -276,7 +317,7 @@ impl Registry {
         let mode = match switched {
             Ok(m) => m,
             Err(e) if is_busy(&e) => return Ok(false),
-            Err(e) => return Err(reg_err(&self.path, e)),
+            Err(e) => return Err(file_err(&self.path, e)),
         };
         if !mode.eq_ignore_ascii_case("delete") {
             return Ok(false);
@@ -304,39 +345,6 @@ impl Registry {
     }
 }
 
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
-}
-
-fn busy_or(e: rusqlite::Error) -> Error {
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
-            Error::RegistryBusy
-        }
-        _ => Error::Sql(e),
-    }
-}
-
-fn reg_err(path: &Path, e: rusqlite::Error) -> Error {
-    let msg = match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::NotADatabase) => {
-            "not a SQLite database (corrupt or foreign file)".to_string()
-        }
-        Some(rusqlite::ErrorCode::DatabaseCorrupt) => "database file is corrupt".to_string(),
-        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
-            return Error::RegistryBusy
-        }
-        _ => e.to_string(),
-    };
-    Error::Registry {
-        path: path.to_path_buf(),
-        msg,
-    }
-}
-
 /// Current time as RFC 3339 UTC, second precision (the registry's timestamp format).
 pub fn now_rfc3339() -> String {
     fmt_time(time::OffsetDateTime::now_utc())
@@ -361,7 +369,7 @@ mod tests {
 
     #[test]
     fn migrations_apply_once_and_are_idempotent() {
-        let mut reg = Registry::in_memory().unwrap();
+        let mut reg = Store::in_memory().unwrap();
         assert_eq!(reg.schema_version().unwrap(), schema::MIGRATIONS.len());
         reg.migrate().unwrap();
         assert_eq!(reg.schema_version().unwrap(), schema::MIGRATIONS.len());
@@ -370,13 +378,13 @@ mod tests {
     #[test]
     fn new_registries_use_big_pages_and_trusted_writes_do_not_leak() {
         let dir = tempfile::tempdir().unwrap();
-        let mut reg = Registry::create(&dir.path().join("r.db")).unwrap();
+        let mut reg = Store::create(&dir.path().join("r.db")).unwrap();
         let ps: i64 = reg
             .conn()
             .pragma_query_value(None, "page_size", |r| r.get(0))
             .unwrap();
         assert_eq!(ps, PAGE_SIZE);
-        let fk = |reg: &Registry| -> i64 {
+        let fk = |reg: &Store| -> i64 {
             reg.conn()
                 .pragma_query_value(None, "foreign_keys", |r| r.get(0))
                 .unwrap()
@@ -387,6 +395,7 @@ mod tests {
         // An ordinary write transaction checks foreign keys again.
         let tx = reg.write().unwrap();
         let err = tx
+            .conn()
             .execute(
                 "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
                  VALUES (1, 99, 'k', 'a', 's', 't', '{}', '', '')",
@@ -406,19 +415,19 @@ mod tests {
     fn bulk_leaves_wal_only_when_alone_and_goes_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.db");
-        drop(Registry::create(&path).unwrap());
+        drop(Store::create(&path).unwrap());
         let mode = |c: &Connection| -> String {
             c.query_row("PRAGMA journal_mode", [], |r| r.get(0))
                 .unwrap()
         };
-        let mut reg = Registry::open(&path).unwrap();
+        let mut reg = Store::open(&path).unwrap();
         assert!(reg.begin_bulk().unwrap());
         assert_eq!(mode(reg.conn()), "delete");
         reg.end_bulk().unwrap();
         assert_eq!(mode(reg.conn()), "wal");
 
         // Another open connection (a reader in another process) keeps WAL mode.
-        let other = Registry::open(&path).unwrap();
+        let other = Store::open(&path).unwrap();
         let _: i64 = other
             .conn()
             .query_row("SELECT count(*) FROM devices", [], |r| r.get(0))

@@ -1,34 +1,16 @@
 //! Retirement records: revocations, CRLs, decommission steps, nonces and wipes.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::certs::{cert_from_row, CertRecord, CERT_COLUMNS};
+use super::{Reader, Tx};
 use crate::error::Result;
 
 const CRL_STALE_KEY: &str = "crl_stale";
 /// How many issued CRLs keep their DER in `crls`; older rows keep number, dates,
 /// entry count and (in their `crl.issued` event) the hash, but not 5 MB of DER each.
 pub const CRL_DER_KEPT: i64 = 5;
-
-/// A deferred read transaction around many lookups (none if one is already open):
-/// one snapshot, and no per-statement lock round trips. Rolls back on drop.
-pub fn read_snapshot(conn: &Connection) -> Result<Option<rusqlite::Transaction<'_>>> {
-    if conn.is_autocommit() {
-        Ok(Some(conn.unchecked_transaction()?))
-    } else {
-        Ok(None)
-    }
-}
-
-/// Settings for bulk work on this connection: map the file instead of reading it
-/// page by page, and keep more of it cached.
-pub fn tune_for_bulk(conn: &Connection) -> Result<()> {
-    let _: i64 = conn.query_row("PRAGMA mmap_size = 1073741824", [], |r| r.get(0))?;
-    conn.pragma_update(None, "cache_size", -262_144)?;
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
-    Ok(())
-}
 
 // ---- revocation ----------------------------------------------------------------
 
@@ -40,7 +22,8 @@ pub struct ActiveCert {
     pub fingerprint: String,
 }
 
-pub fn active_certs(conn: &Connection, device_id: i64) -> Result<Vec<ActiveCert>> {
+pub fn active_certs(db: &Reader, device_id: i64) -> Result<Vec<ActiveCert>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(
         "SELECT id, serial_hex, fingerprint FROM certificates
          WHERE device_id = ?1 AND status = 'active' ORDER BY id",
@@ -57,10 +40,8 @@ pub fn active_certs(conn: &Connection, device_id: i64) -> Result<Vec<ActiveCert>
 
 /// A device's id and active certificates by serial, in one query; `None` if there
 /// is no such device.
-pub fn device_active_certs(
-    conn: &Connection,
-    serial: &str,
-) -> Result<Option<(i64, Vec<ActiveCert>)>> {
+pub fn device_active_certs(db: &Reader, serial: &str) -> Result<Option<(i64, Vec<ActiveCert>)>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(
         "SELECT d.id, c.id, c.serial_hex, c.fingerprint FROM devices d
          LEFT JOIN certificates c ON c.device_id = d.id AND c.status = 'active'
@@ -81,15 +62,17 @@ pub fn device_active_certs(
     Ok(out)
 }
 
-pub fn device_count(conn: &Connection) -> Result<i64> {
+pub fn device_count(db: &Reader) -> Result<i64> {
+    let conn = db.conn();
     Ok(conn.query_row("SELECT COUNT(*) FROM devices", [], |r| r.get(0))?)
 }
 
 /// Every device's id and active certificates, keyed by serial: one scan, for bulk
 /// requests that name a large part of the fleet.
 pub fn all_active_certs(
-    conn: &Connection,
+    db: &Reader,
 ) -> Result<std::collections::HashMap<String, (i64, Vec<ActiveCert>)>> {
+    let conn = db.conn();
     let mut map = std::collections::HashMap::new();
     let mut stmt = conn.prepare(
         "SELECT d.serial, d.id, c.id, c.serial_hex, c.fingerprint FROM devices d
@@ -113,7 +96,8 @@ pub fn all_active_certs(
 }
 
 /// Revokes one certificate if it is still active; false if it was not.
-pub fn revoke_cert(conn: &Connection, id: i64, reason: &str, now: &str) -> Result<bool> {
+pub fn revoke_cert(tx: &Tx<'_>, id: i64, reason: &str, now: &str) -> Result<bool> {
+    let conn = tx.conn();
     let n = conn
         .prepare_cached(
             "UPDATE certificates SET status = 'revoked', revoked_at = ?1, revocation_reason = ?2
@@ -126,10 +110,11 @@ pub fn revoke_cert(conn: &Connection, id: i64, reason: &str, now: &str) -> Resul
 /// Revokes many certificates (id, reason) with one set-based UPDATE; returns the
 /// ids that were still active (or unused) and are now revoked.
 pub fn bulk_revoke(
-    conn: &Connection,
+    tx: &Tx<'_>,
     items: &[(i64, &str)],
     now: &str,
 ) -> Result<std::collections::HashSet<i64>> {
+    let conn = tx.conn();
     conn.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS revoke_batch (id INTEGER PRIMARY KEY, reason TEXT NOT NULL);
          DELETE FROM temp.revoke_batch;",
@@ -161,10 +146,11 @@ pub fn bulk_revoke(
 
 /// Certificates of a device whose fingerprint starts with `prefix` (lower-case hex).
 pub fn certs_by_fingerprint_prefix(
-    conn: &Connection,
+    db: &Reader,
     device_id: i64,
     prefix: &str,
 ) -> Result<Vec<CertRecord>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {CERT_COLUMNS} FROM certificates
          WHERE device_id = ?1 AND substr(fingerprint, 1, length(?2)) = ?2 ORDER BY id"
@@ -175,7 +161,8 @@ pub fn certs_by_fingerprint_prefix(
 
 /// The certificate whose key the device signs with: the newest one that was ever
 /// delivered (active, or revoked since; revocation does not change the key).
-pub fn newest_key_cert(conn: &Connection, device_id: i64) -> Result<Option<CertRecord>> {
+pub fn newest_key_cert(db: &Reader, device_id: i64) -> Result<Option<CertRecord>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {CERT_COLUMNS} FROM certificates
          WHERE device_id = ?1 AND status IN ('active','revoked') ORDER BY id DESC LIMIT 1"
@@ -185,7 +172,8 @@ pub fn newest_key_cert(conn: &Connection, device_id: i64) -> Result<Option<CertR
 
 /// Marks the published CRL as out of date (in the revoking transaction), so that a
 /// crash before the CRL is refreshed is repaired by the next run.
-pub fn mark_crl_stale(conn: &Connection) -> Result<()> {
+pub fn mark_crl_stale(tx: &Tx<'_>) -> Result<()> {
+    let conn = tx.conn();
     conn.prepare_cached(
         "INSERT INTO meta (key, value) VALUES (?1, '1')
          ON CONFLICT(key) DO UPDATE SET value = '1'",
@@ -194,7 +182,8 @@ pub fn mark_crl_stale(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-pub fn crl_stale(conn: &Connection) -> Result<bool> {
+pub fn crl_stale(db: &Reader) -> Result<bool> {
+    let conn = db.conn();
     let v: Option<String> = conn
         .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
         .query_row([CRL_STALE_KEY], |r| r.get(0))
@@ -202,7 +191,8 @@ pub fn crl_stale(conn: &Connection) -> Result<bool> {
     Ok(v.as_deref() == Some("1"))
 }
 
-pub fn clear_crl_stale(conn: &Connection) -> Result<()> {
+pub fn clear_crl_stale(tx: &Tx<'_>) -> Result<()> {
+    let conn = tx.conn();
     conn.prepare_cached("DELETE FROM meta WHERE key = ?1")?
         .execute([CRL_STALE_KEY])?;
     Ok(())
@@ -219,7 +209,8 @@ pub struct RevokedRow {
 }
 
 /// Every revoked certificate issued by CA `ca_id`, oldest revocation first.
-pub fn revoked_for_ca(conn: &Connection, ca_id: i64) -> Result<Vec<RevokedRow>> {
+pub fn revoked_for_ca(db: &Reader, ca_id: i64) -> Result<Vec<RevokedRow>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(
         "SELECT serial_hex, revoked_at, revocation_reason FROM certificates
          WHERE ca_id = ?1 AND status = 'revoked' ORDER BY id",
@@ -234,7 +225,8 @@ pub fn revoked_for_ca(conn: &Connection, ca_id: i64) -> Result<Vec<RevokedRow>> 
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-pub fn next_crl_number(conn: &Connection, ca_id: i64) -> Result<i64> {
+pub fn next_crl_number(db: &Reader, ca_id: i64) -> Result<i64> {
+    let conn = db.conn();
     let n: Option<i64> = conn.query_row(
         "SELECT MAX(crl_number) FROM crls WHERE ca_id = ?1",
         [ca_id],
@@ -253,7 +245,8 @@ pub struct NewCrl<'a> {
 }
 
 /// Records an issued CRL and drops the DER of all but the newest few.
-pub fn insert_crl(conn: &Connection, c: &NewCrl<'_>, now: &str) -> Result<i64> {
+pub fn insert_crl(tx: &Tx<'_>, c: &NewCrl<'_>, now: &str) -> Result<i64> {
+    let conn = tx.conn();
     conn.execute(
         "INSERT INTO crls (ca_id, crl_number, this_update, next_update, entries, der, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -287,7 +280,8 @@ pub struct CrlRecord {
     pub created_at: String,
 }
 
-pub fn latest_crl(conn: &Connection, ca_id: i64) -> Result<Option<CrlRecord>> {
+pub fn latest_crl(db: &Reader, ca_id: i64) -> Result<Option<CrlRecord>> {
+    let conn = db.conn();
     Ok(conn
         .query_row(
             "SELECT ca_id, crl_number, this_update, next_update, entries, der, created_at
@@ -339,7 +333,8 @@ fn step_from_row(r: &Row<'_>) -> rusqlite::Result<StepRow> {
 const STEP_COLUMNS: &str =
     "device_id, step, status, started_at, finished_at, error, options, attempts";
 
-pub fn steps_for_device(conn: &Connection, device_id: i64) -> Result<Vec<StepRow>> {
+pub fn steps_for_device(db: &Reader, device_id: i64) -> Result<Vec<StepRow>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {STEP_COLUMNS} FROM decommissions WHERE device_id = ?1"
     ))?;
@@ -347,7 +342,8 @@ pub fn steps_for_device(conn: &Connection, device_id: i64) -> Result<Vec<StepRow
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-pub fn step_row(conn: &Connection, device_id: i64, step: &str) -> Result<Option<StepRow>> {
+pub fn step_row(db: &Reader, device_id: i64, step: &str) -> Result<Option<StepRow>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {STEP_COLUMNS} FROM decommissions WHERE device_id = ?1 AND step = ?2"
     ))?;
@@ -358,12 +354,13 @@ pub fn step_row(conn: &Connection, device_id: i64, step: &str) -> Result<Option<
 
 /// Records that a step starts (or starts again), keeping the first start time.
 pub fn start_step(
-    conn: &Connection,
+    tx: &Tx<'_>,
     device_id: i64,
     step: &str,
     options: &serde_json::Value,
     now: &str,
 ) -> Result<()> {
+    let conn = tx.conn();
     conn.prepare_cached(
         "INSERT INTO decommissions (device_id, step, status, started_at, options)
          VALUES (?1, ?2, 'running', ?3, ?4)
@@ -374,7 +371,8 @@ pub fn start_step(
     Ok(())
 }
 
-pub fn finish_step(conn: &Connection, device_id: i64, step: &str, now: &str) -> Result<()> {
+pub fn finish_step(tx: &Tx<'_>, device_id: i64, step: &str, now: &str) -> Result<()> {
+    let conn = tx.conn();
     conn.prepare_cached(
         "UPDATE decommissions SET status = 'done', finished_at = ?3, error = NULL
          WHERE device_id = ?1 AND step = ?2",
@@ -385,13 +383,14 @@ pub fn finish_step(conn: &Connection, device_id: i64, step: &str, now: &str) -> 
 
 /// Records a failed attempt (the row is created if the step never started).
 pub fn fail_step(
-    conn: &Connection,
+    tx: &Tx<'_>,
     device_id: i64,
     step: &str,
     options: &serde_json::Value,
     error: &str,
     now: &str,
 ) -> Result<()> {
+    let conn = tx.conn();
     conn.prepare_cached(
         "INSERT INTO decommissions (device_id, step, status, started_at, options, error)
          VALUES (?1, ?2, 'failed', ?3, ?4, ?5)
@@ -402,7 +401,8 @@ pub fn fail_step(
 }
 
 /// Devices whose decommission started but has not finished, in id order.
-pub fn unfinished_jobs(conn: &Connection) -> Result<Vec<i64>> {
+pub fn unfinished_jobs(db: &Reader) -> Result<Vec<i64>> {
+    let conn = db.conn();
     let mut stmt = conn.prepare(
         "SELECT device_id FROM decommissions GROUP BY device_id
          HAVING SUM(step = 'decommission' AND status = 'done') = 0 ORDER BY device_id",
@@ -422,12 +422,13 @@ pub struct NonceRow {
 }
 
 pub fn insert_nonce(
-    conn: &Connection,
+    tx: &Tx<'_>,
     nonce_hex: &str,
     device_id: i64,
     purpose: &str,
     now: &str,
 ) -> Result<()> {
+    let conn = tx.conn();
     conn.prepare_cached(
         "INSERT INTO nonces (nonce_hex, device_id, purpose, issued_at) VALUES (?1, ?2, ?3, ?4)",
     )?
@@ -435,7 +436,8 @@ pub fn insert_nonce(
     Ok(())
 }
 
-pub fn nonce(conn: &Connection, nonce_hex: &str) -> Result<Option<NonceRow>> {
+pub fn nonce(db: &Reader, nonce_hex: &str) -> Result<Option<NonceRow>> {
+    let conn = db.conn();
     Ok(conn
         .prepare_cached(
             "SELECT device_id, purpose, issued_at, used_at FROM nonces WHERE nonce_hex = ?1",
@@ -452,7 +454,8 @@ pub fn nonce(conn: &Connection, nonce_hex: &str) -> Result<Option<NonceRow>> {
 }
 
 /// Marks a nonce used; false if it was already used (or never issued).
-pub fn use_nonce(conn: &Connection, nonce_hex: &str, now: &str) -> Result<bool> {
+pub fn use_nonce(tx: &Tx<'_>, nonce_hex: &str, now: &str) -> Result<bool> {
+    let conn = tx.conn();
     let n = conn
         .prepare_cached("UPDATE nonces SET used_at = ?2 WHERE nonce_hex = ?1 AND used_at IS NULL")?
         .execute(params![nonce_hex, now])?;
@@ -485,7 +488,8 @@ pub struct WipeRecord {
     pub recorded_at: String,
 }
 
-pub fn insert_wipe(conn: &Connection, w: &WipeRecord) -> Result<i64> {
+pub fn insert_wipe(tx: &Tx<'_>, w: &WipeRecord) -> Result<i64> {
+    let conn = tx.conn();
     conn.prepare_cached(
         "INSERT INTO wipes (device_id, kind, level, method, media_type, tool, tool_version,
              verification, verified_by, technician, location, destination, nonce_hex,
@@ -513,7 +517,8 @@ pub fn insert_wipe(conn: &Connection, w: &WipeRecord) -> Result<i64> {
     Ok(conn.last_insert_rowid())
 }
 
-pub fn latest_wipe(conn: &Connection, device_id: i64) -> Result<Option<WipeRecord>> {
+pub fn latest_wipe(db: &Reader, device_id: i64) -> Result<Option<WipeRecord>> {
+    let conn = db.conn();
     Ok(conn
         .prepare_cached(
             "SELECT id, device_id, kind, level, method, media_type, tool, tool_version,

@@ -8,8 +8,8 @@ pub mod report;
 
 use std::collections::{BTreeMap, HashSet};
 
+use crate::store::Reader;
 use rayon::prelude::*;
-use rusqlite::Connection;
 use serde::Serialize;
 use x509_parser::prelude::*;
 
@@ -165,7 +165,7 @@ pub struct Summary {
 
 /// Runs the selected checks; each finding goes to `sink` as soon as it is found.
 pub fn run(
-    conn: &Connection,
+    conn: &Reader,
     opts: &Options,
     sink: &mut dyn FnMut(Finding) -> Result<()>,
 ) -> Result<Summary> {
@@ -239,7 +239,7 @@ struct CertStats {
 }
 
 fn run_checks(
-    conn: &Connection,
+    conn: &Reader,
     o: &Options,
     emit: &mut dyn FnMut(Finding) -> Result<()>,
 ) -> Result<CertStats> {
@@ -433,7 +433,7 @@ struct KnownCa<'a> {
 /// cert-not-chained and cert-fingerprint-mismatch in one pass over the stored DER:
 /// chunks of certificates are streamed from SQLite and verified on all cores.
 fn check_stored_certs(
-    conn: &Connection,
+    conn: &Reader,
     chain: bool,
     fp: bool,
     key: Option<&AuditKey>,
@@ -594,7 +594,7 @@ fn norm_serial(hex: &str) -> String {
 }
 
 fn check_crls(
-    conn: &Connection,
+    conn: &Reader,
     now: i64,
     stale: bool,
     missing: bool,
@@ -718,9 +718,9 @@ mod tests {
 
     #[test]
     fn clean_in_memory_registry_has_no_findings() {
-        let reg = crate::store::Registry::in_memory().unwrap();
+        let reg = crate::store::Store::in_memory().unwrap();
         let mut n = 0;
-        let s = run(reg.conn(), &Options::new(1_800_000_000), &mut |_| {
+        let s = run(reg.reader(), &Options::new(1_800_000_000), &mut |_| {
             n += 1;
             Ok(())
         })

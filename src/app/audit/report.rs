@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use rusqlite::Connection;
+use crate::store::Reader;
 use serde::Serialize;
 
 use super::{Finding, Options, Severity, Summary};
@@ -79,7 +79,7 @@ fn breakdown(rows: Vec<(String, i64)>) -> Breakdown {
 }
 
 /// Gathers the report's numbers and runs the audit (keeping the first findings).
-pub fn build(conn: &Connection, registry: &str, opts: &Options) -> Result<Fleet> {
+pub fn build(conn: &Reader, registry: &str, opts: &Options) -> Result<Fleet> {
     let states = q::device_counts_by(conn, "status")?;
     let by_state = crate::store::DeviceStatus::ALL
         .iter()

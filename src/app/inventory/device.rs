@@ -7,13 +7,13 @@ use serde::Serialize;
 use super::cell::CLEAR;
 use super::fields::{self, Field, ATTR_PREFIX};
 use super::import::Change;
-use crate::error::{Error, Result};
-use crate::app::identity::Actor;
 use crate::app::lifecycle;
+use crate::error::{Error, Result};
+use crate::model::Actor;
+use crate::model::EventKind;
 use crate::store::devices::{require_device, DeviceStatus};
-use crate::store::events::{EventChain, NewEvent};
 use crate::store::inventory::update_device_fields;
-use crate::store::{now_rfc3339, Registry};
+use crate::store::{now_rfc3339, Store};
 
 /// One `FIELD=VALUE` assignment. An empty value or `<clear>` clears the field.
 #[derive(Debug, Clone)]
@@ -100,7 +100,7 @@ fn parse_assignment(a: &Assignment) -> Result<Target> {
 
 /// Applies field assignments and an optional state change to one device.
 pub fn edit(
-    reg: &mut Registry,
+    reg: &mut Store,
     serial: &str,
     assignments: &[Assignment],
     actor: &Actor,
@@ -167,22 +167,17 @@ pub fn edit(
             forced = true;
         }
     }
-    let mut chain = EventChain::load(&tx)?;
     if !changes.is_empty() {
         update_device_fields(&tx, &new, &now)?;
         let mut m = serde_json::Map::new();
         for c in &changes {
             m.insert(c.field.clone(), serde_json::json!([c.from, c.to]));
         }
-        chain.append(
-            &tx,
-            &NewEvent {
-                device_id: Some(dev.id),
-                kind: "device.updated",
-                actor: &actor.operator,
-                station: &actor.station,
-                details: serde_json::json!({"source": command, "changes": m}),
-            },
+        tx.event(
+            EventKind::DeviceUpdated,
+            Some(dev.id),
+            actor,
+            serde_json::json!({"source": command, "changes": m}),
             &now,
         )?;
     }
@@ -190,7 +185,6 @@ pub fn edit(
     if let Some(to) = to_status {
         if lifecycle::transition(
             &tx,
-            &mut chain,
             &new,
             to,
             actor,
@@ -207,7 +201,6 @@ pub fn edit(
         }
     }
     if !changes.is_empty() {
-        chain.store_head(&tx)?;
         tx.commit()?;
     }
     Ok(EditOutcome {
@@ -221,7 +214,7 @@ pub fn edit(
 /// `device deploy`: set site (and location) and move to deployed. Without `site`, the
 /// stored site is kept (returning from maintenance); a device with no site needs one.
 pub fn deploy(
-    reg: &mut Registry,
+    reg: &mut Store,
     serial: &str,
     site: Option<&str>,
     location: Option<&str>,
@@ -235,7 +228,7 @@ pub fn deploy(
             value: s.into(),
         }),
         _ => {
-            let dev = require_device(reg.conn(), serial)?;
+            let dev = require_device(reg.reader(), serial)?;
             if dev.site.is_none() {
                 return Err(Error::input(format!(
                     "device '{serial}' has no site; give --site SITE"
@@ -258,7 +251,7 @@ pub fn deploy(
 
 /// Moves a device to `to` with no field changes.
 pub fn move_to(
-    reg: &mut Registry,
+    reg: &mut Store,
     serial: &str,
     to: DeviceStatus,
     actor: &Actor,

@@ -8,7 +8,7 @@ use super::cell::neutralise;
 use super::fields::{Field, ATTR_PREFIX};
 use crate::error::{Error, Result};
 use crate::store::inventory::{self as q, DeviceFilter};
-use rusqlite::Connection;
+use crate::store::Reader;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,7 +35,7 @@ fn csv_err(e: csv::Error) -> Error {
 /// Writes the filtered devices to `out`; returns the number of devices. `progress`
 /// is called every few thousand devices with the count so far.
 pub fn export(
-    conn: &Connection,
+    conn: &Reader,
     filter: &DeviceFilter,
     format: Format,
     out: &mut dyn Write,
@@ -74,7 +74,7 @@ pub fn export(
 }
 
 fn export_csv(
-    conn: &Connection,
+    conn: &Reader,
     filter: &DeviceFilter,
     out: &mut dyn Write,
     progress: &mut dyn FnMut(u64),

@@ -22,17 +22,16 @@ use serde::Serialize;
 
 use super::cell::{self, CLEAR};
 use super::fields::{self, Field, ATTR_PREFIX};
-use crate::error::{Error, Result};
-use crate::app::identity::Actor;
 use crate::app::lifecycle;
+use crate::error::{Error, Result};
+use crate::model::Actor;
 use crate::outfile::OutFile;
 use crate::store::bulk::Val;
 use crate::store::devices::{Device, DeviceStatus};
-use crate::store::events::EventChain;
 use crate::store::inventory::{
     device_values, ImportDb, Lookup, MatchKey, DEVICE_VALUES, ROWS_PER_INSERT,
 };
-use crate::store::{now_rfc3339, Registry};
+use crate::store::{now_rfc3339, Store};
 
 /// What an import may do to the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -68,7 +67,7 @@ pub struct ImportOptions {
     pub dry_run: bool,
     /// Write rejected rows, with a `reject_reason` column, to this CSV file.
     pub errors_path: Option<PathBuf>,
-    /// Take the registry exclusively for the import (`Registry::begin_bulk`), if no
+    /// Take the registry exclusively for the import (`Store::begin_bulk`), if no
     /// other process has it open.
     pub exclusive: bool,
 }
@@ -689,7 +688,7 @@ fn parse_batches(
 /// the summary; the summary says whether anything was committed. Errors that stop
 /// the whole file (unreadable, empty, bad header, registry) are returned as `Err`.
 pub fn import(
-    reg: &mut Registry,
+    reg: &mut Store,
     path: &Path,
     opts: &ImportOptions,
     actor: &Actor,
@@ -708,7 +707,7 @@ pub fn import(
 }
 
 fn import_file(
-    reg: &mut Registry,
+    reg: &mut Store,
     path: &Path,
     f: File,
     opts: &ImportOptions,
@@ -1032,10 +1031,8 @@ fn import_file(
                         )?;
                     }
                     if let Some(to) = to_status {
-                        let mut chain = EventChain::load(&tx)?;
                         lifecycle::transition(
                             &tx,
-                            &mut chain,
                             &new,
                             to,
                             actor,
@@ -1043,7 +1040,6 @@ fn import_file(
                             &now,
                             serde_json::json!({"source": "import", "file": file, "line": line}),
                         )?;
-                        db.reload_head()?;
                     }
                     s.updated += 1;
                     for c in &changes {
@@ -1076,7 +1072,6 @@ fn import_file(
 
     let ok = s.rejected == 0 || opts.partial;
     if ok && !opts.dry_run && !s.nothing_changed() {
-        EventChain::load(&tx)?.store_head(&tx)?;
         tx.commit()?;
         s.committed = true;
     } else {

@@ -16,21 +16,21 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use rusqlite::Connection;
+use crate::store::Reader;
 use serde::Serialize;
 
 use super::revoke::{revoke_in_tx, Revocation};
 use super::wipe::{self, WipeLink};
 use super::{check_text, JobOptions, ManualWipe, Step, WipeContext, WipeLevel, WipeSpec};
-use crate::error::{Error, Result};
-use crate::app::identity::Actor;
 use crate::app::lifecycle::transition;
+use crate::error::{Error, Result};
+use crate::model::Actor;
+use crate::model::EventKind;
 use crate::pki::ca::CaSigner;
 use crate::pki::crl::{self, CrlIssued, Reason};
 use crate::store::devices::{self, Device, DeviceStatus};
-use crate::store::events::{EventChain, NewEvent};
 use crate::store::retire::{self as rr, StepRow, WipeRecord};
-use crate::store::{now_rfc3339, Registry};
+use crate::store::{now_rfc3339, Store, Tx};
 
 /// Wipe and job options as given on the command line or in a CSV row; unset
 /// fields fall back to the row's defaults, then to what an earlier run stored.
@@ -184,8 +184,8 @@ fn stored_options(steps: &[StepRow]) -> Option<JobOptions> {
 
 /// Resolves jobs: devices exist, no duplicates, every unfinished device has a wipe.
 /// Any problem fails the whole command before anything is written.
-pub fn prepare(conn: &Connection, jobs: &[Job]) -> Result<Vec<Prepared>> {
-    let _snapshot = rr::read_snapshot(conn)?;
+pub fn prepare(conn: &Reader, jobs: &[Job]) -> Result<Vec<Prepared>> {
+    let _snapshot = conn.read_snapshot()?;
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -298,7 +298,7 @@ fn describe_wipe(w: &Option<WipeSpec>) -> String {
 }
 
 /// The plan for each device; changes nothing.
-pub fn plan(conn: &Connection, prepared: &[Prepared]) -> Result<Summary> {
+pub fn plan(conn: &Reader, prepared: &[Prepared]) -> Result<Summary> {
     let mut devices_out = Vec::new();
     let mut failed = 0;
     for p in prepared {
@@ -384,10 +384,10 @@ pub fn plan(conn: &Connection, prepared: &[Prepared]) -> Result<Summary> {
 pub type LinkOpener<'a> = dyn FnMut(&str) -> Result<Box<dyn WipeLink>> + 'a;
 
 /// Writes certificates of sanitization for one device (called after step 4).
-pub type ReportWriter<'a> = dyn Fn(&Connection, &Device) -> Result<Vec<PathBuf>> + 'a;
+pub type ReportWriter<'a> = dyn Fn(&Reader, &Device) -> Result<Vec<PathBuf>> + 'a;
 
 pub struct Runner<'a> {
-    pub reg: &'a mut Registry,
+    pub reg: &'a mut Store,
     pub actor: &'a Actor,
     /// Unlocked issuing CA, needed when something is revoked or the CRL is stale.
     pub signer: Option<&'a CaSigner>,
@@ -401,7 +401,7 @@ pub struct Runner<'a> {
 }
 
 /// Whether a CRL has to be signed for these jobs (revocations pending or stale).
-pub fn needs_ca(conn: &Connection, prepared: &[Prepared]) -> Result<bool> {
+pub fn needs_ca(conn: &Reader, prepared: &[Prepared]) -> Result<bool> {
     Ok(rr::crl_stale(conn)?
         || prepared
             .iter()
@@ -482,7 +482,7 @@ impl Runner<'_> {
         // One CRL for the whole batch, before any wipe.
         let mut crl_out = None;
         let mut crl_error = None;
-        if rr::crl_stale(self.reg.conn())? {
+        if rr::crl_stale(self.reg.reader())? {
             match self.signer {
                 Some(signer) => {
                     match crl::issue(self.reg, signer, self.crl_days, &self.crl_path, self.actor) {
@@ -534,9 +534,9 @@ impl Runner<'_> {
                     "decommissioned".into()
                 };
                 if let Some(w) = self.write_report {
-                    let dev = devices::device_by_id(self.reg.conn(), p.device.id)?
+                    let dev = devices::device_by_id(self.reg.reader(), p.device.id)?
                         .unwrap_or_else(|| p.device.clone());
-                    match w(self.reg.conn(), &dev) {
+                    match w(self.reg.reader(), &dev) {
                         Ok(files) => l.result.reports = files,
                         Err(e) => {
                             l.failed = true;
@@ -591,7 +591,7 @@ impl Runner<'_> {
         if step == Step::Wipe {
             if let Some(WipeSpec::Serial { port }) = &p.options.wipe {
                 let mut link = (self.open_link)(port)?;
-                let dev = current_device(self.reg.conn(), p.device.id)?;
+                let dev = current_device(self.reg.reader(), p.device.id)?;
                 let actor = self.actor;
                 let rec = wipe::attested_wipe(
                     self.reg,
@@ -600,14 +600,14 @@ impl Runner<'_> {
                     &p.options.context,
                     &opts,
                     actor,
-                    &|conn, chain, w, now| {
-                        if step_done(conn, dev.id, Step::Wipe)? {
+                    &|tx, w, now| {
+                        if step_done(tx, dev.id, Step::Wipe)? {
                             return Err(Error::conflict("wipe step was completed by another run"));
                         }
                         // attested_wipe started the step (with these options) before
                         // sending the nonce; starting it again would count a second attempt.
-                        rr::finish_step(conn, dev.id, Step::Wipe.as_str(), now)?;
-                        step_event(conn, chain, dev.id, Step::Wipe, actor, now, wipe_details(w))
+                        rr::finish_step(tx, dev.id, Step::Wipe.as_str(), now)?;
+                        step_event(tx, dev.id, Step::Wipe, actor, now, wipe_details(w))
                     },
                 )?;
                 l.result.wipe = Some(rec.kind);
@@ -621,7 +621,6 @@ impl Runner<'_> {
             return Ok(());
         }
         let dev = current_device(&tx, p.device.id)?;
-        let mut chain = EventChain::load(&tx)?;
         let details = match step {
             Step::Retire => {
                 if dev.status == DeviceStatus::Decommissioned {
@@ -632,7 +631,6 @@ impl Runner<'_> {
                 }
                 let moved = transition(
                     &tx,
-                    &mut chain,
                     &dev,
                     DeviceStatus::Retired,
                     self.actor,
@@ -646,7 +644,6 @@ impl Runner<'_> {
                 let certs = rr::active_certs(&tx, dev.id)?;
                 let revs = revoke_in_tx(
                     &tx,
-                    &mut chain,
                     dev.id,
                     &dev.serial,
                     &certs,
@@ -684,7 +681,6 @@ impl Runner<'_> {
                 }
                 transition(
                     &tx,
-                    &mut chain,
                     &dev,
                     DeviceStatus::Decommissioned,
                     self.actor,
@@ -697,18 +693,17 @@ impl Runner<'_> {
         };
         rr::start_step(&tx, dev.id, step.as_str(), &opts, &now)?;
         rr::finish_step(&tx, dev.id, step.as_str(), &now)?;
-        step_event(&tx, &mut chain, dev.id, step, self.actor, &now, details)?;
-        chain.store_head(&tx)?;
+        step_event(&tx, dev.id, step, self.actor, &now, details)?;
         tx.commit()?;
         Ok(())
     }
 }
 
-fn step_done(conn: &Connection, device_id: i64, step: Step) -> Result<bool> {
+fn step_done(conn: &Reader, device_id: i64, step: Step) -> Result<bool> {
     Ok(rr::step_row(conn, device_id, step.as_str())?.is_some_and(|r| r.status == "done"))
 }
 
-fn current_device(conn: &Connection, id: i64) -> Result<Device> {
+fn current_device(conn: &Reader, id: i64) -> Result<Device> {
     devices::device_by_id(conn, id)?
         .ok_or_else(|| Error::not_found(format!("device {id} vanished")))
 }
@@ -724,8 +719,7 @@ fn wipe_details(w: &WipeRecord) -> serde_json::Value {
 }
 
 fn step_event(
-    conn: &Connection,
-    chain: &mut EventChain,
+    tx: &Tx<'_>,
     device_id: i64,
     step: Step,
     actor: &Actor,
@@ -736,17 +730,7 @@ fn step_event(
     if let (Some(o), serde_json::Value::Object(e)) = (d.as_object_mut(), details) {
         o.extend(e);
     }
-    chain.append(
-        conn,
-        &NewEvent {
-            device_id: Some(device_id),
-            kind: "decommission.step",
-            actor: &actor.operator,
-            station: &actor.station,
-            details: d,
-        },
-        now,
-    )?;
+    tx.event(EventKind::DecommissionStep, Some(device_id), actor, d, now)?;
     Ok(())
 }
 
@@ -776,7 +760,7 @@ fn manual_record(dev: &Device, m: &ManualWipe, ctx: &WipeContext, now: &str) -> 
 }
 
 /// Devices with an unfinished decommission (for `--resume` without serials).
-pub fn unfinished(conn: &Connection) -> Result<Vec<String>> {
+pub fn unfinished(conn: &Reader) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for id in rr::unfinished_jobs(conn)? {
         if let Some(d) = devices::device_by_id(conn, id)? {
@@ -914,8 +898,8 @@ mod tests {
         }
     }
 
-    fn run(reg: &mut Registry, jobs: &[Job], sim: &Rc<RefCell<SimDevice>>) -> Summary {
-        let prepared = prepare(reg.conn(), jobs).unwrap();
+    fn run(reg: &mut Store, jobs: &[Job], sim: &Rc<RefCell<SimDevice>>) -> Summary {
+        let prepared = prepare(reg.reader(), jobs).unwrap();
         let a = actor();
         let mut open = |_: &str| -> Result<Box<dyn WipeLink>> { Ok(Box::new(Shared(sim.clone()))) };
         let mut r = Runner {
@@ -943,17 +927,15 @@ mod tests {
         }
     }
 
-    fn events(reg: &Registry, kind: &str) -> i64 {
-        reg.conn()
-            .query_row("SELECT COUNT(*) FROM events WHERE kind = ?1", [kind], |r| {
-                r.get(0)
-            })
-            .unwrap()
+    fn events(reg: &Store, kind: &str) -> i64 {
+        reg.test_i64(&format!(
+            "SELECT COUNT(*) FROM events WHERE kind = '{kind}'"
+        ))
     }
 
     #[test]
     fn attested_decommission_survives_a_pulled_cable_and_completes_on_rerun() {
-        let mut reg = Registry::in_memory().unwrap();
+        let mut reg = Store::in_memory().unwrap();
         let key = crate::pki::keys::generate().unwrap();
         // The certificate is already revoked, so this run signs no CRL.
         let dev = setup(&mut reg, "D1", "HW-1", &key);
@@ -963,7 +945,7 @@ mod tests {
         assert_eq!(s.failed, 1);
         assert_eq!(s.devices[0].failed_step, Some(Step::Wipe));
         assert!(s.devices[0].error.as_deref().unwrap().contains("re-run"));
-        let st = rr::step_row(reg.conn(), dev.id, "wipe").unwrap().unwrap();
+        let st = rr::step_row(reg.reader(), dev.id, "wipe").unwrap().unwrap();
         assert_eq!(st.status, "failed");
         // Re-run with no options: the stored ones (the port) are used.
         let s = run(
@@ -980,14 +962,16 @@ mod tests {
         assert_eq!(sim.borrow().wipes_done.get(), 1, "the device wiped once");
         assert_eq!(events(&reg, "decommission.step"), 4);
         assert_eq!(events(&reg, "device.state"), 2);
-        let w = rr::latest_wipe(reg.conn(), dev.id).unwrap().unwrap();
+        let w = rr::latest_wipe(reg.reader(), dev.id).unwrap().unwrap();
         assert_eq!(
             (w.kind.as_str(), w.attestation_verified),
             ("attested", Some(true))
         );
         let cert = crate::app::retire::report::build(
-            reg.conn(),
-            &devices::device_by_id(reg.conn(), dev.id).unwrap().unwrap(),
+            reg.reader(),
+            &devices::device_by_id(reg.reader(), dev.id)
+                .unwrap()
+                .unwrap(),
             "ACME",
         )
         .unwrap();
@@ -997,7 +981,7 @@ mod tests {
 
     #[test]
     fn wrong_device_stops_that_device_and_a_manual_record_finishes_it() {
-        let mut reg = Registry::in_memory().unwrap();
+        let mut reg = Store::in_memory().unwrap();
         let key = crate::pki::keys::generate().unwrap();
         let dev = setup(&mut reg, "D1", "HW-1", &key);
         let sim = Rc::new(RefCell::new(SimDevice::new("HW-OTHER", &key)));
@@ -1022,7 +1006,7 @@ mod tests {
         let s = run(&mut reg, &[manual], &sim);
         assert_eq!(s.devices[0].result, "decommissioned");
         assert_eq!(events(&reg, "decommission.step"), 4);
-        let w = rr::latest_wipe(reg.conn(), dev.id).unwrap().unwrap();
+        let w = rr::latest_wipe(reg.reader(), dev.id).unwrap().unwrap();
         assert_eq!((w.kind.as_str(), w.level.as_str()), ("manual", "destroy"));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use rusqlite::Connection;
+use crate::store::Reader;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -94,7 +94,7 @@ fn title(level: &str) -> String {
 }
 
 /// Builds the certificate for `device` from its newest wipe record.
-pub fn build(conn: &Connection, device: &Device, org: &str) -> Result<Certificate> {
+pub fn build(conn: &Reader, device: &Device, org: &str) -> Result<Certificate> {
     let w = rr::latest_wipe(conn, device.id)?.ok_or_else(|| {
         Error::not_found(format!(
             "device '{}' has no wipe record: run `cradle decommission {}` first",

@@ -9,17 +9,17 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use rusqlite::Connection;
+use crate::store::Reader;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::app::identity::Actor;
+use crate::model::Actor;
+use crate::model::EventKind;
 use crate::pki::crl::Reason;
 use crate::store::certs::CertStatus;
 use crate::store::devices;
-use crate::store::events::EventChain;
 use crate::store::retire::{self as rr, ActiveCert};
-use crate::store::{now_rfc3339, Registry};
+use crate::store::{now_rfc3339, Store, Tx};
 
 /// Devices per registry transaction in a bulk revocation. One transaction writes
 /// each touched page to the WAL once; 100,000 devices fit in one.
@@ -81,10 +81,10 @@ pub fn normalise_fingerprint(s: &str) -> Result<String> {
 }
 
 /// Resolves requests against the registry; the first problem fails them all.
-pub fn plan(conn: &Connection, reqs: &[RevokeRequest]) -> Result<Vec<Planned>> {
+pub fn plan(conn: &Reader, reqs: &[RevokeRequest]) -> Result<Vec<Planned>> {
     // One read transaction for all lookups: one snapshot, and no lock/unlock
     // round trip per statement (200,000 of them for a 100,000-device file).
-    let _snapshot = rr::read_snapshot(conn)?;
+    let _snapshot = conn.read_snapshot()?;
     // A file naming a large part of the fleet: one scan beats a query per device.
     let mut scanned = if reqs.len() >= 1000 && (reqs.len() as i64) * 4 >= rr::device_count(conn)? {
         Some(rr::all_active_certs(conn)?)
@@ -191,10 +191,8 @@ pub fn plan(conn: &Connection, reqs: &[RevokeRequest]) -> Result<Vec<Planned>> {
 /// event each. A certificate revoked meanwhile by someone else is reported as
 /// "already revoked". The caller marks the CRL stale (`rr::mark_crl_stale`) in the
 /// same transaction if anything was revoked.
-#[allow(clippy::too_many_arguments)]
 pub fn revoke_in_tx(
-    conn: &Connection,
-    chain: &mut EventChain,
+    tx: &Tx<'_>,
     device_id: i64,
     serial: &str,
     certs: &[ActiveCert],
@@ -205,9 +203,9 @@ pub fn revoke_in_tx(
 ) -> Result<Vec<Revocation>> {
     let mut out = Vec::with_capacity(certs.len());
     for c in certs {
-        let done = rr::revoke_cert(conn, c.id, reason.as_str(), now)?;
+        let done = rr::revoke_cert(tx, c.id, reason.as_str(), now)?;
         if done {
-            revoked_event(conn, chain, device_id, c, reason, actor, now, extra)?;
+            revoked_event(tx, device_id, c, reason, actor, now, extra)?;
         }
         out.push(Revocation {
             serial: serial.to_string(),
@@ -221,10 +219,8 @@ pub fn revoke_in_tx(
     Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn revoked_event(
-    conn: &Connection,
-    chain: &mut EventChain,
+    tx: &Tx<'_>,
     device_id: i64,
     c: &ActiveCert,
     reason: Reason,
@@ -250,12 +246,10 @@ fn revoked_event(
         extra: extra.as_object(),
     })
     .map_err(|e| Error::input(e.to_string()))?;
-    chain.append_raw(
-        conn,
+    tx.event_json(
+        EventKind::CertRevoked,
         Some(device_id),
-        "cert.revoked",
-        &actor.operator,
-        &actor.station,
+        actor,
         &details,
         now,
     )?;
@@ -264,18 +258,17 @@ fn revoked_event(
 
 /// Records the planned revocations, `CHUNK` devices per transaction.
 pub fn apply(
-    reg: &mut Registry,
+    reg: &mut Store,
     plans: &[Planned],
     actor: &Actor,
     progress: &dyn Fn(u64),
 ) -> Result<Vec<Revocation>> {
-    rr::tune_for_bulk(reg.conn())?;
+    reg.tune_for_bulk()?;
     let mut out = Vec::with_capacity(plans.len());
     let mut done = 0u64;
     for chunk in plans.chunks(CHUNK) {
         let now = now_rfc3339();
         let tx = reg.write()?;
-        let mut chain = EventChain::load(&tx)?;
         let first = out.len();
         // One set-based UPDATE for the chunk, then one event per revoked certificate.
         let items: Vec<(i64, &str)> = chunk
@@ -291,7 +284,6 @@ pub fn apply(
                 if done {
                     revoked_event(
                         &tx,
-                        &mut chain,
                         p.device_id,
                         c,
                         p.reason,
@@ -313,7 +305,6 @@ pub fn apply(
         if out[first..].iter().any(|r| r.result == "revoked") {
             rr::mark_crl_stale(&tx)?;
         }
-        chain.store_head(&tx)?;
         tx.commit()?;
         done += chunk.len() as u64;
         progress(done);

@@ -28,17 +28,16 @@
 //! `--wipe-method … --wipe-tool … --verified-by …`, which the report shows as a
 //! manual, unattested record.
 
-use rusqlite::Connection;
+use crate::store::Reader;
 use x509_parser::prelude::FromDer;
 
 use super::WipeContext;
 use crate::attestation::WipeAttestation;
 use crate::error::{Error, Result};
-use crate::app::identity::Actor;
+use crate::model::Actor;
 use crate::store::devices::Device;
-use crate::store::events::EventChain;
 use crate::store::retire::{self as rr, WipeRecord};
-use crate::store::{now_rfc3339, Registry};
+use crate::store::{now_rfc3339, Store, Tx};
 
 /// Purpose recorded on wipe nonces.
 pub const NONCE_PURPOSE: &str = "wipe";
@@ -115,7 +114,7 @@ pub fn check_identity(device: &Device, link: &mut dyn WipeLink) -> Result<String
 
 /// The SubjectPublicKeyInfo (DER) and fingerprint of the certificate whose key the
 /// device signs attestations with.
-pub fn device_key(conn: &Connection, device: &Device) -> Result<(Vec<u8>, String)> {
+pub fn device_key(conn: &Reader, device: &Device) -> Result<(Vec<u8>, String)> {
     let cert = rr::newest_key_cert(conn, device.id)?.ok_or_else(|| {
         Error::crypto(format!(
             "device '{}' has no delivered certificate to verify an attestation against",
@@ -129,7 +128,7 @@ pub fn device_key(conn: &Connection, device: &Device) -> Result<(Vec<u8>, String
 
 /// Decides which issued nonce an attestation answers, or why it is refused.
 fn accepted_nonce(
-    conn: &Connection,
+    conn: &Reader,
     device: &Device,
     att: &WipeAttestation,
     sent: &[u8; 32],
@@ -161,16 +160,16 @@ fn accepted_nonce(
 /// transaction that stores the attestation.
 #[allow(clippy::too_many_arguments)]
 pub fn attested_wipe(
-    reg: &mut Registry,
+    reg: &mut Store,
     device: &Device,
     link: &mut dyn WipeLink,
     ctx: &WipeContext,
     step_options: &serde_json::Value,
     actor: &Actor,
-    finish: &dyn Fn(&Connection, &mut EventChain, &WipeRecord, &str) -> Result<()>,
+    finish: &dyn Fn(&Tx<'_>, &WipeRecord, &str) -> Result<()>,
 ) -> Result<WipeRecord> {
     let hwid = check_identity(device, link)?;
-    let (spki, cert_fp) = device_key(reg.conn(), device)?;
+    let (spki, cert_fp) = device_key(reg.reader(), device)?;
 
     let nonce = fresh_nonce();
     let nonce_hex = hex::encode(nonce);
@@ -199,7 +198,7 @@ pub fn attested_wipe(
             att.hardware_id
         )));
     }
-    let resent = accepted_nonce(reg.conn(), device, &att, &nonce)?;
+    let resent = accepted_nonce(reg.reader(), device, &att, &nonce)?;
     att.verify(&spki, &att.nonce)?;
 
     let now = now_rfc3339();
@@ -252,17 +251,15 @@ pub fn attested_wipe(
         recorded_at: now.clone(),
     };
     let id = rr::insert_wipe(&tx, &record)?;
-    let mut chain = EventChain::load(&tx)?;
     let record = WipeRecord { id, ..record };
-    finish(&tx, &mut chain, &record, &now)?;
-    chain.store_head(&tx)?;
+    finish(&tx, &record, &now)?;
     tx.commit()?;
     Ok(record)
 }
 
 /// Re-checks a stored attestation (for reports): signature against the certificate
 /// it was verified with, and that its nonce is the one recorded.
-pub fn reverify(conn: &Connection, device: &Device, w: &WipeRecord) -> Result<()> {
+pub fn reverify(conn: &Reader, device: &Device, w: &WipeRecord) -> Result<()> {
     let json = w
         .attestation
         .as_deref()
@@ -291,9 +288,9 @@ pub fn reverify(conn: &Connection, device: &Device, w: &WipeRecord) -> Result<()
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::app::retire::Step;
     use crate::store::certs::{self, KeySource, NewCert};
     use crate::store::devices::{self, NewDevice};
-    use crate::app::retire::Step;
     use std::cell::Cell;
 
     /// An in-process device: real P-256 key, really signs (`attestation::sign`).
@@ -375,12 +372,7 @@ pub(crate) mod tests {
 
     /// A registry with device `serial` (hardware id `hwid`) holding a real certificate
     /// for `key`.
-    pub(crate) fn setup(
-        reg: &mut Registry,
-        serial: &str,
-        hwid: &str,
-        key: &rcgen::KeyPair,
-    ) -> Device {
+    pub(crate) fn setup(reg: &mut Store, serial: &str, hwid: &str, key: &rcgen::KeyPair) -> Device {
         let cert = rcgen::CertificateParams::new(vec![format!("{serial}.test")])
             .unwrap()
             .self_signed(key)
@@ -419,16 +411,14 @@ pub(crate) mod tests {
         )
         .unwrap();
         // Revoked before the wipe, as in a decommission: the key still counts.
-        tx.execute(
-            "UPDATE certificates SET status='revoked' WHERE device_id=?1",
-            [id],
-        )
-        .unwrap();
+        tx.test_exec(&format!(
+            "UPDATE certificates SET status='revoked' WHERE device_id={id}"
+        ));
         tx.commit().unwrap();
-        devices::device_by_id(reg.conn(), id).unwrap().unwrap()
+        devices::device_by_id(reg.reader(), id).unwrap().unwrap()
     }
 
-    fn run(reg: &mut Registry, dev: &Device, link: &mut dyn WipeLink) -> Result<WipeRecord> {
+    fn run(reg: &mut Store, dev: &Device, link: &mut dyn WipeLink) -> Result<WipeRecord> {
         attested_wipe(
             reg,
             dev,
@@ -436,41 +426,41 @@ pub(crate) mod tests {
             &WipeContext::default(),
             &serde_json::json!({}),
             &actor(),
-            &|c, ch, w, now| {
-                rr::finish_step(c, dev.id, Step::Wipe.as_str(), now)?;
-                let _ = (ch, w);
+            &|tx, w, now| {
+                rr::finish_step(tx, dev.id, Step::Wipe.as_str(), now)?;
+                let _ = w;
                 Ok(())
             },
         )
     }
 
-    fn count(reg: &Registry, sql: &str) -> i64 {
-        reg.conn().query_row(sql, [], |r| r.get(0)).unwrap()
+    fn count(reg: &Store, sql: &str) -> i64 {
+        reg.test_i64(sql)
     }
 
     #[test]
     fn honest_device_wipe_is_verified_and_stored() {
-        let mut reg = Registry::in_memory().unwrap();
+        let mut reg = Store::in_memory().unwrap();
         let key = crate::pki::keys::generate().unwrap();
         let dev = setup(&mut reg, "D1", "HW-1", &key);
         let mut sim = SimDevice::new("HW-1", &key);
         let w = run(&mut reg, &dev, &mut sim).unwrap();
         assert_eq!(w.kind, "attested");
         assert_eq!(w.attestation_verified, Some(true));
-        let stored = rr::latest_wipe(reg.conn(), dev.id).unwrap().unwrap();
+        let stored = rr::latest_wipe(reg.reader(), dev.id).unwrap().unwrap();
         assert_eq!(stored.nonce_hex, w.nonce_hex);
-        reverify(reg.conn(), &dev, &stored).unwrap();
+        reverify(reg.reader(), &dev, &stored).unwrap();
         assert_eq!(
             count(&reg, "SELECT COUNT(*) FROM nonces WHERE used_at IS NULL"),
             0
         );
-        let st = rr::step_row(reg.conn(), dev.id, "wipe").unwrap().unwrap();
+        let st = rr::step_row(reg.reader(), dev.id, "wipe").unwrap().unwrap();
         assert_eq!(st.status, "done");
     }
 
     #[test]
     fn forged_signature_is_refused_and_nothing_stored() {
-        let mut reg = Registry::in_memory().unwrap();
+        let mut reg = Store::in_memory().unwrap();
         let key = crate::pki::keys::generate().unwrap();
         let dev = setup(&mut reg, "D1", "HW-1", &key);
         let mut sim = SimDevice::new("HW-1", &key);
@@ -489,17 +479,16 @@ pub(crate) mod tests {
 
     #[test]
     fn replayed_nonce_is_refused() {
-        let mut reg = Registry::in_memory().unwrap();
+        let mut reg = Store::in_memory().unwrap();
         let key = crate::pki::keys::generate().unwrap();
         let dev = setup(&mut reg, "D1", "HW-1", &key);
         // A nonce issued and used for this device before.
         let old = [9u8; 32];
-        reg.conn()
-            .execute(
-                "INSERT INTO nonces (nonce_hex, device_id, purpose, issued_at, used_at) VALUES (?1, ?2, 'wipe', 't', 't')",
-                rusqlite::params![hex::encode(old), dev.id],
-            )
-            .unwrap();
+        reg.test_exec(&format!(
+            "INSERT INTO nonces (nonce_hex, device_id, purpose, issued_at, used_at) VALUES ('{}', {}, 'wipe', 't', 't')",
+            hex::encode(old),
+            dev.id
+        ));
         let mut sim = SimDevice::new("HW-1", &key);
         sim.answer_nonce = Some(old);
         let e = run(&mut reg, &dev, &mut sim).unwrap_err().to_string();
@@ -514,7 +503,7 @@ pub(crate) mod tests {
 
     #[test]
     fn wrong_device_on_the_port_stops_before_any_nonce() {
-        let mut reg = Registry::in_memory().unwrap();
+        let mut reg = Store::in_memory().unwrap();
         let key = crate::pki::keys::generate().unwrap();
         let dev = setup(&mut reg, "D1", "HW-1", &key);
         let mut other = SimDevice::new("HW-2", &key);
@@ -530,7 +519,7 @@ pub(crate) mod tests {
 
     #[test]
     fn reply_lost_after_wipe_then_rerun_collects_resent_attestation() {
-        let mut reg = Registry::in_memory().unwrap();
+        let mut reg = Store::in_memory().unwrap();
         let key = crate::pki::keys::generate().unwrap();
         let dev = setup(&mut reg, "D1", "HW-1", &key);
         let mut sim = SimDevice::new("HW-1", &key);
@@ -540,7 +529,7 @@ pub(crate) mod tests {
         assert_eq!(sim.wipes_done.get(), 1);
         assert!(sim.key.is_none(), "the device did wipe");
         assert_eq!(count(&reg, "SELECT COUNT(*) FROM wipes"), 0);
-        let st = rr::step_row(reg.conn(), dev.id, "wipe").unwrap().unwrap();
+        let st = rr::step_row(reg.reader(), dev.id, "wipe").unwrap().unwrap();
         assert_ne!(st.status, "done");
         // Second attempt: the device resends its attestation for the first nonce.
         let w = run(&mut reg, &dev, &mut sim).unwrap();
@@ -559,7 +548,7 @@ pub(crate) mod tests {
 
     #[test]
     fn reply_lost_then_device_resigns_new_nonce_with_retained_key() {
-        let mut reg = Registry::in_memory().unwrap();
+        let mut reg = Store::in_memory().unwrap();
         let key = crate::pki::keys::generate().unwrap();
         let dev = setup(&mut reg, "D1", "HW-1", &key);
         let mut sim = SimDevice::new("HW-1", &key);
@@ -580,7 +569,7 @@ pub(crate) mod tests {
 
     #[test]
     fn device_without_key_or_attestation_cannot_prove_the_wipe() {
-        let mut reg = Registry::in_memory().unwrap();
+        let mut reg = Store::in_memory().unwrap();
         let key = crate::pki::keys::generate().unwrap();
         let dev = setup(&mut reg, "D1", "HW-1", &key);
         let mut sim = SimDevice::new("HW-1", &key);

@@ -21,19 +21,20 @@ use rcgen::{PublicKeyData, SubjectPublicKeyInfo};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
-use crate::app::identity::{check_serial, Actor};
+use crate::app::identity::check_serial;
 use crate::app::lifecycle;
+use crate::error::{Error, Result};
+use crate::model::Actor;
+use crate::model::EventKind;
 use crate::pki::ca::CaSigner;
 use crate::pki::cert::sha256_hex;
 use crate::pki::issue::{issue, vars_for, Issued};
 use crate::pki::profile::Profile;
 use crate::pki::{csr, keys};
+use crate::sim::DeviceProfile;
 use crate::store::certs::{self, CertStatus, KeySource};
 use crate::store::devices::{self, Device, DeviceStatus};
-use crate::store::events::{EventChain, NewEvent};
-use crate::store::{now_rfc3339, provision, Registry};
-use crate::sim::DeviceProfile;
+use crate::store::{now_rfc3339, provision, Store, Tx};
 use crate::wire::{self, Session, WireError, SLOT_CERT, SLOT_CHAIN, SLOT_KEY};
 
 /// Where the device's key comes from.
@@ -109,21 +110,21 @@ struct Run {
 
 thread_local! {
     // One registry connection per worker thread, reused across the steps of a run.
-    static CACHED: std::cell::RefCell<Option<Registry>> = const { std::cell::RefCell::new(None) };
+    static CACHED: std::cell::RefCell<Option<Store>> = const { std::cell::RefCell::new(None) };
 }
 
 /// A registry borrowed from the thread's cache; handed back on drop.
-pub(crate) struct RegGuard(Option<Registry>);
+pub(crate) struct RegGuard(Option<Store>);
 
 impl std::ops::Deref for RegGuard {
-    type Target = Registry;
-    fn deref(&self) -> &Registry {
+    type Target = Store;
+    fn deref(&self) -> &Store {
         self.0.as_ref().expect("registry present until drop")
     }
 }
 
 impl std::ops::DerefMut for RegGuard {
-    fn deref_mut(&mut self) -> &mut Registry {
+    fn deref_mut(&mut self) -> &mut Store {
         self.0.as_mut().expect("registry present until drop")
     }
 }
@@ -197,7 +198,7 @@ impl Station<'_> {
         let cached = CACHED.with(|c| c.borrow_mut().take());
         let r = match cached {
             Some(r) if r.path() == self.registry => r,
-            _ => Registry::open(&self.registry)?,
+            _ => Store::open(&self.registry)?,
         };
         Ok(RegGuard(Some(r)))
     }
@@ -221,31 +222,20 @@ impl Station<'_> {
 
     fn event(
         &self,
-        reg_conn: &rusqlite::Connection,
-        chain: &mut EventChain,
+        tx: &Tx<'_>,
         device_id: i64,
-        kind: &str,
+        kind: EventKind,
         details: serde_json::Value,
         now: &str,
     ) -> Result<()> {
-        chain.append(
-            reg_conn,
-            &NewEvent {
-                device_id: Some(device_id),
-                kind,
-                actor: &self.actor.operator,
-                station: &self.actor.station,
-                details,
-            },
-            now,
-        )?;
+        tx.event(kind, Some(device_id), self.actor, details, now)?;
         Ok(())
     }
 
     /// Looks the device up by hardware id / serial, registering it if new.
     fn lookup_or_register(
         &self,
-        reg: &mut Registry,
+        reg: &mut Store,
         hardware_id: &str,
         serial: &str,
         model: &str,
@@ -270,9 +260,7 @@ impl Station<'_> {
             }
             None => {
                 let id = provision::register_device(&tx, serial, hardware_id, model, imei, &now)?;
-                let mut chain = EventChain::load(&tx)?;
-                self.event(&tx, &mut chain, id, "device.registered", serde_json::json!({"source": "provision", "hardware_id": hardware_id, "model": model, "port": port}), &now)?;
-                chain.store_head(&tx)?;
+                self.event(&tx, id, EventKind::DeviceRegistered, serde_json::json!({"source": "provision", "hardware_id": hardware_id, "model": model, "port": port}), &now)?;
                 id
             }
         };
@@ -333,7 +321,7 @@ impl Station<'_> {
     /// Records an issued certificate as `unused` (pending) with a `provision.started` event.
     fn record_pending(
         &self,
-        reg: &mut Registry,
+        reg: &mut Store,
         device: &Device,
         issued: &Issued,
         source: KeySource,
@@ -358,12 +346,10 @@ impl Station<'_> {
             Some("provisioning in progress"),
             &now,
         )?;
-        let mut chain = EventChain::load(&tx)?;
         self.event(
             &tx,
-            &mut chain,
             device.id,
-            "provision.started",
+            EventKind::ProvisionStarted,
             serde_json::json!({
                 "port": port, "mode": self.mode, "device_profile": self.device_profile,
                 "profile": self.profile.name, "cert_serial": issued.info.serial_hex,
@@ -371,7 +357,6 @@ impl Station<'_> {
             }),
             &now,
         )?;
-        chain.store_head(&tx)?;
         tx.commit()?;
         Ok(cert_id)
     }
@@ -390,14 +375,12 @@ impl Station<'_> {
         let device = devices::device_by_id(&tx, device_id)?
             .ok_or_else(|| Error::not_found("device vanished"))?;
         certs::set_cert_status(&tx, cert_id, CertStatus::Active, None, &now)?;
-        let mut chain = EventChain::load(&tx)?;
         let cert = certs::certs_for_device(&tx, device_id)?
             .into_iter()
             .find(|c| c.id == cert_id)
             .ok_or_else(|| Error::not_found("certificate vanished"))?;
         lifecycle::transition(
             &tx,
-            &mut chain,
             &device,
             DeviceStatus::Provisioned,
             self.actor,
@@ -409,15 +392,7 @@ impl Station<'_> {
         if let (Some(d), serde_json::Value::Object(e)) = (details.as_object_mut(), extra) {
             d.extend(e);
         }
-        self.event(
-            &tx,
-            &mut chain,
-            device_id,
-            "provision.passed",
-            details,
-            &now,
-        )?;
-        chain.store_head(&tx)?;
+        self.event(&tx, device_id, EventKind::ProvisionPassed, details, &now)?;
         tx.commit()?;
         Ok(())
     }
@@ -432,18 +407,15 @@ impl Station<'_> {
         let mut reg = self.reg()?;
         let now = now_rfc3339();
         let tx = reg.write()?;
-        let mut chain = EventChain::load(&tx)?;
         self.event(
             &tx,
-            &mut chain,
             device.id,
-            "provision.failed",
+            EventKind::ProvisionFailed,
             serde_json::json!({
                 "port": port, "error": msg, "cert_serial": cert_serial, "mode": self.mode,
             }),
             &now,
         )?;
-        chain.store_head(&tx)?;
         tx.commit()?;
         Ok(())
     }
@@ -466,7 +438,7 @@ impl Station<'_> {
         let der = s.read_object(SLOT_CERT, st.len as usize)?;
         let fp = sha256_hex(&der);
         let reg = self.reg()?;
-        let rec = certs::cert_by_fingerprint(reg.conn(), &fp)?;
+        let rec = certs::cert_by_fingerprint(reg.reader(), &fp)?;
         drop(reg);
         match rec {
             Some(r) if r.device_id == device.id => {

@@ -76,7 +76,7 @@ fn flow(
         DeviceStatus::Provisioned => {
             run.step = "check provisioned modem";
             let reg = st.reg()?;
-            let active = certs::certs_for_device(reg.conn(), device.id)?
+            let active = certs::certs_for_device(reg.reader(), device.id)?
                 .into_iter()
                 .find(|c| c.status == CertStatus::Active)
                 .ok_or_else(|| {

@@ -1,0 +1,105 @@
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+/// Every kind of event cradle appends to the hash-chained log. The text form is what
+/// is hashed and stored, so a name never changes once shipped; add new kinds instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum EventKind {
+    #[serde(rename = "home.initialised")]
+    HomeInitialised,
+    #[serde(rename = "ca.created")]
+    CaCreated,
+    #[serde(rename = "ca.imported")]
+    CaImported,
+    #[serde(rename = "device.created")]
+    DeviceCreated,
+    #[serde(rename = "device.updated")]
+    DeviceUpdated,
+    #[serde(rename = "device.registered")]
+    DeviceRegistered,
+    #[serde(rename = "device.state")]
+    DeviceState,
+    #[serde(rename = "identity.issued")]
+    IdentityIssued,
+    #[serde(rename = "provision.started")]
+    ProvisionStarted,
+    #[serde(rename = "provision.passed")]
+    ProvisionPassed,
+    #[serde(rename = "provision.failed")]
+    ProvisionFailed,
+    #[serde(rename = "cert.revoked")]
+    CertRevoked,
+    #[serde(rename = "crl.issued")]
+    CrlIssued,
+    #[serde(rename = "decommission.step")]
+    DecommissionStep,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 14] = [
+        EventKind::HomeInitialised,
+        EventKind::CaCreated,
+        EventKind::CaImported,
+        EventKind::DeviceCreated,
+        EventKind::DeviceUpdated,
+        EventKind::DeviceRegistered,
+        EventKind::DeviceState,
+        EventKind::IdentityIssued,
+        EventKind::ProvisionStarted,
+        EventKind::ProvisionPassed,
+        EventKind::ProvisionFailed,
+        EventKind::CertRevoked,
+        EventKind::CrlIssued,
+        EventKind::DecommissionStep,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::HomeInitialised => "home.initialised",
+            EventKind::CaCreated => "ca.created",
+            EventKind::CaImported => "ca.imported",
+            EventKind::DeviceCreated => "device.created",
+            EventKind::DeviceUpdated => "device.updated",
+            EventKind::DeviceRegistered => "device.registered",
+            EventKind::DeviceState => "device.state",
+            EventKind::IdentityIssued => "identity.issued",
+            EventKind::ProvisionStarted => "provision.started",
+            EventKind::ProvisionPassed => "provision.passed",
+            EventKind::ProvisionFailed => "provision.failed",
+            EventKind::CertRevoked => "cert.revoked",
+            EventKind::CrlIssued => "crl.issued",
+            EventKind::DecommissionStep => "decommission.step",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| crate::Error::input(format!("'{s}' is not an event kind")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_forms_round_trip_and_match_serde() {
+        for k in EventKind::ALL {
+            assert_eq!(k.as_str().parse::<EventKind>().unwrap(), k);
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Plain data shared by every layer: no I/O, no SQL, no clap.
+
+mod actor;
+mod event;
+
+pub use actor::Actor;
+pub use event::EventKind;

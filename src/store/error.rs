@@ -1,0 +1,71 @@
+//! The store's own errors: what a caller can act on, never a `rusqlite::Error`.
+
+use std::path::PathBuf;
+
+use crate::error::Error;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another station held the write lock for longer than the busy timeout.
+    #[error("registry is busy (locked by another station) for longer than the timeout")]
+    Busy,
+    /// No registry where one was expected.
+    #[error("{0}")]
+    NotInitialised(String),
+    /// The file is not a usable registry: corrupt, foreign, or from a newer cradle.
+    #[error("registry {path}: {msg}")]
+    Corrupt { path: PathBuf, msg: String },
+    /// A uniqueness or reference rule of the schema refused the change.
+    #[error("database error: {0}")]
+    Constraint(String),
+    /// Anything else the database reported.
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    pub(super) fn corrupt(path: impl Into<PathBuf>, msg: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+}
+
+pub(super) fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        if is_busy(&e) {
+            return StoreError::Busy;
+        }
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::ConstraintViolation) => StoreError::Constraint(e.to_string()),
+            _ => StoreError::Other(e.to_string()),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        Error::Store(e.into())
+    }
+}
+
+/// A failure opening or checking the file at `path`, named by what it means.
+pub(super) fn file_err(path: &std::path::Path, e: rusqlite::Error) -> Error {
+    let msg = match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => {
+            "not a SQLite database (corrupt or foreign file)".to_string()
+        }
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) => "database file is corrupt".to_string(),
+        _ if is_busy(&e) => return Error::Store(StoreError::Busy),
+        _ => e.to_string(),
+    };
+    Error::Store(StoreError::corrupt(path, msg))
+}

@@ -1,0 +1,254 @@
+//! Read handles and the unit of work.
+//!
+//! A `Tx` is one write transaction that owns the event chain: workflows append events
+//! through it, `commit` records the new chain head in the same transaction, and a
+//! dropped `Tx` rolls everything back. Nothing outside the store can reach the
+//! connection, so no caller can write an event without moving the head.
+
+use std::cell::RefCell;
+use std::ops::Deref;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use super::events::{event_hash_hex, GENESIS, HEAD_KEY};
+use crate::error::{Error, Result};
+use crate::model::{Actor, EventKind};
+
+/// Read-only access to the registry. Every query function of the store takes one;
+/// `&Store`, `&Snapshot` and `&Tx` dereference to it.
+#[repr(transparent)]
+pub struct Reader {
+    conn: Connection,
+}
+
+impl Reader {
+    pub(super) fn of(conn: &Connection) -> &Reader {
+        // SAFETY: `Reader` is `repr(transparent)` over `Connection`, so the two
+        // references have the same layout and lifetime.
+        unsafe { &*(conn as *const Connection as *const Reader) }
+    }
+
+    pub(super) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// A read transaction around many lookups, unless one is already open: one
+    /// snapshot, and no per-statement lock round trips. Ends when dropped.
+    pub fn read_snapshot(&self) -> Result<Option<Snapshot<'_>>> {
+        if self.conn.is_autocommit() {
+            Ok(Some(Snapshot::new(self.conn.unchecked_transaction()?)))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Raw SQL for unit tests elsewhere in the crate (tampering, counting): tests only.
+#[cfg(test)]
+impl Reader {
+    pub(crate) fn test_exec(&self, sql: &str) -> usize {
+        self.conn.execute(sql, []).expect("test SQL")
+    }
+
+    pub(crate) fn test_i64(&self, sql: &str) -> i64 {
+        self.conn
+            .query_row(sql, [], |r| r.get(0))
+            .expect("test SQL")
+    }
+}
+
+/// One consistent read of the whole registry (a deferred read transaction): a writer
+/// committing meanwhile is not seen, so head and events always agree.
+pub struct Snapshot<'s> {
+    tx: Transaction<'s>,
+}
+
+impl<'s> Snapshot<'s> {
+    pub(super) fn new(tx: Transaction<'s>) -> Snapshot<'s> {
+        Snapshot { tx }
+    }
+}
+
+impl Deref for Snapshot<'_> {
+    type Target = Reader;
+    fn deref(&self) -> &Reader {
+        Reader::of(&self.tx)
+    }
+}
+
+/// The head of the chain while a transaction appends: id and hex hash of the newest event.
+pub(super) struct Head {
+    pub id: i64,
+    pub hash: [u8; 64],
+}
+
+/// A write transaction (the write lock is taken when it begins).
+pub struct Tx<'s> {
+    tx: Transaction<'s>,
+    /// Loaded at the first append; `commit` stores it when events were appended.
+    head: RefCell<Option<Head>>,
+    appended: std::cell::Cell<bool>,
+}
+
+impl<'s> Tx<'s> {
+    pub(super) fn new(tx: Transaction<'s>) -> Tx<'s> {
+        Tx {
+            tx,
+            head: RefCell::new(None),
+            appended: std::cell::Cell::new(false),
+        }
+    }
+
+    pub(super) fn conn(&self) -> &Connection {
+        &self.tx
+    }
+
+    /// Appends one event to the chain; returns its id.
+    pub fn event(
+        &self,
+        kind: EventKind,
+        device_id: Option<i64>,
+        actor: &Actor,
+        details: serde_json::Value,
+        at: &str,
+    ) -> Result<i64> {
+        let details = details.to_string();
+        self.append_raw(
+            device_id,
+            kind.as_str(),
+            &actor.operator,
+            &actor.station,
+            &details,
+            at,
+        )
+    }
+
+    /// `event` with the details already serialised as compact JSON (bulk paths).
+    pub fn event_json(
+        &self,
+        kind: EventKind,
+        device_id: Option<i64>,
+        actor: &Actor,
+        details: &str,
+        at: &str,
+    ) -> Result<i64> {
+        self.append_raw(
+            device_id,
+            kind.as_str(),
+            &actor.operator,
+            &actor.station,
+            details,
+            at,
+        )
+    }
+
+    /// `event` with the fields as stored text (details already compact JSON).
+    pub(super) fn append_raw(
+        &self,
+        device_id: Option<i64>,
+        kind: &str,
+        actor: &str,
+        station: &str,
+        details: &str,
+        at: &str,
+    ) -> Result<i64> {
+        self.with_head(|conn, head| {
+            let id = head.id + 1;
+            let hash = event_hash_hex(id, &head.hash, device_id, kind, actor, station, at, details);
+            let hex = |h: &[u8; 64]| std::str::from_utf8(h).expect("hex digits").to_owned();
+            conn.prepare_cached(
+                "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                id,
+                device_id,
+                kind,
+                actor,
+                station,
+                at,
+                details,
+                hex(&head.hash),
+                hex(&hash)
+            ])?;
+            head.id = id;
+            head.hash = hash;
+            Ok(id)
+        })
+    }
+
+    /// Runs `f` with the chain head (loaded from the newest event on first use); bulk
+    /// writers append through it and move it forward.
+    pub(super) fn with_head<R>(
+        &self,
+        f: impl FnOnce(&Connection, &mut Head) -> Result<R>,
+    ) -> Result<R> {
+        let mut slot = self.head.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(load_head(&self.tx)?);
+        }
+        let head = slot.as_mut().expect("loaded");
+        let r = f(&self.tx, head)?;
+        self.appended.set(true);
+        Ok(r)
+    }
+
+    /// Commits, recording the chain head first if this transaction appended events.
+    pub fn commit(self) -> Result<()> {
+        if self.appended.get() {
+            if let Some(head) = self.head.borrow().as_ref() {
+                store_head(&self.tx, head)?;
+            }
+        }
+        self.tx.commit()?;
+        Ok(())
+    }
+
+    /// Rolls back explicitly (dropping a `Tx` does the same).
+    pub fn rollback(self) -> Result<()> {
+        self.tx.rollback()?;
+        Ok(())
+    }
+}
+
+impl Deref for Tx<'_> {
+    type Target = Reader;
+    fn deref(&self) -> &Reader {
+        Reader::of(&self.tx)
+    }
+}
+
+fn load_head(conn: &Connection) -> Result<Head> {
+    let last: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT id, hash FROM events ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (id, hash) = last.unwrap_or((0, GENESIS.to_string()));
+    let mut h = [0u8; 64];
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::input(format!(
+            "event {id} has a malformed hash; run the audit"
+        )));
+    }
+    h.copy_from_slice(hash.as_bytes());
+    Ok(Head { id, hash: h })
+}
+
+fn store_head(conn: &Connection, head: &Head) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![
+        HEAD_KEY,
+        format!(
+            "{}:{}",
+            head.id,
+            std::str::from_utf8(&head.hash).expect("hex digits")
+        )
+    ])?;
+    Ok(())
+}
