@@ -247,6 +247,13 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        // Read again under the lock: another station may have migrated while this one
+        // waited for it, and its migrations must not run twice.
+        let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let current = current as usize;
+        if current >= known {
+            return Ok(());
+        }
         for sql in &schema::MIGRATIONS[current..] {
             tx.execute_batch(sql)?;
         }
@@ -366,6 +373,45 @@ pub fn fmt_time(t: time::OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registry file one migration behind this binary.
+    fn older_registry(path: &Path) {
+        let c = Connection::open(path).unwrap();
+        c.pragma_update(None, "page_size", PAGE_SIZE).unwrap();
+        let _: String = c
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .unwrap();
+        c.pragma_update(None, "application_id", schema::APPLICATION_ID)
+            .unwrap();
+        let n = schema::MIGRATIONS.len();
+        for sql in &schema::MIGRATIONS[..n - 1] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.pragma_update(None, "user_version", (n - 1) as i64)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_station_waiting_for_another_stations_migration_does_not_rerun_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        older_registry(&path);
+        // Station 1 is migrating: it holds the exclusive lock.
+        let first = Connection::open(&path).unwrap();
+        first.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        // Station 2 opens meanwhile: it sees the old version and waits for the lock.
+        let p2 = path.clone();
+        let second = std::thread::spawn(move || Store::open(&p2).map(|_| ()));
+        std::thread::sleep(Duration::from_millis(300));
+        let n = schema::MIGRATIONS.len();
+        first.execute_batch(schema::MIGRATIONS[n - 1]).unwrap();
+        first.pragma_update(None, "user_version", n as i64).unwrap();
+        first.execute_batch("COMMIT").unwrap();
+        // Before the version was re-read under the lock, station 2 re-ran the last
+        // migration and failed with "duplicate column name".
+        second.join().unwrap().unwrap();
+        assert_eq!(Store::open(&path).unwrap().schema_version().unwrap(), n);
+    }
 
     #[test]
     fn migrations_apply_once_and_are_idempotent() {

@@ -162,3 +162,41 @@ CREATE INDEX certificates_status ON certificates(status, device_id);
 ALTER TABLE certificates ADD COLUMN verified_mac BLOB;
 "#,
 ];
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    /// SHA-256 of every published migration, in order. A registry records only how
+    /// many migrations ran, so a changed entry would silently leave older registries
+    /// on the old schema: never edit one, append a new migration instead (and its
+    /// hash here).
+    const PUBLISHED: &[&str] = &[
+        "66f6db6e58ba39dc0412ee3500d1a4ce5215f72a8872b18eb900ba787ce84b3c",
+        "eb20b189fafaf069d175154ffd9040e43771cd86d001fa01fe95fb6c5c16dae5",
+        "1c9e06f5313a1cdab83ee488d21ea19ff4a444bbf7c6eccd4496a7422f066f0d",
+        "072434fccfcb348cc5c5a1eb26fc3577a03435c527772be70d349e79c4b552f1",
+    ];
+
+    #[test]
+    fn published_migrations_never_change() {
+        assert!(
+            super::MIGRATIONS.len() >= PUBLISHED.len(),
+            "a published migration was removed"
+        );
+        for (i, (sql, want)) in super::MIGRATIONS.iter().zip(PUBLISHED).enumerate() {
+            let got = hex::encode(Sha256::digest(sql.as_bytes()));
+            assert_eq!(
+                &got,
+                want,
+                "migration {} was edited after it was published: append a new migration instead",
+                i + 1
+            );
+        }
+        assert_eq!(
+            super::MIGRATIONS.len(),
+            PUBLISHED.len(),
+            "a new migration needs its hash in PUBLISHED"
+        );
+    }
+}
