@@ -53,6 +53,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     Device(String),
+    /// A bug or an impossible state inside cradle (exit 2): nothing was changed.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -104,6 +107,7 @@ impl Error {
             Error::NotFound(_) => exit::INPUT,
             Error::Device(_) => exit::DEVICE,
             Error::Io { .. } => exit::IO,
+            Error::Internal(_) => exit::USAGE,
         }
     }
 }

@@ -674,6 +674,10 @@ fn parse_batches(
             }
         }
         b.bytes = rdr.get_ref().n;
+        #[cfg(test)]
+        if tests::PANIC_AFTER_BATCHES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+            panic!("parser fault injected by a test");
+        }
         let done = b.len < BATCH_ROWS;
         if b.len > 0 && full.send(Ok(b)).is_err() {
             return;
@@ -1059,7 +1063,13 @@ fn import_file(
         }
     }
     drop(tx_empty);
-    let _ = reader.join();
+    // The loop also ends when the parser thread dies: that is not the end of the file,
+    // and nothing read so far may be committed.
+    reader.join().map_err(|_| {
+        Error::Internal(format!(
+            "{file}: the CSV parser stopped unexpectedly; nothing was imported"
+        ))
+    })?;
     if let Some(ef) = errors_file {
         ef.finish()?;
     }
@@ -1477,4 +1487,45 @@ pub fn write_updates(out: &mut dyn Write, s: &ImportSummary) -> std::io::Result<
         writeln!(out, "  … and {} more updated devices", s.updates_not_listed)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// The parser panics after sending this many batches (tests only).
+    pub(super) static PANIC_AFTER_BATCHES: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+    #[test]
+    fn a_parser_that_dies_mid_file_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Store::create(&dir.path().join("r.db")).unwrap();
+        let csv = dir.path().join("devices.csv");
+        let mut f = File::create(&csv).unwrap();
+        writeln!(f, "serial,model").unwrap();
+        for i in 0..3 * BATCH_ROWS {
+            writeln!(f, "DEV-{i:05},m").unwrap();
+        }
+        drop(f);
+        // The first batch arrives whole; the parser dies on the second.
+        PANIC_AFTER_BATCHES.store(1, Ordering::Relaxed);
+        let actor = Actor {
+            operator: "t".into(),
+            station: "s".into(),
+        };
+        let r = import(
+            &mut reg,
+            &csv,
+            &ImportOptions::default(),
+            &actor,
+            &mut Quiet,
+        );
+        PANIC_AFTER_BATCHES.store(usize::MAX, Ordering::Relaxed);
+        let e = r.expect_err("a dead parser is an error, not the end of the file");
+        assert!(matches!(e, Error::Internal(_)), "{e}");
+        assert_eq!(crate::store::retire::device_count(&reg).unwrap(), 0);
+    }
 }
