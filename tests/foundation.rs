@@ -939,3 +939,46 @@ fn a_retired_device_gets_no_new_identity() {
     assert!(err.contains("is retired"), "{err}");
     assert_eq!(env.dump(), before);
 }
+
+/// `{attr.NAME}` renders the device's attribute NAME, even when a column of the same
+/// name exists: the column value must not shadow the attribute, and an empty column
+/// must not hide it.
+#[test]
+fn attr_variables_render_the_attribute_not_the_same_named_column() {
+    let env = Env::with_ca();
+    std::fs::write(
+        env.path("devices.csv"),
+        "serial,model,attr.model\nAT-1,column-model,attr-model\nAT-2,,attr-only\n",
+    )
+    .unwrap();
+    env.ok(&["inventory", "import", "devices.csv"]);
+    std::fs::write(
+        env.path("attr.toml"),
+        "kind = \"end-entity\"\n[subject]\nCN = \"{serial}\"\nO = \"{model?}\"\nOU = \"{attr.model}\"\n[validity]\ndays = 1\n",
+    )
+    .unwrap();
+    for (serial, o, ou) in [
+        ("AT-1", Some("column-model"), "attr-model"),
+        ("AT-2", None, "attr-only"),
+    ] {
+        env.ok(&[
+            "identity",
+            "issue",
+            serial,
+            "--profile",
+            "attr.toml",
+            "--out",
+            "o",
+            "--passphrase-file",
+            env.pass(),
+        ]);
+        let cert = env.path(&format!("o/{serial}.pem"));
+        let (ok, subject) = openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-subject"]);
+        assert!(ok, "{subject}");
+        let want = match o {
+            Some(o) => format!("CN = {serial}, O = {o}, OU = {ou}"),
+            None => format!("CN = {serial}, OU = {ou}"),
+        };
+        assert!(subject.contains(&want), "want {want:?} in {subject}");
+    }
+}

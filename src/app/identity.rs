@@ -18,8 +18,8 @@ use crate::model::Actor;
 use crate::model::EventKind;
 use crate::pki::ca::CaSigner;
 use crate::pki::cert::to_pem;
-use crate::pki::issue::{issue, vars_for, Issued};
-use crate::pki::profile::Profile;
+use crate::pki::issue::{issue, Issued};
+use crate::pki::profile::{Profile, Vars, VARIABLES};
 use crate::pki::{csr, keys};
 use crate::store::certs::{self, KeySource, NewCert};
 use crate::store::devices::{self, Device, NewDevice};
@@ -66,6 +66,31 @@ fn device_template(serial: &str) -> Device {
         created_at: now.clone(),
         updated_at: now,
     }
+}
+
+/// Profile variables for a device: its registry fields, `attr.*`, org and CA name.
+pub fn vars_for(device: &Device, org: &str, ca_name: &str, profile: &str) -> Vars {
+    let mut v = Vars::new();
+    for f in VARIABLES {
+        if let Some(val) = device.field(f) {
+            v.insert((*f).to_string(), val);
+        }
+    }
+    // From the attribute map itself: `Device::field` answers a column first, so
+    // `{attr.model}` would otherwise render the `model` column.
+    for (k, val) in &device.attributes {
+        let text = match val {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if !text.is_empty() {
+            v.insert(format!("attr.{k}"), text);
+        }
+    }
+    v.insert("org".into(), org.into());
+    v.insert("ca_name".into(), ca_name.into());
+    v.insert("profile".into(), profile.into());
+    v
 }
 
 /// Checks a device serial: printable, no path separators (it names files), bounded.

@@ -7,7 +7,6 @@ use super::ca::{random_serial, CaSigner};
 use super::cert::{info_of, CertInfo};
 use super::profile::{Profile, Vars};
 use crate::error::{Error, Result};
-use crate::store::Device;
 
 /// A freshly issued certificate and the facts recorded about it.
 #[derive(Debug, Clone)]
@@ -37,23 +36,4 @@ pub fn issue(
     let der = cert.der().to_vec();
     let info = info_of(&der)?;
     Ok(Issued { der, info })
-}
-
-/// Profile variables for a device: its registry fields, `attr.*`, org and CA name.
-pub fn vars_for(device: &Device, org: &str, ca_name: &str, profile: &str) -> Vars {
-    let mut v = Vars::new();
-    for f in super::profile::VARIABLES {
-        if let Some(val) = device.field(f) {
-            v.insert((*f).to_string(), val);
-        }
-    }
-    for (k, _) in device.attributes.iter() {
-        if let Some(val) = device.field(k) {
-            v.insert(format!("attr.{k}"), val);
-        }
-    }
-    v.insert("org".into(), org.into());
-    v.insert("ca_name".into(), ca_name.into());
-    v.insert("profile".into(), profile.into());
-    v
 }

@@ -21,14 +21,14 @@ use rcgen::{PublicKeyData, SubjectPublicKeyInfo};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use crate::app::identity::check_serial;
+use crate::app::identity::{check_serial, vars_for};
 use crate::app::lifecycle;
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
 use crate::pki::ca::CaSigner;
 use crate::pki::cert::sha256_hex;
-use crate::pki::issue::{issue, vars_for, Issued};
+use crate::pki::issue::{issue, Issued};
 use crate::pki::profile::Profile;
 use crate::pki::{csr, keys};
 use crate::sim::DeviceProfile;
