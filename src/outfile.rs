@@ -125,6 +125,43 @@ impl Write for OutFile {
     }
 }
 
+/// Writes a secret file with mode 0600, atomically (temp file + rename), never replacing
+/// an existing file.
+pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
+    write_file_atomic(path, contents, 0o600, false)
+}
+
+/// Creates a new file with `mode` and writes it, without fsync (bulk output, where the
+/// registry commit that follows is the durability point).
+pub fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    f.write_all(contents).map_err(|e| Error::io(path, e))
+}
+
+/// Writes a file atomically with `mode`; `overwrite` allows replacing an existing one
+/// (a target that is not a regular file, such as `/dev/stdout`, is written in place).
+pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<()> {
+    if !overwrite && path.exists() {
+        return Err(Error::conflict(format!(
+            "{} already exists; not overwriting",
+            path.display()
+        )));
+    }
+    let mut f = OutFile::create(path, mode, &[] as &[&Path])?;
+    f.write_all(contents).map_err(|e| Error::io(path, e))?;
+    if overwrite {
+        f.commit()
+    } else {
+        f.commit_new()
+    }
+}
+
 /// True when both paths name one existing file.
 pub fn same_file(a: &Path, b: &Path) -> bool {
     match (fs::metadata(a), fs::metadata(b)) {

@@ -285,7 +285,7 @@ fn issue_recorded(
     let outcome = files
         .iter()
         .try_for_each(|f| {
-            keys::write_file_atomic(&f.path, &f.contents, f.mode, false)?;
+            crate::outfile::write_file_atomic(&f.path, &f.contents, f.mode, false)?;
             written.push(f.path.clone());
             Ok(())
         })
@@ -794,10 +794,10 @@ fn write_chunk_files(
     if let Some(dir) = &out.dir {
         for m in made {
             let (kp, cp) = file_names(dir, &m.serial);
-            keys::write_new_file(&kp, m.key_pem.as_bytes(), 0o600)?;
+            crate::outfile::write_new_file(&kp, m.key_pem.as_bytes(), 0o600)?;
             written.push(kp);
             let pem = format!("{}{}", m.cert_pem, chain_pem);
-            keys::write_new_file(&cp, pem.as_bytes(), 0o644)?;
+            crate::outfile::write_new_file(&cp, pem.as_bytes(), 0o644)?;
             written.push(cp);
         }
     }

@@ -10,9 +10,9 @@ use serde::Serialize;
 use super::common::{print_json, ts, Ctx, PassArgs};
 use crate::error::Error;
 use crate::model::EventKind;
+use crate::outfile;
 use crate::pki::ca::{self, CHAIN};
 use crate::pki::cert::{colon_hex, info_of, to_pem};
-use crate::pki::keys;
 use crate::store::cas::{self, CaRole};
 use crate::store::now_rfc3339;
 
@@ -279,7 +279,7 @@ fn export(ctx: &Ctx, root: bool, issuing: bool, out: Option<PathBuf>) -> anyhow:
         fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?
     };
     match out {
-        Some(path) => keys::write_file_atomic(&path, pem.as_bytes(), 0o644, true)?,
+        Some(path) => outfile::write_file_atomic(&path, pem.as_bytes(), 0o644, true)?,
         None => print!("{pem}"),
     }
     Ok(0)

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use super::common::{print_json, Ctx, PassArgs};
 use super::retire::{crl_path, print_crl_line};
+use crate::outfile;
 use crate::pki::cert::to_pem;
 use crate::pki::crl;
-use crate::pki::keys;
 
 #[derive(Debug, clap::Args)]
 pub struct CrlArgs {
@@ -46,7 +46,7 @@ pub fn run(ctx: &Ctx, a: CrlArgs) -> anyhow::Result<i32> {
             o.flush()?;
             return Ok(0);
         }
-        Some(p) => keys::write_file_atomic(p, &body, 0o644, true).map_err(|e| {
+        Some(p) => outfile::write_file_atomic(p, &body, 0o644, true).map_err(|e| {
             anyhow::Error::new(e).context("the CRL is issued and published, but --out failed")
         })?,
         None => {}

@@ -70,7 +70,7 @@ fn fleet(ctx: &Ctx, a: FleetArgs) -> anyhow::Result<i32> {
     let html = report::render_html(&fleet);
     match &a.out {
         Some(path) => {
-            crate::pki::keys::write_file_atomic(path, html.as_bytes(), 0o644, true)?;
+            crate::outfile::write_file_atomic(path, html.as_bytes(), 0o644, true)?;
             if !ctx.json {
                 eprintln!(
                     "wrote {} ({} devices, {} findings)",

@@ -267,7 +267,7 @@ pub fn write_reports(
     let mut out = Vec::new();
     for (ext, body) in [("json", json), ("html", html)] {
         let p = dir.join(format!("{}.sanitization.{ext}", dev.serial));
-        crate::pki::keys::write_file_atomic(&p, body.as_bytes(), 0o644, true)?;
+        crate::outfile::write_file_atomic(&p, body.as_bytes(), 0o644, true)?;
         out.push(p);
     }
     Ok(out)

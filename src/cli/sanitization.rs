@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::common::Ctx;
 use crate::app::retire::report;
-use crate::pki::keys;
+use crate::outfile;
 use crate::store::devices;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,7 +42,7 @@ pub fn run(ctx: &Ctx, a: SanitizationArgs) -> anyhow::Result<i32> {
         Format::Text => report::to_text(&cert),
     };
     match &a.out {
-        Some(p) => keys::write_file_atomic(p, body.as_bytes(), 0o644, true)?,
+        Some(p) => outfile::write_file_atomic(p, body.as_bytes(), 0o644, true)?,
         None => {
             let mut o = std::io::stdout().lock();
             o.write_all(body.as_bytes())?;

@@ -206,9 +206,9 @@ pub fn install(
         let mut put = |file: &str, data: &[u8], secret: bool| -> Result<()> {
             let p = dir.join(file);
             if secret {
-                keys::write_secret_file(&p, data)?;
+                crate::outfile::write_secret_file(&p, data)?;
             } else {
-                keys::write_file_atomic(&p, data, 0o644, false)?;
+                crate::outfile::write_file_atomic(&p, data, 0o644, false)?;
             }
             written.push(p);
             Ok(())

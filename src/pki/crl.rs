@@ -13,10 +13,10 @@ use time::OffsetDateTime;
 
 use super::ca::CaSigner;
 use super::cert::{sha256_hex, to_pem};
-use super::keys;
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
+use crate::outfile;
 use crate::store::retire::{self as rr, NewCrl};
 use crate::store::{fmt_time, Store};
 
@@ -279,7 +279,7 @@ pub fn issue(
     if let Some(dir) = publish.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    keys::write_file_atomic(publish, &encode_for(publish, &der), 0o644, true)?;
+    outfile::write_file_atomic(publish, &encode_for(publish, &der), 0o644, true)?;
     tx.commit()?;
     Ok(CrlIssued {
         issuer: signer.record.subject.clone(),

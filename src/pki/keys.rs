@@ -1,8 +1,4 @@
-//! P-256 key pairs, encrypted PKCS#8 at rest, and files written 0600.
-
-use std::fs;
-use std::io::Write;
-use std::path::Path;
+//! P-256 key pairs and encrypted PKCS#8 at rest.
 
 use pkcs8::der::Decode;
 use pkcs8::pkcs5::pbes2;
@@ -93,41 +89,4 @@ pub fn key_pair_from_pkcs8(der: &[u8], what: &str) -> Result<KeyPair> {
         )));
     }
     Ok(kp)
-}
-
-/// Writes a secret file with mode 0600, atomically (temp file + rename), never replacing
-/// an existing file.
-pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
-    write_file_atomic(path, contents, 0o600, false)
-}
-
-/// Creates a new file with `mode` and writes it, without fsync (bulk output, where the
-/// registry commit that follows is the durability point).
-pub fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    f.write_all(contents).map_err(|e| Error::io(path, e))
-}
-
-/// Writes a file atomically with `mode`; `overwrite` allows replacing an existing one
-/// (a target that is not a regular file, such as `/dev/stdout`, is written in place).
-pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<()> {
-    if !overwrite && path.exists() {
-        return Err(Error::conflict(format!(
-            "{} already exists; not overwriting",
-            path.display()
-        )));
-    }
-    let mut f = crate::outfile::OutFile::create(path, mode, &[] as &[&Path])?;
-    f.write_all(contents).map_err(|e| Error::io(path, e))?;
-    if overwrite {
-        f.commit()
-    } else {
-        f.commit_new()
-    }
 }

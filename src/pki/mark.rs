@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use rand_core::{OsRng, RngCore};
 use ring::hmac;
 
-use super::keys;
 use crate::error::{Error, Result};
+use crate::outfile;
 
 /// File name of the key under the CA directory.
 pub const AUDIT_KEY: &str = "audit.key";
@@ -77,7 +77,7 @@ impl AuditKey {
         let path = key_path(ca_dir);
         let mut b = zeroize::Zeroizing::new([0u8; KEY_LEN]);
         OsRng.fill_bytes(&mut b[..]);
-        match keys::write_secret_file(&path, &b[..]) {
+        match outfile::write_secret_file(&path, &b[..]) {
             Ok(()) => AuditKey::from_bytes(&path, &b[..]),
             // Another cradle process created it first: use theirs.
             Err(_) if path.exists() => AuditKey::load(ca_dir)?

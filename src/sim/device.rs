@@ -81,7 +81,7 @@ impl DeviceState {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_vec_pretty(self).map_err(|e| Error::input(e.to_string()))?;
-        crate::pki::keys::write_file_atomic(path, &text, 0o600, true)
+        crate::outfile::write_file_atomic(path, &text, 0o600, true)
     }
 
     pub fn state_name(&self) -> &'static str {
