@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use super::common::{print_json, Ctx, PassArgs};
 use super::retire::{crl_path, print_crl_line};
+use crate::app::retire::crl;
 use crate::outfile;
 use crate::pki::cert::to_pem;
-use crate::pki::crl;
 
 #[derive(Debug, clap::Args)]
 pub struct CrlArgs {

@@ -6,12 +6,13 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::common::{print_json, print_table, progress_bar, Ctx, PassArgs};
+use crate::app::retire::crl;
 use crate::app::retire::decommission::{self, Given, Job, Runner, Summary};
 use crate::app::retire::revoke::{self, Revocation, RevokeRequest};
 use crate::app::retire::{report, wipe, WipeContext, WipeLevel};
 use crate::error::{exit, Error};
 use crate::home::Config;
-use crate::pki::crl::{self, CrlIssued, Reason};
+use crate::pki::crl::{CrlIssued, Reason};
 use crate::store::retire as rr;
 
 /// Test hook: abort right after committing decommission step N (1-4).

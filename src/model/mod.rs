@@ -2,6 +2,8 @@
 
 mod actor;
 mod event;
+mod revoked;
 
 pub use actor::Actor;
 pub use event::EventKind;
+pub use revoked::Revoked;

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::certs::{cert_from_row, CertRecord, CERT_COLUMNS};
 use super::{Reader, Tx};
 use crate::error::Result;
+use crate::model::Revoked;
 
 const CRL_STALE_KEY: &str = "crl_stale";
 /// How many issued CRLs keep their DER in `crls`; older rows keep number, dates,
@@ -200,23 +201,15 @@ pub fn clear_crl_stale(tx: &Tx<'_>) -> Result<()> {
 
 // ---- CRLs ----------------------------------------------------------------------
 
-/// One revoked certificate as it goes into a CRL.
-#[derive(Debug, Clone)]
-pub struct RevokedRow {
-    pub serial_hex: String,
-    pub revoked_at: Option<String>,
-    pub reason: Option<String>,
-}
-
 /// Every revoked certificate issued by CA `ca_id`, oldest revocation first.
-pub fn revoked_for_ca(db: &Reader, ca_id: i64) -> Result<Vec<RevokedRow>> {
+pub fn revoked_for_ca(db: &Reader, ca_id: i64) -> Result<Vec<Revoked>> {
     let conn = db.conn();
     let mut stmt = conn.prepare_cached(
         "SELECT serial_hex, revoked_at, revocation_reason FROM certificates
          WHERE ca_id = ?1 AND status = 'revoked' ORDER BY id",
     )?;
     let rows = stmt.query_map([ca_id], |r| {
-        Ok(RevokedRow {
+        Ok(Revoked {
             serial_hex: r.get(0)?,
             revoked_at: r.get(1)?,
             reason: r.get(2)?,

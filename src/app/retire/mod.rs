@@ -2,6 +2,7 @@
 //! wipes (device-attested over a link, or manual records) and certificates of
 //! sanitization.
 
+pub mod crl;
 pub mod decommission;
 pub mod report;
 pub mod revoke;
