@@ -154,7 +154,7 @@ fn build(dir: &Path, n: u64) -> PathBuf {
     .unwrap();
     // A CRL listing every revoked certificate, signed by the issuing CA.
     let reg = cradle::store::Store::open(&db).unwrap();
-    let signer = cradle::pki::ca::unlock(&reg, &home.join("ca"), PASS.as_bytes()).unwrap();
+    let signer = cradle::app::ca::unlock(&reg, &home.join("ca"), PASS.as_bytes()).unwrap();
     let serials: Vec<String> = {
         let mut st = conn
             .prepare("SELECT serial_hex FROM certificates WHERE status = 'revoked'")

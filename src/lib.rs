@@ -6,6 +6,7 @@
 pub mod app;
 pub mod attestation;
 pub mod cli;
+pub mod device;
 pub mod error;
 pub mod home;
 pub mod html;

@@ -621,7 +621,7 @@ fn stuck_provisioning_and_decommission() {
 /// Signs a CRL with the home's issuing CA and stores it behind cradle's back.
 fn publish_crl(e: &Env, number: u64, revoked_hex: &[String], next_update: Duration) {
     let reg = cradle::store::Store::open(&e.registry()).unwrap();
-    let signer = cradle::pki::ca::unlock(&reg, &e.home.join("ca"), PASS.as_bytes()).unwrap();
+    let signer = cradle::app::ca::unlock(&reg, &e.home.join("ca"), PASS.as_bytes()).unwrap();
     let now = OffsetDateTime::now_utc();
     let this_update = now - Duration::days(10);
     let params = CertificateRevocationListParams {
@@ -814,7 +814,7 @@ fn deleted_event_is_named() {
 
 #[test]
 fn inserted_events_are_named() {
-    use cradle::store::events::event_hash;
+    use cradle::store::events::{event_hash, Hashed};
     // An event forged with a self-consistent hash at the end of the chain but linked
     // to a made-up previous hash.
     let e = fleet();
@@ -822,16 +822,16 @@ fn inserted_events_are_named() {
     let id = max + 1;
     let prev = "ab".repeat(32);
     let details = "{\"note\":\"forged\"}";
-    let h = event_hash(
+    let h = event_hash(&Hashed {
         id,
-        &prev,
-        Some(2),
-        "device.state",
-        "mallory",
-        "x",
-        "2026-11-01T00:00:00Z",
+        prev_hash: prev.as_bytes(),
+        device_id: Some(2),
+        kind: "device.state",
+        actor: "mallory",
+        station: "x",
+        at: "2026-11-01T00:00:00Z",
         details,
-    );
+    });
     e.sql(&format!(
         "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
          VALUES ({id}, 2, 'device.state', 'mallory', 'x', '2026-11-01T00:00:00Z', '{details}', '{prev}', '{h}')"
@@ -843,16 +843,16 @@ fn inserted_events_are_named() {
     // Properly chained to the head, but appended without cradle (meta head not moved).
     let e = fleet();
     let head = scalar(&e, "SELECT hash FROM events ORDER BY id DESC LIMIT 1");
-    let h = event_hash(
+    let h = event_hash(&Hashed {
         id,
-        &head,
-        Some(2),
-        "device.state",
-        "mallory",
-        "x",
-        "2026-11-01T00:00:00Z",
+        prev_hash: head.as_bytes(),
+        device_id: Some(2),
+        kind: "device.state",
+        actor: "mallory",
+        station: "x",
+        at: "2026-11-01T00:00:00Z",
         details,
-    );
+    });
     e.sql(&format!(
         "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
          VALUES ({id}, 2, 'device.state', 'mallory', 'x', '2026-11-01T00:00:00Z', '{details}', '{head}', '{h}')"

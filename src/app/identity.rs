@@ -23,7 +23,7 @@ use crate::pki::profile::{Profile, Vars, VARIABLES};
 use crate::pki::{csr, keys};
 use crate::store::certs::{self, KeySource, NewCert};
 use crate::store::devices::{self, Device, NewDevice};
-use crate::store::{now_rfc3339, Store, Tx};
+use crate::store::{now_rfc3339, Reader, Store, Tx};
 
 /// Everything needed to issue: the unlocked CA, the profile, org name.
 pub struct IssueContext<'a> {
@@ -176,16 +176,27 @@ fn file_names(dir: &Path, serial: &str) -> (PathBuf, PathBuf) {
     )
 }
 
+/// A certificate to record: what was issued, where its key came from, and details
+/// for its `identity.issued` event.
+struct Recorded<'a> {
+    issued: &'a Issued,
+    source: KeySource,
+    extra: serde_json::Value,
+}
+
 fn record(
     tx: &Tx<'_>,
     ctx: &IssueContext<'_>,
     existing: Option<&Device>,
     serial: &str,
-    issued: &Issued,
-    source: KeySource,
+    r: Recorded<'_>,
     now: &str,
-    extra: serde_json::Value,
 ) -> Result<(i64, bool)> {
+    let Recorded {
+        issued,
+        source,
+        extra,
+    } = r;
     let (device_id, created) = match existing {
         Some(d) => (d.id, false),
         None => (
@@ -276,10 +287,12 @@ fn issue_recorded(
         ctx,
         existing.as_ref(),
         serial,
-        &issued,
-        source,
+        Recorded {
+            issued: &issued,
+            source,
+            extra,
+        },
         &now,
-        extra,
     )?;
     let mut written: Vec<PathBuf> = Vec::new();
     let outcome = files
@@ -289,7 +302,7 @@ fn issue_recorded(
             written.push(f.path.clone());
             Ok(())
         })
-        .and_then(|_| tx.commit().map_err(Error::from));
+        .and_then(|_| tx.commit());
     if let Err(e) = outcome {
         for p in &written {
             let _ = fs::remove_file(p);
@@ -754,7 +767,7 @@ fn commit_chunk(
         &ctx.signer.chain_pem,
         &mut written,
     );
-    let outcome = files.and_then(|_| tx.commit().map_err(Error::from));
+    let outcome = files.and_then(|_| tx.commit());
     if outcome.is_err() {
         for p in &written {
             let _ = fs::remove_file(p);
@@ -802,4 +815,25 @@ fn write_chunk_files(
         }
     }
     Ok(())
+}
+
+/// Verifies a certificate against the registered CAs and adds what the registry
+/// records about it: its status, revocation and device.
+pub fn verify(db: &Reader, der: &[u8], now: i64) -> Result<crate::pki::verify::Verification> {
+    let known = crate::store::cas::all_cas(db)?;
+    let mut v = crate::pki::verify::verify(&known, der, now)?;
+    if let Some(r) = certs::cert_by_fingerprint(db, &v.fingerprint)? {
+        v.device = devices::device_by_id(db, r.device_id)?.map(|d| d.serial);
+        v.revoked = r.status == certs::CertStatus::Revoked;
+        v.revocation_reason = r.revocation_reason.clone();
+        v.registry_status = Some(r.status.as_str().to_string());
+        if v.revoked {
+            v.problems.push(format!(
+                "certificate is revoked ({})",
+                v.revocation_reason.as_deref().unwrap_or("unspecified")
+            ));
+            v.ok = false;
+        }
+    }
+    Ok(v)
 }

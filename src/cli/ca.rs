@@ -14,7 +14,6 @@ use crate::outfile;
 use crate::pki::ca::{self, CHAIN};
 use crate::pki::cert::{colon_hex, info_of, to_pem};
 use crate::store::cas::{self, CaRole};
-use crate::store::now_rfc3339;
 
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
@@ -109,20 +108,9 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> anyhow::Result<i32> {
     }
 }
 
-fn refuse_existing(reg: &crate::store::Store) -> anyhow::Result<()> {
-    if let Some(c) = cas::active_ca(reg.reader(), CaRole::Issuing)? {
-        return Err(Error::conflict(format!(
-            "this home already has a CA ('{}'); refusing to replace it",
-            c.subject
-        ))
-        .into());
-    }
-    Ok(())
-}
-
 fn init(ctx: &Ctx, name: &str, pass: &PassArgs) -> anyhow::Result<i32> {
     let mut reg = ctx.registry()?;
-    refuse_existing(&reg)?;
+    crate::app::ca::refuse_existing(&reg)?;
     if name.trim().is_empty() || name.len() > 64 {
         return Err(Error::input("--name must be 1-64 characters").into());
     }
@@ -142,7 +130,7 @@ fn import(
     pass: &PassArgs,
 ) -> anyhow::Result<i32> {
     let mut reg = ctx.registry()?;
-    refuse_existing(&reg)?;
+    crate::app::ca::refuse_existing(&reg)?;
     let cert_bytes = fs::read(cert).map_err(|e| Error::io(cert, e))?;
     let key_text = zeroize::Zeroizing::new(fs::read_to_string(key).map_err(|e| Error::io(key, e))?);
     let chain_bytes = match chain {
@@ -179,36 +167,9 @@ fn finish_install(
 ) -> anyhow::Result<i32> {
     let config = ctx.config()?;
     let actor = ctx.actor(&config);
-    let now = now_rfc3339();
     let dir = ctx.home.ca_dir();
-    let tx = reg.write()?;
-    let (root_id, issuing_id) = ca::install(&dir, &tx, name, material, &now)?;
-    let issuing = info_of(&material.issuing_der)?;
-    let root = info_of(&material.root_der)?;
-    tx.event(
-        kind,
-        None,
-        &actor,
-        serde_json::json!({
-            "name": name,
-            "root": root.fingerprint,
-            "issuing": issuing.fingerprint,
-        }),
-        &now,
-    )?;
-    if let Err(e) = tx.commit() {
-        for f in [
-            ca::ISSUING_KEY,
-            ca::ROOT_KEY,
-            ca::ISSUING_CERT,
-            ca::ROOT_CERT,
-            CHAIN,
-        ] {
-            let _ = fs::remove_file(dir.join(f));
-        }
-        return Err(e.into());
-    }
-    let _ = (root_id, issuing_id);
+    let crate::app::ca::Installed { root, issuing } =
+        crate::app::ca::record(reg, &dir, name, material, kind, &actor)?;
     if ctx.json {
         print_json(&serde_json::json!({"name": name, "root": root, "issuing": issuing}))?;
     } else {
@@ -234,11 +195,11 @@ struct CaView {
 
 fn show(ctx: &Ctx) -> anyhow::Result<i32> {
     let reg = ctx.registry()?;
-    ca::active_issuing(reg.reader())?;
+    crate::app::ca::active_issuing(&reg)?;
     let views: Vec<CaView> = cas::all_cas(reg.reader())?
         .into_iter()
         .map(|c| CaView {
-            role: c.role,
+            role: c.role.as_str().into(),
             name: c.name,
             subject: c.subject,
             not_before: ts(c.not_before),
@@ -267,7 +228,7 @@ fn show(ctx: &Ctx) -> anyhow::Result<i32> {
 
 fn export(ctx: &Ctx, root: bool, issuing: bool, out: Option<PathBuf>) -> anyhow::Result<i32> {
     let reg = ctx.registry()?;
-    let issuing_rec = ca::active_issuing(reg.reader())?;
+    let issuing_rec = crate::app::ca::active_issuing(&reg)?;
     let pem = if root {
         let r = cas::active_ca(reg.reader(), CaRole::Root)?
             .ok_or_else(|| Error::not_found("no root CA recorded"))?;

@@ -45,9 +45,9 @@ impl Ctx {
     /// Unlocks the issuing CA with the passphrase from file, env or prompt.
     pub fn signer(&self, reg: &Store, pass: &PassArgs) -> anyhow::Result<CaSigner> {
         // Check for a CA before asking for a passphrase that cannot help.
-        ca::active_issuing(reg.reader())?;
+        let record = crate::app::ca::active_issuing(reg)?;
         let p = crate::passphrase::obtain(pass.passphrase_file.as_deref(), false)?;
-        ca::unlock(reg.reader(), &self.home.ca_dir(), p.as_bytes())
+        ca::unlock(record, &self.home.ca_dir(), p.as_bytes())
             .context("cannot unlock the issuing CA")
     }
 

@@ -11,7 +11,6 @@ use crate::app::identity::{self, BatchOutput, IssueContext};
 use crate::error::Error;
 use crate::pki::cert::{colon_hex, read_certs};
 use crate::pki::profile::Profile;
-use crate::pki::verify;
 use crate::store::{certs, devices, events};
 
 #[derive(Debug, Subcommand)]
@@ -231,8 +230,8 @@ pub fn run(ctx: &Ctx, cmd: IdentityCommand) -> anyhow::Result<i32> {
             let bytes = read_limited(&cert, 1024 * 1024)?;
             let der = read_certs(&bytes, &cert.display().to_string())?.remove(0);
             let reg = ctx.registry()?;
-            let v = verify::verify(
-                reg.reader(),
+            let v = crate::app::identity::verify(
+                &reg,
                 &der,
                 time::OffsetDateTime::now_utc().unix_timestamp(),
             )?;

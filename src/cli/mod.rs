@@ -15,6 +15,7 @@ mod report;
 mod retire;
 mod sanitization;
 mod sim;
+mod values;
 
 use std::path::PathBuf;
 

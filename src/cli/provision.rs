@@ -10,10 +10,10 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::common::{print_json, print_table, Ctx, PassArgs};
-use crate::app::station::{self, Mode, PortResult, Progress, Station};
+use super::values::{DeviceProfileArg, ModeArg};
+use crate::app::station::{self, PortResult, Progress, Station};
 use crate::error::{exit, Error};
 use crate::pki::profile::Profile;
-use crate::sim::DeviceProfile;
 
 #[derive(Debug, Args)]
 pub struct ProvisionArgs {
@@ -25,13 +25,13 @@ pub struct ProvisionArgs {
     pub ports_glob: Option<String>,
     /// csr: the device makes its key; inject: cradle makes it and writes it to the device
     #[arg(long, value_enum, default_value = "csr")]
-    pub mode: Mode,
+    pub mode: ModeArg,
     /// Certificate profile (default: the config's default_profile)
     #[arg(long)]
     pub profile: Option<String>,
     /// Protocol the devices speak
     #[arg(long, value_enum, default_value = "cradle")]
-    pub device_profile: DeviceProfile,
+    pub device_profile: DeviceProfileArg,
     /// Station mode: keep polling --ports GLOB and provision each device as it appears
     #[arg(long, requires = "ports_glob")]
     pub watch: bool,
@@ -152,8 +152,8 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
         org: &config.org,
         actor: &actor,
         registry: reg.path().to_path_buf(),
-        mode: a.mode,
-        device_profile: a.device_profile,
+        mode: a.mode.into(),
+        device_profile: a.device_profile.into(),
         baud: a.baud,
         timeout: Duration::from_secs_f64(a.timeout),
     };

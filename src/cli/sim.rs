@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::common::Ctx;
-use crate::sim::{self, DeviceProfile, Faults, SimConfig};
+use super::values::DeviceProfileArg;
+use crate::sim::{self, Faults, SimConfig};
 
 #[derive(Debug, Args)]
 pub struct SimArgs {
@@ -35,7 +36,7 @@ pub struct SimArgs {
     pub faults: Vec<String>,
     /// Protocol the devices speak
     #[arg(long, value_enum, default_value = "cradle")]
-    pub profile: DeviceProfile,
+    pub profile: DeviceProfileArg,
 }
 
 pub fn run(ctx: &Ctx, a: SimArgs) -> anyhow::Result<i32> {
@@ -47,7 +48,7 @@ pub fn run(ctx: &Ctx, a: SimArgs) -> anyhow::Result<i32> {
         model: a.model,
         baud: a.baud,
         faults: Faults::parse(&a.faults)?,
-        profile: a.profile,
+        profile: a.profile.into(),
     };
     let stop = crate::signals::stop_flag();
     let (tx, rx) = mpsc::channel();

@@ -1,19 +1,18 @@
 //! The certificate authority: a root and an issuing CA, keys encrypted at rest.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::store::Reader;
 use rcgen::{Issuer, KeyPair, PublicKeyData, SerialNumber};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::cert::{info_of, read_certs, to_pem, CertInfo};
+use super::cert::{info_of, read_certs, to_pem};
 use super::keys;
 use super::mark::AuditKey;
 use super::profile::{Profile, Vars};
 use crate::error::{Error, Result};
-use crate::store::cas::{self, CaRecord, CaRole, NewCa};
+use crate::model::CaRecord;
 
 pub const ROOT_CERT: &str = "root.pem";
 pub const ROOT_KEY: &str = "root.key";
@@ -191,89 +190,39 @@ pub fn verify_signed_by(child_der: &[u8], parent_der: &[u8]) -> Result<()> {
         })
 }
 
-/// Writes the CA files under `dir` and records both CAs in the registry. Files are
-/// written first (never overwriting); if the registry step fails they are removed.
-pub fn install(
-    dir: &Path,
-    tx: &crate::store::Tx<'_>,
-    name: &str,
-    material: &CaMaterial,
-    now: &str,
-) -> Result<(i64, i64)> {
-    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut written: Vec<PathBuf> = Vec::new();
-    let result = (|| {
-        let mut put = |file: &str, data: &[u8], secret: bool| -> Result<()> {
-            let p = dir.join(file);
-            if secret {
-                crate::outfile::write_secret_file(&p, data)?;
-            } else {
-                crate::outfile::write_file_atomic(&p, data, 0o644, false)?;
-            }
-            written.push(p);
-            Ok(())
-        };
-        put(ISSUING_KEY, material.issuing_key_pem.as_bytes(), true)?;
-        if let Some(rk) = &material.root_key_pem {
-            put(ROOT_KEY, rk.as_bytes(), true)?;
-        }
-        put(
-            ISSUING_CERT,
-            to_pem("CERTIFICATE", &material.issuing_der).as_bytes(),
-            false,
-        )?;
-        put(
-            ROOT_CERT,
-            to_pem("CERTIFICATE", &material.root_der).as_bytes(),
-            false,
-        )?;
-        put(CHAIN, material.chain_pem().as_bytes(), false)?;
+/// Where a CA's private key lives. Everything that signs goes through rcgen's
+/// `SigningKey`, so a key on a token is one more variant, not a new code path.
+pub enum CaKey {
+    /// A PKCS#8 key read from an encrypted file and held in memory.
+    File(KeyPair),
+}
 
-        let root = info_of(&material.root_der)?;
-        let issuing = info_of(&material.issuing_der)?;
-        let record = |role: CaRole, info: &CertInfo, der: &[u8], key: Option<&str>| {
-            cas::insert_ca(
-                tx,
-                &NewCa {
-                    name,
-                    role,
-                    subject: &info.subject,
-                    fingerprint: &info.fingerprint,
-                    ski: info.ski.as_deref(),
-                    der,
-                    not_before: info.not_before,
-                    not_after: info.not_after,
-                    key_file: key,
-                },
-                now,
-            )
-        };
-        let root_id = record(
-            CaRole::Root,
-            &root,
-            &material.root_der,
-            material.root_key_pem.as_ref().map(|_| ROOT_KEY),
-        )?;
-        let issuing_id = record(
-            CaRole::Issuing,
-            &issuing,
-            &material.issuing_der,
-            Some(ISSUING_KEY),
-        )?;
-        Ok((root_id, issuing_id))
-    })();
-    if result.is_err() {
-        for p in written {
-            let _ = fs::remove_file(p);
+impl PublicKeyData for CaKey {
+    fn der_bytes(&self) -> &[u8] {
+        match self {
+            CaKey::File(k) => k.der_bytes(),
         }
     }
-    result
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            CaKey::File(k) => PublicKeyData::algorithm(k),
+        }
+    }
+}
+
+impl rcgen::SigningKey for CaKey {
+    fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
+        match self {
+            CaKey::File(k) => k.sign(msg),
+        }
+    }
 }
 
 /// The active issuing CA, unlocked for signing.
 pub struct CaSigner {
     pub record: CaRecord,
-    pub issuer: Issuer<'static, KeyPair>,
+    pub issuer: Issuer<'static, CaKey>,
     /// Issuing CA (+ intermediates) + root, PEM, for bundles and devices.
     pub chain_pem: String,
     pub chain_der: Vec<Vec<u8>>,
@@ -298,23 +247,15 @@ impl std::fmt::Debug for CaSigner {
     }
 }
 
-/// The active issuing CA record, or a clear error telling the user to make one.
-pub fn active_issuing(conn: &Reader) -> Result<CaRecord> {
-    cas::active_ca(conn, CaRole::Issuing)?.ok_or_else(|| {
-        Error::NotInitialised(
-            "no CA yet: run `cradle ca init --name NAME` or `cradle ca import`".into(),
-        )
-    })
-}
-
-pub fn unlock(conn: &Reader, ca_dir: &Path, passphrase: &[u8]) -> Result<CaSigner> {
-    let record = active_issuing(conn)?;
+/// Unlocks the issuing CA `record` from its files under `ca_dir`: the encrypted key
+/// (checked against the certificate), the chain and the audit mark key.
+pub fn unlock(record: CaRecord, ca_dir: &Path, passphrase: &[u8]) -> Result<CaSigner> {
     let key_file = ca_dir.join(record.key_file.as_deref().unwrap_or(ISSUING_KEY));
     let pem = Zeroizing::new(fs::read_to_string(&key_file).map_err(|e| Error::io(&key_file, e))?);
     let pkcs8 = keys::read_private_key_pem(&pem, Some(passphrase), "the issuing CA key")?;
     let key = keys::key_pair_from_pkcs8(&pkcs8, "the issuing CA key")?;
     check_key_matches(&record.der, &key)?;
-    let issuer = Issuer::from_ca_cert_der(&record.der.clone().into(), key)
+    let issuer = Issuer::from_ca_cert_der(&record.der.clone().into(), CaKey::File(key))
         .map_err(|e| Error::crypto(format!("issuing CA certificate: {e}")))?;
     let chain_path = ca_dir.join(CHAIN);
     let chain_pem = fs::read_to_string(&chain_path).map_err(|e| Error::io(&chain_path, e))?;

@@ -1,11 +1,11 @@
-//! Verifying a certificate against the registry's CAs: chain, validity, revocation.
+//! Verifying a certificate against known CAs: chain and validity. What the registry
+//! says about it (revoked, which device) is added by the identity workflow.
 
-use crate::store::Reader;
 use serde::Serialize;
 
 use super::cert::{info_of, parse_der};
 use crate::error::Result;
-use crate::store::{cas, certs, devices};
+use crate::model::CaRecord;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Verification {
@@ -27,10 +27,11 @@ pub struct Verification {
     pub problems: Vec<String>,
 }
 
-pub fn verify(conn: &Reader, der: &[u8], now: i64) -> Result<Verification> {
+/// Checks `der` against the CAs in `known` at `now` (Unix seconds). The registry
+/// fields of the result are empty: `app::identity::verify` fills them in.
+pub fn verify(known: &[CaRecord], der: &[u8], now: i64) -> Result<Verification> {
     let info = info_of(der)?;
     let mut problems = Vec::new();
-    let known = cas::all_cas(conn)?;
 
     // Walk up: find a registered CA that signed the current certificate.
     let mut chain = Vec::new();
@@ -74,27 +75,8 @@ pub fn verify(conn: &Reader, der: &[u8], now: i64) -> Result<Verification> {
     } else if now > info.not_after {
         problems.push("certificate has expired".into());
     }
-    let rec = certs::cert_by_fingerprint(conn, &info.fingerprint)?;
-    let (revoked, reason, status, device) = match &rec {
-        Some(r) => {
-            let dev = devices::device_by_id(conn, r.device_id)?.map(|d| d.serial);
-            (
-                r.status == certs::CertStatus::Revoked,
-                r.revocation_reason.clone(),
-                Some(r.status.as_str().to_string()),
-                dev,
-            )
-        }
-        None => (false, None, None, None),
-    };
-    if revoked {
-        problems.push(format!(
-            "certificate is revoked ({})",
-            reason.as_deref().unwrap_or("unspecified")
-        ));
-    }
     Ok(Verification {
-        ok: chain_ok && time_ok && !revoked && problems.is_empty(),
+        ok: chain_ok && time_ok && problems.is_empty(),
         subject: info.subject,
         serial_hex: info.serial_hex,
         fingerprint: info.fingerprint,
@@ -103,10 +85,10 @@ pub fn verify(conn: &Reader, der: &[u8], now: i64) -> Result<Verification> {
         chain,
         chain_ok,
         time_ok,
-        revoked,
-        revocation_reason: reason,
-        registry_status: status,
-        device,
+        revoked: false,
+        revocation_reason: None,
+        registry_status: None,
+        device: None,
         problems,
     })
 }

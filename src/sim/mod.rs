@@ -20,15 +20,7 @@ pub use faults::{Faults, Rng, FAULT_HELP};
 use crate::error::{Error, Result};
 use crate::wire::{Line, LineBuffer};
 
-/// Which protocol a simulated device speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceProfile {
-    /// The cradle protocol, cradle-protocol(7)
-    Cradle,
-    /// Nordic nRF91-style AT commands (AT%KEYGEN, AT%CMNG)
-    Nrf91,
-}
+pub use crate::device::DeviceProfile;
 
 /// A device behind a line: takes received bytes, returns replies.
 pub trait Responder: Send {

@@ -1,54 +1,11 @@
 //! CA certificates known to the registry (the keys stay in encrypted files).
 
 use rusqlite::{params, OptionalExtension, Row};
-use serde::Serialize;
 
 use super::{Reader, Tx};
 use crate::error::Result;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CaRole {
-    Root,
-    Issuing,
-}
-
-impl CaRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CaRole::Root => "root",
-            CaRole::Issuing => "issuing",
-        }
-    }
-}
-
-pub struct NewCa<'a> {
-    pub name: &'a str,
-    pub role: CaRole,
-    pub subject: &'a str,
-    pub fingerprint: &'a str,
-    pub ski: Option<&'a str>,
-    pub der: &'a [u8],
-    pub not_before: i64,
-    pub not_after: i64,
-    pub key_file: Option<&'a str>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CaRecord {
-    pub id: i64,
-    pub name: String,
-    pub role: String,
-    pub subject: String,
-    pub fingerprint: String,
-    pub ski: Option<String>,
-    #[serde(skip)]
-    pub der: Vec<u8>,
-    pub not_before: i64,
-    pub not_after: i64,
-    pub key_file: Option<String>,
-    pub active: bool,
-}
+pub use crate::model::{CaRecord, CaRole, NewCa};
 
 const CA_COLUMNS: &str =
     "id, name, role, subject, fingerprint, ski, der, not_before, not_after, key_file, active";
@@ -57,7 +14,10 @@ fn ca_from_row(r: &Row<'_>) -> rusqlite::Result<CaRecord> {
     Ok(CaRecord {
         id: r.get(0)?,
         name: r.get(1)?,
-        role: r.get(2)?,
+        role: match r.get_ref(2)?.as_str()? {
+            "root" => CaRole::Root,
+            _ => CaRole::Issuing,
+        },
         subject: r.get(3)?,
         fingerprint: r.get(4)?,
         ski: r.get(5)?,

@@ -46,53 +46,39 @@ pub fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Event> {
     })
 }
 
+/// The fields of one event that its hash covers, in hashing order.
+#[derive(Debug, Clone, Copy)]
+pub struct Hashed<'a> {
+    pub id: i64,
+    /// The previous event's hash, as 64 ASCII hex digits.
+    pub prev_hash: &'a [u8],
+    pub device_id: Option<i64>,
+    pub kind: &'a str,
+    pub actor: &'a str,
+    pub station: &'a str,
+    pub at: &'a str,
+    /// The details exactly as stored (compact JSON text).
+    pub details: &'a str,
+}
+
 /// The hash of one event: SHA-256 over its fields, newline-separated, in a fixed order.
-#[allow(clippy::too_many_arguments)]
-pub fn event_hash(
-    id: i64,
-    prev_hash: &str,
-    device_id: Option<i64>,
-    kind: &str,
-    actor: &str,
-    station: &str,
-    at: &str,
-    details: &str,
-) -> String {
-    let hex = event_hash_hex(
-        id,
-        prev_hash.as_bytes(),
-        device_id,
-        kind,
-        actor,
-        station,
-        at,
-        details,
-    );
-    String::from_utf8(hex.to_vec()).expect("hex digits")
+pub fn event_hash(e: &Hashed<'_>) -> String {
+    String::from_utf8(event_hash_hex(e).to_vec()).expect("hex digits")
 }
 
 /// `event_hash` as 64 ASCII hex digits, without allocating (bulk writers).
-pub fn event_hash_hex(
-    id: i64,
-    prev_hash: &[u8],
-    device_id: Option<i64>,
-    kind: &str,
-    actor: &str,
-    station: &str,
-    at: &str,
-    details: &str,
-) -> [u8; 64] {
+pub fn event_hash_hex(e: &Hashed<'_>) -> [u8; 64] {
     let mut h = Sha256::new();
     let mut num = [0u8; 20];
-    h.update(decimal(id, &mut num));
+    h.update(decimal(e.id, &mut num));
     h.update(b"\n");
-    h.update(prev_hash);
+    h.update(e.prev_hash);
     h.update(b"\n");
-    if let Some(d) = device_id {
+    if let Some(d) = e.device_id {
         h.update(decimal(d, &mut num));
     }
     h.update(b"\n");
-    for part in [kind, actor, station, at, details] {
+    for part in [e.kind, e.actor, e.station, e.at, e.details] {
         h.update(part.as_bytes());
         h.update(b"\n");
     }
@@ -112,16 +98,16 @@ fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
 
 /// Recomputes the hash of a stored event from its stored fields (raw details text).
 pub fn recompute(e: &Event, raw_details: &str) -> String {
-    event_hash(
-        e.id,
-        &e.prev_hash,
-        e.device_id,
-        &e.kind,
-        &e.actor,
-        &e.station,
-        &e.at,
-        raw_details,
-    )
+    event_hash(&Hashed {
+        id: e.id,
+        prev_hash: e.prev_hash.as_bytes(),
+        device_id: e.device_id,
+        kind: &e.kind,
+        actor: &e.actor,
+        station: &e.station,
+        at: &e.at,
+        details: raw_details,
+    })
 }
 
 /// The head recorded in `meta` (id, hash), if any event was ever written.
@@ -195,8 +181,16 @@ pub fn verify_chain(db: &Reader) -> Result<ChainReport> {
         let hash: String = r.get(8)?;
         count += 1;
         if first_break.is_none() {
-            let recomputed =
-                event_hash(id, &prev, device_id, &kind, &actor, &station, &at, &details);
+            let recomputed = event_hash(&Hashed {
+                id,
+                prev_hash: prev.as_bytes(),
+                device_id,
+                kind: &kind,
+                actor: &actor,
+                station: &station,
+                at: &at,
+                details: &details,
+            });
             let brk = if recomputed != hash {
                 Some(("altered", format!("event {id} ({kind}) was altered: its stored hash does not match its contents")))
             } else if id != expected_id && prev != expected_prev {

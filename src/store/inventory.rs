@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::bulk::{BulkStmt, Val};
 use super::devices::{self, from_row, Device, DeviceStatus, DEVICE_COLUMNS};
-use super::events::event_hash_hex;
+use super::events::{event_hash_hex, Hashed};
 use super::{Reader, Tx};
 use crate::error::{Error, Result};
 
@@ -339,16 +339,16 @@ impl<'c> ImportDb<'c> {
             self.hashes.clear();
             let mut prev = head.hash;
             for (k, &(device_id, details)) in group.iter().enumerate() {
-                let hash = event_hash_hex(
-                    head.id + 1 + k as i64,
-                    &prev,
-                    Some(device_id),
+                let hash = event_hash_hex(&Hashed {
+                    id: head.id + 1 + k as i64,
+                    prev_hash: &prev,
+                    device_id: Some(device_id),
                     kind,
                     actor,
                     station,
                     at,
                     details,
-                );
+                });
                 self.hashes.push(hash);
                 prev = hash;
             }
@@ -690,16 +690,16 @@ mod tests {
             "duplicate serial"
         );
         drop(db);
-        let h1 = event_hash(
-            1,
-            GENESIS,
-            Some(id),
-            "device.created",
-            "op",
-            "st",
-            "t",
-            r#"{"line":2}"#,
-        );
+        let h1 = event_hash(&Hashed {
+            id: 1,
+            prev_hash: GENESIS.as_bytes(),
+            device_id: Some(id),
+            kind: "device.created",
+            actor: "op",
+            station: "st",
+            at: "t",
+            details: r#"{"line":2}"#,
+        });
         let stored: String = tx
             .conn()
             .query_row("SELECT hash FROM events WHERE id = 1", [], |r| r.get(0))

@@ -10,7 +10,7 @@ use std::ops::Deref;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::events::{event_hash_hex, GENESIS, HEAD_KEY};
+use super::events::{event_hash_hex, Hashed, GENESIS, HEAD_KEY};
 use crate::error::{Error, Result};
 use crate::model::{Actor, EventKind};
 
@@ -154,7 +154,16 @@ impl<'s> Tx<'s> {
     ) -> Result<i64> {
         self.with_head(|conn, head| {
             let id = head.id + 1;
-            let hash = event_hash_hex(id, &head.hash, device_id, kind, actor, station, at, details);
+            let hash = event_hash_hex(&Hashed {
+                id,
+                prev_hash: &head.hash,
+                device_id,
+                kind,
+                actor,
+                station,
+                at,
+                details,
+            });
             let hex = |h: &[u8; 64]| std::str::from_utf8(h).expect("hex digits").to_owned();
             conn.prepare_cached(
                 "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)

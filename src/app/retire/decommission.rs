@@ -645,8 +645,7 @@ impl Runner<'_> {
                 let certs = rr::active_certs(&tx, dev.id)?;
                 let revs = revoke_in_tx(
                     &tx,
-                    dev.id,
-                    &dev.serial,
+                    &dev,
                     &certs,
                     p.options.reason,
                     self.actor,

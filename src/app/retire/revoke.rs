@@ -193,8 +193,7 @@ pub fn plan(conn: &Reader, reqs: &[RevokeRequest]) -> Result<Vec<Planned>> {
 /// same transaction if anything was revoked.
 pub fn revoke_in_tx(
     tx: &Tx<'_>,
-    device_id: i64,
-    serial: &str,
+    device: &crate::store::Device,
     certs: &[ActiveCert],
     reason: Reason,
     actor: &Actor,
@@ -205,10 +204,10 @@ pub fn revoke_in_tx(
     for c in certs {
         let done = rr::revoke_cert(tx, c.id, reason.as_str(), now)?;
         if done {
-            revoked_event(tx, device_id, c, reason, actor, now, extra)?;
+            revoked_event(tx, device.id, c, reason, actor, now, extra)?;
         }
         out.push(Revocation {
-            serial: serial.to_string(),
+            serial: device.serial.clone(),
             cert_serial: c.serial_hex.clone(),
             fingerprint: c.fingerprint.clone(),
             reason: reason.as_str().to_string(),

@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::app::identity::{check_serial, vars_for};
 use crate::app::lifecycle;
+use crate::device::DeviceProfile;
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
@@ -31,14 +32,13 @@ use crate::pki::cert::sha256_hex;
 use crate::pki::issue::{issue, Issued};
 use crate::pki::profile::Profile;
 use crate::pki::{csr, keys};
-use crate::sim::DeviceProfile;
 use crate::store::certs::{self, CertStatus, KeySource};
 use crate::store::devices::{self, Device, DeviceStatus};
 use crate::store::{now_rfc3339, provision, Store, Tx};
 use crate::wire::{self, Session, WireError, SLOT_CERT, SLOT_CHAIN, SLOT_KEY};
 
 /// Where the device's key comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The device makes its key and sends a CSR; the key never leaves it

@@ -1,0 +1,89 @@
+//! Creating a cradle home: directories (0700), built-in profiles, config, a new
+//! registry and its first event, all or nothing.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::home::{Config, Home};
+use crate::model::{Actor, EventKind};
+use crate::pki::profile;
+use crate::store::{now_rfc3339, Store};
+
+#[derive(Debug, Serialize)]
+pub struct Created {
+    pub home: String,
+    pub registry: String,
+    pub station: String,
+}
+
+/// Creates the home; refuses an existing one, and removes what it made if any
+/// step fails.
+pub fn create(home: &Home, org: &str, station: Option<&str>) -> Result<Created> {
+    if home.is_initialised() || home.config_path().exists() {
+        return Err(Error::conflict(format!(
+            "{} is already a cradle home; refusing to overwrite it",
+            home.root.display()
+        )));
+    }
+    let created_root = !home.root.exists();
+    let result = (|| -> Result<Created> {
+        fs::create_dir_all(&home.root).map_err(|e| Error::io(&home.root, e))?;
+        if created_root {
+            fs::set_permissions(&home.root, fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io(&home.root, e))?;
+        }
+        let ca = home.ca_dir();
+        fs::create_dir_all(&ca).map_err(|e| Error::io(&ca, e))?;
+        fs::set_permissions(&ca, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(&ca, e))?;
+        let t = home.templates_dir();
+        fs::create_dir_all(&t).map_err(|e| Error::io(&t, e))?;
+        profile::install_builtins(&t)?;
+        let mut config = Config {
+            org: org.to_string(),
+            ..Config::default()
+        };
+        if let Some(s) = station {
+            config.station = s.to_string();
+        }
+        let text = toml::to_string_pretty(&config)
+            .map_err(|e| Error::Internal(format!("writing config: {e}")))?;
+        let header = "# cradle home configuration (see cradle(1))\n";
+        fs::write(home.config_path(), format!("{header}{text}"))
+            .map_err(|e| Error::io(home.config_path(), e))?;
+        let mut reg = Store::create(&home.registry_path())?;
+        let station = home.station(&config);
+        let tx = reg.write()?;
+        let actor = Actor {
+            operator: crate::home::operator(),
+            station: station.clone(),
+        };
+        tx.event(
+            EventKind::HomeInitialised,
+            None,
+            &actor,
+            serde_json::json!({"org": config.org}),
+            &now_rfc3339(),
+        )?;
+        tx.commit()?;
+        Ok(Created {
+            home: home.root.display().to_string(),
+            registry: home.registry_path().display().to_string(),
+            station,
+        })
+    })();
+    if result.is_err() {
+        // Leave nothing half-made behind.
+        if created_root {
+            let _ = fs::remove_dir_all(&home.root);
+        } else {
+            for p in [home.registry_path(), home.config_path()] {
+                let _ = fs::remove_file(p);
+            }
+        }
+    }
+    result
+}

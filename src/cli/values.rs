@@ -1,0 +1,41 @@
+//! clap's view of library enums: the library knows nothing of clap, so the values
+//! (and their help text) users type live here and convert into the library's types.
+
+use crate::app::station::Mode;
+use crate::device::DeviceProfile;
+
+/// Which protocol a device speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceProfileArg {
+    /// The cradle protocol, cradle-protocol(7)
+    Cradle,
+    /// Nordic nRF91-style AT commands (AT%KEYGEN, AT%CMNG)
+    Nrf91,
+}
+
+impl From<DeviceProfileArg> for DeviceProfile {
+    fn from(a: DeviceProfileArg) -> DeviceProfile {
+        match a {
+            DeviceProfileArg::Cradle => DeviceProfile::Cradle,
+            DeviceProfileArg::Nrf91 => DeviceProfile::Nrf91,
+        }
+    }
+}
+
+/// Where the device's key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// The device makes its key and sends a CSR; the key never leaves it
+    Csr,
+    /// cradle makes the key, writes it to the device, then forgets it
+    Inject,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(a: ModeArg) -> Mode {
+        match a {
+            ModeArg::Csr => Mode::Csr,
+            ModeArg::Inject => Mode::Inject,
+        }
+    }
+}
