@@ -90,7 +90,7 @@ impl Progress for Bars {
         if let Some(pb) = self.bars.lock().expect("bars").get(&r.port) {
             pb.finish_with_message(match &r.error {
                 Some(e) => format!("FAIL: {e}"),
-                None => r.result.clone(),
+                None => r.result.as_str().to_string(),
             });
         }
     }
@@ -104,7 +104,7 @@ impl Progress for JsonLines<'_> {
     }
     fn finished(&self, r: &PortResult) {
         self.0.finished(r);
-        if r.result != "SKIP" {
+        if r.result != station::Outcome::Skip {
             if let Ok(s) = serde_json::to_string(r) {
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();
@@ -187,7 +187,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
                     r.port.clone(),
                     r.hardware_id.clone().unwrap_or_default(),
                     r.serial.clone().unwrap_or_default(),
-                    r.result.clone(),
+                    r.result.as_str().to_string(),
                     r.cert_serial.clone().unwrap_or_default(),
                     match (&r.error, r.already_provisioned) {
                         (Some(e), _) => e.clone(),

@@ -70,11 +70,35 @@ pub struct Station<'a> {
     pub timeout: Duration,
 }
 
+/// How one port's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub enum Outcome {
+    #[serde(rename = "PASS")]
+    Pass,
+    /// Also the state of a run that has not finished.
+    #[serde(rename = "FAIL")]
+    #[default]
+    Fail,
+    /// Watch mode: a device already done in this run.
+    #[serde(rename = "SKIP")]
+    Skip,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pass => "PASS",
+            Outcome::Fail => "FAIL",
+            Outcome::Skip => "SKIP",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct PortResult {
     pub port: String,
     /// PASS, FAIL or SKIP (watch mode: a device already done in this run).
-    pub result: String,
+    pub result: Outcome,
     pub hardware_id: Option<String>,
     pub serial: Option<String>,
     pub cert_serial: Option<String>,
@@ -96,7 +120,7 @@ pub struct PortResult {
 
 impl PortResult {
     pub fn passed(&self) -> bool {
-        self.result == "PASS"
+        self.result == Outcome::Pass
     }
 }
 
@@ -168,14 +192,14 @@ impl Station<'_> {
         };
         match outcome {
             Ok(true) => {
-                res.result = "PASS".into();
+                res.result = Outcome::Pass;
                 if let (Some(s), Some(h)) = (skip, &res.hardware_id) {
                     s.lock().expect("skip set").insert(h.clone());
                 }
             }
-            Ok(false) => res.result = "SKIP".into(),
+            Ok(false) => res.result = Outcome::Skip,
             Err(e) => {
-                res.result = "FAIL".into();
+                res.result = Outcome::Fail;
                 res.exit_code = e.exit_code();
                 let msg = format!("{} (step: {})", e, run.step);
                 res.error = Some(msg.clone());
@@ -188,7 +212,7 @@ impl Station<'_> {
             }
         }
         res.seconds = start.elapsed().as_secs_f64();
-        progress.update(&name, &res.result, 1, 1);
+        progress.update(&name, res.result.as_str(), 1, 1);
         progress.finished(&res);
         res
     }
@@ -711,7 +735,7 @@ impl Station<'_> {
                 .map(|(h, p)| {
                     h.join().unwrap_or_else(|_| PortResult {
                         port: p.display().to_string(),
-                        result: "FAIL".into(),
+                        result: Outcome::Fail,
                         error: Some("internal error: worker panicked".into()),
                         exit_code: 2,
                         ..Default::default()
@@ -759,7 +783,7 @@ impl Station<'_> {
                         let (done_ids, results, busy) = (&done_ids, &results, &busy);
                         sc.spawn(move || {
                             let r = self.provision_port_skipping(&p, progress, Some(done_ids));
-                            if r.result != "SKIP" {
+                            if r.result != Outcome::Skip {
                                 results.lock().expect("results").push(r);
                             }
                             busy.lock().expect("busy").remove(&p);
