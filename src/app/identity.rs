@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
-use crate::pki::ca::CaSigner;
+use crate::pki::signer::CaSigner;
 use crate::pki::cert::to_pem;
 use crate::pki::issue::{issue, Issued};
 use crate::pki::profile::{Profile, Vars, VARIABLES};
@@ -134,7 +134,7 @@ pub fn insert_issued(
         tx,
         &NewCert {
             device_id,
-            ca_id: Some(signer.record.id),
+            ca_id: Some(signer.id),
             serial_hex: &issued.info.serial_hex,
             fingerprint: &issued.info.fingerprint,
             pubkey_sha256: &issued.info.pubkey_sha256,
@@ -251,7 +251,7 @@ fn issue_recorded(
     let existing = devices::device_by_serial(reg.reader(), serial)?;
     check_issuable(existing.as_ref())?;
     let device = existing.unwrap_or_else(|| device_template(serial));
-    let vars = vars_for(&device, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
+    let vars = vars_for(&device, ctx.org, &ctx.signer.name, &ctx.profile.name);
     let issued = issue(
         ctx.signer,
         ctx.profile,
@@ -554,7 +554,7 @@ pub fn batch(
         let mut head = serde_json::to_vec(&BundleHeader {
             cradle_bundle: 1,
             profile: &ctx.profile.name,
-            ca: &ctx.signer.record.subject,
+            ca: &ctx.signer.subject,
             chain_pem: &ctx.signer.chain_pem,
         })
         .map_err(|e| Error::input(e.to_string()))?;
@@ -654,7 +654,7 @@ fn make_one(
 ) -> Result<Made> {
     let mut d = device_template(serial);
     d.batch = batch_label.map(str::to_string);
-    let vars = vars_for(&d, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
+    let vars = vars_for(&d, ctx.org, &ctx.signer.name, &ctx.profile.name);
     let key = keys::generate()?;
     let issued = issue(
         ctx.signer,

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::store::Reader;
-use rcgen::{Issuer, KeyPair, PublicKeyData, SerialNumber};
+use rcgen::{Issuer, SerialNumber};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -12,6 +12,7 @@ use super::cert::{info_of, read_certs, to_pem, CertInfo};
 use super::keys;
 use super::mark::AuditKey;
 use super::profile::{Profile, Vars};
+use super::signer::{check_key_matches, CaKey, CaSigner};
 use crate::error::{Error, Result};
 use crate::store::cas::{self, CaRecord, CaRole, NewCa};
 
@@ -166,17 +167,6 @@ pub fn import(
     })
 }
 
-/// Fails unless `key` is the private key of `cert_der`.
-pub fn check_key_matches(cert_der: &[u8], key: &KeyPair) -> Result<()> {
-    let cert = super::cert::parse_der(cert_der)?;
-    if cert.public_key().raw != key.subject_public_key_info().as_slice() {
-        return Err(Error::crypto(
-            "the private key does not match the certificate's public key",
-        ));
-    }
-    Ok(())
-}
-
 pub fn verify_signed_by(child_der: &[u8], parent_der: &[u8]) -> Result<()> {
     let child = super::cert::parse_der(child_der)?;
     let parent = super::cert::parse_der(parent_der)?;
@@ -270,34 +260,6 @@ pub fn install(
     result
 }
 
-/// The active issuing CA, unlocked for signing.
-pub struct CaSigner {
-    pub record: CaRecord,
-    pub issuer: Issuer<'static, KeyPair>,
-    /// Issuing CA (+ intermediates) + root, PEM, for bundles and devices.
-    pub chain_pem: String,
-    pub chain_der: Vec<Vec<u8>>,
-    /// Key of the verification marks stored with every certificate this signer records.
-    pub audit_key: AuditKey,
-    /// Hex SHA-256 of the issuing CA certificate's DER, as bound into each mark.
-    pub ca_fingerprint: String,
-}
-
-impl CaSigner {
-    /// The verification mark of a certificate (hex SHA-256 fingerprint) this CA issued.
-    pub fn mark(&self, cert_fingerprint: &str) -> Vec<u8> {
-        self.audit_key.mark(cert_fingerprint, &self.ca_fingerprint)
-    }
-}
-
-impl std::fmt::Debug for CaSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CaSigner")
-            .field("ca", &self.record.subject)
-            .finish_non_exhaustive()
-    }
-}
-
 /// The active issuing CA record, or a clear error telling the user to make one.
 pub fn active_issuing(conn: &Reader) -> Result<CaRecord> {
     cas::active_ca(conn, CaRole::Issuing)?.ok_or_else(|| {
@@ -313,20 +275,16 @@ pub fn unlock(conn: &Reader, ca_dir: &Path, passphrase: &[u8]) -> Result<CaSigne
     let pem = Zeroizing::new(fs::read_to_string(&key_file).map_err(|e| Error::io(&key_file, e))?);
     let pkcs8 = keys::read_private_key_pem(&pem, Some(passphrase), "the issuing CA key")?;
     let key = keys::key_pair_from_pkcs8(&pkcs8, "the issuing CA key")?;
-    check_key_matches(&record.der, &key)?;
-    let issuer = Issuer::from_ca_cert_der(&record.der.clone().into(), key)
-        .map_err(|e| Error::crypto(format!("issuing CA certificate: {e}")))?;
     let chain_path = ca_dir.join(CHAIN);
     let chain_pem = fs::read_to_string(&chain_path).map_err(|e| Error::io(&chain_path, e))?;
     let chain_der = read_certs(chain_pem.as_bytes(), "CA chain")?;
     let audit_key = AuditKey::load_or_create(ca_dir)?;
-    let ca_fingerprint = super::cert::sha256_hex(&record.der);
-    Ok(CaSigner {
-        record,
-        issuer,
-        chain_pem,
+    CaSigner::new(
+        record.id,
+        &record.name,
+        record.der,
         chain_der,
+        CaKey::File(key),
         audit_key,
-        ca_fingerprint,
-    })
+    )
 }

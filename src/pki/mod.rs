@@ -8,4 +8,5 @@ pub mod issue;
 pub mod keys;
 pub mod mark;
 pub mod profile;
+pub mod signer;
 pub mod verify;

@@ -27,7 +27,7 @@ use crate::app::retire::crl;
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
-use crate::pki::ca::CaSigner;
+use crate::pki::signer::CaSigner;
 use crate::pki::crl::{CrlIssued, Reason};
 use crate::store::devices::{self, Device, DeviceStatus};
 use crate::store::retire::{self as rr, StepRow, WipeRecord};

@@ -26,7 +26,7 @@ use crate::app::lifecycle;
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
-use crate::pki::ca::CaSigner;
+use crate::pki::signer::CaSigner;
 use crate::pki::cert::sha256_hex;
 use crate::pki::issue::{issue, Issued};
 use crate::pki::profile::Profile;
@@ -284,7 +284,7 @@ impl Station<'_> {
         let vars = vars_for(
             device,
             self.org,
-            &self.signer.record.name,
+            &self.signer.name,
             &self.profile.name,
         );
         let issued = issue(
@@ -306,7 +306,7 @@ impl Station<'_> {
         let vars = vars_for(
             device,
             self.org,
-            &self.signer.record.name,
+            &self.signer.name,
             &self.profile.name,
         );
         issue(
