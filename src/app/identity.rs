@@ -16,14 +16,14 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
-use crate::pki::signer::CaSigner;
 use crate::pki::cert::to_pem;
 use crate::pki::issue::{issue, Issued};
 use crate::pki::profile::{Profile, Vars, VARIABLES};
+use crate::pki::signer::CaSigner;
 use crate::pki::{csr, keys};
 use crate::store::certs::{self, KeySource, NewCert};
 use crate::store::devices::{self, Device, NewDevice};
-use crate::store::{now_rfc3339, Store, Tx};
+use crate::store::{now_rfc3339, Reader, Store, Tx};
 
 /// Everything needed to issue: the unlocked CA, the profile, org name.
 pub struct IssueContext<'a> {
@@ -91,6 +91,69 @@ pub fn vars_for(device: &Device, org: &str, ca_name: &str, profile: &str) -> Var
     v.insert("ca_name".into(), ca_name.into());
     v.insert("profile".into(), profile.into());
     v
+}
+
+/// `identity verify`: the certificate's chain and validity against the registered
+/// CAs, and what the registry records about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub ok: bool,
+    pub subject: String,
+    pub serial_hex: String,
+    pub fingerprint: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    /// Subjects from the certificate's issuer up to the root.
+    pub chain: Vec<String>,
+    pub chain_ok: bool,
+    pub time_ok: bool,
+    pub revoked: bool,
+    pub revocation_reason: Option<String>,
+    /// The registry's status for this certificate (active/revoked/unused), if recorded.
+    pub registry_status: Option<String>,
+    pub device: Option<String>,
+    pub problems: Vec<String>,
+}
+
+/// Verifies `der` at `now` (Unix seconds) against the registry's CAs and records.
+pub fn verify(db: &Reader, der: &[u8], now: i64) -> Result<Verification> {
+    let v = crate::app::ca::trust_store(db)?.verify(der, now)?;
+    let mut problems = v.problems;
+    let rec = certs::cert_by_fingerprint(db, &v.fingerprint)?;
+    let (revoked, reason, status, device) = match &rec {
+        Some(r) => {
+            let dev = devices::device_by_id(db, r.device_id)?.map(|d| d.serial);
+            (
+                r.status == certs::CertStatus::Revoked,
+                r.revocation_reason.clone(),
+                Some(r.status.as_str().to_string()),
+                dev,
+            )
+        }
+        None => (false, None, None, None),
+    };
+    if revoked {
+        problems.push(format!(
+            "certificate is revoked ({})",
+            reason.as_deref().unwrap_or("unspecified")
+        ));
+    }
+    Ok(Verification {
+        ok: v.chain_ok && v.time_ok && !revoked && problems.is_empty(),
+        subject: v.subject,
+        serial_hex: v.serial_hex,
+        fingerprint: v.fingerprint,
+        not_before: v.not_before,
+        not_after: v.not_after,
+        chain: v.chain,
+        chain_ok: v.chain_ok,
+        time_ok: v.time_ok,
+        revoked,
+        revocation_reason: reason,
+        registry_status: status,
+        device,
+        problems,
+    })
 }
 
 /// Checks a device serial: printable, no path separators (it names files), bounded.

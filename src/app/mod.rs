@@ -2,6 +2,7 @@
 //! the PKI and the device links; the CLI parses, calls one workflow and prints.
 
 pub mod audit;
+pub mod ca;
 pub mod identity;
 pub mod inventory;
 pub mod lifecycle;

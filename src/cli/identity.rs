@@ -11,7 +11,6 @@ use crate::app::identity::{self, BatchOutput, IssueContext};
 use crate::error::Error;
 use crate::pki::cert::{colon_hex, read_certs};
 use crate::pki::profile::Profile;
-use crate::pki::verify;
 use crate::store::{certs, devices, events};
 
 #[derive(Debug, Subcommand)]
@@ -231,7 +230,7 @@ pub fn run(ctx: &Ctx, cmd: IdentityCommand) -> anyhow::Result<i32> {
             let bytes = read_limited(&cert, 1024 * 1024)?;
             let der = read_certs(&bytes, &cert.display().to_string())?.remove(0);
             let reg = ctx.registry()?;
-            let v = verify::verify(
+            let v = identity::verify(
                 reg.reader(),
                 &der,
                 time::OffsetDateTime::now_utc().unix_timestamp(),

@@ -13,6 +13,7 @@ use super::keys;
 use super::mark::AuditKey;
 use super::profile::{Profile, Vars};
 use super::signer::{check_key_matches, CaKey, CaSigner};
+use super::trust::{Anchor, ChainEnd, NoIssuer, TrustStore, MAX_DEPTH};
 use crate::error::{Error, Result};
 use crate::store::cas::{self, CaRecord, CaRole, NewCa};
 
@@ -130,33 +131,11 @@ pub fn import(
     let key = keys::key_pair_from_pkcs8(&pkcs8, "CA key")?;
     check_key_matches(&issuing_der, &key)?;
 
-    // Order the chain from the issuing CA up to a self-signed root.
-    let mut ordered = Vec::new();
-    let mut current = issuing.clone();
-    let mut current_der = issuing_der.clone();
-    while !current.self_signed {
-        let parent = chain
-            .iter()
-            .find(|d| {
-                info_of(d)
-                    .map(|i| i.subject == current.issuer && i.is_ca)
-                    .unwrap_or(false)
-            })
-            .cloned()
-            .ok_or_else(|| {
-                Error::crypto(format!(
-                    "no certificate for issuer '{}' in the chain: pass --chain with the CA chain up to the root",
-                    current.issuer
-                ))
-            })?;
-        verify_signed_by(&current_der, &parent)?;
-        current = info_of(&parent)?;
-        current_der = parent.clone();
-        ordered.push(parent);
-        if ordered.len() > 8 {
-            return Err(Error::crypto("CA chain is longer than 8 certificates"));
-        }
-    }
+    let mut ordered = if issuing.self_signed {
+        Vec::new()
+    } else {
+        chain_to_root(&issuing_der, chain)?
+    };
     let root_der = ordered.pop().unwrap_or_else(|| issuing_der.clone());
     Ok(CaMaterial {
         root_der,
@@ -167,18 +146,36 @@ pub fn import(
     })
 }
 
-pub fn verify_signed_by(child_der: &[u8], parent_der: &[u8]) -> Result<()> {
-    let child = super::cert::parse_der(child_der)?;
-    let parent = super::cert::parse_der(parent_der)?;
-    child
-        .verify_signature(Some(parent.public_key()))
-        .map_err(|_| {
-            Error::crypto(format!(
-                "'{}' is not signed by '{}'",
-                child.subject(),
-                parent.subject()
-            ))
-        })
+/// The CAs above `cert_der`, nearest first up to a self-signed root, taken from the
+/// certificates `given` (in any order, extra ones ignored).
+fn chain_to_root(cert_der: &[u8], given: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>> {
+    let given = TrustStore::new(given.into_iter().enumerate().map(|(i, der)| Anchor {
+        id: i as i64,
+        name: String::new(),
+        der,
+    }));
+    let walk = given.chain(&super::cert::parse_der(cert_der)?);
+    match walk.end {
+        ChainEnd::Root => Ok(walk.cas.iter().map(|c| c.der.clone()).collect()),
+        ChainEnd::Broken {
+            issuer,
+            why: NoIssuer::Unknown,
+            ..
+        } => Err(Error::crypto(format!(
+            "no certificate for issuer '{issuer}' in the chain: pass --chain with the CA chain up to the root"
+        ))),
+        ChainEnd::Broken {
+            subject,
+            why: NoIssuer::BadSignature(named),
+            ..
+        } => Err(Error::crypto(format!(
+            "'{subject}' is not signed by '{}'",
+            named[0].subject
+        ))),
+        ChainEnd::TooLong => Err(Error::crypto(format!(
+            "CA chain is longer than {MAX_DEPTH} certificates"
+        ))),
+    }
 }
 
 /// Writes the CA files under `dir` and records both CAs in the registry. Files are

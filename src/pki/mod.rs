@@ -9,4 +9,5 @@ pub mod keys;
 pub mod mark;
 pub mod profile;
 pub mod signer;
+pub mod trust;
 pub mod verify;

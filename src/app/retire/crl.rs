@@ -8,9 +8,9 @@ use time::OffsetDateTime;
 use crate::error::{Error, Result};
 use crate::model::{Actor, EventKind};
 use crate::outfile;
-use crate::pki::signer::CaSigner;
 use crate::pki::cert::sha256_hex;
 use crate::pki::crl::{build, encode_for, CrlIssued};
+use crate::pki::signer::CaSigner;
 use crate::store::retire::{self as rr, NewCrl};
 use crate::store::{fmt_time, Store};
 
