@@ -181,12 +181,12 @@ fn build(dir: &Path, n: u64) -> PathBuf {
             .collect(),
         key_identifier_method: rcgen::KeyIdMethod::Sha256,
     };
-    let crl = params.signed_by(&signer.issuer).unwrap();
+    let crl = params.signed_by(signer.issuer()).unwrap();
     conn.execute(
         "INSERT INTO crls (ca_id, crl_number, this_update, next_update, entries, der, created_at)
          VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6)",
         rusqlite::params![
-            signer.record.id,
+            signer.id,
             now.unix_timestamp(),
             (now + time::Duration::days(7)).unix_timestamp(),
             serials.len() as i64,

@@ -640,12 +640,12 @@ fn publish_crl(e: &Env, number: u64, revoked_hex: &[String], next_update: Durati
             .collect(),
         key_identifier_method: KeyIdMethod::Sha256,
     };
-    let der = params.signed_by(&signer.issuer).unwrap().der().to_vec();
+    let der = params.signed_by(signer.issuer()).unwrap().der().to_vec();
     drop(reg);
     e.sql(&format!(
         "INSERT INTO crls (ca_id, crl_number, this_update, next_update, entries, der, created_at)
          VALUES ({}, {number}, {}, {}, {}, X'{}', '2026-11-01T00:00:00Z')",
-        signer.record.id,
+        signer.id,
         this_update.unix_timestamp(),
         (now + next_update).unix_timestamp(),
         revoked_hex.len(),

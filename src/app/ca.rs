@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::model::{Actor, EventKind};
-use crate::pki::ca::{CaMaterial, CaSigner, CHAIN, ISSUING_CERT, ISSUING_KEY, ROOT_CERT, ROOT_KEY};
+use crate::pki::ca::{CaMaterial, CHAIN, ISSUING_CERT, ISSUING_KEY, ROOT_CERT, ROOT_KEY};
 use crate::pki::cert::{info_of, to_pem, CertInfo};
+use crate::pki::signer::CaSigner;
+use crate::pki::trust::{Anchor, TrustStore};
 use crate::store::cas::{self, CaRecord, CaRole, NewCa};
 use crate::store::{now_rfc3339, Reader, Store, Tx};
 
@@ -161,4 +163,15 @@ pub fn active_issuing(db: &Reader) -> Result<CaRecord> {
 /// The active issuing CA, unlocked with `passphrase`.
 pub fn unlock(db: &Reader, ca_dir: &Path, passphrase: &[u8]) -> Result<CaSigner> {
     crate::pki::ca::unlock(active_issuing(db)?, ca_dir, passphrase)
+}
+
+/// Every CA the registry knows (active or not), parsed once.
+pub fn trust_store(db: &Reader) -> Result<TrustStore> {
+    Ok(TrustStore::new(cas::all_cas(db)?.into_iter().map(|c| {
+        Anchor {
+            id: c.id,
+            name: c.name,
+            der: c.der,
+        }
+    })))
 }

@@ -16,10 +16,10 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
-use crate::pki::ca::CaSigner;
 use crate::pki::cert::to_pem;
 use crate::pki::issue::{issue, Issued};
 use crate::pki::profile::{Profile, Vars, VARIABLES};
+use crate::pki::signer::CaSigner;
 use crate::pki::{csr, keys};
 use crate::store::certs::{self, KeySource, NewCert};
 use crate::store::devices::{self, Device, NewDevice};
@@ -93,6 +93,69 @@ pub fn vars_for(device: &Device, org: &str, ca_name: &str, profile: &str) -> Var
     v
 }
 
+/// `identity verify`: the certificate's chain and validity against the registered
+/// CAs, and what the registry records about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub ok: bool,
+    pub subject: String,
+    pub serial_hex: String,
+    pub fingerprint: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    /// Subjects from the certificate's issuer up to the root.
+    pub chain: Vec<String>,
+    pub chain_ok: bool,
+    pub time_ok: bool,
+    pub revoked: bool,
+    pub revocation_reason: Option<String>,
+    /// The registry's status for this certificate (active/revoked/unused), if recorded.
+    pub registry_status: Option<String>,
+    pub device: Option<String>,
+    pub problems: Vec<String>,
+}
+
+/// Verifies `der` at `now` (Unix seconds) against the registry's CAs and records.
+pub fn verify(db: &Reader, der: &[u8], now: i64) -> Result<Verification> {
+    let v = crate::app::ca::trust_store(db)?.verify(der, now)?;
+    let mut problems = v.problems;
+    let rec = certs::cert_by_fingerprint(db, &v.fingerprint)?;
+    let (revoked, reason, status, device) = match &rec {
+        Some(r) => {
+            let dev = devices::device_by_id(db, r.device_id)?.map(|d| d.serial);
+            (
+                r.status == certs::CertStatus::Revoked,
+                r.revocation_reason.clone(),
+                Some(r.status.as_str().to_string()),
+                dev,
+            )
+        }
+        None => (false, None, None, None),
+    };
+    if revoked {
+        problems.push(format!(
+            "certificate is revoked ({})",
+            reason.as_deref().unwrap_or("unspecified")
+        ));
+    }
+    Ok(Verification {
+        ok: v.chain_ok && v.time_ok && !revoked && problems.is_empty(),
+        subject: v.subject,
+        serial_hex: v.serial_hex,
+        fingerprint: v.fingerprint,
+        not_before: v.not_before,
+        not_after: v.not_after,
+        chain: v.chain,
+        chain_ok: v.chain_ok,
+        time_ok: v.time_ok,
+        revoked,
+        revocation_reason: reason,
+        registry_status: status,
+        device,
+        problems,
+    })
+}
+
 /// Checks a device serial: printable, no path separators (it names files), bounded.
 pub fn check_serial(serial: &str) -> Result<()> {
     if serial.is_empty() || serial.len() > 128 {
@@ -134,7 +197,7 @@ pub fn insert_issued(
         tx,
         &NewCert {
             device_id,
-            ca_id: Some(signer.record.id),
+            ca_id: Some(signer.id),
             serial_hex: &issued.info.serial_hex,
             fingerprint: &issued.info.fingerprint,
             pubkey_sha256: &issued.info.pubkey_sha256,
@@ -262,7 +325,7 @@ fn issue_recorded(
     let existing = devices::device_by_serial(reg.reader(), serial)?;
     check_issuable(existing.as_ref())?;
     let device = existing.unwrap_or_else(|| device_template(serial));
-    let vars = vars_for(&device, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
+    let vars = vars_for(&device, ctx.org, &ctx.signer.name, &ctx.profile.name);
     let issued = issue(
         ctx.signer,
         ctx.profile,
@@ -567,7 +630,7 @@ pub fn batch(
         let mut head = serde_json::to_vec(&BundleHeader {
             cradle_bundle: 1,
             profile: &ctx.profile.name,
-            ca: &ctx.signer.record.subject,
+            ca: &ctx.signer.subject,
             chain_pem: &ctx.signer.chain_pem,
         })
         .map_err(|e| Error::input(e.to_string()))?;
@@ -667,7 +730,7 @@ fn make_one(
 ) -> Result<Made> {
     let mut d = device_template(serial);
     d.batch = batch_label.map(str::to_string);
-    let vars = vars_for(&d, ctx.org, &ctx.signer.record.name, &ctx.profile.name);
+    let vars = vars_for(&d, ctx.org, &ctx.signer.name, &ctx.profile.name);
     let key = keys::generate()?;
     let issued = issue(
         ctx.signer,
@@ -815,25 +878,4 @@ fn write_chunk_files(
         }
     }
     Ok(())
-}
-
-/// Verifies a certificate against the registered CAs and adds what the registry
-/// records about it: its status, revocation and device.
-pub fn verify(db: &Reader, der: &[u8], now: i64) -> Result<crate::pki::verify::Verification> {
-    let known = crate::store::cas::all_cas(db)?;
-    let mut v = crate::pki::verify::verify(&known, der, now)?;
-    if let Some(r) = certs::cert_by_fingerprint(db, &v.fingerprint)? {
-        v.device = devices::device_by_id(db, r.device_id)?.map(|d| d.serial);
-        v.revoked = r.status == certs::CertStatus::Revoked;
-        v.revocation_reason = r.revocation_reason.clone();
-        v.registry_status = Some(r.status.as_str().to_string());
-        if v.revoked {
-            v.problems.push(format!(
-                "certificate is revoked ({})",
-                v.revocation_reason.as_deref().unwrap_or("unspecified")
-            ));
-            v.ok = false;
-        }
-    }
-    Ok(v)
 }

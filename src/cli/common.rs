@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use crate::home::{self, Config, Home};
 use crate::model::Actor;
-use crate::pki::ca::{self, CaSigner};
+use crate::pki::ca;
+use crate::pki::signer::CaSigner;
 use crate::store::Store;
 
 pub struct Ctx {

@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::Path;
 
-use rcgen::{Issuer, KeyPair, PublicKeyData, SerialNumber};
+use rcgen::{Issuer, SerialNumber};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -11,6 +11,8 @@ use super::cert::{info_of, read_certs, to_pem};
 use super::keys;
 use super::mark::AuditKey;
 use super::profile::{Profile, Vars};
+use super::signer::{check_key_matches, CaKey, CaSigner};
+use super::trust::{Anchor, ChainEnd, NoIssuer, TrustStore, MAX_DEPTH};
 use crate::error::{Error, Result};
 use crate::model::CaRecord;
 
@@ -128,33 +130,11 @@ pub fn import(
     let key = keys::key_pair_from_pkcs8(&pkcs8, "CA key")?;
     check_key_matches(&issuing_der, &key)?;
 
-    // Order the chain from the issuing CA up to a self-signed root.
-    let mut ordered = Vec::new();
-    let mut current = issuing.clone();
-    let mut current_der = issuing_der.clone();
-    while !current.self_signed {
-        let parent = chain
-            .iter()
-            .find(|d| {
-                info_of(d)
-                    .map(|i| i.subject == current.issuer && i.is_ca)
-                    .unwrap_or(false)
-            })
-            .cloned()
-            .ok_or_else(|| {
-                Error::crypto(format!(
-                    "no certificate for issuer '{}' in the chain: pass --chain with the CA chain up to the root",
-                    current.issuer
-                ))
-            })?;
-        verify_signed_by(&current_der, &parent)?;
-        current = info_of(&parent)?;
-        current_der = parent.clone();
-        ordered.push(parent);
-        if ordered.len() > 8 {
-            return Err(Error::crypto("CA chain is longer than 8 certificates"));
-        }
-    }
+    let mut ordered = if issuing.self_signed {
+        Vec::new()
+    } else {
+        chain_to_root(&issuing_der, chain)?
+    };
     let root_der = ordered.pop().unwrap_or_else(|| issuing_der.clone());
     Ok(CaMaterial {
         root_der,
@@ -165,85 +145,35 @@ pub fn import(
     })
 }
 
-/// Fails unless `key` is the private key of `cert_der`.
-pub fn check_key_matches(cert_der: &[u8], key: &KeyPair) -> Result<()> {
-    let cert = super::cert::parse_der(cert_der)?;
-    if cert.public_key().raw != key.subject_public_key_info().as_slice() {
-        return Err(Error::crypto(
-            "the private key does not match the certificate's public key",
-        ));
-    }
-    Ok(())
-}
-
-pub fn verify_signed_by(child_der: &[u8], parent_der: &[u8]) -> Result<()> {
-    let child = super::cert::parse_der(child_der)?;
-    let parent = super::cert::parse_der(parent_der)?;
-    child
-        .verify_signature(Some(parent.public_key()))
-        .map_err(|_| {
-            Error::crypto(format!(
-                "'{}' is not signed by '{}'",
-                child.subject(),
-                parent.subject()
-            ))
-        })
-}
-
-/// Where a CA's private key lives. Everything that signs goes through rcgen's
-/// `SigningKey`, so a key on a token is one more variant, not a new code path.
-pub enum CaKey {
-    /// A PKCS#8 key read from an encrypted file and held in memory.
-    File(KeyPair),
-}
-
-impl PublicKeyData for CaKey {
-    fn der_bytes(&self) -> &[u8] {
-        match self {
-            CaKey::File(k) => k.der_bytes(),
-        }
-    }
-
-    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        match self {
-            CaKey::File(k) => PublicKeyData::algorithm(k),
-        }
-    }
-}
-
-impl rcgen::SigningKey for CaKey {
-    fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
-        match self {
-            CaKey::File(k) => k.sign(msg),
-        }
-    }
-}
-
-/// The active issuing CA, unlocked for signing.
-pub struct CaSigner {
-    pub record: CaRecord,
-    pub issuer: Issuer<'static, CaKey>,
-    /// Issuing CA (+ intermediates) + root, PEM, for bundles and devices.
-    pub chain_pem: String,
-    pub chain_der: Vec<Vec<u8>>,
-    /// Key of the verification marks stored with every certificate this signer records.
-    pub audit_key: AuditKey,
-    /// Hex SHA-256 of the issuing CA certificate's DER, as bound into each mark.
-    pub ca_fingerprint: String,
-}
-
-impl CaSigner {
-    /// The verification mark of a certificate (hex SHA-256 fingerprint) this CA issued.
-    pub fn mark(&self, cert_fingerprint: &str) -> Vec<u8> {
-        self.audit_key.mark(cert_fingerprint, &self.ca_fingerprint)
-    }
-}
-
-impl std::fmt::Debug for CaSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CaSigner")
-            .field("ca", &self.record.subject)
-            .finish_non_exhaustive()
+/// The CAs above `cert_der`, nearest first up to a self-signed root, taken from the
+/// certificates `given` (in any order, extra ones ignored).
+fn chain_to_root(cert_der: &[u8], given: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>> {
+    let given = TrustStore::new(given.into_iter().enumerate().map(|(i, der)| Anchor {
+        id: i as i64,
+        name: String::new(),
+        der,
+    }));
+    let walk = given.chain(&super::cert::parse_der(cert_der)?);
+    match walk.end {
+        ChainEnd::Root => Ok(walk.cas.iter().map(|c| c.der.clone()).collect()),
+        ChainEnd::Broken {
+            issuer,
+            why: NoIssuer::Unknown,
+            ..
+        } => Err(Error::crypto(format!(
+            "no certificate for issuer '{issuer}' in the chain: pass --chain with the CA chain up to the root"
+        ))),
+        ChainEnd::Broken {
+            subject,
+            why: NoIssuer::BadSignature(named),
+            ..
+        } => Err(Error::crypto(format!(
+            "'{subject}' is not signed by '{}'",
+            named[0].subject
+        ))),
+        ChainEnd::TooLong => Err(Error::crypto(format!(
+            "CA chain is longer than {MAX_DEPTH} certificates"
+        ))),
     }
 }
 
@@ -254,20 +184,16 @@ pub fn unlock(record: CaRecord, ca_dir: &Path, passphrase: &[u8]) -> Result<CaSi
     let pem = Zeroizing::new(fs::read_to_string(&key_file).map_err(|e| Error::io(&key_file, e))?);
     let pkcs8 = keys::read_private_key_pem(&pem, Some(passphrase), "the issuing CA key")?;
     let key = keys::key_pair_from_pkcs8(&pkcs8, "the issuing CA key")?;
-    check_key_matches(&record.der, &key)?;
-    let issuer = Issuer::from_ca_cert_der(&record.der.clone().into(), CaKey::File(key))
-        .map_err(|e| Error::crypto(format!("issuing CA certificate: {e}")))?;
     let chain_path = ca_dir.join(CHAIN);
     let chain_pem = fs::read_to_string(&chain_path).map_err(|e| Error::io(&chain_path, e))?;
     let chain_der = read_certs(chain_pem.as_bytes(), "CA chain")?;
     let audit_key = AuditKey::load_or_create(ca_dir)?;
-    let ca_fingerprint = super::cert::sha256_hex(&record.der);
-    Ok(CaSigner {
-        record,
-        issuer,
-        chain_pem,
+    CaSigner::new(
+        record.id,
+        &record.name,
+        record.der,
         chain_der,
+        CaKey::File(key),
         audit_key,
-        ca_fingerprint,
-    })
+    )
 }

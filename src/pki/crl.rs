@@ -11,8 +11,8 @@ use rcgen::{
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::ca::CaSigner;
 use super::cert::to_pem;
+use super::signer::CaSigner;
 use crate::error::{Error, Result};
 use crate::model::Revoked;
 
@@ -189,9 +189,9 @@ pub fn build(
     }
     // The authority key identifier must equal the issuing CA's subject key identifier,
     // whichever way that CA computed it (ours or an imported one).
-    let key_identifier_method = match signer.record.ski.as_deref().map(hex::decode) {
-        Some(Ok(ski)) if !ski.is_empty() => KeyIdMethod::PreSpecified(ski),
-        _ => KeyIdMethod::Sha256,
+    let key_identifier_method = match &signer.key_id {
+        Some(ski) => KeyIdMethod::PreSpecified(ski.clone()),
+        None => KeyIdMethod::Sha256,
     };
     let params = CertificateRevocationListParams {
         this_update,
@@ -202,7 +202,7 @@ pub fn build(
         key_identifier_method,
     };
     let crl = params
-        .signed_by(&signer.issuer)
+        .signed_by(signer.issuer())
         .map_err(|e| Error::crypto(format!("signing the CRL: {e}")))?;
     Ok(crl.der().to_vec())
 }

@@ -3,9 +3,10 @@
 use rcgen::PublicKeyData;
 use time::OffsetDateTime;
 
-use super::ca::{random_serial, CaSigner};
+use super::ca::random_serial;
 use super::cert::{info_of, CertInfo};
 use super::profile::{Profile, Vars};
+use super::signer::CaSigner;
 use crate::error::{Error, Result};
 
 /// A freshly issued certificate and the facts recorded about it.
@@ -31,7 +32,7 @@ pub fn issue(
     let mut params = profile.render(vars, now)?;
     params.serial_number = Some(random_serial());
     let cert = params
-        .signed_by(public_key, &signer.issuer)
+        .signed_by(public_key, signer.issuer())
         .map_err(|e| Error::crypto(format!("signing certificate: {e}")))?;
     let der = cert.der().to_vec();
     let info = info_of(&der)?;

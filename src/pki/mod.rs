@@ -8,4 +8,6 @@ pub mod issue;
 pub mod keys;
 pub mod mark;
 pub mod profile;
+pub mod signer;
+pub mod trust;
 pub mod verify;

@@ -1,15 +1,15 @@
-//! Verifying a certificate against known CAs: chain and validity. What the registry
-//! says about it (revoked, which device) is added by the identity workflow.
+//! Verifying a certificate against a trust store: chain and validity. What a registry
+//! says about the certificate (revoked, which device) is the caller's to add.
 
 use serde::Serialize;
 
 use super::cert::{info_of, parse_der};
+use super::trust::{ChainEnd, TrustStore};
 use crate::error::Result;
-use crate::model::CaRecord;
 
+/// What the certificate and the trust store alone say about it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Verification {
-    pub ok: bool,
+pub struct ChainVerdict {
     pub subject: String,
     pub serial_hex: String,
     pub fingerprint: String,
@@ -19,76 +19,57 @@ pub struct Verification {
     pub chain: Vec<String>,
     pub chain_ok: bool,
     pub time_ok: bool,
-    pub revoked: bool,
-    pub revocation_reason: Option<String>,
-    /// The registry's status for this certificate (active/revoked/unused), if recorded.
-    pub registry_status: Option<String>,
-    pub device: Option<String>,
     pub problems: Vec<String>,
 }
 
-/// Checks `der` against the CAs in `known` at `now` (Unix seconds). The registry
-/// fields of the result are empty: `app::identity::verify` fills them in.
-pub fn verify(known: &[CaRecord], der: &[u8], now: i64) -> Result<Verification> {
-    let info = info_of(der)?;
-    let mut problems = Vec::new();
+impl ChainVerdict {
+    pub fn ok(&self) -> bool {
+        self.chain_ok && self.time_ok && self.problems.is_empty()
+    }
+}
 
-    // Walk up: find a registered CA that signed the current certificate.
-    let mut chain = Vec::new();
-    let mut chain_ok = false;
-    let mut current = der.to_vec();
-    for _ in 0..8 {
-        let cur = parse_der(&current)?;
-        let parent = known.iter().find(|ca| {
-            parse_der(&ca.der)
-                .map(|p| {
-                    p.subject().as_raw() == cur.issuer().as_raw()
-                        && cur.verify_signature(Some(p.public_key())).is_ok()
-                })
-                .unwrap_or(false)
-        });
-        let Some(parent) = parent else {
-            problems.push(format!(
-                "no registered CA signed '{}' (issuer '{}')",
-                cur.subject(),
-                cur.issuer()
-            ));
-            break;
-        };
-        chain.push(parent.subject.clone());
-        if now < parent.not_before || now > parent.not_after {
-            problems.push(format!("CA '{}' is not valid now", parent.subject));
+impl TrustStore {
+    /// Checks that `der` chains to a self-signed root of the store and that it and
+    /// every CA above it are valid at `now` (Unix seconds).
+    pub fn verify(&self, der: &[u8], now: i64) -> Result<ChainVerdict> {
+        let info = info_of(der)?;
+        let cert = parse_der(der)?;
+        let mut problems = Vec::new();
+        let walk = self.chain(&cert);
+        for ca in &walk.cas {
+            if !ca.valid_at(now) {
+                problems.push(format!("CA '{}' is not valid now", ca.subject));
+            }
         }
-        let pinfo = info_of(&parent.der)?;
-        if pinfo.self_signed {
-            chain_ok = true;
-            break;
+        let chain_ok = matches!(walk.end, ChainEnd::Root);
+        match &walk.end {
+            ChainEnd::Root => {}
+            ChainEnd::Broken {
+                subject, issuer, ..
+            } => problems.push(format!(
+                "no registered CA signed '{subject}' (issuer '{issuer}')"
+            )),
+            ChainEnd::TooLong if problems.is_empty() => {
+                problems.push("chain does not reach a self-signed root".into())
+            }
+            ChainEnd::TooLong => {}
         }
-        current = parent.der.clone();
+        let time_ok = now >= info.not_before && now <= info.not_after;
+        if now < info.not_before {
+            problems.push("certificate is not yet valid".into());
+        } else if now > info.not_after {
+            problems.push("certificate has expired".into());
+        }
+        Ok(ChainVerdict {
+            subject: info.subject,
+            serial_hex: info.serial_hex,
+            fingerprint: info.fingerprint,
+            not_before: info.not_before,
+            not_after: info.not_after,
+            chain: walk.cas.iter().map(|c| c.subject.clone()).collect(),
+            chain_ok,
+            time_ok,
+            problems,
+        })
     }
-    if !chain_ok && problems.is_empty() {
-        problems.push("chain does not reach a self-signed root".into());
-    }
-    let time_ok = now >= info.not_before && now <= info.not_after;
-    if now < info.not_before {
-        problems.push("certificate is not yet valid".into());
-    } else if now > info.not_after {
-        problems.push("certificate has expired".into());
-    }
-    Ok(Verification {
-        ok: chain_ok && time_ok && problems.is_empty(),
-        subject: info.subject,
-        serial_hex: info.serial_hex,
-        fingerprint: info.fingerprint,
-        not_before: info.not_before,
-        not_after: info.not_after,
-        chain,
-        chain_ok,
-        time_ok,
-        revoked: false,
-        revocation_reason: None,
-        registry_status: None,
-        device: None,
-        problems,
-    })
 }

@@ -16,6 +16,7 @@ use x509_parser::prelude::*;
 use crate::error::Result;
 use crate::pki::cert::sha256_hex;
 use crate::pki::mark::AuditKey;
+use crate::pki::trust::{NoIssuer, TrustStore};
 use crate::store::audit::{self as q, DupField, StoredCert};
 use crate::store::events;
 
@@ -420,16 +421,6 @@ fn sample(list: &str, count: i64) -> String {
     }
 }
 
-/// A registered CA, parsed once: its subject (raw DER) and its public key.
-struct KnownCa<'a> {
-    id: i64,
-    name: String,
-    /// Hex SHA-256 of the DER as stored now (not the recorded fingerprint), so a CA row
-    /// altered behind cradle's back no longer matches the marks made under it.
-    fingerprint: String,
-    cert: X509Certificate<'a>,
-}
-
 /// cert-not-chained and cert-fingerprint-mismatch in one pass over the stored DER:
 /// chunks of certificates are streamed from SQLite and verified on all cores.
 fn check_stored_certs(
@@ -439,25 +430,12 @@ fn check_stored_certs(
     key: Option<&AuditKey>,
     emit: &mut dyn FnMut(Finding) -> Result<()>,
 ) -> Result<CertStats> {
-    let cas = crate::store::cas::all_cas(conn)?;
-    let known: Vec<KnownCa<'_>> = cas
-        .iter()
-        .filter_map(|ca| {
-            X509Certificate::from_der(&ca.der)
-                .ok()
-                .map(|(_, cert)| KnownCa {
-                    id: ca.id,
-                    name: ca.name.clone(),
-                    fingerprint: sha256_hex(&ca.der),
-                    cert,
-                })
-        })
-        .collect();
+    let trust = crate::app::ca::trust_store(conn)?;
     let mut stats = CertStats::default();
     q::certs_in_chunks(conn, CERT_CHUNK, |chunk| {
         let results: Vec<(Vec<Finding>, Settled)> = chunk
             .par_iter()
-            .map(|c| check_one_cert(c, &known, chain, fp, key))
+            .map(|c| check_one_cert(c, &trust, chain, fp, key))
             .collect();
         for (findings, settled) in results {
             match settled {
@@ -489,22 +467,21 @@ enum Settled {
 /// Whether a certificate may skip signature verification: it carries a mark that
 /// verifies for its *actual* DER hash (which must equal the recorded fingerprint) and
 /// the actual DER hash of the registered CA it names.
-fn mark_holds(c: &StoredCert, actual: &str, known: &[KnownCa<'_>], key: &AuditKey) -> bool {
+fn mark_holds(c: &StoredCert, actual: &str, trust: &TrustStore, key: &AuditKey) -> bool {
     let (Some(mark), Some(ca_id)) = (c.verified_mac.as_deref(), c.ca_id) else {
         return false;
     };
     if actual != c.fingerprint {
         return false;
     }
-    known
-        .iter()
-        .find(|k| k.id == ca_id)
+    trust
+        .get(ca_id)
         .is_some_and(|k| key.verify(actual, &k.fingerprint, mark))
 }
 
 fn check_one_cert(
     c: &StoredCert,
-    known: &[KnownCa<'_>],
+    trust: &TrustStore,
     chain: bool,
     fp: bool,
     key: Option<&AuditKey>,
@@ -533,7 +510,7 @@ fn check_one_cert(
     let mut settled = Settled::NotChecked;
     if chain {
         if let (Some(key), Some(actual)) = (key, actual.as_deref()) {
-            if mark_holds(c, actual, known, key) {
+            if mark_holds(c, actual, trust, key) {
                 return (out, Settled::Marked);
             }
         }
@@ -543,35 +520,23 @@ fn check_one_cert(
                 "stored certificate {} does not parse: {e}",
                 c.serial_hex
             )),
-            Ok((_, cert)) => {
-                let issuer = cert.issuer().as_raw();
-                let candidates: Vec<&KnownCa<'_>> = known
-                    .iter()
-                    .filter(|k| k.cert.subject().as_raw() == issuer)
-                    .collect();
-                if candidates.is_empty() {
-                    Some(format!(
-                        "certificate {} names issuer '{}', which is not a registered CA",
-                        c.serial_hex,
-                        cert.issuer()
-                    ))
-                } else if candidates
-                    .iter()
-                    .any(|k| cert.verify_signature(Some(k.cert.public_key())).is_ok())
-                {
-                    None
-                } else {
-                    Some(format!(
-                        "signature of certificate {} does not verify against registered CA '{}'",
-                        c.serial_hex,
-                        candidates
-                            .iter()
-                            .map(|k| k.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join("', '")
-                    ))
-                }
-            }
+            Ok((_, cert)) => match trust.issuer_of(&cert) {
+                Ok(_) => None,
+                Err(NoIssuer::Unknown) => Some(format!(
+                    "certificate {} names issuer '{}', which is not a registered CA",
+                    c.serial_hex,
+                    cert.issuer()
+                )),
+                Err(NoIssuer::BadSignature(named)) => Some(format!(
+                    "signature of certificate {} does not verify against registered CA '{}'",
+                    c.serial_hex,
+                    named
+                        .iter()
+                        .map(|k| k.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join("', '")
+                )),
+            },
         };
         if let Some(m) = msg {
             out.push(with_cert(

@@ -8,9 +8,9 @@ use time::OffsetDateTime;
 use crate::error::{Error, Result};
 use crate::model::{Actor, EventKind};
 use crate::outfile;
-use crate::pki::ca::CaSigner;
 use crate::pki::cert::sha256_hex;
 use crate::pki::crl::{build, encode_for, CrlIssued};
+use crate::pki::signer::CaSigner;
 use crate::store::retire::{self as rr, NewCrl};
 use crate::store::{fmt_time, Store};
 
@@ -35,7 +35,7 @@ pub fn issue(
     let next = now + time::Duration::days(next_update_days as i64);
     let now_s = fmt_time(now);
     let tx = reg.write()?;
-    let ca_id = signer.record.id;
+    let ca_id = signer.id;
     let rows = rr::revoked_for_ca(&tx, ca_id)?;
     let number = rr::next_crl_number(&tx, ca_id)?;
     let der = build(signer, &rows, number, now, next)?;
@@ -57,7 +57,7 @@ pub fn issue(
         None,
         actor,
         serde_json::json!({
-            "issuer": signer.record.subject,
+            "issuer": signer.subject,
             "crl_number": number,
             "entries": rows.len(),
             "next_update": fmt_time(next),
@@ -73,7 +73,7 @@ pub fn issue(
     outfile::write_file_atomic(publish, &encode_for(publish, &der), 0o644, true)?;
     tx.commit()?;
     Ok(CrlIssued {
-        issuer: signer.record.subject.clone(),
+        issuer: signer.subject.clone(),
         crl_number: number,
         this_update: now_s,
         next_update: fmt_time(next),

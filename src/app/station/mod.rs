@@ -27,10 +27,10 @@ use crate::device::DeviceProfile;
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
-use crate::pki::ca::CaSigner;
 use crate::pki::cert::sha256_hex;
 use crate::pki::issue::{issue, Issued};
 use crate::pki::profile::Profile;
+use crate::pki::signer::CaSigner;
 use crate::pki::{csr, keys};
 use crate::store::certs::{self, CertStatus, KeySource};
 use crate::store::devices::{self, Device, DeviceStatus};
@@ -305,12 +305,7 @@ impl Station<'_> {
     ) -> Result<(Issued, i64)> {
         let spki = SubjectPublicKeyInfo::from_der(spki_der)
             .map_err(|e| dev_err(format!("device public key: {e}")))?;
-        let vars = vars_for(
-            device,
-            self.org,
-            &self.signer.record.name,
-            &self.profile.name,
-        );
+        let vars = vars_for(device, self.org, &self.signer.name, &self.profile.name);
         let issued = issue(
             self.signer,
             self.profile,
@@ -327,12 +322,7 @@ impl Station<'_> {
     fn issue_cert(&self, device: &Device, spki_der: &[u8]) -> Result<Issued> {
         let spki = SubjectPublicKeyInfo::from_der(spki_der)
             .map_err(|e| dev_err(format!("device public key: {e}")))?;
-        let vars = vars_for(
-            device,
-            self.org,
-            &self.signer.record.name,
-            &self.profile.name,
-        );
+        let vars = vars_for(device, self.org, &self.signer.name, &self.profile.name);
         issue(
             self.signer,
             self.profile,
