@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::common::{print_json, print_table, progress_bar, Ctx, PassArgs};
 use crate::app::retire::crl;
-use crate::app::retire::decommission::{self, Given, Job, Runner, Summary};
-use crate::app::retire::revoke::{self, Revocation, RevokeRequest};
+use crate::app::retire::decommission::{self, Given, Job, Runner, StepStatus, Summary};
+use crate::app::retire::revoke::{self, Revocation, RevocationResult, RevokeRequest};
 use crate::app::retire::{report, wipe, WipeContext, WipeLevel};
 use crate::error::{exit, Error};
 use crate::home::Config;
@@ -112,7 +112,10 @@ pub fn revoke(ctx: &Ctx, a: RevokeArgs) -> anyhow::Result<i32> {
     pb.finish_and_clear();
     let crl = crl::issue(&mut reg, &signer, config.crl_next_update_days, &crl_path(ctx, &config), &actor)
         .context("the revocations are recorded, but the CRL could not be published (run `cradle ca crl` to retry)")?;
-    let revoked = revs.iter().filter(|r| r.result == "revoked").count();
+    let revoked = revs
+        .iter()
+        .filter(|r| r.result == RevocationResult::Revoked)
+        .count();
     let out = RevokeOut {
         revoked,
         already_revoked: revs.len() - revoked,
@@ -124,7 +127,7 @@ pub fn revoke(ctx: &Ctx, a: RevokeArgs) -> anyhow::Result<i32> {
     } else {
         if out.revocations.len() <= 50 {
             for r in &out.revocations {
-                if r.result == "revoked" {
+                if r.result == RevocationResult::Revoked {
                     println!(
                         "{}: revoked certificate {} ({})",
                         r.serial, r.cert_serial, r.reason
@@ -424,12 +427,12 @@ fn print_summary(ctx: &Ctx, s: &Summary) -> anyhow::Result<()> {
                 .steps
                 .iter()
                 .map(|st| {
-                    let mark = match st.status.as_str() {
-                        "done" => "ok",
-                        "done before" => "ok*",
-                        "failed" => "FAIL",
-                        "will run" => "todo",
-                        _ => "-",
+                    let mark = match st.status {
+                        StepStatus::Done => "ok",
+                        StepStatus::DoneBefore => "ok*",
+                        StepStatus::Failed => "FAIL",
+                        StepStatus::WillRun => "todo",
+                        StepStatus::NotRun => "-",
                     };
                     format!("{}:{mark}", st.step.number())
                 })
@@ -437,7 +440,7 @@ fn print_summary(ctx: &Ctx, s: &Summary) -> anyhow::Result<()> {
                 .join(" ");
             vec![
                 d.serial.clone(),
-                d.result.clone(),
+                d.result.to_string(),
                 steps,
                 d.error.clone().unwrap_or_default(),
             ]

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::store::Reader;
 use serde::Serialize;
 
-use super::revoke::{revoke_in_tx, Revocation};
+use super::revoke::{revoke_in_tx, Revocation, RevocationResult};
 use super::wipe::{self, WipeLink};
 use super::{check_text, JobOptions, ManualWipe, Step, WipeContext, WipeLevel, WipeSpec};
 use crate::app::lifecycle::transition;
@@ -251,8 +251,7 @@ pub fn prepare(conn: &Reader, jobs: &[Job]) -> Result<Vec<Prepared>> {
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceResult {
     pub serial: String,
-    /// decommissioned, already decommissioned, failed, planned, would fail.
-    pub result: String,
+    pub result: DeviceOutcome,
     pub steps: Vec<StepOutcome>,
     pub revoked: Vec<Revocation>,
     pub wipe: Option<String>,
@@ -261,12 +260,84 @@ pub struct DeviceResult {
     pub reports: Vec<PathBuf>,
 }
 
+/// The result of a run (or, in a dry run, of the plan) for one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum DeviceOutcome {
+    #[serde(rename = "decommissioned")]
+    Decommissioned,
+    #[serde(rename = "already decommissioned")]
+    AlreadyDecommissioned,
+    /// Stopped at a step; resumable.
+    #[serde(rename = "failed")]
+    Failed,
+    /// Dry run: the steps would run.
+    #[serde(rename = "planned")]
+    Planned,
+    /// Dry run: the device would fail (blocked, or a forbidden transition).
+    #[serde(rename = "would fail")]
+    WouldFail,
+}
+
+impl DeviceOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceOutcome::Decommissioned => "decommissioned",
+            DeviceOutcome::AlreadyDecommissioned => "already decommissioned",
+            DeviceOutcome::Failed => "failed",
+            DeviceOutcome::Planned => "planned",
+            DeviceOutcome::WouldFail => "would fail",
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StepOutcome {
     pub step: Step,
-    /// done (now), done before, failed, not run, will run.
-    pub status: String,
+    pub status: StepStatus,
     pub detail: Option<String>,
+}
+
+/// Where one step of one device stands after a run (or in a dry run's plan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StepStatus {
+    /// Done by this run.
+    #[serde(rename = "done")]
+    Done,
+    /// Done by an earlier run.
+    #[serde(rename = "done before")]
+    DoneBefore,
+    #[serde(rename = "failed")]
+    Failed,
+    /// Not reached (an earlier step failed).
+    #[serde(rename = "not run")]
+    NotRun,
+    /// Dry run: the step would run.
+    #[serde(rename = "will run")]
+    WillRun,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Done => "done",
+            StepStatus::DoneBefore => "done before",
+            StepStatus::Failed => "failed",
+            StepStatus::NotRun => "not run",
+            StepStatus::WillRun => "will run",
+        }
+    }
+}
+
+impl std::fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -305,11 +376,10 @@ pub fn plan(conn: &Reader, prepared: &[Prepared]) -> Result<Summary> {
     for p in prepared {
         let mut steps = Vec::new();
         let mut result = if p.complete() {
-            "already decommissioned"
+            DeviceOutcome::AlreadyDecommissioned
         } else {
-            "planned"
-        }
-        .to_string();
+            DeviceOutcome::Planned
+        };
         let mut error = p.blocked.clone();
         if error.is_none()
             && p.needs(Step::Retire)
@@ -322,13 +392,13 @@ pub fn plan(conn: &Reader, prepared: &[Prepared]) -> Result<Summary> {
             ));
         }
         if error.is_some() {
-            result = "would fail".into();
+            result = DeviceOutcome::WouldFail;
             failed += 1;
         }
         let active = rr::active_certs(conn, p.device.id)?;
         for s in Step::ALL {
             let (status, detail) = if !p.needs(s) {
-                ("done before".to_string(), None)
+                (StepStatus::DoneBefore, None)
             } else {
                 let d = match s {
                     Step::Retire => format!("{} -> retired", p.device.status),
@@ -352,7 +422,7 @@ pub fn plan(conn: &Reader, prepared: &[Prepared]) -> Result<Summary> {
                     Step::Wipe => describe_wipe(&p.options.wipe),
                     Step::Decommission => "retired -> decommissioned".into(),
                 };
-                ("will run".to_string(), Some(d))
+                (StepStatus::WillRun, Some(d))
             };
             steps.push(StepOutcome {
                 step: s,
@@ -429,17 +499,21 @@ impl Runner<'_> {
             .map(|p| Live {
                 result: DeviceResult {
                     serial: p.device.serial.clone(),
-                    result: String::new(),
+                    // What the device ends as unless a step fails (`fail`).
+                    result: if p.complete() {
+                        DeviceOutcome::AlreadyDecommissioned
+                    } else {
+                        DeviceOutcome::Decommissioned
+                    },
                     steps: Step::ALL
                         .iter()
                         .map(|s| StepOutcome {
                             step: *s,
                             status: if p.needs(*s) {
-                                "not run"
+                                StepStatus::NotRun
                             } else {
-                                "done before"
-                            }
-                            .into(),
+                                StepStatus::DoneBefore
+                            },
                             detail: None,
                         })
                         .collect(),
@@ -469,7 +543,7 @@ impl Runner<'_> {
                 }
                 match self.do_step(p, step, l) {
                     Ok(()) => {
-                        l.result.steps[step as usize].status = "done".into();
+                        l.result.steps[step as usize].status = StepStatus::Done;
                         self.crash_hook(step);
                     }
                     Err(e) => {
@@ -518,7 +592,7 @@ impl Runner<'_> {
                     }
                     match self.do_step(p, step, l) {
                         Ok(()) => {
-                            l.result.steps[step as usize].status = "done".into();
+                            l.result.steps[step as usize].status = StepStatus::Done;
                             self.crash_hook(step);
                         }
                         Err(e) => {
@@ -529,11 +603,6 @@ impl Runner<'_> {
                 }
             }
             if !l.failed {
-                l.result.result = if p.complete() {
-                    "already decommissioned".into()
-                } else {
-                    "decommissioned".into()
-                };
                 if let Some(w) = self.write_report {
                     let dev = devices::device_by_id(self.reg.reader(), p.device.id)?
                         .unwrap_or_else(|| p.device.clone());
@@ -541,7 +610,7 @@ impl Runner<'_> {
                         Ok(files) => l.result.reports = files,
                         Err(e) => {
                             l.failed = true;
-                            l.result.result = "failed".into();
+                            l.result.result = DeviceOutcome::Failed;
                             l.result.error = Some(format!("certificate of sanitization: {e}"));
                         }
                     }
@@ -552,10 +621,13 @@ impl Runner<'_> {
         }
 
         let devices_out: Vec<DeviceResult> = live.into_iter().map(|l| l.result).collect();
-        let failed = devices_out.iter().filter(|d| d.result == "failed").count();
+        let failed = devices_out
+            .iter()
+            .filter(|d| d.result == DeviceOutcome::Failed)
+            .count();
         let decommissioned = devices_out
             .iter()
-            .filter(|d| d.result == "decommissioned")
+            .filter(|d| d.result == DeviceOutcome::Decommissioned)
             .count();
         Ok(Summary {
             dry_run: false,
@@ -569,10 +641,10 @@ impl Runner<'_> {
 
     fn fail(&mut self, p: &Prepared, l: &mut Live, step: Step, e: &Error) {
         l.failed = true;
-        l.result.result = "failed".into();
+        l.result.result = DeviceOutcome::Failed;
         l.result.failed_step = Some(step);
         l.result.error = Some(e.to_string());
-        l.result.steps[step as usize].status = "failed".into();
+        l.result.steps[step as usize].status = StepStatus::Failed;
         if p.blocked.is_some() {
             return;
         }
@@ -652,7 +724,7 @@ impl Runner<'_> {
                     &now,
                     &serde_json::json!({"by": "decommission"}),
                 )?;
-                if revs.iter().any(|r| r.result == "revoked") {
+                if revs.iter().any(|r| r.result == RevocationResult::Revoked) {
                     rr::mark_crl_stale(&tx)?;
                 }
                 let serials: Vec<&str> = revs.iter().map(|r| r.cert_serial.as_str()).collect();
@@ -958,7 +1030,7 @@ mod tests {
             &sim,
         );
         assert_eq!(s.failed, 0, "{:?}", s.devices[0].error);
-        assert_eq!(s.devices[0].result, "decommissioned");
+        assert_eq!(s.devices[0].result, DeviceOutcome::Decommissioned);
         assert_eq!(sim.borrow().wipes_done.get(), 1, "the device wiped once");
         assert_eq!(events(&reg, "decommission.step"), 4);
         assert_eq!(events(&reg, "device.state"), 2);
@@ -1004,9 +1076,48 @@ mod tests {
             at: None,
         };
         let s = run(&mut reg, &[manual], &sim);
-        assert_eq!(s.devices[0].result, "decommissioned");
+        assert_eq!(s.devices[0].result, DeviceOutcome::Decommissioned);
         assert_eq!(events(&reg, "decommission.step"), 4);
         let w = rr::latest_wipe(reg.reader(), dev.id).unwrap().unwrap();
         assert_eq!((w.kind.as_str(), w.level.as_str()), ("manual", "destroy"));
+    }
+
+    #[test]
+    fn outcomes_serialise_as_the_strings_scripts_read() {
+        use crate::app::retire::revoke::RevocationResult;
+        let json = |v: serde_json::Value| v.as_str().unwrap().to_string();
+        for (o, want) in [
+            (DeviceOutcome::Decommissioned, "decommissioned"),
+            (
+                DeviceOutcome::AlreadyDecommissioned,
+                "already decommissioned",
+            ),
+            (DeviceOutcome::Failed, "failed"),
+            (DeviceOutcome::Planned, "planned"),
+            (DeviceOutcome::WouldFail, "would fail"),
+        ] {
+            assert_eq!(
+                (json(serde_json::to_value(o).unwrap()), o.as_str()),
+                (want.into(), want)
+            );
+        }
+        for (st, want) in [
+            (StepStatus::Done, "done"),
+            (StepStatus::DoneBefore, "done before"),
+            (StepStatus::Failed, "failed"),
+            (StepStatus::NotRun, "not run"),
+            (StepStatus::WillRun, "will run"),
+        ] {
+            assert_eq!(
+                (json(serde_json::to_value(st).unwrap()), st.as_str()),
+                (want.into(), want)
+            );
+        }
+        for (r, want) in [
+            (RevocationResult::Revoked, "revoked"),
+            (RevocationResult::AlreadyRevoked, "already revoked"),
+        ] {
+            assert_eq!(json(serde_json::to_value(r).unwrap()), want);
+        }
     }
 }

@@ -51,9 +51,29 @@ pub struct Revocation {
     pub cert_serial: String,
     pub fingerprint: String,
     pub reason: String,
-    /// "revoked" (now) or "already revoked" (no-op).
-    pub result: &'static str,
+    pub result: RevocationResult,
     pub revoked_at: Option<String>,
+}
+
+/// What a revocation request did to one certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RevocationResult {
+    /// Revoked now.
+    #[serde(rename = "revoked")]
+    Revoked,
+    /// Revoked before (by an earlier run or another station): a no-op.
+    #[serde(rename = "already revoked")]
+    AlreadyRevoked,
+}
+
+impl RevocationResult {
+    fn of(revoked_now: bool) -> RevocationResult {
+        if revoked_now {
+            RevocationResult::Revoked
+        } else {
+            RevocationResult::AlreadyRevoked
+        }
+    }
 }
 
 fn at_err(at: &Option<(String, usize)>, e: Error) -> Error {
@@ -155,7 +175,7 @@ pub fn plan(conn: &Reader, reqs: &[RevokeRequest]) -> Result<Vec<Planned>> {
                             .revocation_reason
                             .clone()
                             .unwrap_or_else(|| "unspecified".into()),
-                        result: "already revoked",
+                        result: RevocationResult::AlreadyRevoked,
                         revoked_at: c.revoked_at.clone(),
                     });
                 } else {
@@ -176,7 +196,7 @@ pub fn plan(conn: &Reader, reqs: &[RevokeRequest]) -> Result<Vec<Planned>> {
                         cert_serial: c.serial_hex,
                         fingerprint: c.fingerprint,
                         reason: c.revocation_reason.unwrap_or_else(|| "unspecified".into()),
-                        result: "already revoked",
+                        result: RevocationResult::AlreadyRevoked,
                         revoked_at: c.revoked_at,
                     });
                 }
@@ -189,7 +209,7 @@ pub fn plan(conn: &Reader, reqs: &[RevokeRequest]) -> Result<Vec<Planned>> {
 
 /// Revokes `certs` of one device inside the caller's transaction, one `cert.revoked`
 /// event each. A certificate revoked meanwhile by someone else is reported as
-/// "already revoked". The caller marks the CRL stale (`rr::mark_crl_stale`) in the
+/// `AlreadyRevoked`. The caller marks the CRL stale (`rr::mark_crl_stale`) in the
 /// same transaction if anything was revoked.
 pub fn revoke_in_tx(
     tx: &Tx<'_>,
@@ -211,7 +231,7 @@ pub fn revoke_in_tx(
             cert_serial: c.serial_hex.clone(),
             fingerprint: c.fingerprint.clone(),
             reason: reason.as_str().to_string(),
-            result: if done { "revoked" } else { "already revoked" },
+            result: RevocationResult::of(done),
             revoked_at: done.then(|| now.to_string()),
         });
     }
@@ -296,12 +316,15 @@ pub fn apply(
                     cert_serial: c.serial_hex.clone(),
                     fingerprint: c.fingerprint.clone(),
                     reason: p.reason.as_str().to_string(),
-                    result: if done { "revoked" } else { "already revoked" },
+                    result: RevocationResult::of(done),
                     revoked_at: done.then(|| now.clone()),
                 });
             }
         }
-        if out[first..].iter().any(|r| r.result == "revoked") {
+        if out[first..]
+            .iter()
+            .any(|r| r.result == RevocationResult::Revoked)
+        {
             rr::mark_crl_stale(&tx)?;
         }
         tx.commit()?;
