@@ -12,10 +12,13 @@ use std::path::Path;
 use crate::store::Reader;
 use serde::Serialize;
 
+use super::crl::{self, Publication};
+use super::Progress;
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
-use crate::pki::crl::Reason;
+use crate::pki::ca::CaSigner;
+use crate::pki::crl::{CrlIssued, Reason};
 use crate::store::certs::CertStatus;
 use crate::store::devices;
 use crate::store::retire::{self as rr, ActiveCert};
@@ -334,6 +337,71 @@ pub fn apply(
     Ok(out)
 }
 
+/// What `revoke` did.
+#[derive(Debug, Clone)]
+pub enum RevokeOutcome {
+    /// Nothing to revoke and the CRL is current: nothing was written and the CA was
+    /// not unlocked. One entry per device named, in request order.
+    NothingToDo(Vec<Untouched>),
+    /// The revocations are recorded and the CRL republished.
+    Revoked {
+        /// Devices named by the requests.
+        devices: usize,
+        /// Every certificate named, revoked now or before.
+        revocations: Vec<Revocation>,
+        /// `None` only if another station published a current CRL meanwhile.
+        crl: Option<CrlIssued>,
+    },
+}
+
+/// A device with nothing to revoke, and what was revoked before (if anything).
+#[derive(Debug, Clone)]
+pub struct Untouched {
+    pub serial: String,
+    pub already: Vec<Revocation>,
+}
+
+/// Revokes what `reqs` name and republishes the CRL: resolve every request first
+/// (nothing is written if one fails), unlock the CA only when something is to be
+/// revoked or the CRL is stale (a wrong passphrase changes nothing), record the
+/// revocations (`apply`), then publish (`crl::publish_if_stale`).
+///
+/// `unlock` comes from the caller, which knows where the passphrase comes from; its
+/// error type is the caller's, so that its context reaches the user unchanged.
+pub fn revoke<E: From<Error>>(
+    reg: &mut Store,
+    reqs: &[RevokeRequest],
+    to: &Publication,
+    actor: &Actor,
+    unlock: impl FnOnce(&Store) -> std::result::Result<CaSigner, E>,
+    progress: &dyn Progress,
+) -> std::result::Result<RevokeOutcome, E> {
+    let plans = plan(reg.reader(), reqs)?;
+    let revoking = plans.iter().any(|p| !p.certs.is_empty());
+    if !crl::signer_needed(reg.reader(), revoking)? {
+        return Ok(RevokeOutcome::NothingToDo(
+            plans
+                .into_iter()
+                .map(|p| Untouched {
+                    serial: p.serial,
+                    already: p.already,
+                })
+                .collect(),
+        ));
+    }
+    let signer = unlock(reg)?;
+    progress.start(plans.len() as u64);
+    let revocations = apply(reg, &plans, actor, &|n| progress.done(n))?;
+    progress.finish();
+    let crl = crl::publish_if_stale(reg, Some(&signer), to, actor)
+        .map_err(|e| Error::CrlNotPublished(Box::new(e)))?;
+    Ok(RevokeOutcome::Revoked {
+        devices: plans.len(),
+        revocations,
+        crl,
+    })
+}
+
 /// Reads revocation requests from a CSV: `serial` (required), optional `cert`
 /// (fingerprint) and `reason` columns; other columns are refused.
 pub fn requests_from_csv(path: &Path, default_reason: Reason) -> Result<Vec<RevokeRequest>> {
@@ -422,4 +490,93 @@ pub fn requests_from_csv(path: &Path, default_reason: Reason) -> Result<Vec<Revo
         return Err(Error::input_at(&name, 1, "no rows after the header"));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::retire::wipe::tests::setup;
+    use crate::app::retire::NoProgress;
+
+    /// The caller's own error type, to show that `unlock`'s error comes back as is.
+    #[derive(Debug, PartialEq)]
+    struct CallerError(String);
+    impl From<Error> for CallerError {
+        fn from(e: Error) -> Self {
+            CallerError(e.to_string())
+        }
+    }
+
+    fn request(serial: &str) -> RevokeRequest {
+        RevokeRequest {
+            serial: serial.into(),
+            cert: None,
+            reason: Reason::Superseded,
+            at: None,
+        }
+    }
+
+    fn to() -> Publication {
+        Publication {
+            path: "/nonexistent/crl.pem".into(),
+            next_update_days: 7,
+        }
+    }
+
+    fn actor() -> Actor {
+        Actor {
+            operator: "op".into(),
+            station: "st".into(),
+        }
+    }
+
+    #[test]
+    fn nothing_to_revoke_and_a_current_crl_need_no_ca() {
+        let mut reg = Store::in_memory().unwrap();
+        let key = crate::pki::keys::generate().unwrap();
+        setup(&mut reg, "D1", "HW-1", &key);
+        let out = revoke(
+            &mut reg,
+            &[request("D1")],
+            &to(),
+            &actor(),
+            |_: &Store| -> std::result::Result<CaSigner, CallerError> {
+                panic!("the CA must not be unlocked")
+            },
+            &NoProgress,
+        )
+        .unwrap();
+        let RevokeOutcome::NothingToDo(untouched) = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(untouched.len(), 1);
+        assert_eq!(untouched[0].serial, "D1");
+        assert_eq!(
+            untouched[0].already[0].result,
+            RevocationResult::AlreadyRevoked
+        );
+    }
+
+    #[test]
+    fn a_stale_crl_needs_the_ca_and_a_refused_unlock_changes_nothing() {
+        let mut reg = Store::in_memory().unwrap();
+        let key = crate::pki::keys::generate().unwrap();
+        setup(&mut reg, "D1", "HW-1", &key);
+        let tx = reg.write().unwrap();
+        rr::mark_crl_stale(&tx).unwrap();
+        tx.commit().unwrap();
+        let events = reg.test_i64("SELECT COUNT(*) FROM events");
+        let err = revoke(
+            &mut reg,
+            &[request("D1")],
+            &to(),
+            &actor(),
+            |_: &Store| Err(CallerError("no passphrase".into())),
+            &NoProgress,
+        )
+        .unwrap_err();
+        assert_eq!(err, CallerError("no passphrase".into()));
+        assert!(rr::crl_stale(reg.reader()).unwrap());
+        assert_eq!(reg.test_i64("SELECT COUNT(*) FROM events"), events);
+    }
 }
