@@ -53,6 +53,10 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     Device(String),
+    /// Revocations were committed, but the CRL that must follow them was not
+    /// published; the exit code is the cause's.
+    #[error("the revocations are recorded, but the CRL could not be published (run `cradle ca crl` to retry)")]
+    CrlNotPublished(#[source] Box<Error>),
     /// A bug or an impossible state inside cradle (exit 2): nothing was changed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -108,6 +112,7 @@ impl Error {
             Error::Device(_) => exit::DEVICE,
             Error::Io { .. } => exit::IO,
             Error::Internal(_) => exit::USAGE,
+            Error::CrlNotPublished(cause) => cause.exit_code(),
         }
     }
 }

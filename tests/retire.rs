@@ -890,3 +890,92 @@ fn a_certificate_named_twice_in_one_run_is_revoked_once() {
     );
     assert_eq!(j["crl"]["entries"], 1);
 }
+
+#[test]
+fn a_crl_that_cannot_be_written_keeps_the_revocation_and_the_next_revoke_publishes_it() {
+    let (e, _) = fleet(1);
+    let config = e.home.join("config.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    assert!(good.contains("crl_path = \"ca/crl.pem\""), "{good}");
+    // A regular file where the CRL's directory should be: publishing fails.
+    std::fs::write(
+        &config,
+        good.replace(
+            "crl_path = \"ca/crl.pem\"",
+            "crl_path = \"config.toml/crl.pem\"",
+        ),
+    )
+    .unwrap();
+    let err = e.fails(&["revoke", "D-0001", "--passphrase-file", e.pass()], 8);
+    assert!(
+        err.contains("the revocations are recorded, but the CRL could not be published (run `cradle ca crl` to retry): "),
+        "{err}"
+    );
+    assert_eq!(
+        count(
+            &e,
+            "SELECT COUNT(*) FROM certificates WHERE status = 'revoked'"
+        ),
+        1
+    );
+    assert_eq!(count(&e, "SELECT COUNT(*) FROM crls"), 0);
+    assert_eq!(
+        e.sql("SELECT value FROM meta WHERE key = 'crl_stale'")
+            .trim(),
+        "1"
+    );
+
+    // Nothing left to revoke, but the CRL is stale: the CA is unlocked and it is published.
+    std::fs::write(&config, good).unwrap();
+    let out = e.ok(&["revoke", "D-0001", "--passphrase-file", e.pass()]);
+    assert!(out.contains("is already revoked"), "{out}");
+    assert!(out.contains("CRL #1 with 1 entry written to"), "{out}");
+    assert_eq!(
+        e.sql("SELECT COUNT(*) FROM meta WHERE key = 'crl_stale'")
+            .trim(),
+        "0"
+    );
+    let (ok, text) = openssl(&[
+        "crl",
+        "-in",
+        e.home.join("ca/crl.pem").to_str().unwrap(),
+        "-noout",
+        "-text",
+    ]);
+    assert!(ok && text.contains(&cert_serial(&e, "D-0001")), "{text}");
+}
+
+#[test]
+fn a_wipe_port_takes_one_device_and_is_checked_before_anything_changes() {
+    let (e, _) = fleet(2);
+    let before = e.dump();
+    let err = e.fails(
+        &[
+            "decommission",
+            "D-0001",
+            "D-0002",
+            "--wipe-port",
+            "/nonexistent/tty",
+            "--passphrase-file",
+            e.pass(),
+        ],
+        3,
+    );
+    assert!(
+        err.contains("--wipe-port wipes one device at a time: give one SERIAL"),
+        "{err}"
+    );
+    // One device: the port is opened before anything is written, and it is not there.
+    e.fails(
+        &[
+            "decommission",
+            "D-0001",
+            "--wipe-port",
+            "/nonexistent/tty",
+            "--passphrase-file",
+            e.pass(),
+        ],
+        6,
+    );
+    assert_eq!(e.dump(), before);
+}

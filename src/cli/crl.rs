@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use super::common::{print_json, Ctx, PassArgs};
-use super::retire::{crl_path, print_crl_line};
+use super::retire::print_crl_line;
 use crate::app::retire::crl;
 use crate::outfile;
 use crate::pki::cert::to_pem;
@@ -29,8 +29,7 @@ pub fn run(ctx: &Ctx, a: CrlArgs) -> anyhow::Result<i32> {
     let c = crl::issue(
         &mut reg,
         &signer,
-        config.crl_next_update_days,
-        &crl_path(ctx, &config),
+        &crl::Publication::configured(&ctx.home, &config),
         &actor,
     )?;
     let body = if a.der {

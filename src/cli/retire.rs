@@ -1,27 +1,19 @@
 //! `cradle revoke` and `cradle decommission`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context;
 use serde::Serialize;
 
 use super::common::{print_json, print_table, progress_bar, Ctx, PassArgs};
-use crate::app::retire::crl;
-use crate::app::retire::decommission::{self, Given, Job, Runner, Summary};
-use crate::app::retire::revoke::{self, Revocation, RevokeRequest};
-use crate::app::retire::{report, wipe, WipeContext, WipeLevel};
+use crate::app::retire::crl::Publication;
+use crate::app::retire::decommission::{self, Given, Request, Selection, StepStatus, Summary};
+use crate::app::retire::revoke::{
+    self, Revocation, RevocationResult, RevokeOutcome, RevokeRequest, Untouched,
+};
+use crate::app::retire::{wipe, Progress, WipeContext, WipeLevel};
 use crate::error::{exit, Error};
-use crate::home::Config;
 use crate::pki::crl::{CrlIssued, Reason};
-use crate::store::retire as rr;
-
-/// Test hook: abort right after committing decommission step N (1-4).
-pub const CRASH_ENV: &str = "CRADLE_TEST_CRASH_AFTER_STEP";
-
-/// The configured CRL path, relative to the home unless absolute.
-pub fn crl_path(ctx: &Ctx, config: &Config) -> PathBuf {
-    ctx.home.root.join(&config.crl_path)
-}
+use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
 pub struct RevokeArgs {
@@ -74,57 +66,43 @@ pub fn revoke(ctx: &Ctx, a: RevokeArgs) -> anyhow::Result<i32> {
     };
     let mut reg = ctx.registry()?;
     let config = ctx.config()?;
-    let plans = revoke::plan(reg.reader(), &reqs)?;
-    let to_revoke: usize = plans.iter().map(|p| p.certs.len()).sum();
-    let stale = rr::crl_stale(reg.reader())?;
-    if to_revoke == 0 && !stale {
-        let already: Vec<Revocation> = plans.iter().flat_map(|p| p.already.clone()).collect();
-        if ctx.json {
-            print_json(&RevokeOut {
-                revoked: 0,
-                already_revoked: already.len(),
-                revocations: already,
-                crl: None,
-            })?;
-        } else {
-            for p in &plans {
-                if p.already.is_empty() {
-                    println!("{}: no certificates to revoke; nothing to do", p.serial);
-                }
-                for r in &p.already {
-                    println!(
-                        "{}: certificate {} is already revoked ({}, {}); nothing to do",
-                        r.serial,
-                        r.cert_serial,
-                        r.reason,
-                        r.revoked_at.as_deref().unwrap_or("-")
-                    );
-                }
-            }
-        }
-        return Ok(0);
-    }
-    // Unlock before writing anything: a wrong passphrase changes nothing.
-    let signer = ctx.signer(&reg, &a.pass)?;
     let actor = ctx.actor(&config);
-    let pb = progress_bar(plans.len() as u64, "revoking");
-    let revs = revoke::apply(&mut reg, &plans, &actor, &|n| pb.set_position(n))?;
-    pb.finish_and_clear();
-    let crl = crl::issue(&mut reg, &signer, config.crl_next_update_days, &crl_path(ctx, &config), &actor)
-        .context("the revocations are recorded, but the CRL could not be published (run `cradle ca crl` to retry)")?;
-    let revoked = revs.iter().filter(|r| r.result == "revoked").count();
+    let pb = Bar::new("revoking");
+    let outcome = revoke::revoke(
+        &mut reg,
+        &reqs,
+        &Publication::configured(&ctx.home, &config),
+        &actor,
+        |reg: &Store| ctx.signer(reg, &a.pass),
+        &pb,
+    )?;
+    let (devices, revocations, crl) = match outcome {
+        RevokeOutcome::NothingToDo(untouched) => {
+            print_nothing_to_do(ctx, &untouched)?;
+            return Ok(0);
+        }
+        RevokeOutcome::Revoked {
+            devices,
+            revocations,
+            crl,
+        } => (devices, revocations, crl),
+    };
+    let revoked = revocations
+        .iter()
+        .filter(|r| r.result == RevocationResult::Revoked)
+        .count();
     let out = RevokeOut {
         revoked,
-        already_revoked: revs.len() - revoked,
-        revocations: revs,
-        crl: Some(crl),
+        already_revoked: revocations.len() - revoked,
+        revocations,
+        crl,
     };
     if ctx.json {
         print_json(&out)?;
     } else {
         if out.revocations.len() <= 50 {
             for r in &out.revocations {
-                if r.result == "revoked" {
+                if r.result == RevocationResult::Revoked {
                     println!(
                         "{}: revoked certificate {} ({})",
                         r.serial, r.cert_serial, r.reason
@@ -139,9 +117,7 @@ pub fn revoke(ctx: &Ctx, a: RevokeArgs) -> anyhow::Result<i32> {
         } else {
             println!(
                 "revoked {} certificate(s) of {} device(s); {} already revoked",
-                out.revoked,
-                plans.len(),
-                out.already_revoked
+                out.revoked, devices, out.already_revoked
             );
         }
         if let Some(c) = &out.crl {
@@ -149,6 +125,64 @@ pub fn revoke(ctx: &Ctx, a: RevokeArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn print_nothing_to_do(ctx: &Ctx, untouched: &[Untouched]) -> anyhow::Result<()> {
+    if ctx.json {
+        let already: Vec<Revocation> = untouched.iter().flat_map(|u| u.already.clone()).collect();
+        return print_json(&RevokeOut {
+            revoked: 0,
+            already_revoked: already.len(),
+            revocations: already,
+            crl: None,
+        });
+    }
+    for u in untouched {
+        if u.already.is_empty() {
+            println!("{}: no certificates to revoke; nothing to do", u.serial);
+        }
+        for r in &u.already {
+            println!(
+                "{}: certificate {} is already revoked ({}, {}); nothing to do",
+                r.serial,
+                r.cert_serial,
+                r.reason,
+                r.revoked_at.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A progress bar for a retire batch, drawn from `start` on (after the passphrase).
+struct Bar {
+    what: &'static str,
+    bar: std::cell::OnceCell<indicatif::ProgressBar>,
+}
+
+impl Bar {
+    fn new(what: &'static str) -> Bar {
+        Bar {
+            what,
+            bar: std::cell::OnceCell::new(),
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, total: u64) {
+        let _ = self.bar.set(progress_bar(total, self.what));
+    }
+    fn done(&self, n: u64) {
+        if let Some(b) = self.bar.get() {
+            b.set_position(n);
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = self.bar.get() {
+            b.finish_and_clear();
+        }
+    }
 }
 
 pub fn print_crl_line(c: &CrlIssued) {
@@ -255,53 +289,19 @@ impl DecommissionArgs {
     }
 }
 
-/// Writes SERIAL.sanitization.{json,html} into `dir`.
-pub fn write_reports(
-    conn: &crate::store::Reader,
-    dev: &crate::store::Device,
-    dir: &Path,
-    org: &str,
-) -> crate::Result<Vec<PathBuf>> {
-    let cert = report::build(conn, dev, org)?;
-    let json = serde_json::to_string_pretty(&cert).map_err(|e| Error::input(e.to_string()))? + "\n";
-    let html = report::to_html(&cert);
-    let mut out = Vec::new();
-    for (ext, body) in [("json", json), ("html", html)] {
-        let p = dir.join(format!("{}.sanitization.{ext}", dev.serial));
-        crate::outfile::write_file_atomic(&p, body.as_bytes(), 0o644, true)?;
-        out.push(p);
-    }
-    Ok(out)
-}
-
 pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
     let given = a.given()?;
     given.check()?;
     given.wipe()?;
     let mut reg = ctx.registry()?;
     let config = ctx.config()?;
-    let jobs: Vec<Job> = match (&a.from, a.serials.is_empty()) {
+    let selection = match (&a.from, a.serials.is_empty()) {
         (Some(_), false) => {
             return Err(Error::input("give SERIALs or --from FILE.csv, not both").into())
         }
-        (Some(f), true) => decommission::jobs_from_csv(f, &given)?,
-        (None, false) => a
-            .serials
-            .iter()
-            .map(|s| Job {
-                serial: s.clone(),
-                given: given.clone(),
-                at: None,
-            })
-            .collect(),
-        (None, true) if a.resume => decommission::unfinished(reg.reader())?
-            .into_iter()
-            .map(|s| Job {
-                serial: s,
-                given: given.clone(),
-                at: None,
-            })
-            .collect(),
+        (Some(f), true) => Selection::Csv(f.clone()),
+        (None, false) => Selection::Serials(a.serials.clone()),
+        (None, true) if a.resume => Selection::Unfinished,
         (None, true) => {
             return Err(Error::input(
                 "give device SERIALs, --from FILE.csv, or --resume to continue unfinished decommissions",
@@ -309,101 +309,36 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
             .into())
         }
     };
-    if jobs.is_empty() {
+    let req = Request {
+        selection,
+        given,
+        dry_run: a.dry_run,
+        report_dir: a.report_dir.clone(),
+        org: config.org.clone(),
+        crl: Publication::configured(&ctx.home, &config),
+    };
+    let serial_params = wipe::SerialParams {
+        baud: a.wipe_baud,
+        timeout: a.wipe_timeout,
+    };
+    let mut opener = |port: &str| wipe::open_serial_link(port, serial_params);
+    let pb = Bar::new("retiring");
+    let summary = decommission::run(
+        &mut reg,
+        &req,
+        &ctx.actor(&config),
+        &mut opener,
+        |reg: &Store| ctx.signer(reg, &a.pass),
+        &pb,
+    )?;
+    let Some(summary) = summary else {
         if ctx.json {
             print_json(&serde_json::json!({"devices": [], "failed": 0}))?;
         } else {
             println!("no unfinished decommissions; nothing to do");
         }
         return Ok(0);
-    }
-    let prepared = decommission::prepare(reg.reader(), &jobs)?;
-
-    if a.dry_run {
-        let plan = decommission::plan(reg.reader(), &prepared)?;
-        print_summary(ctx, &plan)?;
-        return Ok(if plan.any_failed() {
-            exit::FAILED
-        } else {
-            exit::OK
-        });
-    }
-
-    let serial_params = wipe::SerialParams {
-        baud: a.wipe_baud,
-        timeout: a.wipe_timeout,
     };
-    // A serial wipe takes one device at a time; check the link before changing anything.
-    let serial_wipes = prepared
-        .iter()
-        .filter(|p| {
-            !p.complete()
-                && matches!(
-                    p.options.wipe,
-                    Some(crate::app::retire::WipeSpec::Serial { .. })
-                )
-        })
-        .count();
-    if let Some(port) = &a.wipe_port {
-        if serial_wipes > 1 {
-            return Err(
-                Error::input("--wipe-port wipes one device at a time: give one SERIAL").into(),
-            );
-        }
-        // Open the port and check who answers before changing anything.
-        let mut link = wipe::open_serial_link(port, serial_params)?;
-        if let Some(p) = prepared.iter().find(|p| {
-            !p.complete()
-                && !p.done.contains(&crate::app::retire::Step::Wipe)
-                && p.blocked.is_none()
-        }) {
-            wipe::check_identity(&p.device, link.as_mut())?;
-        }
-        drop(link);
-    }
-    if let Some(d) = &a.report_dir {
-        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
-    }
-    let signer = if decommission::needs_ca(reg.reader(), &prepared)? {
-        Some(ctx.signer(&reg, &a.pass)?)
-    } else {
-        None
-    };
-    let crash_after = std::env::var(CRASH_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u8>().ok());
-    let actor = ctx.actor(&config);
-    let pb = progress_bar(prepared.len() as u64, "retiring");
-    let progress = |n: u64| pb.set_position(n);
-    let mut opener = |port: &str| wipe::open_serial_link(port, serial_params);
-    let org = config.org.clone();
-    let report_dir = a.report_dir.clone();
-    let writer = move |conn: &crate::store::Reader, dev: &crate::store::Device| {
-        write_reports(
-            conn,
-            dev,
-            report_dir.as_deref().unwrap_or(Path::new(".")),
-            &org,
-        )
-    };
-    let summary = {
-        let mut runner = Runner {
-            reg: &mut reg,
-            actor: &actor,
-            signer: signer.as_ref(),
-            crl_days: config.crl_next_update_days,
-            crl_path: crl_path(ctx, &config),
-            crash_after,
-            open_link: &mut opener,
-            write_report: a
-                .report_dir
-                .as_ref()
-                .map(|_| &writer as &decommission::ReportWriter),
-            progress: &progress,
-        };
-        runner.run(prepared)?
-    };
-    pb.finish_and_clear();
     print_summary(ctx, &summary)?;
     Ok(if summary.any_failed() {
         exit::FAILED
@@ -424,12 +359,12 @@ fn print_summary(ctx: &Ctx, s: &Summary) -> anyhow::Result<()> {
                 .steps
                 .iter()
                 .map(|st| {
-                    let mark = match st.status.as_str() {
-                        "done" => "ok",
-                        "done before" => "ok*",
-                        "failed" => "FAIL",
-                        "will run" => "todo",
-                        _ => "-",
+                    let mark = match st.status {
+                        StepStatus::Done => "ok",
+                        StepStatus::DoneBefore => "ok*",
+                        StepStatus::Failed => "FAIL",
+                        StepStatus::WillRun => "todo",
+                        StepStatus::NotRun => "-",
                     };
                     format!("{}:{mark}", st.step.number())
                 })
@@ -437,7 +372,7 @@ fn print_summary(ctx: &Ctx, s: &Summary) -> anyhow::Result<()> {
                 .join(" ");
             vec![
                 d.serial.clone(),
-                d.result.clone(),
+                d.result.to_string(),
                 steps,
                 d.error.clone().unwrap_or_default(),
             ]

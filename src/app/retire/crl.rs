@@ -1,29 +1,71 @@
 //! Publishing a CRL: build it (pure, in `pki::crl`), record it and write the file in
-//! one transaction.
+//! one transaction; and the rule every revocation follows (`publish_if_stale`).
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
+use crate::home::{Config, Home};
 use crate::model::{Actor, EventKind};
 use crate::outfile;
 use crate::pki::cert::sha256_hex;
 use crate::pki::crl::{build, encode_for, CrlIssued};
 use crate::pki::signer::CaSigner;
 use crate::store::retire::{self as rr, NewCrl};
-use crate::store::{fmt_time, Store};
+use crate::store::{fmt_time, Reader, Store};
+
+/// Where the CRL is published and how long each one is valid (`config.toml`).
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub path: PathBuf,
+    pub next_update_days: u32,
+}
+
+impl Publication {
+    /// The configured `crl_path` (relative to the home unless absolute) and validity.
+    pub fn configured(home: &Home, config: &Config) -> Publication {
+        Publication {
+            path: home.root.join(&config.crl_path),
+            next_update_days: config.crl_next_update_days,
+        }
+    }
+}
+
+/// Whether the issuing CA has to be unlocked: something is about to be revoked, or
+/// recorded revocations are not in the published CRL yet (see `publish_if_stale`).
+pub fn signer_needed(conn: &Reader, revoking: bool) -> Result<bool> {
+    Ok(revoking || rr::crl_stale(conn)?)
+}
+
+/// The rule after every revocation: a revocation marks the CRL stale in its own
+/// transaction, and while it is stale a new CRL is issued before anything else
+/// happens (a crash in between is repaired by the next run). `None` when the CRL
+/// is current; an error when it is stale and no CA was unlocked.
+pub fn publish_if_stale(
+    reg: &mut Store,
+    signer: Option<&CaSigner>,
+    to: &Publication,
+    actor: &Actor,
+) -> Result<Option<CrlIssued>> {
+    if !rr::crl_stale(reg.reader())? {
+        return Ok(None);
+    }
+    let signer =
+        signer.ok_or_else(|| Error::crypto("the CRL is stale but the CA was not unlocked"))?;
+    issue(reg, signer, to, actor).map(Some)
+}
 
 /// Issues the next CRL of the active issuing CA over every certificate it revoked,
 /// records it (number, dates, DER, a `crl.issued` event), clears the stale mark and
-/// writes it to `publish`, all in one transaction: a failed write records nothing.
+/// writes it to `to.path`, all in one transaction: a failed write records nothing.
 pub fn issue(
     reg: &mut Store,
     signer: &CaSigner,
-    next_update_days: u32,
-    publish: &Path,
+    to: &Publication,
     actor: &Actor,
 ) -> Result<CrlIssued> {
+    let (next_update_days, publish) = (to.next_update_days, to.path.as_path());
     if next_update_days == 0 || next_update_days > 3660 {
         return Err(Error::input(format!(
             "crl_next_update_days = {next_update_days} in config.toml: use 1-3660"

@@ -19,11 +19,13 @@ use std::path::{Path, PathBuf};
 use crate::store::Reader;
 use serde::Serialize;
 
-use super::revoke::{revoke_in_tx, Revocation};
+use super::revoke::{revoke_in_tx, Revocation, RevocationResult};
 use super::wipe::{self, WipeLink};
-use super::{check_text, JobOptions, ManualWipe, Step, WipeContext, WipeLevel, WipeSpec};
+use super::{
+    check_text, report, JobOptions, ManualWipe, Progress, Step, WipeContext, WipeLevel, WipeSpec,
+};
 use crate::app::lifecycle::transition;
-use crate::app::retire::crl;
+use crate::app::retire::crl::{self, Publication};
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
@@ -251,8 +253,7 @@ pub fn prepare(conn: &Reader, jobs: &[Job]) -> Result<Vec<Prepared>> {
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceResult {
     pub serial: String,
-    /// decommissioned, already decommissioned, failed, planned, would fail.
-    pub result: String,
+    pub result: DeviceOutcome,
     pub steps: Vec<StepOutcome>,
     pub revoked: Vec<Revocation>,
     pub wipe: Option<String>,
@@ -261,12 +262,84 @@ pub struct DeviceResult {
     pub reports: Vec<PathBuf>,
 }
 
+/// The result of a run (or, in a dry run, of the plan) for one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum DeviceOutcome {
+    #[serde(rename = "decommissioned")]
+    Decommissioned,
+    #[serde(rename = "already decommissioned")]
+    AlreadyDecommissioned,
+    /// Stopped at a step; resumable.
+    #[serde(rename = "failed")]
+    Failed,
+    /// Dry run: the steps would run.
+    #[serde(rename = "planned")]
+    Planned,
+    /// Dry run: the device would fail (blocked, or a forbidden transition).
+    #[serde(rename = "would fail")]
+    WouldFail,
+}
+
+impl DeviceOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceOutcome::Decommissioned => "decommissioned",
+            DeviceOutcome::AlreadyDecommissioned => "already decommissioned",
+            DeviceOutcome::Failed => "failed",
+            DeviceOutcome::Planned => "planned",
+            DeviceOutcome::WouldFail => "would fail",
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StepOutcome {
     pub step: Step,
-    /// done (now), done before, failed, not run, will run.
-    pub status: String,
+    pub status: StepStatus,
     pub detail: Option<String>,
+}
+
+/// Where one step of one device stands after a run (or in a dry run's plan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StepStatus {
+    /// Done by this run.
+    #[serde(rename = "done")]
+    Done,
+    /// Done by an earlier run.
+    #[serde(rename = "done before")]
+    DoneBefore,
+    #[serde(rename = "failed")]
+    Failed,
+    /// Not reached (an earlier step failed).
+    #[serde(rename = "not run")]
+    NotRun,
+    /// Dry run: the step would run.
+    #[serde(rename = "will run")]
+    WillRun,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Done => "done",
+            StepStatus::DoneBefore => "done before",
+            StepStatus::Failed => "failed",
+            StepStatus::NotRun => "not run",
+            StepStatus::WillRun => "will run",
+        }
+    }
+}
+
+impl std::fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -305,11 +378,10 @@ pub fn plan(conn: &Reader, prepared: &[Prepared]) -> Result<Summary> {
     for p in prepared {
         let mut steps = Vec::new();
         let mut result = if p.complete() {
-            "already decommissioned"
+            DeviceOutcome::AlreadyDecommissioned
         } else {
-            "planned"
-        }
-        .to_string();
+            DeviceOutcome::Planned
+        };
         let mut error = p.blocked.clone();
         if error.is_none()
             && p.needs(Step::Retire)
@@ -322,13 +394,13 @@ pub fn plan(conn: &Reader, prepared: &[Prepared]) -> Result<Summary> {
             ));
         }
         if error.is_some() {
-            result = "would fail".into();
+            result = DeviceOutcome::WouldFail;
             failed += 1;
         }
         let active = rr::active_certs(conn, p.device.id)?;
         for s in Step::ALL {
             let (status, detail) = if !p.needs(s) {
-                ("done before".to_string(), None)
+                (StepStatus::DoneBefore, None)
             } else {
                 let d = match s {
                     Step::Retire => format!("{} -> retired", p.device.status),
@@ -352,7 +424,7 @@ pub fn plan(conn: &Reader, prepared: &[Prepared]) -> Result<Summary> {
                     Step::Wipe => describe_wipe(&p.options.wipe),
                     Step::Decommission => "retired -> decommissioned".into(),
                 };
-                ("will run".to_string(), Some(d))
+                (StepStatus::WillRun, Some(d))
             };
             steps.push(StepOutcome {
                 step: s,
@@ -381,6 +453,127 @@ pub fn plan(conn: &Reader, prepared: &[Prepared]) -> Result<Summary> {
     })
 }
 
+/// Test hook: abort right after committing decommission step N (1-4), as a SIGKILL
+/// would, so that the tests can check that every step boundary resumes.
+pub const CRASH_ENV: &str = "CRADLE_TEST_CRASH_AFTER_STEP";
+
+/// Which devices a decommission takes.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    Serials(Vec<String>),
+    /// A batch CSV (`jobs_from_csv`).
+    Csv(PathBuf),
+    /// Every device with an unfinished decommission.
+    Unfinished,
+}
+
+/// One `cradle decommission`: the devices, the options given, where things go.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub selection: Selection,
+    /// Options given for every device (a CSV row's cells override them). Its port,
+    /// if any, is checked before anything changes.
+    pub given: Given,
+    /// Return the plan and change nothing.
+    pub dry_run: bool,
+    /// Write a certificate of sanitization per decommissioned device here.
+    pub report_dir: Option<PathBuf>,
+    /// Organisation named on the certificates of sanitization.
+    pub org: String,
+    pub crl: Publication,
+}
+
+/// Decommissions the selected devices: resolves them (any problem fails the
+/// command before anything is written), returns the plan on a dry run, checks the
+/// link (one device per port, the registered device answering) before changing
+/// anything, unlocks the CA only if a CRL has to be signed, then runs the steps
+/// (`Runner`) and writes the certificates of sanitization. `None`: the selection is
+/// empty (nothing unfinished to resume).
+///
+/// `open_link` opens the wipe link for a port; `unlock` comes from the caller, which
+/// knows where the passphrase comes from (its error type is the caller's, so that
+/// its context reaches the user unchanged).
+pub fn run<E: From<Error>>(
+    reg: &mut Store,
+    req: &Request,
+    actor: &Actor,
+    open_link: &mut LinkOpener<'_>,
+    unlock: impl FnOnce(&Store) -> std::result::Result<CaSigner, E>,
+    progress: &dyn Progress,
+) -> std::result::Result<Option<Summary>, E> {
+    let job = |serial: String| Job {
+        serial,
+        given: req.given.clone(),
+        at: None,
+    };
+    let jobs: Vec<Job> = match &req.selection {
+        Selection::Csv(f) => jobs_from_csv(f, &req.given)?,
+        Selection::Serials(s) => s.iter().cloned().map(job).collect(),
+        Selection::Unfinished => unfinished(reg.reader())?.into_iter().map(job).collect(),
+    };
+    if jobs.is_empty() {
+        return Ok(None);
+    }
+    let prepared = prepare(reg.reader(), &jobs)?;
+    if req.dry_run {
+        return Ok(Some(plan(reg.reader(), &prepared)?));
+    }
+    if let Some(port) = &req.given.port {
+        preflight(&prepared, port, open_link)?;
+    }
+    if let Some(d) = &req.report_dir {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    let signer = if needs_ca(reg.reader(), &prepared)? {
+        Some(unlock(reg)?)
+    } else {
+        None
+    };
+    let crash_after = std::env::var(CRASH_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u8>().ok());
+    let write = |conn: &Reader, dev: &Device| {
+        let dir = req.report_dir.as_deref().unwrap_or(Path::new("."));
+        report::write(conn, dev, dir, &req.org)
+    };
+    progress.start(prepared.len() as u64);
+    let summary = Runner {
+        reg,
+        actor,
+        signer: signer.as_ref(),
+        crl: req.crl.clone(),
+        crash_after,
+        open_link,
+        write_report: req.report_dir.as_ref().map(|_| &write as &ReportWriter),
+        progress: &|n| progress.done(n),
+    }
+    .run(prepared)?;
+    progress.finish();
+    Ok(Some(summary))
+}
+
+/// Before anything changes: a serial wipe takes one device at a time, and the
+/// device on `port` must be the registered one that is still to be wiped.
+fn preflight(prepared: &[Prepared], port: &str, open_link: &mut LinkOpener<'_>) -> Result<()> {
+    let serial_wipes = prepared
+        .iter()
+        .filter(|p| !p.complete() && matches!(p.options.wipe, Some(WipeSpec::Serial { .. })))
+        .count();
+    if serial_wipes > 1 {
+        return Err(Error::input(
+            "--wipe-port wipes one device at a time: give one SERIAL",
+        ));
+    }
+    let mut link = open_link(port)?;
+    if let Some(p) = prepared
+        .iter()
+        .find(|p| !p.complete() && !p.done.contains(&Step::Wipe) && p.blocked.is_none())
+    {
+        wipe::check_identity(&p.device, link.as_mut())?;
+    }
+    Ok(())
+}
+
 /// Opens a wipe link for a port.
 pub type LinkOpener<'a> = dyn FnMut(&str) -> Result<Box<dyn WipeLink>> + 'a;
 
@@ -392,9 +585,8 @@ pub struct Runner<'a> {
     pub actor: &'a Actor,
     /// Unlocked issuing CA, needed when something is revoked or the CRL is stale.
     pub signer: Option<&'a CaSigner>,
-    pub crl_days: u32,
-    pub crl_path: PathBuf,
-    /// Test hook: abort the process right after committing this step number.
+    pub crl: Publication,
+    /// Test hook (`CRASH_ENV`): abort the process right after committing this step number.
     pub crash_after: Option<u8>,
     pub open_link: &'a mut LinkOpener<'a>,
     pub write_report: Option<&'a ReportWriter<'a>>,
@@ -403,10 +595,12 @@ pub struct Runner<'a> {
 
 /// Whether a CRL has to be signed for these jobs (revocations pending or stale).
 pub fn needs_ca(conn: &Reader, prepared: &[Prepared]) -> Result<bool> {
-    Ok(rr::crl_stale(conn)?
-        || prepared
+    crl::signer_needed(
+        conn,
+        prepared
             .iter()
-            .any(|p| p.blocked.is_none() && !p.complete() && p.needs(Step::Revoke)))
+            .any(|p| p.blocked.is_none() && !p.complete() && p.needs(Step::Revoke)),
+    )
 }
 
 struct Live {
@@ -429,17 +623,21 @@ impl Runner<'_> {
             .map(|p| Live {
                 result: DeviceResult {
                     serial: p.device.serial.clone(),
-                    result: String::new(),
+                    // What the device ends as unless a step fails (`fail`).
+                    result: if p.complete() {
+                        DeviceOutcome::AlreadyDecommissioned
+                    } else {
+                        DeviceOutcome::Decommissioned
+                    },
                     steps: Step::ALL
                         .iter()
                         .map(|s| StepOutcome {
                             step: *s,
                             status: if p.needs(*s) {
-                                "not run"
+                                StepStatus::NotRun
                             } else {
-                                "done before"
-                            }
-                            .into(),
+                                StepStatus::DoneBefore
+                            },
                             detail: None,
                         })
                         .collect(),
@@ -469,7 +667,7 @@ impl Runner<'_> {
                 }
                 match self.do_step(p, step, l) {
                     Ok(()) => {
-                        l.result.steps[step as usize].status = "done".into();
+                        l.result.steps[step as usize].status = StepStatus::Done;
                         self.crash_hook(step);
                     }
                     Err(e) => {
@@ -483,16 +681,9 @@ impl Runner<'_> {
         // One CRL for the whole batch, before any wipe.
         let mut crl_out = None;
         let mut crl_error = None;
-        if rr::crl_stale(self.reg.reader())? {
-            match self.signer {
-                Some(signer) => {
-                    match crl::issue(self.reg, signer, self.crl_days, &self.crl_path, self.actor) {
-                        Ok(c) => crl_out = Some(c),
-                        Err(e) => crl_error = Some(format!("{e}")),
-                    }
-                }
-                None => crl_error = Some("the CRL is stale but the CA was not unlocked".into()),
-            }
+        match crl::publish_if_stale(self.reg, self.signer, &self.crl, self.actor) {
+            Ok(c) => crl_out = c,
+            Err(e) => crl_error = Some(format!("{e}")),
         }
 
         // Phase B: wipe and mark decommissioned.
@@ -518,7 +709,7 @@ impl Runner<'_> {
                     }
                     match self.do_step(p, step, l) {
                         Ok(()) => {
-                            l.result.steps[step as usize].status = "done".into();
+                            l.result.steps[step as usize].status = StepStatus::Done;
                             self.crash_hook(step);
                         }
                         Err(e) => {
@@ -529,11 +720,6 @@ impl Runner<'_> {
                 }
             }
             if !l.failed {
-                l.result.result = if p.complete() {
-                    "already decommissioned".into()
-                } else {
-                    "decommissioned".into()
-                };
                 if let Some(w) = self.write_report {
                     let dev = devices::device_by_id(self.reg.reader(), p.device.id)?
                         .unwrap_or_else(|| p.device.clone());
@@ -541,7 +727,7 @@ impl Runner<'_> {
                         Ok(files) => l.result.reports = files,
                         Err(e) => {
                             l.failed = true;
-                            l.result.result = "failed".into();
+                            l.result.result = DeviceOutcome::Failed;
                             l.result.error = Some(format!("certificate of sanitization: {e}"));
                         }
                     }
@@ -552,10 +738,13 @@ impl Runner<'_> {
         }
 
         let devices_out: Vec<DeviceResult> = live.into_iter().map(|l| l.result).collect();
-        let failed = devices_out.iter().filter(|d| d.result == "failed").count();
+        let failed = devices_out
+            .iter()
+            .filter(|d| d.result == DeviceOutcome::Failed)
+            .count();
         let decommissioned = devices_out
             .iter()
-            .filter(|d| d.result == "decommissioned")
+            .filter(|d| d.result == DeviceOutcome::Decommissioned)
             .count();
         Ok(Summary {
             dry_run: false,
@@ -569,10 +758,10 @@ impl Runner<'_> {
 
     fn fail(&mut self, p: &Prepared, l: &mut Live, step: Step, e: &Error) {
         l.failed = true;
-        l.result.result = "failed".into();
+        l.result.result = DeviceOutcome::Failed;
         l.result.failed_step = Some(step);
         l.result.error = Some(e.to_string());
-        l.result.steps[step as usize].status = "failed".into();
+        l.result.steps[step as usize].status = StepStatus::Failed;
         if p.blocked.is_some() {
             return;
         }
@@ -652,7 +841,7 @@ impl Runner<'_> {
                     &now,
                     &serde_json::json!({"by": "decommission"}),
                 )?;
-                if revs.iter().any(|r| r.result == "revoked") {
+                if revs.iter().any(|r| r.result == RevocationResult::Revoked) {
                     rr::mark_crl_stale(&tx)?;
                 }
                 let serials: Vec<&str> = revs.iter().map(|r| r.cert_serial.as_str()).collect();
@@ -898,7 +1087,7 @@ mod tests {
         }
     }
 
-    fn run(reg: &mut Store, jobs: &[Job], sim: &Rc<RefCell<SimDevice>>) -> Summary {
+    fn run_jobs(reg: &mut Store, jobs: &[Job], sim: &Rc<RefCell<SimDevice>>) -> Summary {
         let prepared = prepare(reg.reader(), jobs).unwrap();
         let a = actor();
         let mut open = |_: &str| -> Result<Box<dyn WipeLink>> { Ok(Box::new(Shared(sim.clone()))) };
@@ -906,8 +1095,10 @@ mod tests {
             reg,
             actor: &a,
             signer: None,
-            crl_days: 7,
-            crl_path: PathBuf::from("/nonexistent/crl.pem"),
+            crl: Publication {
+                path: PathBuf::from("/nonexistent/crl.pem"),
+                next_update_days: 7,
+            },
             crash_after: None,
             open_link: &mut open,
             write_report: None,
@@ -941,14 +1132,14 @@ mod tests {
         let dev = setup(&mut reg, "D1", "HW-1", &key);
         let sim = Rc::new(RefCell::new(SimDevice::new("HW-1", &key)));
         sim.borrow_mut().drop_reply = true;
-        let s = run(&mut reg, &[serial_job("D1")], &sim);
+        let s = run_jobs(&mut reg, &[serial_job("D1")], &sim);
         assert_eq!(s.failed, 1);
         assert_eq!(s.devices[0].failed_step, Some(Step::Wipe));
         assert!(s.devices[0].error.as_deref().unwrap().contains("re-run"));
         let st = rr::step_row(reg.reader(), dev.id, "wipe").unwrap().unwrap();
         assert_eq!(st.status, "failed");
         // Re-run with no options: the stored ones (the port) are used.
-        let s = run(
+        let s = run_jobs(
             &mut reg,
             &[Job {
                 serial: "D1".into(),
@@ -958,7 +1149,7 @@ mod tests {
             &sim,
         );
         assert_eq!(s.failed, 0, "{:?}", s.devices[0].error);
-        assert_eq!(s.devices[0].result, "decommissioned");
+        assert_eq!(s.devices[0].result, DeviceOutcome::Decommissioned);
         assert_eq!(sim.borrow().wipes_done.get(), 1, "the device wiped once");
         assert_eq!(events(&reg, "decommission.step"), 4);
         assert_eq!(events(&reg, "device.state"), 2);
@@ -985,7 +1176,7 @@ mod tests {
         let key = crate::pki::keys::generate().unwrap();
         let dev = setup(&mut reg, "D1", "HW-1", &key);
         let sim = Rc::new(RefCell::new(SimDevice::new("HW-OTHER", &key)));
-        let s = run(&mut reg, &[serial_job("D1")], &sim);
+        let s = run_jobs(&mut reg, &[serial_job("D1")], &sim);
         assert_eq!(s.devices[0].failed_step, Some(Step::Wipe));
         assert!(s.devices[0]
             .error
@@ -1003,10 +1194,131 @@ mod tests {
             },
             at: None,
         };
-        let s = run(&mut reg, &[manual], &sim);
-        assert_eq!(s.devices[0].result, "decommissioned");
+        let s = run_jobs(&mut reg, &[manual], &sim);
+        assert_eq!(s.devices[0].result, DeviceOutcome::Decommissioned);
         assert_eq!(events(&reg, "decommission.step"), 4);
         let w = rr::latest_wipe(reg.reader(), dev.id).unwrap().unwrap();
         assert_eq!((w.kind.as_str(), w.level.as_str()), ("manual", "destroy"));
+    }
+
+    fn request(selection: Selection, port: Option<&str>) -> Request {
+        Request {
+            selection,
+            given: Given {
+                port: port.map(str::to_string),
+                ..Default::default()
+            },
+            dry_run: false,
+            report_dir: None,
+            org: "ACME".into(),
+            crl: Publication {
+                path: PathBuf::from("/nonexistent/crl.pem"),
+                next_update_days: 7,
+            },
+        }
+    }
+
+    fn no_unlock(_: &Store) -> Result<CaSigner> {
+        panic!("the CA must not be unlocked")
+    }
+
+    #[test]
+    fn the_workflow_checks_the_device_on_the_port_before_anything_changes() {
+        let mut reg = Store::in_memory().unwrap();
+        let key = crate::pki::keys::generate().unwrap();
+        setup(&mut reg, "D1", "HW-1", &key);
+        let events_before = reg.test_i64("SELECT COUNT(*) FROM events");
+        let sim = Rc::new(RefCell::new(SimDevice::new("HW-OTHER", &key)));
+        let mut open = |_: &str| -> Result<Box<dyn WipeLink>> { Ok(Box::new(Shared(sim.clone()))) };
+        let err = run(
+            &mut reg,
+            &request(Selection::Serials(vec!["D1".into()]), Some("/dev/sim")),
+            &actor(),
+            &mut open,
+            no_unlock,
+            &super::super::NoProgress,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("wrong device"), "{err}");
+        assert_eq!(sim.borrow().wipes_done.get(), 0);
+        assert_eq!(reg.test_i64("SELECT COUNT(*) FROM events"), events_before);
+        assert_eq!(reg.test_i64("SELECT COUNT(*) FROM decommissions"), 0);
+    }
+
+    #[test]
+    fn the_workflow_plans_a_dry_run_and_finds_nothing_to_resume() {
+        let mut reg = Store::in_memory().unwrap();
+        let key = crate::pki::keys::generate().unwrap();
+        setup(&mut reg, "D1", "HW-1", &key);
+        let events_before = reg.test_i64("SELECT COUNT(*) FROM events");
+        let mut open = |_: &str| -> Result<Box<dyn WipeLink>> { panic!("no link on a dry run") };
+        let none = run(
+            &mut reg,
+            &request(Selection::Unfinished, None),
+            &actor(),
+            &mut open,
+            no_unlock,
+            &super::super::NoProgress,
+        )
+        .unwrap();
+        assert!(none.is_none());
+        let mut req = request(Selection::Serials(vec!["D1".into()]), Some("/dev/sim"));
+        req.dry_run = true;
+        let s = run(
+            &mut reg,
+            &req,
+            &actor(),
+            &mut open,
+            no_unlock,
+            &super::super::NoProgress,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(s.dry_run);
+        assert_eq!(s.devices[0].result, DeviceOutcome::Planned);
+        assert!(s.devices[0]
+            .steps
+            .iter()
+            .all(|st| st.status == StepStatus::WillRun));
+        assert_eq!(reg.test_i64("SELECT COUNT(*) FROM events"), events_before);
+    }
+
+    #[test]
+    fn outcomes_serialise_as_the_strings_scripts_read() {
+        use crate::app::retire::revoke::RevocationResult;
+        let json = |v: serde_json::Value| v.as_str().unwrap().to_string();
+        for (o, want) in [
+            (DeviceOutcome::Decommissioned, "decommissioned"),
+            (
+                DeviceOutcome::AlreadyDecommissioned,
+                "already decommissioned",
+            ),
+            (DeviceOutcome::Failed, "failed"),
+            (DeviceOutcome::Planned, "planned"),
+            (DeviceOutcome::WouldFail, "would fail"),
+        ] {
+            assert_eq!(
+                (json(serde_json::to_value(o).unwrap()), o.as_str()),
+                (want.into(), want)
+            );
+        }
+        for (st, want) in [
+            (StepStatus::Done, "done"),
+            (StepStatus::DoneBefore, "done before"),
+            (StepStatus::Failed, "failed"),
+            (StepStatus::NotRun, "not run"),
+            (StepStatus::WillRun, "will run"),
+        ] {
+            assert_eq!(
+                (json(serde_json::to_value(st).unwrap()), st.as_str()),
+                (want.into(), want)
+            );
+        }
+        for (r, want) in [
+            (RevocationResult::Revoked, "revoked"),
+            (RevocationResult::AlreadyRevoked, "already revoked"),
+        ] {
+            assert_eq!(json(serde_json::to_value(r).unwrap()), want);
+        }
     }
 }

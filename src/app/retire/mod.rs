@@ -15,6 +15,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Progress of a batch (devices revoked or decommissioned), for a progress bar.
+pub trait Progress {
+    /// `total` devices are about to be processed. Called once, after the CA was
+    /// unlocked, so that a bar does not cover a passphrase prompt.
+    fn start(&self, _total: u64) {}
+    /// `done` of them are processed.
+    fn done(&self, _done: u64) {}
+    /// The batch is over (the CRL may follow).
+    fn finish(&self) {}
+}
+
+/// A progress sink that ignores everything.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
 /// The decommission steps, in order. Each is one registry transaction per device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]

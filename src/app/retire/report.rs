@@ -2,6 +2,7 @@
 //! registry's wipe record: JSON for scripts, text and HTML for people.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use crate::store::Reader;
 use serde::Serialize;
@@ -91,6 +92,23 @@ fn title(level: &str) -> String {
     c.next()
         .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
         .unwrap_or_default()
+}
+
+/// Writes the certificate of sanitization of `device` as `SERIAL.sanitization.json`
+/// and `.html` into `dir` (each replaced atomically); returns the files written.
+pub fn write(conn: &Reader, device: &Device, dir: &Path, org: &str) -> Result<Vec<PathBuf>> {
+    let cert = build(conn, device, org)?;
+    let json = serde_json::to_string_pretty(&cert)
+        .map_err(|e| Error::Internal(format!("certificate of sanitization as JSON: {e}")))?
+        + "\n";
+    let html = to_html(&cert);
+    let mut out = Vec::new();
+    for (ext, body) in [("json", json), ("html", html)] {
+        let p = dir.join(format!("{}.sanitization.{ext}", device.serial));
+        crate::outfile::write_file_atomic(&p, body.as_bytes(), 0o644, true)?;
+        out.push(p);
+    }
+    Ok(out)
 }
 
 /// Builds the certificate for `device` from its newest wipe record.

@@ -12,10 +12,13 @@ use std::path::Path;
 use crate::store::Reader;
 use serde::Serialize;
 
+use super::crl::{self, Publication};
+use super::Progress;
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
-use crate::pki::crl::Reason;
+use crate::pki::ca::CaSigner;
+use crate::pki::crl::{CrlIssued, Reason};
 use crate::store::certs::CertStatus;
 use crate::store::devices;
 use crate::store::retire::{self as rr, ActiveCert};
@@ -51,9 +54,29 @@ pub struct Revocation {
     pub cert_serial: String,
     pub fingerprint: String,
     pub reason: String,
-    /// "revoked" (now) or "already revoked" (no-op).
-    pub result: &'static str,
+    pub result: RevocationResult,
     pub revoked_at: Option<String>,
+}
+
+/// What a revocation request did to one certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RevocationResult {
+    /// Revoked now.
+    #[serde(rename = "revoked")]
+    Revoked,
+    /// Revoked before (by an earlier run or another station): a no-op.
+    #[serde(rename = "already revoked")]
+    AlreadyRevoked,
+}
+
+impl RevocationResult {
+    fn of(revoked_now: bool) -> RevocationResult {
+        if revoked_now {
+            RevocationResult::Revoked
+        } else {
+            RevocationResult::AlreadyRevoked
+        }
+    }
 }
 
 fn at_err(at: &Option<(String, usize)>, e: Error) -> Error {
@@ -155,7 +178,7 @@ pub fn plan(conn: &Reader, reqs: &[RevokeRequest]) -> Result<Vec<Planned>> {
                             .revocation_reason
                             .clone()
                             .unwrap_or_else(|| "unspecified".into()),
-                        result: "already revoked",
+                        result: RevocationResult::AlreadyRevoked,
                         revoked_at: c.revoked_at.clone(),
                     });
                 } else {
@@ -176,7 +199,7 @@ pub fn plan(conn: &Reader, reqs: &[RevokeRequest]) -> Result<Vec<Planned>> {
                         cert_serial: c.serial_hex,
                         fingerprint: c.fingerprint,
                         reason: c.revocation_reason.unwrap_or_else(|| "unspecified".into()),
-                        result: "already revoked",
+                        result: RevocationResult::AlreadyRevoked,
                         revoked_at: c.revoked_at,
                     });
                 }
@@ -189,7 +212,7 @@ pub fn plan(conn: &Reader, reqs: &[RevokeRequest]) -> Result<Vec<Planned>> {
 
 /// Revokes `certs` of one device inside the caller's transaction, one `cert.revoked`
 /// event each. A certificate revoked meanwhile by someone else is reported as
-/// "already revoked". The caller marks the CRL stale (`rr::mark_crl_stale`) in the
+/// `AlreadyRevoked`. The caller marks the CRL stale (`rr::mark_crl_stale`) in the
 /// same transaction if anything was revoked.
 pub fn revoke_in_tx(
     tx: &Tx<'_>,
@@ -211,7 +234,7 @@ pub fn revoke_in_tx(
             cert_serial: c.serial_hex.clone(),
             fingerprint: c.fingerprint.clone(),
             reason: reason.as_str().to_string(),
-            result: if done { "revoked" } else { "already revoked" },
+            result: RevocationResult::of(done),
             revoked_at: done.then(|| now.to_string()),
         });
     }
@@ -296,12 +319,15 @@ pub fn apply(
                     cert_serial: c.serial_hex.clone(),
                     fingerprint: c.fingerprint.clone(),
                     reason: p.reason.as_str().to_string(),
-                    result: if done { "revoked" } else { "already revoked" },
+                    result: RevocationResult::of(done),
                     revoked_at: done.then(|| now.clone()),
                 });
             }
         }
-        if out[first..].iter().any(|r| r.result == "revoked") {
+        if out[first..]
+            .iter()
+            .any(|r| r.result == RevocationResult::Revoked)
+        {
             rr::mark_crl_stale(&tx)?;
         }
         tx.commit()?;
@@ -309,6 +335,71 @@ pub fn apply(
         progress(done);
     }
     Ok(out)
+}
+
+/// What `revoke` did.
+#[derive(Debug, Clone)]
+pub enum RevokeOutcome {
+    /// Nothing to revoke and the CRL is current: nothing was written and the CA was
+    /// not unlocked. One entry per device named, in request order.
+    NothingToDo(Vec<Untouched>),
+    /// The revocations are recorded and the CRL republished.
+    Revoked {
+        /// Devices named by the requests.
+        devices: usize,
+        /// Every certificate named, revoked now or before.
+        revocations: Vec<Revocation>,
+        /// `None` only if another station published a current CRL meanwhile.
+        crl: Option<CrlIssued>,
+    },
+}
+
+/// A device with nothing to revoke, and what was revoked before (if anything).
+#[derive(Debug, Clone)]
+pub struct Untouched {
+    pub serial: String,
+    pub already: Vec<Revocation>,
+}
+
+/// Revokes what `reqs` name and republishes the CRL: resolve every request first
+/// (nothing is written if one fails), unlock the CA only when something is to be
+/// revoked or the CRL is stale (a wrong passphrase changes nothing), record the
+/// revocations (`apply`), then publish (`crl::publish_if_stale`).
+///
+/// `unlock` comes from the caller, which knows where the passphrase comes from; its
+/// error type is the caller's, so that its context reaches the user unchanged.
+pub fn revoke<E: From<Error>>(
+    reg: &mut Store,
+    reqs: &[RevokeRequest],
+    to: &Publication,
+    actor: &Actor,
+    unlock: impl FnOnce(&Store) -> std::result::Result<CaSigner, E>,
+    progress: &dyn Progress,
+) -> std::result::Result<RevokeOutcome, E> {
+    let plans = plan(reg.reader(), reqs)?;
+    let revoking = plans.iter().any(|p| !p.certs.is_empty());
+    if !crl::signer_needed(reg.reader(), revoking)? {
+        return Ok(RevokeOutcome::NothingToDo(
+            plans
+                .into_iter()
+                .map(|p| Untouched {
+                    serial: p.serial,
+                    already: p.already,
+                })
+                .collect(),
+        ));
+    }
+    let signer = unlock(reg)?;
+    progress.start(plans.len() as u64);
+    let revocations = apply(reg, &plans, actor, &|n| progress.done(n))?;
+    progress.finish();
+    let crl = crl::publish_if_stale(reg, Some(&signer), to, actor)
+        .map_err(|e| Error::CrlNotPublished(Box::new(e)))?;
+    Ok(RevokeOutcome::Revoked {
+        devices: plans.len(),
+        revocations,
+        crl,
+    })
 }
 
 /// Reads revocation requests from a CSV: `serial` (required), optional `cert`
@@ -399,4 +490,93 @@ pub fn requests_from_csv(path: &Path, default_reason: Reason) -> Result<Vec<Revo
         return Err(Error::input_at(&name, 1, "no rows after the header"));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::retire::wipe::tests::setup;
+    use crate::app::retire::NoProgress;
+
+    /// The caller's own error type, to show that `unlock`'s error comes back as is.
+    #[derive(Debug, PartialEq)]
+    struct CallerError(String);
+    impl From<Error> for CallerError {
+        fn from(e: Error) -> Self {
+            CallerError(e.to_string())
+        }
+    }
+
+    fn request(serial: &str) -> RevokeRequest {
+        RevokeRequest {
+            serial: serial.into(),
+            cert: None,
+            reason: Reason::Superseded,
+            at: None,
+        }
+    }
+
+    fn to() -> Publication {
+        Publication {
+            path: "/nonexistent/crl.pem".into(),
+            next_update_days: 7,
+        }
+    }
+
+    fn actor() -> Actor {
+        Actor {
+            operator: "op".into(),
+            station: "st".into(),
+        }
+    }
+
+    #[test]
+    fn nothing_to_revoke_and_a_current_crl_need_no_ca() {
+        let mut reg = Store::in_memory().unwrap();
+        let key = crate::pki::keys::generate().unwrap();
+        setup(&mut reg, "D1", "HW-1", &key);
+        let out = revoke(
+            &mut reg,
+            &[request("D1")],
+            &to(),
+            &actor(),
+            |_: &Store| -> std::result::Result<CaSigner, CallerError> {
+                panic!("the CA must not be unlocked")
+            },
+            &NoProgress,
+        )
+        .unwrap();
+        let RevokeOutcome::NothingToDo(untouched) = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(untouched.len(), 1);
+        assert_eq!(untouched[0].serial, "D1");
+        assert_eq!(
+            untouched[0].already[0].result,
+            RevocationResult::AlreadyRevoked
+        );
+    }
+
+    #[test]
+    fn a_stale_crl_needs_the_ca_and_a_refused_unlock_changes_nothing() {
+        let mut reg = Store::in_memory().unwrap();
+        let key = crate::pki::keys::generate().unwrap();
+        setup(&mut reg, "D1", "HW-1", &key);
+        let tx = reg.write().unwrap();
+        rr::mark_crl_stale(&tx).unwrap();
+        tx.commit().unwrap();
+        let events = reg.test_i64("SELECT COUNT(*) FROM events");
+        let err = revoke(
+            &mut reg,
+            &[request("D1")],
+            &to(),
+            &actor(),
+            |_: &Store| Err(CallerError("no passphrase".into())),
+            &NoProgress,
+        )
+        .unwrap_err();
+        assert_eq!(err, CallerError("no passphrase".into()));
+        assert!(rr::crl_stale(reg.reader()).unwrap());
+        assert_eq!(reg.test_i64("SELECT COUNT(*) FROM events"), events);
+    }
 }
