@@ -11,3 +11,6 @@ pub mod profile;
 pub mod signer;
 pub mod trust;
 pub mod verify;
+
+#[cfg(test)]
+mod tests;
