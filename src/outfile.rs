@@ -214,6 +214,28 @@ mod tests {
     }
 
     #[test]
+    fn secret_files_are_0600_and_never_replace_a_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("issuing.key");
+        write_secret_file(&p, b"secret").unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        let e = write_secret_file(&p, b"other").unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::CONFLICT, "{e}");
+        assert_eq!(fs::read(&p).unwrap(), b"secret");
+        let n = d.path().join("bulk.key");
+        write_new_file(&n, b"k", 0o600).unwrap();
+        assert_eq!(fs::metadata(&n).unwrap().mode() & 0o777, 0o600);
+        assert!(write_new_file(&n, b"k2", 0o600).is_err());
+        write_file_atomic(&n, b"k3", 0o644, true).unwrap();
+        assert_eq!(fs::read(&n).unwrap(), b"k3");
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            2,
+            "no temporary left"
+        );
+    }
+
+    #[test]
     fn a_device_is_written_in_place() {
         // /dev/null stands for /dev/stdout or a FIFO: never renamed over.
         let mut f = OutFile::create(Path::new("/dev/null"), 0o644, &[] as &[&Path]).unwrap();

@@ -197,3 +197,103 @@ pub fn unlock(record: CaRecord, ca_dir: &Path, passphrase: &[u8]) -> Result<CaSi
         audit_key,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::testing::{ca, ca_ladder, device_cert, foreign_ca, issuing_key, PASS};
+
+    fn pem(der: &[u8]) -> Vec<u8> {
+        to_pem("CERTIFICATE", der).into_bytes()
+    }
+
+    fn import_err(cert: &[u8], key: &str, chain: Option<&[u8]>) -> String {
+        import(cert, key, None, chain, b"new")
+            .err()
+            .expect("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn import_orders_the_chain_and_re_encrypts_the_key() {
+        let m = &ca().material;
+        let key = issuing_key(m).serialize_pem();
+        // The chain may come in the certificate file or separately, in any order,
+        // with extra certificates.
+        let mut bundle = pem(&m.issuing_der);
+        bundle.extend(pem(&foreign_ca().material.issuing_der));
+        bundle.extend(pem(&m.root_der));
+        for (cert, chain) in [
+            (pem(&m.issuing_der), Some(pem(&m.root_der))),
+            (bundle, None),
+        ] {
+            let got = import(&cert, &key, None, chain.as_deref(), b"new").unwrap();
+            assert_eq!(got.issuing_der, m.issuing_der);
+            assert_eq!(got.root_der, m.root_der);
+            assert!(got.middle.is_empty() && got.root_key_pem.is_none());
+            assert_eq!(got.chain_pem(), m.chain_pem());
+            let back = keys::read_private_key_pem(&got.issuing_key_pem, Some(b"new"), "k").unwrap();
+            assert_eq!(back.as_slice(), issuing_key(m).serialize_der().as_slice());
+        }
+    }
+
+    #[test]
+    fn a_self_signed_ca_imports_as_its_own_root() {
+        let m = &ca().material;
+        let root_key = m.root_key_pem.as_ref().unwrap();
+        let got = import(&m.root_der, root_key, Some(PASS), None, b"new").unwrap();
+        assert_eq!(got.root_der, m.root_der);
+        assert_eq!(got.issuing_der, m.root_der);
+        assert_eq!(got.chain_pem(), to_pem("CERTIFICATE", &m.root_der));
+    }
+
+    #[test]
+    fn import_refuses_mismatches() {
+        let m = &ca().material;
+        let key = issuing_key(m).serialize_pem();
+        let leaf = device_cert(&ca().signer, "LEAF", OffsetDateTime::now_utc());
+        let e = import_err(&leaf.der, &key, None);
+        assert!(
+            e.contains("'CN=LEAF, O=ACME, serialNumber=LEAF' is not a CA"),
+            "{e}"
+        );
+        let other_key = issuing_key(&foreign_ca().material).serialize_pem();
+        let e = import_err(&m.issuing_der, &other_key, Some(&m.root_der));
+        assert!(e.contains("does not match"), "{e}");
+        let e = import_err(&m.issuing_der, &key, None);
+        assert!(
+            e.contains("no certificate for issuer 'CN=Test Root CA, O=ACME' in the chain")
+                && e.contains("--chain"),
+            "{e}"
+        );
+        // A root of the same name with another key.
+        let e = import_err(&m.issuing_der, &key, Some(&foreign_ca().material.root_der));
+        assert_eq!(
+            e,
+            "'CN=Test Issuing CA, O=ACME' is not signed by 'CN=Test Root CA, O=ACME'"
+        );
+        let e = import(
+            &m.issuing_der,
+            &m.issuing_key_pem,
+            Some(b"wrong"),
+            None,
+            b"new",
+        )
+        .err()
+        .expect("refused");
+        assert!(matches!(e, Error::WrongPassphrase(_)), "{e:?}");
+    }
+
+    #[test]
+    fn chains_of_up_to_eight_cas_are_followed() {
+        let (ladder, _) = ca_ladder(MAX_DEPTH + 1);
+        // Eight CAs above ladder[8], given root first: returned nearest first.
+        let got = chain_to_root(&ladder[MAX_DEPTH], ladder[..MAX_DEPTH].to_vec()).unwrap();
+        let want: Vec<Vec<u8>> = ladder[..MAX_DEPTH].iter().rev().cloned().collect();
+        assert_eq!(got, want);
+        let e = chain_to_root(&ladder[MAX_DEPTH + 1], ladder[..=MAX_DEPTH].to_vec())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "CA chain is longer than 8 certificates");
+    }
+}

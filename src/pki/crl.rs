@@ -223,6 +223,111 @@ pub fn encode_for(path: &Path, der: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    use x509_parser::prelude::*;
+
+    use crate::pki::cert::{info_of, parse_der};
+    use crate::pki::testing::ca;
+
+    fn row(serial_hex: &str, at: Option<&str>, reason: Option<&str>) -> Revoked {
+        Revoked {
+            serial_hex: serial_hex.into(),
+            revoked_at: at.map(Into::into),
+            reason: reason.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_built_crl_parses_back_with_number_reasons_dates_and_key_id() {
+        let signer = &ca().signer;
+        let this = OffsetDateTime::parse(
+            "2026-11-20T10:00:00Z",
+            &::time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        let next = this + ::time::Duration::days(7);
+        let rows = [
+            row("7f01", Some("2026-11-01T08:00:00Z"), Some("keyCompromise")),
+            row(
+                "00ff02",
+                Some("2026-11-01T08:00:00Z"),
+                Some("cessationOfOperation"),
+            ),
+            row("0a03", None, None),
+            row("0a04", Some("not a time"), Some("superseded")),
+        ];
+        let der = build(signer, &rows, 42, this, next).unwrap();
+        let (rest, crl) = CertificateRevocationList::from_der(&der).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(crl.crl_number().map(|n| n.to_string()), Some("42".into()));
+        assert_eq!(crl.last_update().timestamp(), this.unix_timestamp());
+        assert_eq!(
+            crl.next_update().map(|t| t.timestamp()),
+            Some(next.unix_timestamp())
+        );
+        assert_eq!(crl.issuer().to_string(), signer.subject);
+        let ca_cert = parse_der(&signer.cert_der).unwrap();
+        crl.verify_signature(ca_cert.public_key()).unwrap();
+        let listed: Vec<(String, i64, Option<u8>)> = crl
+            .iter_revoked_certificates()
+            .map(|r| {
+                (
+                    hex::encode(r.raw_serial()),
+                    r.revocation_date.timestamp(),
+                    r.reason_code().map(|(_, c)| c.0),
+                )
+            })
+            .collect();
+        let nov1 = this.unix_timestamp() - 19 * 86400 - 2 * 3600;
+        assert_eq!(
+            listed,
+            [
+                ("7f01".to_string(), nov1, Some(1)),
+                ("00ff02".to_string(), nov1, Some(5)),
+                // No or an unreadable revocation time: listed at thisUpdate.
+                ("0a03".to_string(), this.unix_timestamp(), None),
+                ("0a04".to_string(), this.unix_timestamp(), Some(4)),
+            ]
+        );
+        let aki = crl
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.as_ref().map(|k| hex::encode(k.0))
+                }
+                _ => None,
+            });
+        assert_eq!(aki, info_of(&signer.cert_der).unwrap().ski);
+        assert!(aki.is_some());
+    }
+
+    #[test]
+    fn a_malformed_row_builds_no_crl() {
+        let signer = &ca().signer;
+        let now = OffsetDateTime::now_utc();
+        let e = build(signer, &[row("zz", None, None)], 1, now, now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("malformed certificate serial 'zz'"), "{e}");
+        let e = build(
+            signer,
+            &[row("01", None, Some("removeFromCRL"))],
+            1,
+            now,
+            now,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not an RFC 5280 revocation reason"), "{e}");
+    }
+
+    #[test]
+    fn pem_unless_the_path_ends_in_der() {
+        assert_eq!(encode_for(Path::new("crl.DER"), b"x"), b"x");
+        let pem = String::from_utf8(encode_for(Path::new("crl.pem"), b"x")).unwrap();
+        assert!(pem.starts_with("-----BEGIN X509 CRL-----\n"), "{pem}");
+    }
+
     #[test]
     fn reasons_parse_in_any_spelling() {
         for (s, r) in [

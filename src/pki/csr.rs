@@ -81,3 +81,64 @@ pub fn check_csr(der: &[u8]) -> Result<CheckedCsr> {
         requested_subject: info.subject.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, KeyPair, PublicKeyData};
+
+    use super::*;
+
+    fn csr_for(key: &KeyPair) -> Vec<u8> {
+        let mut p = CertificateParams::new(vec!["dev.example".to_string()]).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "requested by the device");
+        p.serialize_request(key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_good_csr_yields_its_key_and_not_its_subject() {
+        let key = crate::pki::keys::generate().unwrap();
+        let der = csr_for(&key);
+        let c = check_csr(&der).unwrap();
+        assert_eq!(c.spki_der, key.subject_public_key_info());
+        assert_eq!(c.requested_subject, "CN=requested by the device");
+        // PEM and DER input give the same request.
+        let pem = crate::pki::cert::to_pem("CERTIFICATE REQUEST", &der);
+        assert_eq!(csr_der_from_bytes(pem.as_bytes()).unwrap(), der);
+        assert_eq!(csr_der_from_bytes(&der).unwrap(), der);
+        let e =
+            csr_der_from_bytes(b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("no CERTIFICATE REQUEST block"), "{e}");
+    }
+
+    #[test]
+    fn a_forged_signature_is_refused() {
+        let key = crate::pki::keys::generate().unwrap();
+        let mut der = csr_for(&key);
+        // The signature is the last field: flip a bit inside it.
+        let n = der.len();
+        der[n - 5] ^= 0x01;
+        let e = check_csr(&der).unwrap_err().to_string();
+        assert!(e.contains("signature does not verify"), "{e}");
+        let mut trailing = csr_for(&key);
+        trailing.push(0);
+        let e = check_csr(&trailing).unwrap_err().to_string();
+        assert!(e.contains("trailing bytes"), "{e}");
+        let e = check_csr(b"\x30\x03\x02\x01").unwrap_err().to_string();
+        assert!(e.contains("CSR is malformed"), "{e}");
+    }
+
+    #[test]
+    fn keys_other_than_p256_are_refused() {
+        for (alg, name) in [
+            (&rcgen::PKCS_ECDSA_P384_SHA384, "P-384"),
+            (&rcgen::PKCS_ED25519, "Ed25519"),
+        ] {
+            let key = KeyPair::generate_for(alg).unwrap();
+            let e = check_csr(&csr_for(&key)).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("only P-256"), "{e}");
+        }
+    }
+}

@@ -90,3 +90,67 @@ pub fn key_pair_from_pkcs8(der: &[u8], what: &str) -> Result<KeyPair> {
     }
     Ok(kp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encrypted_key_opens_only_with_its_passphrase() {
+        let key = generate().unwrap();
+        let der = key.serialize_der();
+        let pem = encrypt_pkcs8_pem(&der, b"right").unwrap();
+        assert!(pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----\n"));
+        let back = read_private_key_pem(&pem, Some(b"right"), "the key").unwrap();
+        assert_eq!(back.as_slice(), der.as_slice());
+        let kp = key_pair_from_pkcs8(&back, "the key").unwrap();
+        assert_eq!(kp.public_key_pem(), key.public_key_pem());
+
+        let e = read_private_key_pem(&pem, Some(b"wrong"), "the key").unwrap_err();
+        assert!(
+            matches!(e, Error::WrongPassphrase(ref w) if w == "the key"),
+            "{e:?}"
+        );
+        let e = read_private_key_pem(&pem, None, "the key")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("encrypted and no passphrase"), "{e}");
+    }
+
+    #[test]
+    fn plain_pkcs8_and_sec1_keys_are_read() {
+        use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+        let key = generate().unwrap();
+        let der = key.serialize_der();
+        let plain = read_private_key_pem(&key.serialize_pem(), None, "k").unwrap();
+        assert_eq!(plain.as_slice(), der.as_slice());
+        let sk = p256::SecretKey::from_pkcs8_der(&der).unwrap();
+        let sec1 = sk.to_sec1_pem(LineEnding::LF).unwrap();
+        let from_sec1 = read_private_key_pem(&sec1, None, "k").unwrap();
+        let again = p256::SecretKey::from_pkcs8_der(&from_sec1).unwrap();
+        assert_eq!(again.to_bytes(), sk.to_bytes());
+        let pkcs8_pem = sk.to_pkcs8_pem(LineEnding::LF).unwrap();
+        assert!(read_private_key_pem(&pkcs8_pem, None, "k").is_ok());
+        let e = read_private_key_pem(
+            "-----BEGIN RSA PRIVATE KEY-----\nMAA=\n-----END RSA PRIVATE KEY-----\n",
+            None,
+            "k",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unsupported PEM block 'RSA PRIVATE KEY'"), "{e}");
+    }
+
+    #[test]
+    fn only_p256_signing_keys_are_accepted() {
+        let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let e = key_pair_from_pkcs8(&p384.serialize_der(), "the key")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only P-256"), "{e}");
+        let e = key_pair_from_pkcs8(b"junk", "the key")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unusable private key"), "{e}");
+    }
+}

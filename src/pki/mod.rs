@@ -9,6 +9,8 @@ pub mod keys;
 pub mod mark;
 pub mod profile;
 pub mod signer;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod trust;
 pub mod verify;
 

@@ -151,3 +151,69 @@ impl std::fmt::Debug for CaSigner {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::testing::{audit_key, ca, chain_der, device_cert, foreign_ca, issuing_key};
+
+    #[test]
+    fn the_signer_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<CaKey>();
+        shared::<CaSigner>();
+        let signer = &ca().signer;
+        let now = time::OffsetDateTime::now_utc();
+        let fingerprints: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|i| s.spawn(move || device_cert(signer, &format!("T-{i}"), now)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().info.fingerprint)
+                .collect()
+        });
+        let distinct: std::collections::HashSet<_> = fingerprints.iter().collect();
+        assert_eq!(distinct.len(), 4);
+    }
+
+    #[test]
+    fn built_from_plain_data() {
+        let s = &ca().signer;
+        let m = &ca().material;
+        assert_eq!((s.id, s.name.as_str()), (7, "Test"));
+        assert_eq!(s.subject, "CN=Test Issuing CA, O=ACME");
+        assert_eq!(s.ca_fingerprint, sha256_hex(&m.issuing_der));
+        assert_eq!(s.chain_pem, m.chain_pem(), "the chain.pem cradle writes");
+        let ski = info_of(&m.issuing_der).unwrap().ski.unwrap();
+        assert_eq!(s.key_id.as_deref().map(hex::encode), Some(ski));
+        assert_eq!(s.mark("aa"), s.mark("aa"));
+        assert_ne!(s.mark("aa"), s.mark("bb"));
+        assert!(format!("{s:?}").contains("Test Issuing CA"));
+        assert!(!format!("{:?}", s.issuer()).contains("BEGIN"));
+    }
+
+    #[test]
+    fn refuses_a_key_chain_or_certificate_that_do_not_belong_together() {
+        let m = &ca().material;
+        let new = |cert: &[u8], chain: Vec<Vec<u8>>, key: KeyPair| {
+            CaSigner::new(1, "x", cert.to_vec(), chain, CaKey::File(key), audit_key())
+                .expect_err("refused")
+                .to_string()
+        };
+        let other_key = issuing_key(&foreign_ca().material);
+        let e = new(&m.issuing_der, chain_der(m), other_key);
+        assert!(e.contains("does not match"), "{e}");
+        let e = new(
+            &m.issuing_der,
+            chain_der(&foreign_ca().material),
+            issuing_key(m),
+        );
+        assert!(e.contains("does not start with the CA certificate"), "{e}");
+        let e = new(&m.issuing_der, Vec::new(), issuing_key(m));
+        assert!(e.contains("does not start with the CA certificate"), "{e}");
+        let leaf = device_cert(&ca().signer, "LEAF", time::OffsetDateTime::now_utc());
+        let e = new(&leaf.der, vec![leaf.der.clone()], issuing_key(m));
+        assert!(e.contains("is not a CA"), "{e}");
+    }
+}

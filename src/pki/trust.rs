@@ -190,3 +190,141 @@ fn broken<'a>(cas: Vec<&'a TrustedCa>, cert: &X509Certificate<'_>, why: NoIssuer
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ::time::{Duration, OffsetDateTime};
+
+    use super::*;
+    use crate::pki::cert::parse_der;
+    use crate::pki::testing::{self, ca, ca_ladder, device_cert, foreign_ca, leaf};
+
+    #[test]
+    fn a_device_certificate_verifies_up_to_the_root() {
+        let now = OffsetDateTime::now_utc();
+        let issued = device_cert(&ca().signer, "DEV-1", now);
+        let trust = testing::trust(&[ca()]);
+        let v = trust.verify(&issued.der, now.unix_timestamp()).unwrap();
+        assert!(v.ok(), "{v:?}");
+        assert_eq!(
+            v.chain,
+            ["CN=Test Issuing CA, O=ACME", "CN=Test Root CA, O=ACME"]
+        );
+        assert_eq!(v.fingerprint, issued.info.fingerprint);
+        let cert = parse_der(&issued.der).unwrap();
+        let walk = trust.chain(&cert);
+        assert!(matches!(walk.end, ChainEnd::Root));
+        assert_eq!(walk.cas[0].id, 1, "the issuing CA is the second anchor");
+        assert_eq!(trust.issuer_of(&cert).unwrap().name, "ca0-1");
+    }
+
+    #[test]
+    fn a_certificate_of_a_foreign_ca_is_refused() {
+        let now = OffsetDateTime::now_utc();
+        let issued = device_cert(&foreign_ca().signer, "ROGUE-1", now);
+        let trust = testing::trust(&[ca()]);
+        let v = trust.verify(&issued.der, now.unix_timestamp()).unwrap();
+        assert!(!v.ok() && !v.chain_ok && v.time_ok, "{v:?}");
+        assert!(v.chain.is_empty());
+        assert_eq!(
+            v.problems,
+            ["no registered CA signed 'CN=ROGUE-1, O=ACME, serialNumber=ROGUE-1' (issuer 'CN=Test Issuing CA, O=ACME')"]
+        );
+        // Same issuer name, other key: named, but the signature does not verify.
+        let cert = parse_der(&issued.der).unwrap();
+        match trust.issuer_of(&cert) {
+            Err(NoIssuer::BadSignature(named)) => {
+                assert_eq!(named.len(), 1);
+                assert_eq!(named[0].subject, "CN=Test Issuing CA, O=ACME");
+            }
+            other => panic!("{other:?}"),
+        }
+        // With both CAs known it chains to its own root, never across.
+        let both = testing::trust(&[ca(), foreign_ca()]);
+        let walk = both.chain(&cert);
+        assert!(matches!(walk.end, ChainEnd::Root));
+        assert_eq!(walk.cas.iter().map(|c| c.id).collect::<Vec<_>>(), [11, 10]);
+    }
+
+    #[test]
+    fn an_unknown_issuer_is_named_as_such() {
+        let (ladder, issuer) = ca_ladder(0);
+        let stranger = leaf(&issuer, "stranger");
+        let trust = testing::trust(&[ca()]);
+        let cert = parse_der(&stranger).unwrap();
+        assert!(matches!(trust.issuer_of(&cert), Err(NoIssuer::Unknown)));
+        match trust.chain(&cert).end {
+            ChainEnd::Broken {
+                subject, issuer, ..
+            } => {
+                assert_eq!(
+                    (subject.as_str(), issuer.as_str()),
+                    ("CN=stranger", "CN=Ladder 0")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ladder.len(), 1);
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid_certificates_are_refused() {
+        // Issued later than the CA, so that just before it is valid the CA already is.
+        let now = OffsetDateTime::now_utc() + Duration::hours(1);
+        let issued = device_cert(&ca().signer, "DEV-2", now);
+        let trust = testing::trust(&[ca()]);
+        let v = trust
+            .verify(&issued.der, issued.info.not_after + 1)
+            .unwrap();
+        assert!(v.chain_ok && !v.time_ok && !v.ok(), "{v:?}");
+        assert_eq!(v.problems, ["certificate has expired"]);
+        let v = trust
+            .verify(&issued.der, issued.info.not_before - 1)
+            .unwrap();
+        assert!(v.chain_ok && !v.time_ok && !v.ok(), "{v:?}");
+        assert_eq!(v.problems, ["certificate is not yet valid"]);
+        // Past the issuing CA's own validity (10 years) but inside the root's (20).
+        let later = (now + Duration::days(3653 + 365)).unix_timestamp();
+        let v = trust.verify(&issued.der, later).unwrap();
+        assert_eq!(
+            v.problems,
+            [
+                "CA 'CN=Test Issuing CA, O=ACME' is not valid now",
+                "certificate has expired"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_chain_longer_than_the_limit_is_refused_and_non_cas_are_no_anchors() {
+        let (ladder, issuer) = ca_ladder(MAX_DEPTH);
+        let below = leaf(&issuer, "deep");
+        let anchors = |ders: &[Vec<u8>]| {
+            ders.iter()
+                .enumerate()
+                .map(|(i, d)| Anchor {
+                    id: i as i64,
+                    name: format!("l{i}"),
+                    der: d.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let cert = parse_der(&below).unwrap();
+        let all = TrustStore::new(anchors(&ladder));
+        let walk = all.chain(&cert);
+        assert!(matches!(walk.end, ChainEnd::TooLong), "{:?}", walk.end);
+        assert_eq!(walk.cas.len(), MAX_DEPTH);
+        let v = all
+            .verify(&below, OffsetDateTime::now_utc().unix_timestamp())
+            .unwrap();
+        assert_eq!(v.problems, ["chain does not reach a self-signed root"]);
+        // One CA fewer above the leaf reaches the root.
+        let short = TrustStore::new(anchors(&ladder[..MAX_DEPTH]));
+        let mid = parse_der(&ladder[MAX_DEPTH]).unwrap();
+        assert!(matches!(short.chain(&mid).end, ChainEnd::Root));
+
+        let not_a_ca = TrustStore::new(anchors(&[below.clone(), vec![1, 2, 3]]));
+        assert!(not_a_ca.cas().is_empty());
+        assert!(not_a_ca.get(0).is_none());
+    }
+}
