@@ -162,6 +162,72 @@ pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, overwrite: boo
     }
 }
 
+/// Files written ahead of the registry commit that makes them count: dropped before
+/// `keep`, the guard removes them again, so "files first, commit, else remove them"
+/// needs no clean-up code on each error path.
+#[derive(Debug, Default)]
+#[must_use = "dropping the guard removes the staged files"]
+pub struct StagedFiles {
+    staged: Vec<Staged>,
+}
+
+#[derive(Debug)]
+enum Staged {
+    File(PathBuf),
+    Tree(PathBuf),
+}
+
+impl StagedFiles {
+    pub fn new() -> StagedFiles {
+        StagedFiles::default()
+    }
+
+    /// Takes charge of a file the caller created.
+    pub fn add(&mut self, path: impl Into<PathBuf>) {
+        self.staged.push(Staged::File(path.into()));
+    }
+
+    /// Takes charge of a directory the caller created, with everything under it.
+    pub fn add_tree(&mut self, dir: impl Into<PathBuf>) {
+        self.staged.push(Staged::Tree(dir.into()));
+    }
+
+    /// Writes a new file atomically with `mode` (never replacing one) and stages it.
+    pub fn write_new(&mut self, path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+        write_file_atomic(path, contents, mode, false)?;
+        self.add(path);
+        Ok(())
+    }
+
+    /// As `write_new`, without fsync (bulk output, see `write_new_file`).
+    pub fn write_new_unsynced(&mut self, path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+        write_new_file(path, contents, mode)?;
+        self.add(path);
+        Ok(())
+    }
+
+    /// The files are committed: they stay.
+    pub fn keep(mut self) {
+        self.staged.clear();
+    }
+
+    /// Removes the staged files now (what dropping the guard does).
+    pub fn discard(self) {}
+}
+
+impl Drop for StagedFiles {
+    fn drop(&mut self) {
+        // Newest first, so files go before a tree that may hold them. Best effort: the
+        // error that got us here is the one to report.
+        for s in self.staged.drain(..).rev() {
+            let _ = match s {
+                Staged::File(p) => fs::remove_file(p),
+                Staged::Tree(p) => fs::remove_dir_all(p),
+            };
+        }
+    }
+}
+
 /// True when both paths name one existing file.
 pub fn same_file(a: &Path, b: &Path) -> bool {
     match (fs::metadata(a), fs::metadata(b)) {
@@ -233,6 +299,34 @@ mod tests {
             2,
             "no temporary left"
         );
+    }
+
+    #[test]
+    fn staged_files_are_removed_unless_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a.key"), d.path().join("b.pem"));
+        let tree = d.path().join("home");
+        fs::create_dir_all(tree.join("ca")).unwrap();
+        fs::write(tree.join("ca/x"), "x").unwrap();
+        fs::write(&b, "someone else's").unwrap();
+        let mut staged = StagedFiles::new();
+        staged.add_tree(&tree);
+        staged.write_new(&a, b"key", 0o600).unwrap();
+        assert_eq!(fs::metadata(&a).unwrap().mode() & 0o777, 0o600);
+        // A file that exists is neither replaced nor taken over.
+        assert!(staged.write_new(&b, b"mine", 0o644).is_err());
+        drop(staged);
+        assert!(!a.exists() && !tree.exists());
+        assert_eq!(fs::read_to_string(&b).unwrap(), "someone else's");
+
+        let mut staged = StagedFiles::new();
+        staged.write_new_unsynced(&a, b"key", 0o600).unwrap();
+        staged.keep();
+        assert_eq!(fs::read(&a).unwrap(), b"key");
+        let mut staged = StagedFiles::new();
+        staged.add(&a);
+        staged.discard();
+        assert!(!a.exists());
     }
 
     #[test]

@@ -982,3 +982,54 @@ fn attr_variables_render_the_attribute_not_the_same_named_column() {
         assert!(subject.contains(&want), "want {want:?} in {subject}");
     }
 }
+
+/// Output files are written before the registry commit; when one of them cannot be
+/// written, the ones already written are removed again and nothing is recorded (a
+/// single issue checks its two files up front; a batch finds the clash mid-chunk).
+#[test]
+fn a_failed_output_file_takes_the_others_back() {
+    let env = Env::with_ca();
+    std::fs::create_dir_all(env.path("o")).unwrap();
+    std::fs::write(env.path("o/S-2.pem"), "someone else's").unwrap();
+    let before = env.dump();
+    let single = [
+        "identity",
+        "issue",
+        "S-2",
+        "--out",
+        "o",
+        "--passphrase-file",
+        env.pass(),
+    ];
+    let batch = [
+        "identity",
+        "batch",
+        "--count",
+        "3",
+        "--serial-pattern",
+        "S-{seq}",
+        "--out",
+        "o",
+        "--passphrase-file",
+        env.pass(),
+    ];
+    // The batch's unsynced bulk writer reports the clash as an I/O error (exit 8).
+    for (args, code, says) in [
+        (&single[..], 7, "already exists"),
+        (&batch[..], 8, "File exists"),
+    ] {
+        let err = env.fails(args, code);
+        assert!(err.contains(says), "{err}");
+        assert_eq!(env.dump(), before);
+        let mut left: Vec<_> = std::fs::read_dir(env.path("o"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["S-2.pem"], "{args:?}");
+        assert_eq!(
+            std::fs::read_to_string(env.path("o/S-2.pem")).unwrap(),
+            "someone else's"
+        );
+    }
+}

@@ -1,10 +1,11 @@
 //! CA workflows: recording a created or imported CA, and unlocking the active one.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::model::{Actor, EventKind};
+use crate::outfile::StagedFiles;
 use crate::pki::ca::{CaMaterial, CHAIN, ISSUING_CERT, ISSUING_KEY, ROOT_CERT, ROOT_KEY};
 use crate::pki::cert::{info_of, to_pem, CertInfo};
 use crate::pki::signer::CaSigner;
@@ -12,88 +13,69 @@ use crate::pki::trust::{Anchor, TrustStore};
 use crate::store::cas::{self, CaRecord, CaRole, NewCa};
 use crate::store::{now_rfc3339, Reader, Store, Tx};
 
-/// Writes the CA files under `dir` and records both CAs in the registry. Files are
-/// written first (never overwriting); if the registry step fails they are removed.
+/// Writes the CA files under `dir` (never overwriting) into `staged` and records both
+/// CAs in the registry.
 fn install(
     dir: &Path,
     tx: &Tx<'_>,
     name: &str,
     material: &CaMaterial,
     now: &str,
-) -> Result<Vec<PathBuf>> {
+    staged: &mut StagedFiles,
+) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut written: Vec<PathBuf> = Vec::new();
-    let result = (|| {
-        let mut put = |file: &str, data: &[u8], secret: bool| -> Result<()> {
-            let p = dir.join(file);
-            if secret {
-                crate::outfile::write_secret_file(&p, data)?;
-            } else {
-                crate::outfile::write_file_atomic(&p, data, 0o644, false)?;
-            }
-            written.push(p);
-            Ok(())
-        };
-        put(ISSUING_KEY, material.issuing_key_pem.as_bytes(), true)?;
-        if let Some(rk) = &material.root_key_pem {
-            put(ROOT_KEY, rk.as_bytes(), true)?;
-        }
-        put(
-            ISSUING_CERT,
-            to_pem("CERTIFICATE", &material.issuing_der).as_bytes(),
-            false,
-        )?;
-        put(
-            ROOT_CERT,
-            to_pem("CERTIFICATE", &material.root_der).as_bytes(),
-            false,
-        )?;
-        put(CHAIN, material.chain_pem().as_bytes(), false)?;
-
-        let root = info_of(&material.root_der)?;
-        let issuing = info_of(&material.issuing_der)?;
-        let record = |role: CaRole, info: &CertInfo, der: &[u8], key: Option<&str>| {
-            cas::insert_ca(
-                tx,
-                &NewCa {
-                    name,
-                    role,
-                    subject: &info.subject,
-                    fingerprint: &info.fingerprint,
-                    ski: info.ski.as_deref(),
-                    der,
-                    not_before: info.not_before,
-                    not_after: info.not_after,
-                    key_file: key,
-                },
-                now,
-            )
-        };
-        record(
-            CaRole::Root,
-            &root,
-            &material.root_der,
-            material.root_key_pem.as_ref().map(|_| ROOT_KEY),
-        )?;
-        record(
-            CaRole::Issuing,
-            &issuing,
-            &material.issuing_der,
-            Some(ISSUING_KEY),
-        )?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        remove_all(&written);
-        return Err(e);
+    staged.write_new(
+        &dir.join(ISSUING_KEY),
+        material.issuing_key_pem.as_bytes(),
+        0o600,
+    )?;
+    if let Some(rk) = &material.root_key_pem {
+        staged.write_new(&dir.join(ROOT_KEY), rk.as_bytes(), 0o600)?;
     }
-    Ok(written)
-}
-
-fn remove_all(files: &[PathBuf]) {
-    for p in files {
-        let _ = fs::remove_file(p);
+    for (file, der) in [
+        (ISSUING_CERT, &material.issuing_der),
+        (ROOT_CERT, &material.root_der),
+    ] {
+        staged.write_new(
+            &dir.join(file),
+            to_pem("CERTIFICATE", der).as_bytes(),
+            0o644,
+        )?;
     }
+    staged.write_new(&dir.join(CHAIN), material.chain_pem().as_bytes(), 0o644)?;
+
+    let root = info_of(&material.root_der)?;
+    let issuing = info_of(&material.issuing_der)?;
+    let record = |role: CaRole, info: &CertInfo, der: &[u8], key: Option<&str>| {
+        cas::insert_ca(
+            tx,
+            &NewCa {
+                name,
+                role,
+                subject: &info.subject,
+                fingerprint: &info.fingerprint,
+                ski: info.ski.as_deref(),
+                der,
+                not_before: info.not_before,
+                not_after: info.not_after,
+                key_file: key,
+            },
+            now,
+        )
+    };
+    record(
+        CaRole::Root,
+        &root,
+        &material.root_der,
+        material.root_key_pem.as_ref().map(|_| ROOT_KEY),
+    )?;
+    record(
+        CaRole::Issuing,
+        &issuing,
+        &material.issuing_der,
+        Some(ISSUING_KEY),
+    )?;
+    Ok(())
 }
 
 /// One CA per home: a second `ca init` or `ca import` is refused.
@@ -127,28 +109,24 @@ pub fn record(
     let now = now_rfc3339();
     let tx = store.write()?;
     refuse_existing(&tx)?;
-    let written = install(dir, &tx, name, material, &now)?;
-    let done = (|| {
-        let issuing = info_of(&material.issuing_der)?;
-        let root = info_of(&material.root_der)?;
-        tx.event(
-            kind,
-            None,
-            actor,
-            serde_json::json!({
-                "name": name,
-                "root": root.fingerprint,
-                "issuing": issuing.fingerprint,
-            }),
-            &now,
-        )?;
-        tx.commit()?;
-        Ok(Installed { root, issuing })
-    })();
-    if done.is_err() {
-        remove_all(&written);
-    }
-    done
+    let mut staged = StagedFiles::new();
+    install(dir, &tx, name, material, &now, &mut staged)?;
+    let issuing = info_of(&material.issuing_der)?;
+    let root = info_of(&material.root_der)?;
+    tx.event(
+        kind,
+        None,
+        actor,
+        serde_json::json!({
+            "name": name,
+            "root": root.fingerprint,
+            "issuing": issuing.fingerprint,
+        }),
+        &now,
+    )?;
+    tx.commit()?;
+    staged.keep();
+    Ok(Installed { root, issuing })
 }
 
 /// The active issuing CA record, or a clear error telling the user to make one.

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::home::{Config, Home};
 use crate::model::{Actor, EventKind};
+use crate::outfile::StagedFiles;
 use crate::pki::profile;
 use crate::store::{now_rfc3339, Store};
 
@@ -28,62 +29,54 @@ pub fn create(home: &Home, org: &str, station: Option<&str>) -> Result<Created> 
             home.root.display()
         )));
     }
-    let created_root = !home.root.exists();
-    let result = (|| -> Result<Created> {
+    // Everything made here is staged, so a failed step leaves nothing half-made.
+    let mut staged = StagedFiles::new();
+    if !home.root.exists() {
         fs::create_dir_all(&home.root).map_err(|e| Error::io(&home.root, e))?;
-        if created_root {
-            fs::set_permissions(&home.root, fs::Permissions::from_mode(0o700))
-                .map_err(|e| Error::io(&home.root, e))?;
-        }
-        let ca = home.ca_dir();
-        fs::create_dir_all(&ca).map_err(|e| Error::io(&ca, e))?;
-        fs::set_permissions(&ca, fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io(&ca, e))?;
-        let t = home.templates_dir();
-        fs::create_dir_all(&t).map_err(|e| Error::io(&t, e))?;
-        profile::install_builtins(&t)?;
-        let mut config = Config {
-            org: org.to_string(),
-            ..Config::default()
-        };
-        if let Some(s) = station {
-            config.station = s.to_string();
-        }
-        let text = toml::to_string_pretty(&config)
-            .map_err(|e| Error::Internal(format!("writing config: {e}")))?;
-        let header = "# cradle home configuration (see cradle(1))\n";
-        fs::write(home.config_path(), format!("{header}{text}"))
-            .map_err(|e| Error::io(home.config_path(), e))?;
-        let mut reg = Store::create(&home.registry_path())?;
-        let station = home.station(&config);
-        let tx = reg.write()?;
-        let actor = Actor {
-            operator: crate::home::operator(),
-            station: station.clone(),
-        };
-        tx.event(
-            EventKind::HomeInitialised,
-            None,
-            &actor,
-            serde_json::json!({"org": config.org}),
-            &now_rfc3339(),
-        )?;
-        tx.commit()?;
-        Ok(Created {
-            home: home.root.display().to_string(),
-            registry: home.registry_path().display().to_string(),
-            station,
-        })
-    })();
-    if result.is_err() {
-        // Leave nothing half-made behind.
-        if created_root {
-            let _ = fs::remove_dir_all(&home.root);
-        } else {
-            for p in [home.registry_path(), home.config_path()] {
-                let _ = fs::remove_file(p);
-            }
-        }
+        staged.add_tree(&home.root);
+        fs::set_permissions(&home.root, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(&home.root, e))?;
     }
-    result
+    let ca = home.ca_dir();
+    fs::create_dir_all(&ca).map_err(|e| Error::io(&ca, e))?;
+    fs::set_permissions(&ca, fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(&ca, e))?;
+    let t = home.templates_dir();
+    fs::create_dir_all(&t).map_err(|e| Error::io(&t, e))?;
+    profile::install_builtins(&t)?;
+    let mut config = Config {
+        org: org.to_string(),
+        ..Config::default()
+    };
+    if let Some(s) = station {
+        config.station = s.to_string();
+    }
+    let text = toml::to_string_pretty(&config)
+        .map_err(|e| Error::Internal(format!("writing config: {e}")))?;
+    let header = "# cradle home configuration (see cradle(1))\n";
+    // Neither existed (checked above), so removing them on failure removes only ours.
+    staged.add(home.config_path());
+    fs::write(home.config_path(), format!("{header}{text}"))
+        .map_err(|e| Error::io(home.config_path(), e))?;
+    staged.add(home.registry_path());
+    let mut reg = Store::create(&home.registry_path())?;
+    let station = home.station(&config);
+    let tx = reg.write()?;
+    let actor = Actor {
+        operator: crate::home::operator(),
+        station: station.clone(),
+    };
+    tx.event(
+        EventKind::HomeInitialised,
+        None,
+        &actor,
+        serde_json::json!({"org": config.org}),
+        &now_rfc3339(),
+    )?;
+    tx.commit()?;
+    staged.keep();
+    Ok(Created {
+        home: home.root.display().to_string(),
+        registry: home.registry_path().display().to_string(),
+        station,
+    })
 }

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
+use crate::outfile::StagedFiles;
 use crate::pki::cert::to_pem;
 use crate::pki::issue::{issue, Issued};
 use crate::pki::profile::{Profile, Vars, VARIABLES};
@@ -357,21 +358,12 @@ fn issue_recorded(
         },
         &now,
     )?;
-    let mut written: Vec<PathBuf> = Vec::new();
-    let outcome = files
-        .iter()
-        .try_for_each(|f| {
-            crate::outfile::write_file_atomic(&f.path, &f.contents, f.mode, false)?;
-            written.push(f.path.clone());
-            Ok(())
-        })
-        .and_then(|_| tx.commit());
-    if let Err(e) = outcome {
-        for p in &written {
-            let _ = fs::remove_file(p);
-        }
-        return Err(e);
+    let mut staged = StagedFiles::new();
+    for f in &files {
+        staged.write_new(&f.path, &f.contents, f.mode)?;
     }
+    tx.commit()?;
+    staged.keep();
     Ok((
         IssuedIdentity {
             serial: serial.to_string(),
@@ -382,7 +374,7 @@ fn issue_recorded(
             subject: issued.info.subject,
             not_after: issued.info.not_after,
             key_source: source,
-            files: written,
+            files: files.into_iter().map(|f| f.path).collect(),
         },
         cert_pem,
     ))
@@ -820,7 +812,7 @@ fn commit_chunk(
         )?;
     }
 
-    let mut written: Vec<PathBuf> = Vec::new();
+    let mut staged = StagedFiles::new();
     let mut bundle = bundle;
     let bundle_start = bundle.as_ref().map(|(_, len)| *len);
     let files = write_chunk_files(
@@ -828,13 +820,13 @@ fn commit_chunk(
         out,
         bundle.as_deref_mut(),
         &ctx.signer.chain_pem,
-        &mut written,
+        &mut staged,
     );
     let outcome = files.and_then(|_| tx.commit());
-    if outcome.is_err() {
-        for p in &written {
-            let _ = fs::remove_file(p);
-        }
+    if outcome.is_ok() {
+        staged.keep();
+    } else {
+        staged.discard();
         if let (Some((f, len)), Some(start)) = (bundle, bundle_start) {
             let _ = f.set_len(start);
             let _ = f.seek(SeekFrom::Start(start));
@@ -849,7 +841,7 @@ fn write_chunk_files(
     out: &BatchOutput,
     bundle: Option<&mut (File, u64)>,
     chain_pem: &str,
-    written: &mut Vec<PathBuf>,
+    staged: &mut StagedFiles,
 ) -> Result<()> {
     if let Some((f, len)) = bundle {
         let total: usize = made
@@ -870,11 +862,9 @@ fn write_chunk_files(
     if let Some(dir) = &out.dir {
         for m in made {
             let (kp, cp) = file_names(dir, &m.serial);
-            crate::outfile::write_new_file(&kp, m.key_pem.as_bytes(), 0o600)?;
-            written.push(kp);
+            staged.write_new_unsynced(&kp, m.key_pem.as_bytes(), 0o600)?;
             let pem = format!("{}{}", m.cert_pem, chain_pem);
-            crate::outfile::write_new_file(&cp, pem.as_bytes(), 0o644)?;
-            written.push(cp);
+            staged.write_new_unsynced(&cp, pem.as_bytes(), 0o644)?;
         }
     }
     Ok(())
