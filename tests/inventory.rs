@@ -1117,22 +1117,8 @@ fn device_return_is_only_from_maintenance_and_deploy_keeps_a_site() {
     chain_ok(&env);
 }
 
-/// Starts `cradle args` while another connection holds the write lock, gives it time
-/// to read the device and queue for the lock, then commits `sql` in that other
-/// transaction; returns cradle's exit code and stderr.
 fn race(env: &Env, args: &[&str], sql: &str) -> (Option<i32>, String) {
-    let lock = env.hold_write_lock();
-    let child = env
-        .cmd(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Long enough for the command to get as far as the lock (it waits up to 30 s);
-    // if it were slower, it would see the change anyway and the test would pass.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    lock.commit_with(sql);
-    let o = child.wait_with_output().unwrap();
+    let o = env.race(args, sql);
     (
         o.status.code(),
         String::from_utf8_lossy(&o.stderr).into_owned(),

@@ -150,6 +150,24 @@ impl Env {
         lock
     }
 
+    /// Starts `cradle args` while another connection holds the write lock, gives it
+    /// time to read what it needs and queue for the lock, then commits `sql` in that
+    /// other transaction, as another station would; returns cradle's output. (A
+    /// command slower than the pause sees the change before it reads: the tests
+    /// using this expect what a command that saw it in its transaction does.)
+    pub fn race(&self, args: &[&str], sql: &str) -> Output {
+        let lock = self.hold_write_lock();
+        let child = self
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        lock.commit_with(sql);
+        child.wait_with_output().unwrap()
+    }
+
     /// Files in the temp dir (relative paths), to prove "nothing half-written".
     pub fn files(&self) -> Vec<String> {
         let mut out = Vec::new();
