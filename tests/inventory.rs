@@ -1080,3 +1080,81 @@ fn output_to_a_fifo_or_terminal_is_written_in_place() {
         std::fs::remove_file(&fifo).unwrap();
     }
 }
+
+#[test]
+fn device_return_is_only_from_maintenance_and_deploy_keeps_a_site() {
+    let env = Env::init();
+    let g = fixture(&env, "good.csv");
+    env.ok(&["inventory", "import", &g]);
+    let before = env.dump();
+    let err = env.fails(&["device", "return", "ACME-0002"], 7);
+    assert!(
+        err.contains(
+            "device 'ACME-0002' is provisioned, not in maintenance (use `cradle device deploy`)"
+        ),
+        "{err}"
+    );
+    // Without --site the stored site is kept, so a device without one needs it.
+    let err = env.fails(&["device", "deploy", "ACME-0003"], 3);
+    assert!(
+        err.contains("device 'ACME-0003' has no site; give --site SITE"),
+        "{err}"
+    );
+    assert_eq!(env.dump(), before);
+    // The override (provisioned -> deployed is itself legal, so it is not "forced").
+    let o = env.json(&[
+        "device",
+        "return",
+        "ACME-0002",
+        "--force",
+        "--reason",
+        "installed by the field team",
+    ]);
+    assert_eq!(
+        (o["status"].as_str(), o["forced"].as_bool()),
+        (Some("deployed"), Some(false))
+    );
+    chain_ok(&env);
+}
+
+fn race(env: &Env, args: &[&str], sql: &str) -> (Option<i32>, String) {
+    let o = env.race(args, sql);
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The rules of `device return` and `device deploy` are checked inside the
+/// transaction that moves the device, so a change another station committed while
+/// this one waited for the lock is seen. (When the return rule was checked before
+/// the transaction, the return below said "nothing to change" and exited 0; the
+/// deploy put the device in service with no site.)
+#[test]
+fn return_and_deploy_rules_see_a_change_committed_while_waiting_for_the_lock() {
+    let env = Env::init();
+    let g = fixture(&env, "good.csv");
+    env.ok(&["inventory", "import", &g]);
+    env.ok(&["device", "deploy", "ACME-0002"]);
+    env.ok(&["device", "maintenance", "ACME-0002"]);
+
+    // Another station returns the device meanwhile.
+    let (code, err) = race(
+        &env,
+        &["device", "return", "ACME-0002"],
+        "UPDATE devices SET status = 'deployed' WHERE serial = 'ACME-0002';",
+    );
+    assert_eq!(code, Some(7), "{err}");
+    assert!(err.contains("is deployed, not in maintenance"), "{err}");
+
+    // Another station clears its site meanwhile.
+    env.ok(&["device", "maintenance", "ACME-0002"]);
+    let (code, err) = race(
+        &env,
+        &["device", "deploy", "ACME-0002"],
+        "UPDATE devices SET site = NULL WHERE serial = 'ACME-0002';",
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("has no site; give --site SITE"), "{err}");
+    assert_eq!(device(&env, "ACME-0002")["status"], "maintenance");
+}

@@ -979,3 +979,26 @@ fn a_wipe_port_takes_one_device_and_is_checked_before_anything_changes() {
     );
     assert_eq!(e.dump(), before);
 }
+
+/// Revocation and the CRL follow one rule: a new CRL is issued while revocations are
+/// not in the published one. If another station revokes the same certificate and
+/// publishes its CRL while this revoke waits for the write lock (the SQL below
+/// stands for that station's transactions: the certificate revoked, the CRL not
+/// stale), nothing is left to publish. (Before, `revoke` issued a CRL after every run that had planned a
+/// revocation, here a redundant CRL #2.)
+#[test]
+fn a_revoke_that_another_station_finished_meanwhile_publishes_no_redundant_crl() {
+    let (e, _) = fleet(1);
+    e.ok(&["ca", "crl", "--passphrase-file", e.pass()]);
+    let o = e.race(
+        &["--json", "revoke", "D-0001", "--passphrase-file", e.pass()],
+        "UPDATE certificates SET status = 'revoked', revoked_at = '2026-01-01T00:00:00Z', \
+         revocation_reason = 'unspecified';",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["revoked"], 0, "{j}");
+    assert_eq!(j["revocations"][0]["result"], "already revoked", "{j}");
+    assert!(j["crl"].is_null(), "{j}");
+    assert_eq!(count(&e, "SELECT COUNT(*) FROM crls"), 1);
+}

@@ -5,9 +5,38 @@ use crate::model::{Actor, EventKind};
 use crate::store::devices::{self, Device, DeviceStatus};
 use crate::store::Tx;
 
+/// The override rule: a move the lifecycle forbids needs `--force` with a reason.
+/// Returns whether the move from `device`'s state to `to` is forced (false for a
+/// legal move and for staying where it is).
+pub fn check(device: &Device, to: DeviceStatus, force_reason: Option<&str>) -> Result<bool> {
+    let from = device.status;
+    if from == to || from.can_move_to(to) {
+        return Ok(false);
+    }
+    match force_reason {
+        Some(r) if !r.trim().is_empty() => Ok(true),
+        _ => Err(Error::conflict(format!(
+            "device '{}' is {from}; it cannot move to {to} (use --force --reason TEXT to override)",
+            device.serial
+        ))),
+    }
+}
+
+/// `device return` brings a device back from maintenance; from any other state it
+/// needs the override (installing a device is `device deploy`).
+pub fn check_return(device: &Device, force_reason: Option<&str>) -> Result<()> {
+    if device.status != DeviceStatus::Maintenance && force_reason.is_none() {
+        return Err(Error::conflict(format!(
+            "device '{}' is {}, not in maintenance (use `cradle device deploy`)",
+            device.serial, device.status
+        )));
+    }
+    Ok(())
+}
+
 /// Moves `device` to `to`, recording a `device.state` event. An illegal transition
-/// fails unless `force_reason` is given, in which case the override is recorded.
-/// Moving to the current state is a no-op (returns false).
+/// fails unless `force_reason` is given (`check`), in which case the override is
+/// recorded. Moving to the current state is a no-op (returns false).
 pub fn transition(
     tx: &Tx<'_>,
     device: &Device,
@@ -21,18 +50,7 @@ pub fn transition(
     if from == to {
         return Ok(false);
     }
-    let forced = !from.can_move_to(to);
-    if forced {
-        match force_reason {
-            Some(r) if !r.trim().is_empty() => {}
-            _ => {
-                return Err(Error::conflict(format!(
-                    "device '{}' is {from}; it cannot move to {to} (use --force --reason TEXT to override)",
-                    device.serial
-                )))
-            }
-        }
-    }
+    let forced = check(device, to, force_reason)?;
     devices::set_status(tx, device.id, to, now)?;
     let mut details = serde_json::json!({"from": from, "to": to, "forced": forced});
     if forced {
@@ -43,4 +61,52 @@ pub fn transition(
     }
     tx.event(EventKind::DeviceState, Some(device.id), actor, details, now)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(status: DeviceStatus) -> Device {
+        Device {
+            id: 1,
+            serial: "D1".into(),
+            hardware_id: None,
+            model: None,
+            hw_rev: None,
+            batch: None,
+            site: None,
+            location: None,
+            owner: None,
+            mac: None,
+            imei: None,
+            status,
+            notes: None,
+            attributes: Default::default(),
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_forbidden_move_needs_a_reason_and_is_then_forced() {
+        use DeviceStatus::*;
+        assert!(!check(&device(Provisioned), Deployed, None).unwrap());
+        assert!(!check(&device(Deployed), Deployed, None).unwrap());
+        for reason in [None, Some(""), Some("  ")] {
+            let e = check(&device(Registered), Deployed, reason).unwrap_err();
+            assert_eq!(e.exit_code(), crate::error::exit::CONFLICT);
+            assert!(e.to_string().contains("use --force --reason TEXT"), "{e}");
+        }
+        assert!(check(&device(Registered), Deployed, Some("bench test")).unwrap());
+    }
+
+    #[test]
+    fn return_is_from_maintenance_unless_forced() {
+        use DeviceStatus::*;
+        check_return(&device(Maintenance), None).unwrap();
+        let e = check_return(&device(Deployed), None).unwrap_err();
+        assert!(e.to_string().contains("not in maintenance"), "{e}");
+        check_return(&device(Provisioned), Some("field install")).unwrap();
+    }
 }

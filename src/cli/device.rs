@@ -300,22 +300,7 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
         DeviceCommand::Return { serial, force } => {
             let mut reg = ctx.registry()?;
             let actor = ctx.actor(&ctx.config()?);
-            let dev = require_device(reg.reader(), &serial)?;
-            if dev.status != DeviceStatus::Maintenance && !force.force {
-                return Err(crate::Error::conflict(format!(
-                    "device '{serial}' is {}, not in maintenance (use `cradle device deploy`)",
-                    dev.status
-                ))
-                .into());
-            }
-            let o = device::move_to(
-                &mut reg,
-                &serial,
-                DeviceStatus::Deployed,
-                &actor,
-                force.reason(),
-                "device return",
-            )?;
+            let o = device::return_from_maintenance(&mut reg, &serial, &actor, force.reason())?;
             print_edit(ctx, &o)
         }
     }

@@ -133,12 +133,83 @@ impl Env {
         String::from_utf8(o.stdout).unwrap()
     }
 
+    /// Takes the registry's write lock from another connection (the sqlite3 shell),
+    /// as another station in the middle of a transaction would.
+    pub fn hold_write_lock(&self) -> WriteLock {
+        let mut child = Command::new("sqlite3")
+            .arg(self.registry())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sqlite3 shell");
+        let mut lock = WriteLock {
+            out: BufReader::new(child.stdout.take().unwrap()),
+            child,
+        };
+        lock.send("BEGIN IMMEDIATE;\nSELECT 'locked';\n", "locked");
+        lock
+    }
+
+    /// Starts `cradle args` while another connection holds the write lock, gives it
+    /// time to read what it needs and queue for the lock, then commits `sql` in that
+    /// other transaction, as another station would; returns cradle's output. (A
+    /// command slower than the pause sees the change before it reads: the tests
+    /// using this expect what a command that saw it in its transaction does.)
+    pub fn race(&self, args: &[&str], sql: &str) -> Output {
+        let lock = self.hold_write_lock();
+        let child = self
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        lock.commit_with(sql);
+        child.wait_with_output().unwrap()
+    }
+
     /// Files in the temp dir (relative paths), to prove "nothing half-written".
     pub fn files(&self) -> Vec<String> {
         let mut out = Vec::new();
         walk(self.dir.path(), self.dir.path(), &mut out);
         out.sort();
         out
+    }
+}
+
+/// A write transaction held open by the sqlite3 shell (`Env::hold_write_lock`).
+pub struct WriteLock {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl WriteLock {
+    fn send(&mut self, sql: &str, until: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(sql.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                self.out.read_line(&mut line).unwrap() > 0,
+                "sqlite3 shell ended before '{until}'"
+            );
+            if line.trim() == until {
+                return;
+            }
+        }
+    }
+
+    /// Runs `sql` in the held transaction and commits it.
+    pub fn commit_with(mut self, sql: &str) {
+        self.send(
+            &format!("{sql}\nCOMMIT;\nSELECT 'committed';\n"),
+            "committed",
+        );
+        drop(self.child.stdin.take());
+        assert!(self.child.wait().unwrap().success());
     }
 }
 

@@ -11,7 +11,7 @@ use crate::app::lifecycle;
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
-use crate::store::devices::{require_device, DeviceStatus};
+use crate::store::devices::{require_device, Device, DeviceStatus};
 use crate::store::inventory::update_device_fields;
 use crate::store::{now_rfc3339, Store};
 
@@ -107,6 +107,28 @@ pub fn edit(
     force_reason: Option<&str>,
     command: &str,
 ) -> Result<EditOutcome> {
+    edit_if(
+        reg,
+        serial,
+        assignments,
+        actor,
+        force_reason,
+        command,
+        &|_| Ok(()),
+    )
+}
+
+/// `edit`, once `rule` accepts the device as it is inside the write transaction (so
+/// that another station's change in between cannot slip past it).
+fn edit_if(
+    reg: &mut Store,
+    serial: &str,
+    assignments: &[Assignment],
+    actor: &Actor,
+    force_reason: Option<&str>,
+    command: &str,
+    rule: &dyn Fn(&Device) -> Result<()>,
+) -> Result<EditOutcome> {
     let targets = assignments
         .iter()
         .map(parse_assignment)
@@ -114,6 +136,7 @@ pub fn edit(
     let now = now_rfc3339();
     let tx = reg.write()?;
     let dev = require_device(&tx, serial)?;
+    rule(&dev)?;
     let mut new = dev.clone();
     let mut changes = Vec::new();
     let mut to_status = None;
@@ -155,18 +178,10 @@ pub fn edit(
         }
     }
     // Check the state change before writing anything.
-    let mut forced = false;
-    if let Some(to) = to_status {
-        if to != dev.status && !dev.status.can_move_to(to) {
-            if force_reason.is_none_or(|r| r.trim().is_empty()) {
-                return Err(Error::conflict(format!(
-                    "device '{}' is {}; it cannot move to {to} (use --force --reason TEXT to override)",
-                    dev.serial, dev.status
-                )));
-            }
-            forced = true;
-        }
-    }
+    let forced = match to_status {
+        Some(to) => lifecycle::check(&dev, to, force_reason)?,
+        None => false,
+    };
     if !changes.is_empty() {
         update_device_fields(&tx, &new, &now)?;
         let mut m = serde_json::Map::new();
@@ -222,19 +237,12 @@ pub fn deploy(
     force_reason: Option<&str>,
 ) -> Result<EditOutcome> {
     let mut a = Vec::new();
-    match site {
-        Some(s) if !s.is_empty() => a.push(Assignment {
+    let site = site.filter(|s| !s.is_empty());
+    if let Some(s) = site {
+        a.push(Assignment {
             field: "site".into(),
             value: s.into(),
-        }),
-        _ => {
-            let dev = require_device(reg.reader(), serial)?;
-            if dev.site.is_none() {
-                return Err(Error::input(format!(
-                    "device '{serial}' has no site; give --site SITE"
-                )));
-            }
-        }
+        });
     }
     if let Some(l) = location {
         a.push(Assignment {
@@ -246,7 +254,46 @@ pub fn deploy(
         field: "status".into(),
         value: "deployed".into(),
     });
-    edit(reg, serial, &a, actor, force_reason, "device deploy")
+    // Without --site the stored one is kept, so there must be one.
+    let has_site = |dev: &Device| match (site, &dev.site) {
+        (None, None) => Err(Error::input(format!(
+            "device '{}' has no site; give --site SITE",
+            dev.serial
+        ))),
+        _ => Ok(()),
+    };
+    edit_if(
+        reg,
+        serial,
+        &a,
+        actor,
+        force_reason,
+        "device deploy",
+        &has_site,
+    )
+}
+
+/// `device return`: back from maintenance to deployed (`lifecycle::check_return`),
+/// checked inside the transaction that moves it.
+pub fn return_from_maintenance(
+    reg: &mut Store,
+    serial: &str,
+    actor: &Actor,
+    force_reason: Option<&str>,
+) -> Result<EditOutcome> {
+    let a = [Assignment {
+        field: "status".into(),
+        value: DeviceStatus::Deployed.as_str().into(),
+    }];
+    edit_if(
+        reg,
+        serial,
+        &a,
+        actor,
+        force_reason,
+        "device return",
+        &|dev| lifecycle::check_return(dev, force_reason),
+    )
 }
 
 /// Moves a device to `to` with no field changes.

@@ -777,7 +777,8 @@ impl Runner<'_> {
     }
 
     fn do_step(&mut self, p: &Prepared, step: Step, l: &mut Live) -> Result<()> {
-        let opts = serde_json::to_value(&p.options).map_err(|e| Error::input(e.to_string()))?;
+        let opts = serde_json::to_value(&p.options)
+            .map_err(|e| Error::Internal(format!("decommission options as JSON: {e}")))?;
         if step == Step::Wipe {
             if let Some(WipeSpec::Serial { port }) = &p.options.wipe {
                 let mut link = (self.open_link)(port)?;

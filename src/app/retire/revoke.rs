@@ -267,7 +267,7 @@ fn revoked_event(
         reason_code: reason.code(),
         extra: extra.as_object(),
     })
-    .map_err(|e| Error::input(e.to_string()))?;
+    .map_err(|e| Error::Internal(format!("cert.revoked event details as JSON: {e}")))?;
     tx.event_json(
         EventKind::CertRevoked,
         Some(device_id),

@@ -213,7 +213,8 @@ pub fn attested_wipe(
         // Retire the unanswered fresh nonce too: nothing may answer it later.
         rr::use_nonce(&tx, &nonce_hex, &now)?;
     }
-    let mut json = serde_json::to_value(&att).map_err(|e| Error::input(e.to_string()))?;
+    let mut json = serde_json::to_value(&att)
+        .map_err(|e| Error::Internal(format!("wipe attestation as JSON: {e}")))?;
     if let Some(o) = json.as_object_mut() {
         o.insert(
             "payload".into(),
