@@ -357,22 +357,26 @@ pub fn now_rfc3339() -> String {
     fmt_time(time::OffsetDateTime::now_utc())
 }
 
+/// `t` in the registry's timestamp format: RFC 3339, UTC, whole seconds, `Z`.
 pub fn fmt_time(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    const FORMAT: &[time::format_description::FormatItem<'_>] =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    t.to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
+        .expect("a UTC date in years 0-9999 formats")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_utc_whole_seconds_with_z() {
+        let t = time::macros::datetime!(2026-03-04 05:06:07.891 +02:00);
+        assert_eq!(fmt_time(t), "2026-03-04T03:06:07Z");
+        let t = time::macros::datetime!(0999-12-31 23:59:59 UTC);
+        assert_eq!(fmt_time(t), "0999-12-31T23:59:59Z");
+    }
 
     /// A registry file one migration behind this binary.
     fn older_registry(path: &Path) {
