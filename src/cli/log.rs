@@ -126,18 +126,12 @@ fn verify(ctx: &Ctx) -> anyhow::Result<i32> {
 /// Accepts RFC 3339 (any offset, normalised to UTC) or a bare date (midnight UTC); returns
 /// the registry's timestamp format so that text comparison orders correctly.
 pub fn parse_since(s: &str) -> crate::Result<String> {
-    use time::format_description::well_known::Rfc3339;
-    let t = s.trim();
-    if let Ok(dt) = time::OffsetDateTime::parse(t, &Rfc3339) {
-        return Ok(crate::store::fmt_time(dt));
+    match crate::model::Timestamp::parse_user(s) {
+        Some(t) => Ok(t.to_string()),
+        None => Err(Error::input(format!(
+            "--since '{s}' is not a time: use RFC 3339 (2026-11-01T08:00:00Z) or a date (2026-11-01)"
+        ))),
     }
-    let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    if let Ok(d) = time::Date::parse(t, &fmt) {
-        return Ok(crate::store::fmt_time(d.midnight().assume_utc()));
-    }
-    Err(Error::input(format!(
-        "--since '{s}' is not a time: use RFC 3339 (2026-11-01T08:00:00Z) or a date (2026-11-01)"
-    )))
 }
 
 fn export(

@@ -4,8 +4,10 @@ mod actor;
 mod ca;
 mod event;
 mod revoked;
+mod timestamp;
 
 pub use actor::Actor;
 pub use ca::{CaRecord, CaRole, NewCa};
 pub use event::EventKind;
 pub use revoked::Revoked;
+pub use timestamp::Timestamp;

@@ -142,11 +142,6 @@ pub struct CrlIssued {
     pub der: Vec<u8>,
 }
 
-/// Parses the registry's RFC 3339 timestamps; `None` for a missing or odd one.
-fn parse_time(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
-}
-
 /// Builds and signs a CRL over `rows` (DER).
 pub fn build(
     signer: &CaSigner,
@@ -155,21 +150,9 @@ pub fn build(
     this_update: OffsetDateTime,
     next_update: OffsetDateTime,
 ) -> Result<Vec<u8>> {
-    // Many revocations share a timestamp (a batch): parse each distinct string once.
-    let mut last: Option<(&str, OffsetDateTime)> = None;
     let mut revoked = Vec::with_capacity(rows.len());
     for row in rows {
-        let at = match (row.revoked_at.as_deref(), last) {
-            (Some(s), Some((ls, lt))) if s == ls => lt,
-            (Some(s), _) => match parse_time(s) {
-                Some(t) => {
-                    last = Some((s, t));
-                    t
-                }
-                None => this_update,
-            },
-            (None, _) => this_update,
-        };
+        let at = row.revoked_at.map_or(this_update, |t| t.as_offset());
         let serial = hex::decode(&row.serial_hex).map_err(|_| {
             Error::input(format!(
                 "registry holds a malformed certificate serial '{}'",
@@ -231,7 +214,7 @@ mod tests {
     fn row(serial_hex: &str, at: Option<&str>, reason: Option<&str>) -> Revoked {
         Revoked {
             serial_hex: serial_hex.into(),
-            revoked_at: at.map(Into::into),
+            revoked_at: at.and_then(crate::model::Timestamp::parse),
             reason: reason.map(Into::into),
         }
     }

@@ -88,7 +88,7 @@ fn generate_issue_verify_and_revoke_without_a_database() {
     let this = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
     let rows = [Revoked {
         serial_hex: cert.info.serial_hex.clone(),
-        revoked_at: Some("2026-11-30T12:00:00Z".into()),
+        revoked_at: crate::model::Timestamp::parse("2026-11-30T12:00:00Z"),
         reason: Some(Reason::KeyCompromise.as_str().into()),
     }];
     let der = crl::build(&s, &rows, 42, this, this + Duration::days(7)).unwrap();

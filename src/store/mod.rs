@@ -352,18 +352,14 @@ impl Store {
     }
 }
 
-/// Current time as RFC 3339 UTC, second precision (the registry's timestamp format).
+/// Current time in the registry's timestamp format (see `model::Timestamp`).
 pub fn now_rfc3339() -> String {
-    fmt_time(time::OffsetDateTime::now_utc())
+    crate::model::Timestamp::now().to_string()
 }
 
 /// `t` in the registry's timestamp format: RFC 3339, UTC, whole seconds, `Z`.
 pub fn fmt_time(t: time::OffsetDateTime) -> String {
-    const FORMAT: &[time::format_description::FormatItem<'_>] =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    t.to_offset(time::UtcOffset::UTC)
-        .format(FORMAT)
-        .expect("a UTC date in years 0-9999 formats")
+    crate::model::Timestamp::from(t).to_string()
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::certs::{cert_from_row, CertRecord, CERT_COLUMNS};
 use super::{Reader, Tx};
 use crate::error::Result;
-use crate::model::Revoked;
+use crate::model::{Revoked, Timestamp};
 
 const CRL_STALE_KEY: &str = "crl_stale";
 /// How many issued CRLs keep their DER in `crls`; older rows keep number, dates,
@@ -208,14 +208,28 @@ pub fn revoked_for_ca(db: &Reader, ca_id: i64) -> Result<Vec<Revoked>> {
         "SELECT serial_hex, revoked_at, revocation_reason FROM certificates
          WHERE ca_id = ?1 AND status = 'revoked' ORDER BY id",
     )?;
-    let rows = stmt.query_map([ca_id], |r| {
-        Ok(Revoked {
+    let mut rows = stmt.query([ca_id])?;
+    let mut out = Vec::new();
+    // Revocations come in batches sharing one time: parse each distinct string once.
+    let mut last: Option<(String, Option<Timestamp>)> = None;
+    while let Some(r) = rows.next()? {
+        let at: Option<String> = r.get(1)?;
+        let revoked_at = match (at, &last) {
+            (None, _) => None,
+            (Some(s), Some((ls, lt))) if s == *ls => *lt,
+            (Some(s), _) => {
+                let t = Timestamp::parse(&s);
+                last = Some((s, t));
+                t
+            }
+        };
+        out.push(Revoked {
             serial_hex: r.get(0)?,
-            revoked_at: r.get(1)?,
+            revoked_at,
             reason: r.get(2)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        });
+    }
+    Ok(out)
 }
 
 pub fn next_crl_number(db: &Reader, ca_id: i64) -> Result<i64> {
