@@ -44,6 +44,11 @@ pub struct ProvisionArgs {
     /// Seconds a device may take to start answering a request (line time is added)
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     pub timeout: f64,
+    /// nrf91: modem identity public keys: a PEM bundle, each PUBLIC KEY block preceded
+    /// by a line `Device-UUID: <uuid>`. A modem whose UUID is listed must sign its
+    /// %KEYGEN reply with that key (attestation `verified`); others are `unverified`
+    #[arg(long, value_name = "FILE")]
+    pub nrf_identity_keys: Option<PathBuf>,
     #[command(flatten)]
     pub pass: PassArgs,
 }
@@ -144,6 +149,17 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
             }
         }
     }
+    let id_keys = match &a.nrf_identity_keys {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| Error::input(format!("{}: cannot read: {e}", p.display())))?;
+            Some(
+                crate::wire::nrf91::IdentityKeys::parse(&text)
+                    .map_err(|e| Error::input(format!("{}: {e}", p.display())))?,
+            )
+        }
+    };
     let signer = ctx.signer(&reg, &a.pass)?;
     let actor = ctx.actor(&config);
     let st = Station {
@@ -156,6 +172,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
         device_profile: a.device_profile.into(),
         baud: a.baud,
         timeout: Duration::from_secs_f64(a.timeout),
+        nrf_identity_keys: id_keys.as_ref(),
     };
     drop(reg);
     let bars = Bars::new();

@@ -37,6 +37,10 @@ pub struct SimArgs {
     /// Protocol the devices speak
     #[arg(long, value_enum, default_value = "cradle")]
     pub profile: DeviceProfileArg,
+    /// nrf91: write each modem's device UUID and identity public key to FILE (the
+    /// format `cradle provision --nrf-identity-keys` reads) before the ports come up
+    #[arg(long, value_name = "FILE")]
+    pub identity_keys_out: Option<PathBuf>,
 }
 
 pub fn run(ctx: &Ctx, a: SimArgs) -> anyhow::Result<i32> {
@@ -49,6 +53,7 @@ pub fn run(ctx: &Ctx, a: SimArgs) -> anyhow::Result<i32> {
         baud: a.baud,
         faults: Faults::parse(&a.faults)?,
         profile: a.profile.into(),
+        identity_keys_out: a.identity_keys_out,
     };
     let stop = crate::signals::stop_flag();
     let (tx, rx) = mpsc::channel();

@@ -26,6 +26,10 @@ Faults (--fault SPEC, repeatable):
   long-line              answer the first HELLO (nrf91: AT+CGSN) with 1 MiB without a line end
   bad-base64             answer the first KEYGEN with a CSR that is not base64
   csr-wrong-key          answer the first KEYGEN with a CSR for another key than the one reported
+                         (nrf91: a COSE signed by another key than the modem's identity key)
+  bad-digest             nrf91: answer the first AT%KEYGEN with a COSE digest that is not the
+                         SHA-256 of the CSR
+  wrong-sec-tag          nrf91: answer the first AT%KEYGEN with a COSE for another sec_tag
   hash-mismatch          return altered data for the first READ (nrf91: a wrong SHA-256 in
                          the first AT%CMNG=1 listing), so the read-back check fails
 One-shot faults fire once per simulator process, so a re-run of the host completes."
@@ -48,6 +52,8 @@ pub struct Faults {
     pub long_line: bool,
     pub bad_base64: bool,
     pub csr_wrong_key: bool,
+    pub keygen_bad_digest: bool,
+    pub keygen_wrong_sec_tag: bool,
     pub hash_mismatch: bool,
 }
 
@@ -146,6 +152,8 @@ impl Faults {
                 "long-line" => no_value(&mut f.long_line)?,
                 "bad-base64" => no_value(&mut f.bad_base64)?,
                 "csr-wrong-key" => no_value(&mut f.csr_wrong_key)?,
+                "bad-digest" => no_value(&mut f.keygen_bad_digest)?,
+                "wrong-sec-tag" => no_value(&mut f.keygen_wrong_sec_tag)?,
                 "hash-mismatch" => no_value(&mut f.hash_mismatch)?,
                 _ => {
                     return Err(Error::input(format!(

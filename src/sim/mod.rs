@@ -285,6 +285,8 @@ pub struct SimConfig {
     pub baud: u32,
     pub faults: Faults,
     pub profile: DeviceProfile,
+    /// nrf91: write the modems' identity keys (`--nrf-identity-keys` format) here.
+    pub identity_keys_out: Option<PathBuf>,
 }
 
 /// A device that came up (or came back after a hang-up) on a pty.
@@ -388,7 +390,10 @@ pub fn build_devices(cfg: &SimConfig) -> Result<Vec<Box<dyn Responder>>> {
                     DeviceProfile::Nrf91 if cfg.hardware_id.is_none() => nrf91::fake_imei(i),
                     _ => default_hwid(cfg, i, &base),
                 };
-                let s = DeviceState::new(&hwid, &cfg.model);
+                let mut s = DeviceState::new(&hwid, &cfg.model);
+                if cfg.profile == DeviceProfile::Nrf91 {
+                    s.firmware = nrf91::SIM_MFW.to_string();
+                }
                 if let Some(p) = &path {
                     s.save(p)?;
                 }
@@ -408,7 +413,14 @@ pub fn build_devices(cfg: &SimConfig) -> Result<Vec<Box<dyn Responder>>> {
 /// `ready`. A hang-up fault closes the pty and brings the device back on a new one
 /// behind the same link, as a USB adapter re-enumerating would.
 pub fn run(cfg: &SimConfig, stop: &'static AtomicBool, ready: mpsc::Sender<Ready>) -> Result<()> {
-    let devices = build_devices(cfg)?;
+    let mut devices = build_devices(cfg)?;
+    if let (Some(out), DeviceProfile::Nrf91) = (&cfg.identity_keys_out, cfg.profile) {
+        let text: String = devices
+            .iter_mut()
+            .map(|d| nrf91::identity_entry(&d.device().state.hardware_id))
+            .collect();
+        crate::outfile::write_file_atomic(out, text.as_bytes(), 0o644, true)?;
+    }
     // Bring every pty up before serving, so setup errors surface at once.
     let mut first = Vec::new();
     for (i, mut d) in devices.into_iter().enumerate() {

@@ -1,11 +1,53 @@
 //! A simulated nRF91-style modem: the AT commands of the nrf91 device profile.
 
 use rcgen::PublicKeyData;
+use sha2::{Digest, Sha256};
 
 use super::device::{Device, Reply};
 use super::faults::Rng;
 use super::Responder;
-use crate::wire::nrf91::{cmng_sha, cose_for_csr, AT_MAX_LINE, TYPE_PRIVATE_KEY};
+use crate::wire::nrf91::{
+    cmng_sha, format_uuid, keygen_cose, keygen_reply_text, BodyKind, IdentityKeys, KeygenClaims,
+    AT_MAX_LINE, TYPE_PRIVATE_KEY,
+};
+
+/// Modem firmware the simulator reports: Nordic's installer needs mfw >= 1.3.2 to
+/// verify credential hashes.
+pub const SIM_MFW: &str = "mfw_nrf9160_1.3.5";
+
+/// The simulated modem's identity: a P-256 key (PKCS#8 DER) and device UUID, both
+/// derived from its hardware id, so a simulator started with the same `--hardware-id`
+/// (or `--state`) is the same modem and tests can know its identity key.
+pub fn identity(hardware_id: &str) -> (Vec<u8>, [u8; 16]) {
+    use p256::pkcs8::EncodePrivateKey;
+    let mut uuid: [u8; 16] = Sha256::digest(format!("cradle-sim nrf91 uuid\0{hardware_id}"))[..16]
+        .try_into()
+        .expect("16 bytes");
+    // A version 4 / RFC 4122 variant UUID, as real modems carry.
+    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    let mut i = 0u32;
+    loop {
+        let seed = Sha256::digest(format!("cradle-sim nrf91 identity\0{hardware_id}\0{i}"));
+        if let Ok(k) = p256::SecretKey::from_slice(&seed) {
+            let der = k.to_pkcs8_der().expect("PKCS#8 encoding");
+            return (der.as_bytes().to_vec(), uuid);
+        }
+        i += 1;
+    }
+}
+
+/// The `--nrf-identity-keys` entry (UUID and identity public key) of a simulated modem.
+pub fn identity_entry(hardware_id: &str) -> String {
+    use p256::pkcs8::{DecodePrivateKey, EncodePublicKey};
+    let (der, uuid) = identity(hardware_id);
+    let spki = p256::SecretKey::from_pkcs8_der(&der)
+        .expect("own key")
+        .public_key()
+        .to_public_key_der()
+        .expect("SPKI");
+    IdentityKeys::entry(&uuid, spki.as_bytes())
+}
 
 /// A plausible IMEI for simulated modem `i` (TAC 35265610, random serial part).
 pub fn fake_imei(i: usize) -> String {
@@ -69,7 +111,11 @@ impl NrfResponder {
         let arg = cmd.split_once('=').map(|(_, a)| a).unwrap_or("");
         match upper.as_str() {
             "AT" => Self::reply(&[]),
-            "AT+CGSN" => Self::reply(&[format!("+CGSN: \"{}\"", st.hardware_id)]),
+            // `AT+CGSN` (= `AT+CGSN=0`) answers the bare IMEI, `AT+CGSN=1` `+CGSN: "<IMEI>"`.
+            "AT+CGSN" if arg.trim() == "1" => {
+                Self::reply(&[format!("+CGSN: \"{}\"", st.hardware_id)])
+            }
+            "AT+CGSN" => Self::reply(std::slice::from_ref(&st.hardware_id)),
             "AT+CGMM" => Self::reply(std::slice::from_ref(&st.model)),
             "AT+CGMR" => Self::reply(std::slice::from_ref(&st.firmware)),
             "AT+CFUN" if cmd.ends_with('?') => Self::reply(&[format!("+CFUN: {}", self.cfun)]),
@@ -81,51 +127,90 @@ impl NrfResponder {
                 _ => Self::error(),
             },
             "AT%KEYGEN" => {
-                let p: Vec<&str> = arg.split(',').collect();
-                if p.len() < 2 || p[1] != "2" || p[0].parse::<u32>().is_err() {
+                let p: Vec<&str> = arg.splitn(4, ',').collect();
+                let Ok(tag) = p[0].trim().parse::<u32>() else {
+                    return Self::error();
+                };
+                let kind = match p.get(2).map(|c| c.trim()) {
+                    None | Some("0") => BodyKind::Csr,
+                    Some("1") => BodyKind::PublicKey,
+                    _ => return Self::error(),
+                };
+                if p.get(1).map(|t| t.trim()) != Some("2") {
                     return Self::error();
                 }
                 if self.cfun != 4 && self.cfun != 0 {
                     return Self::cme(518);
                 }
+                let (id_key, uuid) = identity(&st.hardware_id);
+                // Attributes (4th parameter, e.g. "CN=name"); the default CN is the UUID.
+                let cn = p
+                    .get(3)
+                    .map(|a| a.trim().trim_matches('"'))
+                    .and_then(|a| a.strip_prefix("CN="))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format_uuid(&uuid));
                 let Ok(kp) = crate::pki::keys::generate() else {
                     return Self::cme(520);
                 };
-                let csr_key = if self.dev.faults.csr_wrong_key {
-                    self.dev.faults.csr_wrong_key = false;
-                    match crate::pki::keys::generate() {
-                        Ok(k) => k,
-                        Err(_) => return Self::cme(520),
+                let body = match kind {
+                    BodyKind::PublicKey => kp.subject_public_key_info(),
+                    BodyKind::Csr => {
+                        let Ok(mut params) = rcgen::CertificateParams::new(Vec::<String>::new())
+                        else {
+                            return Self::cme(520);
+                        };
+                        params.distinguished_name = rcgen::DistinguishedName::new();
+                        params
+                            .distinguished_name
+                            .push(rcgen::DnType::CommonName, cn);
+                        let Ok(csr) = params.serialize_request(&kp) else {
+                            return Self::cme(520);
+                        };
+                        csr.der().to_vec()
                     }
+                };
+                let mut claims = KeygenClaims {
+                    kind,
+                    device_uuid: uuid,
+                    sec_tag: tag,
+                    digest: Sha256::digest(&body).into(),
+                    nonce: {
+                        let mut n = [0u8; 16];
+                        n[..8].copy_from_slice(&self.dev.rng.next_u64().to_be_bytes());
+                        n[8..].copy_from_slice(&self.dev.rng.next_u64().to_be_bytes());
+                        n
+                    },
+                };
+                let f = &mut self.dev.faults;
+                if std::mem::take(&mut f.keygen_bad_digest) {
+                    claims.digest[0] ^= 1;
+                }
+                if std::mem::take(&mut f.keygen_wrong_sec_tag) {
+                    claims.sec_tag = tag.wrapping_add(1);
+                }
+                // csr-wrong-key: signed by a key that is not this modem's identity key.
+                let signer = if std::mem::take(&mut f.csr_wrong_key) {
+                    identity(&format!("{}-impostor", st.hardware_id)).0
                 } else {
-                    match rcgen::KeyPair::try_from(kp.serialize_der().as_slice()) {
-                        Ok(k) => k,
-                        Err(_) => return Self::cme(520),
-                    }
+                    id_key
                 };
-                let Ok(params) = rcgen::CertificateParams::new(Vec::<String>::new()) else {
+                let Ok(cose) = keygen_cose(&signer, &claims) else {
                     return Self::cme(520);
                 };
-                let Ok(csr) = params.serialize_request(&csr_key) else {
-                    return Self::cme(520);
-                };
-                let csr = csr.der().to_vec();
-                // The COSE is made by the key the modem keeps (so a wrong-key CSR shows).
-                let Ok(cose) = cose_for_csr(&kp.serialize_der(), &csr) else {
-                    return Self::cme(520);
-                };
-                let _ = kp.subject_public_key_info();
+                // The modem keeps the new private key under the tag (listed as type 2).
                 st.key = Some(kp.serialize_der());
+                st.cmng.insert(
+                    format!("{tag},{TYPE_PRIVATE_KEY}"),
+                    kp.serialize_pem().replace('\n', "\r\n"),
+                );
                 self.dev.save();
-                use base64::Engine;
-                let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-                let csr_text = if self.dev.faults.bad_base64 {
-                    self.dev.faults.bad_base64 = false;
-                    "!!not base64!!".to_string()
+                let text = if std::mem::take(&mut self.dev.faults.bad_base64) {
+                    "!!not base64!!.!!".to_string()
                 } else {
-                    e.encode(&csr)
+                    keygen_reply_text(&body, &cose)
                 };
-                Self::reply(&[format!("%KEYGEN: \"{csr_text}.{}\"", e.encode(&cose))])
+                Self::reply(&[format!("%KEYGEN: \"{text}\"")])
             }
             "AT%CMNG" => {
                 let mut p = arg.splitn(4, ',');
@@ -171,7 +256,9 @@ impl NrfResponder {
                             .filter_map(|(k, v)| {
                                 let (t, ty) = k.split_once(',')?;
                                 let t: u32 = t.parse().ok()?;
-                                if tag.is_some_and(|want| want != t) {
+                                if tag.is_some_and(|want| want != t)
+                                    || kind.is_some_and(|want| ty != want.to_string())
+                                {
                                     return None;
                                 }
                                 let mut sha = cmng_sha(v);

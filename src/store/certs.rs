@@ -87,9 +87,12 @@ pub struct CertRecord {
     pub revoked_at: Option<String>,
     pub revocation_reason: Option<String>,
     pub created_at: String,
+    /// The device's attestation of the key (see `set_device_attestation`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_attestation: Option<serde_json::Value>,
 }
 
-pub const CERT_COLUMNS: &str = "id, device_id, ca_id, serial_hex, fingerprint, pubkey_sha256, subject, profile, key_source, not_before, not_after, der, status, revoked_at, revocation_reason, created_at";
+pub const CERT_COLUMNS: &str = "id, device_id, ca_id, serial_hex, fingerprint, pubkey_sha256, subject, profile, key_source, not_before, not_after, der, status, revoked_at, revocation_reason, created_at, device_attestation";
 
 pub fn cert_from_row(r: &Row<'_>) -> rusqlite::Result<CertRecord> {
     let status: String = r.get(12)?;
@@ -110,6 +113,9 @@ pub fn cert_from_row(r: &Row<'_>) -> rusqlite::Result<CertRecord> {
         revoked_at: r.get(13)?,
         revocation_reason: r.get(14)?,
         created_at: r.get(15)?,
+        device_attestation: r
+            .get::<_, Option<String>>(16)?
+            .and_then(|t| serde_json::from_str(&t).ok()),
     })
 }
 
@@ -141,6 +147,15 @@ pub fn insert_cert(tx: &Tx<'_>, c: &NewCert<'_>, now: &str) -> Result<i64> {
         _ => Error::from(e),
     })?;
     Ok(conn.last_insert_rowid())
+}
+
+/// Records the device's attestation evidence for the key of certificate `id`.
+pub fn set_device_attestation(tx: &Tx<'_>, id: i64, evidence: &serde_json::Value) -> Result<()> {
+    tx.conn().execute(
+        "UPDATE certificates SET device_attestation = ?2 WHERE id = ?1",
+        params![id, evidence.to_string()],
+    )?;
+    Ok(())
 }
 
 pub fn certs_for_device(db: &Reader, device_id: i64) -> Result<Vec<CertRecord>> {

@@ -161,6 +161,12 @@ CREATE INDEX certificates_status ON certificates(status, device_id);
     r#"
 ALTER TABLE certificates ADD COLUMN verified_mac BLOB;
 "#,
+    // 5: the device's own attestation of the key a certificate was issued for (JSON:
+    // for nRF91 modems the %KEYGEN COSE_Sign1, device UUID and whether its identity
+    // signature was verified); NULL where the device gave none.
+    r#"
+ALTER TABLE certificates ADD COLUMN device_attestation TEXT;
+"#,
 ];
 
 #[cfg(test)]
@@ -176,6 +182,7 @@ mod tests {
         "eb20b189fafaf069d175154ffd9040e43771cd86d001fa01fe95fb6c5c16dae5",
         "1c9e06f5313a1cdab83ee488d21ea19ff4a444bbf7c6eccd4496a7422f066f0d",
         "072434fccfcb348cc5c5a1eb26fc3577a03435c527772be70d349e79c4b552f1",
+        "f75693bbf00366192125cb2922c41e692972b7f03e4bdaae2fded182223122aa",
     ];
 
     #[test]

@@ -3,10 +3,15 @@
 //! Commands used (CRLF line endings, replies end with `OK`, `ERROR` or `+CME ERROR: n`):
 //! `AT+CGSN=1` (IMEI = hardware id), `AT+CGMM` (model), `AT+CGMR` (firmware),
 //! `AT+CFUN=4` (modem offline: required before key generation and credential writes),
-//! `AT%KEYGEN=<tag>,2,0` → `%KEYGEN: "<base64url CSR>.<base64url COSE_Sign1>"`,
+//! `AT%KEYGEN=<tag>,2,0` → `%KEYGEN: "<base64url CSR DER>.<base64url COSE_Sign1>"`,
 //! `AT%CMNG=0,<tag>,<type>,"<PEM>"` (write; type 0 CA chain, 1 client cert, 2 private key),
 //! `AT%CMNG=1,<tag>` → `%CMNG: <tag>,<type>,"<SHA-256 hex>"` per stored credential.
-//! The COSE_Sign1 is ES256 by the new key over the CBOR array `["CSR-SHA256", h'<sha256 of CSR>']`.
+//! The COSE_Sign1 is Nordic's (AT Commands reference, `%KEYGEN`; nrfcloud-utils'
+//! `modem_credentials_parser`): protected `{1: -7}` (ES256), unprotected `{4: h'21'}`
+//! (kid -2: the modem's identity key), payload the CBOR array `[payload id (9 CSR,
+//! 8 public key), device UUID (16 bytes), bstr(CBOR sec_tag), SHA-256 of the body DER,
+//! nonce (16 bytes)]`, signature raw r||s by the identity key (public half held by
+//! Nordic's identity service, or supplied by the operator).
 
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
@@ -36,49 +41,232 @@ pub fn cme_name(code: u32) -> &'static str {
     }
 }
 
-fn b64url_decode(s: &str) -> Result<Vec<u8>, WireError> {
+fn b64url_decode(s: &str, what: &str) -> Result<Vec<u8>, WireError> {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s.trim_end_matches('='))
-        .map_err(|_| WireError::Protocol("%KEYGEN reply is not valid base64url".into()))
+        .map_err(|_| {
+            WireError::Protocol(format!("%KEYGEN reply: the {what} is not valid base64url"))
+        })
 }
 
-// --- a minimal CBOR subset: byte/text strings, arrays, maps, tag 18 -----------------
+fn b64url(d: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d)
+}
 
-fn cbor_head(out: &mut Vec<u8>, major: u8, len: usize) {
+// --- a minimal CBOR subset (definite lengths only) ---------------------------------
+
+fn cbor_head(out: &mut Vec<u8>, major: u8, n: u64) {
     let m = major << 5;
-    if len < 24 {
-        out.push(m | len as u8);
-    } else if len < 256 {
-        out.extend_from_slice(&[m | 24, len as u8]);
-    } else if len < 65536 {
+    if n < 24 {
+        out.push(m | n as u8);
+    } else if n < 256 {
+        out.extend_from_slice(&[m | 24, n as u8]);
+    } else if n < 65536 {
         out.push(m | 25);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else if n <= u32::MAX as u64 {
         out.push(m | 26);
-        out.extend_from_slice(&(len as u32).to_be_bytes());
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    } else {
+        out.push(m | 27);
+        out.extend_from_slice(&n.to_be_bytes());
     }
 }
 
 fn bstr(out: &mut Vec<u8>, d: &[u8]) {
-    cbor_head(out, 2, d.len());
+    cbor_head(out, 2, d.len() as u64);
     out.extend_from_slice(d);
 }
 
 fn tstr(out: &mut Vec<u8>, s: &str) {
-    cbor_head(out, 3, s.len());
+    cbor_head(out, 3, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
+}
+
+/// One decoded CBOR item.
+#[derive(Debug, Clone, PartialEq)]
+enum Item<'a> {
+    Uint(u64),
+    /// Negative integer -1 - n.
+    Nint(u64),
+    Bytes(&'a [u8]),
+    Text(&'a str),
+    Array(Vec<Item<'a>>),
+    Map(Vec<(Item<'a>, Item<'a>)>),
+    Tag(u64, Box<Item<'a>>),
+    Simple(u8),
+}
+
+struct Dec<'a>(&'a [u8]);
+
+impl<'a> Dec<'a> {
+    fn err() -> WireError {
+        WireError::Protocol("%KEYGEN attestation is not well-formed CBOR".into())
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.0.len() < n {
+            return Err(Self::err());
+        }
+        let (d, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(d)
+    }
+    fn item(&mut self, depth: u8) -> Result<Item<'a>, WireError> {
+        if depth > 8 {
+            return Err(Self::err());
+        }
+        let b = self.take(1)?[0];
+        let (major, ai) = (b >> 5, b & 0x1f);
+        let n = match ai {
+            0..=23 => ai as u64,
+            24..=27 => self
+                .take(1 << (ai - 24))?
+                .iter()
+                .fold(0u64, |a, &x| (a << 8) | x as u64),
+            _ => return Err(Self::err()),
+        };
+        let len = |n: u64| usize::try_from(n).map_err(|_| Self::err());
+        Ok(match major {
+            0 => Item::Uint(n),
+            1 => Item::Nint(n),
+            2 => Item::Bytes(self.take(len(n)?)?),
+            3 => Item::Text(std::str::from_utf8(self.take(len(n)?)?).map_err(|_| Self::err())?),
+            4 => {
+                let n = len(n)?;
+                if n > self.0.len() {
+                    return Err(Self::err());
+                }
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(self.item(depth + 1)?);
+                }
+                Item::Array(v)
+            }
+            5 => {
+                let n = len(n)?;
+                if n > self.0.len() {
+                    return Err(Self::err());
+                }
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let k = self.item(depth + 1)?;
+                    v.push((k, self.item(depth + 1)?));
+                }
+                Item::Map(v)
+            }
+            6 => Item::Tag(n, Box::new(self.item(depth + 1)?)),
+            _ => Item::Simple(n as u8),
+        })
+    }
+}
+
+/// Decodes exactly one CBOR item (no trailing bytes).
+fn decode_one(d: &[u8]) -> Result<Item<'_>, WireError> {
+    let mut dec = Dec(d);
+    let item = dec.item(0)?;
+    if !dec.0.is_empty() {
+        return Err(Dec::err());
+    }
+    Ok(item)
+}
+
+// --- Nordic's %KEYGEN attestation ----------------------------------------------------
+
+/// What `<response_content>` asked the modem to return as the reply body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BodyKind {
+    /// `<response_content>` 0: a PKCS#10 CSR (DER); payload id 9 (CSR_msg_v1).
+    Csr,
+    /// `<response_content>` 1: the public key (SubjectPublicKeyInfo DER); payload id 8
+    /// (pubkey_msg_v2).
+    PublicKey,
+}
+
+impl BodyKind {
+    /// The COSE payload id Nordic's modem uses for this body.
+    pub fn payload_id(self) -> u64 {
+        match self {
+            BodyKind::Csr => 9,
+            BodyKind::PublicKey => 8,
+        }
+    }
+    /// `<response_content>` of `AT%KEYGEN`.
+    pub fn response_content(self) -> u8 {
+        match self {
+            BodyKind::Csr => 0,
+            BodyKind::PublicKey => 1,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            BodyKind::Csr => "CSR",
+            BodyKind::PublicKey => "public key",
+        }
+    }
+}
+
+/// Whether the COSE signature was checked against the modem's identity key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attestation {
+    /// Signed by the identity key the operator supplied for this device UUID.
+    Verified,
+    /// No identity key for this device UUID was supplied; digest and sec_tag were checked.
+    Unverified,
 }
 
 /// The protected header `{1: -7}` (alg ES256).
 const PROTECTED: [u8; 3] = [0xa1, 0x01, 0x26];
+/// The unprotected header `{4: h'21'}`: kid = CBOR -2, Nordic's "identity_key".
+const UNPROTECTED_IDENTITY: [u8; 4] = [0xa1, 0x04, 0x41, 0x21];
 
-fn keygen_payload(csr: &[u8]) -> Vec<u8> {
-    let mut p = Vec::new();
-    cbor_head(&mut p, 4, 2);
-    tstr(&mut p, "CSR-SHA256");
-    bstr(&mut p, &Sha256::digest(csr));
-    p
+/// The claims inside the COSE payload of a `%KEYGEN` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeygenClaims {
+    pub kind: BodyKind,
+    pub device_uuid: [u8; 16],
+    pub sec_tag: u32,
+    pub digest: [u8; 32],
+    pub nonce: [u8; 16],
+}
+
+impl KeygenClaims {
+    fn payload(&self) -> Vec<u8> {
+        let mut p = Vec::new();
+        cbor_head(&mut p, 4, 5);
+        cbor_head(&mut p, 0, self.kind.payload_id());
+        bstr(&mut p, &self.device_uuid);
+        let mut tag = Vec::new();
+        cbor_head(&mut tag, 0, self.sec_tag as u64);
+        bstr(&mut p, &tag);
+        bstr(&mut p, &self.digest);
+        bstr(&mut p, &self.nonce);
+        p
+    }
+}
+
+/// A device UUID as Nordic prints it: lower-case hex in 8-4-4-4-12 groups.
+pub fn format_uuid(u: &[u8; 16]) -> String {
+    let h = hex::encode(u);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let h: String = s.chars().filter(|c| *c != '-').collect();
+    if s.len() != 36 || h.len() != 32 {
+        return None;
+    }
+    hex::decode(h).ok()?.try_into().ok()
 }
 
 fn sig_structure(protected: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -91,90 +279,267 @@ fn sig_structure(protected: &[u8], payload: &[u8]) -> Vec<u8> {
     s
 }
 
-/// The COSE_Sign1 a simulated modem attaches to its CSR (signed by the new key).
-pub fn cose_for_csr(pkcs8_der: &[u8], csr: &[u8]) -> crate::Result<Vec<u8>> {
+/// The COSE_Sign1 a modem attaches to its `%KEYGEN` body, signed (ES256) by its
+/// identity key (PKCS#8 DER). Used by the simulator.
+pub fn keygen_cose(identity_pkcs8: &[u8], claims: &KeygenClaims) -> crate::Result<Vec<u8>> {
     use p256::ecdsa::signature::Signer;
     use p256::pkcs8::DecodePrivateKey;
-    let key = p256::ecdsa::SigningKey::from_pkcs8_der(pkcs8_der)
-        .map_err(|_| crate::Error::crypto("COSE: key is not P-256"))?;
-    let payload = keygen_payload(csr);
+    let key = p256::ecdsa::SigningKey::from_pkcs8_der(identity_pkcs8)
+        .map_err(|_| crate::Error::crypto("COSE: identity key is not P-256"))?;
+    let payload = claims.payload();
     let sig: p256::ecdsa::Signature = key.sign(&sig_structure(&PROTECTED, &payload));
     let mut out = vec![0xd2]; // tag 18: COSE_Sign1
     cbor_head(&mut out, 4, 4);
     bstr(&mut out, &PROTECTED);
-    out.push(0xa0);
+    out.extend_from_slice(&UNPROTECTED_IDENTITY);
     bstr(&mut out, &payload);
     bstr(&mut out, &sig.to_bytes());
     Ok(out)
 }
 
-struct Cbor<'a>(&'a [u8]);
+/// The `%KEYGEN` reply text (inside the quotes) for a body and its COSE_Sign1.
+pub fn keygen_reply_text(body_der: &[u8], cose: &[u8]) -> String {
+    format!("{}.{}", b64url(body_der), b64url(cose))
+}
 
-impl<'a> Cbor<'a> {
-    fn head(&mut self) -> Result<(u8, usize), WireError> {
-        let bad = || WireError::Protocol("COSE attestation is not well-formed CBOR".into());
-        let (&b, rest) = self.0.split_first().ok_or_else(bad)?;
-        self.0 = rest;
-        let (major, ai) = (b >> 5, b & 0x1f);
-        let n = match ai {
-            0..=23 => ai as usize,
-            24..=26 => {
-                let k = 1 << (ai - 24);
-                if self.0.len() < k {
-                    return Err(bad());
-                }
-                let v = self.0[..k]
-                    .iter()
-                    .fold(0usize, |a, &x| (a << 8) | x as usize);
-                self.0 = &self.0[k..];
-                v
-            }
-            _ => return Err(bad()),
-        };
-        Ok((major, n))
-    }
-    fn bytes(&mut self, major: u8) -> Result<&'a [u8], WireError> {
-        let (m, n) = self.head()?;
-        if m != major || self.0.len() < n {
-            return Err(WireError::Protocol(
-                "COSE attestation has an unexpected shape".into(),
-            ));
-        }
-        let (d, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(d)
+/// A checked `%KEYGEN` reply.
+#[derive(Debug, Clone)]
+pub struct KeygenReply {
+    /// The CSR or SubjectPublicKeyInfo, DER.
+    pub body_der: Vec<u8>,
+    pub kind: BodyKind,
+    /// The COSE_Sign1 exactly as the modem sent it (the attestation evidence).
+    pub cose: Vec<u8>,
+    /// The modem's device UUID (nRF Cloud's device id), formatted as Nordic prints it.
+    pub device_uuid: String,
+    pub nonce: [u8; 16],
+    pub attestation: Attestation,
+}
+
+impl KeygenReply {
+    /// The evidence recorded with the certificate.
+    pub fn evidence(&self) -> serde_json::Value {
+        serde_json::json!({
+            "format": "nrf91-keygen-cose",
+            "device_uuid": self.device_uuid,
+            "body": self.kind,
+            "attestation": self.attestation,
+            "nonce": hex::encode(self.nonce),
+            "cose": b64url(&self.cose),
+        })
     }
 }
 
-/// Checks the COSE_Sign1 of a `%KEYGEN` reply: ES256 by the CSR's key, over the CSR's hash.
-pub fn verify_keygen_cose(cose: &[u8], csr: &[u8], spki_der: &[u8]) -> Result<(), WireError> {
-    use p256::ecdsa::signature::Verifier;
-    use p256::pkcs8::DecodePublicKey;
-    let shape = || WireError::Protocol("COSE attestation has an unexpected shape".into());
-    let mut c = Cbor(cose.strip_prefix(&[0xd2]).unwrap_or(cose));
-    if c.head()? != (4, 4) {
-        return Err(shape());
-    }
-    let protected = c.bytes(2)?;
-    let (m, n) = c.head()?;
-    if m != 5 || n != 0 {
-        return Err(shape());
-    }
-    let payload = c.bytes(2)?;
-    let sig = c.bytes(2)?;
-    if !c.0.is_empty() || protected != PROTECTED {
-        return Err(shape());
-    }
-    if payload != keygen_payload(csr) {
-        return Err(WireError::Verify(
-            "COSE attestation is for another CSR".into(),
+fn shape(what: &str) -> WireError {
+    WireError::Protocol(format!(
+        "%KEYGEN attestation is not Nordic's COSE_Sign1: {what}"
+    ))
+}
+
+/// Parses and checks the value of a `%KEYGEN: "<body>.<cose>"` reply: the COSE_Sign1
+/// (protected `{1: -7}`, payload `[id, uuid, sec_tag, sha256(body), nonce]`) must be
+/// for the requested body kind and sec_tag, and its digest must be the SHA-256 of the
+/// body. With the modem's identity key for its UUID in `keys`, the signature must
+/// verify (`Verified`); without one it is recorded `Unverified`.
+pub fn parse_keygen(
+    value: &str,
+    sec_tag: u32,
+    want: BodyKind,
+    keys: Option<&IdentityKeys>,
+) -> Result<KeygenReply, WireError> {
+    let (body, cose) = value.split_once('.').ok_or_else(|| {
+        WireError::Protocol("%KEYGEN reply lacks the '.' between body and COSE_Sign1".into())
+    })?;
+    let body_der = b64url_decode(body, want.name())?;
+    let cose = b64url_decode(cose, "COSE_Sign1")?;
+    let msg = match decode_one(&cose)? {
+        Item::Tag(18, m) => *m,
+        m @ Item::Array(_) => m,
+        _ => return Err(shape("not a COSE_Sign1 (tag 18) array")),
+    };
+    let Item::Array(parts) = msg else {
+        return Err(shape("not an array"));
+    };
+    let [Item::Bytes(protected), Item::Map(_), Item::Bytes(payload), Item::Bytes(sig)] =
+        parts.as_slice()
+    else {
+        return Err(shape(
+            "want [protected bstr, unprotected map, payload bstr, signature bstr]",
         ));
+    };
+    match decode_one(protected)? {
+        Item::Map(m) if m.contains(&(Item::Uint(1), Item::Nint(6))) => {}
+        _ => return Err(shape("protected header does not say alg ES256 ({1: -7})")),
     }
-    let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki_der)
-        .map_err(|_| WireError::Protocol("CSR key is not P-256".into()))?;
-    let sig = p256::ecdsa::Signature::from_slice(sig).map_err(|_| shape())?;
-    key.verify(&sig_structure(protected, payload), &sig)
-        .map_err(|_| WireError::Verify("COSE attestation signature does not verify".into()))
+    let Item::Array(claims) = decode_one(payload)? else {
+        return Err(shape("payload is not an array"));
+    };
+    let [Item::Uint(id), Item::Bytes(uuid), Item::Bytes(tag), Item::Bytes(digest), Item::Bytes(nonce)] =
+        claims.as_slice()
+    else {
+        return Err(shape(
+            "payload is not [payload id, device UUID, sec_tag, digest, nonce]",
+        ));
+    };
+    if *id != want.payload_id() {
+        return Err(WireError::Verify(format!(
+            "%KEYGEN attestation has payload id {id}, expected {} for a {}",
+            want.payload_id(),
+            want.name()
+        )));
+    }
+    let uuid: [u8; 16] = (*uuid)
+        .try_into()
+        .map_err(|_| shape("device UUID is not 16 bytes"))?;
+    let nonce: [u8; 16] = (*nonce)
+        .try_into()
+        .map_err(|_| shape("nonce is not 16 bytes"))?;
+    // The sec_tag is itself CBOR inside the byte string; Nordic encodes tags above
+    // i32::MAX as negative integers (two's complement of the 32-bit value).
+    let got_tag = match decode_one(tag)? {
+        Item::Uint(n) => u32::try_from(n).ok(),
+        Item::Nint(n) => i32::try_from(-1 - n as i128).ok().map(|v| v as u32),
+        _ => None,
+    }
+    .ok_or_else(|| shape("sec_tag is not a 32-bit integer"))?;
+    if got_tag != sec_tag {
+        return Err(WireError::Verify(format!(
+            "%KEYGEN attestation is for sec_tag {got_tag}, but sec_tag {sec_tag} was requested"
+        )));
+    }
+    let want_digest = Sha256::digest(&body_der);
+    if *digest != want_digest.as_slice() {
+        return Err(WireError::Verify(format!(
+            "%KEYGEN attestation digest {} is not the SHA-256 of the {} ({})",
+            hex::encode(digest),
+            want.name(),
+            hex::encode(want_digest)
+        )));
+    }
+    let device_uuid = format_uuid(&uuid);
+    let attestation = match keys.and_then(|k| k.get(&device_uuid)) {
+        None => Attestation::Unverified,
+        Some(spki) => {
+            use p256::ecdsa::signature::Verifier;
+            use p256::pkcs8::DecodePublicKey;
+            let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki)
+                .map_err(|_| WireError::Protocol("identity key is not P-256".into()))?;
+            let sig = p256::ecdsa::Signature::from_slice(sig)
+                .map_err(|_| shape("signature is not 64 bytes r||s"))?;
+            key.verify(&sig_structure(protected, payload), &sig)
+                .map_err(|_| {
+                    WireError::Verify(format!(
+                        "%KEYGEN attestation signature does not verify with the identity key given for device {device_uuid}"
+                    ))
+                })?;
+            Attestation::Verified
+        }
+    };
+    Ok(KeygenReply {
+        body_der,
+        kind: want,
+        cose,
+        device_uuid,
+        nonce,
+        attestation,
+    })
+}
+
+/// Modem identity public keys by device UUID (`--nrf-identity-keys FILE`).
+///
+/// The file is a PEM bundle: each `PUBLIC KEY` block is preceded by a line
+/// `Device-UUID: <uuid>` naming the modem it belongs to (text outside PEM blocks is
+/// allowed by RFC 7468, so `openssl pkey -pubin` still reads the first key). Blank
+/// lines and lines starting with `#` are ignored.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityKeys {
+    keys: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl IdentityKeys {
+    /// Parses the bundle; the error names the line.
+    pub fn parse(text: &str) -> Result<IdentityKeys, String> {
+        let mut out = IdentityKeys::default();
+        let mut label: Option<(usize, String)> = None;
+        let mut block: Option<(usize, String)> = None;
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = line.trim();
+            if let Some((start, b64)) = &mut block {
+                if line == "-----END PUBLIC KEY-----" {
+                    use base64::Engine;
+                    let der = base64::engine::general_purpose::STANDARD
+                        .decode(&*b64)
+                        .map_err(|_| format!("line {start}: the PEM block is not valid base64"))?;
+                    {
+                        use p256::pkcs8::DecodePublicKey;
+                        p256::ecdsa::VerifyingKey::from_public_key_der(&der).map_err(|_| {
+                            format!("line {start}: the key is not a P-256 public key")
+                        })?;
+                    }
+                    let (_, uuid) = label.take().ok_or_else(|| {
+                        format!("line {start}: PUBLIC KEY block without a 'Device-UUID:' line before it")
+                    })?;
+                    if out.keys.insert(uuid.clone(), der).is_some() {
+                        return Err(format!("line {start}: device {uuid} is listed twice"));
+                    }
+                    block = None;
+                } else {
+                    b64.push_str(line);
+                }
+                continue;
+            }
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some(u) = line.strip_prefix("Device-UUID:") {
+                let u = u.trim();
+                let uuid = parse_uuid(u)
+                    .ok_or_else(|| format!("line {n}: '{u}' is not a UUID (8-4-4-4-12 hex)"))?;
+                if let Some((l, _)) = &label {
+                    return Err(format!("line {n}: the Device-UUID of line {l} has no key"));
+                }
+                label = Some((n, format_uuid(&uuid)));
+            } else if line == "-----BEGIN PUBLIC KEY-----" {
+                block = Some((n, String::new()));
+            } else {
+                return Err(format!(
+                    "line {n}: expected 'Device-UUID: <uuid>' or a PUBLIC KEY block"
+                ));
+            }
+        }
+        if let Some((n, _)) = block {
+            return Err(format!("line {n}: PEM block is not closed"));
+        }
+        if let Some((l, _)) = label {
+            return Err(format!("line {l}: this Device-UUID has no key"));
+        }
+        Ok(out)
+    }
+
+    /// The SubjectPublicKeyInfo DER for a device UUID (formatted as `format_uuid`).
+    pub fn get(&self, uuid: &str) -> Option<&[u8]> {
+        self.keys
+            .get(&uuid.to_ascii_lowercase())
+            .map(|v| v.as_slice())
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// One entry of the bundle format.
+    pub fn entry(uuid: &[u8; 16], spki_der: &[u8]) -> String {
+        format!(
+            "Device-UUID: {}\n{}",
+            format_uuid(uuid),
+            crate::pki::cert::to_pem("PUBLIC KEY", spki_der)
+        )
+    }
 }
 
 /// A credential as listed by `AT%CMNG=1`.
@@ -326,13 +691,13 @@ impl<T: Read + Write> NrfSession<T> {
         Ok((imei, model, fw))
     }
 
-    /// `AT%KEYGEN=<tag>,2,0`: returns (CSR DER, COSE_Sign1 bytes).
-    pub fn keygen(&mut self, tag: u32) -> Result<(Vec<u8>, Vec<u8>), WireError> {
-        let v = self.one(&format!("AT%KEYGEN={tag},2,0"), "%KEYGEN:")?;
-        let (csr, cose) = v.split_once('.').ok_or_else(|| {
-            WireError::Protocol("%KEYGEN reply lacks the '.' between CSR and COSE".into())
-        })?;
-        Ok((b64url_decode(csr)?, b64url_decode(cose)?))
+    /// `AT%KEYGEN=<tag>,2,<response_content>`: the reply value `<body>.<cose>` (check it
+    /// with `parse_keygen`).
+    pub fn keygen(&mut self, tag: u32, kind: BodyKind) -> Result<String, WireError> {
+        self.one(
+            &format!("AT%KEYGEN={tag},2,{}", kind.response_content()),
+            "%KEYGEN:",
+        )
     }
 
     /// `AT%CMNG=0,<tag>,<type>,"<PEM>"`.
@@ -373,19 +738,132 @@ impl<T: Read + Write> NrfSession<T> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn cose_roundtrip_and_tamper() {
+    fn identity() -> (Vec<u8>, Vec<u8>) {
         use rcgen::PublicKeyData;
         let kp = crate::pki::keys::generate().unwrap();
-        let csr = b"pretend this is a CSR".to_vec();
-        let cose = cose_for_csr(&kp.serialize_der(), &csr).unwrap();
-        let spki = kp.subject_public_key_info();
-        verify_keygen_cose(&cose, &csr, &spki).unwrap();
-        assert!(verify_keygen_cose(&cose, b"another CSR", &spki).is_err());
-        let mut bad = cose.clone();
-        let n = bad.len();
-        bad[n - 1] ^= 1;
-        assert!(verify_keygen_cose(&bad, &csr, &spki).is_err());
-        assert!(verify_keygen_cose(&[0xd2, 0x84], &csr, &spki).is_err());
+        (kp.serialize_der(), kp.subject_public_key_info())
+    }
+
+    fn reply(id_key: &[u8], body: &[u8], kind: BodyKind, tag: u32) -> String {
+        let claims = KeygenClaims {
+            kind,
+            device_uuid: [
+                0x50, 0x4d, 0x11, 0x22, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 1,
+            ],
+            sec_tag: tag,
+            digest: Sha256::digest(body).into(),
+            nonce: [7; 16],
+        };
+        keygen_reply_text(body, &keygen_cose(id_key, &claims).unwrap())
+    }
+
+    #[test]
+    fn nordic_keygen_reply_checked() {
+        let (id_key, id_pub) = identity();
+        let (_, other_pub) = identity();
+        let body = b"pretend this is a CSR".to_vec();
+        let r = reply(&id_key, &body, BodyKind::Csr, 16842753);
+        let kg = parse_keygen(&r, 16842753, BodyKind::Csr, None).unwrap();
+        assert_eq!(kg.body_der, body);
+        assert_eq!(kg.device_uuid, "504d1122-0000-4000-8000-000000000001");
+        assert_eq!(kg.attestation, Attestation::Unverified);
+        let bundle = IdentityKeys::entry(
+            &[
+                0x50, 0x4d, 0x11, 0x22, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 1,
+            ],
+            &id_pub,
+        );
+        let keys = IdentityKeys::parse(&bundle).unwrap();
+        let kg = parse_keygen(&r, 16842753, BodyKind::Csr, Some(&keys)).unwrap();
+        assert_eq!(kg.attestation, Attestation::Verified);
+        // Another modem's identity key: refused.
+        let wrong = IdentityKeys::parse(&bundle.replace(
+            &crate::pki::cert::to_pem("PUBLIC KEY", &id_pub),
+            &crate::pki::cert::to_pem("PUBLIC KEY", &other_pub),
+        ))
+        .unwrap();
+        let e = parse_keygen(&r, 16842753, BodyKind::Csr, Some(&wrong)).unwrap_err();
+        assert!(e.to_string().contains("does not verify"), "{e}");
+        // Wrong sec_tag, wrong kind, wrong body.
+        let e = parse_keygen(&r, 42, BodyKind::Csr, None).unwrap_err();
+        assert!(e.to_string().contains("sec_tag 16842753"), "{e}");
+        let e = parse_keygen(&r, 16842753, BodyKind::PublicKey, None).unwrap_err();
+        assert!(e.to_string().contains("payload id 9"), "{e}");
+        let (_, cose) = r.split_once('.').unwrap();
+        let e = parse_keygen(
+            &format!("{}.{cose}", b64url(b"another CSR")),
+            16842753,
+            BodyKind::Csr,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("digest"), "{e}");
+        // Response content 1: a public key body, payload id 8.
+        let r = reply(&id_key, &id_pub, BodyKind::PublicKey, 7);
+        let kg = parse_keygen(&r, 7, BodyKind::PublicKey, Some(&keys)).unwrap();
+        assert_eq!(
+            (kg.kind, kg.attestation),
+            (BodyKind::PublicKey, Attestation::Verified)
+        );
+        // The old (misread) shape is refused.
+        let mut old = Vec::new();
+        cbor_head(&mut old, 4, 2);
+        tstr(&mut old, "CSR-SHA256");
+        bstr(&mut old, &Sha256::digest(&body));
+        assert!(parse_keygen(
+            &keygen_reply_text(&body, &old),
+            16842753,
+            BodyKind::Csr,
+            None
+        )
+        .is_err());
+        assert!(parse_keygen(
+            &keygen_reply_text(&body, &[0xd2, 0x84]),
+            1,
+            BodyKind::Csr,
+            None
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn negative_sec_tag_is_twos_complement() {
+        let (id_key, _) = identity();
+        let body = b"x".to_vec();
+        let mut claims = KeygenClaims {
+            kind: BodyKind::Csr,
+            device_uuid: [1; 16],
+            sec_tag: 0,
+            digest: Sha256::digest(&body).into(),
+            nonce: [0; 16],
+        };
+        let mut cose = keygen_cose(&id_key, &claims).unwrap();
+        // Rewrite bstr(CBOR 0) = 41 00 as bstr(CBOR -1) = 41 20 (0xFFFFFFFF as i32).
+        let at = cose.windows(2).position(|w| w == [0x41, 0x00]).unwrap();
+        cose[at + 1] = 0x20;
+        claims.sec_tag = u32::MAX;
+        let e = parse_keygen(&keygen_reply_text(&body, &cose), 0, BodyKind::Csr, None).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!("sec_tag {}", u32::MAX)),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn identity_bundle_errors_name_the_line() {
+        let (_, p) = identity();
+        let one = IdentityKeys::entry(&[2; 16], &p);
+        assert_eq!(
+            IdentityKeys::parse(&format!("# keys\n\n{one}"))
+                .unwrap()
+                .len(),
+            1
+        );
+        let e = IdentityKeys::parse(&format!("{one}{one}")).unwrap_err();
+        assert!(e.contains("listed twice"), "{e}");
+        let e = IdentityKeys::parse(&crate::pki::cert::to_pem("PUBLIC KEY", &p)).unwrap_err();
+        assert!(e.starts_with("line 1:") && e.contains("Device-UUID"), "{e}");
+        let e = IdentityKeys::parse("Device-UUID: nope\n").unwrap_err();
+        assert!(e.starts_with("line 1:"), "{e}");
     }
 }

@@ -68,6 +68,8 @@ pub struct Station<'a> {
     pub device_profile: DeviceProfile,
     pub baud: u32,
     pub timeout: Duration,
+    /// nrf91: modem identity public keys by device UUID (`--nrf-identity-keys`).
+    pub nrf_identity_keys: Option<&'a crate::wire::nrf91::IdentityKeys>,
 }
 
 /// How one port's run ended.
@@ -382,6 +384,7 @@ impl Station<'_> {
         cert_id: i64,
         port: &str,
         extra: serde_json::Value,
+        evidence: Option<serde_json::Value>,
     ) -> Result<()> {
         let mut reg = self.reg()?;
         let now = now_rfc3339();
@@ -389,6 +392,9 @@ impl Station<'_> {
         let device = devices::device_by_id(&tx, device_id)?
             .ok_or_else(|| Error::not_found("device vanished"))?;
         certs::set_cert_status(&tx, cert_id, CertStatus::Active, None, &now)?;
+        if let Some(ev) = &evidence {
+            certs::set_device_attestation(&tx, cert_id, ev)?;
+        }
         let cert = certs::certs_for_device(&tx, device_id)?
             .into_iter()
             .find(|c| c.id == cert_id)
@@ -405,6 +411,12 @@ impl Station<'_> {
         let mut details = serde_json::json!({"port": port, "cert_serial": cert.serial_hex, "fingerprint": cert.fingerprint, "mode": self.mode});
         if let (Some(d), serde_json::Value::Object(e)) = (details.as_object_mut(), extra) {
             d.extend(e);
+        }
+        if let (Some(d), Some(ev)) = (details.as_object_mut(), &evidence) {
+            // The summary; the COSE itself is kept with the certificate.
+            for k in ["device_uuid", "attestation"] {
+                d.insert(k.into(), ev[k].clone());
+            }
         }
         self.event(&tx, device_id, EventKind::ProvisionPassed, details, &now)?;
         tx.commit()?;
@@ -464,7 +476,7 @@ impl Station<'_> {
                         Ok(())
                     }
                     (CertStatus::Unused, DeviceStatus::Registered) => {
-                        self.finalize(device.id, r.id, port, serde_json::json!({"resumed": true}))
+                        self.finalize(device.id, r.id, port, serde_json::json!({"resumed": true}), None)
                     }
                     (cs, ds) => Err(Error::conflict(format!(
                         "device {} is locked with certificate {} which is {} in the registry (device is {ds})",
@@ -667,7 +679,7 @@ impl Station<'_> {
         progress.update(&pname, "record", total, total);
         self.finalize(device.id, cert_id, &pname, serde_json::json!({
             "wire_bytes": res.wire_bytes, "link_seconds": res.link_seconds, "reconnects": res.reconnects,
-        }))?;
+        }), None)?;
         Ok(true)
     }
 

@@ -19,7 +19,7 @@ use crate::pki::{csr, keys};
 use crate::store::certs::{self, CertStatus, KeySource};
 use crate::store::devices::DeviceStatus;
 use crate::wire::nrf91::{
-    self, cmng_sha, NrfSession, TYPE_CA_CHAIN, TYPE_CLIENT_CERT, TYPE_PRIVATE_KEY,
+    self, cmng_sha, BodyKind, NrfSession, TYPE_CA_CHAIN, TYPE_CLIENT_CERT, TYPE_PRIVATE_KEY,
 };
 use crate::wire::{self, WireError};
 
@@ -113,18 +113,17 @@ fn flow(
     run.step = "offline";
     s.command("AT+CFUN=4")?;
     let mut key_pem: Option<Zeroizing<String>> = None;
+    let mut evidence = None;
     let spki = match st.mode {
         Mode::Csr => {
             run.step = "keygen";
             progress.update(pname, "keygen", 0, 1);
-            let (csr_der, cose) = s.keygen(SEC_TAG)?;
-            let checked = csr::check_csr(&csr_der)
+            let reply = s.keygen(SEC_TAG, BodyKind::Csr)?;
+            let kg = nrf91::parse_keygen(&reply, SEC_TAG, BodyKind::Csr, st.nrf_identity_keys)
+                .map_err(|e| dev_err(format!("the modem's %KEYGEN reply is refused: {e}")))?;
+            let checked = csr::check_csr(&kg.body_der)
                 .map_err(|e| dev_err(format!("modem sent an unusable CSR: {e}")))?;
-            nrf91::verify_keygen_cose(&cose, &csr_der, &checked.spki_der).map_err(|e| {
-                dev_err(format!(
-                    "the modem's COSE attestation does not match its CSR ({e}): the CSR is for a different key"
-                ))
-            })?;
+            evidence = Some(kg.evidence());
             checked.spki_der
         }
         Mode::Inject => {
@@ -194,6 +193,7 @@ fn flow(
         cert_id,
         pname,
         serde_json::json!({"device_profile": "nrf91", "sec_tag": SEC_TAG}),
+        evidence,
     )?;
     Ok(true)
 }
