@@ -761,6 +761,7 @@ fn nrf91_profile_csr_and_inject() {
     let env = Env::with_ca();
     let state = env.path("modem.json");
     let link = env.path("dev/modem");
+    let ids = env.path("identity.pem");
     let _sim = Sim::start(
         &env,
         &[
@@ -770,15 +771,31 @@ fn nrf91_profile_csr_and_inject() {
             link.to_str().unwrap(),
             "--state",
             state.to_str().unwrap(),
+            "--identity-keys-out",
+            ids.to_str().unwrap(),
         ],
         1,
     );
     let (code, v, err) = provision(
         &env,
         &[link.to_str().unwrap()],
-        &["--device-profile", "nrf91"],
+        &[
+            "--device-profile",
+            "nrf91",
+            "--nrf-identity-keys",
+            ids.to_str().unwrap(),
+        ],
     );
     assert_eq!(code, Some(0), "{v:#}\n{err}");
+    // Nordic's attestation, verified with the modem's identity key, kept with the cert.
+    let uuid = std::fs::read_to_string(&ids).unwrap()[13..49].to_string();
+    assert_eq!(
+        q(
+            &env,
+            "SELECT json_extract(device_attestation, '$.device_uuid'), json_extract(device_attestation, '$.attestation') FROM certificates"
+        ),
+        format!("{uuid}|verified")
+    );
     let imei = v[0]["hardware_id"].as_str().unwrap().to_string();
     assert_eq!(imei.len(), 15, "an IMEI: {imei}");
     assert_eq!(
@@ -831,6 +848,11 @@ fn nrf91_profile_csr_and_inject() {
         &[link2.to_str().unwrap()],
         &["--device-profile", "nrf91", "--mode", "inject"],
     );
+    // No key from the modem in inject mode: no attestation recorded.
+    assert_eq!(
+        q(&env, "SELECT count(device_attestation) FROM certificates"),
+        "1"
+    );
     assert_eq!(code, Some(0), "{v:#}\n{err}");
     let dev2 = device_json(&state2);
     assert!(dev2["cmng"]["16842753,2"]
@@ -849,7 +871,8 @@ fn nrf91_profile_csr_and_inject() {
 #[test]
 fn nrf91_hostile_replies_fail_cleanly_then_rerun_passes() {
     for (fault, needle) in [
-        ("csr-wrong-key", "different key"),
+        ("bad-digest", "is not the SHA-256 of the CSR"),
+        ("wrong-sec-tag", "but sec_tag 16842753 was requested"),
         ("hash-mismatch", "read-back"),
         ("bad-base64", "base64"),
     ] {

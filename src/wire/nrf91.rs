@@ -830,7 +830,7 @@ mod tests {
     fn negative_sec_tag_is_twos_complement() {
         let (id_key, _) = identity();
         let body = b"x".to_vec();
-        let mut claims = KeygenClaims {
+        let claims = KeygenClaims {
             kind: BodyKind::Csr,
             device_uuid: [1; 16],
             sec_tag: 0,
@@ -841,7 +841,6 @@ mod tests {
         // Rewrite bstr(CBOR 0) = 41 00 as bstr(CBOR -1) = 41 20 (0xFFFFFFFF as i32).
         let at = cose.windows(2).position(|w| w == [0x41, 0x00]).unwrap();
         cose[at + 1] = 0x20;
-        claims.sec_tag = u32::MAX;
         let e = parse_keygen(&keygen_reply_text(&body, &cose), 0, BodyKind::Csr, None).unwrap_err();
         assert!(
             e.to_string().contains(&format!("sec_tag {}", u32::MAX)),
