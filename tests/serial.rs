@@ -912,3 +912,54 @@ fn nrf91_hostile_replies_fail_cleanly_then_rerun_passes() {
         check_invariants(&env, "352656100000009", None);
     }
 }
+
+#[test]
+fn nrf91_identity_signature_checked_when_the_key_is_given() {
+    // csr-wrong-key (nrf91): the COSE is signed by another key than the modem's identity.
+    let env = Env::with_ca();
+    let link = env.path("dev/m");
+    let ids = env.path("ids.pem");
+    let _sim = Sim::start(
+        &env,
+        &[
+            "--profile",
+            "nrf91",
+            "--link",
+            link.to_str().unwrap(),
+            "--hardware-id",
+            "352656100000011",
+            "--identity-keys-out",
+            ids.to_str().unwrap(),
+            "--fault",
+            "csr-wrong-key",
+        ],
+        1,
+    );
+    let with_keys = [
+        "--device-profile",
+        "nrf91",
+        "--nrf-identity-keys",
+        ids.to_str().unwrap(),
+    ];
+    let (code, v, _) = provision(&env, &[link.to_str().unwrap()], &with_keys);
+    assert_eq!(code, Some(1), "{v:#}");
+    assert!(
+        v[0]["error"].as_str().unwrap().contains("does not verify"),
+        "{v:#}"
+    );
+    check_invariants(&env, "352656100000011", None);
+    // Without identity keys the (now genuine) attestation is recorded unverified.
+    let (code, v, _) = provision(
+        &env,
+        &[link.to_str().unwrap()],
+        &["--device-profile", "nrf91"],
+    );
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(
+        q(
+            &env,
+            "SELECT json_extract(device_attestation, '$.attestation') FROM certificates WHERE status = 'active'"
+        ),
+        "unverified"
+    );
+}
