@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{openssl, Env, Sim, SIM_BAUD as BAUD};
@@ -962,4 +962,58 @@ fn nrf91_identity_signature_checked_when_the_key_is_given() {
         ),
         "unverified"
     );
+}
+
+/// nrfcloud-utils' bin dir (.ci/run installs it; CI fails rather than skips without it).
+fn nrfcloud_bin() -> Option<PathBuf> {
+    match std::env::var_os("CRADLE_TEST_NRFCLOUD_BIN") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CRADLE_TEST_NRFCLOUD_BIN is not set (.ci/run installs nrfcloud-utils)")
+        }
+        None => {
+            eprintln!("skipped: CRADLE_TEST_NRFCLOUD_BIN not set");
+            None
+        }
+    }
+}
+
+#[test]
+fn nrf91_sim_keygen_reply_passes_nordics_parser() {
+    let Some(bin) = nrfcloud_bin() else { return };
+    let env = Env::with_ca();
+    let link = env.path("dev/m");
+    let _sim = Sim::start(
+        &env,
+        &["--profile", "nrf91", "--link", link.to_str().unwrap()],
+        1,
+    );
+    // Nordic's own pyserial drives the AT dialogue; its parser checks the reply.
+    let script = format!(
+        "import serial,time\ns=serial.Serial({:?},115200,timeout=1)\ns.write(b'AT+CFUN=4\\r\\n');time.sleep(0.3);s.read(100)\ns.write(b'AT%KEYGEN=16842753,2,0\\r\\n');time.sleep(0.8)\nprint(s.read(8000).decode().split('\"')[1])\n",
+        link.to_str().unwrap()
+    );
+    let out = Command::new(bin.join("python"))
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply = String::from_utf8(out.stdout).unwrap();
+    let out = Command::new(bin.join("modem_credentials_parser"))
+        .args(["-P", "-k", reply.trim()])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("COSE digest matches payload"), "{text}");
+    assert!(text.contains("Payload ID: CSR_msg_v1"), "{text}");
+    assert!(text.contains("sec_tag:    16842753"), "{text}");
 }
