@@ -17,18 +17,29 @@ use crate::pki::{csr, keys};
 use crate::store::certs::{self, CertStatus, KeySource};
 use crate::store::devices::{Device, DeviceStatus};
 
+/// The port a run is on: its name, where progress goes, the watch run's done set, and when
+/// the run started.
+pub(super) struct Port<'a> {
+    pub name: &'a str,
+    pub progress: &'a dyn Progress,
+    pub skip: Option<&'a Mutex<HashSet<String>>>,
+    pub t0: Instant,
+}
+
 /// Provisions the device on `link`. `Ok(false)`: skipped (already done in this watch run).
-#[allow(clippy::too_many_arguments)]
 pub(super) fn provision(
     st: &Station<'_>,
     link: &mut dyn DeviceLink,
-    pname: &str,
-    progress: &dyn Progress,
+    port: Port<'_>,
     res: &mut PortResult,
     run: &mut Run,
-    skip: Option<&Mutex<HashSet<String>>>,
-    t0: Instant,
 ) -> Result<bool> {
+    let Port {
+        name: pname,
+        progress,
+        skip,
+        t0,
+    } = port;
     run.step = "identify";
     progress.update(pname, "identify", 0, 1);
     let ident = link.identify()?;

@@ -210,16 +210,13 @@ impl Station<'_> {
         progress.update(&name, "open", 0, 1);
         let outcome = match open() {
             Ok(mut link) => {
-                let r = flow::provision(
-                    self,
-                    link.as_mut(),
-                    &name,
+                let port = flow::Port {
+                    name: &name,
                     progress,
-                    &mut res,
-                    &mut run,
                     skip,
-                    start,
-                );
+                    t0: start,
+                };
+                let r = flow::provision(self, link.as_mut(), port, &mut res, &mut run);
                 let stats = link.stats();
                 res.wire_bytes = stats.wire_bytes;
                 res.retries = stats.retries;
