@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::pki::{csr, keys};
 use crate::store::certs::{self, CertStatus, KeySource};
 use crate::store::devices::{Device, DeviceStatus};
+use crate::store::Store;
 
 /// The port a run is on: its name, where progress goes, the watch run's done set, and when
 /// the run started.
@@ -62,10 +63,13 @@ pub(super) fn provision(
     // A family that does not seal may hold a working identity, so it waits.
     let early = st.mode == Mode::Csr && link.seals() && !ident.sealed;
     let mut early_key = None;
+    // The registry is taken here, on the port's thread, whose cache keeps it open
+    // across runs: a helper thread would open it afresh every time.
+    let mut reg = st.reg()?;
     let device = if early {
         progress.update(pname, "keygen", 0, 1);
         let (d, k) = std::thread::scope(|sc| {
-            let h = sc.spawn(|| register(st, &ident, &serial, pname));
+            let h = sc.spawn(|| register(st, &mut reg, &ident, &serial, pname));
             let k = link.generate_key();
             (
                 h.join()
@@ -76,8 +80,9 @@ pub(super) fn provision(
         early_key = Some(k);
         d?
     } else {
-        register(st, &ident, &serial, pname)?
+        register(st, &mut reg, &ident, &serial, pname)?
     };
+    drop(reg);
     res.serial = Some(device.serial.clone());
     run.device = Some(device.clone());
 
@@ -164,9 +169,17 @@ pub(super) fn provision(
         // The pending record is written while the certificate goes over the line; it is
         // committed before the seal, so a device is never sealed with an unrecorded
         // certificate, and an unsealed one holds no burned identity.
+        let mut reg = st.reg()?;
         let (cert_id, written) = std::thread::scope(|sc| {
             let recorder = sc.spawn(|| {
-                st.record_pending(&device, &issued, source, pname, attestation.as_deref())
+                st.record_pending(
+                    &mut reg,
+                    &device,
+                    &issued,
+                    source,
+                    pname,
+                    attestation.as_deref(),
+                )
             });
             let written = write(link, &mut step);
             (
@@ -176,6 +189,8 @@ pub(super) fn provision(
                 written,
             )
         });
+        // Back to the thread's cache for the final record.
+        drop(reg);
         run.step = step;
         written?;
         let cert_id = cert_id?;
@@ -185,7 +200,14 @@ pub(super) fn provision(
         cert_id
     } else {
         // Credentials work the moment they are written: record them first.
-        let cert_id = st.record_pending(&device, &issued, source, pname, attestation.as_deref())?;
+        let cert_id = st.record_pending(
+            &mut *st.reg()?,
+            &device,
+            &issued,
+            source,
+            pname,
+            attestation.as_deref(),
+        )?;
         let written = write(link, &mut step);
         run.step = step;
         written?;
@@ -204,10 +226,15 @@ pub(super) fn provision(
     Ok(true)
 }
 
-fn register(st: &Station<'_>, ident: &Identity, serial: &str, pname: &str) -> Result<Device> {
-    let mut reg = st.reg()?;
+fn register(
+    st: &Station<'_>,
+    reg: &mut Store,
+    ident: &Identity,
+    serial: &str,
+    pname: &str,
+) -> Result<Device> {
     st.lookup_or_register(
-        &mut reg,
+        reg,
         &ident.hardware_id,
         serial,
         &ident.model,

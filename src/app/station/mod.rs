@@ -330,13 +330,13 @@ impl Station<'_> {
     /// Records an issued certificate as `unused` (pending) with a `provision.started` event.
     fn record_pending(
         &self,
+        reg: &mut Store,
         device: &Device,
         issued: &Issued,
         source: KeySource,
         port: &str,
         attestation: Option<&[u8]>,
     ) -> Result<i64> {
-        let mut reg = self.reg()?;
         let now = now_rfc3339();
         let tx = reg.write()?;
         let cert_id = crate::app::identity::insert_issued(
