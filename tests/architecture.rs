@@ -4,7 +4,9 @@
 //! - only `src/store/` names rusqlite (the database is behind one seam);
 //! - `src/pki/` names neither the store nor a workflow (the PKI is pure);
 //! - `src/cli/` opens no transaction and holds no connection (workflows own them);
-//! - clap and indicatif stay in `src/cli/` and `src/main.rs`.
+//! - clap and indicatif stay in `src/cli/` and `src/main.rs`;
+//! - workflows reach devices only through `device::DeviceLink`: no protocol session
+//!   or codec outside `src/device/`, `src/wire/` and the simulator.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -107,8 +109,35 @@ fn clap_and_indicatif_stay_in_the_cli() {
 }
 
 #[test]
+fn workflows_reach_devices_only_through_the_device_link() {
+    let bad = offenders(
+        "src",
+        &[
+            "src/device/",
+            "src/wire/",
+            "src/sim/",
+            // Unit tests build links over in-memory sessions.
+            "src/app/station/flow_tests.rs",
+        ],
+        &[
+            "Session<",
+            "Session::",
+            "NrfSession",
+            "wire::nrf91",
+            "SLOT_",
+        ],
+    );
+    assert!(
+        bad.is_empty(),
+        "device protocol outside src/device:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
 fn the_rules_see_a_violation() {
     // The scanner itself: it must find what it is looking for.
     assert!(!offenders("src/store", &[], &["rusqlite"]).is_empty());
     assert!(!offenders("src/cli", &[], &["clap::"]).is_empty());
+    assert!(!offenders("src/device", &[], &["Session<"]).is_empty());
 }

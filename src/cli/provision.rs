@@ -155,7 +155,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| Error::input(format!("{}: cannot read: {e}", p.display())))?;
             Some(
-                crate::wire::nrf91::IdentityKeys::parse(&text)
+                crate::device::nrf91::IdentityKeys::parse(&text)
                     .map_err(|e| Error::input(format!("{}: {e}", p.display())))?,
             )
         }
@@ -172,7 +172,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
         device_profile: a.device_profile.into(),
         baud: a.baud,
         timeout: Duration::from_secs_f64(a.timeout),
-        nrf_identity_keys: id_keys.as_ref(),
+        nrf_identity_keys: id_keys.map(std::sync::Arc::new),
     };
     drop(reg);
     let bars = Bars::new();

@@ -10,7 +10,7 @@ use crate::app::retire::decommission::{self, Given, Request, Selection, StepStat
 use crate::app::retire::revoke::{
     self, Revocation, RevocationResult, RevokeOutcome, RevokeRequest, Untouched,
 };
-use crate::app::retire::{wipe, Progress, WipeContext, WipeLevel};
+use crate::app::retire::{Progress, WipeContext, WipeLevel};
 use crate::error::{exit, Error};
 use crate::pki::crl::{CrlIssued, Reason};
 use crate::store::Store;
@@ -317,11 +317,12 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
         org: config.org.clone(),
         crl: Publication::configured(&ctx.home, &config),
     };
-    let serial_params = wipe::SerialParams {
+    let params = crate::device::LinkParams {
         baud: a.wipe_baud,
         timeout: a.wipe_timeout,
+        nrf_identity_keys: None,
     };
-    let mut opener = |port: &str| wipe::open_serial_link(port, serial_params);
+    let mut opener = |port: &str| crate::device::open_wipe_link(port, params.clone());
     let pb = Bar::new("retiring");
     let summary = decommission::run(
         &mut reg,

@@ -1,8 +1,23 @@
-//! The host side of device links: which device family a port speaks.
+//! The host side of device links: which family a port speaks, and the one trait
+//! ([`DeviceLink`]) that the provisioning flow drives whatever the family, plus the
+//! wipe seam ([`WipeLink`]) that decommissioning drives. Protocol codecs live in
+//! `wire`; this module adapts them to what a workflow needs.
+
+pub mod cradle;
+pub mod nrf91;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::fmt;
+use std::path::Path;
+use std::time::Duration;
 
 use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::attestation::WipeAttestation;
+use crate::error::Result;
+use crate::wire::WireError;
 
 /// Which protocol a device speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -27,4 +42,149 @@ impl fmt::Display for DeviceProfile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// What a device says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub hardware_id: String,
+    /// A factory serial number, if the device has one (else the hardware id serves).
+    pub serial: Option<String>,
+    pub model: String,
+    pub firmware: String,
+    /// The IMEI, for modems.
+    pub imei: Option<String>,
+    /// The identity is sealed (cradle LOCK): it can no longer change.
+    pub sealed: bool,
+}
+
+/// A key the device made: its public key, a CSR for it, and the device's attestation
+/// of that CSR when the family gives one (nRF91 `%KEYGEN` COSE_Sign1), as the evidence
+/// kept with the certificate.
+#[derive(Debug, Clone)]
+pub struct DeviceKey {
+    pub spki_der: Vec<u8>,
+    pub csr_der: Vec<u8>,
+    pub evidence: Option<serde_json::Value>,
+}
+
+/// What goes onto the device. The key (PKCS#8 DER) is only present when the host made
+/// it; the link drops it as soon as the device has it.
+pub struct Burn<'a> {
+    pub key: Option<Zeroizing<Vec<u8>>>,
+    pub cert_der: &'a [u8],
+    /// The CA chain, issuing CA first.
+    pub chain_der: &'a [Vec<u8>],
+}
+
+impl Burn<'_> {
+    /// Bytes of identity to transfer (progress totals).
+    pub fn len(&self) -> u64 {
+        (self.key.as_ref().map_or(0, |k| k.len())
+            + self.cert_der.len()
+            + self.chain_der.iter().map(Vec::len).sum::<usize>()) as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Traffic seen on a link, for reports and the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LinkStats {
+    /// Bytes sent plus bytes received.
+    pub wire_bytes: u64,
+    pub retries: u32,
+    pub resyncs: u32,
+    /// Times the port was reopened after a hang-up.
+    pub reconnects: u32,
+}
+
+/// Progress of a transfer: (step, bytes done, bytes in all).
+pub type OnProgress<'a> = dyn FnMut(&'static str, u64, u64) + 'a;
+
+/// One device on one port, whatever protocol it speaks. Errors are wire errors: the
+/// flow maps them to exit codes and records them.
+pub trait DeviceLink: Send {
+    fn profile(&self) -> DeviceProfile;
+    /// Identifies the device (the first request of every run).
+    fn identify(&mut self) -> std::result::Result<Identity, WireError>;
+    /// Whether this family seals an identity (LOCK). Families that do not hold an
+    /// identity as burned once its credentials are written and verified.
+    fn seals(&self) -> bool;
+    /// Readies the device for key generation and writes (the nRF91 goes offline).
+    fn prepare(&mut self) -> std::result::Result<(), WireError> {
+        Ok(())
+    }
+    /// The device makes a key pair and returns its public key and a CSR.
+    fn generate_key(&mut self) -> std::result::Result<DeviceKey, WireError>;
+    /// Writes key (if the host made one), certificate and chain. `progress` is told each
+    /// step; the step names are what a failure record reports.
+    fn write_identity(
+        &mut self,
+        burn: &mut Burn<'_>,
+        progress: &mut OnProgress<'_>,
+    ) -> std::result::Result<(), WireError>;
+    /// Reads the certificate and chain back (by hash) and fails unless they match.
+    fn verify_identity(
+        &mut self,
+        cert_der: &[u8],
+        chain_der: &[Vec<u8>],
+    ) -> std::result::Result<(), WireError>;
+    /// Seals the identity (no-op for families that do not seal).
+    fn seal(&mut self) -> std::result::Result<(), WireError>;
+    /// Whether the device holds `cert_der` as its identity certificate.
+    fn holds(&mut self, cert_der: &[u8]) -> std::result::Result<bool, WireError>;
+    fn stats(&self) -> LinkStats;
+    /// Family facts worth keeping with a `provision.passed` event.
+    fn details(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
+}
+
+/// Line settings of a link, and what a family needs to check its device.
+#[derive(Debug, Clone)]
+pub struct LinkParams {
+    pub baud: u32,
+    /// How long the device may take to start answering a request.
+    pub timeout: Duration,
+    /// nRF91: modem identity public keys by device UUID (`--nrf-identity-keys`).
+    pub nrf_identity_keys: Option<std::sync::Arc<nrf91::IdentityKeys>>,
+}
+
+impl Default for LinkParams {
+    fn default() -> Self {
+        LinkParams {
+            baud: 115_200,
+            timeout: Duration::from_secs(5),
+            nrf_identity_keys: None,
+        }
+    }
+}
+
+/// Opens the device on `port` as a link of its family.
+pub fn open(
+    profile: DeviceProfile,
+    port: &Path,
+    params: LinkParams,
+) -> std::result::Result<Box<dyn DeviceLink>, WireError> {
+    Ok(match profile {
+        DeviceProfile::Cradle => Box::new(cradle::CradleLink::open(port, params)?),
+        DeviceProfile::Nrf91 => Box::new(nrf91::NrfLink::open(port, params)?),
+    })
+}
+
+/// A connection to one device that can identify itself and wipe on request.
+pub trait WipeLink {
+    /// The device's hardware id.
+    fn hardware_id(&mut self) -> Result<String>;
+    /// Sends WIPE with `nonce`; returns the device's signed attestation.
+    fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation>;
+}
+
+/// Opens a wipe link over the device protocol on a serial port (or pty). Only the cradle
+/// protocol wipes with a signed attestation today.
+pub fn open_wipe_link(port: &str, params: LinkParams) -> Result<Box<dyn WipeLink>> {
+    Ok(Box::new(cradle::CradleLink::open(Path::new(port), params)?))
 }

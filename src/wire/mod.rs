@@ -53,6 +53,10 @@ pub enum WireError {
     Protocol(String),
     #[error("verification failed: {0}")]
     Verify(String),
+    /// The device answered correctly but is not what the run expects (another device
+    /// after a reconnect, a CSR for another key): the message says it all.
+    #[error("{0}")]
+    Unexpected(String),
 }
 
 impl WireError {

@@ -42,49 +42,8 @@ use crate::store::{now_rfc3339, Store, Tx};
 /// Purpose recorded on wipe nonces.
 pub const NONCE_PURPOSE: &str = "wipe";
 
-/// A connection to one device that can identify itself and wipe on request.
-pub trait WipeLink {
-    /// The device's hardware id (the protocol's HELLO).
-    fn hardware_id(&mut self) -> Result<String>;
-    /// Sends WIPE with `nonce`; returns the device's signed attestation.
-    fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation>;
-}
-
-/// Line settings for a wipe over a serial port (`--wipe-baud`, `--wipe-timeout`).
-#[derive(Debug, Clone, Copy)]
-pub struct SerialParams {
-    pub baud: u32,
-    /// How long the device may take to start answering a request.
-    pub timeout: std::time::Duration,
-}
-
-impl Default for SerialParams {
-    fn default() -> Self {
-        SerialParams {
-            baud: 115_200,
-            timeout: std::time::Duration::from_secs(5),
-        }
-    }
-}
-
-/// The device protocol session (cradle-protocol(7)) as a [`WipeLink`]: HELLO gives the
-/// hardware id, WIPE the attestation. Wire errors become `Error::Device` (exit 6).
-struct SerialLink(crate::wire::Session<crate::wire::Port>);
-
-impl WipeLink for SerialLink {
-    fn hardware_id(&mut self) -> Result<String> {
-        Ok(self.0.hello()?.hardware_id)
-    }
-    fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation> {
-        Ok(self.0.wipe(nonce)?)
-    }
-}
-
-/// Opens a wipe link over the device protocol on a serial port (or pty).
-pub fn open_serial_link(port: &str, params: SerialParams) -> Result<Box<dyn WipeLink>> {
-    let session = crate::wire::open(std::path::Path::new(port), params.baud, params.timeout)?;
-    Ok(Box::new(SerialLink(session)))
-}
+// The wipe goes through the device seam: `device::open_wipe_link` opens one.
+pub use crate::device::WipeLink;
 
 /// 32 random bytes from the OS.
 pub fn fresh_nonce() -> [u8; 32] {

@@ -8,34 +8,32 @@
 //! starts over (device not locked) or finishes the recording (device locked with the
 //! pending certificate).
 
-mod nrf;
+mod flow;
+#[cfg(test)]
+mod flow_tests;
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rcgen::{PublicKeyData, SubjectPublicKeyInfo};
+use rcgen::SubjectPublicKeyInfo;
 use serde::Serialize;
-use zeroize::Zeroizing;
 
 use crate::app::identity::{check_serial, vars_for};
 use crate::app::lifecycle;
-use crate::device::DeviceProfile;
+use crate::device::{self, DeviceLink, DeviceProfile, LinkParams};
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
-use crate::pki::cert::sha256_hex;
 use crate::pki::issue::{issue, Issued};
 use crate::pki::profile::Profile;
 use crate::pki::signer::CaSigner;
-use crate::pki::{csr, keys};
 use crate::store::certs::{self, CertStatus, KeySource};
 use crate::store::devices::{self, Device, DeviceStatus};
 use crate::store::{now_rfc3339, provision, Store, Tx};
-use crate::wire::{self, Session, WireError, SLOT_CERT, SLOT_CHAIN, SLOT_KEY};
+use crate::wire;
 
 /// Where the device's key comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -69,7 +67,7 @@ pub struct Station<'a> {
     pub baud: u32,
     pub timeout: Duration,
     /// nrf91: modem identity public keys by device UUID (`--nrf-identity-keys`).
-    pub nrf_identity_keys: Option<&'a crate::wire::nrf91::IdentityKeys>,
+    pub nrf_identity_keys: Option<std::sync::Arc<crate::device::nrf91::IdentityKeys>>,
 }
 
 /// How one port's run ended.
@@ -181,16 +179,55 @@ impl Station<'_> {
         progress: &dyn Progress,
         skip: Option<&Mutex<HashSet<String>>>,
     ) -> PortResult {
+        let params = LinkParams {
+            baud: self.baud,
+            timeout: self.timeout,
+            nrf_identity_keys: self.nrf_identity_keys.clone(),
+        };
+        self.provision_with(
+            &port.display().to_string(),
+            || device::open(self.device_profile, port, params),
+            progress,
+            skip,
+        )
+    }
+
+    /// One run over the link `open` gives (a port, or a pipe in unit tests).
+    fn provision_with(
+        &self,
+        name: &str,
+        open: impl FnOnce() -> std::result::Result<Box<dyn DeviceLink>, wire::WireError>,
+        progress: &dyn Progress,
+        skip: Option<&Mutex<HashSet<String>>>,
+    ) -> PortResult {
         let start = Instant::now();
-        let name = port.display().to_string();
+        let name = name.to_string();
         let mut res = PortResult {
             port: name.clone(),
             ..Default::default()
         };
-        let mut run = Run::default();
-        let outcome = match self.device_profile {
-            DeviceProfile::Cradle => self.run_cradle(port, progress, &mut res, &mut run, skip),
-            DeviceProfile::Nrf91 => nrf::run(self, port, progress, &mut res, &mut run, skip),
+        let mut run = Run {
+            step: "open",
+            ..Run::default()
+        };
+        progress.update(&name, "open", 0, 1);
+        let outcome = match open() {
+            Ok(mut link) => {
+                let port = flow::Port {
+                    name: &name,
+                    progress,
+                    skip,
+                    t0: start,
+                };
+                let r = flow::provision(self, link.as_mut(), port, &mut res, &mut run);
+                let stats = link.stats();
+                res.wire_bytes = stats.wire_bytes;
+                res.retries = stats.retries;
+                res.resyncs = stats.resyncs;
+                res.reconnects = stats.reconnects;
+                r
+            }
+            Err(e) => Err(e.into()),
         };
         match outcome {
             Ok(true) => {
@@ -227,23 +264,6 @@ impl Station<'_> {
             _ => Store::open(&self.registry)?,
         };
         Ok(RegGuard(Some(r)))
-    }
-
-    fn open(&self, port: &Path) -> Result<Session<wire::Port>> {
-        Ok(wire::open(port, self.baud, self.timeout)?)
-    }
-
-    /// Reopens a port after a hang-up; the device may take a moment to come back.
-    fn reopen(&self, port: &Path) -> Result<Session<wire::Port>> {
-        let until = Instant::now() + self.timeout.max(Duration::from_secs(2));
-        loop {
-            std::thread::sleep(Duration::from_millis(200));
-            match self.open(port) {
-                Ok(s) => return Ok(s),
-                Err(e) if Instant::now() >= until => return Err(e),
-                Err(_) => {}
-            }
-        }
     }
 
     fn event(
@@ -294,30 +314,6 @@ impl Station<'_> {
             devices::device_by_id(&tx, id)?.ok_or_else(|| Error::not_found("device vanished"))?;
         tx.commit()?;
         Ok(d)
-    }
-
-    /// Issues the certificate for `spki` and records it as `unused` (pending) with a
-    /// `provision.started` event.
-    fn issue_pending(
-        &self,
-        device: &Device,
-        spki_der: &[u8],
-        source: KeySource,
-        port: &str,
-    ) -> Result<(Issued, i64)> {
-        let spki = SubjectPublicKeyInfo::from_der(spki_der)
-            .map_err(|e| dev_err(format!("device public key: {e}")))?;
-        let vars = vars_for(device, self.org, &self.signer.name, &self.profile.name);
-        let issued = issue(
-            self.signer,
-            self.profile,
-            &vars,
-            &spki,
-            time::OffsetDateTime::now_utc(),
-        )?;
-        let mut reg = self.reg()?;
-        let cert_id = self.record_pending(&mut reg, device, &issued, source, port)?;
-        Ok((issued, cert_id))
     }
 
     /// Issues the certificate for `spki` from the profile.
@@ -446,284 +442,6 @@ impl Station<'_> {
         Ok(())
     }
 
-    /// A device that is already locked: PASS if it holds its registered certificate,
-    /// finish the recording if it holds our pending one, else refuse.
-    fn finish_locked<T: Read + Write>(
-        &self,
-        s: &mut Session<T>,
-        device: &Device,
-        port: &str,
-        res: &mut PortResult,
-    ) -> Result<()> {
-        let st = s.stat(SLOT_CERT)?;
-        if st.len == 0 || st.len > 64 * 1024 {
-            return Err(dev_err(
-                "device is locked but holds no certificate; wipe it before provisioning",
-            ));
-        }
-        let der = s.read_object(SLOT_CERT, st.len as usize)?;
-        let fp = sha256_hex(&der);
-        let reg = self.reg()?;
-        let rec = certs::cert_by_fingerprint(reg.reader(), &fp)?;
-        drop(reg);
-        match rec {
-            Some(r) if r.device_id == device.id => {
-                res.cert_serial = Some(r.serial_hex.clone());
-                res.fingerprint = Some(r.fingerprint.clone());
-                match (r.status, device.status) {
-                    (CertStatus::Active, DeviceStatus::Provisioned) => {
-                        res.already_provisioned = true;
-                        Ok(())
-                    }
-                    (CertStatus::Unused, DeviceStatus::Registered) => {
-                        self.finalize(device.id, r.id, port, serde_json::json!({"resumed": true}), None)
-                    }
-                    (cs, ds) => Err(Error::conflict(format!(
-                        "device {} is locked with certificate {} which is {} in the registry (device is {ds})",
-                        device.serial, r.serial_hex, cs.as_str()
-                    ))),
-                }
-            }
-            _ => Err(dev_err(format!(
-                "device {} is locked with a certificate (sha256 {fp}) this registry did not issue to it; wipe it before provisioning",
-                device.serial
-            ))),
-        }
-    }
-
-    fn run_cradle(
-        &self,
-        port: &Path,
-        progress: &dyn Progress,
-        res: &mut PortResult,
-        run: &mut Run,
-        skip: Option<&Mutex<HashSet<String>>>,
-    ) -> Result<bool> {
-        let pname = port.display().to_string();
-        let t0 = Instant::now();
-        run.step = "open";
-        progress.update(&pname, "open", 0, 1);
-        let mut s = self.open(port)?;
-        run.step = "hello";
-        progress.update(&pname, "hello", 0, 1);
-        let info = s.hello()?;
-        res.hardware_id = Some(info.hardware_id.clone());
-        if let Some(set) = skip {
-            if set.lock().expect("skip set").contains(&info.hardware_id) {
-                return Ok(false);
-            }
-        }
-        let serial = info
-            .serial
-            .clone()
-            .unwrap_or_else(|| info.hardware_id.clone());
-        res.serial = Some(serial.clone());
-        run.step = "register";
-        let mut reg = self.reg()?;
-        // In CSR mode the device makes its key while the registry is searched (registry
-        // work is the largest host-side cost at high line rates). Re-keying before the
-        // registry check is harmless: an unlocked device holds no burned identity.
-        let mut early_keygen = None;
-        let device = if self.mode == Mode::Csr && !info.locked() {
-            progress.update(&pname, "keygen", 0, 1);
-            let (d, kg) = std::thread::scope(|sc| {
-                let h = sc.spawn(|| {
-                    self.lookup_or_register(
-                        &mut reg,
-                        &info.hardware_id,
-                        &serial,
-                        &info.model,
-                        None,
-                        &pname,
-                    )
-                });
-                let kg = s.keygen();
-                (
-                    h.join()
-                        .unwrap_or_else(|_| Err(dev_err("registry worker panicked"))),
-                    kg,
-                )
-            });
-            early_keygen = Some(kg);
-            d?
-        } else {
-            self.lookup_or_register(
-                &mut reg,
-                &info.hardware_id,
-                &serial,
-                &info.model,
-                None,
-                &pname,
-            )?
-        };
-        drop(reg);
-        res.serial = Some(device.serial.clone());
-        run.device = Some(device.clone());
-        let stats_of = |s: &Session<wire::Port>, res: &mut PortResult| {
-            res.wire_bytes += s.stats.tx_bytes + s.stats.rx_bytes;
-            res.retries += s.stats.retries;
-            res.resyncs += s.stats.resyncs;
-        };
-        if info.locked() {
-            run.step = "check locked device";
-            let r = self.finish_locked(&mut s, &device, &pname, res);
-            res.link_seconds = t0.elapsed().as_secs_f64();
-            stats_of(&s, res);
-            return r.map(|_| true);
-        }
-        if device.status != DeviceStatus::Registered {
-            return Err(Error::conflict(format!(
-                "device {} is {} in the registry but the device is not locked (wiped or replaced?); provisioning needs a registered device",
-                device.serial, device.status
-            )));
-        }
-        let mut reconnects = 0;
-        // The key: made on the device (CSR) or here (inject).
-        let (spki, mut key) = match self.mode {
-            Mode::Csr => {
-                run.step = "keygen";
-                progress.update(&pname, "keygen", 0, 1);
-                let (public, csr_der) = loop {
-                    let attempt = match early_keygen.take() {
-                        Some(r) => r,
-                        None => s.keygen(),
-                    };
-                    match attempt {
-                        Ok(v) => break v,
-                        Err(e) if e.is_link_problem() && reconnects < 3 => {
-                            reconnects += 1;
-                            res.reconnects += 1;
-                            stats_of(&s, res);
-                            drop(s);
-                            progress.update(&pname, "reconnect", 0, 1);
-                            s = self.reopen(port)?;
-                            if s.hello()?.hardware_id != info.hardware_id {
-                                return Err(dev_err(format!(
-                                    "after reconnecting, a different device answers on {pname}"
-                                )));
-                            }
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                };
-                let checked = csr::check_csr(&csr_der)
-                    .map_err(|e| dev_err(format!("device sent an unusable CSR: {e}")))?;
-                if checked.spki_der != public {
-                    return Err(dev_err(
-                        "the device's CSR is for a different key than the public key it reported; refusing to issue",
-                    ));
-                }
-                (public, None)
-            }
-            Mode::Inject => {
-                run.step = "keygen";
-                let kp = keys::generate()?;
-                let der = Zeroizing::new(kp.serialize_der());
-                (kp.subject_public_key_info(), Some(der))
-            }
-        };
-        run.step = "issue";
-        progress.update(&pname, "issue", 0, 1);
-        let source = if self.mode == Mode::Csr {
-            KeySource::Device
-        } else {
-            KeySource::Host
-        };
-        let issued = self.issue_cert(&device, &spki)?;
-        run.cert_serial = Some(issued.info.serial_hex.clone());
-        res.cert_serial = Some(issued.info.serial_hex.clone());
-        res.fingerprint = Some(issued.info.fingerprint.clone());
-        let chain: Vec<u8> = self.signer.chain_der.concat();
-        let total = (key.as_ref().map_or(0, |k| k.len()) + issued.der.len() + chain.len()) as u64;
-
-        // The pending record is written while the certificate goes over the line; it is
-        // committed before LOCK, so a device is never locked with an unrecorded certificate.
-        let mut reg = self.reg()?;
-        let ctx = Reconnect {
-            port,
-            pname: &pname,
-            hardware_id: &info.hardware_id,
-            spki: (self.mode == Mode::Csr).then_some(&spki[..]),
-            progress,
-        };
-        let (s_after, cert_id) = std::thread::scope(|sc| -> Result<(Session<wire::Port>, i64)> {
-            let recorder =
-                sc.spawn(|| self.record_pending(&mut reg, &device, &issued, source, &pname));
-            let written = self.with_reconnects(s, &ctx, res, &mut reconnects, |s| {
-                write_and_verify(
-                    s,
-                    &mut key,
-                    &issued.der,
-                    &chain,
-                    total,
-                    &pname,
-                    progress,
-                    run,
-                )
-            });
-            let cert_id = recorder
-                .join()
-                .unwrap_or_else(|_| Err(dev_err("registry worker panicked")))?;
-            let (s, ()) = written?;
-            run.step = "lock";
-            progress.update(&pname, "lock", total, total);
-            let (s, ()) = self.with_reconnects(s, &ctx, res, &mut reconnects, |s| s.lock())?;
-            Ok((s, cert_id))
-        })?;
-        drop(reg);
-        let s = s_after;
-        res.link_seconds = t0.elapsed().as_secs_f64();
-        stats_of(&s, res);
-        drop(s);
-        run.step = "record";
-        progress.update(&pname, "record", total, total);
-        self.finalize(device.id, cert_id, &pname, serde_json::json!({
-            "wire_bytes": res.wire_bytes, "link_seconds": res.link_seconds, "reconnects": res.reconnects,
-        }), None)?;
-        Ok(true)
-    }
-
-    /// Runs `op`, reopening the port and retrying after a hang-up or a timeout (the
-    /// operations are resumable). Returns the session that finally worked.
-    fn with_reconnects<T>(
-        &self,
-        mut s: Session<wire::Port>,
-        c: &Reconnect<'_>,
-        res: &mut PortResult,
-        reconnects: &mut u32,
-        mut op: impl FnMut(&mut Session<wire::Port>) -> std::result::Result<T, WireError>,
-    ) -> Result<(Session<wire::Port>, T)> {
-        loop {
-            match op(&mut s) {
-                Ok(v) => return Ok((s, v)),
-                Err(e) if e.is_link_problem() && *reconnects < 3 => {
-                    *reconnects += 1;
-                    res.reconnects += 1;
-                    res.wire_bytes += s.stats.tx_bytes + s.stats.rx_bytes;
-                    res.retries += s.stats.retries;
-                    res.resyncs += s.stats.resyncs;
-                    // Close first: the port is opened exclusively.
-                    drop(s);
-                    c.progress.update(c.pname, "reconnect", 0, 1);
-                    s = self.reopen(c.port)?;
-                    let again = s.hello()?;
-                    if again.hardware_id != c.hardware_id {
-                        return Err(dev_err(format!(
-                            "after reconnecting, a different device ({}) answers on {}",
-                            again.hardware_id, c.pname
-                        )));
-                    }
-                    if c.spki.is_some() && again.public_key.as_deref() != c.spki {
-                        return Err(dev_err(
-                            "after reconnecting, the device no longer holds the key that was certified",
-                        ));
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
     /// Provisions every port in parallel (one thread each).
     pub fn provision_all(&self, ports: &[PathBuf], progress: &dyn Progress) -> Vec<PortResult> {
         std::thread::scope(|sc| {
@@ -797,50 +515,6 @@ impl Station<'_> {
         });
         results.into_inner().expect("results")
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn write_and_verify<T: Read + Write>(
-    s: &mut Session<T>,
-    key: &mut Option<Zeroizing<Vec<u8>>>,
-    cert: &[u8],
-    chain: &[u8],
-    total: u64,
-    pname: &str,
-    progress: &dyn Progress,
-    run: &mut Run,
-) -> std::result::Result<(), WireError> {
-    let mut base = 0u64;
-    if let Some(k) = key.as_ref() {
-        run.step = "write key";
-        s.write_object(SLOT_KEY, k, &mut |d, _| {
-            progress.update(pname, "write key", d, total)
-        })?;
-        base += k.len() as u64;
-        // The device has it; the host forgets it.
-        *key = None;
-    }
-    run.step = "write cert";
-    s.write_object(SLOT_CERT, cert, &mut |d, _| {
-        progress.update(pname, "write cert", base + d, total)
-    })?;
-    base += cert.len() as u64;
-    run.step = "write chain";
-    s.write_object(SLOT_CHAIN, chain, &mut |d, _| {
-        progress.update(pname, "write chain", base + d, total)
-    })?;
-    run.step = "read back";
-    progress.update(pname, "read back", total, total);
-    s.verify_objects(&[(SLOT_CERT, cert), (SLOT_CHAIN, chain)])
-}
-
-/// What a reconnect must check: the same device, still holding the certified key.
-struct Reconnect<'a> {
-    port: &'a Path,
-    pname: &'a str,
-    hardware_id: &'a str,
-    spki: Option<&'a [u8]>,
-    progress: &'a dyn Progress,
 }
 
 /// Expands a path pattern whose last component may hold `*` and `?` (sorted; hidden
