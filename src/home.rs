@@ -18,7 +18,7 @@ pub const TEMPLATES_DIR: &str = "templates";
 pub struct Config {
     /// Station name recorded on every event this home writes.
     pub station: String,
-    /// Organisation name used by the shipped profiles (`{org}`).
+    /// Organisation name used by the shipped profiles (`{org?}`); empty leaves O out.
     pub org: String,
     /// Profile used by `identity issue` when `--profile` is not given.
     pub default_profile: String,
@@ -32,7 +32,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             station: default_station(),
-            org: "cradle".into(),
+            org: String::new(),
             default_profile: "device".into(),
             crl_path: "ca/crl.pem".into(),
             crl_next_update_days: 7,

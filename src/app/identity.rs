@@ -88,7 +88,20 @@ pub fn vars_for(device: &Device, org: &str, ca_name: &str, profile: &str) -> Var
             v.insert(format!("attr.{k}"), text);
         }
     }
-    v.insert("org".into(), org.into());
+    // RFC 9039 `urn:dev:mac:` wants the bare lower-case hex digits.
+    if let Some(mac) = v.get("mac") {
+        let hex: String = mac
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if !hex.is_empty() {
+            v.insert("mac_hex".into(), hex);
+        }
+    }
+    if !org.is_empty() {
+        v.insert("org".into(), org.into());
+    }
     v.insert("ca_name".into(), ca_name.into());
     v.insert("profile".into(), profile.into());
     v

@@ -7,8 +7,8 @@ pub struct InitArgs {
     /// Station name recorded on events (default: host name)
     #[arg(long)]
     station: Option<String>,
-    /// Organisation name used in certificate subjects
-    #[arg(long, default_value = "cradle")]
+    /// Organisation name for certificate subjects (O=); without it, subjects carry no O
+    #[arg(long, default_value = "")]
     org: String,
 }
 

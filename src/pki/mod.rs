@@ -8,6 +8,7 @@ pub mod issue;
 pub mod keys;
 pub mod mark;
 pub mod profile;
+mod san;
 pub mod signer;
 #[cfg(test)]
 pub(crate) mod testing;

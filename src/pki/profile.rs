@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::san;
 use rcgen::{
-    BasicConstraints, CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, DnValue,
-    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName,
+    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType,
 };
 use serde::Deserialize;
 use time::{Duration, OffsetDateTime};
@@ -38,6 +39,7 @@ pub const VARIABLES: &[&str] = &[
     "location",
     "owner",
     "mac",
+    "mac_hex",
     "imei",
     "org",
     "ca_name",
@@ -69,6 +71,17 @@ struct RawSan {
     email: Vec<String>,
     #[serde(default)]
     ip: Vec<String>,
+    /// RFC 4108 hardwareModuleName otherName (IEEE 802.1AR DevIDs).
+    hardware_module: Option<RawHardwareModule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHardwareModule {
+    /// hwType: an OID under the manufacturer's arc (dotted decimal).
+    hw_type: String,
+    /// hwSerialNum template.
+    serial: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -132,6 +145,8 @@ pub struct Profile {
     san_uri: Vec<Tpl>,
     san_email: Vec<Tpl>,
     san_ip: Vec<Tpl>,
+    /// hwType arcs and the hwSerialNum template.
+    san_hw: Option<(Vec<u64>, Tpl)>,
     pub validity: Validity,
     backdate: u32,
     key_usage: Vec<KeyUsagePurpose>,
@@ -265,6 +280,19 @@ impl Profile {
         }
 
         let map = |v: &[String]| v.iter().map(|s| tpl(s)).collect::<Result<Vec<_>>>();
+        let san_hw = match &raw.san.hardware_module {
+            None => None,
+            Some(hw) => {
+                let arcs = san::parse_oid(&hw.hw_type).ok_or_else(|| {
+                    Error::input_at(
+                        source,
+                        at(&hw.hw_type),
+                        format!("hardware_module.hw_type '{}' is not an OID", hw.hw_type),
+                    )
+                })?;
+                Some((arcs, tpl(&hw.serial)?))
+            }
+        };
         Ok(Profile {
             name: name.to_string(),
             source: source.to_string(),
@@ -276,6 +304,7 @@ impl Profile {
             san_uri: map(&raw.san.uri)?,
             san_email: map(&raw.san.email)?,
             san_ip: map(&raw.san.ip)?,
+            san_hw,
             validity,
             backdate: raw.validity.backdate_seconds,
             key_usage,
@@ -307,6 +336,7 @@ impl Profile {
             .chain(&self.san_uri)
             .chain(&self.san_email)
             .chain(&self.san_ip)
+            .chain(self.san_hw.iter().map(|(_, t)| t))
             .chain(&self.crl_dps)
     }
 
@@ -335,7 +365,7 @@ impl Profile {
         }
         params.distinguished_name = dn;
         for t in &self.san_dns {
-            if let Some(v) = self.fill(t, vars)? {
+            if let Some(v) = self.fill_whole(t, vars)? {
                 let s = v
                     .clone()
                     .try_into()
@@ -344,7 +374,7 @@ impl Profile {
             }
         }
         for t in &self.san_uri {
-            if let Some(v) = self.fill(t, vars)? {
+            if let Some(v) = self.fill_whole(t, vars)? {
                 let s = v
                     .clone()
                     .try_into()
@@ -353,7 +383,7 @@ impl Profile {
             }
         }
         for t in &self.san_email {
-            if let Some(v) = self.fill(t, vars)? {
+            if let Some(v) = self.fill_whole(t, vars)? {
                 let s = v
                     .clone()
                     .try_into()
@@ -362,11 +392,24 @@ impl Profile {
             }
         }
         for t in &self.san_ip {
-            if let Some(v) = self.fill(t, vars)? {
+            if let Some(v) = self.fill_whole(t, vars)? {
                 let ip = v
                     .parse()
                     .map_err(|_| self.value_err(t, format!("'{v}' is not an IP address")))?;
                 params.subject_alt_names.push(SanType::IpAddress(ip));
+            }
+        }
+        if let Some((hw_type, t)) = &self.san_hw {
+            if let Some(serial) = self.fill_whole(t, vars)? {
+                // rcgen's otherName holds only strings; hardwareModuleName is a
+                // SEQUENCE, so the whole SAN is encoded here instead.
+                let names = std::mem::take(&mut params.subject_alt_names);
+                params
+                    .custom_extensions
+                    .push(CustomExtension::from_oid_content(
+                        &[2, 5, 29, 17],
+                        san::with_hardware_module(&names, hw_type, serial.as_bytes()),
+                    ));
             }
         }
         for t in &self.crl_dps {
@@ -444,6 +487,19 @@ impl Profile {
             return Ok(None);
         }
         Ok(Some(out))
+    }
+
+    /// For names that mean nothing half-filled (SAN entries, hwSerialNum): `None` when any
+    /// optional placeholder has no value, so `urn:dev:mac:{mac_hex?}` never becomes
+    /// `urn:dev:mac:`.
+    fn fill_whole(&self, t: &Tpl, vars: &Vars) -> Result<Option<String>> {
+        let missing = placeholders(&t.raw)
+            .into_iter()
+            .any(|(name, optional)| optional && vars.get(&name).is_none_or(|v| v.is_empty()));
+        if missing {
+            return Ok(None);
+        }
+        self.fill(t, vars)
     }
 }
 
