@@ -812,6 +812,11 @@ fn commit_chunk(
         )?;
     }
 
+    // Commit before any certificate leaves the process: a kill between the two must
+    // never leave a bundle line or key file for a certificate the registry lacks.
+    // The opposite loss (recorded, output not written) is visible in the registry
+    // and revocable.
+    tx.commit()?;
     let mut staged = StagedFiles::new();
     let mut bundle = bundle;
     let bundle_start = bundle.as_ref().map(|(_, len)| *len);
@@ -822,8 +827,7 @@ fn commit_chunk(
         &ctx.signer.chain_pem,
         &mut staged,
     );
-    let outcome = files.and_then(|_| tx.commit());
-    if outcome.is_ok() {
+    if files.is_ok() {
         staged.keep();
     } else {
         staged.discard();
@@ -833,7 +837,20 @@ fn commit_chunk(
             *len = start;
         }
     }
-    outcome
+    // Name what is recorded but undelivered, keeping the error's kind (and exit code).
+    files.map_err(|e| match (e, made.first(), made.last()) {
+        (Error::Io { path, source }, Some(a), Some(b)) => Error::Io {
+            path,
+            source: std::io::Error::new(
+                source.kind(),
+                format!(
+                    "{source} (devices {}..{} are recorded but their keys were not written: revoke and re-issue them)",
+                    a.serial, b.serial
+                ),
+            ),
+        },
+        (e, _, _) => e,
+    })
 }
 
 fn write_chunk_files(
