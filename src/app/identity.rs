@@ -632,8 +632,11 @@ pub fn batch(
     }
     let mut done = 0usize;
     let want_bundle = out.bundle.is_some();
-    // Checkpoint the WAL less often while bulk-inserting; restored below.
-    reg.set_autocheckpoint(16384)?;
+    // Checkpoint the WAL less often while bulk-inserting, but bounded: 32 MiB (1024
+    // pages of 32 KiB) keeps a lost or damaged -wal from taking more than ~20k devices'
+    // worth of commits with it, and readers from walking a huge WAL; the cost is small
+    // next to key generation. Restored below.
+    reg.set_autocheckpoint((32 << 20) / crate::store::PAGE_SIZE as u32)?;
     // Keys and certificates for chunk N+1 are made on the worker pool while chunk N
     // is committed here: the registry thread is the bottleneck, so keep it busy.
     let result = std::thread::scope(|scope| -> Result<()> {
