@@ -983,9 +983,8 @@ fn attr_variables_render_the_attribute_not_the_same_named_column() {
     }
 }
 
-/// Output files are written before the registry commit; when one of them cannot be
-/// written, the ones already written are removed again and nothing is recorded (a
-/// single issue checks its two files up front; a batch finds the clash mid-chunk).
+/// An output file that already exists is found before anything is recorded or written
+/// (a batch checks every name up front, since its chunks commit before their files).
 #[test]
 fn a_failed_output_file_takes_the_others_back() {
     let env = Env::with_ca();
@@ -1013,10 +1012,10 @@ fn a_failed_output_file_takes_the_others_back() {
         "--passphrase-file",
         env.pass(),
     ];
-    // The batch's unsynced bulk writer reports the clash as an I/O error (exit 8).
+    // Both check every output name before recording anything.
     for (args, code, says) in [
         (&single[..], 7, "already exists"),
-        (&batch[..], 8, "File exists"),
+        (&batch[..], 7, "already exists"),
     ] {
         let err = env.fails(args, code);
         assert!(err.contains(says), "{err}");

@@ -603,7 +603,9 @@ pub fn batch(
     }
     if let Some(dir) = &out.dir {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        for s in serials.iter().take(1) {
+        // Every name up front: chunks commit before their files are written, so a clash
+        // found mid-batch would leave recorded devices without keys.
+        for s in serials {
             let (k, c) = file_names(dir, s);
             if k.exists() || c.exists() {
                 return Err(Error::conflict(format!("{} already exists", k.display())));
