@@ -616,7 +616,9 @@ pub fn batch(
     }
     if let Some(dir) = &out.dir {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        for s in serials.iter().take(1) {
+        // Every name up front: chunks commit before their files are written, so a clash
+        // found mid-batch would leave recorded devices without keys.
+        for s in serials {
             let (k, c) = file_names(dir, s);
             if k.exists() || c.exists() {
                 return Err(Error::conflict(format!("{} already exists", k.display())));
@@ -645,8 +647,11 @@ pub fn batch(
     }
     let mut done = 0usize;
     let want_bundle = out.bundle.is_some();
-    // Checkpoint the WAL less often while bulk-inserting; restored below.
-    reg.set_autocheckpoint(16384)?;
+    // Checkpoint the WAL less often while bulk-inserting, but bounded: 32 MiB (1024
+    // pages of 32 KiB) keeps a lost or damaged -wal from taking more than ~20k devices'
+    // worth of commits with it, and readers from walking a huge WAL; the cost is small
+    // next to key generation. Restored below.
+    reg.set_autocheckpoint((32 << 20) / crate::store::PAGE_SIZE as u32)?;
     // Keys and certificates for chunk N+1 are made on the worker pool while chunk N
     // is committed here: the registry thread is the bottleneck, so keep it busy.
     let result = std::thread::scope(|scope| -> Result<()> {
@@ -825,6 +830,11 @@ fn commit_chunk(
         )?;
     }
 
+    // Commit before any certificate leaves the process: a kill between the two must
+    // never leave a bundle line or key file for a certificate the registry lacks.
+    // The opposite loss (recorded, output not written) is visible in the registry
+    // and revocable.
+    tx.commit()?;
     let mut staged = StagedFiles::new();
     let mut bundle = bundle;
     let bundle_start = bundle.as_ref().map(|(_, len)| *len);
@@ -835,8 +845,7 @@ fn commit_chunk(
         &ctx.signer.chain_pem,
         &mut staged,
     );
-    let outcome = files.and_then(|_| tx.commit());
-    if outcome.is_ok() {
+    if files.is_ok() {
         staged.keep();
     } else {
         staged.discard();
@@ -846,7 +855,20 @@ fn commit_chunk(
             *len = start;
         }
     }
-    outcome
+    // Name what is recorded but undelivered, keeping the error's kind (and exit code).
+    files.map_err(|e| match (e, made.first(), made.last()) {
+        (Error::Io { path, source }, Some(a), Some(b)) => Error::Io {
+            path,
+            source: std::io::Error::new(
+                source.kind(),
+                format!(
+                    "{source} (devices {}..{} are recorded but their keys were not written: revoke and re-issue them)",
+                    a.serial, b.serial
+                ),
+            ),
+        },
+        (e, _, _) => e,
+    })
 }
 
 fn write_chunk_files(
