@@ -89,10 +89,12 @@ pub fn run(ctx: &Ctx, cmd: LogCommand) -> anyhow::Result<i32> {
 
 fn verify(ctx: &Ctx) -> anyhow::Result<i32> {
     let reg = ctx.registry()?;
-    let report = events::verify_chain(reg.reader())?;
+    // One read transaction for the chain and the device it names.
+    let snap = reg.snapshot()?;
+    let report = events::verify_chain(&snap)?;
     let device = match &report.first_break {
-        Some(b) => match q::event_device(reg.reader(), b.event_id)? {
-            Some(id) => q::device_serial(reg.reader(), id)?,
+        Some(b) => match q::event_device(&snap, b.event_id)? {
+            Some(id) => q::device_serial(&snap, id)?,
             None => None,
         },
         None => None,

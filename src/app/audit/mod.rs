@@ -171,6 +171,9 @@ pub fn run(
     sink: &mut dyn FnMut(Finding) -> Result<()>,
 ) -> Result<Summary> {
     let started = std::time::Instant::now();
+    // Every check reads one snapshot: a station committing meanwhile would otherwise
+    // make the chain head and the events disagree (a false tamper alarm).
+    let _snapshot = conn.read_snapshot()?;
     let mut summary = Summary {
         devices: q::device_count(conn)?,
         ..Default::default()
