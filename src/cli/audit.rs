@@ -102,7 +102,7 @@ fn run_inner(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
     if a.list_checks {
         return list_checks(format);
     }
-    let reg = ctx.registry()?;
+    let reg = ctx.registry_read()?;
     let mut opts = Options::new(time::OffsetDateTime::now_utc().unix_timestamp());
     opts.expiring_within_days = a.expiring_within;
     opts.stuck_after_days = a.stuck_after;

@@ -194,7 +194,7 @@ struct CaView {
 }
 
 fn show(ctx: &Ctx) -> anyhow::Result<i32> {
-    let reg = ctx.registry()?;
+    let reg = ctx.registry_read()?;
     crate::app::ca::active_issuing(&reg)?;
     let views: Vec<CaView> = cas::all_cas(reg.reader())?
         .into_iter()
@@ -227,7 +227,7 @@ fn show(ctx: &Ctx) -> anyhow::Result<i32> {
 }
 
 fn export(ctx: &Ctx, root: bool, issuing: bool, out: Option<PathBuf>) -> anyhow::Result<i32> {
-    let reg = ctx.registry()?;
+    let reg = ctx.registry_read()?;
     let issuing_rec = crate::app::ca::active_issuing(&reg)?;
     let pem = if root {
         let r = cas::active_ca(reg.reader(), CaRole::Root)?

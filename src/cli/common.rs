@@ -32,6 +32,21 @@ impl Ctx {
         Ok(Store::open(&self.home.registry_path())?)
     }
 
+    /// Opens the registry for a command that only reads: works on a read-only file,
+    /// directory or file system, and says once when it cannot see concurrent writes.
+    pub fn registry_read(&self) -> anyhow::Result<Store> {
+        self.home.require_initialised()?;
+        let path = self.home.registry_path();
+        let (reg, access) = Store::open_for_reading(&path)?;
+        if access == crate::store::ReadAccess::Immutable {
+            eprintln!(
+                "note: registry {} and its directory are read-only: reading it as an immutable snapshot (writes by other stations meanwhile are not seen)",
+                path.display()
+            );
+        }
+        Ok(reg)
+    }
+
     pub fn config(&self) -> anyhow::Result<Config> {
         Ok(self.home.load_config()?)
     }

@@ -147,7 +147,7 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
             batch,
         } => {
             let f = filter(status, site, batch)?;
-            let reg = ctx.registry()?;
+            let reg = ctx.registry_read()?;
             if ctx.json {
                 // Streamed: a large fleet is not held in memory.
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -183,7 +183,7 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         DeviceCommand::Show { serial } => {
-            let reg = ctx.registry()?;
+            let reg = ctx.registry_read()?;
             let d = require_device(reg.reader(), &serial)?;
             let certificates = q::cert_counts(reg.reader(), d.id)?.into_iter().collect();
             let out = ShowOut {
@@ -224,7 +224,7 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         DeviceCommand::History { serial } => {
-            let reg = ctx.registry()?;
+            let reg = ctx.registry_read()?;
             let d = require_device(reg.reader(), &serial)?;
             let events = events_for_device(reg.reader(), d.id)?;
             if ctx.json {
@@ -328,7 +328,7 @@ fn print_edit(ctx: &Ctx, o: &EditOutcome) -> anyhow::Result<i32> {
 
 /// `cradle status`: the fleet by state, site and batch.
 pub fn status(ctx: &Ctx) -> anyhow::Result<i32> {
-    let reg = ctx.registry()?;
+    let reg = ctx.registry_read()?;
     let s: FleetSummary = q::fleet_summary(reg.reader())?;
     if ctx.json {
         print_json(&s)?;

@@ -229,7 +229,7 @@ pub fn run(ctx: &Ctx, cmd: IdentityCommand) -> anyhow::Result<i32> {
         IdentityCommand::Verify { cert } => {
             let bytes = read_limited(&cert, 1024 * 1024)?;
             let der = read_certs(&bytes, &cert.display().to_string())?.remove(0);
-            let reg = ctx.registry()?;
+            let reg = ctx.registry_read()?;
             let v = crate::app::identity::verify(
                 &reg,
                 &der,
@@ -307,7 +307,7 @@ struct CertView {
 }
 
 fn show(ctx: &Ctx, serial: &str) -> anyhow::Result<i32> {
-    let reg = ctx.registry()?;
+    let reg = ctx.registry_read()?;
     let dev = devices::require_device(reg.reader(), serial)?;
     let certs: Vec<CertView> = certs::certs_for_device(reg.reader(), dev.id)?
         .into_iter()

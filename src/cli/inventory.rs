@@ -231,7 +231,7 @@ pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
                 FormatArg::Json => Format::Json,
                 FormatArg::Jsonl => Format::Jsonl,
             };
-            let reg = ctx.registry()?;
+            let reg = ctx.registry_read()?;
             let pb = progress_bar(0, "export");
             pb.set_length(crate::store::inventory::approx_device_count(reg.reader())?);
             let mut tick = |n: u64| pb.set_position(n);

@@ -63,7 +63,7 @@ pub fn run(ctx: &Ctx, cmd: LogCommand) -> anyhow::Result<i32> {
                 (None, false) => ExportFormat::Jsonl,
             };
             let since = since.as_deref().map(parse_since).transpose()?;
-            let reg = ctx.registry()?;
+            let reg = ctx.registry_read()?;
             if let Some(d) = &device {
                 crate::store::devices::require_device(reg.reader(), d)?;
             }
@@ -88,7 +88,7 @@ pub fn run(ctx: &Ctx, cmd: LogCommand) -> anyhow::Result<i32> {
 }
 
 fn verify(ctx: &Ctx) -> anyhow::Result<i32> {
-    let reg = ctx.registry()?;
+    let reg = ctx.registry_read()?;
     // One read transaction for the chain and the device it names.
     let snap = reg.snapshot()?;
     let report = events::verify_chain(&snap)?;

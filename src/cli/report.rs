@@ -46,7 +46,7 @@ pub fn run(ctx: &Ctx, cmd: ReportCommand) -> anyhow::Result<i32> {
 }
 
 fn fleet(ctx: &Ctx, a: FleetArgs) -> anyhow::Result<i32> {
-    let reg = ctx.registry()?;
+    let reg = ctx.registry_read()?;
     let mut opts = Options::new(time::OffsetDateTime::now_utc().unix_timestamp());
     opts.expiring_within_days = a.expiring_within;
     opts.stuck_after_days = a.stuck_after;

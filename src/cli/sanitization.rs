@@ -31,7 +31,7 @@ pub struct SanitizationArgs {
 }
 
 pub fn run(ctx: &Ctx, a: SanitizationArgs) -> anyhow::Result<i32> {
-    let reg = ctx.registry()?;
+    let reg = ctx.registry_read()?;
     let config = ctx.config()?;
     let dev = devices::require_device(reg.reader(), &a.serial)?;
     let cert = report::build(reg.reader(), &dev, &config.org)?;

@@ -15,6 +15,10 @@ pub enum StoreError {
     /// The file is not a usable registry: corrupt, foreign, or from a newer cradle.
     #[error("registry {path}: {msg}")]
     Corrupt { path: PathBuf, msg: String },
+    /// The registry cannot be written (read-only file, directory or file system) and
+    /// the command writes.
+    #[error("registry {0} is read-only (file, directory or file system): this command writes to it; run it where the registry is writable")]
+    ReadOnly(PathBuf),
     /// A uniqueness or reference rule of the schema refused the change.
     #[error("database error: {0}")]
     Constraint(String),
@@ -65,6 +69,9 @@ pub(super) fn file_err(path: &std::path::Path, e: rusqlite::Error) -> Error {
         }
         Some(rusqlite::ErrorCode::DatabaseCorrupt) => "database file is corrupt".to_string(),
         _ if is_busy(&e) => return Error::Store(StoreError::Busy),
+        Some(rusqlite::ErrorCode::ReadOnly) => {
+            return Error::Store(StoreError::ReadOnly(path.to_path_buf()))
+        }
         _ => e.to_string(),
     };
     Error::Store(StoreError::corrupt(path, msg))

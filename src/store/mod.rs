@@ -24,6 +24,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 pub use cas::{CaRecord, CaRole, NewCa};
 pub use certs::{CertRecord, CertStatus, KeySource, NewCert};
 pub use devices::{Device, DeviceStatus, NewDevice};
+
 pub use error::StoreError;
 use error::{file_err, is_busy};
 pub use events::Event;
@@ -60,6 +61,47 @@ pub struct Store {
     path: PathBuf,
     /// `begin_bulk` left WAL mode; `end_bulk` goes back.
     bulk: bool,
+}
+
+/// How `Store::open_for_reading` could open the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAccess {
+    /// Opened as any writer would (the file is writable).
+    Normal,
+    /// The file cannot be written: SQLite `mode=ro`; other stations' commits are seen.
+    ReadOnly,
+    /// Not even the WAL index can be created (read-only directory or file system, no
+    /// `-wal` file): SQLite `immutable=1`, which assumes nobody changes the file.
+    Immutable,
+}
+
+/// Whether this process may write `path` (the OS answers: read-only mounts and
+/// permission bits for the real user, root included on a read-only file system).
+fn writable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// `path` as a SQLite URI filename with `query`: characters SQLite's URI parser would
+/// read as syntax are percent-encoded.
+fn sqlite_uri(path: &Path, query: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut uri = String::from("file:");
+    for &b in abs.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push('?');
+    uri.push_str(query);
+    uri
 }
 
 impl Store {
@@ -102,6 +144,16 @@ impl Store {
                 path.display()
             ))));
         }
+        // SQLite would silently open a read-only file read-only and fail at the first
+        // write half-way through a workflow; say so up front, naming the file. A
+        // registry whose WAL index cannot be created fails the same way.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let shm = Store::sibling(path, "-shm");
+        if !writable(path)
+            || (dir.is_some_and(|d| !writable(d)) && !(shm.exists() && writable(&shm)))
+        {
+            return Err(Error::Store(StoreError::ReadOnly(path.to_path_buf())));
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         init_sqlite();
         let conn = Connection::open_with_flags(path, flags).map_err(|e| file_err(path, e))?;
@@ -114,6 +166,63 @@ impl Store {
         reg.check_identity()?;
         reg.migrate()?;
         Ok(reg)
+    }
+
+    /// Opens an existing registry for a command that only reads: as `open` when the
+    /// file is writable, else read-only (`mode=ro`), else, when the WAL index cannot
+    /// be created and no WAL is waiting, `immutable=1`. Never migrates a read-only file.
+    pub fn open_for_reading(path: &Path) -> Result<(Store, ReadAccess)> {
+        if !path.exists() || writable(path) {
+            return Ok((Store::open(path)?, ReadAccess::Normal));
+        }
+        match Store::open_with_uri(path, "mode=ro") {
+            Ok(s) => Ok((s, ReadAccess::ReadOnly)),
+            // Read-only WAL access needs the -shm file; with neither it nor a WAL
+            // there is nothing newer than the file, so reading it as immutable is exact.
+            Err(e) if !Store::sibling(path, "-wal").exists() => {
+                match Store::open_with_uri(path, "immutable=1") {
+                    Ok(s) => Ok((s, ReadAccess::Immutable)),
+                    Err(_) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_with_uri(path: &Path, query: &str) -> Result<Store> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        init_sqlite();
+        let conn = Connection::open_with_flags(sqlite_uri(path, query), flags)
+            .map_err(|e| file_err(path, e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| file_err(path, e))?;
+        let reg = Store {
+            conn,
+            path: path.to_path_buf(),
+            bulk: false,
+        };
+        reg.check_identity()?;
+        let version = reg.schema_version().map_err(|_| {
+            Error::Store(StoreError::corrupt(path, "cannot read the schema version"))
+        })?;
+        if version != schema::MIGRATIONS.len() {
+            return Err(Error::Store(StoreError::corrupt(
+                path,
+                format!(
+                    "read-only registry has schema version {version}, this cradle needs {}: open it once where it is writable",
+                    schema::MIGRATIONS.len()
+                ),
+            )));
+        }
+        Ok(reg)
+    }
+
+    fn sibling(path: &Path, suffix: &str) -> PathBuf {
+        let mut p = path.to_path_buf().into_os_string();
+        p.push(suffix);
+        PathBuf::from(p)
     }
 
     /// An in-memory registry (unit tests).
@@ -137,11 +246,7 @@ impl Store {
     /// The registry file and its WAL and shared-memory files: what an output file
     /// must never replace.
     pub fn files(&self) -> [PathBuf; 3] {
-        let with = |suffix: &str| {
-            let mut p = self.path.clone().into_os_string();
-            p.push(suffix);
-            PathBuf::from(p)
-        };
+        let with = |suffix: &str| Store::sibling(&self.path, suffix);
         [self.path.clone(), with("-wal"), with("-shm")]
     }
 
