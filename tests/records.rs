@@ -76,3 +76,74 @@ fn log_verify_and_audit_raise_no_false_alarm_while_a_station_writes() {
         false_alarms.join("\n")
     );
 }
+
+/// Runs cradle on `e`'s home as an unprivileged user (nobody), who may read the
+/// registry but not write it or its directory: what an auditor with a read-only copy
+/// has. Works as root (CI and this machine); `None` where setpriv cannot switch users.
+fn as_reader(e: &Env, args: &[&str]) -> Option<std::process::Output> {
+    use std::os::unix::fs::PermissionsExt;
+    if unsafe_geteuid() != 0 {
+        return None;
+    }
+    // Let nobody traverse and read the home (a test home; nothing here is secret).
+    for p in walk(e.dir.path()) {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_cradle"))
+        .arg("--home")
+        .arg(&e.home)
+        .args(args)
+        .env_remove("CRADLE_HOME")
+        .output()
+        .unwrap();
+    Some(o)
+}
+
+fn unsafe_geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_reader_who_may_not_write_reads_and_a_writer_is_refused_naming_the_file() {
+    let e = fleet(3);
+    let reg = e.registry();
+    for args in [
+        &["device", "list", "--json"][..],
+        &["device", "show", "DEV-001"],
+        &["status"],
+        &["log", "verify"],
+    ] {
+        let Some(o) = as_reader(&e, args) else {
+            eprintln!("skipping: not root, cannot run as another user");
+            return;
+        };
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{args:?} exit {:?}: {err}", o.status.code());
+        // Said once when it had to fall back, naming nothing secret.
+        assert!(err.lines().count() <= 1, "{args:?}: {err}");
+    }
+    let o = as_reader(&e, &["device", "set", "DEV-001", "notes=x"]).unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(err.contains(reg.to_str().unwrap()), "names the file: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    // Nothing was written: the registry as root still has no such note.
+    assert!(!e.ok(&["device", "show", "DEV-001", "--json"]).contains("\"x\""));
+}
