@@ -45,6 +45,12 @@ impl OutFile {
     /// A temporary file beside `path` with `mode`. `keep` lists files that `path`
     /// must not be (compared by device and inode, so links and other spellings count).
     pub fn create(path: &Path, mode: u32, keep: &[impl AsRef<Path>]) -> Result<OutFile> {
+        refuse_protected(path)?;
+        OutFile::create_unguarded(path, mode, keep)
+    }
+
+    /// As `create`, for cradle's own files under the home (the published CRL).
+    fn create_unguarded(path: &Path, mode: u32, keep: &[impl AsRef<Path>]) -> Result<OutFile> {
         let keep = keep.iter().map(AsRef::as_ref);
         if let Some(k) = keep.into_iter().find(|k| same_file(path, k)) {
             return Err(Error::usage(format!(
@@ -160,6 +166,78 @@ pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, overwrite: boo
     } else {
         f.commit_new()
     }
+}
+
+/// Replaces a file cradle itself keeps under the home (the published CRL): the one
+/// writer allowed past the home guard.
+pub fn replace_own_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    let mut f = OutFile::create_unguarded(path, mode, &[] as &[&Path])?;
+    f.write_all(contents).map_err(|e| Error::io(path, e))?;
+    f.commit()
+}
+
+/// The home whose files no output may replace (set once by the CLI).
+static HOME: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Protects every file under `home` (CA keys and chain, audit key, config, templates,
+/// the registry and its WAL) from being replaced by an output file.
+pub fn protect_home(home: &Path) {
+    let _ = HOME.set(home.to_path_buf());
+}
+
+/// Refuses an output path that already names a file under the protected home (by
+/// device and inode, so symlinks, `..` and hard links count) or a private key file.
+fn refuse_protected(path: &Path) -> Result<()> {
+    let Ok(target) = fs::metadata(path) else {
+        return Ok(()); // nothing there to replace
+    };
+    if !target.is_file() {
+        return Ok(()); // /dev/stdout, a pipe: written in place, replaces nothing
+    }
+    if let Some(hit) = HOME.get().and_then(|h| find_same(h, &target, 0)) {
+        return Err(Error::conflict(format!(
+            "{}: refusing to replace {}, a file of the cradle home",
+            path.display(),
+            hit.display()
+        )));
+    }
+    if holds_private_key(path) {
+        return Err(Error::conflict(format!(
+            "{}: refusing to replace a private key file",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A file under `dir` (not following links) that is the same file as `target`.
+fn find_same(dir: &Path, target: &fs::Metadata, depth: u32) -> Option<PathBuf> {
+    // The home is shallow (ca/, templates/); the bound keeps a stray link farm cheap.
+    if depth > 4 {
+        return None;
+    }
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        let Ok(m) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if m.is_dir() {
+            if let Some(hit) = find_same(&e.path(), target, depth + 1) {
+                return Some(hit);
+            }
+        } else if m.dev() == target.dev() && m.ino() == target.ino() {
+            return Some(e.path());
+        }
+    }
+    None
+}
+
+/// Whether the file starts like a PEM private key (PKCS#8, encrypted, EC or RSA).
+fn holds_private_key(path: &Path) -> bool {
+    let mut head = [0u8; 4096];
+    let n = fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    head[..n].windows(16).any(|w| w == b"PRIVATE KEY-----")
 }
 
 /// Files written ahead of the registry commit that makes them count: dropped before

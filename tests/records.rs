@@ -135,7 +135,11 @@ fn a_reader_who_may_not_write_reads_and_a_writer_is_refused_naming_the_file() {
             return;
         };
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(o.status.success(), "{args:?} exit {:?}: {err}", o.status.code());
+        assert!(
+            o.status.success(),
+            "{args:?} exit {:?}: {err}",
+            o.status.code()
+        );
         // Said once when it had to fall back, naming nothing secret.
         assert!(err.lines().count() <= 1, "{args:?}: {err}");
     }
@@ -145,5 +149,73 @@ fn a_reader_who_may_not_write_reads_and_a_writer_is_refused_naming_the_file() {
     assert!(err.contains(reg.to_str().unwrap()), "names the file: {err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     // Nothing was written: the registry as root still has no such note.
-    assert!(!e.ok(&["device", "show", "DEV-001", "--json"]).contains("\"x\""));
+    assert!(!e
+        .ok(&["device", "show", "DEV-001", "--json"])
+        .contains("\"x\""));
+}
+
+#[test]
+fn no_output_replaces_a_file_of_the_home_or_a_private_key_by_any_name() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = fleet(2);
+    let root_key = e.home.join("ca/root.key");
+    let before = std::fs::read(&root_key).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&root_key), 0o600);
+    // Other spellings of the same file: a symlink, a hard link, a `..` path.
+    let sym = e.path("looks-harmless.csv");
+    std::os::unix::fs::symlink(&root_key, &sym).unwrap();
+    let hard = e.path("hard.csv");
+    std::fs::hard_link(&root_key, &hard).unwrap();
+    let dotted = e.home.join("templates/../ca/root.key");
+    let bad_csv = e.path("bad.csv");
+    std::fs::write(&bad_csv, "serial,mac\nX-1,zz\n").unwrap();
+    let issuing_key = e.home.join("ca/issuing.key");
+    for target in [&root_key, &sym, &hard, &dotted, &issuing_key] {
+        let t = target.to_str().unwrap();
+        for args in [
+            vec!["inventory", "export", "-o", t],
+            vec!["report", "fleet", "-o", t],
+            vec![
+                "inventory",
+                "import",
+                bad_csv.to_str().unwrap(),
+                "--errors",
+                t,
+            ],
+        ] {
+            let o = e.run(&args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_ne!(o.status.code(), Some(0), "{args:?}");
+            assert!(err.contains("refusing to replace"), "{args:?}: {err}");
+        }
+    }
+    assert_eq!(std::fs::read(&root_key).unwrap(), before);
+    assert_eq!(mode(&root_key), 0o600);
+    // A device key written by `identity issue` is a private key file wherever it lives.
+    let out = e.path("out");
+    e.ok(&[
+        "identity",
+        "issue",
+        "DEV-001",
+        "--out",
+        out.to_str().unwrap(),
+        "--passphrase-file",
+        e.pass(),
+    ]);
+    let dev_key = out.join("DEV-001.key");
+    let key_before = std::fs::read(&dev_key).unwrap();
+    let o = e.run(&["inventory", "export", "-o", dev_key.to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(std::fs::read(&dev_key).unwrap(), key_before);
+    // An ordinary existing output file is still replaced.
+    let csv = e.path("devices.csv");
+    std::fs::write(&csv, "old").unwrap();
+    e.ok(&["inventory", "export", "-o", csv.to_str().unwrap()]);
+    assert!(std::fs::read_to_string(&csv).unwrap().starts_with("serial"));
 }

@@ -20,10 +20,10 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(home: Option<&Path>, json: bool) -> anyhow::Result<Ctx> {
-        Ok(Ctx {
-            home: Home::resolve(home)?,
-            json,
-        })
+        let home = Home::resolve(home)?;
+        // No output file of any command may replace a file of the home.
+        crate::outfile::protect_home(&home.root);
+        Ok(Ctx { home, json })
     }
 
     /// Opens the registry of an initialised home.

@@ -112,7 +112,7 @@ pub fn issue(
     if let Some(dir) = publish.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    outfile::write_file_atomic(publish, &encode_for(publish, &der), 0o644, true)?;
+    outfile::replace_own_file(publish, &encode_for(publish, &der), 0o644)?;
     tx.commit()?;
     Ok(CrlIssued {
         issuer: signer.subject.clone(),
