@@ -195,14 +195,14 @@ fn refuse_protected(path: &Path) -> Result<()> {
         return Ok(()); // /dev/stdout, a pipe: written in place, replaces nothing
     }
     if let Some(hit) = HOME.get().and_then(|h| find_same(h, &target, 0)) {
-        return Err(Error::conflict(format!(
+        return Err(Error::usage(format!(
             "{}: refusing to replace {}, a file of the cradle home",
             path.display(),
             hit.display()
         )));
     }
     if holds_private_key(path) {
-        return Err(Error::conflict(format!(
+        return Err(Error::usage(format!(
             "{}: refusing to replace a private key file",
             path.display()
         )));
