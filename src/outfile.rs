@@ -196,14 +196,14 @@ fn refuse_protected(path: &Path) -> Result<()> {
     }
     if let Some(hit) = HOME.get().and_then(|h| find_same(h, &target, 0)) {
         return Err(Error::usage(format!(
-            "{}: refusing to replace {}, a file of the cradle home",
+            "{}: refusing to write over {}, a file of the cradle home",
             path.display(),
             hit.display()
         )));
     }
     if holds_private_key(path) {
         return Err(Error::usage(format!(
-            "{}: refusing to replace a private key file",
+            "{}: refusing to write over a private key file",
             path.display()
         )));
     }
