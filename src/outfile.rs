@@ -168,8 +168,8 @@ pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32, overwrite: boo
     }
 }
 
-/// Replaces a file cradle itself keeps under the home (the published CRL): the one
-/// writer allowed past the home guard.
+/// Replaces a file cradle itself keeps (the published CRL, a simulator's state): the
+/// writers allowed past the home and private-key guard.
 pub fn replace_own_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     let mut f = OutFile::create_unguarded(path, mode, &[] as &[&Path])?;
     f.write_all(contents).map_err(|e| Error::io(path, e))?;

@@ -219,3 +219,99 @@ fn no_output_replaces_a_file_of_the_home_or_a_private_key_by_any_name() {
     e.ok(&["inventory", "export", "-o", csv.to_str().unwrap()]);
     assert!(std::fs::read_to_string(&csv).unwrap().starts_with("serial"));
 }
+
+/// The certificate a simulated device holds (its saved state).
+fn held_cert(state: &std::path::Path) -> Vec<u8> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(state).unwrap()).unwrap();
+    hex::decode(v["slots"]["cert"]["data"].as_str().expect("cert slot")).unwrap()
+}
+
+#[test]
+fn a_certificate_left_on_a_device_by_a_failed_provisioning_is_revoked_with_it() {
+    let e = Env::with_ca();
+    let state = e.path("dev.json");
+    let link = e.path("dev/x");
+    let mut sim = common::Sim::start(
+        &e,
+        &[
+            "--link",
+            link.to_str().unwrap(),
+            "--hardware-id",
+            "HW-LEFT",
+            "--state",
+            state.to_str().unwrap(),
+            "--fault",
+            "reject-lock",
+        ],
+        1,
+    );
+    let o = e.run(&[
+        "provision",
+        "--port",
+        link.to_str().unwrap(),
+        "--baud",
+        common::SIM_BAUD,
+        "--timeout",
+        "1",
+        "--passphrase-file",
+        e.pass(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    sim.stop();
+    // The device holds a CA-signed certificate the registry records as `unused`.
+    let der = held_cert(&state);
+    let cert = e.path("left.pem");
+    std::fs::write(state.with_extension("der"), &der).unwrap();
+    let (ok, msg) = common::openssl(&[
+        "x509",
+        "-inform",
+        "DER",
+        "-in",
+        state.with_extension("der").to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    assert!(ok, "{msg}");
+    assert_eq!(
+        e.sql("SELECT status FROM certificates").trim(),
+        "unused",
+        "precondition: the failed run left an unused certificate"
+    );
+
+    e.ok(&[
+        "revoke",
+        "HW-LEFT",
+        "--reason",
+        "cessationOfOperation",
+        "--passphrase-file",
+        e.pass(),
+    ]);
+    assert_eq!(e.sql("SELECT status FROM certificates").trim(), "revoked");
+    // Relying parties see it: the CRL lists it and openssl refuses it.
+    let crl = e.home.join("ca/crl.pem");
+    let root = e.home.join("ca/root.pem");
+    let chain = e.home.join("ca/chain.pem");
+    let (ok, out) = common::openssl(&[
+        "verify",
+        "-crl_check",
+        "-CRLfile",
+        crl.to_str().unwrap(),
+        "-CAfile",
+        root.to_str().unwrap(),
+        "-untrusted",
+        chain.to_str().unwrap(),
+        cert.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("revoked"), "{out}");
+    let o = e.run(&["identity", "verify", cert.to_str().unwrap()]);
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "identity verify accepted a revoked certificate"
+    );
+}

@@ -81,7 +81,8 @@ impl DeviceState {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_vec_pretty(self).map_err(|e| Error::input(e.to_string()))?;
-        crate::outfile::write_file_atomic(path, &text, 0o600, true)
+        // Its own state file, which holds keys (PEM for nRF91 credentials).
+        crate::outfile::replace_own_file(path, &text, 0o600)
     }
 
     pub fn state_name(&self) -> &'static str {

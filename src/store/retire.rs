@@ -17,6 +17,8 @@ pub const CRL_DER_KEPT: i64 = 5;
 
 /// The few columns a bulk revocation needs.
 #[derive(Debug, Clone)]
+/// A certificate that revocation must reach: `active`, or `unused` (issued and possibly
+/// on the device already, as after a failed provisioning), never only `active`.
 pub struct ActiveCert {
     pub id: i64,
     pub serial_hex: String,
@@ -27,7 +29,7 @@ pub fn active_certs(db: &Reader, device_id: i64) -> Result<Vec<ActiveCert>> {
     let conn = db.conn();
     let mut stmt = conn.prepare_cached(
         "SELECT id, serial_hex, fingerprint FROM certificates
-         WHERE device_id = ?1 AND status = 'active' ORDER BY id",
+         WHERE device_id = ?1 AND status IN ('active', 'unused') ORDER BY id",
     )?;
     let rows = stmt.query_map([device_id], |r| {
         Ok(ActiveCert {
@@ -45,7 +47,7 @@ pub fn device_active_certs(db: &Reader, serial: &str) -> Result<Option<(i64, Vec
     let conn = db.conn();
     let mut stmt = conn.prepare_cached(
         "SELECT d.id, c.id, c.serial_hex, c.fingerprint FROM devices d
-         LEFT JOIN certificates c ON c.device_id = d.id AND c.status = 'active'
+         LEFT JOIN certificates c ON c.device_id = d.id AND c.status IN ('active', 'unused')
          WHERE d.serial = ?1 ORDER BY c.id",
     )?;
     let mut rows = stmt.query([serial])?;
@@ -77,7 +79,7 @@ pub fn all_active_certs(
     let mut map = std::collections::HashMap::new();
     let mut stmt = conn.prepare(
         "SELECT d.serial, d.id, c.id, c.serial_hex, c.fingerprint FROM devices d
-         LEFT JOIN certificates c ON c.device_id = d.id AND c.status = 'active'
+         LEFT JOIN certificates c ON c.device_id = d.id AND c.status IN ('active', 'unused')
          ORDER BY d.id, c.id",
     )?;
     let mut rows = stmt.query([])?;
