@@ -7,6 +7,8 @@
 use rusqlite::{OptionalExtension, Row};
 
 use super::Reader;
+use hmac::digest::{KeyInit, Update};
+use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -61,14 +63,33 @@ pub struct Hashed<'a> {
     pub details: &'a str,
 }
 
-/// The hash of one event: SHA-256 over its fields, newline-separated, in a fixed order.
-pub fn event_hash(e: &Hashed<'_>) -> String {
-    String::from_utf8(event_hash_hex(e).to_vec()).expect("hex digits")
+/// The hash of one event: SHA-256 over its fields, newline-separated, in a fixed order
+/// (HMAC-SHA256 with the log key over the same bytes for keyed events).
+pub fn event_hash(key: Option<&[u8; 32]>, e: &Hashed<'_>) -> String {
+    String::from_utf8(event_hash_hex(key, e).to_vec()).expect("hex digits")
 }
 
 /// `event_hash` as 64 ASCII hex digits, without allocating (bulk writers).
-pub fn event_hash_hex(e: &Hashed<'_>) -> [u8; 64] {
-    let mut h = Sha256::new();
+pub fn event_hash_hex(key: Option<&[u8; 32]>, e: &Hashed<'_>) -> [u8; 64] {
+    let digest: [u8; 32] = match key {
+        Some(k) => {
+            let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(k).expect("any key length");
+            feed(&mut m, e);
+            m.finalize().into_bytes().into()
+        }
+        None => {
+            let mut h = Sha256::new();
+            feed(&mut h, e);
+            h.finalize().into()
+        }
+    };
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(digest, &mut out).expect("64 hex digits");
+    out
+}
+
+/// The canonical bytes of one event, into a hash or a MAC.
+fn feed(h: &mut impl Update, e: &Hashed<'_>) {
     let mut num = [0u8; 20];
     h.update(decimal(e.id, &mut num));
     h.update(b"\n");
@@ -82,9 +103,6 @@ pub fn event_hash_hex(e: &Hashed<'_>) -> [u8; 64] {
         h.update(part.as_bytes());
         h.update(b"\n");
     }
-    let mut out = [0u8; 64];
-    hex::encode_to_slice(h.finalize(), &mut out).expect("64 hex digits");
-    out
 }
 
 /// `n` in decimal, written into `buf` (20 bytes hold any i64).
@@ -97,17 +115,20 @@ fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 /// Recomputes the hash of a stored event from its stored fields (raw details text).
-pub fn recompute(e: &Event, raw_details: &str) -> String {
-    event_hash(&Hashed {
-        id: e.id,
-        prev_hash: e.prev_hash.as_bytes(),
-        device_id: e.device_id,
-        kind: &e.kind,
-        actor: &e.actor,
-        station: &e.station,
-        at: &e.at,
-        details: raw_details,
-    })
+pub fn recompute(key: Option<&[u8; 32]>, e: &Event, raw_details: &str) -> String {
+    event_hash(
+        key,
+        &Hashed {
+            id: e.id,
+            prev_hash: e.prev_hash.as_bytes(),
+            device_id: e.device_id,
+            kind: &e.kind,
+            actor: &e.actor,
+            station: &e.station,
+            at: &e.at,
+            details: raw_details,
+        },
+    )
 }
 
 /// The head recorded in `meta` (id, hash), if any event was ever written.
@@ -156,6 +177,9 @@ pub struct ChainReport {
     pub events: u64,
     pub head_hash: String,
     pub first_break: Option<ChainBreak>,
+    /// Set when the log key is missing and some hash is not plain SHA-256: from this
+    /// event on only the chain's structure (ids, links, head) could be checked.
+    pub structure_only_from: Option<i64>,
 }
 
 /// Walks the whole chain in id order and reports the first break.
@@ -169,6 +193,8 @@ pub fn verify_chain(db: &Reader) -> Result<ChainReport> {
     let mut expected_id = 1i64;
     let mut count = 0u64;
     let mut first_break = None;
+    let key = super::logkey::LogKey::load(conn)?;
+    let mut structure_only_from = None;
     while let Some(r) = rows.next()? {
         let id: i64 = r.get(0)?;
         let device_id: Option<i64> = r.get(1)?;
@@ -181,17 +207,24 @@ pub fn verify_chain(db: &Reader) -> Result<ChainReport> {
         let hash: String = r.get(8)?;
         count += 1;
         if first_break.is_none() {
-            let recomputed = event_hash(&Hashed {
-                id,
-                prev_hash: prev.as_bytes(),
-                device_id,
-                kind: &kind,
-                actor: &actor,
-                station: &station,
-                at: &at,
-                details: &details,
-            });
-            let brk = if recomputed != hash {
+            let recomputed = event_hash(
+                key.as_ref().and_then(|k| k.for_id(id)),
+                &Hashed {
+                    id,
+                    prev_hash: prev.as_bytes(),
+                    device_id,
+                    kind: &kind,
+                    actor: &actor,
+                    station: &station,
+                    at: &at,
+                    details: &details,
+                },
+            );
+            if key.is_none() && structure_only_from.is_none() && recomputed != hash {
+                // Without the key a keyed hash and a forged one look alike.
+                structure_only_from = Some(id);
+            }
+            let brk = if recomputed != hash && structure_only_from.is_none() {
                 Some(("altered", format!("event {id} ({kind}) was altered: its stored hash does not match its contents")))
             } else if id != expected_id && prev != expected_prev {
                 if id > expected_id {
@@ -259,6 +292,7 @@ pub fn verify_chain(db: &Reader) -> Result<ChainReport> {
         events: count,
         head_hash: expected_prev,
         first_break,
+        structure_only_from,
     })
 }
 
