@@ -822,16 +822,26 @@ fn inserted_events_are_named() {
     let id = max + 1;
     let prev = "ab".repeat(32);
     let details = "{\"note\":\"forged\"}";
-    let h = event_hash(&Hashed {
-        id,
-        prev_hash: prev.as_bytes(),
-        device_id: Some(2),
-        kind: "device.state",
-        actor: "mallory",
-        station: "x",
-        at: "2026-11-01T00:00:00Z",
-        details,
-    });
+    // These forgers hold the log key: what is left to catch is the broken link/head.
+    let key = |e: &Env| {
+        cradle::store::logkey::LogKey::read(&e.home.join("log.key"))
+            .unwrap()
+            .expect("the home has a log key")
+    };
+    let k = key(&e);
+    let h = event_hash(
+        k.for_id(id),
+        &Hashed {
+            id,
+            prev_hash: prev.as_bytes(),
+            device_id: Some(2),
+            kind: "device.state",
+            actor: "mallory",
+            station: "x",
+            at: "2026-11-01T00:00:00Z",
+            details,
+        },
+    );
     e.sql(&format!(
         "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
          VALUES ({id}, 2, 'device.state', 'mallory', 'x', '2026-11-01T00:00:00Z', '{details}', '{prev}', '{h}')"
@@ -843,16 +853,20 @@ fn inserted_events_are_named() {
     // Properly chained to the head, but appended without cradle (meta head not moved).
     let e = fleet();
     let head = scalar(&e, "SELECT hash FROM events ORDER BY id DESC LIMIT 1");
-    let h = event_hash(&Hashed {
-        id,
-        prev_hash: head.as_bytes(),
-        device_id: Some(2),
-        kind: "device.state",
-        actor: "mallory",
-        station: "x",
-        at: "2026-11-01T00:00:00Z",
-        details,
-    });
+    let k = key(&e);
+    let h = event_hash(
+        k.for_id(id),
+        &Hashed {
+            id,
+            prev_hash: head.as_bytes(),
+            device_id: Some(2),
+            kind: "device.state",
+            actor: "mallory",
+            station: "x",
+            at: "2026-11-01T00:00:00Z",
+            details,
+        },
+    );
     e.sql(&format!(
         "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
          VALUES ({id}, 2, 'device.state', 'mallory', 'x', '2026-11-01T00:00:00Z', '{details}', '{head}', '{h}')"
@@ -1385,4 +1399,56 @@ fn audit_key_is_0600_and_never_in_the_registry() {
     assert_eq!(mark.len(), 64);
     assert_ne!(mark, hex::encode(&key));
     assert_ne!(mark, cradle::pki::cert::sha256_hex(fp.as_bytes()));
+}
+
+/// The issue's forged history: rewrite an event with the sqlite3 shell, then recompute
+/// every plain SHA-256 hash and the recorded head with a small script. Without the log
+/// key the forger cannot produce the keyed hashes, so `log verify` names the event.
+#[test]
+fn forged_history_with_recomputed_plain_hashes_is_detected() {
+    let e = fleet();
+    let o = std::process::Command::new("sqlite3")
+        .arg(e.registry())
+        .arg("UPDATE events SET actor = 'mallory' WHERE id = 5;")
+        .output()
+        .expect("sqlite3 shell");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let script = r#"
+import hashlib, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+# Keep the untouched prefix; rechain from the rewritten event on.
+prev = db.execute("SELECT hash FROM events WHERE id = 4").fetchone()[0]
+last = 4
+for (i, dev, kind, actor, station, at, details) in db.execute(
+        "SELECT id, device_id, kind, actor, station, at, details FROM events WHERE id >= 5 ORDER BY id").fetchall():
+    parts = [str(i), prev, "" if dev is None else str(dev), kind, actor, station, at, details]
+    h = hashlib.sha256(("\n".join(parts) + "\n").encode()).hexdigest()
+    db.execute("UPDATE events SET prev_hash = ?, hash = ? WHERE id = ?", (prev, h, i))
+    prev, last = h, i
+db.execute("UPDATE meta SET value = ? WHERE key = 'event_head'", ("%d:%s" % (last, prev),))
+db.commit()
+"#;
+    let o = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(e.registry())
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = e.run(&["--json", "log", "verify"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{v}");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["first_break"]["event_id"], 5, "{v}");
+    assert_eq!(v["first_break"]["problem"], "altered");
+    assert_eq!(v["first_break"]["device"], "DEV-003");
+    // Without the key the same registry can only be checked for structure: exit 1.
+    std::fs::remove_file(e.home.join("log.key")).unwrap();
+    let o = e.run(&["log", "verify"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("UNVERIFIED") && out.contains("log.key"),
+        "{out}"
+    );
 }

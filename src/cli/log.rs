@@ -99,13 +99,20 @@ fn verify(ctx: &Ctx) -> anyhow::Result<i32> {
     };
     if ctx.json {
         let mut v = serde_json::to_value(&report)?;
-        v["ok"] = serde_json::json!(report.first_break.is_none());
+        v["ok"] =
+            serde_json::json!(report.first_break.is_none() && report.structure_only_from.is_none());
         if let Some(b) = v.get_mut("first_break").filter(|b| !b.is_null()) {
             b["device"] = serde_json::json!(device);
         }
         print_json(&v)?;
     } else {
         match &report.first_break {
+            None if report.structure_only_from.is_some() => println!(
+                "event log UNVERIFIED from event {}: the log key {} is missing, so only the chain's structure ({} event(s)) could be checked, not who wrote it",
+                report.structure_only_from.unwrap_or_default(),
+                crate::store::logkey::key_path(reg.path()).display(),
+                report.events
+            ),
             None => println!(
                 "event log OK: {} event(s), head {}",
                 report.events,
@@ -120,7 +127,14 @@ fn verify(ctx: &Ctx) -> anyhow::Result<i32> {
             ),
         }
     }
-    Ok(if report.first_break.is_some() { 1 } else { 0 })
+    // A chain that could only be checked for structure is not a verified one.
+    Ok(
+        if report.first_break.is_some() || report.structure_only_from.is_some() {
+            1
+        } else {
+            0
+        },
+    )
 }
 
 /// Accepts RFC 3339 (any offset, normalised to UTC) or a bare date (midnight UTC); returns

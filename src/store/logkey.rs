@@ -56,7 +56,12 @@ impl LogKey {
         let Some(db) = db_path(conn) else {
             return Ok(None);
         };
-        let path = key_path(&db);
+        Self::read(&key_path(&db))
+    }
+
+    /// Reads a log key file; None when it does not exist.
+    pub fn read(path: &Path) -> Result<Option<LogKey>> {
+        let path = path.to_path_buf();
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
