@@ -1413,28 +1413,8 @@ fn forged_history_with_recomputed_plain_hashes_is_detected() {
         .output()
         .expect("sqlite3 shell");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let script = r#"
-import hashlib, sqlite3, sys
-db = sqlite3.connect(sys.argv[1])
-# Keep the untouched prefix; rechain from the rewritten event on.
-prev = db.execute("SELECT hash FROM events WHERE id = 4").fetchone()[0]
-last = 4
-for (i, dev, kind, actor, station, at, details) in db.execute(
-        "SELECT id, device_id, kind, actor, station, at, details FROM events WHERE id >= 5 ORDER BY id").fetchall():
-    parts = [str(i), prev, "" if dev is None else str(dev), kind, actor, station, at, details]
-    h = hashlib.sha256(("\n".join(parts) + "\n").encode()).hexdigest()
-    db.execute("UPDATE events SET prev_hash = ?, hash = ? WHERE id = ?", (prev, h, i))
-    prev, last = h, i
-db.execute("UPDATE meta SET value = ? WHERE key = 'event_head'", ("%d:%s" % (last, prev),))
-db.commit()
-"#;
-    let o = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(e.registry())
-        .output()
-        .expect("python3");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Keep the untouched prefix; rechain from the rewritten event on.
+    rechain_plain(&e, 5);
     let o = e.run(&["--json", "log", "verify"]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(o.status.code(), Some(1), "{v}");
@@ -1451,4 +1431,85 @@ db.commit()
         out.contains("UNVERIFIED") && out.contains("log.key"),
         "{out}"
     );
+}
+
+/// Recomputes plain SHA-256 hashes (the pre-key scheme) from event `from` on, and the
+/// recorded head, with python3's hashlib and sqlite3: what a forger's script does.
+fn rechain_plain(e: &Env, from: i64) {
+    let script = r#"
+import hashlib, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+n = int(sys.argv[2])
+prev = db.execute("SELECT hash FROM events WHERE id = ?", (n - 1,)).fetchone()[0] if n > 1 else "0" * 64
+last = n - 1
+for (i, dev, kind, actor, station, at, details) in db.execute(
+        "SELECT id, device_id, kind, actor, station, at, details FROM events WHERE id >= ? ORDER BY id", (n,)).fetchall():
+    parts = [str(i), prev, "" if dev is None else str(dev), kind, actor, station, at, details]
+    h = hashlib.sha256(("\n".join(parts) + "\n").encode()).hexdigest()
+    db.execute("UPDATE events SET prev_hash = ?, hash = ? WHERE id = ?", (prev, h, i))
+    prev, last = h, i
+db.execute("UPDATE meta SET value = ? WHERE key = 'event_head'", ("%d:%s" % (last, prev),))
+db.commit()
+"#;
+    let o = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(e.registry())
+        .arg(from.to_string())
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A registry from before the log key (plain hashes, no key file) still verifies; its
+/// first write creates the key and a keyed `log.keyed` event, and from then on a
+/// rewrite on either side of that boundary is caught.
+#[test]
+fn older_registry_gets_a_log_key_on_its_first_write() {
+    let e = fleet();
+    rechain_plain(&e, 1);
+    std::fs::remove_file(e.home.join("log.key")).unwrap();
+    let o = e.run(&["log", "verify"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let before: i64 = scalar(&e, "SELECT max(id) FROM events").parse().unwrap();
+    let csv = e.home.join("more.csv");
+    std::fs::write(&csv, "serial,hardware_id\nNEW-1,hw-new-1\n").unwrap();
+    let o = e.run(&["inventory", "import", csv.to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let key = e.home.join("log.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        scalar(
+            &e,
+            &format!("SELECT kind FROM events WHERE id = {}", before + 1)
+        ),
+        "log.keyed"
+    );
+    let o = e.run(&["log", "verify"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // A script that rechains the keyed part with plain hashes is caught at the marker.
+    rechain_plain(&e, before + 1);
+    let o = e.run(&["--json", "log", "verify"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["first_break"]["event_id"], before + 1, "{v}");
+    assert_eq!(o.status.code(), Some(1));
 }
