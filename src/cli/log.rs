@@ -25,7 +25,7 @@ pub enum ExportFormat {
 pub enum LogCommand {
     /// Walk the event log's hash chain and name the first event altered, deleted or inserted
     #[command(
-        after_help = "Exit codes: 0 the chain verifies, 1 it is broken (the first break is named),\n4 the registry cannot be read.\n\nExamples:\n  cradle log verify\n  cradle --json log verify"
+        after_help = "The chain is keyed by HOME/log.key (HMAC-SHA256, see cradle-audit(7)).\n\nExit codes: 0 the chain verifies, 1 it is broken (the first break is named) or the\nlog key is missing so only its structure could be checked, 4 the registry cannot be read.\n\nExamples:\n  cradle log verify\n  cradle --json log verify"
     )]
     Verify,
     /// Export the event log (JSON Lines by default; --json for one array, --format csv)
