@@ -1513,3 +1513,81 @@ fn older_registry_gets_a_log_key_on_its_first_write() {
     assert_eq!(v["first_break"]["event_id"], before + 1, "{v}");
     assert_eq!(o.status.code(), Some(1));
 }
+
+/// `log head` gives an auditor a head to record; `log verify --anchor` proves the log
+/// still extends it, and fails once the events up to it were rolled back consistently
+/// (what a deleted -wal does), which the chain alone cannot see.
+#[test]
+fn log_head_and_verify_anchor_catch_a_consistent_rollback() {
+    let e = fleet();
+    let o = e.run(&["--json", "log", "head"]);
+    assert_eq!(o.status.code(), Some(0));
+    let head: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = head["id"].as_i64().unwrap();
+    let hash = head["hash"].as_str().unwrap().to_string();
+    assert_eq!(head["keyed"], true, "{head}");
+    assert_eq!(
+        scalar(&e, &format!("SELECT hash FROM events WHERE id = {id}")),
+        hash
+    );
+    let anchor = e.home.join("anchor.json");
+    std::fs::write(&anchor, &o.stdout).unwrap();
+    let o = e.run(&["log", "head"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.starts_with(&format!("{id}:{hash}")), "{text}");
+    // The log grows: it still extends the anchor, in every spelling of it.
+    let csv = e.home.join("more.csv");
+    std::fs::write(&csv, "serial,hardware_id\nNEW-1,hw-new-1\n").unwrap();
+    assert_eq!(
+        e.run(&["inventory", "import", csv.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    for a in [
+        anchor.to_str().unwrap().to_string(),
+        format!("{id}:{hash}"),
+        hash.clone(),
+    ] {
+        let o = e.run(&["log", "verify", "--anchor", &a]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{a}: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+    // Roll back to before the anchor, head and all: the chain alone is consistent...
+    e.sql(&format!("DELETE FROM events WHERE id >= {id}"));
+    let prev = scalar(
+        &e,
+        &format!("SELECT hash FROM events WHERE id = {}", id - 1),
+    );
+    e.sql(&format!(
+        "UPDATE meta SET value = '{}:{prev}' WHERE key = 'event_head'",
+        id - 1
+    ));
+    assert_eq!(e.run(&["log", "verify"]).status.code(), Some(0));
+    // ...but it no longer extends the anchor.
+    let o = e.run(&[
+        "--json",
+        "log",
+        "verify",
+        "--anchor",
+        anchor.to_str().unwrap(),
+    ]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{v}");
+    assert_eq!(v["first_break"]["problem"], "anchor", "{v}");
+    assert!(
+        v["first_break"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("event {id} is gone")),
+        "{v}"
+    );
+    let o = e.run(&["log", "verify", "--anchor", "nonsense"]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--anchor nonsense"), "{err}");
+}

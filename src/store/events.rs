@@ -298,6 +298,66 @@ pub fn verify_chain(db: &Reader) -> Result<ChainReport> {
     })
 }
 
+/// The newest event: what `log head` prints for an auditor to record elsewhere.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogHead {
+    pub id: i64,
+    pub hash: String,
+    pub at: String,
+    /// The hash is an HMAC with the log key (only its holder can produce it).
+    pub keyed: bool,
+}
+
+pub fn log_head(db: &Reader) -> Result<Option<LogHead>> {
+    let conn = db.conn();
+    let row: Option<(i64, String, String)> = conn
+        .query_row(
+            "SELECT id, hash, at FROM events ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let key = super::logkey::LogKey::load(conn)?;
+    Ok(row.map(|(id, hash, at)| LogHead {
+        keyed: key.as_ref().is_some_and(|k| k.for_id(id).is_some()),
+        id,
+        hash,
+        at,
+    }))
+}
+
+/// Whether the log still extends an anchor (a head recorded earlier): None when it does,
+/// else why not. `id` may be unknown (a bare hash).
+pub fn check_anchor(db: &Reader, id: Option<i64>, hash: &str) -> Result<Option<String>> {
+    let conn = db.conn();
+    let hash = hash.to_ascii_lowercase();
+    let Some(id) = id else {
+        let found: Option<i64> = conn
+            .query_row("SELECT id FROM events WHERE hash = ?1", [&hash], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        return Ok(match found {
+            Some(_) => None,
+            None => Some(format!(
+                "no event has the anchored hash {hash}: the log was rewritten or rolled back past it"
+            )),
+        });
+    };
+    let stored: Option<String> = conn
+        .query_row("SELECT hash FROM events WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    Ok(match stored {
+        None => Some(format!(
+            "the anchored event {id} is gone: events at or after it were removed (rolled back or deleted)"
+        )),
+        Some(h) if h != hash => Some(format!(
+            "event {id} no longer has the anchored hash: history at or before it was rewritten"
+        )),
+        Some(_) => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
