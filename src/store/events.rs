@@ -7,8 +7,10 @@
 use rusqlite::{OptionalExtension, Row};
 
 use super::Reader;
-use hmac::digest::{KeyInit, Update};
-use hmac::{Hmac, Mac};
+use hmac::digest::Update;
+use hmac::Mac;
+
+use super::logkey::EventMac;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -65,15 +67,15 @@ pub struct Hashed<'a> {
 
 /// The hash of one event: SHA-256 over its fields, newline-separated, in a fixed order
 /// (HMAC-SHA256 with the log key over the same bytes for keyed events).
-pub fn event_hash(key: Option<&[u8; 32]>, e: &Hashed<'_>) -> String {
+pub fn event_hash(key: Option<&EventMac>, e: &Hashed<'_>) -> String {
     String::from_utf8(event_hash_hex(key, e).to_vec()).expect("hex digits")
 }
 
 /// `event_hash` as 64 ASCII hex digits, without allocating (bulk writers).
-pub fn event_hash_hex(key: Option<&[u8; 32]>, e: &Hashed<'_>) -> [u8; 64] {
+pub fn event_hash_hex(key: Option<&EventMac>, e: &Hashed<'_>) -> [u8; 64] {
     let digest: [u8; 32] = match key {
         Some(k) => {
-            let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(k).expect("any key length");
+            let mut m = k.clone();
             feed(&mut m, e);
             m.finalize().into_bytes().into()
         }
@@ -115,7 +117,7 @@ fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 /// Recomputes the hash of a stored event from its stored fields (raw details text).
-pub fn recompute(key: Option<&[u8; 32]>, e: &Event, raw_details: &str) -> String {
+pub fn recompute(key: Option<&EventMac>, e: &Event, raw_details: &str) -> String {
     event_hash(
         key,
         &Hashed {

@@ -13,12 +13,20 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 
+/// HMAC-SHA256 keyed with the log key.
+pub type EventMac = hmac::Hmac<sha2::Sha256>;
+
+fn keyed(key: &[u8; 32]) -> EventMac {
+    <EventMac as hmac::digest::KeyInit>::new_from_slice(key).expect("any key length")
+}
+
 pub const LOG_KEY_FILE: &str = "log.key";
 const MAGIC: &str = "cradle-log-key 1";
 
 #[derive(Clone)]
 pub struct LogKey {
-    key: [u8; 32],
+    /// The MAC keyed once; each event hash clones it (saves re-padding the key).
+    mac: EventMac,
     /// The first event id hashed with the key; older events are plain SHA-256.
     pub from: i64,
     pub path: PathBuf,
@@ -46,8 +54,8 @@ pub fn db_path(conn: &Connection) -> Option<PathBuf> {
 
 impl LogKey {
     /// The key to hash event `id` with, or None for a plain-hashed event.
-    pub fn for_id(&self, id: i64) -> Option<&[u8; 32]> {
-        (id >= self.from).then_some(&self.key)
+    pub fn for_id(&self, id: i64) -> Option<&EventMac> {
+        (id >= self.from).then_some(&self.mac)
     }
 
     /// Loads the key beside the registry of `conn`; None when there is none (or the
@@ -83,7 +91,11 @@ impl LogKey {
             .ok_or_else(bad)?;
         let mut key = [0u8; 32];
         hex::decode_to_slice(hexkey, &mut key).map_err(|_| bad())?;
-        Ok(Some(LogKey { key, from, path }))
+        Ok(Some(LogKey {
+            mac: keyed(&key),
+            from,
+            path,
+        }))
     }
 
     /// Creates a new random key for the registry of `conn`, keyed from event `from`.
@@ -106,6 +118,10 @@ impl LogKey {
         f.write_all(text.as_bytes())
             .and_then(|_| f.sync_all())
             .map_err(|e| Error::io(&path, e))?;
-        Ok(Some(LogKey { key, from, path }))
+        Ok(Some(LogKey {
+            mac: keyed(&key),
+            from,
+            path,
+        }))
     }
 }

@@ -87,7 +87,7 @@ pub(super) struct Head {
 
 impl Head {
     /// The key for event `id`, if it is keyed.
-    pub fn key_for(&self, id: i64) -> Option<&[u8; 32]> {
+    pub fn key_for(&self, id: i64) -> Option<&super::logkey::EventMac> {
         self.key.as_ref().and_then(|k| k.for_id(id))
     }
 }
