@@ -1431,6 +1431,13 @@ fn forged_history_with_recomputed_plain_hashes_is_detected() {
         out.contains("UNVERIFIED") && out.contains("log.key"),
         "{out}"
     );
+    // The audit says so too.
+    let (f, msg) = event_break(&e);
+    assert_eq!(f, set(&[("event-chain", "-")]), "{msg}");
+    assert!(
+        msg.contains("unverified") && msg.contains("log key"),
+        "{msg}"
+    );
 }
 
 /// Recomputes plain SHA-256 hashes (the pre-key scheme) from event `from` on, and the
