@@ -822,16 +822,26 @@ fn inserted_events_are_named() {
     let id = max + 1;
     let prev = "ab".repeat(32);
     let details = "{\"note\":\"forged\"}";
-    let h = event_hash(&Hashed {
-        id,
-        prev_hash: prev.as_bytes(),
-        device_id: Some(2),
-        kind: "device.state",
-        actor: "mallory",
-        station: "x",
-        at: "2026-11-01T00:00:00Z",
-        details,
-    });
+    // These forgers hold the log key: what is left to catch is the broken link/head.
+    let key = |e: &Env| {
+        cradle::store::logkey::LogKey::read(&e.home.join("log.key"))
+            .unwrap()
+            .expect("the home has a log key")
+    };
+    let k = key(&e);
+    let h = event_hash(
+        k.for_id(id),
+        &Hashed {
+            id,
+            prev_hash: prev.as_bytes(),
+            device_id: Some(2),
+            kind: "device.state",
+            actor: "mallory",
+            station: "x",
+            at: "2026-11-01T00:00:00Z",
+            details,
+        },
+    );
     e.sql(&format!(
         "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
          VALUES ({id}, 2, 'device.state', 'mallory', 'x', '2026-11-01T00:00:00Z', '{details}', '{prev}', '{h}')"
@@ -843,16 +853,20 @@ fn inserted_events_are_named() {
     // Properly chained to the head, but appended without cradle (meta head not moved).
     let e = fleet();
     let head = scalar(&e, "SELECT hash FROM events ORDER BY id DESC LIMIT 1");
-    let h = event_hash(&Hashed {
-        id,
-        prev_hash: head.as_bytes(),
-        device_id: Some(2),
-        kind: "device.state",
-        actor: "mallory",
-        station: "x",
-        at: "2026-11-01T00:00:00Z",
-        details,
-    });
+    let k = key(&e);
+    let h = event_hash(
+        k.for_id(id),
+        &Hashed {
+            id,
+            prev_hash: head.as_bytes(),
+            device_id: Some(2),
+            kind: "device.state",
+            actor: "mallory",
+            station: "x",
+            at: "2026-11-01T00:00:00Z",
+            details,
+        },
+    );
     e.sql(&format!(
         "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
          VALUES ({id}, 2, 'device.state', 'mallory', 'x', '2026-11-01T00:00:00Z', '{details}', '{head}', '{h}')"
@@ -1385,4 +1399,202 @@ fn audit_key_is_0600_and_never_in_the_registry() {
     assert_eq!(mark.len(), 64);
     assert_ne!(mark, hex::encode(&key));
     assert_ne!(mark, cradle::pki::cert::sha256_hex(fp.as_bytes()));
+}
+
+/// The issue's forged history: rewrite an event with the sqlite3 shell, then recompute
+/// every plain SHA-256 hash and the recorded head with a small script. Without the log
+/// key the forger cannot produce the keyed hashes, so `log verify` names the event.
+#[test]
+fn forged_history_with_recomputed_plain_hashes_is_detected() {
+    let e = fleet();
+    let o = std::process::Command::new("sqlite3")
+        .arg(e.registry())
+        .arg("UPDATE events SET actor = 'mallory' WHERE id = 5;")
+        .output()
+        .expect("sqlite3 shell");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Keep the untouched prefix; rechain from the rewritten event on.
+    rechain_plain(&e, 5);
+    let o = e.run(&["--json", "log", "verify"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{v}");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["first_break"]["event_id"], 5, "{v}");
+    assert_eq!(v["first_break"]["problem"], "altered");
+    assert_eq!(v["first_break"]["device"], "DEV-003");
+    // Without the key the same registry can only be checked for structure: exit 1.
+    std::fs::remove_file(e.home.join("log.key")).unwrap();
+    let o = e.run(&["log", "verify"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("UNVERIFIED") && out.contains("log.key"),
+        "{out}"
+    );
+    // The audit says so too.
+    let (f, msg) = event_break(&e);
+    assert_eq!(f, set(&[("event-chain", "-")]), "{msg}");
+    assert!(
+        msg.contains("unverified") && msg.contains("log key"),
+        "{msg}"
+    );
+}
+
+/// Recomputes plain SHA-256 hashes (the pre-key scheme) from event `from` on, and the
+/// recorded head, with python3's hashlib and sqlite3: what a forger's script does.
+fn rechain_plain(e: &Env, from: i64) {
+    let script = r#"
+import hashlib, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+n = int(sys.argv[2])
+prev = db.execute("SELECT hash FROM events WHERE id = ?", (n - 1,)).fetchone()[0] if n > 1 else "0" * 64
+last = n - 1
+for (i, dev, kind, actor, station, at, details) in db.execute(
+        "SELECT id, device_id, kind, actor, station, at, details FROM events WHERE id >= ? ORDER BY id", (n,)).fetchall():
+    parts = [str(i), prev, "" if dev is None else str(dev), kind, actor, station, at, details]
+    h = hashlib.sha256(("\n".join(parts) + "\n").encode()).hexdigest()
+    db.execute("UPDATE events SET prev_hash = ?, hash = ? WHERE id = ?", (prev, h, i))
+    prev, last = h, i
+db.execute("UPDATE meta SET value = ? WHERE key = 'event_head'", ("%d:%s" % (last, prev),))
+db.commit()
+"#;
+    let o = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(e.registry())
+        .arg(from.to_string())
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A registry from before the log key (plain hashes, no key file) still verifies; its
+/// first write creates the key and a keyed `log.keyed` event, and from then on a
+/// rewrite on either side of that boundary is caught.
+#[test]
+fn older_registry_gets_a_log_key_on_its_first_write() {
+    let e = fleet();
+    rechain_plain(&e, 1);
+    std::fs::remove_file(e.home.join("log.key")).unwrap();
+    let o = e.run(&["log", "verify"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let before: i64 = scalar(&e, "SELECT max(id) FROM events").parse().unwrap();
+    let csv = e.home.join("more.csv");
+    std::fs::write(&csv, "serial,hardware_id\nNEW-1,hw-new-1\n").unwrap();
+    let o = e.run(&["inventory", "import", csv.to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let key = e.home.join("log.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        scalar(
+            &e,
+            &format!("SELECT kind FROM events WHERE id = {}", before + 1)
+        ),
+        "log.keyed"
+    );
+    let o = e.run(&["log", "verify"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // A script that rechains the keyed part with plain hashes is caught at the marker.
+    rechain_plain(&e, before + 1);
+    let o = e.run(&["--json", "log", "verify"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["first_break"]["event_id"], before + 1, "{v}");
+    assert_eq!(o.status.code(), Some(1));
+}
+
+/// `log head` gives an auditor a head to record; `log verify --anchor` proves the log
+/// still extends it, and fails once the events up to it were rolled back consistently
+/// (what a deleted -wal does), which the chain alone cannot see.
+#[test]
+fn log_head_and_verify_anchor_catch_a_consistent_rollback() {
+    let e = fleet();
+    let o = e.run(&["--json", "log", "head"]);
+    assert_eq!(o.status.code(), Some(0));
+    let head: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = head["id"].as_i64().unwrap();
+    let hash = head["hash"].as_str().unwrap().to_string();
+    assert_eq!(head["keyed"], true, "{head}");
+    assert_eq!(
+        scalar(&e, &format!("SELECT hash FROM events WHERE id = {id}")),
+        hash
+    );
+    let anchor = e.home.join("anchor.json");
+    std::fs::write(&anchor, &o.stdout).unwrap();
+    let o = e.run(&["log", "head"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.starts_with(&format!("{id}:{hash}")), "{text}");
+    // The log grows: it still extends the anchor, in every spelling of it.
+    let csv = e.home.join("more.csv");
+    std::fs::write(&csv, "serial,hardware_id\nNEW-1,hw-new-1\n").unwrap();
+    assert_eq!(
+        e.run(&["inventory", "import", csv.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    for a in [
+        anchor.to_str().unwrap().to_string(),
+        format!("{id}:{hash}"),
+        hash.clone(),
+    ] {
+        let o = e.run(&["log", "verify", "--anchor", &a]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{a}: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+    // Roll back to before the anchor, head and all: the chain alone is consistent...
+    e.sql(&format!("DELETE FROM events WHERE id >= {id}"));
+    let prev = scalar(
+        &e,
+        &format!("SELECT hash FROM events WHERE id = {}", id - 1),
+    );
+    e.sql(&format!(
+        "UPDATE meta SET value = '{}:{prev}' WHERE key = 'event_head'",
+        id - 1
+    ));
+    assert_eq!(e.run(&["log", "verify"]).status.code(), Some(0));
+    // ...but it no longer extends the anchor.
+    let o = e.run(&[
+        "--json",
+        "log",
+        "verify",
+        "--anchor",
+        anchor.to_str().unwrap(),
+    ]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{v}");
+    assert_eq!(v["first_break"]["problem"], "anchor", "{v}");
+    assert!(
+        v["first_break"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("event {id} is gone")),
+        "{v}"
+    );
+    let o = e.run(&["log", "verify", "--anchor", "nonsense"]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--anchor nonsense"), "{err}");
 }

@@ -58,6 +58,8 @@ pub fn create(home: &Home, org: &str, station: Option<&str>) -> Result<Created> 
     fs::write(home.config_path(), format!("{header}{text}"))
         .map_err(|e| Error::io(home.config_path(), e))?;
     staged.add(home.registry_path());
+    // The first event creates the log key beside the registry (see store::logkey).
+    staged.add(crate::store::logkey::key_path(&home.registry_path()));
     let mut reg = Store::create(&home.registry_path())?;
     let station = home.station(&config);
     let tx = reg.write()?;

@@ -25,9 +25,26 @@ pub enum ExportFormat {
 pub enum LogCommand {
     /// Walk the event log's hash chain and name the first event altered, deleted or inserted
     #[command(
-        after_help = "Exit codes: 0 the chain verifies, 1 it is broken (the first break is named),\n4 the registry cannot be read.\n\nExamples:\n  cradle log verify\n  cradle --json log verify"
+        after_help = "The chain is keyed by HOME/log.key (HMAC-SHA256, see cradle-audit(7)).\n\nExit codes: 0 the chain verifies, 1 it is broken (the first break is named) or the\nlog key is missing so only its structure could be checked, 4 the registry cannot be read.\n\nExamples:\n  cradle log verify\n  cradle --json log verify"
     )]
-    Verify,
+    Verify {
+        /// Also prove the log still extends a head recorded earlier: a `log head --json`
+        /// file, a file or string ID:HASH, or a bare HASH
+        #[arg(long, value_name = "FILE|HASH")]
+        anchor: Option<String>,
+    },
+    /// Print the newest event (id, hash, time) for an auditor to record outside the host
+    #[command(
+        after_help = "Record the output elsewhere (a ticket, another machine); later
+`cradle log verify --anchor FILE|ID:HASH` proves the log still extends it: an event
+at or before it rewritten, or events removed (a rolled-back or deleted -wal), fail.
+The hash is keyed by HOME/log.key, so only its holder can forge a matching one.
+
+Examples:
+  cradle log head
+  cradle --json log head > anchor.json"
+    )]
+    Head,
     /// Export the event log (JSON Lines by default; --json for one array, --format csv)
     #[command(
         after_help = "Each event carries its hash and the previous event's hash, so an export can be\nre-verified elsewhere.\n\nExamples:\n  cradle log export > events.jsonl\n  cradle log export --since 2026-11-01 --format csv -o november.csv\n  cradle --json log export --device ACME-000001"
@@ -50,7 +67,8 @@ pub enum LogCommand {
 
 pub fn run(ctx: &Ctx, cmd: LogCommand) -> anyhow::Result<i32> {
     match cmd {
-        LogCommand::Verify => verify(ctx),
+        LogCommand::Verify { anchor } => verify(ctx, anchor.as_deref()),
+        LogCommand::Head => head(ctx),
         LogCommand::Export {
             since,
             device,
@@ -87,11 +105,76 @@ pub fn run(ctx: &Ctx, cmd: LogCommand) -> anyhow::Result<i32> {
     }
 }
 
-fn verify(ctx: &Ctx) -> anyhow::Result<i32> {
+fn head(ctx: &Ctx) -> anyhow::Result<i32> {
     let reg = ctx.registry_read()?;
-    // One read transaction for the chain and the device it names.
+    let head = events::log_head(reg.reader())?;
+    if ctx.json {
+        print_json(&serde_json::to_value(&head)?)?;
+    } else {
+        match head {
+            Some(h) => println!(
+                "{}:{}  (event {} at {}{})",
+                h.id,
+                h.hash,
+                h.id,
+                h.at,
+                if h.keyed { ", keyed" } else { ", plain hash" }
+            ),
+            None => println!("the event log is empty"),
+        }
+    }
+    Ok(0)
+}
+
+/// An anchor as (id, hash): JSON from `log head --json`, `ID:HASH`, or `HASH`; from a
+/// file when the argument names one.
+fn parse_anchor(arg: &str) -> crate::Result<(Option<i64>, String)> {
+    let path = std::path::Path::new(arg);
+    let text = if path.is_file() {
+        std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?
+    } else {
+        arg.to_string()
+    };
+    let text = text.trim();
+    let bad = || {
+        Error::input(format!(
+            "--anchor {arg}: not an anchor (expected `log head --json` output, ID:HASH or a 64-digit hash)"
+        ))
+    };
+    let is_hash = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    if text.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|_| bad())?;
+        let id = v["id"].as_i64().ok_or_else(bad)?;
+        let hash = v["hash"].as_str().filter(|h| is_hash(h)).ok_or_else(bad)?;
+        return Ok((Some(id), hash.to_string()));
+    }
+    let first = text.split_whitespace().next().unwrap_or("");
+    match first.split_once(':') {
+        Some((id, hash)) if is_hash(hash) => {
+            Ok((Some(id.parse().map_err(|_| bad())?), hash.into()))
+        }
+        None if is_hash(first) => Ok((None, first.to_string())),
+        _ => Err(bad()),
+    }
+}
+
+fn verify(ctx: &Ctx, anchor: Option<&str>) -> anyhow::Result<i32> {
+    let anchor = anchor.map(parse_anchor).transpose()?;
+    let reg = ctx.registry_read()?;
+    // One read transaction for the chain, the anchor and the device it names.
     let snap = reg.snapshot()?;
-    let report = events::verify_chain(&snap)?;
+    let mut report = events::verify_chain(&snap)?;
+    if let Some((id, hash)) = &anchor {
+        if report.first_break.is_none() {
+            if let Some(message) = events::check_anchor(&snap, *id, hash)? {
+                report.first_break = Some(events::ChainBreak {
+                    event_id: id.unwrap_or(0),
+                    problem: "anchor".into(),
+                    message,
+                });
+            }
+        }
+    }
     let device = match &report.first_break {
         Some(b) => match q::event_device(&snap, b.event_id)? {
             Some(id) => q::device_serial(&snap, id)?,
@@ -101,13 +184,20 @@ fn verify(ctx: &Ctx) -> anyhow::Result<i32> {
     };
     if ctx.json {
         let mut v = serde_json::to_value(&report)?;
-        v["ok"] = serde_json::json!(report.first_break.is_none());
+        v["ok"] =
+            serde_json::json!(report.first_break.is_none() && report.structure_only_from.is_none());
         if let Some(b) = v.get_mut("first_break").filter(|b| !b.is_null()) {
             b["device"] = serde_json::json!(device);
         }
         print_json(&v)?;
     } else {
         match &report.first_break {
+            None if report.structure_only_from.is_some() => println!(
+                "event log UNVERIFIED from event {}: the log key {} is missing, so only the chain's structure ({} event(s)) could be checked, not who wrote it",
+                report.structure_only_from.unwrap_or_default(),
+                crate::store::logkey::key_path(reg.path()).display(),
+                report.events
+            ),
             None => println!(
                 "event log OK: {} event(s), head {}",
                 report.events,
@@ -122,7 +212,14 @@ fn verify(ctx: &Ctx) -> anyhow::Result<i32> {
             ),
         }
     }
-    Ok(if report.first_break.is_some() { 1 } else { 0 })
+    // A chain that could only be checked for structure is not a verified one.
+    Ok(
+        if report.first_break.is_some() || report.structure_only_from.is_some() {
+            1
+        } else {
+            0
+        },
+    )
 }
 
 /// Accepts RFC 3339 (any offset, normalised to UTC) or a bare date (midnight UTC); returns

@@ -9,6 +9,9 @@ use serde::Serialize;
 pub enum EventKind {
     #[serde(rename = "home.initialised")]
     HomeInitialised,
+    /// The log key was created: events from here on are HMAC-keyed.
+    #[serde(rename = "log.keyed")]
+    LogKeyed,
     #[serde(rename = "ca.created")]
     CaCreated,
     #[serde(rename = "ca.imported")]
@@ -38,8 +41,9 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::HomeInitialised,
+        EventKind::LogKeyed,
         EventKind::CaCreated,
         EventKind::CaImported,
         EventKind::DeviceCreated,
@@ -58,6 +62,7 @@ impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::HomeInitialised => "home.initialised",
+            EventKind::LogKeyed => "log.keyed",
             EventKind::CaCreated => "ca.created",
             EventKind::CaImported => "ca.imported",
             EventKind::DeviceCreated => "device.created",

@@ -7,6 +7,10 @@
 use rusqlite::{OptionalExtension, Row};
 
 use super::Reader;
+use hmac::digest::Update;
+use hmac::Mac;
+
+use super::logkey::EventMac;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -61,14 +65,33 @@ pub struct Hashed<'a> {
     pub details: &'a str,
 }
 
-/// The hash of one event: SHA-256 over its fields, newline-separated, in a fixed order.
-pub fn event_hash(e: &Hashed<'_>) -> String {
-    String::from_utf8(event_hash_hex(e).to_vec()).expect("hex digits")
+/// The hash of one event: SHA-256 over its fields, newline-separated, in a fixed order
+/// (HMAC-SHA256 with the log key over the same bytes for keyed events).
+pub fn event_hash(key: Option<&EventMac>, e: &Hashed<'_>) -> String {
+    String::from_utf8(event_hash_hex(key, e).to_vec()).expect("hex digits")
 }
 
 /// `event_hash` as 64 ASCII hex digits, without allocating (bulk writers).
-pub fn event_hash_hex(e: &Hashed<'_>) -> [u8; 64] {
-    let mut h = Sha256::new();
+pub fn event_hash_hex(key: Option<&EventMac>, e: &Hashed<'_>) -> [u8; 64] {
+    let digest: [u8; 32] = match key {
+        Some(k) => {
+            let mut m = k.clone();
+            feed(&mut m, e);
+            m.finalize().into_bytes().into()
+        }
+        None => {
+            let mut h = Sha256::new();
+            feed(&mut h, e);
+            h.finalize().into()
+        }
+    };
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(digest, &mut out).expect("64 hex digits");
+    out
+}
+
+/// The canonical bytes of one event, into a hash or a MAC.
+fn feed(h: &mut impl Update, e: &Hashed<'_>) {
     let mut num = [0u8; 20];
     h.update(decimal(e.id, &mut num));
     h.update(b"\n");
@@ -82,9 +105,6 @@ pub fn event_hash_hex(e: &Hashed<'_>) -> [u8; 64] {
         h.update(part.as_bytes());
         h.update(b"\n");
     }
-    let mut out = [0u8; 64];
-    hex::encode_to_slice(h.finalize(), &mut out).expect("64 hex digits");
-    out
 }
 
 /// `n` in decimal, written into `buf` (20 bytes hold any i64).
@@ -97,17 +117,20 @@ fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 /// Recomputes the hash of a stored event from its stored fields (raw details text).
-pub fn recompute(e: &Event, raw_details: &str) -> String {
-    event_hash(&Hashed {
-        id: e.id,
-        prev_hash: e.prev_hash.as_bytes(),
-        device_id: e.device_id,
-        kind: &e.kind,
-        actor: &e.actor,
-        station: &e.station,
-        at: &e.at,
-        details: raw_details,
-    })
+pub fn recompute(key: Option<&EventMac>, e: &Event, raw_details: &str) -> String {
+    event_hash(
+        key,
+        &Hashed {
+            id: e.id,
+            prev_hash: e.prev_hash.as_bytes(),
+            device_id: e.device_id,
+            kind: &e.kind,
+            actor: &e.actor,
+            station: &e.station,
+            at: &e.at,
+            details: raw_details,
+        },
+    )
 }
 
 /// The head recorded in `meta` (id, hash), if any event was ever written.
@@ -156,6 +179,9 @@ pub struct ChainReport {
     pub events: u64,
     pub head_hash: String,
     pub first_break: Option<ChainBreak>,
+    /// Set when the log key is missing and some hash is not plain SHA-256: from this
+    /// event on only the chain's structure (ids, links, head) could be checked.
+    pub structure_only_from: Option<i64>,
 }
 
 /// Walks the whole chain in id order and reports the first break.
@@ -169,6 +195,10 @@ pub fn verify_chain(db: &Reader) -> Result<ChainReport> {
     let mut expected_id = 1i64;
     let mut count = 0u64;
     let mut first_break = None;
+    let key = super::logkey::LogKey::load(conn)?;
+    // An in-memory registry never has a key: plain hashes are its whole scheme.
+    let key_missing = key.is_none() && super::logkey::db_path(conn).is_some();
+    let mut structure_only_from = None;
     while let Some(r) = rows.next()? {
         let id: i64 = r.get(0)?;
         let device_id: Option<i64> = r.get(1)?;
@@ -181,17 +211,24 @@ pub fn verify_chain(db: &Reader) -> Result<ChainReport> {
         let hash: String = r.get(8)?;
         count += 1;
         if first_break.is_none() {
-            let recomputed = event_hash(&Hashed {
-                id,
-                prev_hash: prev.as_bytes(),
-                device_id,
-                kind: &kind,
-                actor: &actor,
-                station: &station,
-                at: &at,
-                details: &details,
-            });
-            let brk = if recomputed != hash {
+            let recomputed = event_hash(
+                key.as_ref().and_then(|k| k.for_id(id)),
+                &Hashed {
+                    id,
+                    prev_hash: prev.as_bytes(),
+                    device_id,
+                    kind: &kind,
+                    actor: &actor,
+                    station: &station,
+                    at: &at,
+                    details: &details,
+                },
+            );
+            if key_missing && structure_only_from.is_none() && recomputed != hash {
+                // Without the key a keyed hash and a forged one look alike.
+                structure_only_from = Some(id);
+            }
+            let brk = if recomputed != hash && structure_only_from.is_none() {
                 Some(("altered", format!("event {id} ({kind}) was altered: its stored hash does not match its contents")))
             } else if id != expected_id && prev != expected_prev {
                 if id > expected_id {
@@ -259,6 +296,67 @@ pub fn verify_chain(db: &Reader) -> Result<ChainReport> {
         events: count,
         head_hash: expected_prev,
         first_break,
+        structure_only_from,
+    })
+}
+
+/// The newest event: what `log head` prints for an auditor to record elsewhere.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogHead {
+    pub id: i64,
+    pub hash: String,
+    pub at: String,
+    /// The hash is an HMAC with the log key (only its holder can produce it).
+    pub keyed: bool,
+}
+
+pub fn log_head(db: &Reader) -> Result<Option<LogHead>> {
+    let conn = db.conn();
+    let row: Option<(i64, String, String)> = conn
+        .query_row(
+            "SELECT id, hash, at FROM events ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let key = super::logkey::LogKey::load(conn)?;
+    Ok(row.map(|(id, hash, at)| LogHead {
+        keyed: key.as_ref().is_some_and(|k| k.for_id(id).is_some()),
+        id,
+        hash,
+        at,
+    }))
+}
+
+/// Whether the log still extends an anchor (a head recorded earlier): None when it does,
+/// else why not. `id` may be unknown (a bare hash).
+pub fn check_anchor(db: &Reader, id: Option<i64>, hash: &str) -> Result<Option<String>> {
+    let conn = db.conn();
+    let hash = hash.to_ascii_lowercase();
+    let Some(id) = id else {
+        let found: Option<i64> = conn
+            .query_row("SELECT id FROM events WHERE hash = ?1", [&hash], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        return Ok(match found {
+            Some(_) => None,
+            None => Some(format!(
+                "no event has the anchored hash {hash}: the log was rewritten or rolled back past it"
+            )),
+        });
+    };
+    let stored: Option<String> = conn
+        .query_row("SELECT hash FROM events WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    Ok(match stored {
+        None => Some(format!(
+            "the anchored event {id} is gone: events at or after it were removed (rolled back or deleted)"
+        )),
+        Some(h) if h != hash => Some(format!(
+            "event {id} no longer has the anchored hash: history at or before it was rewritten"
+        )),
+        Some(_) => None,
     })
 }
 

@@ -339,8 +339,9 @@ impl<'c> ImportDb<'c> {
             self.hashes.clear();
             let mut prev = head.hash;
             for (k, &(device_id, details)) in group.iter().enumerate() {
-                let hash = event_hash_hex(&Hashed {
-                    id: head.id + 1 + k as i64,
+                let id = head.id + 1 + k as i64;
+                let hash = event_hash_hex(head.key_for(id), &Hashed {
+                    id,
                     prev_hash: &prev,
                     device_id: Some(device_id),
                     kind,
@@ -690,16 +691,19 @@ mod tests {
             "duplicate serial"
         );
         drop(db);
-        let h1 = event_hash(&Hashed {
-            id: 1,
-            prev_hash: GENESIS.as_bytes(),
-            device_id: Some(id),
-            kind: "device.created",
-            actor: "op",
-            station: "st",
-            at: "t",
-            details: r#"{"line":2}"#,
-        });
+        let h1 = event_hash(
+            None,
+            &Hashed {
+                id: 1,
+                prev_hash: GENESIS.as_bytes(),
+                device_id: Some(id),
+                kind: "device.created",
+                actor: "op",
+                station: "st",
+                at: "t",
+                details: r#"{"line":2}"#,
+            },
+        );
         let stored: String = tx
             .conn()
             .query_row("SELECT hash FROM events WHERE id = 1", [], |r| r.get(0))

@@ -11,6 +11,7 @@ pub mod devices;
 pub mod error;
 pub mod events;
 pub mod inventory;
+pub mod logkey;
 pub mod provision;
 pub mod retire;
 pub mod schema;

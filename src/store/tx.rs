@@ -11,6 +11,7 @@ use std::ops::Deref;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::events::{event_hash_hex, Hashed, GENESIS, HEAD_KEY};
+use super::logkey::LogKey;
 use crate::error::{Error, Result};
 use crate::model::{Actor, EventKind};
 
@@ -80,6 +81,15 @@ impl Deref for Snapshot<'_> {
 pub(super) struct Head {
     pub id: i64,
     pub hash: [u8; 64],
+    /// The log key (None for an in-memory registry).
+    pub key: Option<LogKey>,
+}
+
+impl Head {
+    /// The key for event `id`, if it is keyed.
+    pub fn key_for(&self, id: i64) -> Option<&super::logkey::EventMac> {
+        self.key.as_ref().and_then(|k| k.for_id(id))
+    }
 }
 
 /// A write transaction (the write lock is taken when it begins).
@@ -154,7 +164,7 @@ impl<'s> Tx<'s> {
     ) -> Result<i64> {
         self.with_head(|conn, head| {
             let id = head.id + 1;
-            let hash = event_hash_hex(&Hashed {
+            let hash = event_hash_hex(head.key_for(id), &Hashed {
                 id,
                 prev_hash: &head.hash,
                 device_id,
@@ -243,7 +253,66 @@ fn load_head(conn: &Connection) -> Result<Head> {
         )));
     }
     h.copy_from_slice(hash.as_bytes());
-    Ok(Head { id, hash: h })
+    let mut head = Head {
+        id,
+        hash: h,
+        key: None,
+    };
+    head.key = match LogKey::load(conn)? {
+        Some(k) => Some(k),
+        // A new registry is keyed from its first event. An older one gets its key on
+        // its first write, marked by a keyed `log.keyed` event; the plain prefix
+        // stays verifiable, and the boundary lives in the key file, out of reach of
+        // whoever rewrites the registry.
+        None => LogKey::create(conn, id + 1)?,
+    };
+    if id > 0 && head.key.as_ref().is_some_and(|k| k.from == id + 1) {
+        append_marker(conn, &mut head)?;
+    }
+    Ok(head)
+}
+
+/// Appends the `log.keyed` event that opens the keyed part of an older chain.
+fn append_marker(conn: &Connection, head: &mut Head) -> Result<()> {
+    let id = head.id + 1;
+    let (kind, actor, station, at) = (
+        EventKind::LogKeyed.as_str(),
+        "cradle",
+        "",
+        &super::now_rfc3339(),
+    );
+    let details = "{}";
+    let hash = event_hash_hex(
+        head.key_for(id),
+        &Hashed {
+            id,
+            prev_hash: &head.hash,
+            device_id: None,
+            kind,
+            actor,
+            station,
+            at,
+            details,
+        },
+    );
+    let hex = |h: &[u8; 64]| std::str::from_utf8(h).expect("hex digits").to_owned();
+    conn.prepare_cached(
+        "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
+         VALUES (?1, NULL, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        id,
+        kind,
+        actor,
+        station,
+        at,
+        details,
+        hex(&head.hash),
+        hex(&hash)
+    ])?;
+    head.id = id;
+    head.hash = hash;
+    Ok(())
 }
 
 fn store_head(conn: &Connection, head: &Head) -> Result<()> {

@@ -408,6 +408,15 @@ fn run_checks(
                 device,
                 format!("event {} {}: {}", b.event_id, b.problem, b.message),
             ))?;
+        } else if let Some(from) = report.structure_only_from {
+            // Without the log key a forged rechain looks like a keyed one.
+            emit(finding(
+                EVENT_CHAIN,
+                None,
+                format!(
+                    "event {from} unverified: the log key (log.key in the home) is missing, so from here only the chain's structure could be checked"
+                ),
+            ))?;
         }
     }
     Ok(stats)
