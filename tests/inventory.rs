@@ -1035,6 +1035,7 @@ fn a_reader_that_stops_early_is_not_an_error() {
         &["inventory", "export"],
         &["device", "list"],
         &["log", "export"],
+        &["completions", "bash"],
     ] {
         let mut child = env
             .cmd(args)

@@ -89,7 +89,11 @@ pub fn profile(ctx: &Ctx, cmd: ProfileCommand) -> anyhow::Result<i32> {
 
 pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<i32> {
     let mut cmd = Cli::command();
-    clap_complete::generate(shell, &mut cmd, "cradle", &mut std::io::stdout());
+    // clap_complete panics on a write error; render first, then write (a closed pipe,
+    // `cradle completions bash | head`, is then an io::Error main treats as success).
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "cradle", &mut buf);
+    std::io::Write::write_all(&mut std::io::stdout().lock(), &buf)?;
     Ok(0)
 }
 
