@@ -529,9 +529,14 @@ pub fn run<E: From<Error>>(
     } else {
         None
     };
-    let crash_after = std::env::var(CRASH_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u8>().ok());
+    // A test hook: debug builds only (what `cargo test` runs), never a release binary.
+    let crash_after = if cfg!(debug_assertions) {
+        std::env::var(CRASH_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u8>().ok())
+    } else {
+        None
+    };
     let write = |conn: &Reader, dev: &Device| {
         let dir = req.report_dir.as_deref().unwrap_or(Path::new("."));
         report::write(conn, dev, dir, &req.org)
