@@ -315,3 +315,41 @@ fn a_certificate_left_on_a_device_by_a_failed_provisioning_is_revoked_with_it() 
         "identity verify accepted a revoked certificate"
     );
 }
+
+#[test]
+fn device_set_status_keeps_the_lifecycle_promises_of_the_dedicated_commands() {
+    let e = fleet(1); // DEV-001 with an active certificate
+    let csv = e.path("bare.csv");
+    std::fs::write(&csv, "serial\nBARE-1\n").unwrap();
+    e.ok(&["inventory", "import", csv.to_str().unwrap()]);
+    // No certificate: not provisioned by hand (deployed needs provisioned first).
+    let err = e.fails(&["device", "set", "BARE-1", "status=provisioned"], 7);
+    assert!(err.contains("no active certificate"), "{err}");
+    // An active certificate: retiring by hand would leave it off the CRL.
+    let err = e.fails(&["device", "set", "DEV-001", "status=retired"], 7);
+    assert!(
+        err.contains("not revoked") && err.contains("cradle revoke"),
+        "{err}"
+    );
+    // Only decommission decommissions, even from retired.
+    e.ok(&["revoke", "DEV-001", "--passphrase-file", e.pass()]);
+    e.ok(&["device", "set", "DEV-001", "status=retired"]);
+    let err = e.fails(&["device", "set", "DEV-001", "status=decommissioned"], 7);
+    assert!(err.contains("only `cradle decommission`"), "{err}");
+    assert!(e.ok(&["device", "show", "DEV-001"]).contains("retired"));
+    // An override is possible and recorded as one.
+    e.ok(&[
+        "device",
+        "set",
+        "BARE-1",
+        "status=provisioned",
+        "--force",
+        "--reason",
+        "bench unit, no identity",
+    ]);
+    let hist = e.ok(&["device", "history", "BARE-1", "--json"]);
+    assert!(
+        hist.contains("\"forced\": true") && hist.contains("bench unit"),
+        "{hist}"
+    );
+}

@@ -22,6 +22,50 @@ pub fn check(device: &Device, to: DeviceStatus, force_reason: Option<&str>) -> R
     }
 }
 
+/// A status set by hand (`device set status=`, an import's status column) keeps the
+/// promises the dedicated commands keep: a provisioned device has an active
+/// certificate, a retired one has none left unrevoked (so every certificate it ever had
+/// is on the CRL), and only `cradle decommission` records the wipe that makes a device
+/// decommissioned. Breaking one needs `--force --reason`. Returns whether it is forced.
+pub fn check_set(
+    db: &crate::store::Reader,
+    device: &Device,
+    to: DeviceStatus,
+    force_reason: Option<&str>,
+) -> Result<bool> {
+    let forced = check(device, to, force_reason)?;
+    if device.status == to {
+        return Ok(forced);
+    }
+    let certs = crate::store::certs::certs_for_device(db, device.id)?;
+    let count =
+        |s: &[crate::store::CertStatus]| certs.iter().filter(|c| s.contains(&c.status)).count();
+    use crate::store::CertStatus::{Active, Unused};
+    let broken = match to {
+        DeviceStatus::Provisioned if count(&[Active]) == 0 => Some(format!(
+            "device '{}' has no active certificate, so it cannot be {to}; provision or issue it first",
+            device.serial
+        )),
+        DeviceStatus::Retired if count(&[Active, Unused]) > 0 => Some(format!(
+            "device '{}' still has {} certificate(s) not revoked; use `cradle revoke` or `cradle decommission`, which put them on the CRL",
+            device.serial,
+            count(&[Active, Unused])
+        )),
+        DeviceStatus::Decommissioned => Some(format!(
+            "device '{}': only `cradle decommission` makes a device decommissioned (it revokes and records the wipe)",
+            device.serial
+        )),
+        _ => None,
+    };
+    match (broken, force_reason) {
+        (None, _) => Ok(forced),
+        (Some(_), Some(r)) if !r.trim().is_empty() => Ok(true),
+        (Some(msg), _) => Err(Error::conflict(format!(
+            "{msg} (or --force --reason TEXT to override)"
+        ))),
+    }
+}
+
 /// `device return` brings a device back from maintenance; from any other state it
 /// needs the override (installing a device is `device deploy`).
 pub fn check_return(device: &Device, force_reason: Option<&str>) -> Result<()> {

@@ -179,7 +179,7 @@ fn edit_if(
     }
     // Check the state change before writing anything.
     let forced = match to_status {
-        Some(to) => lifecycle::check(&dev, to, force_reason)?,
+        Some(to) => lifecycle::check_set(&tx, &dev, to, force_reason)?,
         None => false,
     };
     if !changes.is_empty() {
@@ -205,7 +205,14 @@ fn edit_if(
             actor,
             force_reason,
             &now,
-            serde_json::json!({"source": command}),
+            // `forced` as `check_set` judged it (it knows rules `transition` does not).
+            {
+                let mut x = serde_json::json!({"source": command, "forced": forced});
+                if forced {
+                    x["reason"] = force_reason.unwrap_or("").into();
+                }
+                x
+            },
         )? {
             changes.push(Change {
                 field: "status".into(),
