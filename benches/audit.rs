@@ -326,7 +326,7 @@ fn main() {
         "cradle audit --json",
         &full,
         &format!(
-            "({findings} findings, 15 checks, {verified} signatures verified, {marked} marks accepted)"
+            "({findings} findings, 16 checks, {verified} signatures verified, {marked} marks accepted)"
         ),
     );
     line(

@@ -126,7 +126,7 @@ fn clean_registry_has_zero_findings_and_exits_0() {
     assert_eq!(v["summary"]["findings"], 0);
     assert_eq!(v["summary"]["devices"], DEVICES as i64);
     let by_check = v["summary"]["by_check"].as_object().unwrap();
-    assert_eq!(by_check.len(), 15);
+    assert_eq!(by_check.len(), 16);
     assert!(by_check.values().all(|n| n == 0));
     // Table and CSV say the same; the audit writes nothing.
     let table = e.ok(&["audit"]);
@@ -152,7 +152,7 @@ fn list_checks_names_every_check_with_severity() {
         .iter()
         .map(|c| c["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids.len(), 15);
+    assert_eq!(ids.len(), 16);
     for id in [
         "cert-expiring",
         "cert-expired-deployed",

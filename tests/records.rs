@@ -352,4 +352,29 @@ fn device_set_status_keeps_the_lifecycle_promises_of_the_dedicated_commands() {
         hist.contains("\"forced\": true") && hist.contains("bench unit"),
         "{hist}"
     );
+    // Forced all the way to decommissioned with a live certificate: the audit says so.
+    let e = fleet(1);
+    for to in ["retired", "decommissioned"] {
+        e.ok(&[
+            "device",
+            "set",
+            "DEV-001",
+            &format!("status={to}"),
+            "--force",
+            "--reason",
+            "test",
+        ]);
+    }
+    let o = e.run(&["audit", "--json", "--check", "cert-outlives-device"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let f = &v["findings"].as_array().unwrap()[0];
+    assert_eq!(f["check"], "cert-outlives-device", "{v}");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("active, not revoked"),
+        "{v}"
+    );
+    assert_ne!(o.status.code(), Some(0));
 }

@@ -24,6 +24,7 @@ pub enum Format {
 pub const AUDIT_AFTER_HELP: &str = "\
 Checks (ids for --check; `cradle audit --list-checks` describes them):
   cert-expiring, cert-expired-deployed, revoked-not-retired, decommissioned-without-wipe,
+  cert-outlives-device,
   duplicate-public-key, duplicate-hardware-id, duplicate-mac, duplicate-imei,
   cert-not-chained, cert-fingerprint-mismatch, stuck-provisioning, stuck-decommission,
   crl-stale, crl-missing-serials, event-chain

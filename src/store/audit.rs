@@ -362,6 +362,25 @@ pub fn stuck_provisioning(
     )
 }
 
+/// Certificates not revoked (active or unused) of decommissioned devices. Yields
+/// (device serial, certificate serial, certificate status).
+pub fn unrevoked_certs_of_decommissioned(
+    db: &Reader,
+    f: impl FnMut((String, String, String)) -> Result<()>,
+) -> Result<()> {
+    let conn = db.conn();
+    each(
+        conn,
+        "SELECT d.serial, c.serial_hex, c.status
+         FROM devices d JOIN certificates c ON c.device_id = d.id
+         WHERE d.status = 'decommissioned' AND c.status IN ('active', 'unused')
+         ORDER BY d.serial, c.id",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        f,
+    )
+}
+
 /// Devices `retired` (decommission started) since before `before`. Yields (serial, since,
 /// active certificates left).
 pub fn stuck_decommission(

@@ -69,6 +69,7 @@ pub const CERT_EXPIRING: &str = "cert-expiring";
 pub const CERT_EXPIRED_DEPLOYED: &str = "cert-expired-deployed";
 pub const REVOKED_NOT_RETIRED: &str = "revoked-not-retired";
 pub const DECOMMISSIONED_WITHOUT_WIPE: &str = "decommissioned-without-wipe";
+pub const CERT_OUTLIVES_DEVICE: &str = "cert-outlives-device";
 pub const DUPLICATE_PUBLIC_KEY: &str = "duplicate-public-key";
 pub const DUPLICATE_HARDWARE_ID: &str = "duplicate-hardware-id";
 pub const DUPLICATE_MAC: &str = "duplicate-mac";
@@ -89,6 +90,7 @@ pub const CHECKS: &[Check] = &[
     check(CERT_EXPIRED_DEPLOYED, E, "active certificate of a deployed or maintenance device has expired (not renewed)"),
     check(REVOKED_NOT_RETIRED, E, "device not retired or decommissioned whose certificates are revoked and none is active"),
     check(DECOMMISSIONED_WITHOUT_WIPE, E, "decommissioned device with neither a verified wipe attestation nor a manual wipe record"),
+    check(CERT_OUTLIVES_DEVICE, E, "decommissioned device with a certificate that is not revoked (active, or unused after a failed provisioning): not on the CRL"),
     check(DUPLICATE_PUBLIC_KEY, E, "certificates of different devices share a public key"),
     check(DUPLICATE_HARDWARE_ID, E, "devices share a hardware id"),
     check(DUPLICATE_MAC, E, "devices share a MAC address (compared without separators or case)"),
@@ -314,6 +316,18 @@ fn run_checks(
                 DECOMMISSIONED_WITHOUT_WIPE,
                 Some(serial),
                 format!("decommissioned (last change {at}) with {why}"),
+            ))
+        })?;
+    }
+    if o.wants(CERT_OUTLIVES_DEVICE) {
+        q::unrevoked_certs_of_decommissioned(conn, |(serial, cert_serial, status)| {
+            emit(with_cert(
+                finding(
+                    CERT_OUTLIVES_DEVICE,
+                    Some(serial),
+                    format!("decommissioned, but certificate {cert_serial} is {status}, not revoked: relying parties still accept it"),
+                ),
+                &cert_serial,
             ))
         })?;
     }
@@ -674,7 +688,7 @@ mod tests {
         let ids = check_ids();
         let set: HashSet<_> = ids.iter().collect();
         assert_eq!(set.len(), ids.len());
-        assert_eq!(ids.len(), 15);
+        assert_eq!(ids.len(), 16);
         for id in ids {
             assert!(id.chars().all(|c| c.is_ascii_lowercase() || c == '-'));
         }
