@@ -131,7 +131,7 @@ fn clean_registry_has_zero_findings_and_exits_0() {
     // Table and CSV say the same; the audit writes nothing.
     let table = e.ok(&["audit"]);
     assert!(
-        table.starts_with("no findings: 15 check(s) over 8 device(s) passed"),
+        table.starts_with("no findings: 16 check(s) over 8 device(s) passed"),
         "{table}"
     );
     let csv = e.ok(&["audit", "--format", "csv"]);
@@ -184,7 +184,7 @@ fn skip_leaves_out_checks() {
     );
     assert_eq!((code, found(&v)), (0, BTreeSet::new()));
     let checks = v["summary"]["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 13);
+    assert_eq!(checks.len(), 14);
     assert!(!checks
         .iter()
         .any(|c| c == "duplicate-imei" || c == "cert-not-chained"));
@@ -1103,7 +1103,7 @@ fn fleet_report_html_matches_the_registry() {
 
     // --skip leaves a check out of the report's findings.
     let j = e.json(&["report", "fleet", "--skip", "cert-expiring"]);
-    assert_eq!(j["audit"]["checks"].as_array().unwrap().len(), 14);
+    assert_eq!(j["audit"]["checks"].as_array().unwrap().len(), 15);
     assert_eq!(j["audit"]["findings"], total - 1);
 
     // --json gives the same numbers.
