@@ -153,10 +153,9 @@ fn every_shipped_profile_and_the_crl_lint_clean() {
     assert!(bad.is_empty(), "pkilint findings:\n{}", bad.join("\n"));
 }
 
-fn text_of(e: &Env, cert: &Path) -> String {
+fn text_of(cert: &Path) -> String {
     let (ok, t) = openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-text"]);
     assert!(ok, "{t}");
-    let _ = e;
     t
 }
 
@@ -165,7 +164,7 @@ fn no_branding_registered_urns_and_a_devid_hardware_module_name() {
     let e = fleet();
     for p in PROFILES {
         let (leaf, _) = issue(&e, "LINT-1", p);
-        let t = text_of(&e, &leaf);
+        let t = text_of(&leaf);
         assert!(!t.contains("cradle"), "{p}: {t}");
         assert!(
             !t.contains("Key Encipherment"),
@@ -177,7 +176,7 @@ fn no_branding_registered_urns_and_a_devid_hardware_module_name() {
     }
     // Without a MAC the URN is left out, not written half-filled.
     let (leaf, _) = issue(&e, "LINT-2", "device");
-    let t = text_of(&e, &leaf);
+    let t = text_of(&leaf);
     assert!(!t.contains("urn:dev"), "{t}");
 
     // hardwareModuleName: [0] { 1.3.6.1.5.5.7.8.4, [0] { SEQUENCE { hwType, hwSerialNum } } }

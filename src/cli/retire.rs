@@ -10,7 +10,7 @@ use crate::app::retire::decommission::{self, Given, Request, Selection, StepStat
 use crate::app::retire::revoke::{
     self, Revocation, RevocationResult, RevokeOutcome, RevokeRequest, Untouched,
 };
-use crate::app::retire::{Progress, WipeContext, WipeLevel};
+use crate::app::retire::{wipe, Progress, WipeContext, WipeLevel};
 use crate::error::{exit, Error};
 use crate::pki::crl::{CrlIssued, Reason};
 use crate::store::Store;
@@ -317,12 +317,7 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
         org: config.org.clone(),
         crl: Publication::configured(&ctx.home, &config),
     };
-    let params = crate::device::LinkParams {
-        baud: a.wipe_baud,
-        timeout: a.wipe_timeout,
-        nrf_identity_keys: None,
-    };
-    let mut opener = |port: &str| crate::device::open_wipe_link(port, params.clone());
+    let mut opener = wipe::serial_opener(a.wipe_baud, a.wipe_timeout);
     let pb = Bar::new("retiring");
     let summary = decommission::run(
         &mut reg,

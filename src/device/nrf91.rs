@@ -29,6 +29,8 @@ pub struct NrfLink<T: Read + Write = wire::Port> {
     keys: Option<std::sync::Arc<IdentityKeys>>,
     /// (credential type, SHA-256 as listed) of what this run wrote.
     written: Vec<(u8, String)>,
+    /// SHA-256 of the client certificate the modem lists, read once per run (`holds`).
+    held_cert: Option<Option<String>>,
 }
 
 impl NrfLink<wire::Port> {
@@ -48,6 +50,7 @@ impl<T: Read + Write> NrfLink<T> {
             s,
             keys,
             written: Vec::new(),
+            held_cert: None,
         }
     }
 }
@@ -150,12 +153,17 @@ impl<T: Read + Write + Send> DeviceLink for NrfLink<T> {
     }
 
     fn holds(&mut self, cert_der: &[u8]) -> Result<bool, WireError> {
+        if self.held_cert.is_none() {
+            let listed = self.s.list(SEC_TAG)?;
+            self.held_cert = Some(
+                listed
+                    .into_iter()
+                    .find(|c| c.kind == TYPE_CLIENT_CERT)
+                    .map(|c| c.sha256),
+            );
+        }
         let want = cmng_sha(&to_pem("CERTIFICATE", cert_der));
-        Ok(self
-            .s
-            .list(SEC_TAG)?
-            .iter()
-            .any(|c| c.kind == TYPE_CLIENT_CERT && c.sha256 == want))
+        Ok(self.held_cert.as_ref().and_then(Option::as_ref) == Some(&want))
     }
 
     fn details(&self) -> serde_json::Map<String, serde_json::Value> {

@@ -163,36 +163,7 @@ impl<'s> Tx<'s> {
         at: &str,
     ) -> Result<i64> {
         self.with_head(|conn, head| {
-            let id = head.id + 1;
-            let hash = event_hash_hex(head.key_for(id), &Hashed {
-                id,
-                prev_hash: &head.hash,
-                device_id,
-                kind,
-                actor,
-                station,
-                at,
-                details,
-            });
-            let hex = |h: &[u8; 64]| std::str::from_utf8(h).expect("hex digits").to_owned();
-            conn.prepare_cached(
-                "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?
-            .execute(params![
-                id,
-                device_id,
-                kind,
-                actor,
-                station,
-                at,
-                details,
-                hex(&head.hash),
-                hex(&hash)
-            ])?;
-            head.id = id;
-            head.hash = hash;
-            Ok(id)
+            insert_event(conn, head, device_id, kind, (actor, station), details, at)
         })
     }
 
@@ -274,20 +245,30 @@ fn load_head(conn: &Connection) -> Result<Head> {
 
 /// Appends the `log.keyed` event that opens the keyed part of an older chain.
 fn append_marker(conn: &Connection, head: &mut Head) -> Result<()> {
+    let at = super::now_rfc3339();
+    let kind = EventKind::LogKeyed.as_str();
+    insert_event(conn, head, None, kind, ("cradle", ""), "{}", &at)?;
+    Ok(())
+}
+
+/// Inserts the next event after `head`, hashed (keyed where the chain is) onto it, and
+/// moves `head` forward: the one place an event row is written.
+fn insert_event(
+    conn: &Connection,
+    head: &mut Head,
+    device_id: Option<i64>,
+    kind: &str,
+    (actor, station): (&str, &str),
+    details: &str,
+    at: &str,
+) -> Result<i64> {
     let id = head.id + 1;
-    let (kind, actor, station, at) = (
-        EventKind::LogKeyed.as_str(),
-        "cradle",
-        "",
-        &super::now_rfc3339(),
-    );
-    let details = "{}";
     let hash = event_hash_hex(
         head.key_for(id),
         &Hashed {
             id,
             prev_hash: &head.hash,
-            device_id: None,
+            device_id,
             kind,
             actor,
             station,
@@ -298,10 +279,11 @@ fn append_marker(conn: &Connection, head: &mut Head) -> Result<()> {
     let hex = |h: &[u8; 64]| std::str::from_utf8(h).expect("hex digits").to_owned();
     conn.prepare_cached(
         "INSERT INTO events (id, device_id, kind, actor, station, at, details, prev_hash, hash)
-         VALUES (?1, NULL, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         id,
+        device_id,
         kind,
         actor,
         station,
@@ -312,7 +294,7 @@ fn append_marker(conn: &Connection, head: &mut Head) -> Result<()> {
     ])?;
     head.id = id;
     head.hash = hash;
-    Ok(())
+    Ok(id)
 }
 
 fn store_head(conn: &Connection, head: &Head) -> Result<()> {

@@ -45,6 +45,20 @@ pub const NONCE_PURPOSE: &str = "wipe";
 // The wipe goes through the device seam: `device::open_wipe_link` opens one.
 pub use crate::device::WipeLink;
 
+/// Opens wipe links on serial ports at `baud`, waiting up to `timeout` per request
+/// (`--wipe-baud`, `--wipe-timeout`), for `decommission::run`.
+pub fn serial_opener(
+    baud: u32,
+    timeout: std::time::Duration,
+) -> impl FnMut(&str) -> Result<Box<dyn WipeLink>> {
+    let params = crate::device::LinkParams {
+        baud,
+        timeout,
+        nrf_identity_keys: None,
+    };
+    move |port: &str| crate::device::open_wipe_link(port, params.clone())
+}
+
 /// 32 random bytes from the OS.
 pub fn fresh_nonce() -> [u8; 32] {
     use rand_core::{OsRng, RngCore};
