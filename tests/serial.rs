@@ -796,6 +796,34 @@ fn nrf91_profile_csr_and_inject() {
         ),
         format!("{uuid}|verified")
     );
+    // The show command exposes the evidence: in JSON whole, in text as one line.
+    let serial = v[0]["serial"].as_str().unwrap().to_string();
+    let shown = env.json(&["identity", "show", &serial]);
+    let ev = &shown["certificates"][0]["device_attestation"];
+    assert_eq!(ev["device_uuid"], uuid.as_str(), "{shown:#}");
+    assert_eq!(ev["format"], "nrf91-keygen-cose", "{shown:#}");
+    assert!(
+        ev["cose"].as_str().is_some_and(|c| c.len() > 100),
+        "{shown:#}"
+    );
+    let text = env.ok(&["identity", "show", &serial]);
+    assert!(
+        text.contains(&format!(
+            "attested by the device (nrf91-keygen-cose, verified)  device uuid {uuid}"
+        )),
+        "{text}"
+    );
+    let dev = env.json(&["device", "show", &serial]);
+    assert_eq!(
+        dev["key_attestation"]["device_uuid"],
+        uuid.as_str(),
+        "{dev:#}"
+    );
+    let text = env.ok(&["device", "show", &serial]);
+    assert!(
+        text.contains("key_attestation") && text.contains(&uuid),
+        "{text}"
+    );
     let imei = v[0]["hardware_id"].as_str().unwrap().to_string();
     assert_eq!(imei.len(), 15, "an IMEI: {imei}");
     assert_eq!(
@@ -1016,4 +1044,83 @@ fn nrf91_sim_keygen_reply_passes_nordics_parser() {
     assert!(text.contains("COSE digest matches payload"), "{text}");
     assert!(text.contains("Payload ID: CSR_msg_v1"), "{text}");
     assert!(text.contains("sec_tag:    16842753"), "{text}");
+}
+
+#[test]
+fn nrf91_sim_is_provisioned_by_nordics_installer() {
+    // Nordic's device_credentials_installer drives the simulated modem end to end
+    // (AT+CFUN=4, AT+CGSN, AT+CGMR, %KEYGEN, %CMNG writes, %CMNG=1 hash checks):
+    // the simulator is held to Nordic's host, not only to ours.
+    let Some(bin) = nrfcloud_bin() else { return };
+    let env = Env::with_ca();
+    let link = env.path("dev/m");
+    let _sim = Sim::start(
+        &env,
+        &["--profile", "nrf91", "--link", link.to_str().unwrap()],
+        1,
+    );
+    // A throwaway CA of Nordic's own making signs the CSR (the installer wants a
+    // plain PEM key), so nothing of ours takes part in the signing.
+    let key = env.path("nordic-ca.key");
+    let ca = env.path("nordic-ca.pem");
+    let (ok, err) = openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-subj",
+        "/CN=Nordic test CA",
+        "-days",
+        "2",
+        "-out",
+        ca.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let csv = env.path("onboard.csv");
+    let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/nordic_installer.py");
+    let out = Command::new(bin.join("python"))
+        .arg(&wrapper)
+        .args([
+            "--port",
+            link.to_str().unwrap(),
+            "--cmd-type",
+            "at",
+            "--verify",
+            "-P",
+        ])
+        .args([
+            "--ca",
+            ca.to_str().unwrap(),
+            "--ca-key",
+            key.to_str().unwrap(),
+        ])
+        .args(["-S", "16842753", "--csv", csv.to_str().unwrap()])
+        .current_dir(env.path(""))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("COSE digest matches payload"), "{text}");
+    assert!(text.contains("Verifying Client Cert"), "{text}");
+    assert!(text.contains("Credential verification: PASS"), "{text}");
+    assert!(!text.contains("SHA mismatch"), "{text}");
+    // The onboarding row names the modem by the UUID its COSE attestation carries.
+    let uuid = text
+        .lines()
+        .find_map(|l| l.split("Dev UUID:").nth(1))
+        .map(str::trim)
+        .expect("the installer prints the device UUID");
+    let row = std::fs::read_to_string(&csv).unwrap();
+    assert!(row.starts_with(&format!("{uuid},")), "{row}");
+    assert!(row.contains("BEGIN CERTIFICATE"), "{row}");
 }

@@ -207,3 +207,18 @@ mod tests {
         );
     }
 }
+
+/// One line for a key's device attestation, e.g. `attested by the device
+/// (nrf91-keygen-cose, verified) device uuid 5036…`.
+pub fn attestation_line(ev: &serde_json::Value) -> String {
+    let field = |k: &str| ev.get(k).and_then(|v| v.as_str()).unwrap_or("?");
+    let mut line = format!(
+        "attested by the device ({}, {})",
+        field("format"),
+        field("attestation")
+    );
+    if let Some(uuid) = ev.get("device_uuid").and_then(|v| v.as_str()) {
+        line.push_str(&format!("  device uuid {uuid}"));
+    }
+    line
+}

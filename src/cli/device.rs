@@ -131,6 +131,9 @@ struct ShowOut<'a> {
     #[serde(flatten)]
     device: &'a Device,
     certificates: std::collections::BTreeMap<String, u64>,
+    /// The device's attestation of its active certificate's key, when it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_attestation: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -186,9 +189,14 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
             let reg = ctx.registry_read()?;
             let d = require_device(reg.reader(), &serial)?;
             let certificates = q::cert_counts(reg.reader(), d.id)?.into_iter().collect();
+            let key_attestation = crate::store::certs::certs_for_device(reg.reader(), d.id)?
+                .into_iter()
+                .filter(|c| c.status == crate::store::CertStatus::Active)
+                .find_map(|c| c.device_attestation);
             let out = ShowOut {
                 device: &d,
                 certificates,
+                key_attestation,
             };
             if ctx.json {
                 print_json(&out)?;
@@ -220,6 +228,12 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
                     .join(", ")
             };
             rows.push(vec!["certificates".into(), certs]);
+            if let Some(ev) = &out.key_attestation {
+                rows.push(vec![
+                    "key_attestation".into(),
+                    super::common::attestation_line(ev),
+                ]);
+            }
             print_table(&["FIELD", "VALUE"], &rows)?;
             Ok(0)
         }

@@ -304,6 +304,9 @@ struct CertView {
     not_after: String,
     revoked_at: Option<String>,
     revocation_reason: Option<String>,
+    /// The device's attestation of the key (nRF91: the %KEYGEN COSE and device UUID).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_attestation: Option<serde_json::Value>,
 }
 
 fn show(ctx: &Ctx, serial: &str) -> anyhow::Result<i32> {
@@ -322,6 +325,7 @@ fn show(ctx: &Ctx, serial: &str) -> anyhow::Result<i32> {
             not_after: ts(c.not_after),
             revoked_at: c.revoked_at,
             revocation_reason: c.revocation_reason,
+            device_attestation: c.device_attestation,
         })
         .collect();
     let n_events = events::events_for_device(reg.reader(), dev.id)?.len();
@@ -348,6 +352,9 @@ fn show(ctx: &Ctx, serial: &str) -> anyhow::Result<i32> {
                 c.not_before, c.not_after, c.key_source
             );
             println!("      sha256 {}", colon_hex(&c.fingerprint));
+            if let Some(ev) = &c.device_attestation {
+                println!("      {}", super::common::attestation_line(ev));
+            }
         }
     }
     Ok(0)
