@@ -188,6 +188,21 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()>
     Ok(())
 }
 
+/// One line for a key's device attestation, e.g. `attested by the device
+/// (nrf91-keygen-cose, verified) device uuid 5036…`.
+pub fn attestation_line(ev: &serde_json::Value) -> String {
+    let field = |k: &str| ev.get(k).and_then(|v| v.as_str()).unwrap_or("?");
+    let mut line = format!(
+        "attested by the device ({}, {})",
+        field("format"),
+        field("attestation")
+    );
+    if let Some(uuid) = ev.get("device_uuid").and_then(|v| v.as_str()) {
+        line.push_str(&format!("  device uuid {uuid}"));
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,19 +221,4 @@ mod tests {
             "cradle: error: column 'mo\\u{1b}[2Jdel'\\nline two"
         );
     }
-}
-
-/// One line for a key's device attestation, e.g. `attested by the device
-/// (nrf91-keygen-cose, verified) device uuid 5036…`.
-pub fn attestation_line(ev: &serde_json::Value) -> String {
-    let field = |k: &str| ev.get(k).and_then(|v| v.as_str()).unwrap_or("?");
-    let mut line = format!(
-        "attested by the device ({}, {})",
-        field("format"),
-        field("attestation")
-    );
-    if let Some(uuid) = ev.get("device_uuid").and_then(|v| v.as_str()) {
-        line.push_str(&format!("  device uuid {uuid}"));
-    }
-    line
 }
