@@ -1130,3 +1130,60 @@ fn batch_keeps_the_wal_bounded() {
     // 32 MiB plus one chunk's commit; before the bound it peaked near 90 MB here.
     assert!(peak < 48 << 20, "WAL peaked at {peak} bytes");
 }
+
+#[test]
+fn a_serial_too_long_for_the_cn_is_refused_before_anything_is_written() {
+    // RFC 5280 ub-common-name is 64: a 70-character serial in CN makes certificates
+    // strict verifiers refuse; cradle refuses it instead, for one device and for a batch.
+    let env = Env::with_ca();
+    let long = format!("DEV-{}", "9".repeat(66));
+    let before = env.dump();
+    let err = env.fails(
+        &[
+            "identity",
+            "issue",
+            &long,
+            "--out",
+            "o",
+            "--passphrase-file",
+            env.pass(),
+        ],
+        3,
+    );
+    assert!(
+        err.contains("subject CN") && err.contains("at most 64"),
+        "{err}"
+    );
+    std::fs::write(env.path("s.csv"), format!("serial\nDEV-1\n{long}\n")).unwrap();
+    let err = env.fails(
+        &[
+            "identity",
+            "batch",
+            "--from",
+            "s.csv",
+            "--bundle",
+            "b.jsonl",
+            "--passphrase-file",
+            env.pass(),
+        ],
+        3,
+    );
+    assert!(err.contains("is 70 characters"), "{err}");
+    assert_eq!(env.dump(), before, "nothing recorded");
+    assert!(!env.path("b.jsonl").exists());
+    let written = std::fs::read_dir(env.path("o"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(written, 0, "no key or certificate file");
+    // 64 is fine.
+    let ok = format!("DEV-{}", "9".repeat(60));
+    env.ok(&[
+        "identity",
+        "issue",
+        &ok,
+        "--out",
+        "o",
+        "--passphrase-file",
+        env.pass(),
+    ]);
+}

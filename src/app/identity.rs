@@ -609,6 +609,14 @@ pub fn batch(
             )));
         }
     }
+    // A subject the profile cannot carry (e.g. a CN over RFC 5280's 64 characters)
+    // fails here, before a chunk is committed, rather than halfway through.
+    if let Some(longest) = serials.iter().max_by_key(|s| s.chars().count()) {
+        let mut d = device_template(longest);
+        d.batch = batch_label.map(str::to_string);
+        let vars = vars_for(&d, ctx.org, &ctx.signer.name, &ctx.profile.name);
+        ctx.profile.render(&vars, OffsetDateTime::now_utc())?;
+    }
     if let Some(s) = devices::first_existing_serial(reg.reader(), serials)? {
         return Err(Error::conflict(format!(
             "device '{s}' already exists in the registry (a batch only creates new devices; use `identity issue` to re-issue)"

@@ -347,6 +347,7 @@ impl Profile {
         let mut dn = DistinguishedName::new();
         for (ty, label, t) in &self.subject {
             if let Some(v) = self.fill(t, vars)? {
+                check_upper_bound(label, &v)?;
                 let value = if matches!(ty, DnType::CustomDnType(_) | DnType::CountryName) {
                     match rcgen::string::PrintableString::try_from(v.clone()) {
                         Ok(p) => DnValue::PrintableString(p),
@@ -550,6 +551,28 @@ fn check_placeholders(t: &Tpl, source: &str) -> Result<()> {
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// RFC 5280 Appendix A upper bounds (characters) of the subject attributes a profile
+/// may set; a longer value makes a certificate strict verifiers refuse.
+fn upper_bound(label: &str) -> usize {
+    match label {
+        "L" | "ST" => 128,
+        "emailAddress" => 255,
+        _ => 64,
+    }
+}
+
+fn check_upper_bound(label: &str, value: &str) -> Result<()> {
+    let n = value.chars().count();
+    let max = upper_bound(label);
+    if n > max {
+        let shown: String = value.chars().take(40).collect();
+        return Err(Error::input(format!(
+            "subject {label} '{shown}…' is {n} characters; RFC 5280 allows at most {max} (use a shorter value, e.g. a shorter serial, or a profile that puts it in a SAN)"
+        )));
     }
     Ok(())
 }
