@@ -45,7 +45,7 @@ fn cradle(home: &Path, args: &[&str]) -> f64 {
     let o = Command::new(env!("CARGO_BIN_EXE_cradle"))
         .args(args)
         .env("CRADLE_HOME", home)
-        .env("CRADLE_CA_PASSPHRASE", "bench-pass")
+        .env("CRADLE_CA_PASSPHRASE", "bench-passphrase")
         .output()
         .expect("run cradle");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -10,11 +10,15 @@ use crate::error::{Error, Result};
 
 pub const ENV_VAR: &str = "CRADLE_CA_PASSPHRASE";
 const MAX_LEN: usize = 1024;
+/// Shortest passphrase a new CA key takes. Characters, not bytes. The key file is
+/// worth an offline guessing attack, and PBKDF2 only slows one down.
+pub const MIN_NEW_LEN: usize = 12;
 
 /// Reads the passphrase. `confirm` asks twice when prompting (a new CA).
 pub fn obtain(file: Option<&Path>, confirm: bool) -> Result<Zeroizing<String>> {
     if let Some(path) = file {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        warn_if_shared(path, &meta);
         if meta.len() > MAX_LEN as u64 + 2 {
             return Err(Error::input(format!(
                 "{}: passphrase file is larger than {MAX_LEN} bytes",
@@ -30,10 +34,11 @@ pub fn obtain(file: Option<&Path>, confirm: bool) -> Result<Zeroizing<String>> {
         return check(
             Zeroizing::new(line.to_string()),
             &path.display().to_string(),
+            confirm,
         );
     }
     if let Ok(v) = std::env::var(ENV_VAR) {
-        return check(Zeroizing::new(v), ENV_VAR);
+        return check(Zeroizing::new(v), ENV_VAR, confirm);
     }
     if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
         return Err(Error::input(format!(
@@ -52,12 +57,31 @@ pub fn obtain(file: Option<&Path>, confirm: bool) -> Result<Zeroizing<String>> {
             return Err(Error::input("passphrases do not match"));
         }
     }
-    check(first, "prompt")
+    check(first, "prompt", confirm)
 }
 
-fn check(p: Zeroizing<String>, from: &str) -> Result<Zeroizing<String>> {
+/// A passphrase file that others may read is no secret: say so (on stderr), once.
+fn warn_if_shared(path: &Path, meta: &std::fs::Metadata) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        eprintln!(
+            "warning: passphrase file {} is readable by others (mode {mode:04o}); chmod 600 it",
+            path.display()
+        );
+    }
+}
+
+/// `new`: the passphrase will protect a new key, so it must be long enough.
+fn check(p: Zeroizing<String>, from: &str, new: bool) -> Result<Zeroizing<String>> {
     if p.is_empty() {
         return Err(Error::input(format!("empty CA passphrase from {from}")));
+    }
+    if new && p.chars().count() < MIN_NEW_LEN {
+        return Err(Error::input(format!(
+            "CA passphrase from {from} is {} characters; a new CA key needs at least {MIN_NEW_LEN}",
+            p.chars().count()
+        )));
     }
     if p.len() > MAX_LEN {
         return Err(Error::input(format!(

@@ -141,13 +141,53 @@ fn no_passphrase_and_no_terminal_is_a_clear_error_not_a_prompt() {
     let env = Env::init();
     let err = env.fails(&["ca", "init", "--name", "X"], 3);
     assert!(err.contains("CRADLE_CA_PASSPHRASE"), "{err}");
-    // The environment variable works.
+    // A new CA key takes no short passphrase, from any source; nothing is written.
+    let before = env.files();
     let o = env
         .cmd(&["ca", "init", "--name", "X"])
-        .env("CRADLE_CA_PASSPHRASE", "from-env")
+        .env("CRADLE_CA_PASSPHRASE", "x")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("is 1 characters; a new CA key needs at least 12"),
+        "{err}"
+    );
+    assert_eq!(env.files(), before);
+    // A passphrase file others may read is named on stderr (and still used).
+    let shared = env.path("shared.pass");
+    std::fs::write(&shared, "a long enough passphrase\n").unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let o = env
+        .cmd(&[
+            "ca",
+            "init",
+            "--name",
+            "X",
+            "--passphrase-file",
+            shared.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("is readable by others (mode 0644); chmod 600 it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_passphrase_can_come_from_the_environment() {
+    let env = Env::init();
+    let o = env
+        .cmd(&["ca", "init", "--name", "X"])
+        .env("CRADLE_CA_PASSPHRASE", "from-env-passphrase")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stderr.is_empty() || !String::from_utf8_lossy(&o.stderr).contains("warning"));
 }
 
 #[test]

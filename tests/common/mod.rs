@@ -22,6 +22,12 @@ impl Env {
         let home = dir.path().join("home");
         let pass_file = dir.path().join("ca.pass");
         std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
+        // A passphrase file as it should be (others may not read it).
+        std::fs::set_permissions(
+            &pass_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         Env {
             dir,
             home,
