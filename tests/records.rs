@@ -283,6 +283,62 @@ fn a_certificate_left_on_a_device_by_a_failed_provisioning_is_revoked_with_it() 
         "precondition: the failed run left an unused certificate"
     );
 
+    // Retried on a healthy device, it is provisioned; the first run's certificate stays
+    // unused and valid, and once older than --stuck-after the audit asks for its
+    // revocation.
+    let mut sim = common::Sim::start(
+        &e,
+        &[
+            "--link",
+            link.to_str().unwrap(),
+            "--hardware-id",
+            "HW-LEFT",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        1,
+    );
+    e.ok(&[
+        "provision",
+        "--port",
+        link.to_str().unwrap(),
+        "--baud",
+        common::SIM_BAUD,
+        "--passphrase-file",
+        e.pass(),
+    ]);
+    sim.stop();
+    assert_eq!(
+        e.sql("SELECT status FROM certificates ORDER BY id").trim(),
+        "unused\nactive"
+    );
+    let stale = |days: &str| {
+        let o = e.run(&[
+            "audit",
+            "--json",
+            "--check",
+            "unused-cert-stale",
+            "--stuck-after",
+            days,
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["findings"].as_array().unwrap().clone()
+    };
+    assert!(
+        stale("7").is_empty(),
+        "a fresh unused certificate is not yet a finding"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let f = stale("0");
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("still unused and valid"),
+        "{f:?}"
+    );
+
     e.ok(&[
         "revoke",
         "HW-LEFT",
@@ -291,7 +347,10 @@ fn a_certificate_left_on_a_device_by_a_failed_provisioning_is_revoked_with_it() 
         "--passphrase-file",
         e.pass(),
     ]);
-    assert_eq!(e.sql("SELECT status FROM certificates").trim(), "revoked");
+    assert_eq!(
+        e.sql("SELECT status FROM certificates").trim(),
+        "revoked\nrevoked"
+    );
     // Relying parties see it: the CRL lists it and openssl refuses it.
     let crl = e.home.join("ca/crl.pem");
     let root = e.home.join("ca/root.pem");
@@ -351,6 +410,19 @@ fn device_set_status_keeps_the_lifecycle_promises_of_the_dedicated_commands() {
     assert!(
         hist.contains("\"forced\": true") && hist.contains("bench unit"),
         "{hist}"
+    );
+    // ...and the audit keeps flagging a device in service that cannot authenticate.
+    let o = e.run(&["audit", "--json", "--check", "in-service-without-cert"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let f = v["findings"].as_array().unwrap();
+    assert_eq!(f.len(), 1, "{v}");
+    assert_eq!(f[0]["device"], "BARE-1", "{v}");
+    assert!(
+        f[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("provisioned, but has no active certificate"),
+        "{v}"
     );
     // Forced all the way to decommissioned with a live certificate: the audit says so.
     let e = fleet(1);

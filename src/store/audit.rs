@@ -381,6 +381,48 @@ pub fn unrevoked_certs_of_decommissioned(
     )
 }
 
+/// In-service devices (provisioned, deployed, maintenance) without an active
+/// certificate. Yields (serial, status).
+pub fn in_service_without_cert(
+    db: &Reader,
+    f: impl FnMut((String, String)) -> Result<()>,
+) -> Result<()> {
+    let conn = db.conn();
+    each(
+        conn,
+        "SELECT d.serial, d.status FROM devices d
+         WHERE d.status IN ('provisioned', 'deployed', 'maintenance')
+           AND NOT EXISTS (SELECT 1 FROM certificates c
+                           WHERE c.device_id = d.id AND c.status = 'active')
+         ORDER BY d.serial",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+        f,
+    )
+}
+
+/// `unused` certificates (left by a failed provisioning run) made before `before`, of
+/// devices that moved on from `registered` and are not decommissioned (those two are
+/// stuck-provisioning and cert-outlives-device). Yields (serial, cert serial, created).
+pub fn stale_unused_certs(
+    db: &Reader,
+    before: &str,
+    f: impl FnMut((String, String, String)) -> Result<()>,
+) -> Result<()> {
+    let conn = db.conn();
+    each(
+        conn,
+        "SELECT d.serial, c.serial_hex, c.created_at
+         FROM certificates c JOIN devices d ON d.id = c.device_id
+         WHERE c.status = 'unused' AND c.created_at < ?1
+           AND d.status NOT IN ('registered', 'decommissioned')
+         ORDER BY d.serial, c.id",
+        [before],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        f,
+    )
+}
+
 /// Devices `retired` (decommission started) since before `before`. Yields (serial, since,
 /// active certificates left).
 pub fn stuck_decommission(

@@ -77,6 +77,8 @@ pub const DUPLICATE_IMEI: &str = "duplicate-imei";
 pub const CERT_NOT_CHAINED: &str = "cert-not-chained";
 pub const CERT_FINGERPRINT_MISMATCH: &str = "cert-fingerprint-mismatch";
 pub const STUCK_PROVISIONING: &str = "stuck-provisioning";
+pub const IN_SERVICE_WITHOUT_CERT: &str = "in-service-without-cert";
+pub const UNUSED_CERT_STALE: &str = "unused-cert-stale";
 pub const STUCK_DECOMMISSION: &str = "stuck-decommission";
 pub const CRL_STALE: &str = "crl-stale";
 pub const CRL_MISSING_SERIALS: &str = "crl-missing-serials";
@@ -98,6 +100,8 @@ pub const CHECKS: &[Check] = &[
     check(CERT_NOT_CHAINED, E, "stored certificate does not parse, or its signature does not verify against any registered CA"),
     check(CERT_FINGERPRINT_MISMATCH, E, "SHA-256 of the stored certificate DER differs from its recorded fingerprint"),
     check(STUCK_PROVISIONING, W, "device still 'registered' whose newest certificate (issued, or unused after a failed run) is older than --stuck-after days"),
+    check(UNUSED_CERT_STALE, W, "certificate left 'unused' by a failed provisioning run, older than --stuck-after days, on a device that has moved on (revoke it)"),
+    check(IN_SERVICE_WITHOUT_CERT, W, "provisioned, deployed or maintenance device without an active certificate (it cannot authenticate)"),
     check(STUCK_DECOMMISSION, W, "device 'retired' (decommission started) for longer than --stuck-after days"),
     check(CRL_STALE, E, "newest CRL of a CA is past its next update, or a CA has revoked certificates but no CRL"),
     check(CRL_MISSING_SERIALS, E, "newest CRL does not list a revoked certificate, does not parse, or is not signed by its CA"),
@@ -388,6 +392,27 @@ fn run_checks(
             emit(with_cert(
                 finding(STUCK_PROVISIONING, Some(s.device), msg),
                 &s.cert_serial,
+            ))
+        })?;
+    }
+    if o.wants(UNUSED_CERT_STALE) {
+        q::stale_unused_certs(conn, &before, |(serial, cert_serial, created)| {
+            emit(with_cert(
+                finding(
+                    UNUSED_CERT_STALE,
+                    Some(serial),
+                    format!("certificate {cert_serial} from a failed provisioning run on {created} is still unused and valid: `cradle revoke` it (reason superseded)"),
+                ),
+                &cert_serial,
+            ))
+        })?;
+    }
+    if o.wants(IN_SERVICE_WITHOUT_CERT) {
+        q::in_service_without_cert(conn, |(serial, status)| {
+            emit(finding(
+                IN_SERVICE_WITHOUT_CERT,
+                Some(serial),
+                format!("{status}, but has no active certificate: provision it or take it out of service"),
             ))
         })?;
     }
