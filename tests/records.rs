@@ -450,3 +450,237 @@ fn device_set_status_keeps_the_lifecycle_promises_of_the_dedicated_commands() {
     );
     assert_ne!(o.status.code(), Some(0));
 }
+
+/// Bundle lines after the header: (serial, fingerprint).
+fn bundle_lines(path: &std::path::Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let head: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(head["cradle_bundle"], 1);
+    lines
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["serial"].as_str().unwrap().to_string(),
+                v["fingerprint"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every device of the registry has its one active certificate in the bundle, and the
+/// bundle holds nothing else: no certificate outside the registry, none missing.
+fn assert_bundle_matches_registry(e: &Env, bundle: &std::path::Path, n: usize) {
+    let mut lines = bundle_lines(bundle);
+    lines.sort();
+    let active = e.sql(
+        "SELECT d.serial || '|' || c.fingerprint FROM devices d JOIN certificates c ON c.device_id = d.id WHERE c.status = 'active' ORDER BY d.serial",
+    );
+    let active: Vec<(String, String)> = active
+        .lines()
+        .map(|l| {
+            let (s, f) = l.split_once('|').unwrap();
+            (s.to_string(), f.to_string())
+        })
+        .collect();
+    assert_eq!(lines.len(), n, "bundle lines");
+    assert_eq!(lines, active, "bundle and registry agree");
+}
+
+const BATCH: &[&str] = &[
+    "identity",
+    "batch",
+    "--count",
+    "1500",
+    "--serial-pattern",
+    "K-{seq:05}",
+    "--bundle",
+    "b.jsonl",
+    "--batch",
+    "B1",
+];
+
+fn batch_args<'a>(e: &'a Env, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = BATCH.to_vec();
+    a.extend_from_slice(extra);
+    a.extend_from_slice(&["--passphrase-file", e.pass()]);
+    a
+}
+
+#[test]
+fn a_batch_killed_after_a_commit_is_finished_by_the_same_command() {
+    // The state a SIGKILL between a chunk's commit and its bundle write leaves: the
+    // registry holds 1500 devices, the bundle only the first 1024 and a torn line.
+    let e = Env::with_ca();
+    e.ok(&batch_args(&e, &[]));
+    let bundle = e.path("b.jsonl");
+    let text = std::fs::read(&bundle).unwrap();
+    let mut cut = 0;
+    for (i, _) in text
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .take(1 + 1024)
+    {
+        cut = i + 1;
+    }
+    std::fs::write(&bundle, &text[..cut + 300]).unwrap(); // + a torn line
+    let v = e.json(&batch_args(&e, &["--json"]));
+    assert_eq!(v["resumed"]["already_delivered"], 1024, "{v:#}");
+    assert_eq!(
+        v["resumed"]["reissued"].as_array().unwrap().len(),
+        476,
+        "{v:#}"
+    );
+    assert_eq!(v["issued"], 476, "{v:#}");
+    assert_bundle_matches_registry(&e, &bundle, 1500);
+    // The certificates whose keys died with the first run are revoked, on the CRL.
+    assert_eq!(
+        e.sql("SELECT count(*), revocation_reason FROM certificates WHERE status = 'revoked'")
+            .trim(),
+        "476|superseded"
+    );
+    let crl = e.home.join("ca/crl.pem");
+    let (ok, text) = common::openssl(&["crl", "-in", crl.to_str().unwrap(), "-noout", "-text"]);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches("Serial Number:").count(), 476, "CRL entries");
+    // Once finished, the same command is a no-op that still succeeds.
+    let v = e.json(&batch_args(&e, &["--json"]));
+    assert_eq!(v["issued"], 0, "{v:#}");
+    assert_eq!(v["resumed"]["already_delivered"], 1500, "{v:#}");
+    assert_bundle_matches_registry(&e, &bundle, 1500);
+    let o = e.run(&["audit"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
+fn a_batch_killed_at_random_leaves_no_certificate_outside_the_registry() {
+    let e = Env::with_ca();
+    let bundle = e.path("b.jsonl");
+    for wait_ms in [0u64, 150, 400] {
+        let mut child = e.cmd(&batch_args(&e, &[])).spawn().unwrap();
+        // Right after the bundle grows past its header (a chunk delivered), or at once.
+        let t = std::time::Instant::now();
+        while wait_ms > 0 && t.elapsed() < std::time::Duration::from_secs(20) {
+            let len = std::fs::metadata(&bundle).map(|m| m.len()).unwrap_or(0);
+            if len > 5000 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Whatever the moment: every certificate that left the process is recorded.
+        if bundle.exists() {
+            let lines = bundle_lines_lenient(&bundle);
+            for (s, fp) in &lines {
+                assert_eq!(
+                    e.sql(&format!(
+                        "SELECT count(*) FROM certificates c JOIN devices d ON d.id = c.device_id WHERE d.serial = '{s}' AND c.fingerprint = '{fp}'"
+                    ))
+                    .trim(),
+                    "1",
+                    "{s} is in the bundle but not in the registry"
+                );
+            }
+        }
+    }
+    // The same command finishes the job.
+    e.ok(&batch_args(&e, &[]));
+    assert_bundle_matches_registry(&e, &bundle, 1500);
+}
+
+/// As `bundle_lines`, skipping a torn header or last line.
+fn bundle_lines_lenient(path: &std::path::Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            (
+                v["serial"].as_str().unwrap().to_string(),
+                v["fingerprint"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_rerun_with_other_outputs_is_refused_naming_the_fix() {
+    let e = Env::with_ca();
+    e.ok(&batch_args(&e, &[]));
+    let before = e.dump();
+    // Another bundle: the recorded devices are not its leftovers; nothing is revoked.
+    let mut a = batch_args(&e, &[]);
+    let i = a.iter().position(|x| *x == "b.jsonl").unwrap();
+    a[i] = "other.jsonl";
+    let err = e.fails(&a, 7);
+    assert!(
+        err.contains("the --bundle/--out of the first run") || err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(err.contains("reconcile"), "{err}");
+    // Another batch label: not this batch's devices.
+    let mut a = batch_args(&e, &[]);
+    let i = a.iter().position(|x| *x == "B1").unwrap();
+    a[i] = "B2";
+    let err = e.fails(&a, 7);
+    assert!(err.contains("belongs to batch B1"), "{err}");
+    assert_eq!(e.dump(), before, "nothing written");
+}
+
+#[test]
+fn a_batch_into_a_directory_resumes_from_what_is_on_disk() {
+    let e = Env::with_ca();
+    let args = |e: &Env| {
+        let mut v: Vec<String> = [
+            "identity",
+            "batch",
+            "--count",
+            "20",
+            "--serial-pattern",
+            "D-{seq:03}",
+            "--out",
+            "keys",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(["--json".into(), "--passphrase-file".into(), e.pass().into()]);
+        v
+    };
+    let a = args(&e);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    e.ok(&a);
+    // As if killed while writing: the last three devices' files never made it, one
+    // certificate file without its key.
+    for s in ["D-017", "D-018"] {
+        std::fs::remove_file(e.path(&format!("keys/{s}.key"))).unwrap();
+        std::fs::remove_file(e.path(&format!("keys/{s}.pem"))).unwrap();
+    }
+    std::fs::remove_file(e.path("keys/D-019.key")).unwrap();
+    let v = e.json(&a);
+    assert_eq!(v["resumed"]["already_delivered"], 17, "{v:#}");
+    assert_eq!(v["issued"], 3, "{v:#}");
+    for s in ["D-017", "D-018", "D-019"] {
+        let key = e.path(&format!("keys/{s}.key"));
+        let pem = e.path(&format!("keys/{s}.pem"));
+        // The new key matches the new certificate.
+        let (ok, k) = common::openssl(&["pkey", "-in", key.to_str().unwrap(), "-pubout"]);
+        assert!(ok, "{k}");
+        let (ok, c) = common::openssl(&["x509", "-in", pem.to_str().unwrap(), "-noout", "-pubkey"]);
+        assert!(ok, "{c}");
+        assert_eq!(k, c, "{s}: key and certificate belong together");
+    }
+    assert_eq!(
+        e.sql("SELECT count(*) FROM certificates WHERE status = 'revoked'")
+            .trim(),
+        "3"
+    );
+}

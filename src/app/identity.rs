@@ -2,7 +2,7 @@
 //! device CSR. Each records the device, the certificate and an event; private keys
 //! go only to the output files (mode 0600), never to the registry or logs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use super::batch_resume;
 use crate::error::{Error, Result};
 use crate::model::Actor;
 use crate::model::EventKind;
@@ -246,7 +247,7 @@ fn check_issuable(device: Option<&Device>) -> Result<()> {
 }
 
 /// Output files for one device under `dir`.
-fn file_names(dir: &Path, serial: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn file_names(dir: &Path, serial: &str) -> (PathBuf, PathBuf) {
     (
         dir.join(format!("{serial}.key")),
         dir.join(format!("{serial}.pem")),
@@ -557,6 +558,9 @@ pub struct BatchOutput {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchSummary {
+    /// Set when this run finished an interrupted one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<Resumed>,
     pub issued: usize,
     pub profile: String,
     pub first: Option<String>,
@@ -565,6 +569,18 @@ pub struct BatchSummary {
     pub dir: Option<PathBuf>,
     pub seconds: f64,
     pub per_second: f64,
+}
+
+/// How a re-run finished an interrupted batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resumed {
+    /// Devices recorded and delivered by the earlier run: skipped.
+    pub already_delivered: usize,
+    /// Devices recorded by the earlier run whose keys never reached the outputs: their
+    /// certificates were revoked (superseded) and new identities issued.
+    pub reissued: Vec<String>,
+    /// The CRL published for those revocations.
+    pub crl: Option<PathBuf>,
 }
 
 /// Devices per registry transaction.
@@ -591,6 +607,7 @@ pub fn batch(
     ctx: &IssueContext<'_>,
     serials: &[String],
     out: &BatchOutput,
+    crl: &crate::app::retire::crl::Publication,
     batch_label: Option<&str>,
     progress: &dyn Fn(u64),
 ) -> Result<BatchSummary> {
@@ -617,18 +634,59 @@ pub fn batch(
         let vars = vars_for(&d, ctx.org, &ctx.signer.name, &ctx.profile.name);
         ctx.profile.render(&vars, OffsetDateTime::now_utc())?;
     }
-    if let Some(s) = devices::first_existing_serial(reg.reader(), serials)? {
-        return Err(Error::conflict(format!(
-            "device '{s}' already exists in the registry (a batch only creates new devices; use `identity issue` to re-issue)"
-        )));
-    }
+    // A re-run of a killed batch finishes it: what is recorded and delivered is
+    // skipped, what is recorded but was never delivered is revoked and issued again.
+    let leftover = batch_resume::assess(
+        reg.reader(),
+        &batch_resume::BatchId {
+            profile: &ctx.profile.name,
+            ca_id: ctx.signer.id,
+            ca_subject: &ctx.signer.subject,
+            label: batch_label,
+        },
+        serials,
+        out,
+    )?;
+    let all_serials = serials;
+    let todo: Vec<String>;
+    let mut reissue: HashMap<String, i64> = HashMap::new();
+    let mut resumed = None;
+    let serials: &[String] = match &leftover {
+        Some(l) if l.is_resume() => {
+            todo = all_serials
+                .iter()
+                .filter(|s| !l.delivered.contains(s.as_str()))
+                .cloned()
+                .collect();
+            reissue = l
+                .undelivered
+                .iter()
+                .map(|u| (u.device.serial.clone(), u.device.id))
+                .collect();
+            resumed = Some(Resumed {
+                already_delivered: l.delivered.len(),
+                reissued: l
+                    .undelivered
+                    .iter()
+                    .map(|u| u.device.serial.clone())
+                    .collect(),
+                crl: None,
+            });
+            &todo
+        }
+        _ => all_serials,
+    };
     if let Some(dir) = &out.dir {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         // Every name up front: chunks commit before their files are written, so a clash
         // found mid-batch would leave recorded devices without keys.
+        let stale: HashSet<&Path> = leftover
+            .iter()
+            .flat_map(|l| l.stale_files.iter().map(|p| p.as_path()))
+            .collect();
         for s in serials {
             let (k, c) = file_names(dir, s);
-            if k.exists() || c.exists() {
+            if k.exists() || (c.exists() && !stale.contains(c.as_path())) {
                 return Err(Error::conflict(format!("{} already exists", k.display())));
             }
         }
@@ -636,12 +694,34 @@ pub fn batch(
         let probe = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
         drop(probe);
     }
+    if let Some(l) = &leftover {
+        if !l.undelivered.is_empty() {
+            retire_undelivered(reg, ctx, &l.undelivered)?;
+        }
+        for f in &l.stale_files {
+            fs::remove_file(f).map_err(|e| Error::io(f, e))?;
+        }
+    }
+    let plan = leftover.map(|l| l.bundle);
+    let fresh_bundle = match (&out.bundle, plan) {
+        (Some(p), Some(batch_resume::BundlePlan::Append)) => {
+            bundle_for_append(p)?;
+            false
+        }
+        (Some(p), Some(batch_resume::BundlePlan::Rewrite(lines))) => {
+            rewrite_bundle(p, &lines)?;
+            lines.is_empty()
+        }
+        (Some(_), _) => true,
+        (None, _) => false,
+    };
     let mut bundle = match &out.bundle {
-        Some(p) => Some(open_bundle(p)?),
+        Some(p) if fresh_bundle && !p.exists() => Some(open_bundle(p)?),
+        Some(p) => Some(bundle_for_append(p)?),
         None => None,
     };
     let bundle_path = out.bundle.clone();
-    if let (Some((f, len)), Some(p)) = (bundle.as_mut(), &out.bundle) {
+    if let (Some((f, len)), Some(p), true) = (bundle.as_mut(), &out.bundle, fresh_bundle) {
         let mut head = serde_json::to_vec(&BundleHeader {
             cradle_bundle: 1,
             profile: &ctx.profile.name,
@@ -678,7 +758,7 @@ pub fn batch(
         });
         for made in rx {
             let made = made?;
-            commit_chunk(reg, ctx, &made, out, bundle.as_mut(), batch_label)?;
+            commit_chunk(reg, ctx, &made, out, bundle.as_mut(), batch_label, &reissue)?;
             done += made.len();
             progress(done as u64);
         }
@@ -690,14 +770,20 @@ pub fn batch(
     let _ = reg.set_autocheckpoint(1000);
     let _ = reg.restore_checks();
     // A bundle holding no committed device is not left behind.
-    if result.is_err() && done == 0 {
+    if result.is_err() && done == 0 && resumed.is_none() {
         if let Some(p) = &out.bundle {
             let _ = fs::remove_file(p);
         }
     }
     result?;
     let secs = started.elapsed().as_secs_f64();
+    if let Some(r) = resumed.as_mut() {
+        r.crl = crate::app::retire::crl::publish_if_stale(reg, Some(ctx.signer), crl, ctx.actor)
+            .map_err(|e| Error::CrlNotPublished(Box::new(e)))?
+            .map(|c| c.published.clone());
+    }
     Ok(BatchSummary {
+        resumed,
         issued: done,
         profile: ctx.profile.name.clone(),
         first: serials.first().cloned(),
@@ -707,6 +793,72 @@ pub fn batch(
         seconds: secs,
         per_second: if secs > 0.0 { done as f64 / secs } else { 0.0 },
     })
+}
+
+/// Revokes the certificates an interrupted run recorded but never delivered (their
+/// keys died with it), so that new ones can be issued to the same devices.
+fn retire_undelivered(
+    reg: &mut Store,
+    ctx: &IssueContext<'_>,
+    undelivered: &[batch_resume::Undelivered],
+) -> Result<()> {
+    let now = now_rfc3339();
+    let tx = reg.write()?;
+    let why = serde_json::json!({
+        "why": "identity batch resumed: the key never left cradle"
+    });
+    let mut revoked = false;
+    for u in undelivered {
+        let Some(cert) = &u.cert else { continue };
+        revoked = true;
+        let c = crate::store::retire::ActiveCert {
+            id: cert.id,
+            serial_hex: cert.serial_hex.clone(),
+            fingerprint: cert.fingerprint.clone(),
+        };
+        crate::app::retire::revoke::revoke_in_tx(
+            &tx,
+            &u.device,
+            &[c],
+            crate::pki::crl::Reason::Superseded,
+            ctx.actor,
+            &now,
+            &why,
+        )?;
+    }
+    if revoked {
+        crate::store::retire::mark_crl_stale(&tx)?;
+    }
+    tx.commit()
+}
+
+/// Opens an existing bundle for appending (after checking it is private).
+fn bundle_for_append(path: &Path) -> Result<(File, u64)> {
+    use std::os::unix::fs::PermissionsExt;
+    let f = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let meta = f.metadata().map_err(|e| Error::io(path, e))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(Error::conflict(format!(
+            "{} holds private keys but others may read it (mode {:04o}); chmod 600 it and re-run",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    Ok((f, meta.len()))
+}
+
+/// Replaces the bundle with `lines` (atomically: a kill leaves the old or the new).
+fn rewrite_bundle(path: &Path, lines: &[Zeroizing<Vec<u8>>]) -> Result<()> {
+    let mut all = Zeroizing::new(Vec::new());
+    for l in lines {
+        all.extend_from_slice(l);
+    }
+    // Past the private-key guard: the bundle holds keys by design, and it was checked
+    // to be this batch's own (its header names this profile and CA).
+    crate::outfile::replace_own_file(path, &all, 0o600)
 }
 
 fn open_bundle(path: &Path) -> Result<(File, u64)> {
@@ -806,20 +958,25 @@ fn commit_chunk(
     out: &BatchOutput,
     bundle: Option<&mut (File, u64)>,
     batch_label: Option<&str>,
+    reissue: &HashMap<String, i64>,
 ) -> Result<()> {
     let now = now_rfc3339();
-    // Rows reference only the device inserted just before and the signing CA.
+    // Rows reference only the device inserted just before (or re-issued to) and the
+    // signing CA.
     let tx = reg.write_trusted()?;
     for m in made {
-        let device_id = devices::insert_device(
-            &tx,
-            &NewDevice {
-                serial: m.serial.clone(),
-                batch: batch_label.map(str::to_string),
-                ..Default::default()
-            },
-            &now,
-        )?;
+        let device_id = match reissue.get(&m.serial) {
+            Some(id) => *id,
+            None => devices::insert_device(
+                &tx,
+                &NewDevice {
+                    serial: m.serial.clone(),
+                    batch: batch_label.map(str::to_string),
+                    ..Default::default()
+                },
+                &now,
+            )?,
+        };
         insert_issued(
             &tx,
             ctx.signer,

@@ -2,6 +2,7 @@
 //! the PKI and the device links; the CLI parses, calls one workflow and prints.
 
 pub mod audit;
+pub mod batch_resume;
 pub mod ca;
 pub mod home;
 pub mod identity;

@@ -33,7 +33,7 @@ pub enum IdentityCommand {
     },
     /// Issue identities for many new devices, in parallel on all cores
     #[command(
-        after_help = "Examples:\n  cradle identity batch --count 10000 --serial-pattern 'ACME-{seq:06}' --bundle batch.jsonl\n  cradle identity batch --from devices.csv --out ./keys --batch B-2026-11\n\nThe bundle is JSON Lines (mode 0600): a header line {cradle_bundle, profile, ca, chain_pem},\nthen one line per device {serial, fingerprint, cert_serial, key_pem, cert_pem}."
+        after_help = "Examples:\n  cradle identity batch --count 10000 --serial-pattern 'ACME-{seq:06}' --bundle batch.jsonl\n  cradle identity batch --from devices.csv --out ./keys --batch B-2026-11\n\nThe bundle is JSON Lines (mode 0600): a header line {cradle_bundle, profile, ca, chain_pem},\nthen one line per device {serial, fingerprint, cert_serial, key_pem, cert_pem}.\n\nA chunk (1024 devices) is recorded before its keys are written, so a killed batch leaves\nnothing outside the registry. Re-running the same command finishes it: devices recorded\nand delivered are skipped; devices recorded but not delivered (their keys died with the\nprocess) have their certificates revoked (superseded, CRL republished) and get new ones;\na torn bundle line is dropped. Outputs that are not the first run's are refused."
     )]
     Batch {
         /// Number of devices to create (with --serial-pattern)
@@ -171,6 +171,7 @@ pub fn run(ctx: &Ctx, cmd: IdentityCommand) -> anyhow::Result<i32> {
                 &ictx,
                 &serials,
                 &BatchOutput { dir: out, bundle },
+                &crate::app::retire::crl::Publication::configured(&ctx.home, &config),
                 batch_label.as_deref(),
                 &|n| pb.set_position(n),
             )?;
@@ -178,6 +179,19 @@ pub fn run(ctx: &Ctx, cmd: IdentityCommand) -> anyhow::Result<i32> {
             if ctx.json {
                 print_json(&summary)?;
             } else {
+                if let Some(r) = &summary.resumed {
+                    println!(
+                        "resumed an interrupted batch: {} device(s) already delivered, skipped",
+                        r.already_delivered
+                    );
+                    if !r.reissued.is_empty() {
+                        println!(
+                            "  {} recorded but never delivered (first {}): their certificates are revoked (superseded) and issued again",
+                            r.reissued.len(),
+                            r.reissued[0]
+                        );
+                    }
+                }
                 println!(
                     "issued {} identities ({} .. {}) with profile {} in {:.2}s ({:.0}/s)",
                     summary.issued,
