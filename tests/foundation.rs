@@ -414,7 +414,7 @@ fn batch_from_csv_and_duplicate_serials() {
         ],
         7,
     );
-    assert!(err.contains("already exists"), "{err}");
+    assert!(err.contains("already recorded"), "{err}");
     assert_eq!(env.dump(), before);
     assert!(!env.path("b2.jsonl").exists());
 
