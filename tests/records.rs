@@ -684,3 +684,113 @@ fn a_batch_into_a_directory_resumes_from_what_is_on_disk() {
         "3"
     );
 }
+
+#[test]
+fn reconcile_records_certificates_our_ca_signed_that_the_registry_lost() {
+    // A registry rolled back (a -wal deleted after a crash, a restored backup) no longer
+    // knows certificates that left in a bundle: reconcile brings them back as unused so
+    // that revoke reaches them.
+    let e = Env::with_ca();
+    let reg = e.registry();
+    let files = |p: &std::path::Path| {
+        ["", "-wal", "-shm"].map(|s| std::path::PathBuf::from(format!("{}{s}", p.display())))
+    };
+    let backup = e.path("backup.db");
+    for (from, to) in files(&reg).iter().zip(files(&backup).iter()) {
+        if from.exists() {
+            std::fs::copy(from, to).unwrap();
+        }
+    }
+    e.ok(&[
+        "identity",
+        "batch",
+        "--count",
+        "30",
+        "--serial-pattern",
+        "R-{seq:03}",
+        "--bundle",
+        "lost.jsonl",
+        "--passphrase-file",
+        e.pass(),
+    ]);
+    for (from, to) in files(&backup).iter().zip(files(&reg).iter()) {
+        let _ = std::fs::remove_file(to);
+        if from.exists() {
+            std::fs::copy(from, to).unwrap();
+        }
+    }
+    assert_eq!(e.sql("SELECT count(*) FROM certificates").trim(), "0");
+
+    let before = e.dump();
+    let o = e.run(&[
+        "identity",
+        "reconcile",
+        "--bundle",
+        "lost.jsonl",
+        "--dry-run",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["imported"], 30, "{v:#}");
+    assert_eq!(v["findings"][0]["result"], "would-import", "{v:#}");
+    assert_eq!(e.dump(), before, "a dry run writes nothing");
+
+    let o = e.run(&["identity", "reconcile", "--bundle", "lost.jsonl"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("30 imported as unused"), "{text}");
+    assert_eq!(
+        e.sql("SELECT count(*), status FROM certificates GROUP BY status")
+            .trim(),
+        "30|unused"
+    );
+    assert_eq!(
+        e.sql("SELECT count(*) FROM events WHERE kind = 'identity.reconciled'")
+            .trim(),
+        "30"
+    );
+    // Now revocable, and on the CRL.
+    e.ok(&[
+        "revoke",
+        "R-007",
+        "--reason",
+        "superseded",
+        "--passphrase-file",
+        e.pass(),
+    ]);
+    assert_eq!(
+        e.sql("SELECT c.status FROM certificates c JOIN devices d ON d.id = c.device_id WHERE d.serial = 'R-007'").trim(),
+        "revoked"
+    );
+    // A second run finds everything recorded: exit 0, nothing written.
+    let before = e.dump();
+    let v = e.json(&["identity", "reconcile", "--bundle", "lost.jsonl"]);
+    assert_eq!(v["recorded"], 30, "{v:#}");
+    assert_eq!(e.dump(), before);
+    // Certificates of another CA are reported, never recorded.
+    std::fs::create_dir(e.path("foreign")).unwrap();
+    let (ok, err) = common::openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        e.path("foreign/X-1.key").to_str().unwrap(),
+        "-subj",
+        "/CN=X-1",
+        "-days",
+        "2",
+        "-out",
+        e.path("foreign/X-1.pem").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let o = e.run(&["identity", "reconcile", "--dir", "foreign", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["foreign"], 1, "{v:#}");
+    assert_eq!(e.dump(), before, "a foreign certificate is not recorded");
+}

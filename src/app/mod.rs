@@ -8,5 +8,6 @@ pub mod home;
 pub mod identity;
 pub mod inventory;
 pub mod lifecycle;
+pub mod reconcile;
 pub mod retire;
 pub mod station;

@@ -94,6 +94,27 @@ pub enum IdentityCommand {
         /// Certificate file (PEM or DER); the first certificate is checked
         cert: PathBuf,
     },
+    /// Hold a bundle or key directory against the registry; record what our CA signed
+    /// but the registry lacks, so it can be revoked
+    #[command(
+        after_help = "Each certificate found is one of: recorded (the registry has it, for that serial),\nimported (signed by a CA of this registry but not recorded: added as 'unused' for its\nserial, device created if needed, event identity.reconciled; revoke it with `cradle\nrevoke SERIAL`), foreign (not signed by our CAs; left alone) or mismatch (recorded for\nanother serial). Exit 0; exit 1 when something was imported, foreign or mismatched.\n\nExamples:\n  cradle identity reconcile --bundle batch.jsonl --dry-run\n  cradle identity reconcile --dir ./keys --json"
+    )]
+    Reconcile {
+        /// A bundle written by `identity batch --bundle`
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "dir",
+            required_unless_present = "dir"
+        )]
+        bundle: Option<PathBuf>,
+        /// A directory of SERIAL.pem files (`identity batch --out`, `identity issue --out`)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Report what would be recorded; write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 pub fn run(ctx: &Ctx, cmd: IdentityCommand) -> anyhow::Result<i32> {
@@ -240,6 +261,51 @@ pub fn run(ctx: &Ctx, cmd: IdentityCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         IdentityCommand::Show { serial } => show(ctx, &serial),
+        IdentityCommand::Reconcile {
+            bundle,
+            dir,
+            dry_run,
+        } => {
+            use crate::app::reconcile::{reconcile, Source};
+            let src = match (bundle, dir) {
+                (Some(b), _) => Source::Bundle(b),
+                (None, Some(d)) => Source::Dir(d),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let mut reg = if dry_run {
+                ctx.registry_read()?
+            } else {
+                ctx.registry()?
+            };
+            let config = ctx.config()?;
+            let s = reconcile(&mut reg, &src, &ctx.actor(&config), dry_run)?;
+            if ctx.json {
+                print_json(&s)?;
+            } else {
+                for f in s.findings.iter().filter(|f| f.result != "recorded") {
+                    println!(
+                        "{:<12} {} {}  {}  ({})",
+                        f.result, f.serial, f.cert_serial, f.detail, f.at
+                    );
+                }
+                println!(
+                    "{} certificate(s): {} recorded, {} {}, {} foreign, {} mismatched, {} unreadable",
+                    s.entries,
+                    s.recorded,
+                    s.imported,
+                    if dry_run { "would be imported" } else { "imported as unused" },
+                    s.foreign,
+                    s.mismatched,
+                    s.unreadable
+                );
+                if s.imported > 0 && !dry_run {
+                    println!(
+                        "revoke the imported ones: cradle revoke SERIAL… (or --from a CSV of them)"
+                    );
+                }
+            }
+            Ok(i32::from(s.imported + s.foreign + s.mismatched > 0))
+        }
         IdentityCommand::Verify { cert } => {
             let bytes = read_limited(&cert, 1024 * 1024)?;
             let der = read_certs(&bytes, &cert.display().to_string())?.remove(0);
