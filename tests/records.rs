@@ -794,3 +794,67 @@ fn reconcile_records_certificates_our_ca_signed_that_the_registry_lost() {
     assert_eq!(v["foreign"], 1, "{v:#}");
     assert_eq!(e.dump(), before, "a foreign certificate is not recorded");
 }
+
+/// Checkpoints the WAL into the file and returns the byte range of page `page`.
+fn page_range(e: &Env, page: usize) -> std::ops::Range<usize> {
+    e.sql("PRAGMA wal_checkpoint(TRUNCATE);");
+    let size: usize = e.sql("PRAGMA page_size;").trim().parse().unwrap();
+    (page - 1) * size..page * size
+}
+
+fn serial_index_page(e: &Env) -> usize {
+    e.sql("SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_devices_1';")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_damaged_registry_is_found_by_the_audit_and_refused_by_writers() {
+    // A flipped byte inside the serial index: the row is there, its index entry is
+    // not (device show would say "no device", an import would create a duplicate).
+    let e = fleet(3);
+    let range = page_range(&e, serial_index_page(&e));
+    let mut bytes = std::fs::read(e.registry()).unwrap();
+    let page = &mut bytes[range.clone()];
+    let at = page
+        .windows(7)
+        .position(|w| w == b"DEV-002")
+        .expect("the serial is in its index page");
+    page[at + 6] = b'X';
+    std::fs::write(e.registry(), &bytes).unwrap();
+    let o = e.run(&["audit", "--json", "--check", "registry-integrity"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let msgs: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("sqlite_autoindex_devices_1")),
+        "{v:#}"
+    );
+
+    // Damage to a page's structure: writers refuse to write into it (exit 4, naming
+    // the file), before changing anything.
+    let e = fleet(3);
+    let range = page_range(&e, serial_index_page(&e));
+    let mut bytes = std::fs::read(e.registry()).unwrap();
+    bytes[range.start] = 0x00; // not a b-tree page type
+    std::fs::write(e.registry(), &bytes).unwrap();
+    let err = e.fails(&["device", "set", "DEV-001", "notes=x"], 4);
+    assert!(
+        err.contains("fails SQLite's quick check") && err.contains("registry.db"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(e.registry()).unwrap(),
+        bytes,
+        "nothing written"
+    );
+    let o = e.run(&["audit", "--json", "--check", "registry-integrity"]);
+    assert_ne!(o.status.code(), Some(0));
+}

@@ -33,6 +33,29 @@ impl Reader {
         &self.conn
     }
 
+    /// SQLite's own consistency check, up to `max` problems: `full` is
+    /// `integrity_check` (also that every index matches its table: a flipped bit in
+    /// the serial index), else `quick_check` (pages and records, O(file size), about
+    /// 0.2 s per 80 MB here). Empty when the file is sound.
+    pub fn integrity_problems(&self, full: bool, max: u32) -> Result<Vec<String>> {
+        let sql = format!(
+            "PRAGMA {}({max})",
+            if full {
+                "integrity_check"
+            } else {
+                "quick_check"
+            }
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let out: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(if out.len() == 1 && out[0] == "ok" {
+            Vec::new()
+        } else {
+            out
+        })
+    }
+
     /// A read transaction around many lookups, unless one is already open: one
     /// snapshot, and no per-statement lock round trips. Ends when dropped.
     pub fn read_snapshot(&self) -> Result<Option<Snapshot<'_>>> {

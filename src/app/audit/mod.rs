@@ -83,11 +83,13 @@ pub const STUCK_DECOMMISSION: &str = "stuck-decommission";
 pub const CRL_STALE: &str = "crl-stale";
 pub const CRL_MISSING_SERIALS: &str = "crl-missing-serials";
 pub const EVENT_CHAIN: &str = "event-chain";
+pub const REGISTRY_INTEGRITY: &str = "registry-integrity";
 
 use Severity::{Error as E, Warning as W};
 
 /// Every check, in the order they run and report.
 pub const CHECKS: &[Check] = &[
+    check(REGISTRY_INTEGRITY, E, "the registry file fails SQLite's integrity check (damaged pages, records or an index that no longer matches its table)"),
     check(CERT_EXPIRING, W, "active certificate of an in-service device expires within --expiring-within days (not yet renewed)"),
     check(CERT_EXPIRED_DEPLOYED, E, "active certificate of a deployed or maintenance device has expired (not renewed)"),
     check(REVOKED_NOT_RETIRED, E, "device not retired or decommissioned whose certificates are revoked and none is active"),
@@ -254,6 +256,16 @@ fn run_checks(
     emit: &mut dyn FnMut(Finding) -> Result<()>,
 ) -> Result<CertStats> {
     let now = o.now;
+    // First: every other check reads through the indexes this one vouches for.
+    if o.wants(REGISTRY_INTEGRITY) {
+        for p in conn.integrity_problems(true, 20)? {
+            emit(finding(
+                REGISTRY_INTEGRITY,
+                None,
+                format!("SQLite integrity check: {p}"),
+            ))?;
+        }
+    }
     if o.wants(CERT_EXPIRING) {
         let until = now + i64::from(o.expiring_within_days) * DAY;
         q::certs_expiring(conn, now, until, |c| {
