@@ -23,6 +23,9 @@ pub mod exit {
     pub const CONFLICT: i32 = 7;
     /// File system problem: a file cannot be read or written.
     pub const IO: i32 = 8;
+    /// Stopped by SIGINT/SIGTERM/SIGHUP after finishing or abandoning the work in hand
+    /// cleanly (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: i32 = 130;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,9 @@ pub enum Error {
     /// published; the exit code is the cause's.
     #[error("the revocations are recorded, but the CRL could not be published (run `cradle ca crl` to retry)")]
     CrlNotPublished(#[source] Box<Error>),
+    /// The operator stopped the command (SIGINT/SIGTERM) at a safe point.
+    #[error("{0}")]
+    Interrupted(String),
     /// A bug or an impossible state inside cradle (exit 2): nothing was changed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -111,6 +117,7 @@ impl Error {
             Error::NotFound(_) => exit::INPUT,
             Error::Device(_) => exit::DEVICE,
             Error::Io { .. } => exit::IO,
+            Error::Interrupted(_) => exit::INTERRUPTED,
             Error::Internal(_) => exit::USAGE,
             Error::CrlNotPublished(cause) => cause.exit_code(),
         }

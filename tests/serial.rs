@@ -1124,3 +1124,189 @@ fn nrf91_sim_is_provisioned_by_nordics_installer() {
     assert!(row.starts_with(&format!("{uuid},")), "{row}");
     assert!(row.contains("BEGIN CERTIFICATE"), "{row}");
 }
+
+#[test]
+fn ctrl_c_during_provision_finishes_or_abandons_each_port_then_prints_the_table() {
+    let env = Env::with_ca();
+    // A: a slow line (identify takes seconds); B: stalls on its first WRITE.
+    let a = env.path("dev/a");
+    let b = env.path("dev/b");
+    let _sa = Sim::start(
+        &env,
+        &[
+            "--link",
+            a.to_str().unwrap(),
+            "--hardware-id",
+            "INT-A",
+            "--fault",
+            "slow-baud:300",
+        ],
+        1,
+    );
+    let _sb = Sim::start(
+        &env,
+        &[
+            "--link",
+            b.to_str().unwrap(),
+            "--hardware-id",
+            "INT-B",
+            "--fault",
+            "stall:1500",
+        ],
+        1,
+    );
+    let child = env
+        .cmd(&[
+            "--json",
+            "provision",
+            "--passphrase-file",
+            env.pass(),
+            "--baud",
+            BAUD,
+            "--timeout",
+            "8",
+            "--port",
+            a.to_str().unwrap(),
+            "--port",
+            b.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // B is in its stalled WRITE, A still identifying.
+    std::thread::sleep(Duration::from_millis(900));
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_hw = |hw: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["hardware_id"] == hw)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row for {hw}: {rows:#}"))
+    };
+    // The write in progress was finished, not torn...
+    assert_eq!(by_hw("INT-B")["result"], "PASS", "{rows:#}");
+    // ...the port that had not started writing was abandoned at a step boundary.
+    let ra = by_hw("INT-A");
+    assert_eq!(ra["result"], "FAIL", "{rows:#}");
+    assert!(
+        ra["error"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted by the operator"),
+        "{rows:#}"
+    );
+    // The registry agrees: B provisioned with an active certificate, A holds nothing.
+    assert_eq!(
+        q(&env, "SELECT d.hardware_id, d.status, c.status FROM devices d JOIN certificates c ON c.device_id = d.id ORDER BY d.hardware_id"),
+        "INT-B|provisioned|active"
+    );
+    // A re-run (A's line healthy again) finishes the job.
+    drop(_sa);
+    let _sa = Sim::start(
+        &env,
+        &["--link", a.to_str().unwrap(), "--hardware-id", "INT-A"],
+        1,
+    );
+    let (code, v, err) = provision(&env, &[a.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+}
+
+#[test]
+fn watch_mode_retries_a_failed_device_when_it_is_replugged_and_says_so() {
+    let env = Env::with_ca();
+    let link = env.path("dev/w");
+    let state = env.path("w.json");
+    let glob = format!("{}*", link.display());
+    let mut watcher = env
+        .cmd(&[
+            "--json",
+            "provision",
+            "--passphrase-file",
+            env.pass(),
+            "--baud",
+            BAUD,
+            "--timeout",
+            "1",
+            "--ports",
+            &glob,
+            "--watch",
+            "--limit",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = watcher.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut faulty = Sim::start(
+        &env,
+        &[
+            "--link",
+            link.to_str().unwrap(),
+            "--hardware-id",
+            "W-1",
+            "--state",
+            state.to_str().unwrap(),
+            "--fault",
+            "reject-lock",
+        ],
+        1,
+    );
+    // The station's log says FAIL, why, and what to do, as it happens.
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a FAIL line on stderr");
+    assert!(
+        line.contains("FAIL") && line.contains("unplug and re-plug"),
+        "{line}"
+    );
+    // Re-plugged (the port goes away and comes back), healthy now: provisioned.
+    faulty.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    let _healthy = Sim::start(
+        &env,
+        &[
+            "--link",
+            link.to_str().unwrap(),
+            "--hardware-id",
+            "W-1",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        1,
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    while watcher.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < until, "watcher did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = watcher.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let results: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seq: Vec<&str> = results
+        .iter()
+        .map(|r| r["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(seq, ["FAIL", "PASS"], "{stdout}");
+    assert_eq!(
+        q(&env, "SELECT status FROM devices WHERE hardware_id = 'W-1'"),
+        "provisioned"
+    );
+}

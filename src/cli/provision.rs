@@ -57,17 +57,33 @@ pub struct ProvisionArgs {
 struct Bars {
     multi: MultiProgress,
     bars: Mutex<HashMap<String, ProgressBar>>,
+    /// Station mode: a FAILed device is retried when it is re-plugged.
+    watch: bool,
+    /// stderr is a terminal (bars drawn).
+    live: bool,
 }
 
 impl Bars {
-    fn new() -> Bars {
+    fn new(watch: bool) -> Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        if !std::io::stderr().is_terminal() {
+        let live = std::io::stderr().is_terminal();
+        if !live {
             multi.set_draw_target(ProgressDrawTarget::hidden());
         }
         Bars {
             multi,
             bars: Mutex::new(HashMap::new()),
+            watch,
+            live,
+        }
+    }
+
+    /// What a finished port's line says; in watch mode a FAIL says how to retry.
+    fn verdict(&self, r: &PortResult) -> String {
+        match &r.error {
+            Some(e) if self.watch => format!("FAIL: {e} — unplug and re-plug the device to retry"),
+            Some(e) => format!("FAIL: {e}"),
+            None => r.result.as_str().to_string(),
         }
     }
 }
@@ -93,10 +109,11 @@ impl Progress for Bars {
     }
     fn finished(&self, r: &PortResult) {
         if let Some(pb) = self.bars.lock().expect("bars").get(&r.port) {
-            pb.finish_with_message(match &r.error {
-                Some(e) => format!("FAIL: {e}"),
-                None => r.result.as_str().to_string(),
-            });
+            pb.finish_with_message(self.verdict(r));
+        }
+        // A station's log (stderr not a terminal) gets each failure as it happens.
+        if self.watch && !self.live && r.error.is_some() {
+            eprintln!("cradle: {}: {}", r.port, self.verdict(r));
         }
     }
 }
@@ -175,9 +192,11 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
         nrf_identity_keys: id_keys.map(std::sync::Arc::new),
     };
     drop(reg);
-    let bars = Bars::new();
+    let bars = Bars::new(a.watch);
+    // Ctrl-C (or SIGTERM) sets the flag: each port finishes or abandons its step
+    // cleanly, failures are recorded, and the table is printed (exit 130).
+    let stop = crate::signals::stop_flag();
     let mut results = if a.watch {
-        let stop = crate::signals::stop_flag();
         let pattern = a.ports_glob.clone().unwrap_or_default();
         if ctx.json {
             st.watch(&pattern, &JsonLines(&bars), stop, a.limit)
@@ -233,5 +252,12 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
             r.error.as_deref().unwrap_or("unknown")
         );
     }
-    Ok(if failed > 0 { exit::FAILED } else { exit::OK })
+    Ok(if crate::signals::stopped() {
+        eprintln!("cradle: interrupted: the table above is what was done; re-run to finish");
+        exit::INTERRUPTED
+    } else if failed > 0 {
+        exit::FAILED
+    } else {
+        exit::OK
+    })
 }

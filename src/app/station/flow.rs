@@ -27,6 +27,18 @@ pub(super) struct Port<'a> {
     pub t0: Instant,
 }
 
+/// Abandons the run at a step boundary once the operator asked to stop (Ctrl-C): what
+/// is done so far is consistent (nothing half-written), and the failure is recorded.
+/// Past the write, the run finishes instead: a device is never left half-burned.
+fn check_stop(before: &str) -> Result<()> {
+    if crate::signals::stopped() {
+        return Err(Error::Interrupted(format!(
+            "interrupted by the operator before {before}; re-run to provision this device"
+        )));
+    }
+    Ok(())
+}
+
 /// Provisions the device on `link`. `Ok(false)`: skipped (already done in this watch run).
 pub(super) fn provision(
     st: &Station<'_>,
@@ -55,6 +67,7 @@ pub(super) fn provision(
         .clone()
         .unwrap_or_else(|| ident.hardware_id.clone());
     res.serial = Some(serial.clone());
+    check_stop("register")?;
 
     run.step = "register";
     // In CSR mode a sealing device makes its key while the registry is searched (registry
@@ -106,6 +119,7 @@ pub(super) fn provision(
         }));
     }
 
+    check_stop("prepare")?;
     run.step = "prepare";
     link.prepare()?;
     // The key: made on the device (CSR) or here (inject).
@@ -134,6 +148,7 @@ pub(super) fn provision(
         }
     };
 
+    check_stop("issue")?;
     run.step = "issue";
     progress.update(pname, "issue", 0, 1);
     let source = match st.mode {
