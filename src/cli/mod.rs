@@ -34,6 +34,7 @@ Exit codes:
   6  device or serial-line problem
   7  conflict with existing state (already exists, duplicate, invalid transition)
   8  file system problem (cannot read or write a file)
+  130  interrupted (SIGINT/SIGTERM) after finishing or abandoning the work in hand cleanly
 
 Environment:
   CRADLE_HOME           home directory (instead of --home)
