@@ -858,3 +858,24 @@ fn a_damaged_registry_is_found_by_the_audit_and_refused_by_writers() {
     let o = e.run(&["audit", "--json", "--check", "registry-integrity"]);
     assert_ne!(o.status.code(), Some(0));
 }
+
+#[test]
+fn a_damaged_row_is_a_registry_error_not_bad_input() {
+    let e = fleet(2);
+    e.sql("PRAGMA ignore_check_constraints = 1; UPDATE devices SET status = 'zzz' WHERE serial = 'DEV-001';");
+    for args in [
+        &["status"][..],
+        &["device", "show", "DEV-001"],
+        &["device", "list"],
+    ] {
+        let err = e.fails(args, 4);
+        assert!(
+            err.contains("registry row is damaged")
+                && err.contains("'zzz'")
+                && err.contains("cradle audit"),
+            "{args:?}: {err}"
+        );
+    }
+    let o = e.run(&["audit", "--json", "--check", "registry-integrity"]);
+    assert_eq!(o.status.code(), Some(1));
+}

@@ -144,6 +144,16 @@ pub struct NewDevice {
 /// The columns every device query selects, in the order `from_row` reads them.
 pub const DEVICE_COLUMNS: &str = "id, serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes, created_at, updated_at";
 
+/// A status read back from the registry; one no lifecycle has means damage (exit 4),
+/// not bad input.
+pub fn stored_status(s: &str) -> Result<DeviceStatus> {
+    s.parse().map_err(|e: Error| {
+        Error::Store(super::StoreError::Other(super::error::damaged(format!(
+            "device status: {e}"
+        ))))
+    })
+}
+
 pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Device> {
     let status: String = r.get(11)?;
     let attrs: Option<String> = r.get(13)?;

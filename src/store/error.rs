@@ -48,11 +48,27 @@ impl From<rusqlite::Error> for StoreError {
         if is_busy(&e) {
             return StoreError::Busy;
         }
+        match &e {
+            // A value that does not fit its column's meaning (a status no lifecycle has,
+            // a number where text belongs): damage or an edit behind cradle's back.
+            rusqlite::Error::FromSqlConversionFailure(_, _, inner) => {
+                return StoreError::Other(damaged(inner))
+            }
+            rusqlite::Error::InvalidColumnType(_, name, ty) => {
+                return StoreError::Other(damaged(format!("column {name} holds a {ty}")))
+            }
+            _ => {}
+        }
         match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::ConstraintViolation) => StoreError::Constraint(e.to_string()),
             _ => StoreError::Other(e.to_string()),
         }
     }
+}
+
+/// The message for a row that is not what cradle wrote.
+pub(super) fn damaged(what: impl std::fmt::Display) -> String {
+    format!("a registry row is damaged: {what} (the file was changed outside cradle; run `cradle audit`)")
 }
 
 impl From<rusqlite::Error> for Error {

@@ -560,7 +560,10 @@ pub fn fleet_summary(db: &Reader) -> Result<FleetSummary> {
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
         let s: String = r.get(0)?;
-        devices.add(s.parse()?, r.get::<_, i64>(1)? as u64);
+        devices.add(
+            super::devices::stored_status(&s)?,
+            r.get::<_, i64>(1)? as u64,
+        );
     }
     let group = |col: &str| -> Result<Vec<GroupCounts>> {
         let mut st = conn.prepare(&format!(
@@ -578,7 +581,10 @@ pub fn fleet_summary(db: &Reader) -> Result<FleetSummary> {
                     counts: StateCounts::default(),
                 });
             }
-            out.last_mut().expect("pushed").counts.add(s.parse()?, n);
+            out.last_mut()
+                .expect("pushed")
+                .counts
+                .add(super::devices::stored_status(&s)?, n);
         }
         Ok(out)
     };
