@@ -6,6 +6,7 @@ pub mod ca;
 pub mod home;
 pub mod identity;
 pub mod inventory;
+pub mod label;
 pub mod lifecycle;
 pub mod retire;
 pub mod station;

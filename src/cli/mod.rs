@@ -8,6 +8,7 @@ mod device;
 mod identity;
 mod init;
 mod inventory;
+mod label;
 mod log;
 mod meta;
 mod provision;
@@ -147,6 +148,11 @@ pub enum Command {
     Report(report::ReportCommand),
 
     #[command(display_order = 15)]
+    /// Print device labels with a QR code: ZPL for Zebra printers, SVG or PNG
+    #[command(after_help = label::LABEL_HELP)]
+    Label(label::LabelArgs),
+
+    #[command(display_order = 16)]
     /// Print a shell completion script
     #[command(after_help = "Example:\n  cradle completions bash > /etc/bash_completion.d/cradle")]
     Completions {
@@ -154,7 +160,7 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
 
-    #[command(display_order = 16)]
+    #[command(display_order = 17)]
     /// Write the man pages generated from this binary into a directory
     #[command(hide = true)]
     Man {
@@ -190,6 +196,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Sim(a) => sim::run(&ctx, a),
         Command::Audit(a) => audit::run(&ctx, a),
         Command::Log(c) => log::run(&ctx, c),
+        Command::Label(a) => label::run(&ctx, a),
         Command::Completions { shell } => meta::completions(shell),
         Command::Man { out } => meta::man(&out),
     }
