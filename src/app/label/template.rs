@@ -329,7 +329,7 @@ impl LabelTemplate {
         let module = (spec.size / modules).min(MAX_MAGNIFICATION);
         if module == 0 {
             return Err(too_long(format!(
-                "needs {modules} x {modules} modules, more than the {} dots of qr.size_mm at {} dpi",
+                "needs {modules} x {modules} modules (at least {modules} dots a side), more than qr.size_mm gives: {} dots at {} dpi",
                 spec.size, self.dpi
             )));
         }
