@@ -4,10 +4,10 @@
 mod common;
 
 use std::io::Read;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::Env;
 
@@ -372,6 +372,52 @@ fn unreachable_printer_is_one_line_exit_6_and_nothing_recorded() {
 }
 
 #[test]
+fn printer_that_never_answers_times_out() {
+    let env = fleet();
+    // A listener that never accepts: once its accept queue is full the kernel drops
+    // further SYNs, so a connect hangs as to a printer that is off the network.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut held = Vec::new();
+    let full =
+        (0..2000).any(
+            |_| match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                Ok(s) => {
+                    held.push(s);
+                    false
+                }
+                Err(_) => true,
+            },
+        );
+    assert!(
+        full,
+        "the accept queue never filled ({} connections)",
+        held.len()
+    );
+    let before = env.dump();
+    let url = format!("tcp://{addr}");
+    let t = Instant::now();
+    let err = env.fails(
+        &[
+            "label",
+            "ACME-1",
+            "--printer",
+            &url,
+            "--printer-timeout",
+            "1",
+        ],
+        6,
+    );
+    assert_eq!(
+        err,
+        format!("cradle: error: printer {url}: cannot connect: timed out after 1.0 s\n")
+    );
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(env.dump(), before);
+    drop(l);
+}
+
+#[test]
 fn hostile_registry_text_cannot_inject_zpl_commands() {
     let env = fleet();
     let evil_model = "X^XZ^XA^FO0,0^FDpwned^FS~JR~HS_2";
@@ -545,6 +591,21 @@ fn home_templates_override_the_builtin() {
         "width_mm = 25\nheight_mm = 25\ndpi = 300\n[qr]\npayload = \"{org}:{serial}\"\nx_mm = 2\ny_mm = 2\nsize_mm = 21\necc = \"H\"\n",
     )
     .unwrap();
+    // `cradle init` put an editable copy of the built-in template in the home.
+    let default = env.home.join("templates/labels/default.toml");
+    let text = std::fs::read_to_string(&default).unwrap();
+    assert!(text.contains("payload = \"{serial};{mac?};https://onboard.example/{serial}\""));
+    std::fs::write(
+        &default,
+        text.replace("https://onboard.example/", "https://factory.example/o/"),
+    )
+    .unwrap();
+    let zpl = env.ok(&["label", "ACME-2"]);
+    assert_eq!(
+        parse_zpl(&zpl)[0].payload,
+        "ACME-2;;https://factory.example/o/ACME-2"
+    );
+
     let zpl = env.ok(&["label", "ACME-2", "--template", "small"]);
     let l = &parse_zpl(&zpl)[0];
     assert_eq!(l.payload, "ACME:ACME-2");

@@ -48,10 +48,17 @@ pub fn render(label: &Label) -> String {
     }
     s.push_str("</g>\n");
     for t in &label.texts {
-        // ZPL places a field by its top-left corner, SVG text by its baseline.
+        // ZPL places a field by its top-left corner, SVG text by its baseline
+        // (hence text-before-edge); a condensed line is scaled across, as ZPL's
+        // narrower character width does (textLength is not drawn by every renderer).
+        let scale = if t.width < t.height {
+            format!(" scale({:.3} 1)", t.width as f64 / t.height as f64)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            r#"<text x="{}" y="{}" font-family="sans-serif" font-size="{}" dominant-baseline="text-before-edge">{}</text>"#,
+            r#"<text transform="translate({} {}){scale}" font-family="sans-serif" font-size="{}" dominant-baseline="text-before-edge">{}</text>"#,
             t.x,
             t.y,
             t.height,

@@ -156,6 +156,33 @@ pub struct Text {
     pub y: u32,
     /// Character height in dots.
     pub height: u32,
+    /// Character width in dots (ZPL `^A0` w): the height, or less for a line that
+    /// would otherwise run off the label.
+    pub width: u32,
+}
+
+/// How wide a character of the scalable fonts is, per dot of width: an upper
+/// estimate (capitals and digits of SVG's sans-serif run 0.6-0.75; ZPL font 0 is a
+/// condensed face and narrower), so a condensed line ends before the label edge.
+const ADVANCE: f64 = 0.7;
+
+impl Text {
+    fn fitted(value: String, x: u32, y: u32, height: u32, label_width: u32) -> Text {
+        let room = label_width.saturating_sub(x);
+        let want = value.chars().count() as f64 * ADVANCE * height as f64;
+        let width = if want > room as f64 && room > 0 {
+            (height as f64 * room as f64 / want).floor().max(1.0) as u32
+        } else {
+            height
+        };
+        Text {
+            value,
+            x,
+            y,
+            height,
+            width,
+        }
+    }
 }
 
 impl LabelTemplate {
@@ -341,12 +368,7 @@ impl LabelTemplate {
         let mut texts = Vec::new();
         for t in &self.texts {
             if let Some(value) = t.value.fill_whole(vars).map_err(|n| missing(&t.value, n))? {
-                texts.push(Text {
-                    value,
-                    x: t.x,
-                    y: t.y,
-                    height: t.height,
-                });
+                texts.push(Text::fitted(value, t.x, t.y, t.height, self.width));
             }
         }
         Ok(Label {
@@ -366,6 +388,19 @@ impl LabelTemplate {
             texts,
         })
     }
+}
+
+/// Writes the editable copies of the built-in templates into `dir`
+/// (`HOME/templates/labels`), keeping any that exist.
+pub fn install_builtins(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    for (name, text) in BUILTIN {
+        let p = dir.join(format!("{name}.toml"));
+        if !p.exists() {
+            std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -396,6 +431,18 @@ mod tests {
             // 62 x 29 mm at 8 dots/mm.
             assert_eq!((l.width, l.height), (496, 232));
         }
+    }
+
+    #[test]
+    fn long_lines_are_condensed_to_the_label_edge() {
+        let (_, text) = BUILTIN[0];
+        let t = LabelTemplate::parse("d", "d.toml", text).unwrap();
+        let l = t.render("A1", &vars(&[("serial", "A1")])).unwrap();
+        assert_eq!(l.texts[0].width, 32);
+        let long = "ACME-SENSOR-0000000001-REV-B";
+        let l = t.render(long, &vars(&[("serial", long)])).unwrap();
+        // 28 characters of 32 dots would need ~627 dots; 496 - 200 are left.
+        assert_eq!(l.texts[0].width, 15);
     }
 
     #[test]

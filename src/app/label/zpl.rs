@@ -37,7 +37,7 @@ pub fn render(label: &Label) -> String {
             t.x,
             t.y,
             t.height,
-            t.height,
+            t.width,
             escape(&t.value)
         );
     }
