@@ -418,6 +418,52 @@ fn printer_that_never_answers_times_out() {
 }
 
 #[test]
+fn printer_that_stops_reading_times_out_mid_job() {
+    let env = fleet();
+    // One label of ~10 MB (a text line from a big attribute): more than the socket
+    // buffers hold while the printer reads nothing.
+    env.sql("UPDATE devices SET attributes = json_object('blob', hex(zeroblob(5000000))) WHERE serial = 'ACME-1'");
+    std::fs::write(
+        env.path("big.toml"),
+        "width_mm = 50\nheight_mm = 25\ndpi = 203\n[qr]\npayload = \"{serial}\"\nx_mm = 1\ny_mm = 1\nsize_mm = 20\n[[text]]\nvalue = \"{attr.blob}\"\nx_mm = 22\ny_mm = 1\nheight_mm = 3\n",
+    )
+    .unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stalled = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        // Hold the connection, read nothing, until the test is done.
+        let _ = rx.recv_timeout(Duration::from_secs(60));
+        drop(s);
+    });
+    let before = env.dump();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let t = Instant::now();
+    let err = env.fails(
+        &[
+            "label",
+            "ACME-1",
+            "--template",
+            "big.toml",
+            "--printer",
+            &url,
+            "--printer-timeout",
+            "1",
+        ],
+        6,
+    );
+    tx.send(()).unwrap();
+    stalled.join().unwrap();
+    assert_eq!(
+        err,
+        format!("cradle: error: printer {url}: sending the labels: timed out after 1.0 s\n")
+    );
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(env.dump(), before);
+}
+
+#[test]
 fn hostile_registry_text_cannot_inject_zpl_commands() {
     let env = fleet();
     let evil_model = "X^XZ^XA^FO0,0^FDpwned^FS~JR~HS_2";

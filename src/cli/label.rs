@@ -12,8 +12,8 @@ use crate::store::inventory::DeviceFilter;
 
 pub const LABEL_HELP: &str = "\
 One label per device, laid out by a label template (size, dpi, QR payload, text lines; see
-templates/labels/default.toml, the built-in 'default'). Template strings take the profile
-variables ({serial}, {mac?}, {attr.NAME}, ...). Every label is rendered before anything is
+templates/labels/default.toml, the built-in 'default'; format in cradle-label(5)). Template
+strings take the profile variables ({serial}, {mac?}, {attr.NAME}, ...). Every label is rendered before anything is
 written: a template error, a missing value or a QR payload too long for its space is one
 line naming the template line and the device (exit 3), and nothing is written or recorded.
 

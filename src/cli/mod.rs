@@ -32,7 +32,7 @@ Exit codes:
   3  invalid input (CSV, CSR, certificate, profile, device reply)
   4  registry problem (not initialised, corrupt, foreign, newer schema, busy)
   5  key or CA problem (wrong passphrase, key/certificate mismatch, not a CA)
-  6  device or serial-line problem
+  6  device or serial-line problem, or an unreachable label printer
   7  conflict with existing state (already exists, duplicate, invalid transition)
   8  file system problem (cannot read or write a file)
 
