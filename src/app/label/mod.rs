@@ -13,6 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -154,7 +155,7 @@ pub fn run(
             "stdout".to_string()
         }
         Output::File(path) => {
-            write_file(store, path, &joined(), &mut staged)?;
+            write_file(store, path, &joined(), &mut staged, true)?;
             for it in &mut items {
                 it.file = Some(path.clone());
             }
@@ -166,7 +167,9 @@ pub fn run(
             }
             for it in &mut items {
                 let path = dir.join(format!("{}.{}", file_stem(&it.serial), req.format.as_str()));
-                write_file(store, &path, &it.bytes, &mut staged)?;
+                // One fsync per label would cost more than rendering it (a label
+                // can be made again).
+                write_file(store, &path, &it.bytes, &mut staged, false)?;
                 it.file = Some(path);
             }
             dir.display().to_string()
@@ -251,8 +254,9 @@ pub fn render_all(
     org: &str,
     ca_name: &str,
 ) -> Result<Vec<Rendered>> {
+    // QR encoding (the mask search) is most of the work: on all cores, in order.
     devices
-        .iter()
+        .par_iter()
         .map(|d| {
             let vars = vars_for(d, org, ca_name, &tpl.name);
             let label = tpl.render(&d.serial, &vars)?;
@@ -268,16 +272,29 @@ pub fn render_all(
                 bytes,
             })
         })
+        .collect::<Vec<Result<Rendered>>>()
+        // The first failure in device order, whichever thread met it first.
+        .into_iter()
         .collect()
 }
 
 /// Writes one output file atomically; a file that is new is removed again if the
 /// event cannot be recorded.
-fn write_file(store: &Store, path: &Path, data: &[u8], staged: &mut StagedFiles) -> Result<()> {
+fn write_file(
+    store: &Store,
+    path: &Path,
+    data: &[u8],
+    staged: &mut StagedFiles,
+    sync: bool,
+) -> Result<()> {
     let existed = path.exists();
     let mut f = OutFile::create(path, 0o644, &store.files())?;
     f.write_all(data).map_err(|e| Error::io(path, e))?;
-    f.commit()?;
+    if sync {
+        f.commit()?;
+    } else {
+        f.commit_unsynced()?;
+    }
     if !existed {
         staged.add(path);
     }
