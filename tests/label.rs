@@ -611,6 +611,13 @@ fn selection_and_output_mistakes() {
     assert!(err.contains("no device with serial 'ACME-9'"), "{err}");
     let err = env.fails(&["label", "--batch", "B9", "-o", "x.zpl"], 3);
     assert!(err.contains("no device matches --batch B9"), "{err}");
+    let err = env.fails(&["label", "--batch", "B1", "--status", "deployed"], 3);
+    assert!(
+        err.contains("no device matches --status deployed --batch B1"),
+        "{err}"
+    );
+    let err = env.fails(&["label", "--status", "lost"], 3);
+    assert_eq!(err.lines().count(), 1, "{err}");
     let err = env.fails(
         &["label", "--batch", "B1", "--format", "svg", "-o", "two.svg"],
         2,
