@@ -17,7 +17,8 @@ pub mod exit {
     pub const REGISTRY: i32 = 4;
     /// Key or CA problem: wrong passphrase, key/certificate mismatch, not a CA.
     pub const CRYPTO: i32 = 5;
-    /// Device or serial-line problem: timeout, protocol error, port unavailable.
+    /// Device or serial-line problem: timeout, protocol error, port unavailable; also a
+    /// label printer that cannot be reached.
     pub const DEVICE: i32 = 6;
     /// Conflict with existing state: already exists, duplicate, invalid transition.
     pub const CONFLICT: i32 = 7;

@@ -97,7 +97,18 @@ impl OutFile {
         self.finish(false)
     }
 
+    /// As `commit`, without the fsync: for many small files that can be made again
+    /// (labels), where a sync per file costs more than the work. Still whole or absent
+    /// while the system runs; a power cut may leave one empty.
+    pub fn commit_unsynced(self) -> Result<()> {
+        self.persist(true, false)
+    }
+
     fn finish(self, clobber: bool) -> Result<()> {
+        self.persist(clobber, true)
+    }
+
+    fn persist(self, clobber: bool, sync: bool) -> Result<()> {
         let path = self.path;
         let target = self
             .w
@@ -105,7 +116,9 @@ impl OutFile {
             .map_err(|e| Error::io(&path, e.into_error()))?;
         match target {
             Target::Temp(tmp) => {
-                tmp.as_file().sync_all().map_err(|e| Error::io(&path, e))?;
+                if sync {
+                    tmp.as_file().sync_all().map_err(|e| Error::io(&path, e))?;
+                }
                 if clobber {
                     tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
                 } else {

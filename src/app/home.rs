@@ -43,6 +43,7 @@ pub fn create(home: &Home, org: &str, station: Option<&str>) -> Result<Created> 
     let t = home.templates_dir();
     fs::create_dir_all(&t).map_err(|e| Error::io(&t, e))?;
     profile::install_builtins(&t)?;
+    crate::app::label::template::install_builtins(&t.join("labels"))?;
     let mut config = Config {
         org: org.to_string(),
         ..Config::default()

@@ -7,6 +7,7 @@ pub mod ca;
 pub mod home;
 pub mod identity;
 pub mod inventory;
+pub mod label;
 pub mod lifecycle;
 pub mod reconcile;
 pub mod retire;

@@ -8,6 +8,7 @@ mod device;
 mod identity;
 mod init;
 mod inventory;
+mod label;
 mod log;
 mod meta;
 mod provision;
@@ -31,7 +32,7 @@ Exit codes:
   3  invalid input (CSV, CSR, certificate, profile, device reply)
   4  registry problem (not initialised, corrupt, foreign, newer schema, busy)
   5  key or CA problem (wrong passphrase, key/certificate mismatch, not a CA)
-  6  device or serial-line problem
+  6  device or serial-line problem, or an unreachable label printer
   7  conflict with existing state (already exists, duplicate, invalid transition)
   8  file system problem (cannot read or write a file)
   130  interrupted (SIGINT/SIGTERM) after finishing or abandoning the work in hand cleanly
@@ -148,6 +149,11 @@ pub enum Command {
     Report(report::ReportCommand),
 
     #[command(display_order = 15)]
+    /// Print device labels with a QR code: ZPL for Zebra printers, SVG or PNG
+    #[command(after_help = label::LABEL_HELP)]
+    Label(label::LabelArgs),
+
+    #[command(display_order = 16)]
     /// Print a shell completion script
     #[command(after_help = "Example:\n  cradle completions bash > /etc/bash_completion.d/cradle")]
     Completions {
@@ -155,7 +161,7 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
 
-    #[command(display_order = 16)]
+    #[command(display_order = 17)]
     /// Write the man pages generated from this binary into a directory
     #[command(hide = true)]
     Man {
@@ -191,6 +197,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Sim(a) => sim::run(&ctx, a),
         Command::Audit(a) => audit::run(&ctx, a),
         Command::Log(c) => log::run(&ctx, c),
+        Command::Label(a) => label::run(&ctx, a),
         Command::Completions { shell } => meta::completions(shell),
         Command::Man { out } => meta::man(&out),
     }

@@ -225,7 +225,7 @@ pub struct DecommissionArgs {
     wipe_baud: u32,
     /// Serial wipe: seconds the device may take to start answering a request
     /// (the line time at --wipe-baud is added)
-    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_timeout)]
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = super::values::parse_timeout)]
     wipe_timeout: std::time::Duration,
     /// Manual wipe record: NIST SP 800-88 level
     #[arg(long, value_name = "LEVEL", value_parser = ["clear", "purge", "destroy"])]
@@ -413,12 +413,4 @@ fn print_summary(ctx: &Ctx, s: &Summary) -> anyhow::Result<()> {
         println!("failed devices stay resumable: fix the cause and re-run, or `cradle decommission --resume`");
     }
     Ok(())
-}
-
-/// `--wipe-timeout`: positive seconds, at most an hour.
-fn parse_timeout(s: &str) -> std::result::Result<std::time::Duration, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(std::time::Duration::from_secs_f64(v)),
-        _ => Err(format!("'{s}' is not a number of seconds in (0, 3600]")),
-    }
 }

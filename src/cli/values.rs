@@ -39,3 +39,11 @@ impl From<ModeArg> for Mode {
         }
     }
 }
+
+/// A timeout flag (`--wipe-timeout`, `--printer-timeout`): positive seconds, at most an hour.
+pub fn parse_timeout(s: &str) -> std::result::Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(std::time::Duration::from_secs_f64(v)),
+        _ => Err(format!("'{s}' is not a number of seconds in (0, 3600]")),
+    }
+}

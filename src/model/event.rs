@@ -41,10 +41,13 @@ pub enum EventKind {
     /// `identity reconcile` recorded a certificate our CA signed that the registry lacked.
     #[serde(rename = "identity.reconciled")]
     IdentityReconciled,
+    /// Labels were rendered or printed (`cradle label`).
+    #[serde(rename = "label.rendered")]
+    LabelRendered,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::HomeInitialised,
         EventKind::LogKeyed,
         EventKind::CaCreated,
@@ -61,6 +64,7 @@ impl EventKind {
         EventKind::CrlIssued,
         EventKind::DecommissionStep,
         EventKind::IdentityReconciled,
+        EventKind::LabelRendered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +85,7 @@ impl EventKind {
             EventKind::CrlIssued => "crl.issued",
             EventKind::DecommissionStep => "decommission.step",
             EventKind::IdentityReconciled => "identity.reconciled",
+            EventKind::LabelRendered => "label.rendered",
         }
     }
 }

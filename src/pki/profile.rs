@@ -126,11 +126,84 @@ pub enum Validity {
     Until(OffsetDateTime),
 }
 
-/// A string with placeholders, remembering the line it came from.
+/// A string with placeholders, remembering the line it came from. Label templates
+/// (`app::label`) render through the same type, so both speak one placeholder syntax.
 #[derive(Debug, Clone)]
-struct Tpl {
-    raw: String,
-    line: usize,
+pub struct Tpl {
+    pub raw: String,
+    pub line: usize,
+}
+
+impl Tpl {
+    /// A checked template: balanced braces and only known variables (errors name
+    /// `source` and `line`).
+    pub fn new(raw: &str, line: usize, source: &str) -> Result<Tpl> {
+        let t = Tpl {
+            raw: raw.to_string(),
+            line,
+        };
+        check_placeholders(&t, source)?;
+        Ok(t)
+    }
+
+    /// Substitutes placeholders; `Ok(None)` when an optional placeholder made it empty,
+    /// `Err(name)` when the required variable `name` has no value.
+    pub fn fill(&self, vars: &Vars) -> std::result::Result<Option<String>, String> {
+        let t = self;
+        let mut out = String::with_capacity(t.raw.len() + 16);
+        let mut rest = t.raw.as_str();
+        let mut dropped = false;
+        while let Some(i) = rest.find(['{', '}']) {
+            out.push_str(&rest[..i]);
+            let c = rest.as_bytes()[i];
+            if rest[i..].starts_with("{{") || rest[i..].starts_with("}}") {
+                out.push(c as char);
+                rest = &rest[i + 2..];
+                continue;
+            }
+            let end = rest[i..].find('}').map(|e| i + e).unwrap_or(rest.len());
+            let inner = &rest[i + 1..end];
+            let (name, optional) = match inner.strip_suffix('?') {
+                Some(n) => (n, true),
+                None => (inner, false),
+            };
+            match vars.get(name).filter(|v| !v.is_empty()) {
+                Some(v) => out.push_str(v),
+                None if optional => dropped = true,
+                None => return Err(name.to_string()),
+            }
+            rest = &rest[(end + 1).min(rest.len())..];
+        }
+        out.push_str(rest);
+        if dropped && out.trim().is_empty() {
+            return Ok(None);
+        }
+        if dropped && t.raw.trim().starts_with('{') && t.raw.trim().ends_with("?}") {
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+
+    /// For text that means nothing half-filled (SAN entries, hwSerialNum, a label
+    /// line): `None` when any optional placeholder has no value, so
+    /// `urn:dev:mac:{mac_hex?}` never becomes `urn:dev:mac:`.
+    pub fn fill_whole(&self, vars: &Vars) -> std::result::Result<Option<String>, String> {
+        let missing = placeholders(&self.raw)
+            .into_iter()
+            .any(|(name, optional)| optional && vars.get(&name).is_none_or(|v| v.is_empty()));
+        if missing {
+            return Ok(None);
+        }
+        self.fill(vars)
+    }
+
+    /// The variables this template needs (required ones).
+    pub fn required(&self) -> impl Iterator<Item = String> {
+        placeholders(&self.raw)
+            .into_iter()
+            .filter(|(_, optional)| !optional)
+            .map(|(name, _)| name)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -199,14 +272,7 @@ impl Profile {
             Error::input_at(source, line, e.message().trim().to_string())
         })?;
         let at = |needle: &str| line_of(text, needle);
-        let tpl = |s: &str| -> Result<Tpl> {
-            let t = Tpl {
-                raw: s.to_string(),
-                line: at(s),
-            };
-            check_placeholders(&t, source)?;
-            Ok(t)
-        };
+        let tpl = |s: &str| -> Result<Tpl> { Tpl::new(s, at(s), source) };
 
         let mut subject = Vec::new();
         for (key, value) in &raw.subject {
@@ -319,8 +385,8 @@ impl Profile {
     pub fn required_variables(&self) -> Vec<String> {
         let mut out = Vec::new();
         for t in self.all_templates() {
-            for (name, optional) in placeholders(&t.raw) {
-                if !optional && !out.contains(&name) {
+            for name in t.required() {
+                if !out.contains(&name) {
                     out.push(name);
                 }
             }
@@ -448,59 +514,22 @@ impl Profile {
 
     /// Substitutes placeholders; `None` when an optional placeholder made it empty.
     fn fill(&self, t: &Tpl, vars: &Vars) -> Result<Option<String>> {
-        let mut out = String::with_capacity(t.raw.len() + 16);
-        let mut rest = t.raw.as_str();
-        let mut dropped = false;
-        while let Some(i) = rest.find(['{', '}']) {
-            out.push_str(&rest[..i]);
-            let c = rest.as_bytes()[i];
-            if rest[i..].starts_with("{{") || rest[i..].starts_with("}}") {
-                out.push(c as char);
-                rest = &rest[i + 2..];
-                continue;
-            }
-            let end = rest[i..].find('}').map(|e| i + e).unwrap_or(rest.len());
-            let inner = &rest[i + 1..end];
-            let (name, optional) = match inner.strip_suffix('?') {
-                Some(n) => (n, true),
-                None => (inner, false),
-            };
-            match vars.get(name).filter(|v| !v.is_empty()) {
-                Some(v) => out.push_str(v),
-                None if optional => dropped = true,
-                None => {
-                    return Err(self.value_err(
-                        t,
-                        format!(
-                            "profile '{}' needs '{name}' but it has no value for this device (set it in the registry, or write {{{name}?}} to make it optional)",
-                            self.name
-                        ),
-                    ))
-                }
-            }
-            rest = &rest[(end + 1).min(rest.len())..];
-        }
-        out.push_str(rest);
-        if dropped && out.trim().is_empty() {
-            return Ok(None);
-        }
-        if dropped && t.raw.trim().starts_with('{') && t.raw.trim().ends_with("?}") {
-            return Ok(None);
-        }
-        Ok(Some(out))
+        t.fill(vars).map_err(|name| self.missing(t, &name))
     }
 
-    /// For names that mean nothing half-filled (SAN entries, hwSerialNum): `None` when any
-    /// optional placeholder has no value, so `urn:dev:mac:{mac_hex?}` never becomes
-    /// `urn:dev:mac:`.
+    /// See `Tpl::fill_whole`.
     fn fill_whole(&self, t: &Tpl, vars: &Vars) -> Result<Option<String>> {
-        let missing = placeholders(&t.raw)
-            .into_iter()
-            .any(|(name, optional)| optional && vars.get(&name).is_none_or(|v| v.is_empty()));
-        if missing {
-            return Ok(None);
-        }
-        self.fill(t, vars)
+        t.fill_whole(vars).map_err(|name| self.missing(t, &name))
+    }
+
+    fn missing(&self, t: &Tpl, name: &str) -> Error {
+        self.value_err(
+            t,
+            format!(
+                "profile '{}' needs '{name}' but it has no value for this device (set it in the registry, or write {{{name}?}} to make it optional)",
+                self.name
+            ),
+        )
     }
 }
 
@@ -647,13 +676,13 @@ pub fn parse_not_after(s: &str) -> Option<OffsetDateTime> {
     None
 }
 
-fn line_of_offset(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of_offset(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
 /// The first line that contains `needle` (1 if none): good enough to point at the
 /// value that failed, since profile files are short.
-fn line_of(text: &str, needle: &str) -> usize {
+pub(crate) fn line_of(text: &str, needle: &str) -> usize {
     text.lines()
         .position(|l| l.contains(needle))
         .map(|i| i + 1)
