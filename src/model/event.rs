@@ -38,10 +38,14 @@ pub enum EventKind {
     CrlIssued,
     #[serde(rename = "decommission.step")]
     DecommissionStep,
+    /// Devices handed to a cloud registry (`cradle export`): one event for the export
+    /// (cloud, counts, file hashes) and one per device naming it.
+    #[serde(rename = "cloud.exported")]
+    CloudExported,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::HomeInitialised,
         EventKind::LogKeyed,
         EventKind::CaCreated,
@@ -57,6 +61,7 @@ impl EventKind {
         EventKind::CertRevoked,
         EventKind::CrlIssued,
         EventKind::DecommissionStep,
+        EventKind::CloudExported,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +81,7 @@ impl EventKind {
             EventKind::CertRevoked => "cert.revoked",
             EventKind::CrlIssued => "crl.issued",
             EventKind::DecommissionStep => "decommission.step",
+            EventKind::CloudExported => "cloud.exported",
         }
     }
 }

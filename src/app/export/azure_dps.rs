@@ -1,0 +1,209 @@
+//! Azure IoT Hub Device Provisioning Service: X.509 individual enrollments as bodies
+//! of the bulk enrollment operation (`{"mode": …, "enrollments": […]}`, at most 10
+//! each), or one enrollment group whose signing certificate is the issuing CA.
+//! DPS revokes by disabling, not by CRL: withdrawn devices come out as enrollments
+//! with `provisioningStatus: disabled` (mode `update`, which creates or replaces).
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::{common_name, numbered_names, Candidate, OutputFile, Plan};
+use crate::error::{Error, Result};
+use crate::pki::cert::to_pem;
+use crate::store::CertRecord;
+
+/// Enrollments per bulk operation (the DPS service limit).
+pub const BATCH: usize = 10;
+/// Longest registration ID cradle hands to DPS.
+pub const MAX_REGISTRATION_ID: usize = 64;
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--group ID`: one enrollment group signed by the issuing CA instead of
+    /// individual enrollments.
+    pub group: Option<String>,
+    /// Individual enrollments in mode `update` (create or replace) instead of `create`.
+    pub update: bool,
+}
+
+/// DPS registration IDs: lower-case alphanumerics and `-._:`, at most 64 characters.
+pub fn check_registration_id(id: &str, max: usize) -> std::result::Result<(), String> {
+    if id.is_empty() {
+        return Err("is empty".into());
+    }
+    if id.chars().count() > max {
+        return Err(format!(
+            "is {} characters long; DPS allows at most {max}",
+            id.chars().count()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-._:".contains(*c)))
+    {
+        return Err(format!(
+            "contains {c:?}; DPS allows only lower-case a-z, 0-9 and - . _ :"
+        ));
+    }
+    Ok(())
+}
+
+fn b64_pem(der: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(to_pem("CERTIFICATE", der))
+}
+
+fn enrollment(registration_id: &str, cert: &CertRecord, enabled: bool) -> Value {
+    json!({
+        "registrationId": registration_id,
+        "attestation": {
+            "type": "x509",
+            "x509": {"clientCertificates": {"primary": {"certificate": b64_pem(&cert.der)}}},
+        },
+        "provisioningStatus": if enabled { "enabled" } else { "disabled" },
+    })
+}
+
+/// The certificate's CN as a registration ID, or why it cannot be one.
+fn registration_id(cert: &CertRecord) -> std::result::Result<String, String> {
+    let cn = common_name(&cert.der)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            "its certificate has no (single) CN for the DPS registration ID".to_string()
+        })?;
+    check_registration_id(&cn, MAX_REGISTRATION_ID)
+        .map_err(|e| format!("certificate CN '{}' {e}", cn.escape_default()))?;
+    Ok(cn)
+}
+
+/// `issuing_ca` is the active issuing CA (id and DER), the group's signing certificate.
+pub fn plan(cands: &[Candidate], opts: &Options, issuing_ca: (i64, &[u8])) -> Result<Plan> {
+    let mut plan = Plan::default();
+    if let Some(g) = &opts.group {
+        check_registration_id(g, 128)
+            .map_err(|e| Error::usage(format!("--group '{}' {e}", g.escape_default())))?;
+    }
+    let mut create: Vec<(i64, Value)> = Vec::new();
+    let mut disable: Vec<(i64, Value)> = Vec::new();
+    let mut seen: std::collections::HashMap<String, String> = Default::default();
+    for c in cands {
+        let serial = &c.device.serial;
+        let active = c.active();
+        let withdraw = c.withdrawn() || active.is_none();
+        // The enrollment's certificate: the active one, else the newest revoked one.
+        let cert = if c.withdrawn() || active.is_none() {
+            c.revoked().last().or(active)
+        } else {
+            active
+        };
+        let Some(cert) = cert else {
+            plan.problem(serial, c.no_cert_reason());
+            continue;
+        };
+        let id = match registration_id(cert) {
+            Ok(id) => id,
+            Err(e) => {
+                plan.problem(serial, e);
+                continue;
+            }
+        };
+        if let Some(first) = seen.insert(id.clone(), serial.clone()) {
+            plan.problem(
+                serial,
+                format!("registration ID '{id}' is also the one of device {first}"),
+            );
+            continue;
+        }
+        if withdraw {
+            disable.push((c.device.id, enrollment(&id, cert, false)));
+        } else if opts.group.is_some() {
+            if cert.ca_id != Some(issuing_ca.0) {
+                plan.problem(
+                    serial,
+                    "its certificate was issued by another CA than the group's signing certificate (the active issuing CA)",
+                );
+                continue;
+            }
+            plan.registered
+                .push((c.device.id, "enrollment-group.json".into()));
+        } else {
+            create.push((c.device.id, enrollment(&id, cert, true)));
+        }
+    }
+    if let Some(g) = &opts.group {
+        if !plan.registered.is_empty() {
+            let body = json!({
+                "enrollmentGroupId": g,
+                "attestation": {
+                    "type": "x509",
+                    "x509": {"signingCertificates": {"primary": {"certificate": b64_pem(issuing_ca.1)}}},
+                },
+                "provisioningStatus": "enabled",
+            });
+            plan.files.push(OutputFile {
+                name: "enrollment-group.json".into(),
+                kind: "enrollment-group",
+                rows: plan.registered.len(),
+                bytes: pretty(&body),
+            });
+        }
+    }
+    let mode = if opts.update { "update" } else { "create" };
+    batches(&mut plan, create, "enrollments", mode, false);
+    batches(&mut plan, disable, "disabled", "update", true);
+    Ok(plan)
+}
+
+fn pretty(v: &Value) -> Vec<u8> {
+    let mut b = serde_json::to_vec_pretty(v).expect("JSON values serialise");
+    b.push(b'\n');
+    b
+}
+
+fn batches(
+    plan: &mut Plan,
+    items: Vec<(i64, Value)>,
+    stem: &'static str,
+    mode: &str,
+    withdrawn: bool,
+) {
+    let chunks: Vec<&[(i64, Value)]> = items.chunks(BATCH).collect();
+    let names = numbered_names(stem, "json", chunks.len());
+    for (chunk, name) in chunks.into_iter().zip(names) {
+        let body = json!({
+            "mode": mode,
+            "enrollments": chunk.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+        });
+        for (id, _) in chunk {
+            let list = if withdrawn {
+                &mut plan.withdrawn
+            } else {
+                &mut plan.registered
+            };
+            list.push((*id, name.clone()));
+        }
+        plan.files.push(OutputFile {
+            name,
+            kind: stem,
+            rows: chunk.len(),
+            bytes: pretty(&body),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_ids_follow_the_dps_rules() {
+        assert!(check_registration_id("acme-000001.a_b:c", 64).is_ok());
+        assert!(check_registration_id("ACME-1", 64)
+            .unwrap_err()
+            .contains("'A'"));
+        assert!(check_registration_id(&"a".repeat(65), 64)
+            .unwrap_err()
+            .contains("65 characters"));
+        assert!(check_registration_id("a b", 64).is_err());
+        assert!(check_registration_id("", 64).is_err());
+    }
+}
