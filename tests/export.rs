@@ -439,6 +439,28 @@ fn aws_iot_preflight_names_every_device_and_writes_nothing() {
         read(&env.path("out/jitp-template.json")).trim_end()
     );
     assert_eq!(jsonl(&env.path("out/bulk-registration.jsonl")).len(), 2);
+    // --policy: both default templates attach the IoT policy.
+    env.json(&[
+        "export",
+        "aws-iot",
+        "--batch",
+        "B1",
+        "-o",
+        "pol/",
+        "--policy",
+        "DevicePolicy",
+        "--jitp",
+        "--jitp-role",
+        "arn:aws:iam::123456789012:role/jitp",
+        "--skip-invalid",
+    ]);
+    for f in ["pol/provisioning-template.json", "pol/jitp-template.json"] {
+        let t: Value = serde_json::from_str(&read(&env.path(f))).unwrap();
+        assert_eq!(
+            t["Resources"]["policy"]["Properties"]["PolicyName"], "DevicePolicy",
+            "{f}"
+        );
+    }
 
     // Templates are checked before anything is read from the registry.
     let two = r#"{"Parameters":{"CertificatePem":{"Type":"String"},"CertificateId":{"Type":"String"}},"Resources":{"c":{"Type":"AWS::IoT::Certificate","Properties":{"CertificatePem":{"Ref":"CertificatePem"},"CertificateId":{"Ref":"CertificateId"}}}}}"#;
@@ -605,6 +627,10 @@ fn azure_dps_enrollments_in_batches_of_ten_disabled_when_revoked() {
         .unwrap(),
         issuing
     );
+    // --update: the same bodies in mode update (create or replace), e.g. after re-issuing.
+    env.json(&["export", "azure-dps", "--update", "-o", "upd/"]);
+    let u: Value = serde_json::from_str(&read(&env.path("upd/enrollments-001.json"))).unwrap();
+    assert_eq!(u["mode"], "update");
     let err = env.fails(&["export", "azure-dps", "--group", "Fleet", "-o", "g2/"], 2);
     assert!(err.contains("--group 'Fleet' contains 'F'"), "{err}");
 }
