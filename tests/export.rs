@@ -372,6 +372,16 @@ fn aws_iot_registers_with_moto_and_the_status_updates_apply() {
         .map(|e| e["details"]["action"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["register", "withdraw"]);
+    // Each names the certificate it handed over (its SHA-256, AWS's certificate id).
+    for e in h["events"].as_array().unwrap() {
+        if e["kind"] == "cloud.exported" {
+            assert_eq!(
+                e["details"]["certs"],
+                serde_json::json!([id_of("thing-01")]),
+                "{e}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde_json::{json, Map, Value};
 use time::{Duration, OffsetDateTime};
 
-use super::{Candidate, OutputFile, Plan};
+use super::{Candidate, Handed, OutputFile, Plan};
 use crate::app::inventory::fields::Field;
 use crate::error::{Error, Result};
 use crate::pki::cert::{parse_der, sha256_hex, to_pem};
@@ -343,7 +343,7 @@ pub fn plan(
         let serial = &c.device.serial;
         // Revoked certificates always go out as REVOKED; the certificates of a
         // retired or decommissioned device that are still active as INACTIVE.
-        let mut withdrawn_any = false;
+        let mut withdrawn_certs = Vec::new();
         for cert in &c.certs {
             let new_status = match cert.status {
                 CertStatus::Revoked => "REVOKED",
@@ -351,11 +351,15 @@ pub fn plan(
                 _ => continue,
             };
             status.push(json!({"certificateId": sha256_hex(&cert.der), "newStatus": new_status}));
-            withdrawn_any = true;
+            withdrawn_certs.push(cert.fingerprint.clone());
         }
+        let withdrawn_any = !withdrawn_certs.is_empty();
         if withdrawn_any {
-            plan.withdrawn
-                .push((c.device.id, "status-updates.jsonl".into()));
+            plan.withdrawn.push(Handed::new(
+                c.device.id,
+                "status-updates.jsonl",
+                withdrawn_certs,
+            ));
         }
         if c.withdrawn() {
             continue;
@@ -428,8 +432,11 @@ pub fn plan(
             "certificatePem": pem,
             "caCertificatePem": ca_pem,
         }));
-        plan.registered
-            .push((c.device.id, "bulk-registration.jsonl".into()));
+        plan.registered.push(Handed::new(
+            c.device.id,
+            "bulk-registration.jsonl",
+            vec![cert.fingerprint.clone()],
+        ));
     }
     let file = |name: &str, kind: &'static str, rows: usize, bytes: Vec<u8>| OutputFile {
         name: name.into(),

@@ -7,7 +7,7 @@
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::{common_name, numbered_names, Candidate, OutputFile, Plan};
+use super::{common_name, numbered_names, Candidate, Handed, OutputFile, Plan};
 use crate::error::{Error, Result};
 use crate::pki::cert::to_pem;
 use crate::store::CertRecord;
@@ -82,8 +82,8 @@ pub fn plan(cands: &[Candidate], opts: &Options, issuing_ca: (i64, &[u8])) -> Re
         check_registration_id(g, 128)
             .map_err(|e| Error::usage(format!("--group '{}' {e}", g.escape_default())))?;
     }
-    let mut create: Vec<(i64, Value)> = Vec::new();
-    let mut disable: Vec<(i64, Value)> = Vec::new();
+    let mut create: Vec<(Handed, Value)> = Vec::new();
+    let mut disable: Vec<(Handed, Value)> = Vec::new();
     let mut seen: std::collections::HashMap<String, String> = Default::default();
     for c in cands {
         let serial = &c.device.serial;
@@ -113,8 +113,9 @@ pub fn plan(cands: &[Candidate], opts: &Options, issuing_ca: (i64, &[u8])) -> Re
             );
             continue;
         }
+        let handed = |file: &str| Handed::new(c.device.id, file, vec![cert.fingerprint.clone()]);
         if withdraw {
-            disable.push((c.device.id, enrollment(&id, cert, false)));
+            disable.push((handed(""), enrollment(&id, cert, false)));
         } else if opts.group.is_some() {
             if cert.ca_id != Some(issuing_ca.0) {
                 plan.problem(
@@ -123,10 +124,9 @@ pub fn plan(cands: &[Candidate], opts: &Options, issuing_ca: (i64, &[u8])) -> Re
                 );
                 continue;
             }
-            plan.registered
-                .push((c.device.id, "enrollment-group.json".into()));
+            plan.registered.push(handed("enrollment-group.json"));
         } else {
-            create.push((c.device.id, enrollment(&id, cert, true)));
+            create.push((handed(""), enrollment(&id, cert, true)));
         }
     }
     if let Some(g) = &opts.group {
@@ -161,25 +161,28 @@ fn pretty(v: &Value) -> Vec<u8> {
 
 fn batches(
     plan: &mut Plan,
-    items: Vec<(i64, Value)>,
+    items: Vec<(Handed, Value)>,
     stem: &'static str,
     mode: &str,
     withdrawn: bool,
 ) {
-    let chunks: Vec<&[(i64, Value)]> = items.chunks(BATCH).collect();
+    let chunks: Vec<&[(Handed, Value)]> = items.chunks(BATCH).collect();
     let names = numbered_names(stem, "json", chunks.len());
     for (chunk, name) in chunks.into_iter().zip(names) {
         let body = json!({
             "mode": mode,
             "enrollments": chunk.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
         });
-        for (id, _) in chunk {
+        for (h, _) in chunk {
             let list = if withdrawn {
                 &mut plan.withdrawn
             } else {
                 &mut plan.registered
             };
-            list.push((*id, name.clone()));
+            list.push(Handed {
+                file: name.clone(),
+                ..h.clone()
+            });
         }
         plan.files.push(OutputFile {
             name,

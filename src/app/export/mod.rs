@@ -107,14 +107,34 @@ pub struct OutputFile {
     pub bytes: Vec<u8>,
 }
 
+/// A device named in an export file, with the certificates (SHA-256 fingerprints)
+/// the file carries for it.
+#[derive(Debug, Clone)]
+pub struct Handed {
+    pub device_id: i64,
+    /// Default name of the file (see `OutputFile::name`).
+    pub file: String,
+    pub certs: Vec<String>,
+}
+
+impl Handed {
+    pub fn new(device_id: i64, file: &str, certs: Vec<String>) -> Handed {
+        Handed {
+            device_id,
+            file: file.to_string(),
+            certs,
+        }
+    }
+}
+
 /// What an exporter produced from the candidates.
 #[derive(Debug, Default)]
 pub struct Plan {
     pub files: Vec<OutputFile>,
-    /// Device ids handed over for registration, with the file naming each.
-    pub registered: Vec<(i64, String)>,
-    /// Device ids in a status-update (withdrawal) file, with the file naming each.
-    pub withdrawn: Vec<(i64, String)>,
+    /// Devices handed over for registration.
+    pub registered: Vec<Handed>,
+    /// Devices in a status-update (withdrawal) file.
+    pub withdrawn: Vec<Handed>,
     /// Devices left out: retired/decommissioned ones a cloud has no status list for.
     pub not_exported: Vec<Problem>,
     pub problems: Vec<Problem>,
@@ -308,17 +328,18 @@ pub fn write_and_record(
         (&plan.registered, "register"),
         (&plan.withdrawn, "withdraw"),
     ] {
-        for (device_id, file) in list {
-            let file = name_of.get(file.as_str()).copied().unwrap_or(file);
+        for h in list {
+            let file = name_of.get(h.file.as_str()).copied().unwrap_or(&h.file);
             let d = serde_json::json!({
                 "cloud": cloud.as_str(),
                 "action": action,
                 "export_event": export_id,
                 "file": file,
+                "certs": h.certs,
             });
             tx.event_json(
                 EventKind::CloudExported,
-                Some(*device_id),
+                Some(h.device_id),
                 actor,
                 &d.to_string(),
                 &now,

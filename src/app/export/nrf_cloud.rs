@@ -2,7 +2,7 @@
 //! it: no header; deviceId, subType, tags (`|`), fwTypes (`|`), the device certificate
 //! PEM in quotes; LF line ends; at most 1000 rows per file (nRF Cloud's limit).
 
-use super::{numbered_names, Candidate, OutputFile, Plan, Problem};
+use super::{numbered_names, Candidate, Handed, OutputFile, Plan, Problem};
 use crate::error::{Error, Result};
 use crate::pki::cert::to_pem;
 
@@ -101,7 +101,7 @@ fn device_id(
 
 pub fn plan(cands: &[Candidate], opts: &Options) -> Plan {
     let mut plan = Plan::default();
-    let mut rows: Vec<(i64, Vec<u8>)> = Vec::new();
+    let mut rows: Vec<(i64, &str, Vec<u8>)> = Vec::new();
     let mut seen: std::collections::HashMap<String, String> = Default::default();
     for c in cands {
         let serial = &c.device.serial;
@@ -157,15 +157,20 @@ pub fn plan(cands: &[Candidate], opts: &Options) -> Plan {
             plan.problem(serial, "could not write its CSV row");
             continue;
         }
-        rows.push((c.device.id, w.into_inner().unwrap_or_default()));
+        rows.push((
+            c.device.id,
+            &cert.fingerprint,
+            w.into_inner().unwrap_or_default(),
+        ));
     }
-    let chunks: Vec<&[(i64, Vec<u8>)]> = rows.chunks(MAX_ROWS).collect();
+    let chunks: Vec<&[(i64, &str, Vec<u8>)]> = rows.chunks(MAX_ROWS).collect();
     let names = numbered_names("onboard", "csv", chunks.len());
     for (chunk, name) in chunks.into_iter().zip(names) {
-        let mut bytes = Vec::with_capacity(chunk.iter().map(|r| r.1.len()).sum());
-        for (id, row) in chunk {
+        let mut bytes = Vec::with_capacity(chunk.iter().map(|r| r.2.len()).sum());
+        for (id, fp, row) in chunk {
             bytes.extend_from_slice(row);
-            plan.registered.push((*id, name.clone()));
+            plan.registered
+                .push(Handed::new(*id, &name, vec![fp.to_string()]));
         }
         plan.files.push(OutputFile {
             name,
