@@ -549,15 +549,12 @@ fn azure_dps_enrollments_in_batches_of_ten_disabled_when_revoked() {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).unwrap();
     let mut ids = Vec::new();
     let mut pems = Vec::new();
-    for (name, n) in [
-        ("enrollments-001.json", 10),
-        ("enrollments-002.json", 10),
-        ("enrollments-003.json", 3),
-    ] {
-        let body: Value = serde_json::from_str(&read(&env.path(&format!("dps/{name}")))).unwrap();
+    let bodies = jsonl(&env.path("dps/enrollments.jsonl"));
+    assert_eq!(bodies.len(), 3, "one bulk body per line");
+    for (body, n) in bodies.iter().zip([10, 10, 3]) {
         assert_eq!(body["mode"], "create");
         let e = body["enrollments"].as_array().unwrap();
-        assert_eq!(e.len(), n, "{name}");
+        assert_eq!(e.len(), n, "at most 10 per bulk operation");
         for en in e {
             let id = en["registrationId"].as_str().unwrap();
             assert!(
@@ -592,7 +589,6 @@ fn azure_dps_enrollments_in_batches_of_ten_disabled_when_revoked() {
             pems.push(pem);
         }
     }
-    assert!(!env.path("dps/enrollments-004.json").exists());
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 23);
@@ -608,14 +604,13 @@ fn azure_dps_enrollments_in_batches_of_ten_disabled_when_revoked() {
         env.pass(),
     ]);
     env.json(&["export", "azure-dps", "-o", "dps2/"]);
-    let d: Value = serde_json::from_str(&read(&env.path("dps2/disabled.json"))).unwrap();
+    let d = &jsonl(&env.path("dps2/disabled.jsonl"))[0];
     assert_eq!(d["mode"], "update");
     assert_eq!(d["enrollments"][0]["registrationId"], "dps-005");
     assert_eq!(d["enrollments"][0]["provisioningStatus"], "disabled");
     assert_eq!(d["enrollments"].as_array().unwrap().len(), 1);
-    let all: String = (1..=3)
-        .map(|i| read(&env.path(&format!("dps2/enrollments-00{i}.json"))))
-        .collect();
+    let all = read(&env.path("dps2/enrollments.jsonl"));
+    assert_eq!(all.matches("\"registrationId\"").count(), 22);
     assert!(!all.contains("\"dps-005\""));
 
     // An enrollment group: the issuing CA is the signing certificate.
@@ -639,8 +634,8 @@ fn azure_dps_enrollments_in_batches_of_ten_disabled_when_revoked() {
     );
     // --update: the same bodies in mode update (create or replace), e.g. after re-issuing.
     env.json(&["export", "azure-dps", "--update", "-o", "upd/"]);
-    let u: Value = serde_json::from_str(&read(&env.path("upd/enrollments-001.json"))).unwrap();
-    assert_eq!(u["mode"], "update");
+    let u = jsonl(&env.path("upd/enrollments.jsonl"));
+    assert!(u.iter().all(|b| b["mode"] == "update"), "{u:?}");
     let err = env.fails(&["export", "azure-dps", "--group", "Fleet", "-o", "g2/"], 2);
     assert!(err.contains("--group 'Fleet' contains 'F'"), "{err}");
 }

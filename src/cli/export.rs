@@ -57,10 +57,11 @@ Examples:
 const AZURE_HELP: &str = "\
 Individual enrollments, X.509: registrationId = the certificate CN (at most 64 lower-case
 a-z, 0-9, - . _ :), attestation.x509.clientCertificates.primary.certificate = the base64
-of the certificate PEM, in bulk-operation bodies of at most 10 enrollments:
-enrollments-001.json... {\"mode\": \"create\", \"enrollments\": [...]} (--update: mode update).
+of the certificate PEM, in bulk-operation bodies of at most 10 enrollments, one body per
+line of enrollments.jsonl: {\"mode\": \"create\", \"enrollments\": [...]} (--update: mode
+update), each line what one POST /enrollments call of the DPS service API takes.
 Retired/decommissioned devices and devices whose certificates are all revoked come out as
-provisioningStatus \"disabled\" enrollments, disabled-001.json... (mode update): DPS revokes
+provisioningStatus \"disabled\" enrollments in disabled.jsonl (mode update): DPS revokes
 by disabling, not by CRL. --group ID writes enrollment-group.json instead, with the issuing
 CA as signing certificate; the devices' CNs are still checked as registration IDs.
 

@@ -318,13 +318,20 @@ pub fn verification_cert(signer: &CaSigner, code: &str, now: OffsetDateTime) -> 
     Ok(cert.der().to_vec())
 }
 
-fn jsonl(lines: &[Value]) -> Vec<u8> {
-    let mut b = Vec::new();
-    for l in lines {
-        serde_json::to_writer(&mut b, l).expect("JSON values serialise");
-        b.push(b'\n');
+/// A JSON Lines file being built: serialised as each line comes, so a large export
+/// holds bytes, not a tree of values per device.
+#[derive(Default)]
+struct Lines {
+    bytes: Vec<u8>,
+    n: usize,
+}
+
+impl Lines {
+    fn push(&mut self, v: &Value) {
+        serde_json::to_writer(&mut self.bytes, v).expect("JSON values serialise");
+        self.bytes.push(b'\n');
+        self.n += 1;
     }
-    b
 }
 
 /// `ca_pems` maps CA ids to PEM; `issuing` is the active issuing CA (id, DER).
@@ -335,9 +342,9 @@ pub fn plan(
     issuing: (i64, &[u8]),
 ) -> Result<Plan> {
     let mut plan = Plan::default();
-    let mut bulk = Vec::new();
-    let mut manifest = Vec::new();
-    let mut status = Vec::new();
+    let mut bulk = Lines::default();
+    let mut manifest = Lines::default();
+    let mut status = Lines::default();
     let mut seen: HashMap<String, String> = HashMap::new();
     'devices: for c in cands {
         let serial = &c.device.serial;
@@ -350,7 +357,7 @@ pub fn plan(
                 CertStatus::Active if c.withdrawn() => "INACTIVE",
                 _ => continue,
             };
-            status.push(json!({"certificateId": sha256_hex(&cert.der), "newStatus": new_status}));
+            status.push(&json!({"certificateId": sha256_hex(&cert.der), "newStatus": new_status}));
             withdrawn_certs.push(cert.fingerprint.clone());
         }
         let withdrawn_any = !withdrawn_certs.is_empty();
@@ -424,8 +431,8 @@ pub fn plan(
                 }
             }
         }
-        bulk.push(Value::Object(line));
-        manifest.push(json!({
+        bulk.push(&Value::Object(line));
+        manifest.push(&json!({
             "serial": serial,
             "thingName": thing,
             "certificateId": sha256_hex(&cert.der),
@@ -444,32 +451,28 @@ pub fn plan(
         rows,
         bytes,
     };
-    if !bulk.is_empty() {
+    if bulk.n > 0 {
         let mut t = opts.template.text.clone().into_bytes();
         if !t.ends_with(b"\n") {
             t.push(b'\n');
         }
         plan.files
             .push(file("provisioning-template.json", "template", 1, t));
-        plan.files.push(file(
-            "bulk-registration.jsonl",
-            "bulk",
-            bulk.len(),
-            jsonl(&bulk),
-        ));
+        plan.files
+            .push(file("bulk-registration.jsonl", "bulk", bulk.n, bulk.bytes));
         plan.files.push(file(
             "certificates.jsonl",
             "certificates",
-            manifest.len(),
-            jsonl(&manifest),
+            manifest.n,
+            manifest.bytes,
         ));
     }
-    if !status.is_empty() {
+    if status.n > 0 {
         plan.files.push(file(
             "status-updates.jsonl",
             "status",
-            status.len(),
-            jsonl(&status),
+            status.n,
+            status.bytes,
         ));
     }
     // The CA registration material.

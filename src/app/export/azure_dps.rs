@@ -1,13 +1,14 @@
 //! Azure IoT Hub Device Provisioning Service: X.509 individual enrollments as bodies
 //! of the bulk enrollment operation (`{"mode": …, "enrollments": […]}`, at most 10
-//! each), or one enrollment group whose signing certificate is the issuing CA.
+//! each, one body per line of a JSON Lines file), or one enrollment group whose
+//! signing certificate is the issuing CA.
 //! DPS revokes by disabling, not by CRL: withdrawn devices come out as enrollments
 //! with `provisioningStatus: disabled` (mode `update`, which creates or replaces).
 
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::{common_name, numbered_names, Candidate, Handed, OutputFile, Plan};
+use super::{common_name, Candidate, Handed, OutputFile, Plan};
 use crate::error::{Error, Result};
 use crate::pki::cert::to_pem;
 use crate::store::CertRecord;
@@ -82,8 +83,9 @@ pub fn plan(cands: &[Candidate], opts: &Options, issuing_ca: (i64, &[u8])) -> Re
         check_registration_id(g, 128)
             .map_err(|e| Error::usage(format!("--group '{}' {e}", g.escape_default())))?;
     }
-    let mut create: Vec<(Handed, Value)> = Vec::new();
-    let mut disable: Vec<(Handed, Value)> = Vec::new();
+    let mode = if opts.update { "update" } else { "create" };
+    let mut create = Bodies::new("enrollments", mode);
+    let mut disable = Bodies::new("disabled", "update");
     let mut seen: std::collections::HashMap<String, String> = Default::default();
     for c in cands {
         let serial = &c.device.serial;
@@ -115,7 +117,11 @@ pub fn plan(cands: &[Candidate], opts: &Options, issuing_ca: (i64, &[u8])) -> Re
         }
         let handed = |file: &str| Handed::new(c.device.id, file, vec![cert.fingerprint.clone()]);
         if withdraw {
-            disable.push((handed(""), enrollment(&id, cert, false)));
+            disable.push(
+                &mut plan.withdrawn,
+                handed(disable.name()),
+                enrollment(&id, cert, false),
+            );
         } else if opts.group.is_some() {
             if cert.ca_id != Some(issuing_ca.0) {
                 plan.problem(
@@ -126,7 +132,11 @@ pub fn plan(cands: &[Candidate], opts: &Options, issuing_ca: (i64, &[u8])) -> Re
             }
             plan.registered.push(handed("enrollment-group.json"));
         } else {
-            create.push((handed(""), enrollment(&id, cert, true)));
+            create.push(
+                &mut plan.registered,
+                handed(create.name()),
+                enrollment(&id, cert, true),
+            );
         }
     }
     if let Some(g) = &opts.group {
@@ -147,9 +157,8 @@ pub fn plan(cands: &[Candidate], opts: &Options, issuing_ca: (i64, &[u8])) -> Re
             });
         }
     }
-    let mode = if opts.update { "update" } else { "create" };
-    batches(&mut plan, create, "enrollments", mode, false);
-    batches(&mut plan, disable, "disabled", "update", true);
+    create.finish(&mut plan.files);
+    disable.finish(&mut plan.files);
     Ok(plan)
 }
 
@@ -159,37 +168,63 @@ fn pretty(v: &Value) -> Vec<u8> {
     b
 }
 
-fn batches(
-    plan: &mut Plan,
-    items: Vec<(Handed, Value)>,
+/// One bulk-operation body (at most `BATCH` enrollments) per line of `STEM.jsonl`:
+/// each line is what one `POST /enrollments` call takes, and a fleet of any size stays
+/// one file instead of one per ten devices. Bodies are serialised as they fill.
+struct Bodies {
     stem: &'static str,
-    mode: &str,
-    withdrawn: bool,
-) {
-    let chunks: Vec<&[(Handed, Value)]> = items.chunks(BATCH).collect();
-    let names = numbered_names(stem, "json", chunks.len());
-    for (chunk, name) in chunks.into_iter().zip(names) {
-        let body = json!({
-            "mode": mode,
-            "enrollments": chunk.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
-        });
-        for (h, _) in chunk {
-            let list = if withdrawn {
-                &mut plan.withdrawn
-            } else {
-                &mut plan.registered
-            };
-            list.push(Handed {
-                file: name.clone(),
-                ..h.clone()
+    name: String,
+    mode: &'static str,
+    pending: Vec<Value>,
+    bytes: Vec<u8>,
+    rows: usize,
+}
+
+impl Bodies {
+    fn new(stem: &'static str, mode: &'static str) -> Bodies {
+        Bodies {
+            stem,
+            name: format!("{stem}.jsonl"),
+            mode,
+            pending: Vec::with_capacity(BATCH),
+            bytes: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn push(&mut self, list: &mut Vec<Handed>, h: Handed, enrollment: Value) {
+        list.push(h);
+        self.pending.push(enrollment);
+        self.rows += 1;
+        if self.pending.len() == BATCH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let body = json!({"mode": self.mode, "enrollments": self.pending});
+        serde_json::to_writer(&mut self.bytes, &body).expect("JSON values serialise");
+        self.bytes.push(b'\n');
+        self.pending.clear();
+    }
+
+    fn finish(mut self, files: &mut Vec<OutputFile>) {
+        self.flush();
+        if self.rows > 0 {
+            files.push(OutputFile {
+                name: self.name,
+                kind: self.stem,
+                rows: self.rows,
+                bytes: self.bytes,
             });
         }
-        plan.files.push(OutputFile {
-            name,
-            kind: stem,
-            rows: chunk.len(),
-            bytes: pretty(&body),
-        });
     }
 }
 

@@ -250,8 +250,9 @@ pub struct ExportSummary {
 }
 
 /// Writes the plan's files (unless the pre-flight failed and `skip_invalid` is off)
-/// and records the export. The files are committed first and the events after, in one
-/// transaction, so the log names only files that exist whole.
+/// and records the export: the events are appended first, the files written, and the
+/// transaction committed last, so the log names only files that exist whole. A failure
+/// part way leaves the files already committed (each is whole) and records nothing.
 pub fn write_and_record(
     reg: &mut Store,
     cloud: Cloud,
@@ -284,19 +285,17 @@ pub fn write_and_record(
     if out.as_os_str().to_string_lossy().ends_with('/') && !out.is_dir() {
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     }
-    let files = reg.files();
-    let mut staged = Vec::with_capacity(plan.files.len());
-    for (f, path) in plan.files.iter().zip(&paths) {
-        let mut w = OutFile::create(path, 0o644, &files)?;
-        w.write_all(&f.bytes).map_err(|e| Error::io(path, e))?;
-        staged.push(w);
-        summary.files.push(WrittenFile {
+    summary.files = plan
+        .files
+        .iter()
+        .zip(&paths)
+        .map(|(f, path)| WrittenFile {
             path: path.display().to_string(),
             kind: f.kind,
             rows: f.rows,
             sha256: sha256_hex(&f.bytes),
-        });
-    }
+        })
+        .collect();
     let name_of: HashMap<&str, &str> = plan
         .files
         .iter()
@@ -304,6 +303,7 @@ pub fn write_and_record(
         .map(|(f, w)| (f.name.as_str(), w.path.as_str()))
         .collect();
     let now = now_rfc3339();
+    let reg_files = reg.files();
     let tx = reg.write()?;
     let mut details = serde_json::json!({
         "cloud": cloud.as_str(),
@@ -346,7 +346,13 @@ pub fn write_and_record(
             )?;
         }
     }
-    for w in staged {
+    // With the write lock held and the events appended, each file is committed as soon
+    // as it is written (one open file and buffer at a time, however many files an export
+    // has); a failure rolls the events back.
+    let files = reg_files;
+    for (f, path) in plan.files.iter().zip(&paths) {
+        let mut w = OutFile::create(path, 0o644, &files)?;
+        w.write_all(&f.bytes).map_err(|e| Error::io(path, e))?;
         w.commit()?;
     }
     tx.commit()?;
@@ -355,8 +361,8 @@ pub fn write_and_record(
     Ok(summary)
 }
 
-/// Splits `items` into files of at most `per_file`, named `STEM.EXT` when one is
-/// enough and `STEM-001.EXT`… otherwise.
+/// Names for `count` files of one kind: `STEM.EXT` when one is enough, else
+/// `STEM-001.EXT`….
 pub fn numbered_names(stem: &str, ext: &str, count: usize) -> Vec<String> {
     if count == 1 {
         return vec![format!("{stem}.{ext}")];
