@@ -669,6 +669,20 @@ fn azure_dps_refuses_cns_it_would_refuse() {
     );
     assert!(!env.path("dps").exists());
     assert_eq!(env.dump(), before);
+    // --json: the refusal as data on stdout, the one error line on stderr.
+    let o = env.run(&["--json", "export", "azure-dps", "-o", "dps/"]);
+    assert_eq!(o.status.code(), Some(3));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (r["written"].as_bool(), r["files"].as_array().map(Vec::len)),
+        (Some(false), Some(0))
+    );
+    assert_eq!(r["problems"][0]["serial"], "Upper-01");
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .last()
+        .unwrap()
+        .starts_with("cradle: error: 2 of 3 devices"));
     let v = env.json(&["export", "azure-dps", "-o", "dps/", "--skip-invalid"]);
     assert_eq!(
         (v["devices"].as_u64(), v["skipped"].as_u64()),
