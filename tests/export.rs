@@ -472,6 +472,30 @@ fn aws_iot_preflight_names_every_device_and_writes_nothing() {
         );
     }
 
+    // Your own JITP template: its fields are checked the same way.
+    let country = r#"{"Parameters":{"AWS::IoT::Certificate::Country":{"Type":"String"},"AWS::IoT::Certificate::Id":{"Type":"String"}},"Resources":{"c":{"Type":"AWS::IoT::Certificate","Properties":{"CertificateId":{"Ref":"AWS::IoT::Certificate::Id"}}},"t":{"Type":"AWS::IoT::Thing","Properties":{"ThingName":{"Ref":"AWS::IoT::Certificate::Country"}}}}}"#;
+    std::fs::write(env.path("country.json"), country).unwrap();
+    let err = env.fails(
+        &[
+            "export",
+            "aws-iot",
+            "--batch",
+            "B1",
+            "-o",
+            "c/",
+            "--jitp-template",
+            "country.json",
+            "--jitp-role",
+            "arn:aws:iam::123456789012:role/jitp",
+        ],
+        3,
+    );
+    assert!(
+        err.contains("dev-01: the JITP template uses AWS::IoT::Certificate::Country"),
+        "{err}"
+    );
+    assert!(err.contains("4 of 4 devices"), "{err}");
+
     // Templates are checked before anything is read from the registry.
     let two = r#"{"Parameters":{"CertificatePem":{"Type":"String"},"CertificateId":{"Type":"String"}},"Resources":{"c":{"Type":"AWS::IoT::Certificate","Properties":{"CertificatePem":{"Ref":"CertificatePem"},"CertificateId":{"Ref":"CertificateId"}}}}}"#;
     std::fs::write(env.path("two.json"), two).unwrap();
@@ -896,4 +920,30 @@ fn nrf_cloud_preflight_and_bad_arguments() {
         err.contains("nothing to export: no device matches"),
         "{err}"
     );
+}
+
+#[test]
+fn since_selects_devices_changed_at_or_after_it_in_inventory_export_too() {
+    let env = Env::with_ca();
+    batch(&env, 3, "d-{seq:02}", "B1", "device");
+    let since = next_second();
+    env.ok(&["device", "set", "d-02", "site=berlin-1"]);
+    env.ok(&[
+        "revoke",
+        "d-03",
+        "--reason",
+        "superseded",
+        "--passphrase-file",
+        env.pass(),
+    ]);
+    let csv = env.ok(&["inventory", "export", "--since", &since]);
+    let serials: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    // d-02's row changed; d-03's certificate was revoked; d-01 is untouched.
+    assert_eq!(serials, ["d-02", "d-03"], "{csv}");
+    let all = env.ok(&["inventory", "export", "--since", "2000-01-01"]);
+    assert_eq!(all.lines().count(), 4);
 }
