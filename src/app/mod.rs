@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod batch_resume;
 pub mod ca;
+pub mod export;
 pub mod home;
 pub mod identity;
 pub mod inventory;

@@ -119,6 +119,7 @@ fn filter(
         status: status.map(|s| s.parse::<DeviceStatus>()).transpose()?,
         site,
         batch,
+        since: None,
     })
 }
 

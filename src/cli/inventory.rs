@@ -9,12 +9,9 @@ use indicatif::ProgressBar;
 
 use super::common::{print_json, progress_bar, Ctx};
 use crate::app::inventory::import::{self, Rejection};
-use crate::app::inventory::{
-    self as inv, Blank, DeviceFilter, Format, ImportOptions, MatchKey, Mode,
-};
+use crate::app::inventory::{self as inv, Blank, Format, ImportOptions, MatchKey, Mode};
 use crate::error::Error;
 use crate::outfile::OutFile;
-use crate::store::DeviceStatus;
 
 const IMPORT_HELP: &str = "\
 Columns (header names, case-insensitive): serial, hardware_id, model, hw_rev, batch, site,
@@ -101,6 +98,8 @@ pub enum FormatArg {
     Csv,
     Json,
     Jsonl,
+    /// nRF Cloud's onboard.csv (as `cradle export nrf-cloud`; needs -o)
+    NrfCloud,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +149,9 @@ pub enum InventoryCommand {
         /// Only devices of this batch
         #[arg(long)]
         batch: Option<String>,
+        /// Only devices changed at or after T (the device, or a certificate issued or revoked): RFC 3339 or a date
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
         /// Write to FILE (atomically) instead of stdout
         #[arg(short = 'o', long = "out", value_name = "FILE")]
         out: Option<PathBuf>,
@@ -219,18 +221,22 @@ pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
             status,
             site,
             batch,
+            since,
             out,
         } => {
-            let filter = DeviceFilter {
-                status: status.map(|s| s.parse::<DeviceStatus>()).transpose()?,
+            let args = super::export::FilterArgs {
+                status,
                 site,
                 batch,
+                since,
             };
             let format = match format {
                 FormatArg::Csv => Format::Csv,
                 FormatArg::Json => Format::Json,
                 FormatArg::Jsonl => Format::Jsonl,
+                FormatArg::NrfCloud => return super::export::nrf_cloud_alias(ctx, args, out),
             };
+            let filter = args.to_filter()?;
             let reg = ctx.registry_read()?;
             let pb = progress_bar(0, "export");
             pb.set_length(crate::store::inventory::approx_device_count(reg.reader())?);

@@ -115,6 +115,7 @@ pub fn run(ctx: &Ctx, a: LabelArgs) -> anyhow::Result<i32> {
             status: a.status.map(|s| s.parse::<DeviceStatus>()).transpose()?,
             site: None,
             batch: a.batch,
+            since: None,
         })
     } else {
         Selection::Serials(a.serials)

@@ -5,6 +5,7 @@ mod ca;
 pub mod common;
 mod crl;
 mod device;
+mod export;
 mod identity;
 mod init;
 mod inventory;
@@ -107,6 +108,11 @@ pub enum Command {
     #[command(subcommand)]
     Inventory(inventory::InventoryCommand),
 
+    #[command(display_order = 7)]
+    /// Hand devices to a cloud registry: AWS IoT Core, Azure DPS, nRF Cloud
+    #[command(subcommand)]
+    Export(export::ExportCommand),
+
     #[command(display_order = 8)]
     /// List, show and edit devices; move them through the lifecycle
     #[command(subcommand)]
@@ -190,6 +196,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Decommission(a) => retire::decommission(&ctx, *a),
         Command::Report(c) => report::run(&ctx, c),
         Command::Inventory(c) => inventory::run(&ctx, c),
+        Command::Export(c) => export::run(&ctx, c),
         Command::Device(c) => device::run(&ctx, c),
         Command::Status => device::status(&ctx),
         Command::Profile(c) => meta::profile(&ctx, c),

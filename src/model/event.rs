@@ -44,10 +44,14 @@ pub enum EventKind {
     /// Labels were rendered or printed (`cradle label`).
     #[serde(rename = "label.rendered")]
     LabelRendered,
+    /// Devices handed to a cloud registry (`cradle export`): one event for the export
+    /// (cloud, counts, file hashes) and one per device naming it.
+    #[serde(rename = "cloud.exported")]
+    CloudExported,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::HomeInitialised,
         EventKind::LogKeyed,
         EventKind::CaCreated,
@@ -65,6 +69,7 @@ impl EventKind {
         EventKind::DecommissionStep,
         EventKind::IdentityReconciled,
         EventKind::LabelRendered,
+        EventKind::CloudExported,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +91,7 @@ impl EventKind {
             EventKind::DecommissionStep => "decommission.step",
             EventKind::IdentityReconciled => "identity.reconciled",
             EventKind::LabelRendered => "label.rendered",
+            EventKind::CloudExported => "cloud.exported",
         }
     }
 }

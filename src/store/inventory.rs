@@ -415,10 +415,27 @@ pub struct DeviceFilter {
     pub status: Option<DeviceStatus>,
     pub site: Option<String>,
     pub batch: Option<String>,
+    /// Only devices changed at or after this registry time (RFC 3339 `Z` text, which
+    /// sorts in time order): the device row, or one of its certificates issued or
+    /// revoked since. For delta hand-offs.
+    pub since: Option<String>,
+}
+
+impl DeviceFilter {
+    fn params(&self) -> [Option<&str>; 4] {
+        [
+            self.status.map(|s| s.as_str()),
+            self.site.as_deref(),
+            self.batch.as_deref(),
+            self.since.as_deref(),
+        ]
+    }
 }
 
 const FILTER_SQL: &str =
-    "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR site = ?2) AND (?3 IS NULL OR batch = ?3)";
+    "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR site = ?2) AND (?3 IS NULL OR batch = ?3)
+     AND (?4 IS NULL OR devices.updated_at >= ?4 OR EXISTS (SELECT 1 FROM certificates c
+          WHERE c.device_id = devices.id AND (c.created_at >= ?4 OR c.revoked_at >= ?4)))";
 
 /// Attribute names used by the filtered devices, sorted (the CSV export's extra columns).
 pub fn attribute_keys(db: &Reader, f: &DeviceFilter) -> Result<Vec<String>> {
@@ -428,10 +445,9 @@ pub fn attribute_keys(db: &Reader, f: &DeviceFilter) -> Result<Vec<String>> {
         "SELECT DISTINCT j.key FROM devices, json_each(devices.attributes) AS j
          WHERE devices.attributes IS NOT NULL AND json_valid(devices.attributes) AND {FILTER_SQL} ORDER BY 1"
     ))?;
-    let rows = stmt.query_map(
-        params![f.status.map(|s| s.as_str()), f.site, f.batch],
-        |r| r.get::<_, String>(0),
-    )?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(f.params()), |r| {
+        r.get::<_, String>(0)
+    })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
@@ -456,7 +472,7 @@ pub fn for_each_row(
         "SELECT serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes
          FROM devices WHERE {FILTER_SQL} ORDER BY id"
     ))?;
-    let mut rows = stmt.query(params![f.status.map(|s| s.as_str()), f.site, f.batch])?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(f.params()))?;
     let mut n = 0;
     while let Some(r) = rows.next()? {
         let mut cols: [Option<&str>; 13] = [None; 13];
@@ -492,7 +508,7 @@ pub fn for_each_device(
     let mut stmt = conn.prepare(&format!(
         "SELECT {DEVICE_COLUMNS} FROM devices WHERE {FILTER_SQL} ORDER BY id"
     ))?;
-    let mut rows = stmt.query(params![f.status.map(|s| s.as_str()), f.site, f.batch])?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(f.params()))?;
     let mut n = 0;
     while let Some(r) = rows.next()? {
         each(from_row(r)?)?;

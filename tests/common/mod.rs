@@ -300,3 +300,22 @@ impl Drop for Sim {
         self.stop();
     }
 }
+
+/// A peer tool's bin directory from `var` (exported by `.ci/run`), else the venv
+/// `.ci/run` makes, if it holds `probe`. Without it a dev box skips (None, said on
+/// stderr); CI fails instead.
+pub fn peer_bin(var: &str, probe: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin"));
+    if dir.join(probe).exists() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{probe} not found in {} (set {var}; .ci/run installs it)",
+        dir.display()
+    );
+    eprintln!("skipping: {probe} not found (run .ci/run or set {var})");
+    None
+}
