@@ -2,6 +2,7 @@
 //! over anything `Read + Write` (a serial port, a pseudo-terminal, an in-memory pipe).
 //! The protocol is specified in `man/cradle-protocol.7`.
 
+pub mod conformance;
 pub mod frame;
 pub mod nrf91;
 
