@@ -46,6 +46,9 @@ pub struct SimArgs {
     /// and a request with more or fewer arguments than its verb takes (bad-argument)
     #[arg(long)]
     pub strict: bool,
+    /// Requests each device says it can buffer (HELLO window=)
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub window: u16,
 }
 
 pub fn run(ctx: &Ctx, a: SimArgs) -> anyhow::Result<i32> {
@@ -60,6 +63,7 @@ pub fn run(ctx: &Ctx, a: SimArgs) -> anyhow::Result<i32> {
         profile: a.profile.into(),
         identity_keys_out: a.identity_keys_out,
         strict: a.strict,
+        window: a.window as usize,
     };
     let stop = crate::signals::stop_flag();
     let (tx, rx) = mpsc::channel();

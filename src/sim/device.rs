@@ -149,6 +149,8 @@ pub struct Device {
     pub rng: Rng,
     /// Hold the host to the exact forms of cradle-protocol(7) (`cradle sim --strict`).
     pub strict: bool,
+    /// The window HELLO advertises (`cradle sim --window`).
+    pub window: usize,
     counts: BTreeMap<String, u32>,
     disconnect_fired: bool,
     stall_fired: bool,
@@ -176,6 +178,7 @@ impl Device {
             faults,
             rng: Rng::new(),
             strict: false,
+            window: SIM_WINDOW,
             counts: BTreeMap::new(),
             disconnect_fired: false,
             stall_fired: false,
@@ -288,7 +291,7 @@ impl Device {
                     format!("fw={}", s.firmware),
                     format!("state={}", s.state_name()),
                     format!("maxline={SIM_MAX_LINE}"),
-                    format!("window={SIM_WINDOW}"),
+                    format!("window={}", self.window),
                 ];
                 if let Some(spki) = s.spki() {
                     args.push(format!("pub={}", b64(&spki)));
@@ -539,8 +542,14 @@ impl Device {
                 self.state.locked = false;
                 self.state.wipe_counter += 1;
                 self.state.last_nonce = Some(nonce_hex.clone());
+                let mut payload = att.payload();
+                if self.faults.bad_attestation {
+                    // What a firmware reading the page loosely might send: no final LF.
+                    payload.pop();
+                    att.signature = sign_bytes(&signing_key, &payload)?;
+                }
                 let args = vec![
-                    format!("att={}", b64(&att.payload())),
+                    format!("att={}", b64(&payload)),
                     format!("sig={}", b64(&att.signature)),
                 ];
                 self.state.last_attestation = Some(args.clone());
@@ -550,6 +559,14 @@ impl Device {
             _ => Err(code::UNKNOWN_COMMAND),
         }
     }
+}
+
+fn sign_bytes(pkcs8: &[u8], data: &[u8]) -> std::result::Result<Vec<u8>, u32> {
+    use p256::ecdsa::signature::Signer;
+    use p256::pkcs8::DecodePrivateKey;
+    let key = p256::ecdsa::SigningKey::from_pkcs8_der(pkcs8).map_err(|_| code::INTERNAL)?;
+    let sig: p256::ecdsa::Signature = key.sign(data);
+    Ok(sig.to_der().as_bytes().to_vec())
 }
 
 fn make_csr(key: &rcgen::KeyPair, hwid: &str) -> std::result::Result<Vec<u8>, u32> {
@@ -596,6 +613,81 @@ mod tests {
         let line = Frame::new("WIPE", seq, vec![hex::encode(nonce)]).encode();
         let reply = dev.handle_line(line.strip_suffix(b"\n").unwrap_or(&line));
         Frame::parse(reply.bytes.strip_suffix(b"\n").unwrap_or(&reply.bytes)).unwrap()
+    }
+
+    fn answer(dev: &mut Device, line: &str) -> Frame {
+        let reply = dev.handle_line(line.as_bytes());
+        Frame::parse(reply.bytes.strip_suffix(b"\n").unwrap_or(&reply.bytes)).unwrap()
+    }
+
+    fn line(body: &str) -> String {
+        format!("${body} *{:08x}", crate::wire::crc32(body.as_bytes()))
+    }
+
+    /// (what the page forbids, the line, the strict reply's SEQ and code)
+    fn forbidden() -> Vec<(&'static str, String, u32, u32)> {
+        let crc = format!("{:08X}", crate::wire::crc32(b"HELLO 5 1"));
+        vec![
+            (
+                "upper-case CRC",
+                format!("$HELLO 5 1 *{crc}"),
+                0,
+                code::BAD_FRAME,
+            ),
+            ("SEQ 0", line("HELLO 0 1"), 0, code::BAD_FRAME),
+            (
+                "10-digit SEQ",
+                line("HELLO 1000000000 1"),
+                0,
+                code::BAD_FRAME,
+            ),
+            ("leading zero", line("HELLO 05 1"), 0, code::BAD_FRAME),
+            ("double space", line("HELLO 5  1"), 0, code::BAD_FRAME),
+            (
+                "extra HELLO argument",
+                line("HELLO 5 1 x"),
+                5,
+                code::BAD_ARGUMENT,
+            ),
+            (
+                "missing STAT argument",
+                line("STAT 5"),
+                5,
+                code::BAD_ARGUMENT,
+            ),
+        ]
+    }
+
+    #[test]
+    fn strict_mode_refuses_each_form_the_page_forbids() {
+        for (what, l, seq, c) in forbidden() {
+            let mut dev = Device::new(DeviceState::new("HW-S", "sim"), None, Faults::default());
+            // Lenient: taken (STAT without a slot is refused either way).
+            let lenient = answer(&mut dev, &l);
+            assert!(
+                lenient.verb == "OK" || what.contains("STAT"),
+                "{what}: {lenient:?}"
+            );
+            dev.strict = true;
+            let strict = answer(&mut dev, &l);
+            assert_eq!(
+                (strict.verb.as_str(), strict.seq, strict.args[0].as_str()),
+                ("ERR", seq, c.to_string().as_str()),
+                "{what}"
+            );
+        }
+        // The host's own frames are in the exact form.
+        let mut dev = Device::new(DeviceState::new("HW-S", "sim"), None, Faults::default());
+        dev.strict = true;
+        let hello = Frame::new("HELLO", 5, vec!["1".into()]).encode();
+        assert_eq!(
+            answer(
+                &mut dev,
+                std::str::from_utf8(&hello[..hello.len() - 1]).unwrap()
+            )
+            .verb,
+            "OK"
+        );
     }
 
     #[test]

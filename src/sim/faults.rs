@@ -36,6 +36,8 @@ Faults (--fault SPEC, repeatable):
                          the advertised window (8) of requests already waiting (a device
                          with a window-sized receive buffer)
   upper-crc              write the CRC of every reply in upper-case hex (the page forbids it)
+  bad-attestation        sign and send wipe attestations without their final LF (the
+                         device still wipes; the page's exact bytes end with LF)
 One-shot faults fire once per simulator process, so a re-run of the host completes."
     };
 }
@@ -61,6 +63,7 @@ pub struct Faults {
     pub hash_mismatch: bool,
     pub window_drop: bool,
     pub upper_crc: bool,
+    pub bad_attestation: bool,
 }
 
 fn prob(spec: &str, v: Option<&str>) -> Result<f64> {
@@ -163,6 +166,7 @@ impl Faults {
                 "hash-mismatch" => no_value(&mut f.hash_mismatch)?,
                 "window-drop" => no_value(&mut f.window_drop)?,
                 "upper-crc" => no_value(&mut f.upper_crc)?,
+                "bad-attestation" => no_value(&mut f.bad_attestation)?,
                 _ => {
                     return Err(Error::input(format!(
                         "--fault '{spec}': unknown fault (see `cradle sim --help`)"

@@ -56,7 +56,7 @@ impl Responder for CradleResponder {
             .map(|(i, l)| match l {
                 // Requests read together found the ones before them still waiting: a
                 // device with a window-sized buffer has no room for the one beyond it.
-                Line::Complete(l) if window_drop && i >= device::SIM_WINDOW => {
+                Line::Complete(l) if window_drop && i >= self.dev.window => {
                     (l.len() + 1, Reply::default())
                 }
                 Line::Complete(l) => (l.len() + 1, self.dev.handle_line(&l)),
@@ -312,6 +312,8 @@ pub struct SimConfig {
     pub identity_keys_out: Option<PathBuf>,
     /// Refuse what cradle-protocol(7) forbids even where a lenient device would cope.
     pub strict: bool,
+    /// The window each device advertises in HELLO.
+    pub window: usize,
 }
 
 /// A device that came up (or came back after a hang-up) on a pty.
@@ -427,6 +429,7 @@ pub fn build_devices(cfg: &SimConfig) -> Result<Vec<Box<dyn Responder>>> {
         };
         let mut dev = Device::new(state, path, cfg.faults.clone());
         dev.strict = cfg.strict;
+        dev.window = cfg.window;
         out.push(match cfg.profile {
             DeviceProfile::Cradle => Box::new(CradleResponder::new(dev)),
             DeviceProfile::Nrf91 => Box::new(nrf91::NrfResponder::new(dev)),

@@ -139,6 +139,10 @@ impl Probe {
         let mut buf = [0u8; 4096];
         loop {
             if let Some(l) = self.queue.pop_front() {
+                // No '$' at all: boot messages or noise, which the page says to ignore.
+                if !l.contains(&b'$') {
+                    continue;
+                }
                 self.judge_form(&l);
                 return Ok(Some(l));
             }
