@@ -1229,6 +1229,46 @@ mod tests {
     }
 
     #[test]
+    fn silent_write_fails_within_its_budget() {
+        // WRITE and COMMIT replies never come, and STAT keeps saying the slot is empty:
+        // every round ends in a timeout with no progress.
+        let t = Duration::from_millis(300);
+        let (mut s, h) = device_on_pipe_with(Faults::default(), t, |_, r: &mut Vec<u8>| {
+            let Ok(f) = Frame::parse(r.strip_suffix(b"\n").unwrap_or(r)) else {
+                return;
+            };
+            if f.get("committed").is_some() {
+                let empty = hex::encode(sha256(&[]));
+                let args = vec![
+                    "len=0".into(),
+                    "committed=0".into(),
+                    format!("sha256={empty}"),
+                ];
+                *r = Frame::new("OK", f.seq, args).encode();
+            } else if f.get("len").is_some() || f.get("sha256").is_some() {
+                r.clear();
+            }
+        });
+        s.hello().unwrap();
+        let obj: Vec<u8> = (0..3000u32).map(|i| (i % 13) as u8).collect();
+        let started = Instant::now();
+        let e = s
+            .write_object(SLOT_CHAIN, &obj, &mut |_, _| {})
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            e.to_string()
+                .contains("WRITE chain: no progress in 4 rounds"),
+            "{e}"
+        );
+        assert_eq!(s.stats.timeouts, ATTEMPTS, "{e}");
+        // MAX_RESYNC + 1 = 13 timed-out rounds before the budget.
+        assert!(took < t * 6, "{took:?}");
+        drop(s);
+        h.join().unwrap();
+    }
+
+    #[test]
     fn noisy_line_both_ways_still_provisions() {
         // The rate of the `fault_corrupt_bytes_recovers` integration test, replies too.
         let faults = Faults::parse(&["corrupt:0.002".into()]).unwrap();
