@@ -189,6 +189,22 @@ fn conformance_refuses_a_device_holding_an_identity_unless_forced() {
 }
 
 #[test]
+fn conformance_stops_when_nothing_speaks_the_protocol() {
+    // An nRF91 modem answers AT commands only: two HELLOs time out, then one error line
+    // (not 41 rules each waiting out its timeout).
+    let env = Env::bare();
+    let (_sim, link) = sim(&env, &["--profile", "nrf91"], true);
+    let started = Instant::now();
+    let (code, _, err) = conformance(&env, &link, &[]);
+    assert_eq!(code, Some(6), "{err}");
+    assert!(
+        err.contains("no device on") && err.contains("answers HELLO"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+}
+
+#[test]
 fn conformance_bad_arguments_are_one_clear_line() {
     let env = Env::bare();
     let e = env.fails(&["conformance", "--port", "/nonexistent/tty"], 6);

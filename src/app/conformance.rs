@@ -10,5 +10,6 @@ pub fn run(o: &Options, report: &mut dyn FnMut(&Verdict)) -> Result<Vec<Verdict>
     conformance::run(o, report).map_err(|e| match e {
         StartError::Wire(e) => e.into(),
         StartError::HoldsIdentity(m) => Error::conflict(m),
+        StartError::NoDevice(m) => Error::Device(m),
     })
 }

@@ -42,6 +42,9 @@ pub enum StartError {
     Wire(#[from] WireError),
     #[error("{0}")]
     HoldsIdentity(String),
+    /// Nothing on the port speaks the protocol: every rule would only time out.
+    #[error("{0}")]
+    NoDevice(String),
 }
 
 type Check = Result<String, String>;
@@ -493,6 +496,12 @@ pub fn run(o: &Options, report: &mut dyn FnMut(&Verdict)) -> Result<Vec<Verdict>
         // The first HELLO failed; the rules after it still need the device's limits.
         if let Ok(f) = p.ok("HELLO", &["1"]) {
             let _ = check_hello(&f, &mut k);
+        }
+        if k.max_line == 0 {
+            return Err(StartError::NoDevice(format!(
+                "no device on {} answers HELLO 1 as cradle-protocol(7) says; the other rules were not run",
+                o.port.display()
+            )));
         }
     }
     rule(&mut p, &mut k, "seq-echo", &|p, _| {
