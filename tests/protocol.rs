@@ -281,3 +281,114 @@ fn lost_keygen_reply_across_a_reset_makes_one_key() {
     assert_eq!(st["keygens"], 1, "KEYGEN was sent again after the reset");
     assert_eq!(st["locked"], true);
 }
+
+/// The device a firmware team would write from the page alone (tests/peers/page_device.py,
+/// Python, no code shared with the simulator), on its own pty; killed on drop.
+struct PageDevice {
+    child: std::process::Child,
+    path: String,
+}
+
+impl PageDevice {
+    /// `None` (with a note) when `CRADLE_TEST_PYTHON` is unset on a dev box; in CI a
+    /// missing peer fails the test.
+    fn start() -> Option<PageDevice> {
+        use std::io::BufRead;
+        let Some(dir) = std::env::var_os("CRADLE_TEST_PYTHON") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI: CRADLE_TEST_PYTHON (a venv bin/ with `cryptography`) must be set"
+            );
+            eprintln!("skipped: set CRADLE_TEST_PYTHON to a venv bin/ with `cryptography`");
+            return None;
+        };
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/page_device.py");
+        let mut child = std::process::Command::new(std::path::Path::new(&dir).join("python3"))
+            .arg(script)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 from CRADLE_TEST_PYTHON");
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut path = String::new();
+        out.read_line(&mut path).unwrap();
+        assert!(path.starts_with("/dev/"), "page device printed {path:?}");
+        Some(PageDevice {
+            child,
+            path: path.trim().to_string(),
+        })
+    }
+}
+
+impl Drop for PageDevice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_device_written_from_the_page_alone_passes_conformance() {
+    let Some(dev) = PageDevice::start() else {
+        return;
+    };
+    let env = Env::bare();
+    let (code, v, err) = conformance(&env, &dev.path, &[]);
+    assert_eq!(code, Some(0), "{err}\n{v:#}");
+    assert_eq!(v["passed"], RULES, "{v:#}");
+}
+
+#[test]
+fn a_device_written_from_the_page_alone_is_provisioned_and_wiped() {
+    // maxline 512 and window 4, not the simulator's 1024 and 8.
+    let Some(dev) = PageDevice::start() else {
+        return;
+    };
+    let env = Env::with_ca();
+    let (code, r, _) = provision(&env, &dev.path, "1");
+    assert_eq!(code, Some(0), "{r:#}");
+    assert_eq!(r["result"], "PASS", "{r:#}");
+    let o = env.run(&[
+        "--json",
+        "decommission",
+        "PAGE-DEV-1",
+        "--passphrase-file",
+        env.pass(),
+        "--wipe-port",
+        &dev.path,
+        "--wipe-baud",
+        BAUD,
+        "--wipe-timeout",
+        "1",
+    ]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{j:#}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let d = &j["devices"][0];
+    assert!(d.to_string().contains("decommissioned"), "{j:#}");
+    let wipes = env.sql("SELECT kind, attestation_verified FROM wipes;");
+    assert_eq!(wipes.trim(), "attested|1", "{wipes}");
+    // The wiped device, in another registry, with a key made on the station.
+    let env = Env::with_ca();
+    let o = env.run(&[
+        "--json",
+        "provision",
+        "--passphrase-file",
+        env.pass(),
+        "--baud",
+        BAUD,
+        "--timeout",
+        "1",
+        "--mode",
+        "inject",
+        "--port",
+        &dev.path,
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert_eq!(o.status.code(), Some(0), "{v:#}");
+    assert_eq!(v[0]["result"], "PASS", "{v:#}");
+}
