@@ -33,8 +33,8 @@ Faults (--fault SPEC, repeatable):
   hash-mismatch          return altered data for the first READ (nrf91: a wrong SHA-256 in
                          the first AT%CMNG=1 listing), so the read-back check fails
   window-drop            read the line every 20 ms and silently drop each request that finds
-                         the advertised window (8) of requests already waiting (a device
-                         with a window-sized receive buffer)
+                         the advertised window (--window) of requests already waiting (a
+                         device with a window-sized receive buffer)
   upper-crc              write the CRC of every reply in upper-case hex (the page forbids it)
   bad-attestation        sign and send wipe attestations without their final LF (the
                          device still wipes; the page's exact bytes end with LF)
