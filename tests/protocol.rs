@@ -63,6 +63,19 @@ fn conformance_passes_against_the_strict_simulator_with_no_home() {
     assert_eq!(v["failed"], 0, "{v:#}");
     assert!(failed(&v).is_empty());
     assert!(!env.home.exists(), "conformance created the home");
+    // The page names every rule the command runs.
+    let page = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man/cradle-protocol.7"),
+    )
+    .unwrap()
+    .replace('\n', " ");
+    for r in v["rules"].as_array().unwrap() {
+        let name = r["rule"].as_str().unwrap();
+        assert!(
+            page.contains(&format!(" {name}")),
+            "cradle-protocol(7) does not name rule {name}"
+        );
+    }
     // Text: one PASS line per rule, then the summary. The device was left empty, so a
     // second run needs no --force.
     let o = env.run(&[
