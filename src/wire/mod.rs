@@ -1210,6 +1210,33 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_frames_fit_maxline_lf_included() {
+        for max_line in [128usize, 129, 512, 1023, 1024, 4096] {
+            let (h, _d) = pipe::pair();
+            let mut s = Session::new(h, 115_200, Duration::from_millis(10));
+            s.max_line = max_line;
+            let n = s.chunk_size();
+            let data = vec![0xffu8; n];
+            let write = Frame::new(
+                "WRITE",
+                999_999_999,
+                vec![SLOT_CHAIN.into(), u32::MAX.to_string(), b64(&data)],
+            );
+            assert!(
+                write.encode().len() <= max_line,
+                "WRITE at maxline {max_line}"
+            );
+            let reply = Frame::new("OK", 999_999_999, vec![format!("data={}", b64(&data))]);
+            assert!(
+                reply.encode().len() <= max_line,
+                "READ reply at maxline {max_line}"
+            );
+            // The page's C = floor((maxline - 64) / 4) * 3.
+            assert_eq!(n, (max_line - 64) / 4 * 3);
+        }
+    }
+
+    #[test]
     fn silent_read_fails_within_its_budget() {
         let t = Duration::from_millis(300);
         let (mut s, h) = device_on_pipe_with(Faults::default(), t, mute(" data="));
