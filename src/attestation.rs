@@ -10,9 +10,10 @@
 //! CRADLE-WIPE-ATTESTATION-V1
 //! hwid=<hardware id>
 //! nonce=<64 lower-case hex digits>
-//! erased=<comma-separated slot names>
-//! counter=<decimal wipe counter>
+//! erased=<the slots that held data, in the order key,cert,chain; key always first>
+//! counter=<wipes this device has done, this one included: 1 for the first>
 //! ```
+//! Every line ends with LF, the last one too; no CR, nothing after it.
 //! Signature: ECDSA P-256 over SHA-256 of the payload, DER-encoded.
 
 use serde::{Deserialize, Serialize};
@@ -86,11 +87,48 @@ impl WipeAttestation {
             signature,
         };
         if att.payload() != payload {
+            let why = if !payload.ends_with(b"\n") {
+                "its last line does not end with LF"
+            } else if payload.contains(&b'\r') {
+                "it has CR characters (LF line endings only)"
+            } else {
+                "it has extra lines, spaces or leading zeros"
+            };
+            return Err(Error::Device(format!(
+                "attestation payload is not in the exact form of cradle-protocol(7): {why}"
+            )));
+        }
+        att.check_fields()?;
+        Ok(att)
+    }
+
+    /// `erased` and `counter` as cradle-protocol(7) defines them.
+    fn check_fields(&self) -> Result<()> {
+        const ORDER: [&str; 3] = ["key", "cert", "chain"];
+        let mut at = 0;
+        for name in &self.erased {
+            match ORDER[at.min(ORDER.len())..].iter().position(|s| s == name) {
+                Some(i) => at += i + 1,
+                None => {
+                    return Err(Error::Device(format!(
+                        "attestation erased={} must list slots among key,cert,chain in that order, each once",
+                        self.erased.join(",")
+                    )))
+                }
+            }
+        }
+        if self.erased.first().map(String::as_str) != Some("key") {
+            return Err(Error::Device(format!(
+                "attestation erased={} does not start with key (a wipe erases the identity key)",
+                self.erased.join(",")
+            )));
+        }
+        if self.counter == 0 {
             return Err(Error::Device(
-                "attestation payload is not in canonical form".into(),
+                "attestation counter=0: the counter includes this wipe, so it is at least 1".into(),
             ));
         }
-        Ok(att)
+        Ok(())
     }
 
     /// Verifies the signature against the SubjectPublicKeyInfo (DER) of the device's
@@ -149,7 +187,7 @@ mod tests {
         let mut a = WipeAttestation {
             hardware_id: "HW1".into(),
             nonce: [7; 32],
-            erased: vec!["cert".into(), "key".into()],
+            erased: vec!["key".into(), "cert".into()],
             counter: 1,
             signature: vec![],
         };
@@ -161,5 +199,73 @@ mod tests {
         let mut forged = a.clone();
         forged.erased.push("extra".into());
         assert!(forged.verify(&spki, &[7; 32]).is_err());
+    }
+
+    #[test]
+    fn the_pages_hex_example_is_the_payload() {
+        // The dump in cradle-protocol(7), "Wipe attestation payload".
+        let page = include_str!("../man/cradle-protocol.7");
+        let bytes: Vec<u8> = page
+            .lines()
+            .filter(|l| {
+                l.len() > 6
+                    && l.as_bytes()[4] == b':'
+                    && l[..4].bytes().all(|b| b.is_ascii_hexdigit())
+            })
+            .flat_map(|l| {
+                l[6..53]
+                    .split_whitespace()
+                    .map(|h| u8::from_str_radix(h, 16).unwrap())
+            })
+            .collect();
+        let mut nonce = [0u8; 32];
+        for (i, b) in nonce.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let att = WipeAttestation {
+            hardware_id: "SIM-1".into(),
+            nonce,
+            erased: vec!["key".into(), "cert".into(), "chain".into()],
+            counter: 1,
+            signature: vec![],
+        };
+        assert_eq!(bytes.len(), 141);
+        assert_eq!(bytes, att.payload());
+        assert_eq!(WipeAttestation::from_payload(&bytes, vec![]).unwrap(), att);
+    }
+
+    #[test]
+    fn payload_rules_of_the_page_are_enforced() {
+        let att = |erased: &str, counter: &str| {
+            format!(
+                "{MAGIC}\nhwid=HW1\nnonce={}\nerased={erased}\ncounter={counter}\n",
+                "ab".repeat(32)
+            )
+        };
+        assert!(
+            WipeAttestation::from_payload(att("key,cert,chain", "1").as_bytes(), vec![]).is_ok()
+        );
+        assert!(WipeAttestation::from_payload(att("key,chain", "7").as_bytes(), vec![]).is_ok());
+        for (erased, counter, why) in [
+            ("cert,key", "1", "in that order"),
+            ("cert", "1", "start with key"),
+            ("key,key", "1", "each once"),
+            ("key,cert,extra", "1", "among key,cert,chain"),
+            ("", "1", "start with key"),
+            ("key", "0", "at least 1"),
+            ("key", "01", "leading zeros"),
+        ] {
+            let e = WipeAttestation::from_payload(att(erased, counter).as_bytes(), vec![])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{erased} {counter}: {e}");
+        }
+        let full = att("key", "1");
+        let e = WipeAttestation::from_payload(&full.as_bytes()[..full.len() - 1], vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not end with LF"), "{e}");
+        let crlf = full.replace('\n', "\r\n");
+        assert!(WipeAttestation::from_payload(crlf.as_bytes(), vec![]).is_err());
     }
 }

@@ -268,6 +268,32 @@ fn forged_attestation_stops_the_device_resumably() {
 }
 
 #[test]
+fn a_received_but_malformed_attestation_says_so_and_not_re_run() {
+    // The device wipes and answers, but its payload lacks the final LF the page requires:
+    // every re-run gets the same stored reply, so "re-run to collect it" would loop.
+    let env = Env::with_ca();
+    let d = Device::provisioned(&env, "HW-NOLF", &["bad-attestation"]);
+    for run in 0..2 {
+        let (code, j, err) = decommission(&env, &[&d.serial, "--wipe-port", d.port()]);
+        assert_eq!(code, Some(1), "{err}\n{j}");
+        let e = only(&j)["error"].as_str().unwrap().to_string();
+        assert!(
+            e.contains("has wiped, but its attestation is rejected"),
+            "run {run}: {e}"
+        );
+        assert!(e.contains("does not end with LF"), "run {run}: {e}");
+        assert!(
+            e.contains("every re-run gets the same stored reply"),
+            "run {run}: {e}"
+        );
+        assert!(!e.contains("re-run to collect it"), "run {run}: {e}");
+    }
+    assert!(d.device_state()["key"].is_null(), "the device did wipe");
+    assert_eq!(d.step_status(&env, "wipe"), "failed");
+    assert_eq!(d.count(&env, "wipes", "1"), 0);
+}
+
+#[test]
 fn replayed_nonce_is_rejected_and_nothing_verified_is_stored() {
     let env = Env::with_ca();
     let mut d = Device::provisioned(&env, "HW-REPLAY", &[]);

@@ -3,6 +3,7 @@
 mod audit;
 mod ca;
 pub mod common;
+mod conformance;
 mod crl;
 mod device;
 mod export;
@@ -139,6 +140,22 @@ pub enum Command {
     /// Simulate devices on pseudo-terminals (for demos and tests, no hardware needed)
     #[command(after_help = concat!("Prints each device's pty path on its own line as soon as it is up, then runs until\nSIGINT/SIGTERM (removing its symlinks); with --json, one JSON object per line (index,\npath, link, hardware_id). A device that hangs up (disconnect fault) comes back on a new pty\nbehind the same link and is printed again. With --state the device keeps its identity\nacross restarts.\n\n", crate::fault_help!(), "\n\nExamples:\n  cradle sim --link /tmp/dev/cradle --count 4 &\n  cradle sim --link /tmp/dev/dut --state dut.json --fault corrupt:0.001\n  cradle sim --profile nrf91 --link /tmp/dev/modem"))]
     Sim(sim::SimArgs),
+
+    #[command(display_order = 7)]
+    /// Check a device against cradle-protocol(7): one pass/fail line per rule (exit 1 if any fails)
+    #[command(
+        after_help = "Drives the device through every rule of cradle-protocol(7): framing, CRC, the exact
+form, line bounds, SEQ echo, windowing, resuming after a reopen, every error code a
+request can provoke, KEYGEN, WRITE/COMMIT/READ, LOCK and the WIPE attestation bytes.
+Touches no registry and no CA (cradle init is not needed): a throwaway issuer in memory
+signs the test certificate. It leaves the device wiped; a device that holds an identity
+is refused (exit 7) unless --force.
+
+Examples:
+  cradle conformance --port /dev/ttyUSB0
+  cradle conformance --port /dev/ttyACM0 --baud 921600 --json"
+    )]
+    Conformance(conformance::ConformanceArgs),
     #[command(display_order = 12)]
     /// Check the registry for problems (exit 1 on findings; see --list-checks)
     #[command(after_help = audit::AUDIT_AFTER_HELP)]
@@ -202,6 +219,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Profile(c) => meta::profile(&ctx, c),
         Command::Provision(a) => provision::run(&ctx, a),
         Command::Sim(a) => sim::run(&ctx, a),
+        Command::Conformance(a) => conformance::run(&ctx, a),
         Command::Audit(a) => audit::run(&ctx, a),
         Command::Log(c) => log::run(&ctx, c),
         Command::Label(a) => label::run(&ctx, a),

@@ -41,6 +41,14 @@ pub struct SimArgs {
     /// format `cradle provision --nrf-identity-keys` reads) before the ports come up
     #[arg(long, value_name = "FILE")]
     pub identity_keys_out: Option<PathBuf>,
+    /// Hold the host to the exact forms of cradle-protocol(7): refuse upper-case CRC
+    /// digits, SEQ 0 or over 9 digits or with a leading zero, empty fields (bad-frame),
+    /// and a request with more or fewer arguments than its verb takes (bad-argument)
+    #[arg(long)]
+    pub strict: bool,
+    /// Requests each device says it can buffer (HELLO window=)
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub window: u16,
 }
 
 pub fn run(ctx: &Ctx, a: SimArgs) -> anyhow::Result<i32> {
@@ -54,6 +62,8 @@ pub fn run(ctx: &Ctx, a: SimArgs) -> anyhow::Result<i32> {
         faults: Faults::parse(&a.faults)?,
         profile: a.profile.into(),
         identity_keys_out: a.identity_keys_out,
+        strict: a.strict,
+        window: a.window as usize,
     };
     let stop = crate::signals::stop_flag();
     let (tx, rx) = mpsc::channel();

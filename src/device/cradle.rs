@@ -160,9 +160,15 @@ impl<T: Read + Write + Send> DeviceLink for CradleLink<T> {
     }
 
     fn generate_key(&mut self) -> Result<DeviceKey, WireError> {
-        // KEYGEN is not blindly resent across a reconnect either: the session's keygen
-        // asks HELLO first whether a key was made.
-        let (spki_der, csr_der) = self.resumable(|s| s.keygen())?;
+        // KEYGEN is not blindly resent across a reconnect either: the key the device had
+        // before the first KEYGEN is kept, so a session that finds another one (its HELLO
+        // after the reset) fetches that key's CSR instead of making a second key.
+        let s = self.session();
+        let before = match s.info() {
+            Some(i) => i.public_key.clone(),
+            None => s.hello()?.public_key,
+        };
+        let (spki_der, csr_der) = self.resumable(|s| s.keygen_since(before.clone()))?;
         self.certified = Some(spki_der.clone());
         Ok(DeviceKey {
             spki_der,
@@ -241,6 +247,14 @@ impl<T: Read + Write> WipeLink for CradleLink<T> {
 
     fn wipe(&mut self, nonce: [u8; 32]) -> crate::Result<WipeAttestation> {
         // Never retried: the nonce is single-use.
-        Ok(self.session().wipe(nonce)?)
+        self.session().wipe(nonce).map_err(|e| match e {
+            // Received but refused: the device has wiped and will resend these same bytes,
+            // so "re-run to collect it" would loop. A crypto refusal, like a bad signature.
+            WireError::Attestation(_) => crate::Error::Crypto(format!(
+                "{e}; every re-run gets the same stored reply: record this wipe by hand \
+                 (--wipe-method, --wipe-tool, --verified-by) and report the firmware"
+            )),
+            e => e.into(),
+        })
     }
 }

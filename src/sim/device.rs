@@ -16,6 +16,24 @@ use crate::wire::{b64, b64_decode, code, Frame, PROTO_VERSION, SLOT_CERT, SLOT_C
 pub const SIM_MAX_LINE: usize = 1024;
 pub const SIM_WINDOW: usize = 8;
 const SLOTS: [&str; 3] = [SLOT_KEY, SLOT_CERT, SLOT_CHAIN];
+/// Most data bytes one WRITE or READ frame may carry for a maxline (cradle-protocol(7)).
+pub const fn chunk_limit(max_line: usize) -> usize {
+    (max_line - 64) / 4 * 3
+}
+
+/// Arguments each request takes (strict mode refuses any other count with bad-argument).
+fn arity(verb: &str) -> Option<usize> {
+    Some(match verb {
+        "KEYGEN" | "CSR" | "LOCK" => 0,
+        "HELLO" | "STAT" | "ERASE" | "WIPE" => 1,
+        "WRITE" | "COMMIT" | "READ" => 3,
+        _ => return None,
+    })
+}
+
+fn is_lower_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Slot {
@@ -39,6 +57,9 @@ pub struct DeviceState {
     pub locked: bool,
     #[serde(default)]
     pub wipe_counter: u64,
+    /// KEYGEN requests executed (so tests can tell a resent KEYGEN from a recovered one).
+    #[serde(default)]
+    pub keygens: u64,
     #[serde(default)]
     pub last_nonce: Option<String>,
     /// The reply to the last WIPE (`att=… sig=…`), resent when asked to wipe again
@@ -60,6 +81,7 @@ impl DeviceState {
             slots: BTreeMap::new(),
             locked: false,
             wipe_counter: 0,
+            keygens: 0,
             last_nonce: None,
             last_attestation: None,
             cmng: BTreeMap::new(),
@@ -125,6 +147,10 @@ pub struct Device {
     pub state_path: Option<PathBuf>,
     pub faults: Faults,
     pub rng: Rng,
+    /// Hold the host to the exact forms of cradle-protocol(7) (`cradle sim --strict`).
+    pub strict: bool,
+    /// The window HELLO advertises (`cradle sim --window`).
+    pub window: usize,
     counts: BTreeMap<String, u32>,
     disconnect_fired: bool,
     stall_fired: bool,
@@ -151,6 +177,8 @@ impl Device {
             state_path,
             faults,
             rng: Rng::new(),
+            strict: false,
+            window: SIM_WINDOW,
             counts: BTreeMap::new(),
             disconnect_fired: false,
             stall_fired: false,
@@ -184,18 +212,28 @@ impl Device {
     /// Handles one received line (without its LF).
     pub fn handle_line(&mut self, line: &[u8]) -> Reply {
         let f = match Frame::parse(line) {
-            Ok(f) => f,
+            Ok(f) if !(self.strict && Frame::strict_violation(line).is_some()) => f,
             // A garbled frame: say so with sequence 0 so the host resends at once.
-            Err(_) => return Reply::frame(err(0, code::BAD_FRAME)),
+            _ => return Reply::frame(err(0, code::BAD_FRAME)),
         };
         let seq = f.seq;
         let verb = f.verb.to_ascii_lowercase();
-        let mut reply = match self.handle(&f) {
+        let wrong_arity = self.strict && arity(&f.verb).is_some_and(|n| n != f.args.len());
+        let handled = if wrong_arity {
+            Err(code::BAD_ARGUMENT)
+        } else {
+            self.handle(&f)
+        };
+        let mut reply = match handled {
             Ok(r) => r,
             Err(c) => Reply::frame(err(seq, c)),
         };
         if self.step(&verb) {
             reply.hangup = true;
+        }
+        if self.faults.upper_crc && reply.bytes.len() > 9 && reply.bytes.ends_with(b"\n") {
+            let n = reply.bytes.len();
+            reply.bytes[n - 9..n - 1].make_ascii_uppercase();
         }
         if verb == "write" && !self.stall_fired {
             if let Some(d) = self.faults.stall {
@@ -253,7 +291,7 @@ impl Device {
                     format!("fw={}", s.firmware),
                     format!("state={}", s.state_name()),
                     format!("maxline={SIM_MAX_LINE}"),
-                    format!("window={SIM_WINDOW}"),
+                    format!("window={}", self.window),
                 ];
                 if let Some(spki) = s.spki() {
                     args.push(format!("pub={}", b64(&spki)));
@@ -265,6 +303,7 @@ impl Device {
                     return Err(code::LOCKED);
                 }
                 let kp = crate::pki::keys::generate().map_err(|_| code::INTERNAL)?;
+                self.state.keygens += 1;
                 let spki = kp.subject_public_key_info();
                 let csr_key = if self.faults.csr_wrong_key {
                     self.faults.csr_wrong_key = false;
@@ -332,7 +371,7 @@ impl Device {
                 if self.state.locked {
                     return Err(code::LOCKED);
                 }
-                if data.len() > SIM_MAX_LINE || off > 1 << 20 {
+                if data.len() > chunk_limit(SIM_MAX_LINE) || off > 1 << 20 {
                     return Err(code::BAD_ARGUMENT);
                 }
                 let s = self.state.slots.entry(slot.to_string()).or_default();
@@ -359,22 +398,32 @@ impl Device {
             "COMMIT" => {
                 let slot = self.slot_arg(f, 0)?;
                 let len = Self::num_arg(f, 1)?;
-                let want = f.args.get(2).ok_or(code::BAD_ARGUMENT)?;
+                let want = f
+                    .args
+                    .get(2)
+                    .filter(|h| is_lower_hex64(h))
+                    .ok_or(code::BAD_ARGUMENT)?;
                 let s = self.state.slots.get(slot).cloned().unwrap_or_default();
+                let got = hex::encode(sha256(&s.data));
+                // Locked: only a resent COMMIT of what is already committed is answered.
+                if self.state.locked && !(s.committed && s.data.len() == len && &got == want) {
+                    return Err(code::LOCKED);
+                }
                 if s.data.len() != len {
                     return Err(code::NOT_COMMITTED);
                 }
-                let got = hex::encode(sha256(&s.data));
                 if &got != want {
                     return Err(code::HASH_MISMATCH);
                 }
                 if !s.committed {
-                    if self.state.locked {
-                        return Err(code::LOCKED);
-                    }
                     if slot == SLOT_KEY {
                         match crate::pki::keys::key_pair_from_pkcs8(&s.data, "injected key") {
-                            Ok(_) => self.state.key = Some(s.data.clone()),
+                            Ok(_) => {
+                                self.state.key = Some(s.data.clone());
+                                // As after KEYGEN: a cert for another key is meaningless.
+                                self.state.slots.remove(SLOT_CERT);
+                                self.state.slots.remove(SLOT_CHAIN);
+                            }
                             Err(_) => {
                                 self.state.slots.remove(slot);
                                 self.save();
@@ -397,7 +446,7 @@ impl Device {
                     return Err(code::READ_FORBIDDEN);
                 }
                 let s = self.state.slots.get(slot).cloned().unwrap_or_default();
-                if n > (SIM_MAX_LINE - 64) / 4 * 3 || off + n > s.data.len() {
+                if n > chunk_limit(SIM_MAX_LINE) || off + n > s.data.len() {
                     return Err(code::BAD_ARGUMENT);
                 }
                 let mut data = s.data[off..off + n].to_vec();
@@ -431,7 +480,11 @@ impl Device {
                 Ok(Reply::frame(ok(seq, vec!["state=locked".into()])))
             }
             "WIPE" => {
-                let nonce_hex = f.args.first().ok_or(code::BAD_ARGUMENT)?;
+                let nonce_hex = f
+                    .args
+                    .first()
+                    .filter(|h| is_lower_hex64(h))
+                    .ok_or(code::BAD_ARGUMENT)?;
                 let nonce: [u8; 32] = hex::decode(nonce_hex)
                     .ok()
                     .and_then(|v| v.try_into().ok())
@@ -489,8 +542,14 @@ impl Device {
                 self.state.locked = false;
                 self.state.wipe_counter += 1;
                 self.state.last_nonce = Some(nonce_hex.clone());
+                let mut payload = att.payload();
+                if self.faults.bad_attestation {
+                    // What a firmware reading the page loosely might send: no final LF.
+                    payload.pop();
+                    att.signature = sign_bytes(&signing_key, &payload)?;
+                }
                 let args = vec![
-                    format!("att={}", b64(&att.payload())),
+                    format!("att={}", b64(&payload)),
                     format!("sig={}", b64(&att.signature)),
                 ];
                 self.state.last_attestation = Some(args.clone());
@@ -500,6 +559,14 @@ impl Device {
             _ => Err(code::UNKNOWN_COMMAND),
         }
     }
+}
+
+fn sign_bytes(pkcs8: &[u8], data: &[u8]) -> std::result::Result<Vec<u8>, u32> {
+    use p256::ecdsa::signature::Signer;
+    use p256::pkcs8::DecodePrivateKey;
+    let key = p256::ecdsa::SigningKey::from_pkcs8_der(pkcs8).map_err(|_| code::INTERNAL)?;
+    let sig: p256::ecdsa::Signature = key.sign(data);
+    Ok(sig.to_der().as_bytes().to_vec())
 }
 
 fn make_csr(key: &rcgen::KeyPair, hwid: &str) -> std::result::Result<Vec<u8>, u32> {
@@ -546,6 +613,81 @@ mod tests {
         let line = Frame::new("WIPE", seq, vec![hex::encode(nonce)]).encode();
         let reply = dev.handle_line(line.strip_suffix(b"\n").unwrap_or(&line));
         Frame::parse(reply.bytes.strip_suffix(b"\n").unwrap_or(&reply.bytes)).unwrap()
+    }
+
+    fn answer(dev: &mut Device, line: &str) -> Frame {
+        let reply = dev.handle_line(line.as_bytes());
+        Frame::parse(reply.bytes.strip_suffix(b"\n").unwrap_or(&reply.bytes)).unwrap()
+    }
+
+    fn line(body: &str) -> String {
+        format!("${body} *{:08x}", crate::wire::crc32(body.as_bytes()))
+    }
+
+    /// (what the page forbids, the line, the strict reply's SEQ and code)
+    fn forbidden() -> Vec<(&'static str, String, u32, u32)> {
+        let crc = format!("{:08X}", crate::wire::crc32(b"HELLO 5 1"));
+        vec![
+            (
+                "upper-case CRC",
+                format!("$HELLO 5 1 *{crc}"),
+                0,
+                code::BAD_FRAME,
+            ),
+            ("SEQ 0", line("HELLO 0 1"), 0, code::BAD_FRAME),
+            (
+                "10-digit SEQ",
+                line("HELLO 1000000000 1"),
+                0,
+                code::BAD_FRAME,
+            ),
+            ("leading zero", line("HELLO 05 1"), 0, code::BAD_FRAME),
+            ("double space", line("HELLO 5  1"), 0, code::BAD_FRAME),
+            (
+                "extra HELLO argument",
+                line("HELLO 5 1 x"),
+                5,
+                code::BAD_ARGUMENT,
+            ),
+            (
+                "missing STAT argument",
+                line("STAT 5"),
+                5,
+                code::BAD_ARGUMENT,
+            ),
+        ]
+    }
+
+    #[test]
+    fn strict_mode_refuses_each_form_the_page_forbids() {
+        for (what, l, seq, c) in forbidden() {
+            let mut dev = Device::new(DeviceState::new("HW-S", "sim"), None, Faults::default());
+            // Lenient: taken (STAT without a slot is refused either way).
+            let lenient = answer(&mut dev, &l);
+            assert!(
+                lenient.verb == "OK" || what.contains("STAT"),
+                "{what}: {lenient:?}"
+            );
+            dev.strict = true;
+            let strict = answer(&mut dev, &l);
+            assert_eq!(
+                (strict.verb.as_str(), strict.seq, strict.args[0].as_str()),
+                ("ERR", seq, c.to_string().as_str()),
+                "{what}"
+            );
+        }
+        // The host's own frames are in the exact form.
+        let mut dev = Device::new(DeviceState::new("HW-S", "sim"), None, Faults::default());
+        dev.strict = true;
+        let hello = Frame::new("HELLO", 5, vec!["1".into()]).encode();
+        assert_eq!(
+            answer(
+                &mut dev,
+                std::str::from_utf8(&hello[..hello.len() - 1]).unwrap()
+            )
+            .verb,
+            "OK"
+        );
     }
 
     #[test]

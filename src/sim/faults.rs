@@ -32,6 +32,12 @@ Faults (--fault SPEC, repeatable):
   wrong-sec-tag          nrf91: answer the first AT%KEYGEN with a COSE for another sec_tag
   hash-mismatch          return altered data for the first READ (nrf91: a wrong SHA-256 in
                          the first AT%CMNG=1 listing), so the read-back check fails
+  window-drop            read the line every 20 ms and silently drop each request that finds
+                         the advertised window (--window) of requests already waiting (a
+                         device with a window-sized receive buffer)
+  upper-crc              write the CRC of every reply in upper-case hex (the page forbids it)
+  bad-attestation        sign and send wipe attestations without their final LF (the
+                         device still wipes; the page's exact bytes end with LF)
 One-shot faults fire once per simulator process, so a re-run of the host completes."
     };
 }
@@ -55,6 +61,9 @@ pub struct Faults {
     pub keygen_bad_digest: bool,
     pub keygen_wrong_sec_tag: bool,
     pub hash_mismatch: bool,
+    pub window_drop: bool,
+    pub upper_crc: bool,
+    pub bad_attestation: bool,
 }
 
 fn prob(spec: &str, v: Option<&str>) -> Result<f64> {
@@ -155,6 +164,9 @@ impl Faults {
                 "bad-digest" => no_value(&mut f.keygen_bad_digest)?,
                 "wrong-sec-tag" => no_value(&mut f.keygen_wrong_sec_tag)?,
                 "hash-mismatch" => no_value(&mut f.hash_mismatch)?,
+                "window-drop" => no_value(&mut f.window_drop)?,
+                "upper-crc" => no_value(&mut f.upper_crc)?,
+                "bad-attestation" => no_value(&mut f.bad_attestation)?,
                 _ => {
                     return Err(Error::input(format!(
                         "--fault '{spec}': unknown fault (see `cradle sim --help`)"

@@ -49,9 +49,16 @@ impl Responder for CradleResponder {
     fn feed(&mut self, data: &[u8]) -> Vec<(usize, Reply)> {
         let mut lines = Vec::new();
         self.lines.push(data, &mut lines);
+        let window_drop = self.dev.faults.window_drop;
         lines
             .into_iter()
-            .map(|l| match l {
+            .enumerate()
+            .map(|(i, l)| match l {
+                // Requests read together found the ones before them still waiting: a
+                // device with a window-sized buffer has no room for the one beyond it.
+                Line::Complete(l) if window_drop && i >= self.dev.window => {
+                    (l.len() + 1, Reply::default())
+                }
                 Line::Complete(l) => (l.len() + 1, self.dev.handle_line(&l)),
                 Line::TooLong => (
                     device::SIM_MAX_LINE,
@@ -229,20 +236,36 @@ pub fn serve(pty: &mut Pty, r: &mut dyn Responder, baud: u32, stop: &AtomicBool)
         if poll_fd(pty.master.as_raw_fd(), libc::POLLIN, 50) == 0 {
             continue;
         }
+        let window_drop = r.device().faults.window_drop;
+        if window_drop {
+            // A slow reader: what the host sent meanwhile is taken (and judged) together.
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let seen = Instant::now();
-        let n = match pty.master.read(&mut buf) {
-            Ok(0) => continue,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
+        let mut input = Vec::new();
+        loop {
+            match pty.master.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    input.extend_from_slice(&buf[..n]);
+                    if !window_drop || n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    break;
+                }
             }
-        };
+        }
+        if input.is_empty() {
+            continue;
+        }
         let data = {
             let dev = r.device();
-            faults::mangle(&buf[..n], &dev.faults.clone(), &mut dev.rng)
+            faults::mangle(&input, &dev.faults.clone(), &mut dev.rng)
         };
         for (cost, reply) in r.feed(&data) {
             if let Some(d) = reply.stall {
@@ -287,6 +310,10 @@ pub struct SimConfig {
     pub profile: DeviceProfile,
     /// nrf91: write the modems' identity keys (`--nrf-identity-keys` format) here.
     pub identity_keys_out: Option<PathBuf>,
+    /// Refuse what cradle-protocol(7) forbids even where a lenient device would cope.
+    pub strict: bool,
+    /// The window each device advertises in HELLO.
+    pub window: usize,
 }
 
 /// A device that came up (or came back after a hang-up) on a pty.
@@ -400,7 +427,9 @@ pub fn build_devices(cfg: &SimConfig) -> Result<Vec<Box<dyn Responder>>> {
                 s
             }
         };
-        let dev = Device::new(state, path, cfg.faults.clone());
+        let mut dev = Device::new(state, path, cfg.faults.clone());
+        dev.strict = cfg.strict;
+        dev.window = cfg.window;
         out.push(match cfg.profile {
             DeviceProfile::Cradle => Box::new(CradleResponder::new(dev)),
             DeviceProfile::Nrf91 => Box::new(nrf91::NrfResponder::new(dev)),

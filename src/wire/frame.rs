@@ -8,7 +8,7 @@
 
 use super::WireError;
 
-/// Longest line the host accepts, and the default a device advertises.
+/// Longest line the host accepts, LF included (and the upper bound of a device's maxline).
 pub const MAX_LINE: usize = 4096;
 
 /// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), as zlib's `crc32`.
@@ -110,6 +110,31 @@ impl Frame {
         })
     }
 
+    /// Why a line that `parse` accepts is still not in the exact form cradle-protocol(7)
+    /// prescribes for a sender (what `cradle sim --strict` rejects): upper-case CRC digits,
+    /// a SEQ outside 1..999999999 or with a leading zero, empty fields (two spaces in a row,
+    /// a space at either end).
+    pub fn strict_violation(line: &[u8]) -> Option<&'static str> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let start = line.iter().rposition(|&b| b == b'$')?;
+        let text = &line[start + 1..];
+        if text.len() < 11 {
+            return None;
+        }
+        let (body, crc) = (&text[..text.len() - 10], &text[text.len() - 8..]);
+        if !crc.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Some("CRC not in lower-case hex");
+        }
+        if body.split(|&b| b == b' ').any(|f| f.is_empty()) {
+            return Some("empty field (two spaces in a row, or a space at an end)");
+        }
+        let seq = body.split(|&b| b == b' ').nth(1).unwrap_or(b"");
+        if seq.len() > 9 || seq.first() == Some(&b'0') {
+            return Some("SEQ not in 1..999999999 without leading zeros");
+        }
+        None
+    }
+
     /// The value of a `key=value` argument.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.args
@@ -147,8 +172,10 @@ pub fn b64_decode(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
     base64::engine::general_purpose::STANDARD.decode(s)
 }
 
-/// Splits a byte stream into bounded lines. Bytes beyond `max` without a LF make
-/// `push` report an overlong line once; the rest of that line is discarded.
+/// Splits a byte stream into bounded lines of at most `max` bytes, LF included (the
+/// page's maxline). A line that reaches `max` bytes without its LF makes `push` report an
+/// overlong line once; the rest of that line is discarded. Blank lines (nothing, or only
+/// a CR, before the LF) are not lines: both sides ignore them.
 #[derive(Debug)]
 pub struct LineBuffer {
     buf: Vec<u8>,
@@ -176,13 +203,14 @@ impl LineBuffer {
             if b == b'\n' {
                 if self.overflow {
                     self.overflow = false;
-                } else {
+                } else if !self.buf.is_empty() && self.buf != b"\r" {
                     out.push(Line::Complete(std::mem::take(&mut self.buf)));
                 }
                 self.buf.clear();
             } else if self.overflow {
                 continue;
-            } else if self.buf.len() >= self.max {
+            } else if self.buf.len() + 1 >= self.max {
+                // This byte would make the line `max` bytes before its LF.
                 self.overflow = true;
                 self.buf.clear();
                 out.push(Line::TooLong);
@@ -246,10 +274,55 @@ mod tests {
     fn line_buffer_bounds_lines() {
         let mut lb = LineBuffer::new(8);
         let mut out = Vec::new();
-        lb.push(b"abc\n0123456789xyz\nok\n", &mut out);
-        assert_eq!(out.len(), 3);
+        lb.push(b"abc\n0123456789xyz\nok\n\n\r\n", &mut out);
+        assert_eq!(out.len(), 3, "blank lines are not lines");
         assert!(matches!(&out[0], Line::Complete(l) if l == b"abc"));
         assert!(matches!(&out[1], Line::TooLong));
         assert!(matches!(&out[2], Line::Complete(l) if l == b"ok"));
+        // maxline counts the LF: 7 bytes + LF fit in 8, 8 bytes + LF do not.
+        out.clear();
+        lb.push(b"1234567\n12345678\n", &mut out);
+        assert!(matches!(&out[0], Line::Complete(l) if l == b"1234567"));
+        assert!(matches!(&out[1], Line::TooLong));
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn strict_form_is_the_encoded_form() {
+        let good = Frame::new("STAT", 7, vec!["cert".into()]).encode();
+        let good = &good[..good.len() - 1];
+        assert_eq!(Frame::strict_violation(good), None);
+        let crc = format!("{:08x}", crc32(b"STAT 7 cert"));
+        let upper = format!("$STAT 7 cert *{}", crc.to_uppercase());
+        // Lenient parse takes every one of these; the strict form refuses each.
+        for (line, why) in [
+            (upper, "lower-case"),
+            (
+                format!("$STAT 0 cert *{:08x}", crc32(b"STAT 0 cert")),
+                "SEQ",
+            ),
+            (
+                format!(
+                    "$STAT 1234567890 cert *{:08x}",
+                    crc32(b"STAT 1234567890 cert")
+                ),
+                "SEQ",
+            ),
+            (
+                format!("$STAT 07 cert *{:08x}", crc32(b"STAT 07 cert")),
+                "SEQ",
+            ),
+            (
+                format!("$STAT 7  cert *{:08x}", crc32(b"STAT 7  cert")),
+                "empty field",
+            ),
+        ] {
+            assert!(
+                Frame::parse(line.as_bytes()).is_ok() || why == "SEQ",
+                "{line}"
+            );
+            let v = Frame::strict_violation(line.as_bytes()).unwrap_or("");
+            assert!(v.contains(why), "{line}: {v}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! over anything `Read + Write` (a serial port, a pseudo-terminal, an in-memory pipe).
 //! The protocol is specified in `man/cradle-protocol.7`.
 
+pub mod conformance;
 pub mod frame;
 pub mod nrf91;
 
@@ -17,9 +18,15 @@ pub use frame::{b64, b64_decode, crc32, Frame, Line, LineBuffer, MAX_LINE};
 
 /// Protocol version spoken by this host.
 pub const PROTO_VERSION: u32 = 1;
-/// Attempts for an idempotent request (first try included).
+/// Attempts for an idempotent request that end in a timeout (first try included); also
+/// the KEYGEN sends allowed, and the timed-out rounds without progress a WRITE or READ
+/// stream of one object may have. Each timeout costs the session timeout plus line time,
+/// so a request kind fails after about `ATTEMPTS` × timeout (cradle-protocol(7), RETRIES).
 pub const ATTEMPTS: u32 = 4;
-/// Resynchronisations (STAT and continue) allowed while writing or reading one object.
+/// Attempts of one idempotent request that end in a garbled frame (known at once).
+pub const GARBLED_ATTEMPTS: u32 = 4 * ATTEMPTS;
+/// Resynchronisations (STAT and continue) without progress allowed while writing or
+/// reading one object, whatever ended them.
 pub const MAX_RESYNC: u32 = 12;
 
 /// Slots a device holds (named storage for identity objects).
@@ -51,6 +58,10 @@ pub enum WireError {
     },
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// WIPE was answered (the device has wiped) but the attestation breaks the page's
+    /// rules: a re-run gets the same stored reply, so it cannot be collected again.
+    #[error("the device answered WIPE, so it has wiped, but its attestation is rejected: {0}")]
+    Attestation(String),
     #[error("verification failed: {0}")]
     Verify(String),
     /// The device answered correctly but is not what the run expects (another device
@@ -430,7 +441,7 @@ impl<T: Read + Write> Session<T> {
         // bad bytes lose 40% of 250-byte replies), so it has its own, larger budget; the
         // timeout attempts are for a silent line. A non-idempotent request still waits
         // out a damaged reply: it is never resent, and the caller recovers by inspection.
-        let garbled_budget = if idempotent { 4 * ATTEMPTS } else { 1 };
+        let garbled_budget = if idempotent { GARBLED_ATTEMPTS } else { 1 };
         let (mut attempt, mut garbled) = (0, 0);
         let mut last = None;
         while attempt < attempts && garbled < garbled_budget {
@@ -486,7 +497,12 @@ impl<T: Read + Write> Session<T> {
                 "device line size {max_line} is outside 128..{MAX_LINE}"
             )));
         }
-        let window = (f.need_u64("window")? as usize).clamp(1, 64);
+        let window = f.need_u64("window")? as usize;
+        if !(1..=64).contains(&window) {
+            return Err(WireError::Protocol(format!(
+                "device window {window} is outside 1..64"
+            )));
+        }
         let serial = f.get("serial").map(str::to_string);
         if let Some(s) = &serial {
             check_token("device serial", s)?;
@@ -521,16 +537,32 @@ impl<T: Read + Write> Session<T> {
             Some(i) => i.public_key.clone(),
             None => self.hello()?.public_key,
         };
+        self.keygen_since(before)
+    }
+
+    /// KEYGEN for a device whose public key was `before` when the run decided to send it
+    /// (`None`: it had none). If this session's HELLO already reports another key, a
+    /// KEYGEN sent earlier (its reply lost with the previous session, e.g. to a reset)
+    /// made it: its CSR is fetched and no second key is made.
+    pub fn keygen_since(
+        &mut self,
+        before: Option<Vec<u8>>,
+    ) -> Result<(Vec<u8>, Vec<u8>), WireError> {
+        if self.info.is_none() {
+            self.hello()?;
+        }
         let mut last = None;
         for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
+            let now = if attempt > 0 {
                 self.stats.retries += 1;
-                let now = self.hello()?.public_key;
-                if let Some(p) = now.filter(|p| Some(p) != before.as_ref()) {
-                    let csr = self.csr()?;
-                    self.known_empty = vec![SLOT_CERT, SLOT_CHAIN];
-                    return Ok((p, csr));
-                }
+                self.hello()?.public_key
+            } else {
+                self.info.as_ref().and_then(|i| i.public_key.clone())
+            };
+            if let Some(p) = now.filter(|p| Some(p) != before.as_ref()) {
+                let csr = self.csr()?;
+                self.known_empty = vec![SLOT_CERT, SLOT_CHAIN];
+                return Ok((p, csr));
             }
             match self.request("KEYGEN", vec![], false) {
                 Ok(f) => {
@@ -590,6 +622,7 @@ impl<T: Read + Write> Session<T> {
         let mut chunk = self.chunk_size();
         let mut window = self.window;
         let mut resyncs = 0;
+        let mut timed_out = 0;
         let mut best = 0usize;
         let mut fresh = match self.known_empty.iter().position(|s| *s == slot) {
             Some(i) => {
@@ -621,6 +654,7 @@ impl<T: Read + Write> Session<T> {
                 // Progress since the last resync: the budget is for a stuck line only.
                 best = held;
                 resyncs = 0;
+                timed_out = 0;
             }
             let mut next = held;
             let mut in_flight: VecDeque<u32> = VecDeque::new();
@@ -630,7 +664,9 @@ impl<T: Read + Write> Session<T> {
             let mut commit_seq = None;
             let want = sha256(data);
             loop {
-                while in_flight.len() < window && next < total {
+                // One rule: at most `window` requests outstanding, the COMMIT included (and
+                // any earlier request the device has yet to answer).
+                while self.unanswered.len() < window && next < total {
                     let end = (next + chunk).min(total);
                     let seq = self.send(
                         "WRITE",
@@ -639,7 +675,7 @@ impl<T: Read + Write> Session<T> {
                     in_flight.push_back(seq);
                     next = end;
                 }
-                if next >= total && commit_seq.is_none() {
+                if next >= total && commit_seq.is_none() && self.unanswered.len() < window {
                     commit_seq = Some(self.send(
                         "COMMIT",
                         vec![slot.to_string(), total.to_string(), hex::encode(want)],
@@ -700,7 +736,13 @@ impl<T: Read + Write> Session<T> {
                         }
                         None => f.seq == 0 && f.verb == "ERR",
                     },
-                    Err(WireError::Timeout { .. }) => true,
+                    Err(WireError::Timeout { .. }) => {
+                        timed_out += 1;
+                        if timed_out >= ATTEMPTS {
+                            return Err(self.stream_silent("WRITE", slot));
+                        }
+                        true
+                    }
                     Err(e) => return Err(e),
                 };
                 if lost {
@@ -720,6 +762,15 @@ impl<T: Read + Write> Session<T> {
         }
     }
 
+    /// The error when a WRITE or READ stream used up its timed-out rounds without progress.
+    /// Not a link problem: the device answers other requests (STAT), just not these.
+    fn stream_silent(&self, verb: &str, slot: &str) -> WireError {
+        WireError::Protocol(format!(
+            "{verb} {slot}: no progress in {ATTEMPTS} rounds that waited {:.1}s each for a reply",
+            self.timeout.as_secs_f64()
+        ))
+    }
+
     /// Reads `len` bytes of `slot` with READ frames kept in flight (READ is idempotent).
     pub fn read_object(&mut self, slot: &str, len: usize) -> Result<Vec<u8>, WireError> {
         Ok(self.read_objects(&[(slot, len)])?.pop().unwrap_or_default())
@@ -732,6 +783,7 @@ impl<T: Read + Write> Session<T> {
         let mut chunk = self.chunk_size();
         let mut window = self.window;
         let mut stuck = 0;
+        let mut timed_out = 0;
         loop {
             let before: usize = data.iter().map(Vec::len).sum();
             let todo: Vec<(usize, usize)> = wanted
@@ -746,8 +798,11 @@ impl<T: Read + Write> Session<T> {
             let mut todo = todo.into_iter();
             let mut pending: VecDeque<(u32, usize, usize)> = VecDeque::new();
             let mut last_progress = Instant::now();
+            let mut round_timed_out = false;
             loop {
-                while pending.len() < window {
+                // At most `window` outstanding, counting READs of an earlier round the
+                // device has yet to answer.
+                while pending.len() < window && self.unanswered.len() < window {
                     match todo.next() {
                         Some((i, off)) => {
                             let (slot, len) = wanted[i];
@@ -761,14 +816,17 @@ impl<T: Read + Write> Session<T> {
                         None => break,
                     }
                 }
-                if pending.is_empty() {
+                if pending.is_empty() && self.unanswered.is_empty() {
                     break;
                 }
                 let deadline =
                     last_progress + self.timeout + self.line_time((window + 1) * self.max_line);
                 let rx = match self.recv_line(deadline, "READ") {
                     Ok(rx) => rx,
-                    Err(WireError::Timeout { .. }) => break,
+                    Err(WireError::Timeout { .. }) => {
+                        round_timed_out = true;
+                        break;
+                    }
                     Err(e) => return Err(e),
                 };
                 // A damaged reply (no frame) is asked for again in the next round.
@@ -811,6 +869,14 @@ impl<T: Read + Write> Session<T> {
             }
             self.stats.resyncs += 1;
             stuck = if after > before { 0 } else { stuck + 1 };
+            timed_out = match (after > before, round_timed_out) {
+                (true, _) => 0,
+                (false, true) => timed_out + 1,
+                (false, false) => timed_out,
+            };
+            if timed_out >= ATTEMPTS {
+                return Err(self.stream_silent("READ", wanted.first().map_or("", |w| w.0)));
+            }
             if stuck > MAX_RESYNC {
                 return Err(WireError::Protocol(
                     "reading back: too many lost or garbled frames".into(),
@@ -853,10 +919,10 @@ impl<T: Read + Write> Session<T> {
     /// attestation against the registered certificate (`WipeAttestation::verify`).
     pub fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation, WireError> {
         let f = self.request("WIPE", vec![hex::encode(nonce)], false)?;
-        let payload = f.need_b64("att")?;
-        let sig = f.need_b64("sig")?;
-        WipeAttestation::from_payload(&payload, sig)
-            .map_err(|e| WireError::Protocol(format!("wipe attestation: {e}")))
+        let bad = |e: String| WireError::Attestation(e);
+        let payload = f.need_b64("att").map_err(|e| bad(e.to_string()))?;
+        let sig = f.need_b64("sig").map_err(|e| bad(e.to_string()))?;
+        WipeAttestation::from_payload(&payload, sig).map_err(|e| bad(e.to_string()))
     }
 }
 
@@ -1130,6 +1196,101 @@ mod tests {
             "waited for a reply that could not come"
         );
         assert_eq!(s.stats.garbage_lines, 4);
+        drop(s);
+        h.join().unwrap();
+    }
+
+    /// A device that answers everything but one kind of request.
+    fn mute(kind: &'static str) -> impl FnMut(usize, &mut Vec<u8>) + Send + 'static {
+        move |_, r: &mut Vec<u8>| {
+            if String::from_utf8_lossy(r).contains(kind) {
+                r.clear()
+            }
+        }
+    }
+
+    #[test]
+    fn the_longest_frames_fit_maxline_lf_included() {
+        for max_line in [128usize, 129, 512, 1023, 1024, 4096] {
+            let (h, _d) = pipe::pair();
+            let mut s = Session::new(h, 115_200, Duration::from_millis(10));
+            s.max_line = max_line;
+            let n = s.chunk_size();
+            let data = vec![0xffu8; n];
+            let write = Frame::new(
+                "WRITE",
+                999_999_999,
+                vec![SLOT_CHAIN.into(), u32::MAX.to_string(), b64(&data)],
+            );
+            assert!(
+                write.encode().len() <= max_line,
+                "WRITE at maxline {max_line}"
+            );
+            let reply = Frame::new("OK", 999_999_999, vec![format!("data={}", b64(&data))]);
+            assert!(
+                reply.encode().len() <= max_line,
+                "READ reply at maxline {max_line}"
+            );
+            // The page's C = floor((maxline - 64) / 4) * 3.
+            assert_eq!(n, (max_line - 64) / 4 * 3);
+        }
+    }
+
+    #[test]
+    fn silent_read_fails_within_its_budget() {
+        let t = Duration::from_millis(300);
+        let (mut s, h) = device_on_pipe_with(Faults::default(), t, mute(" data="));
+        s.hello().unwrap();
+        let obj: Vec<u8> = (0..3000u32).map(|i| (i % 7) as u8).collect();
+        s.write_object(SLOT_CHAIN, &obj, &mut |_, _| {}).unwrap();
+        let started = Instant::now();
+        let e = s.read_object(SLOT_CHAIN, obj.len()).unwrap_err();
+        let took = started.elapsed();
+        assert!(e.to_string().contains("no progress in 4 rounds"), "{e}");
+        // ATTEMPTS timed-out rounds, each the timeout plus a little line time; it was
+        // MAX_RESYNC + 1 = 13 rounds before the budget.
+        assert_eq!(s.stats.timeouts, ATTEMPTS, "{e}");
+        assert!(took < t * 6, "{took:?}");
+        drop(s);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn silent_write_fails_within_its_budget() {
+        // WRITE and COMMIT replies never come, and STAT keeps saying the slot is empty:
+        // every round ends in a timeout with no progress.
+        let t = Duration::from_millis(300);
+        let (mut s, h) = device_on_pipe_with(Faults::default(), t, |_, r: &mut Vec<u8>| {
+            let Ok(f) = Frame::parse(r.strip_suffix(b"\n").unwrap_or(r)) else {
+                return;
+            };
+            if f.get("committed").is_some() {
+                let empty = hex::encode(sha256(&[]));
+                let args = vec![
+                    "len=0".into(),
+                    "committed=0".into(),
+                    format!("sha256={empty}"),
+                ];
+                *r = Frame::new("OK", f.seq, args).encode();
+            } else if f.get("len").is_some() || f.get("sha256").is_some() {
+                r.clear();
+            }
+        });
+        s.hello().unwrap();
+        let obj: Vec<u8> = (0..3000u32).map(|i| (i % 13) as u8).collect();
+        let started = Instant::now();
+        let e = s
+            .write_object(SLOT_CHAIN, &obj, &mut |_, _| {})
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            e.to_string()
+                .contains("WRITE chain: no progress in 4 rounds"),
+            "{e}"
+        );
+        assert_eq!(s.stats.timeouts, ATTEMPTS, "{e}");
+        // MAX_RESYNC + 1 = 13 timed-out rounds before the budget.
+        assert!(took < t * 6, "{took:?}");
         drop(s);
         h.join().unwrap();
     }

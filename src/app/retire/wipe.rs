@@ -160,10 +160,13 @@ pub fn attested_wipe(
         tx.commit()?;
     }
 
-    let att = link.wipe(nonce).map_err(|e| {
-        Error::Device(format!(
+    let att = link.wipe(nonce).map_err(|e| match e {
+        // No reply came (or the line failed): the device may have wiped and kept its reply.
+        Error::Device(e) => Error::Device(format!(
             "{e}; the device may have wiped without the host receiving its attestation: re-run to collect it, or record a manual wipe"
-        ))
+        )),
+        // A reply came and was refused: its own message says what to do.
+        e => e,
     })?;
     if att.hardware_id != hwid {
         return Err(Error::crypto(format!(
