@@ -669,8 +669,8 @@ fn azure_dps_refuses_cns_it_would_refuse() {
     let env = Env::with_ca();
     batch(&env, 1, "ok-{seq:02}", "B1", "azure-dps");
     batch(&env, 1, "Upper-{seq:02}", "B1", "azure-dps");
-    let long = format!("{}{{seq:02}}", "l".repeat(63));
-    batch(&env, 1, &long, "B1", "azure-dps");
+    // (A CN over 64 characters, DPS's limit, cannot be issued at all: RFC 5280's bound.)
+    batch(&env, 1, "Zed-{seq:02}", "B1", "azure-dps");
     let before = env.dump();
     let err = env.fails(&["export", "azure-dps", "-o", "dps/"], 3);
     assert!(
@@ -680,11 +680,7 @@ fn azure_dps_refuses_cns_it_would_refuse() {
         "{err}"
     );
     assert!(
-        err.contains(&format!(
-            "{}01: certificate CN '{}01' is 65 characters long; DPS allows at most 64",
-            "l".repeat(63),
-            "l".repeat(63)
-        )),
+        err.contains("Zed-01: certificate CN 'Zed-01' contains 'Z'"),
         "{err}"
     );
     assert!(
