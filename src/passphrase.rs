@@ -1,5 +1,7 @@
-//! Where the CA passphrase comes from: `--passphrase-file`, `CRADLE_CA_PASSPHRASE`, or
-//! a prompt on the terminal. Never a command-line argument (it would show in `ps`).
+//! Where the CA's secrets come from: the passphrase of its key files
+//! (`--passphrase-file`, `CRADLE_CA_PASSPHRASE`) or the PIN of the PKCS#11 token that
+//! holds its keys (`--pin-file`, `CRADLE_PKCS11_PIN`), else a prompt on the terminal.
+//! Never a command-line argument (it would show in `ps`).
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -9,64 +11,101 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 
 pub const ENV_VAR: &str = "CRADLE_CA_PASSPHRASE";
+pub const PIN_ENV_VAR: &str = "CRADLE_PKCS11_PIN";
 const MAX_LEN: usize = 1024;
+
+/// One kind of secret: what it is called in messages and where it may come from.
+struct Secret {
+    /// "CA passphrase", "token PIN".
+    name: &'static str,
+    /// The error when there is nowhere to read it from.
+    needed: &'static str,
+    flag: &'static str,
+    env_var: &'static str,
+}
+
+const PASSPHRASE: Secret = Secret {
+    name: "CA passphrase",
+    needed: "the CA key needs a passphrase",
+    flag: "--passphrase-file",
+    env_var: ENV_VAR,
+};
+
+const PIN: Secret = Secret {
+    name: "token PIN",
+    needed: "the CA key on the PKCS#11 token needs the token's PIN",
+    flag: "--pin-file",
+    env_var: PIN_ENV_VAR,
+};
 
 /// Reads the passphrase. `confirm` asks twice when prompting (a new CA).
 pub fn obtain(file: Option<&Path>, confirm: bool) -> Result<Zeroizing<String>> {
+    read(&PASSPHRASE, file, confirm)
+}
+
+/// Reads the PIN of the PKCS#11 token (user PIN).
+pub fn obtain_pin(file: Option<&Path>) -> Result<Zeroizing<String>> {
+    read(&PIN, file, false)
+}
+
+fn read(s: &Secret, file: Option<&Path>, confirm: bool) -> Result<Zeroizing<String>> {
+    let name = s.name.split(' ').next_back().unwrap_or(s.name);
     if let Some(path) = file {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if meta.len() > MAX_LEN as u64 + 2 {
             return Err(Error::input(format!(
-                "{}: passphrase file is larger than {MAX_LEN} bytes",
+                "{}: {name} file is larger than {MAX_LEN} bytes",
                 path.display()
             )));
         }
         let raw = Zeroizing::new(std::fs::read(path).map_err(|e| Error::io(path, e))?);
-        let text = std::str::from_utf8(&raw).map_err(|_| {
-            Error::input(format!("{}: passphrase is not valid UTF-8", path.display()))
-        })?;
+        let text = std::str::from_utf8(&raw)
+            .map_err(|_| Error::input(format!("{}: {name} is not valid UTF-8", path.display())))?;
         // The first line only, without its line ending.
         let line = text.split(['\n', '\r']).next().unwrap_or("");
         return check(
+            s,
             Zeroizing::new(line.to_string()),
             &path.display().to_string(),
         );
     }
-    if let Ok(v) = std::env::var(ENV_VAR) {
-        return check(Zeroizing::new(v), ENV_VAR);
+    if let Ok(v) = std::env::var(s.env_var) {
+        return check(s, Zeroizing::new(v), s.env_var);
     }
     if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
         return Err(Error::input(format!(
-            "the CA key needs a passphrase: use --passphrase-file FILE or set {ENV_VAR} (no terminal to prompt on)"
+            "{}: use {} FILE or set {} (no terminal to prompt on)",
+            s.needed, s.flag, s.env_var
         )));
     }
-    let first = Zeroizing::new(
-        rpassword::prompt_password("CA passphrase: ").map_err(|e| Error::io("/dev/tty", e))?,
-    );
+    let prompt = |p: &str| {
+        rpassword::prompt_password(p)
+            .map(Zeroizing::new)
+            .map_err(|e| Error::io("/dev/tty", e))
+    };
+    let first = prompt(&format!("{}: ", s.name))?;
     if confirm {
-        let again = Zeroizing::new(
-            rpassword::prompt_password("Repeat CA passphrase: ")
-                .map_err(|e| Error::io("/dev/tty", e))?,
-        );
+        let again = prompt(&format!("Repeat {}: ", s.name))?;
         if *first != *again {
-            return Err(Error::input("passphrases do not match"));
+            return Err(Error::input(format!("{name}s do not match")));
         }
     }
-    check(first, "prompt")
+    check(s, first, "prompt")
 }
 
-fn check(p: Zeroizing<String>, from: &str) -> Result<Zeroizing<String>> {
+fn check(s: &Secret, p: Zeroizing<String>, from: &str) -> Result<Zeroizing<String>> {
+    let name = s.name;
     if p.is_empty() {
-        return Err(Error::input(format!("empty CA passphrase from {from}")));
+        return Err(Error::input(format!("empty {name} from {from}")));
     }
     if p.len() > MAX_LEN {
         return Err(Error::input(format!(
-            "CA passphrase from {from} is longer than {MAX_LEN} bytes"
+            "{name} from {from} is longer than {MAX_LEN} bytes"
         )));
     }
     if p.chars().any(|c| c == '\0') {
         return Err(Error::input(format!(
-            "CA passphrase from {from} contains a NUL byte"
+            "{name} from {from} contains a NUL byte"
         )));
     }
     Ok(p)
