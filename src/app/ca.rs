@@ -36,9 +36,7 @@ fn install(
                 root.as_ref().map(|_| ROOT_KEY.to_string()),
             )
         }
-        CaKeys::Token { issuing, root } => {
-            (issuing.to_string(), root.as_ref().map(|r| r.to_string()))
-        }
+        CaKeys::Token { issuing, root } => (issuing.clone(), root.clone()),
     };
     for (file, der) in [
         (ISSUING_CERT, &material.issuing_der),

@@ -50,11 +50,11 @@ pub enum CaKeys {
         issuing: Zeroizing<String>,
         root: Option<Zeroizing<String>>,
     },
-    /// Keys on a PKCS#11 token, recorded by URI: the issuing key, and the root key
-    /// when we hold it.
+    /// Keys on a PKCS#11 token, recorded by URI (canonical, no PIN): the issuing
+    /// key, and the root key when we hold it.
     Token {
-        issuing: Pkcs11Uri,
-        root: Option<Pkcs11Uri>,
+        issuing: String,
+        root: Option<String>,
     },
 }
 
@@ -128,8 +128,8 @@ pub fn generate_on_token(
         issuing_der,
         middle: Vec::new(),
         keys: CaKeys::Token {
-            issuing: issuing_key.uri().clone(),
-            root: Some(root_key.uri().clone()),
+            issuing: issuing_key.uri().to_string(),
+            root: Some(root_key.uri().to_string()),
         },
     })
 }
@@ -198,7 +198,7 @@ pub fn import_token(
 ) -> Result<CaMaterial> {
     let mut m = import_certs(cert_bytes, chain_bytes, key)?;
     m.keys = CaKeys::Token {
-        issuing: key.uri().clone(),
+        issuing: key.uri().to_string(),
         root: None,
     };
     Ok(m)

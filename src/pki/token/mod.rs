@@ -117,9 +117,13 @@ fn find_slot(ctx: &Pkcs11, uri: &Pkcs11Uri, name: &str) -> Result<Slot> {
     let mut seen = Vec::new();
     let mut found = Vec::new();
     for slot in slots {
+        // SoftHSM2 always offers a free slot with an uninitialised token.
         let Ok(info) = ctx.get_token_info(slot) else {
             continue;
         };
+        if !info.token_initialized() {
+            continue;
+        }
         let label = info.label().trim_end().to_string();
         let serial = info.serial_number().trim_end().to_string();
         let matches = uri.token.as_ref().is_none_or(|t| *t == label)
@@ -429,6 +433,8 @@ fn generate(login: &Arc<Login>, uri: &Pkcs11Uri, label: &str) -> Result<TokenKey
             Attribute::Token(true),
             Attribute::Private(false),
             Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
             Attribute::EcParams(P256_PARAMS.to_vec()),
             Attribute::Label(label.clone()),
             Attribute::Id(id.clone()),
@@ -439,6 +445,10 @@ fn generate(login: &Arc<Login>, uri: &Pkcs11Uri, label: &str) -> Result<TokenKey
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Sign(true),
+            // A CA key signs, nothing else.
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
             Attribute::Label(label),
             Attribute::Id(id.clone()),
         ];

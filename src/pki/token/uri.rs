@@ -147,7 +147,8 @@ impl Pkcs11Uri {
     /// How the key is named in messages.
     pub fn object_name(&self) -> String {
         match (&self.object, &self.id) {
-            (Some(o), _) => format!("'{o}'"),
+            (Some(o), Some(id)) => format!("'{o}' (id {})", hex::encode(id)),
+            (Some(o), None) => format!("'{o}'"),
             (None, Some(id)) => format!("id {}", hex::encode(id)),
             (None, None) => "(none)".into(),
         }
@@ -262,7 +263,7 @@ mod tests {
         assert_eq!(Pkcs11Uri::parse(&s).unwrap(), u);
         assert!(s.contains("object=a%3Bb%3Dc%3F;id=%00%FE"), "{s}");
         assert_eq!(u.token_name(), "serial 0a1b slot 3");
-        assert_eq!(u.object_name(), "'a;b=c?'");
+        assert_eq!(u.object_name(), "'a;b=c?' (id 00fe)");
     }
 
     #[test]
