@@ -275,6 +275,11 @@ fn a_ca_on_a_token_signs_everything_and_its_keys_never_leave_it() {
     assert!(!e.dump().contains(PIN), "PIN in the registry");
     let shown = e.ok(&["--json", "ca", "show"]);
     assert!(shown.contains(&uri) && !shown.contains(PIN), "{shown}");
+    let shown = e.ok(&["ca", "show"]);
+    assert!(
+        shown.contains(&format!("  key          {uri}\n")),
+        "{shown}"
+    );
 }
 
 #[test]

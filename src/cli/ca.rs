@@ -284,6 +284,9 @@ fn show(ctx: &Ctx) -> anyhow::Result<i32> {
             if let Some(s) = &v.ski {
                 println!("  key id       {}", colon_hex(s));
             }
+            if let Some(uri) = v.key_file.as_deref().filter(|k| k.starts_with("pkcs11:")) {
+                println!("  key          {uri}");
+            }
         }
     }
     Ok(0)
