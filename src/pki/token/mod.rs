@@ -484,6 +484,73 @@ impl SigningKey for TokenKey {
 mod tests {
     use super::*;
 
+    /// A SoftHSM2 token in a temp dir (tests/hsm.rs covers the commands; this checks
+    /// the session pool from inside). None, with a note, when SoftHSM2 is missing
+    /// outside CI.
+    fn softhsm_token(dir: &std::path::Path) -> Option<Pkcs11Uri> {
+        let module = std::env::var("CRADLE_TEST_SOFTHSM_MODULE")
+            .unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into());
+        if !std::path::Path::new(&module).is_file() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "no SoftHSM2 module at {module}"
+            );
+            eprintln!("skipping: SoftHSM2 not installed");
+            return None;
+        }
+        let conf = dir.join("softhsm2.conf");
+        std::fs::create_dir(dir.join("t")).unwrap();
+        let text = format!("directories.tokendir = {}\n", dir.join("t").display());
+        std::fs::write(&conf, text).unwrap();
+        // The only PKCS#11 user in this test binary: the module reads this at C_Initialize.
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        let st = std::process::Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", "pool"])
+            .args(["--so-pin", "12345678", "--pin", "87654321"])
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        Some(Pkcs11Uri::parse(&format!("pkcs11:token=pool;object=k?module-path={module}")).unwrap())
+    }
+
+    #[test]
+    fn concurrent_signers_each_borrow_a_session_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(uri) = softhsm_token(dir.path()) else {
+            return;
+        };
+        let (_root, key) = create_ca_keys(&uri, "87654321").unwrap();
+        let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&key.point).unwrap();
+        let threads = 4;
+        let go = std::sync::Barrier::new(threads);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (key, vk, go) = (&key, &vk, &go);
+                s.spawn(move || {
+                    go.wait();
+                    for i in 0..25 {
+                        let msg = format!("thread {t} message {i}");
+                        let der = key.sign(msg.as_bytes()).unwrap();
+                        let sig = p256::ecdsa::Signature::from_der(&der).unwrap();
+                        vk.verify(msg.as_bytes(), &sig)
+                            .expect("verifies on the host");
+                    }
+                });
+            }
+        });
+        // Never more sessions than threads signing at once (the pool reuses them),
+        // and more than one: the signers did not queue behind a single session.
+        let open = key.login.sessions.lock().unwrap().len();
+        assert!(
+            (2..=threads).contains(&open),
+            "{open} sessions for {threads} threads"
+        );
+    }
+
     #[test]
     fn the_public_point_is_unwrapped_from_its_octet_string() {
         let mut point = vec![0x04];
