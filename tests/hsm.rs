@@ -362,6 +362,13 @@ fn wrong_pin_absent_token_missing_module_and_refused_uris_each_get_one_line() {
         err.contains("/nonexistent/libpkcs11.so: no such PKCS#11 module"),
         "{err}"
     );
+    // A file that is not a PKCS#11 library.
+    let not_a_module = format!(
+        "pkcs11:token=ca;object=x?module-path={}",
+        e.path("hsm.pin").display()
+    );
+    let err = init(&not_a_module, &e.path("hsm.pin"), 5);
+    assert!(err.contains("cannot load it as a PKCS#11 module"), "{err}");
     let err = init(
         &format!("{}&pin-value={PIN}", h.uri("ca", "x")),
         &e.path("hsm.pin"),
