@@ -15,10 +15,11 @@ pub mod exit {
     pub const INPUT: i32 = 3;
     /// Registry problem: not initialised, corrupt, foreign, newer schema, locked.
     pub const REGISTRY: i32 = 4;
-    /// Key or CA problem: wrong passphrase, key/certificate mismatch, not a CA.
+    /// Key or CA problem: wrong passphrase or token PIN, PIN locked, key/certificate
+    /// mismatch, key not on the token, not a CA.
     pub const CRYPTO: i32 = 5;
     /// Device or serial-line problem: timeout, protocol error, port unavailable; also a
-    /// label printer that cannot be reached.
+    /// label printer that cannot be reached, or an absent PKCS#11 token.
     pub const DEVICE: i32 = 6;
     /// Conflict with existing state: already exists, duplicate, invalid transition.
     pub const CONFLICT: i32 = 7;

@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::model::{Actor, EventKind};
 use crate::outfile::StagedFiles;
-use crate::pki::ca::{CaMaterial, CHAIN, ISSUING_CERT, ISSUING_KEY, ROOT_CERT, ROOT_KEY};
+use crate::pki::ca::{CaKeys, CaMaterial, CHAIN, ISSUING_CERT, ISSUING_KEY, ROOT_CERT, ROOT_KEY};
 use crate::pki::cert::{info_of, to_pem, CertInfo};
 use crate::pki::signer::CaSigner;
 use crate::pki::trust::{Anchor, TrustStore};
@@ -24,14 +24,20 @@ fn install(
     staged: &mut StagedFiles,
 ) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    staged.write_new(
-        &dir.join(ISSUING_KEY),
-        material.issuing_key_pem.as_bytes(),
-        0o600,
-    )?;
-    if let Some(rk) = &material.root_key_pem {
-        staged.write_new(&dir.join(ROOT_KEY), rk.as_bytes(), 0o600)?;
-    }
+    // What each CA row records as its key: a file under `dir`, or a token key's URI.
+    let (issuing_key, root_key) = match &material.keys {
+        CaKeys::Files { issuing, root } => {
+            staged.write_new(&dir.join(ISSUING_KEY), issuing.as_bytes(), 0o600)?;
+            if let Some(rk) = root {
+                staged.write_new(&dir.join(ROOT_KEY), rk.as_bytes(), 0o600)?;
+            }
+            (
+                ISSUING_KEY.to_string(),
+                root.as_ref().map(|_| ROOT_KEY.to_string()),
+            )
+        }
+        CaKeys::Token { issuing, root } => (issuing.clone(), root.clone()),
+    };
     for (file, der) in [
         (ISSUING_CERT, &material.issuing_der),
         (ROOT_CERT, &material.root_der),
@@ -63,17 +69,12 @@ fn install(
             now,
         )
     };
-    record(
-        CaRole::Root,
-        &root,
-        &material.root_der,
-        material.root_key_pem.as_ref().map(|_| ROOT_KEY),
-    )?;
+    record(CaRole::Root, &root, &material.root_der, root_key.as_deref())?;
     record(
         CaRole::Issuing,
         &issuing,
         &material.issuing_der,
-        Some(ISSUING_KEY),
+        Some(&issuing_key),
     )?;
     Ok(())
 }
@@ -96,7 +97,7 @@ pub struct Installed {
 }
 
 /// Installs a created or imported CA: files under `dir` (keys encrypted, never
-/// overwriting), both CA rows and a `ca.created` / `ca.imported` event, in one
+/// overwriting; a token's keys by URI), both CA rows and a `ca.created` / `ca.imported` event, in one
 /// transaction; if anything fails, the files written are removed again.
 pub fn record(
     store: &mut Store,

@@ -13,32 +13,45 @@ use crate::model::EventKind;
 use crate::outfile;
 use crate::pki::ca::{self, CHAIN};
 use crate::pki::cert::{colon_hex, info_of, to_pem};
+use crate::pki::token::{self, Pkcs11Uri, TokenKey};
 use crate::store::cas::{self, CaRole};
 
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
     /// Create a P-256 root CA and an issuing CA signed by it
     #[command(
-        after_help = "Examples:\n  cradle ca init --name \"ACME Devices\" --passphrase-file /run/secrets/ca-pass\n  CRADLE_CA_PASSPHRASE=… cradle ca init --name ACME"
+        long_about = "Create a P-256 root CA and an issuing CA signed by it.\n\nThe keys go into encrypted files under the home's ca/ directory, or with --hsm onto a PKCS#11 token: two key pairs labelled OBJECT-root and OBJECT-issuing are made on the token (P-256, CKA_TOKEN, CKA_SENSITIVE, never extractable) and the registry records their RFC 7512 URIs instead of key files. Every later signing command logs in to the token with its user PIN, read from --pin-file, else CRADLE_PKCS11_PIN, else a prompt on the terminal; never from the command line or the URI (pin-value and pin-source are refused).",
+        after_help = "Examples:\n  cradle ca init --name \"ACME Devices\" --passphrase-file /run/secrets/ca-pass\n  CRADLE_CA_PASSPHRASE=… cradle ca init --name ACME\n  cradle ca init --name ACME --pin-file /run/secrets/hsm-pin \\\n    --hsm 'pkcs11:token=ca;object=acme?module-path=/usr/lib/softhsm/libsofthsm2.so'"
     )]
     Init {
         /// CA name, used in the subjects of both CA certificates
         #[arg(long)]
         name: String,
+        /// Make the CA keys on this PKCS#11 token (pkcs11:token=LABEL;object=LABEL?module-path=MODULE; module-path may also be a path attribute)
+        #[arg(long, value_name = "URI")]
+        hsm: Option<String>,
         #[command(flatten)]
         pass: PassArgs,
     },
-    /// Import an existing CA certificate and key (PEM), plus its chain to the root
+    /// Import an existing CA certificate and key (PEM, or a key on a PKCS#11 token), plus its chain to the root
     #[command(
-        after_help = "Examples:\n  cradle ca import --cert issuing.pem --key issuing.key --chain root.pem\n  cradle ca import --cert ca.pem --key ca-enc.key --key-passphrase-file old.pass"
+        after_help = "Examples:\n  cradle ca import --cert issuing.pem --key issuing.key --chain root.pem\n  cradle ca import --cert ca.pem --key ca-enc.key --key-passphrase-file old.pass\n  cradle ca import --cert ca.pem --chain root.pem --pin-file hsm.pin \\\n    --hsm 'pkcs11:token=ca;object=issuing?module-path=/usr/lib/softhsm/libsofthsm2.so'"
     )]
     Import {
         /// CA certificate (PEM or DER); more certificates in the file are taken as its chain
         #[arg(long, value_name = "FILE")]
         cert: PathBuf,
         /// The CA's private key (PEM: PKCS#8, encrypted PKCS#8 or SEC1)
-        #[arg(long, value_name = "FILE")]
-        key: PathBuf,
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "hsm",
+            conflicts_with = "hsm"
+        )]
+        key: Option<PathBuf>,
+        /// Use this existing key on a PKCS#11 token (RFC 7512 URI with module-path); it must match --cert
+        #[arg(long, value_name = "URI", conflicts_with = "key_passphrase_file")]
+        hsm: Option<String>,
         /// Certificates from the CA up to the root (PEM)
         #[arg(long, value_name = "FILE")]
         chain: Option<PathBuf>,
@@ -80,10 +93,11 @@ pub enum CaCommand {
 
 pub fn run(ctx: &Ctx, cmd: CaCommand) -> anyhow::Result<i32> {
     match cmd {
-        CaCommand::Init { name, pass } => init(ctx, &name, &pass),
+        CaCommand::Init { name, hsm, pass } => init(ctx, &name, hsm.as_deref(), &pass),
         CaCommand::Import {
             cert,
             key,
+            hsm,
             chain,
             key_passphrase_file,
             name,
@@ -91,7 +105,11 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> anyhow::Result<i32> {
         } => import(
             ctx,
             &cert,
-            &key,
+            match (&key, &hsm) {
+                (_, Some(uri)) => KeySource::Token(uri),
+                (Some(k), None) => KeySource::File(k),
+                (None, None) => unreachable!("clap requires --key or --hsm"),
+            },
             chain.as_ref(),
             key_passphrase_file.as_ref(),
             name,
@@ -108,22 +126,44 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> anyhow::Result<i32> {
     }
 }
 
-fn init(ctx: &Ctx, name: &str, pass: &PassArgs) -> anyhow::Result<i32> {
+fn init(ctx: &Ctx, name: &str, hsm: Option<&str>, pass: &PassArgs) -> anyhow::Result<i32> {
     let mut reg = ctx.registry()?;
     crate::app::ca::refuse_existing(&reg)?;
     if name.trim().is_empty() || name.len() > 64 {
         return Err(Error::input("--name must be 1-64 characters").into());
     }
     let config = ctx.config()?;
-    let p = crate::passphrase::obtain(pass.passphrase_file.as_deref(), true)?;
-    let material = ca::generate(name, &config.org, ctx.templates().as_deref(), p.as_bytes())?;
-    finish_install(ctx, &mut reg, name, &material, EventKind::CaCreated)
+    let templates = ctx.templates();
+    let Some(uri) = hsm else {
+        let p = crate::passphrase::obtain(pass.passphrase_file.as_deref(), true)?;
+        let material = ca::generate(name, &config.org, templates.as_deref(), p.as_bytes())?;
+        return finish_install(ctx, &mut reg, name, &material, EventKind::CaCreated);
+    };
+    let uri = Pkcs11Uri::parse(uri)?;
+    let pin = crate::passphrase::obtain_pin(pass.pin_file.as_deref())?;
+    let (root, issuing) = token::create_ca_keys(&uri, &pin)
+        .context("cannot create the CA keys on the PKCS#11 token")?;
+    let done = ca::generate_on_token(name, &config.org, templates.as_deref(), &root, &issuing)
+        .map_err(anyhow::Error::from)
+        .and_then(|m| finish_install(ctx, &mut reg, name, &m, EventKind::CaCreated));
+    if done.is_err() {
+        // Keys no registry row points at would only confuse the next `ca init`.
+        let _ = root.destroy();
+        let _ = issuing.destroy();
+    }
+    done
+}
+
+/// Where `ca import` finds the CA's private key.
+enum KeySource<'a> {
+    File(&'a PathBuf),
+    Token(&'a str),
 }
 
 fn import(
     ctx: &Ctx,
     cert: &PathBuf,
-    key: &PathBuf,
+    key: KeySource<'_>,
     chain: Option<&PathBuf>,
     key_pass_file: Option<&PathBuf>,
     name: Option<String>,
@@ -132,23 +172,34 @@ fn import(
     let mut reg = ctx.registry()?;
     crate::app::ca::refuse_existing(&reg)?;
     let cert_bytes = fs::read(cert).map_err(|e| Error::io(cert, e))?;
-    let key_text = zeroize::Zeroizing::new(fs::read_to_string(key).map_err(|e| Error::io(key, e))?);
     let chain_bytes = match chain {
         Some(c) => Some(fs::read(c).map_err(|e| Error::io(c, e))?),
         None => None,
     };
-    let key_pass = match key_pass_file {
-        Some(f) => Some(crate::passphrase::obtain(Some(f), false)?),
-        None => None,
-    };
-    let p = crate::passphrase::obtain(pass.passphrase_file.as_deref(), true)?;
-    let material = ca::import(
-        &cert_bytes,
-        &key_text,
-        key_pass.as_ref().map(|k| k.as_bytes()),
-        chain_bytes.as_deref(),
-        p.as_bytes(),
-    )
+    let material = match key {
+        KeySource::File(key) => {
+            let key_text =
+                zeroize::Zeroizing::new(fs::read_to_string(key).map_err(|e| Error::io(key, e))?);
+            let key_pass = match key_pass_file {
+                Some(f) => Some(crate::passphrase::obtain(Some(f), false)?),
+                None => None,
+            };
+            let p = crate::passphrase::obtain(pass.passphrase_file.as_deref(), true)?;
+            ca::import(
+                &cert_bytes,
+                &key_text,
+                key_pass.as_ref().map(|k| k.as_bytes()),
+                chain_bytes.as_deref(),
+                p.as_bytes(),
+            )
+        }
+        KeySource::Token(uri) => {
+            let uri = Pkcs11Uri::parse(uri)?;
+            let pin = crate::passphrase::obtain_pin(pass.pin_file.as_deref())?;
+            TokenKey::open(&uri, &pin)
+                .and_then(|k| ca::import_token(&cert_bytes, &k, chain_bytes.as_deref()))
+        }
+    }
     .with_context(|| format!("cannot import CA from {}", cert.display()))?;
     let name = name.unwrap_or_else(|| {
         info_of(&material.issuing_der)
@@ -170,12 +221,24 @@ fn finish_install(
     let dir = ctx.home.ca_dir();
     let crate::app::ca::Installed { root, issuing } =
         crate::app::ca::record(reg, &dir, name, material, kind, &actor)?;
+    let issuing_key = match &material.keys {
+        ca::CaKeys::Token { issuing, .. } => Some(issuing.clone()),
+        ca::CaKeys::Files { .. } => None,
+    };
     if ctx.json {
-        print_json(&serde_json::json!({"name": name, "root": root, "issuing": issuing}))?;
+        print_json(&serde_json::json!({
+            "name": name,
+            "root": root,
+            "issuing": issuing,
+            "key_uri": issuing_key,
+        }))?;
     } else {
         println!("root CA     {}", root.subject);
         println!("issuing CA  {}", issuing.subject);
-        println!("keys encrypted in {}", dir.display());
+        match issuing_key {
+            Some(uri) => println!("issuing key {uri}"),
+            None => println!("keys encrypted in {}", dir.display()),
+        }
     }
     Ok(0)
 }
@@ -220,6 +283,9 @@ fn show(ctx: &Ctx) -> anyhow::Result<i32> {
             println!("  sha256       {}", colon_hex(&v.fingerprint_sha256));
             if let Some(s) = &v.ski {
                 println!("  key id       {}", colon_hex(s));
+            }
+            if let Some(uri) = v.key_file.as_deref().filter(|k| k.starts_with("pkcs11:")) {
+                println!("  key          {uri}");
             }
         }
     }

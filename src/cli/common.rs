@@ -58,13 +58,23 @@ impl Ctx {
         }
     }
 
-    /// Unlocks the issuing CA with the passphrase from file, env or prompt.
+    /// Unlocks the issuing CA: its key file with the passphrase, or its key on a
+    /// PKCS#11 token with the token's PIN (each from file, env or prompt).
     pub fn signer(&self, reg: &Store, pass: &PassArgs) -> anyhow::Result<CaSigner> {
-        // Check for a CA before asking for a passphrase that cannot help.
+        // Check for a CA before asking for a secret that cannot help.
         let record = crate::app::ca::active_issuing(reg)?;
-        let p = crate::passphrase::obtain(pass.passphrase_file.as_deref(), false)?;
-        ca::unlock(record, &self.home.ca_dir(), p.as_bytes())
-            .context("cannot unlock the issuing CA")
+        let dir = self.home.ca_dir();
+        let signer = match ca::KeyRef::of(&record, &dir)? {
+            ca::KeyRef::Token(uri) => {
+                let pin = crate::passphrase::obtain_pin(pass.pin_file.as_deref())?;
+                ca::unlock_token(record, &dir, &uri, &pin)
+            }
+            ca::KeyRef::File(_) => {
+                let p = crate::passphrase::obtain(pass.passphrase_file.as_deref(), false)?;
+                ca::unlock(record, &dir, p.as_bytes())
+            }
+        };
+        signer.context("cannot unlock the issuing CA")
     }
 
     pub fn templates(&self) -> Option<PathBuf> {
@@ -73,12 +83,15 @@ impl Ctx {
     }
 }
 
-/// Where the CA passphrase comes from (never the command line itself).
+/// Where the CA passphrase or token PIN comes from (never the command line itself).
 #[derive(Debug, Clone, clap::Args)]
 pub struct PassArgs {
     /// Read the CA passphrase from the first line of FILE (else CRADLE_CA_PASSPHRASE, else a prompt)
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+    /// CA keys on a PKCS#11 token: read its user PIN from the first line of FILE (else CRADLE_PKCS11_PIN, else a prompt)
+    #[arg(long, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
 }
 
 /// The one stderr line for a failed command: the context chain joined by ": ", each

@@ -33,8 +33,8 @@ Exit codes:
   2  usage error, or an unclassified runtime error
   3  invalid input (CSV, CSR, certificate, profile, device reply)
   4  registry problem (not initialised, corrupt, foreign, newer schema, busy)
-  5  key or CA problem (wrong passphrase, key/certificate mismatch, not a CA)
-  6  device or serial-line problem, or an unreachable label printer
+  5  key or CA problem (wrong passphrase or token PIN, key/certificate mismatch, not a CA)
+  6  device or serial-line problem, an unreachable label printer, or an absent PKCS#11 token
   7  conflict with existing state (already exists, duplicate, invalid transition)
   8  file system problem (cannot read or write a file)
   130  interrupted (SIGINT/SIGTERM) after finishing or abandoning the work in hand cleanly
@@ -42,6 +42,7 @@ Exit codes:
 Environment:
   CRADLE_HOME           home directory (instead of --home)
   CRADLE_CA_PASSPHRASE  CA key passphrase (instead of --passphrase-file)
+  CRADLE_PKCS11_PIN     PIN of the token holding the CA keys (instead of --pin-file)
   CRADLE_STATION        station name recorded on events
   CRADLE_OPERATOR       operator name recorded on events";
 

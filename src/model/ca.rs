@@ -25,6 +25,7 @@ pub struct NewCa<'a> {
     pub der: &'a [u8],
     pub not_before: i64,
     pub not_after: i64,
+    /// The key: a file name under the CA directory, or a `pkcs11:` URI (RFC 7512, no PIN).
     pub key_file: Option<&'a str>,
 }
 
@@ -40,6 +41,7 @@ pub struct CaRecord {
     pub der: Vec<u8>,
     pub not_before: i64,
     pub not_after: i64,
+    /// The key: a file name under the CA directory, or a `pkcs11:` URI (RFC 7512, no PIN).
     pub key_file: Option<String>,
     pub active: bool,
 }

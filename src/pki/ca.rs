@@ -1,9 +1,10 @@
-//! The certificate authority: a root and an issuing CA, keys encrypted at rest.
+//! The certificate authority: a root and an issuing CA, keys encrypted at rest or kept
+//! on a PKCS#11 token.
 
 use std::fs;
 use std::path::Path;
 
-use rcgen::{Issuer, SerialNumber};
+use rcgen::{Issuer, PublicKeyData, SerialNumber, SigningKey};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -12,6 +13,7 @@ use super::keys;
 use super::mark::AuditKey;
 use super::profile::{Profile, Vars};
 use super::signer::{check_key_matches, CaKey, CaSigner};
+use super::token::{Pkcs11Uri, TokenKey};
 use super::trust::{Anchor, ChainEnd, NoIssuer, TrustStore, MAX_DEPTH};
 use crate::error::{Error, Result};
 use crate::model::CaRecord;
@@ -38,10 +40,22 @@ pub struct CaMaterial {
     pub issuing_der: Vec<u8>,
     /// Intermediate certificates between issuing and root (usually none).
     pub middle: Vec<Vec<u8>>,
-    /// Encrypted PEM of the issuing key.
-    pub issuing_key_pem: Zeroizing<String>,
-    /// Encrypted PEM of the root key, when we hold it.
-    pub root_key_pem: Option<Zeroizing<String>>,
+    pub keys: CaKeys,
+}
+
+/// Where the CA's private keys are kept.
+pub enum CaKeys {
+    /// Encrypted PKCS#8 PEM files: the issuing key, and the root key when we hold it.
+    Files {
+        issuing: Zeroizing<String>,
+        root: Option<Zeroizing<String>>,
+    },
+    /// Keys on a PKCS#11 token, recorded by URI (canonical, no PIN): the issuing
+    /// key, and the root key when we hold it.
+    Token {
+        issuing: String,
+        root: Option<String>,
+    },
 }
 
 impl CaMaterial {
@@ -55,15 +69,80 @@ impl CaMaterial {
         }
         s
     }
+
+    /// The encrypted issuing key PEM of a CA made with key files.
+    #[cfg(test)]
+    pub fn issuing_key_pem(&self) -> &str {
+        match &self.keys {
+            CaKeys::Files { issuing, .. } => issuing,
+            CaKeys::Token { .. } => panic!("the keys are on a token"),
+        }
+    }
+
+    /// The encrypted root key PEM of a CA made with key files.
+    #[cfg(test)]
+    pub fn root_key_pem(&self) -> &str {
+        match &self.keys {
+            CaKeys::Files { root: Some(r), .. } => r,
+            _ => panic!("no root key file"),
+        }
+    }
 }
 
-/// Makes a new root + issuing CA from the `root-ca` and `issuing-ca` profiles.
+/// Makes a new root + issuing CA from the `root-ca` and `issuing-ca` profiles, with
+/// new keys encrypted with `passphrase`.
 pub fn generate(
     name: &str,
     org: &str,
     templates: Option<&Path>,
     passphrase: &[u8],
 ) -> Result<CaMaterial> {
+    let root_key = keys::generate()?;
+    let issuing_key = keys::generate()?;
+    let (root_der, issuing_der) = certify(name, org, templates, &root_key, &issuing_key)?;
+    Ok(CaMaterial {
+        root_der,
+        issuing_der,
+        middle: Vec::new(),
+        keys: CaKeys::Files {
+            issuing: keys::encrypt_pkcs8_pem(&issuing_key.serialize_der(), passphrase)?,
+            root: Some(keys::encrypt_pkcs8_pem(
+                &root_key.serialize_der(),
+                passphrase,
+            )?),
+        },
+    })
+}
+
+/// Makes a new root + issuing CA as `generate` does, for keys made on a token.
+pub fn generate_on_token(
+    name: &str,
+    org: &str,
+    templates: Option<&Path>,
+    root_key: &TokenKey,
+    issuing_key: &TokenKey,
+) -> Result<CaMaterial> {
+    let (root_der, issuing_der) = certify(name, org, templates, root_key, issuing_key)?;
+    Ok(CaMaterial {
+        root_der,
+        issuing_der,
+        middle: Vec::new(),
+        keys: CaKeys::Token {
+            issuing: issuing_key.uri().to_string(),
+            root: Some(root_key.uri().to_string()),
+        },
+    })
+}
+
+/// The root certificate (self-signed by `root_key`) and the issuing CA certificate
+/// (for `issuing_key`, signed by the root), DER.
+fn certify<K: SigningKey>(
+    name: &str,
+    org: &str,
+    templates: Option<&Path>,
+    root_key: &K,
+    issuing_key: &K,
+) -> Result<(Vec<u8>, Vec<u8>)> {
     let now = OffsetDateTime::now_utc();
     let mut vars = Vars::new();
     vars.insert("ca_name".into(), name.into());
@@ -77,32 +156,20 @@ pub fn generate(
         ));
     }
 
-    let root_key = keys::generate()?;
     let mut root_params = root_profile.render(&vars, now)?;
     root_params.serial_number = Some(random_serial());
     root_params.use_authority_key_identifier_extension = false;
     let root_cert = root_params
-        .self_signed(&root_key)
+        .self_signed(root_key)
         .map_err(|e| Error::crypto(format!("signing root CA: {e}")))?;
 
-    let issuing_key = keys::generate()?;
     let mut issuing_params = issuing_profile.render(&vars, now)?;
     issuing_params.serial_number = Some(random_serial());
-    let root_issuer = Issuer::new(root_params, &root_key);
+    let root_issuer = Issuer::new(root_params, root_key);
     let issuing_cert = issuing_params
-        .signed_by(&issuing_key, &root_issuer)
+        .signed_by(issuing_key, &root_issuer)
         .map_err(|e| Error::crypto(format!("signing issuing CA: {e}")))?;
-
-    Ok(CaMaterial {
-        root_der: root_cert.der().to_vec(),
-        issuing_der: issuing_cert.der().to_vec(),
-        middle: Vec::new(),
-        issuing_key_pem: keys::encrypt_pkcs8_pem(&issuing_key.serialize_der(), passphrase)?,
-        root_key_pem: Some(keys::encrypt_pkcs8_pem(
-            &root_key.serialize_der(),
-            passphrase,
-        )?),
-    })
+    Ok((root_cert.der().to_vec(), issuing_cert.der().to_vec()))
 }
 
 /// Checks an existing CA certificate + key (+ chain) and re-encrypts the key.
@@ -112,6 +179,36 @@ pub fn import(
     key_passphrase: Option<&[u8]>,
     chain_bytes: Option<&[u8]>,
     passphrase: &[u8],
+) -> Result<CaMaterial> {
+    let pkcs8 = keys::read_private_key_pem(key_pem, key_passphrase, "CA key")?;
+    let key = keys::key_pair_from_pkcs8(&pkcs8, "CA key")?;
+    let mut m = import_certs(cert_bytes, chain_bytes, &key)?;
+    m.keys = CaKeys::Files {
+        issuing: keys::encrypt_pkcs8_pem(&pkcs8, passphrase)?,
+        root: None,
+    };
+    Ok(m)
+}
+
+/// Checks an existing CA certificate (+ chain) against its key on a token.
+pub fn import_token(
+    cert_bytes: &[u8],
+    key: &TokenKey,
+    chain_bytes: Option<&[u8]>,
+) -> Result<CaMaterial> {
+    let mut m = import_certs(cert_bytes, chain_bytes, key)?;
+    m.keys = CaKeys::Token {
+        issuing: key.uri().to_string(),
+        root: None,
+    };
+    Ok(m)
+}
+
+/// The certificates of an imported CA, checked against `key`; no keys yet.
+fn import_certs(
+    cert_bytes: &[u8],
+    chain_bytes: Option<&[u8]>,
+    key: &impl PublicKeyData,
 ) -> Result<CaMaterial> {
     let certs = read_certs(cert_bytes, "CA certificate")?;
     let issuing_der = certs[0].clone();
@@ -126,9 +223,7 @@ pub fn import(
             issuing.subject
         )));
     }
-    let pkcs8 = keys::read_private_key_pem(key_pem, key_passphrase, "CA key")?;
-    let key = keys::key_pair_from_pkcs8(&pkcs8, "CA key")?;
-    check_key_matches(&issuing_der, &key)?;
+    check_key_matches(&issuing_der, key)?;
 
     let mut ordered = if issuing.self_signed {
         Vec::new()
@@ -140,8 +235,10 @@ pub fn import(
         root_der,
         issuing_der,
         middle: ordered,
-        issuing_key_pem: keys::encrypt_pkcs8_pem(&pkcs8, passphrase)?,
-        root_key_pem: None,
+        keys: CaKeys::Files {
+            issuing: Zeroizing::new(String::new()),
+            root: None,
+        },
     })
 }
 
@@ -177,13 +274,57 @@ fn chain_to_root(cert_der: &[u8], given: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>> {
     }
 }
 
+/// Where the key of a recorded CA is: a file under the CA directory, or the token a
+/// `pkcs11:` URI names (`key_file` holds either).
+pub enum KeyRef {
+    File(std::path::PathBuf),
+    Token(Pkcs11Uri),
+}
+
+impl KeyRef {
+    pub fn of(record: &CaRecord, ca_dir: &Path) -> Result<KeyRef> {
+        match record.key_file.as_deref() {
+            Some(uri) if uri.starts_with("pkcs11:") => {
+                Ok(KeyRef::Token(Pkcs11Uri::parse(uri).map_err(|e| {
+                    Error::crypto(format!("the recorded key of CA '{}': {e}", record.subject))
+                })?))
+            }
+            other => Ok(KeyRef::File(ca_dir.join(other.unwrap_or(ISSUING_KEY)))),
+        }
+    }
+}
+
 /// Unlocks the issuing CA `record` from its files under `ca_dir`: the encrypted key
 /// (checked against the certificate), the chain and the audit mark key.
 pub fn unlock(record: CaRecord, ca_dir: &Path, passphrase: &[u8]) -> Result<CaSigner> {
-    let key_file = ca_dir.join(record.key_file.as_deref().unwrap_or(ISSUING_KEY));
+    let key_file = match KeyRef::of(&record, ca_dir)? {
+        KeyRef::File(f) => f,
+        KeyRef::Token(uri) => {
+            return Err(Error::Internal(format!(
+                "the CA key is on a token ({uri}), not in a file"
+            )))
+        }
+    };
     let pem = Zeroizing::new(fs::read_to_string(&key_file).map_err(|e| Error::io(&key_file, e))?);
     let pkcs8 = keys::read_private_key_pem(&pem, Some(passphrase), "the issuing CA key")?;
     let key = keys::key_pair_from_pkcs8(&pkcs8, "the issuing CA key")?;
+    unlock_with(record, ca_dir, CaKey::File(key))
+}
+
+/// Unlocks the issuing CA `record` with its key on a token, logging in with `pin`.
+pub fn unlock_token(
+    record: CaRecord,
+    ca_dir: &Path,
+    uri: &Pkcs11Uri,
+    pin: &str,
+) -> Result<CaSigner> {
+    let key = TokenKey::open(uri, pin)?;
+    unlock_with(record, ca_dir, CaKey::Pkcs11(key))
+}
+
+/// The signer of `record` with `key` (checked against the certificate), the chain
+/// and the audit mark key from `ca_dir`.
+fn unlock_with(record: CaRecord, ca_dir: &Path, key: CaKey) -> Result<CaSigner> {
     let chain_path = ca_dir.join(CHAIN);
     let chain_pem = fs::read_to_string(&chain_path).map_err(|e| Error::io(&chain_path, e))?;
     let chain_der = read_certs(chain_pem.as_bytes(), "CA chain")?;
@@ -193,7 +334,7 @@ pub fn unlock(record: CaRecord, ca_dir: &Path, passphrase: &[u8]) -> Result<CaSi
         &record.name,
         record.der,
         chain_der,
-        CaKey::File(key),
+        key,
         audit_key,
     )
 }
@@ -230,9 +371,16 @@ mod tests {
             let got = import(&cert, &key, None, chain.as_deref(), b"new").unwrap();
             assert_eq!(got.issuing_der, m.issuing_der);
             assert_eq!(got.root_der, m.root_der);
-            assert!(got.middle.is_empty() && got.root_key_pem.is_none());
+            assert!(got.middle.is_empty());
             assert_eq!(got.chain_pem(), m.chain_pem());
-            let back = keys::read_private_key_pem(&got.issuing_key_pem, Some(b"new"), "k").unwrap();
+            let CaKeys::Files {
+                issuing,
+                root: None,
+            } = &got.keys
+            else {
+                panic!("an imported CA has an issuing key file and no root key")
+            };
+            let back = keys::read_private_key_pem(issuing, Some(b"new"), "k").unwrap();
             assert_eq!(back.as_slice(), issuing_key(m).serialize_der().as_slice());
         }
     }
@@ -240,8 +388,7 @@ mod tests {
     #[test]
     fn a_self_signed_ca_imports_as_its_own_root() {
         let m = &ca().material;
-        let root_key = m.root_key_pem.as_ref().unwrap();
-        let got = import(&m.root_der, root_key, Some(PASS), None, b"new").unwrap();
+        let got = import(&m.root_der, m.root_key_pem(), Some(PASS), None, b"new").unwrap();
         assert_eq!(got.root_der, m.root_der);
         assert_eq!(got.issuing_der, m.root_der);
         assert_eq!(got.chain_pem(), to_pem("CERTIFICATE", &m.root_der));
@@ -274,7 +421,7 @@ mod tests {
         );
         let e = import(
             &m.issuing_der,
-            &m.issuing_key_pem,
+            m.issuing_key_pem(),
             Some(b"wrong"),
             None,
             b"new",

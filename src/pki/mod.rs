@@ -12,6 +12,7 @@ mod san;
 pub mod signer;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod token;
 pub mod trust;
 pub mod verify;
 

@@ -6,6 +6,7 @@ use rcgen::{Issuer, KeyPair, PublicKeyData, SignatureAlgorithm, SigningKey};
 
 use super::cert::{info_of, sha256_hex, to_pem};
 use super::mark::AuditKey;
+use super::token::TokenKey;
 use crate::error::{Error, Result};
 
 /// The private key of a CA. Every variant must stay `Send + Sync`: batches sign on the
@@ -13,12 +14,15 @@ use crate::error::{Error, Result};
 pub enum CaKey {
     /// A software key, decrypted from the CA directory's encrypted PKCS#8 file.
     File(KeyPair),
+    /// A key on a PKCS#11 token: it signs there and never leaves it.
+    Pkcs11(TokenKey),
 }
 
 impl std::fmt::Debug for CaKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CaKey::File(_) => f.write_str("CaKey::File(..)"),
+            CaKey::Pkcs11(k) => write!(f, "CaKey::Pkcs11({})", k.uri()),
         }
     }
 }
@@ -27,18 +31,21 @@ impl PublicKeyData for CaKey {
     fn der_bytes(&self) -> &[u8] {
         match self {
             CaKey::File(k) => PublicKeyData::der_bytes(k),
+            CaKey::Pkcs11(k) => PublicKeyData::der_bytes(k),
         }
     }
 
     fn algorithm(&self) -> &'static SignatureAlgorithm {
         match self {
             CaKey::File(k) => PublicKeyData::algorithm(k),
+            CaKey::Pkcs11(k) => PublicKeyData::algorithm(k),
         }
     }
 
     fn subject_public_key_info(&self) -> Vec<u8> {
         match self {
             CaKey::File(k) => PublicKeyData::subject_public_key_info(k),
+            CaKey::Pkcs11(k) => PublicKeyData::subject_public_key_info(k),
         }
     }
 }
@@ -47,6 +54,7 @@ impl SigningKey for CaKey {
     fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
         match self {
             CaKey::File(k) => k.sign(msg),
+            CaKey::Pkcs11(k) => k.sign(msg),
         }
     }
 }

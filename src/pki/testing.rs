@@ -40,7 +40,7 @@ fn make(name: &str) -> TestCa {
 }
 
 pub fn issuing_key(m: &CaMaterial) -> KeyPair {
-    let pkcs8 = keys::read_private_key_pem(&m.issuing_key_pem, Some(PASS), "issuing key").unwrap();
+    let pkcs8 = keys::read_private_key_pem(m.issuing_key_pem(), Some(PASS), "issuing key").unwrap();
     keys::key_pair_from_pkcs8(&pkcs8, "issuing key").unwrap()
 }
 

@@ -20,7 +20,7 @@ fn material(name: &str) -> CaMaterial {
 }
 
 fn signer(m: &CaMaterial, dir: &std::path::Path) -> CaSigner {
-    let pkcs8 = keys::read_private_key_pem(&m.issuing_key_pem, Some(PASS), "issuing key").unwrap();
+    let pkcs8 = keys::read_private_key_pem(m.issuing_key_pem(), Some(PASS), "issuing key").unwrap();
     let key = keys::key_pair_from_pkcs8(&pkcs8, "issuing key").unwrap();
     CaSigner::new(
         7,
@@ -137,7 +137,7 @@ fn a_signer_refuses_a_key_that_is_not_the_certificates() {
 #[test]
 fn a_wrong_passphrase_is_its_own_error() {
     let m = material("Unit");
-    let e = keys::read_private_key_pem(&m.issuing_key_pem, Some(b"not it"), "issuing key")
+    let e = keys::read_private_key_pem(m.issuing_key_pem(), Some(b"not it"), "issuing key")
         .map(|_| ())
         .unwrap_err();
     assert!(matches!(e, crate::Error::WrongPassphrase(_)), "{e}");

@@ -1,4 +1,5 @@
-//! CA certificates known to the registry (the keys stay in encrypted files).
+//! CA certificates known to the registry (the keys stay in encrypted files or on a
+//! PKCS#11 token; a row records which).
 
 use rusqlite::{params, OptionalExtension, Row};
 

@@ -13,6 +13,8 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub home: PathBuf,
     pub pass_file: PathBuf,
+    /// Extra environment for every command (e.g. SOFTHSM2_CONF for a test token).
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
@@ -32,6 +34,7 @@ impl Env {
             dir,
             home,
             pass_file,
+            vars: Vec::new(),
         }
     }
 
@@ -74,11 +77,21 @@ impl Env {
         c.args(args)
             .env("CRADLE_HOME", &self.home)
             .env_remove("CRADLE_CA_PASSPHRASE")
+            .env_remove("CRADLE_PKCS11_PIN")
             .env("CRADLE_OPERATOR", "tester")
             .env_remove("CRADLE_STATION")
             .current_dir(self.dir.path())
             .stdin(std::process::Stdio::null());
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
         c
+    }
+
+    /// This env with `key=value` set for every command it runs.
+    pub fn with_var(mut self, key: &str, value: &str) -> Env {
+        self.vars.push((key.into(), value.into()));
+        self
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
