@@ -55,7 +55,7 @@ fn read(s: &Secret, file: Option<&Path>, confirm: bool) -> Result<Zeroizing<Stri
     let name = s.name.split(' ').next_back().unwrap_or(s.name);
     if let Some(path) = file {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        warn_if_shared(path, &meta);
+        warn_if_shared(path, &meta, name);
         if meta.len() > MAX_LEN as u64 + 2 {
             return Err(Error::input(format!(
                 "{}: {name} file is larger than {MAX_LEN} bytes",
@@ -99,12 +99,12 @@ fn read(s: &Secret, file: Option<&Path>, confirm: bool) -> Result<Zeroizing<Stri
 }
 
 /// A secret's file that others may read is no secret: say so (on stderr), once.
-fn warn_if_shared(path: &Path, meta: &std::fs::Metadata) {
+fn warn_if_shared(path: &Path, meta: &std::fs::Metadata, name: &str) {
     use std::os::unix::fs::PermissionsExt;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         eprintln!(
-            "warning: passphrase file {} is readable by others (mode {mode:04o}); chmod 600 it",
+            "warning: {name} file {} is readable by others (mode {mode:04o}); chmod 600 it",
             path.display()
         );
     }

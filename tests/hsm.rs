@@ -85,6 +85,7 @@ impl Hsm {
     fn env(&self) -> Env {
         let e = Env::init().with_var("SOFTHSM2_CONF", self.conf.to_str().unwrap());
         std::fs::write(e.path("hsm.pin"), format!("{PIN}\n")).unwrap();
+        private(&e.path("hsm.pin"));
         e
     }
 
@@ -324,6 +325,7 @@ fn wrong_pin_absent_token_missing_module_and_refused_uris_each_get_one_line() {
     let e = h.env();
     let bad_pin = e.path("bad.pin");
     std::fs::write(&bad_pin, "000000\n").unwrap();
+    private(&bad_pin);
     let before = e.dump();
 
     let init = |uri: &str, pin: &Path, code: i32| {
@@ -528,4 +530,9 @@ fn import_uses_an_existing_token_key_only_when_it_matches_the_certificate() {
     assert!(ok, "{out}");
     let recorded = dst.sql("SELECT key_file FROM cas WHERE role = 'issuing'");
     assert_eq!(recorded.trim(), issuing_uri, "recorded in canonical form");
+}
+
+/// A secret's file as it should be: only its owner may read it.
+fn private(p: &std::path::Path) {
+    std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }

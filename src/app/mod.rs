@@ -4,8 +4,8 @@
 pub mod audit;
 pub mod batch_resume;
 pub mod ca;
-pub mod export;
 pub mod conformance;
+pub mod export;
 pub mod home;
 pub mod identity;
 pub mod inventory;
