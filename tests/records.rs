@@ -879,3 +879,48 @@ fn a_damaged_row_is_a_registry_error_not_bad_input() {
     let o = e.run(&["audit", "--json", "--check", "registry-integrity"]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+#[test]
+fn a_certificate_unrevoked_behind_cradles_back_is_found_from_the_log() {
+    let e = fleet(2);
+    e.ok(&[
+        "revoke",
+        "DEV-001",
+        "--reason",
+        "keyCompromise",
+        "--passphrase-file",
+        e.pass(),
+    ]);
+    let check = |e: &Env| {
+        let o = e.run(&["audit", "--json", "--check", "cert-status-vs-log"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (o.status.code(), v["findings"].as_array().unwrap().clone())
+    };
+    assert_eq!(check(&e).0, Some(0), "a clean registry agrees with its log");
+    // A script makes the compromised certificate valid again, and revokes another
+    // one without a trace in the log.
+    e.sql("UPDATE certificates SET status = 'active', revoked_at = NULL, revocation_reason = NULL WHERE device_id = (SELECT id FROM devices WHERE serial = 'DEV-001');
+           UPDATE certificates SET status = 'revoked', revoked_at = '2026-01-01T00:00:00Z' WHERE device_id = (SELECT id FROM devices WHERE serial = 'DEV-002');");
+    let (code, f) = check(&e);
+    assert_eq!(code, Some(1));
+    let msgs: Vec<String> = f
+        .iter()
+        .map(|x| {
+            format!(
+                "{} {}",
+                x["device"].as_str().unwrap(),
+                x["message"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    assert!(
+        msgs[0].starts_with("DEV-001")
+            && msgs[0].contains("is active, but the event log revoked it"),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs[1].starts_with("DEV-002") && msgs[1].contains("has no revocation of it"),
+        "{msgs:?}"
+    );
+}

@@ -381,6 +381,32 @@ pub fn unrevoked_certs_of_decommissioned(
     )
 }
 
+/// Certificates whose status disagrees with the event log: `revoked` without a
+/// `cert.revoked` event for it, or not revoked although such an event exists (the
+/// row was changed behind cradle's back: the log is keyed, the row is not). Yields
+/// (device serial, cert serial, status, whether the log revoked it).
+pub fn cert_status_vs_log(
+    db: &Reader,
+    f: impl FnMut((String, String, String, bool)) -> Result<()>,
+) -> Result<()> {
+    let conn = db.conn();
+    each(
+        conn,
+        "SELECT d.serial, c.serial_hex, c.status, x.logged
+         FROM (SELECT c.id, EXISTS (SELECT 1 FROM events e
+                                    WHERE e.device_id = c.device_id AND e.kind = 'cert.revoked'
+                                      AND json_extract(e.details, '$.fingerprint') = c.fingerprint) AS logged
+               FROM certificates c) x
+         JOIN certificates c ON c.id = x.id
+         JOIN devices d ON d.id = c.device_id
+         WHERE (c.status = 'revoked') <> (x.logged = 1)
+         ORDER BY d.serial, c.id",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? == 1)),
+        f,
+    )
+}
+
 /// In-service devices (provisioned, deployed, maintenance) without an active
 /// certificate. Yields (serial, status).
 pub fn in_service_without_cert(

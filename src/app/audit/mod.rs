@@ -84,6 +84,7 @@ pub const CRL_STALE: &str = "crl-stale";
 pub const CRL_MISSING_SERIALS: &str = "crl-missing-serials";
 pub const EVENT_CHAIN: &str = "event-chain";
 pub const REGISTRY_INTEGRITY: &str = "registry-integrity";
+pub const CERT_STATUS_VS_LOG: &str = "cert-status-vs-log";
 
 use Severity::{Error as E, Warning as W};
 
@@ -107,6 +108,7 @@ pub const CHECKS: &[Check] = &[
     check(STUCK_DECOMMISSION, W, "device 'retired' (decommission started) for longer than --stuck-after days"),
     check(CRL_STALE, E, "newest CRL of a CA is past its next update, or a CA has revoked certificates but no CRL"),
     check(CRL_MISSING_SERIALS, E, "newest CRL does not list a revoked certificate, does not parse, or is not signed by its CA"),
+    check(CERT_STATUS_VS_LOG, E, "a certificate's status disagrees with the event log: revoked without a cert.revoked event, or valid again although the log revoked it"),
     check(EVENT_CHAIN, E, "the hash-chained event log does not verify (an event altered, deleted or inserted out of band)"),
 ];
 
@@ -444,6 +446,19 @@ fn run_checks(
     let missing = o.wants(CRL_MISSING_SERIALS);
     if stale || missing {
         check_crls(conn, now, stale, missing, emit)?;
+    }
+    if o.wants(CERT_STATUS_VS_LOG) {
+        q::cert_status_vs_log(conn, |(serial, cert_serial, status, logged)| {
+            let msg = if logged {
+                format!("certificate {cert_serial} is {status}, but the event log revoked it: the row was changed outside cradle")
+            } else {
+                format!("certificate {cert_serial} is revoked, but the event log has no revocation of it: the row was changed outside cradle")
+            };
+            emit(with_cert(
+                finding(CERT_STATUS_VS_LOG, Some(serial), msg),
+                &cert_serial,
+            ))
+        })?;
     }
     if o.wants(EVENT_CHAIN) {
         let report = events::verify_chain(conn)?;
