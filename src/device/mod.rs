@@ -4,6 +4,7 @@
 //! `wire`; this module adapts them to what a workflow needs.
 
 pub mod cradle;
+pub mod micropython;
 pub mod nrf91;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -27,6 +28,8 @@ pub enum DeviceProfile {
     Cradle,
     /// Nordic nRF91-style AT commands (AT%KEYGEN, AT%CMNG).
     Nrf91,
+    /// MicroPython boards over the raw REPL: identity files on the board's filesystem.
+    Micropython,
 }
 
 impl DeviceProfile {
@@ -34,6 +37,7 @@ impl DeviceProfile {
         match self {
             DeviceProfile::Cradle => "cradle",
             DeviceProfile::Nrf91 => "nrf91",
+            DeviceProfile::Micropython => "micropython",
         }
     }
 }
@@ -172,6 +176,7 @@ pub fn open(
     Ok(match profile {
         DeviceProfile::Cradle => Box::new(cradle::CradleLink::open(port, params)?),
         DeviceProfile::Nrf91 => Box::new(nrf91::NrfLink::open(port, params)?),
+        DeviceProfile::Micropython => Box::new(micropython::MicropythonLink::open(port, params)?),
     })
 }
 
@@ -181,6 +186,22 @@ pub trait WipeLink {
     fn hardware_id(&mut self) -> Result<String>;
     /// Sends WIPE with `nonce`; returns the device's signed attestation.
     fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation>;
+    /// Families that cannot sign: erases the identity and reads back that it is gone.
+    /// `None`: the family signs its wipes (use `wipe`).
+    fn wipe_read_back(&mut self) -> Result<Option<ReadBackWipe>> {
+        Ok(None)
+    }
+}
+
+/// A wipe the host verified by reading the device back (no signature to check).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadBackWipe {
+    /// What was erased (file paths, regions).
+    pub erased: Vec<String>,
+    pub method: String,
+    /// How the read-back showed it gone.
+    pub verification: String,
+    pub tool: String,
 }
 
 /// Opens a wipe link over the device protocol on a serial port (or pty). Only the cradle

@@ -17,7 +17,9 @@ Faults (--fault SPEC, repeatable):
                          hang up (the port disappears and comes back as a new pty behind the
                          same --link) after handling the N-th (default 1st) STEP request, before
                          replying; STEP is hello, keygen, stat, write, commit, read, lock, wipe,
-                         erase (nrf91: keygen, cmng-write, cmng-list)
+                         erase (nrf91: keygen, cmng-write, cmng-list; micropython: hello is
+                         entering the raw REPL, write a file write, so the file is left half
+                         written as by a board that resets mid-write)
   slow-baud:RATE         pace the line at RATE while the host expects --baud
   reject-lock[:N]        refuse the first N (default 1) LOCK requests (error 13 lock-refused)
   garbage-on-boot        send random noise (no frame) each time the port comes up
@@ -31,7 +33,10 @@ Faults (--fault SPEC, repeatable):
                          SHA-256 of the CSR
   wrong-sec-tag          nrf91: answer the first AT%KEYGEN with a COSE for another sec_tag
   hash-mismatch          return altered data for the first READ (nrf91: a wrong SHA-256 in
-                         the first AT%CMNG=1 listing), so the read-back check fails
+                         the first AT%CMNG=1 listing; micropython: a wrong first SHA-256
+                         digest), so the read-back check fails
+  traceback              micropython: answer the first file write with a Traceback
+                         (OSError: [Errno 28] ENOSPC)
 One-shot faults fire once per simulator process, so a re-run of the host completes."
     };
 }
@@ -55,6 +60,7 @@ pub struct Faults {
     pub keygen_bad_digest: bool,
     pub keygen_wrong_sec_tag: bool,
     pub hash_mismatch: bool,
+    pub traceback: bool,
 }
 
 fn prob(spec: &str, v: Option<&str>) -> Result<f64> {
@@ -155,6 +161,7 @@ impl Faults {
                 "bad-digest" => no_value(&mut f.keygen_bad_digest)?,
                 "wrong-sec-tag" => no_value(&mut f.keygen_wrong_sec_tag)?,
                 "hash-mismatch" => no_value(&mut f.hash_mismatch)?,
+                "traceback" => no_value(&mut f.traceback)?,
                 _ => {
                     return Err(Error::input(format!(
                         "--fault '{spec}': unknown fault (see `cradle sim --help`)"

@@ -144,6 +144,12 @@ fn run(st: &Station<'_>, dev: Box<dyn Responder>) -> (PortResult, Box<dyn Respon
                     NrfSession::new(host, st.baud, st.timeout),
                     None,
                 )),
+                DeviceProfile::Micropython => {
+                    Box::new(crate::device::micropython::MicropythonLink::over(
+                        crate::wire::raw_repl::RawRepl::new(host, st.baud, st.timeout),
+                        Default::default(),
+                    ))
+                }
             })
         },
         &NoProgress,
