@@ -121,7 +121,11 @@ pub struct MicropythonLink<T: Read + Write = wire::Port> {
     written: Vec<(String, String)>,
     /// SHA-256 of the certificate file as the board reports it, once per run (`holds`).
     held_cert: Option<Option<String>>,
+    retries: u32,
 }
+
+/// Attempts per step (first try included) when the line garbles a program or answer.
+const ATTEMPTS: u32 = 4;
 
 impl MicropythonLink<wire::Port> {
     pub fn open(port: &Path, params: LinkParams) -> Result<Self, WireError> {
@@ -141,6 +145,7 @@ impl<T: Read + Write> MicropythonLink<T> {
             paths,
             written: Vec::new(),
             held_cert: None,
+            retries: 0,
         }
     }
 
@@ -172,7 +177,64 @@ impl<T: Read + Write> MicropythonLink<T> {
         Ok(Some(sha))
     }
 
+    /// Runs `op`; after an error a garbled line can explain (a timeout, a mangled
+    /// answer, a program the board could not parse, a wrong SHA-256) interrupts the
+    /// board, re-enters the raw REPL and tries again. The board's own refusals
+    /// (`OSError`) and a lost port are final.
+    fn retrying<R>(
+        &mut self,
+        mut op: impl FnMut(&mut Self) -> Result<R, WireError>,
+    ) -> Result<R, WireError> {
+        let mut attempt = 1;
+        loop {
+            match op(self) {
+                Ok(v) => return Ok(v),
+                Err(
+                    e @ (WireError::Timeout { .. }
+                    | WireError::Protocol(_)
+                    | WireError::Unexpected(_)
+                    | WireError::Verify(_)),
+                ) if attempt < ATTEMPTS => {
+                    let _ = e;
+                    attempt += 1;
+                    self.repl.in_raw = false;
+                    self.retries += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Fails unless the board's SHA-256 of `path` is `want`.
+    fn check_sha(&mut self, path: &str, want: &str) -> Result<(), WireError> {
+        match self.board_sha(path)? {
+            Some(got) if got == want => Ok(()),
+            Some(got) => Err(WireError::Verify(format!(
+                "read-back: the board reports SHA-256 {got} for {path}, expected {want}"
+            ))),
+            None => Err(WireError::Verify(format!(
+                "read-back: {path} is not on the board"
+            ))),
+        }
+    }
+
+    /// Writes `data` to `path` and has the board hash it, rewriting on a mismatch.
+    fn write_verified(&mut self, path: &str, data: &[u8]) -> Result<(), WireError> {
+        let want = sha_hex(data);
+        let prog = write_program(path, data);
+        self.retrying(|l| {
+            l.run(&prog)?.ok(&format!("writing {path}"))?;
+            l.check_sha(path, &want)
+        })?;
+        self.written.push((path.to_string(), want));
+        Ok(())
+    }
+
     fn identify_board(&mut self) -> Result<Identity, WireError> {
+        self.retrying(|l| l.identify_once())
+    }
+
+    fn identify_once(&mut self) -> Result<Identity, WireError> {
         self.repl.enter()?;
         let text = self.run(IDENTIFY.as_bytes())?.ok("identify")?;
         let lines: Vec<&str> = text.lines().map(str::trim).collect();
@@ -263,11 +325,9 @@ impl<T: Read + Write + Send> DeviceLink for MicropythonLink<T> {
             progress("write key", 0, total);
             let pem = Zeroizing::new(to_pem("PRIVATE KEY", &k));
             let path = self.paths.key.clone();
-            self.written.push((path.clone(), sha_hex(pem.as_bytes())));
-            let prog = write_program(&path, pem.as_bytes());
-            self.run(&prog)?.ok(&format!("writing {path}"))?;
+            self.write_verified(&path, pem.as_bytes())?;
             done += k.len() as u64;
-            // Written; the host's copies are zeroised as they drop here.
+            // On the board and verified; the host's copies are zeroised as they drop here.
         }
         for (step, path, data) in [
             ("write cert", self.paths.cert.clone(), cert_pem.as_bytes()),
@@ -278,29 +338,16 @@ impl<T: Read + Write + Send> DeviceLink for MicropythonLink<T> {
             ),
         ] {
             progress(step, done, total);
-            self.written.push((path.clone(), sha_hex(data)));
-            let prog = write_program(&path, data);
-            self.run(&prog)?.ok(&format!("writing {path}"))?;
+            self.write_verified(&path, data)?;
             done += data.len() as u64;
         }
         Ok(())
     }
 
     fn verify_identity(&mut self, _cert: &[u8], _chain: &[Vec<u8>]) -> Result<(), WireError> {
+        // Each file was checked as it was written; this is the final word on all three.
         for (path, want) in self.written.clone() {
-            match self.board_sha(&path)? {
-                Some(got) if got == want => {}
-                Some(got) => {
-                    return Err(WireError::Verify(format!(
-                        "read-back: the board reports SHA-256 {got} for {path}, expected {want}"
-                    )))
-                }
-                None => {
-                    return Err(WireError::Verify(format!(
-                        "read-back: {path} is not on the board"
-                    )))
-                }
-            }
+            self.retrying(|l| l.check_sha(&path, &want))?;
         }
         // Verified: back to the friendly REPL, as a board is left after mpremote.
         self.repl.exit()
@@ -313,7 +360,7 @@ impl<T: Read + Write + Send> DeviceLink for MicropythonLink<T> {
     fn holds(&mut self, cert_der: &[u8]) -> Result<bool, WireError> {
         if self.held_cert.is_none() {
             let path = self.paths.cert.clone();
-            self.held_cert = Some(self.board_sha(&path)?);
+            self.held_cert = Some(self.retrying(|l| l.board_sha(&path))?);
         }
         let want = sha_hex(to_pem("CERTIFICATE", cert_der).as_bytes());
         Ok(self.held_cert.as_ref().and_then(Option::as_ref) == Some(&want))
@@ -333,6 +380,7 @@ impl<T: Read + Write + Send> DeviceLink for MicropythonLink<T> {
     fn stats(&self) -> LinkStats {
         LinkStats {
             wire_bytes: self.repl.tx_bytes + self.repl.rx_bytes,
+            retries: self.retries,
             ..LinkStats::default()
         }
     }

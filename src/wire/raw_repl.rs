@@ -171,9 +171,24 @@ impl Output {
             .is_some_and(|e| e.starts_with("OSError") && e.contains(name))
     }
 
-    /// Stdout as text, or the exception the board raised during `what`.
+    /// Stdout as text, or the exception the board raised during `what`: an `OSError`
+    /// (the board's own trouble: full, read-only, missing) is `Refused`; anything else
+    /// (NameError, SyntaxError: a program garbled on the line) is `Unexpected`.
     pub fn ok(self, what: &str) -> Result<String, WireError> {
         if let Some(e) = self.exception() {
+            if e.starts_with("OSError") {
+                let errno = e
+                    .split("[Errno ")
+                    .nth(1)
+                    .and_then(|r| r.split(']').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                return Err(WireError::Refused {
+                    what: what.to_string(),
+                    code: errno,
+                    name: format!("Traceback: {e}"),
+                });
+            }
             return Err(WireError::Unexpected(format!(
                 "the board answered {what} with a Python exception: {e}"
             )));
@@ -481,7 +496,8 @@ mod tests {
         assert_eq!(o.exception().as_deref(), Some("OSError: [Errno 2] ENOENT"));
         assert!(o.os_error("ENOENT"));
         assert!(!o.os_error("EEXIST"));
-        let e = o.ok("a read").unwrap_err().to_string();
-        assert!(e.contains("OSError: [Errno 2] ENOENT"), "{e}");
+        let e = o.ok("a read").unwrap_err();
+        assert!(matches!(e, WireError::Refused { code: 2, .. }), "{e}");
+        assert!(e.to_string().contains("OSError: [Errno 2] ENOENT"), "{e}");
     }
 }
