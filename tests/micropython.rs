@@ -548,3 +548,59 @@ fn real_mpremote_reads_back_what_cradle_provisioned() {
         assert!(ls.contains(f), "{ls}");
     }
 }
+
+#[test]
+fn decommission_wipes_the_files_and_records_a_read_back_wipe() {
+    let env = Env::with_ca();
+    let (_sim, link, state) = start_board(&env, "w", HWID, &[]);
+    let port = link.to_str().unwrap();
+    let (code, v, err) = provision(&env, &[port], &[]);
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    let serial = v[0]["serial"].as_str().unwrap().to_string();
+    let o = env.run(&[
+        "--json",
+        "decommission",
+        &serial,
+        "--passphrase-file",
+        env.pass(),
+        "--wipe-port",
+        port,
+        "--wipe-device-profile",
+        "micropython",
+        "--wipe-baud",
+        BAUD,
+        "--wipe-timeout",
+        "1",
+    ]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{j:#}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(j["devices"][0]["result"], "decommissioned", "{j:#}");
+    assert_eq!(j["devices"][0]["wipe"], "read-back", "{j:#}");
+    for f in ["/certs/device.key", "/certs/device.crt", "/certs/chain.pem"] {
+        assert!(board_file(&state, f).is_none(), "{f} is still on the board");
+    }
+    assert_eq!(
+        q(&env, "SELECT kind || ' ' || level || ' ' || coalesce(attestation_verified, 'none') FROM wipes"),
+        "read-back clear none"
+    );
+    assert!(q(&env, "SELECT verification FROM wipes").contains("ENOENT"));
+    // The audit counts a read-back wipe as a wipe; the certificate of sanitization says
+    // how it was verified.
+    let a = env.run(&["--json", "audit"]);
+    let audit: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
+    let checks: Vec<&str> = audit["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["check"].as_str().unwrap())
+        .collect();
+    assert!(!checks.contains(&"decommissioned-without-wipe"), "{audit:#}");
+    let rep = env.json(&["report", "sanitization", &serial]);
+    assert_eq!(rep["sanitization"]["record_kind"], "read-back", "{rep:#}");
+    assert!(rep["attestation"].is_null(), "{rep:#}");
+}

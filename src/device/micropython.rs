@@ -398,7 +398,11 @@ impl<T: Read + Write> WipeLink for MicropythonLink<T> {
         ))
     }
 
-    fn wipe_read_back(&mut self) -> crate::Result<Option<ReadBackWipe>> {
+    fn verifies_by_read_back(&self) -> bool {
+        true
+    }
+
+    fn wipe_read_back(&mut self) -> crate::Result<ReadBackWipe> {
         let paths: Vec<String> = self.paths.all().iter().map(|s| s.to_string()).collect();
         let mut rm = String::from("import os\n");
         for p in &paths {
@@ -421,12 +425,12 @@ impl<T: Read + Write> WipeLink for MicropythonLink<T> {
             }
         }
         self.repl.exit()?;
-        Ok(Some(ReadBackWipe {
+        Ok(ReadBackWipe {
             erased: paths,
             method: "os.remove of each identity file over the MicroPython raw REPL".into(),
             verification: "os.stat of each file raised OSError ENOENT after removal".into(),
             tool: "cradle MicroPython raw REPL link".into(),
-        }))
+        })
     }
 }
 

@@ -186,10 +186,16 @@ pub trait WipeLink {
     fn hardware_id(&mut self) -> Result<String>;
     /// Sends WIPE with `nonce`; returns the device's signed attestation.
     fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation>;
+    /// Whether this family proves a wipe by read-back (`wipe_read_back`) instead of a
+    /// signed attestation (`wipe`).
+    fn verifies_by_read_back(&self) -> bool {
+        false
+    }
     /// Families that cannot sign: erases the identity and reads back that it is gone.
-    /// `None`: the family signs its wipes (use `wipe`).
-    fn wipe_read_back(&mut self) -> Result<Option<ReadBackWipe>> {
-        Ok(None)
+    fn wipe_read_back(&mut self) -> Result<ReadBackWipe> {
+        Err(crate::Error::Device(
+            "this device signs its wipes; it has no read-back wipe".into(),
+        ))
     }
 }
 
@@ -204,8 +210,20 @@ pub struct ReadBackWipe {
     pub tool: String,
 }
 
-/// Opens a wipe link over the device protocol on a serial port (or pty). Only the cradle
-/// protocol wipes with a signed attestation today.
-pub fn open_wipe_link(port: &str, params: LinkParams) -> Result<Box<dyn WipeLink>> {
-    Ok(Box::new(cradle::CradleLink::open(Path::new(port), params)?))
+/// Opens a wipe link of `profile` on a serial port (or pty). The cradle protocol wipes
+/// with a signed attestation; a MicroPython board by read-back.
+pub fn open_wipe_link(
+    profile: DeviceProfile,
+    port: &str,
+    params: LinkParams,
+) -> Result<Box<dyn WipeLink>> {
+    Ok(match profile {
+        DeviceProfile::Micropython => {
+            Box::new(micropython::MicropythonLink::open(Path::new(port), params)?)
+        }
+        DeviceProfile::Cradle => Box::new(cradle::CradleLink::open(Path::new(port), params)?),
+        other => return Err(crate::Error::input(format!(
+            "--wipe-device-profile {other}: this family has no serial wipe; record a manual wipe"
+        ))),
+    })
 }

@@ -167,6 +167,35 @@ ALTER TABLE certificates ADD COLUMN verified_mac BLOB;
     r#"
 ALTER TABLE certificates ADD COLUMN device_attestation TEXT;
 "#,
+    // 6: wipes verified by read-back.
+    r#"
+-- A wipe verified by reading the device back ('read-back': a family that cannot sign,
+-- e.g. a MicroPython board whose identity files were removed and stat'ed as gone).
+-- SQLite cannot change a CHECK constraint in place: the table is rebuilt.
+CREATE TABLE wipes_new (
+    id                   INTEGER PRIMARY KEY,
+    device_id            INTEGER NOT NULL REFERENCES devices(id),
+    kind                 TEXT NOT NULL CHECK (kind IN ('attested','manual','read-back')),
+    level                TEXT NOT NULL CHECK (level IN ('clear','purge','destroy')),
+    method               TEXT NOT NULL,
+    media_type           TEXT,
+    tool                 TEXT,
+    tool_version         TEXT,
+    verification         TEXT,
+    verified_by          TEXT,
+    technician           TEXT,
+    location             TEXT,
+    destination          TEXT,
+    nonce_hex            TEXT,
+    attestation          TEXT,
+    attestation_verified INTEGER,
+    recorded_at          TEXT NOT NULL
+);
+INSERT INTO wipes_new SELECT * FROM wipes;
+DROP TABLE wipes;
+ALTER TABLE wipes_new RENAME TO wipes;
+CREATE INDEX wipes_device ON wipes(device_id);
+"#,
 ];
 
 #[cfg(test)]
@@ -183,6 +212,7 @@ mod tests {
         "1c9e06f5313a1cdab83ee488d21ea19ff4a444bbf7c6eccd4496a7422f066f0d",
         "072434fccfcb348cc5c5a1eb26fc3577a03435c527772be70d349e79c4b552f1",
         "f75693bbf00366192125cb2922c41e692972b7f03e4bdaae2fded182223122aa",
+        "cf049cdafd2c5ab6d568002b8fd98f16b051558b286d3559658937587941ab78",
     ];
 
     #[test]

@@ -48,6 +48,7 @@ pub use crate::device::WipeLink;
 /// Opens wipe links on serial ports at `baud`, waiting up to `timeout` per request
 /// (`--wipe-baud`, `--wipe-timeout`), for `decommission::run`.
 pub fn serial_opener(
+    profile: crate::device::DeviceProfile,
     baud: u32,
     timeout: std::time::Duration,
 ) -> impl FnMut(&str) -> Result<Box<dyn WipeLink>> {
@@ -56,8 +57,72 @@ pub fn serial_opener(
         timeout,
         nrf_identity_keys: None,
     };
-    move |port: &str| crate::device::open_wipe_link(port, params.clone())
+    move |port: &str| crate::device::open_wipe_link(profile, port, params.clone())
 }
+
+/// Step 3 for a family that cannot sign (`WipeLink::verifies_by_read_back`): the right
+/// device is on the port, it erases its identity and the host reads back that it is
+/// gone. Recorded as kind `read-back` (no attestation, no nonce), level Clear.
+#[allow(clippy::too_many_arguments)]
+pub fn read_back_wipe(
+    reg: &mut Store,
+    device: &Device,
+    link: &mut dyn WipeLink,
+    ctx: &WipeContext,
+    step_options: &serde_json::Value,
+    actor: &Actor,
+    finish: &dyn Fn(&Tx<'_>, &WipeRecord, &str) -> Result<()>,
+) -> Result<WipeRecord> {
+    check_identity(device, link)?;
+    {
+        let now = now_rfc3339();
+        let tx = reg.write()?;
+        rr::start_step(
+            &tx,
+            device.id,
+            super::Step::Wipe.as_str(),
+            step_options,
+            &now,
+        )?;
+        tx.commit()?;
+    }
+    let rb = link.wipe_read_back()?;
+    let now = now_rfc3339();
+    let tx = reg.write()?;
+    let record = WipeRecord {
+        id: 0,
+        device_id: device.id,
+        kind: READ_BACK.into(),
+        level: super::WipeLevel::Clear.as_str().into(),
+        method: format!("{}: {}", rb.method, rb.erased.join(", ")),
+        media_type: ctx
+            .media_type
+            .clone()
+            .or_else(|| Some("device filesystem (identity files)".into())),
+        tool: Some(rb.tool.clone()),
+        tool_version: Some(env!("CARGO_PKG_VERSION").into()),
+        verification: Some(format!("verified by read-back: {}", rb.verification)),
+        verified_by: Some(format!("cradle (automatic), operator {}", actor.operator)),
+        technician: ctx
+            .technician
+            .clone()
+            .or_else(|| Some(actor.operator.clone())),
+        location: ctx.location.clone().or_else(|| device.location.clone()),
+        destination: ctx.destination.clone(),
+        nonce_hex: None,
+        attestation: None,
+        attestation_verified: None,
+        recorded_at: now.clone(),
+    };
+    let id = rr::insert_wipe(&tx, &record)?;
+    let record = WipeRecord { id, ..record };
+    finish(&tx, &record, &now)?;
+    tx.commit()?;
+    Ok(record)
+}
+
+/// Wipe record kind of a wipe verified by reading the device back.
+pub const READ_BACK: &str = "read-back";
 
 /// 32 random bytes from the OS.
 pub fn fresh_nonce() -> [u8; 32] {
