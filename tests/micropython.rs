@@ -599,8 +599,89 @@ fn decommission_wipes_the_files_and_records_a_read_back_wipe() {
         .iter()
         .map(|f| f["check"].as_str().unwrap())
         .collect();
-    assert!(!checks.contains(&"decommissioned-without-wipe"), "{audit:#}");
+    assert!(
+        !checks.contains(&"decommissioned-without-wipe"),
+        "{audit:#}"
+    );
     let rep = env.json(&["report", "sanitization", &serial]);
     assert_eq!(rep["sanitization"]["record_kind"], "read-back", "{rep:#}");
     assert!(rep["attestation"].is_null(), "{rep:#}");
+}
+
+#[test]
+fn file_paths_are_settable_and_checked() {
+    let env = Env::with_ca();
+    let (_sim, link, state) = start_board(&env, "p", HWID, &[]);
+    let port = link.to_str().unwrap();
+    let paths = [
+        "--mp-key-path",
+        "/flash/tls/dev key.pem",
+        "--mp-cert-path",
+        "/flash/tls/dev.crt",
+        "--mp-chain-path",
+        "/flash/ca.pem",
+    ];
+    let before = env.dump();
+    for bad in [
+        &["--mp-key-path", "certs/device.key"][..],
+        &["--mp-cert-path", "/certs/../x.crt"],
+        &["--mp-chain-path", "/certs/device.crt"],
+        &["--mp-cert-path", "/certs/a\tb"],
+    ] {
+        let mut a = vec![
+            "provision",
+            "--passphrase-file",
+            env.pass(),
+            "--device-profile",
+            "micropython",
+            "--mode",
+            "inject",
+            "--port",
+            port,
+        ];
+        a.extend_from_slice(bad);
+        let err = env.fails(&a, 3);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("--mp-"), "{err}");
+    }
+    assert_eq!(env.dump(), before, "a refused run changed the registry");
+    let (code, v, err) = provision(&env, &[port], &paths);
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    let cert = board_file(&state, "/flash/tls/dev.crt").expect("certificate at the given path");
+    assert_eq!(String::from_utf8_lossy(&cert), active_cert_pem(&env, HWID));
+    assert!(board_file(&state, "/flash/tls/dev key.pem").is_some());
+    assert!(board_file(&state, "/flash/ca.pem").is_some());
+    assert!(board_file(&state, "/certs/device.crt").is_none());
+    // The wipe removes the files at the same paths.
+    let serial = v[0]["serial"].as_str().unwrap().to_string();
+    let mut a = vec![
+        "--json",
+        "decommission",
+        &serial,
+        "--passphrase-file",
+        env.pass(),
+        "--wipe-port",
+        port,
+        "--wipe-device-profile",
+        "micropython",
+        "--wipe-baud",
+        BAUD,
+        "--wipe-timeout",
+        "1",
+    ];
+    a.extend_from_slice(&paths);
+    let o = env.run(&a);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for f in [
+        "/flash/tls/dev key.pem",
+        "/flash/tls/dev.crt",
+        "/flash/ca.pem",
+    ] {
+        assert!(board_file(&state, f).is_none(), "{f} is still on the board");
+    }
 }

@@ -50,7 +50,36 @@ pub struct ProvisionArgs {
     #[arg(long, value_name = "FILE")]
     pub nrf_identity_keys: Option<PathBuf>,
     #[command(flatten)]
+    pub mp: MicropythonPathArgs,
+    #[command(flatten)]
     pub pass: PassArgs,
+}
+
+/// Where a MicroPython board keeps its identity files (provision and decommission).
+#[derive(Debug, Clone, Args)]
+pub struct MicropythonPathArgs {
+    /// micropython: the private key file on the board (PEM, PKCS#8)
+    #[arg(long, value_name = "PATH", default_value = crate::device::micropython::KEY_PATH)]
+    pub mp_key_path: String,
+    /// micropython: the certificate file on the board (PEM)
+    #[arg(long, value_name = "PATH", default_value = crate::device::micropython::CERT_PATH)]
+    pub mp_cert_path: String,
+    /// micropython: the CA chain file on the board (PEM, issuing CA first)
+    #[arg(long, value_name = "PATH", default_value = crate::device::micropython::CHAIN_PATH)]
+    pub mp_chain_path: String,
+}
+
+impl MicropythonPathArgs {
+    /// The checked paths.
+    pub fn paths(&self) -> Result<crate::device::micropython::Paths, Error> {
+        let p = crate::device::micropython::Paths {
+            key: self.mp_key_path.clone(),
+            cert: self.mp_cert_path.clone(),
+            chain: self.mp_chain_path.clone(),
+        };
+        p.check()?;
+        Ok(p)
+    }
 }
 
 /// One progress line per port on stderr (hidden when stderr is not a terminal).
@@ -133,6 +162,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
         )
         .into());
     }
+    let micropython_paths = a.mp.paths()?;
     let reg = ctx.registry()?;
     let config = ctx.config()?;
     let profile = Profile::load(
@@ -179,6 +209,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
         baud: a.baud,
         timeout: Duration::from_secs_f64(a.timeout),
         nrf_identity_keys: id_keys.map(std::sync::Arc::new),
+        micropython_paths,
     };
     drop(reg);
     let bars = Bars::new();

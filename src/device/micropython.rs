@@ -61,6 +61,32 @@ impl Paths {
     fn all(&self) -> [&str; 3] {
         [&self.key, &self.cert, &self.chain]
     }
+
+    /// Checks the paths a user gave: absolute, distinct, plain text, not a directory.
+    pub fn check(&self) -> crate::Result<()> {
+        for (flag, p) in [
+            ("--mp-key-path", &self.key),
+            ("--mp-cert-path", &self.cert),
+            ("--mp-chain-path", &self.chain),
+        ] {
+            let ok = p.starts_with('/')
+                && !p.ends_with('/')
+                && p.len() <= 255
+                && !p.chars().any(char::is_control)
+                && !p.split('/').any(|c| c == "." || c == "..");
+            if !ok {
+                return Err(crate::Error::input(format!(
+                    "{flag} '{p}': want an absolute file path on the board (e.g. /certs/device.crt), at most 255 characters, without '.', '..' or control characters"
+                )));
+            }
+        }
+        if self.key == self.cert || self.key == self.chain || self.cert == self.chain {
+            return Err(crate::Error::input(
+                "--mp-key-path, --mp-cert-path and --mp-chain-path must be three different files",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Hex SHA-256, as the board prints it.
@@ -134,7 +160,7 @@ impl MicropythonLink<wire::Port> {
             params.baud,
             params.timeout,
         );
-        Ok(MicropythonLink::over(repl, Paths::default()))
+        Ok(MicropythonLink::over(repl, params.micropython_paths))
     }
 }
 

@@ -155,6 +155,8 @@ pub struct LinkParams {
     pub timeout: Duration,
     /// nRF91: modem identity public keys by device UUID (`--nrf-identity-keys`).
     pub nrf_identity_keys: Option<std::sync::Arc<nrf91::IdentityKeys>>,
+    /// MicroPython: where the identity files go on the board.
+    pub micropython_paths: micropython::Paths,
 }
 
 impl Default for LinkParams {
@@ -163,6 +165,7 @@ impl Default for LinkParams {
             baud: 115_200,
             timeout: Duration::from_secs(5),
             nrf_identity_keys: None,
+            micropython_paths: micropython::Paths::default(),
         }
     }
 }
@@ -222,8 +225,10 @@ pub fn open_wipe_link(
             Box::new(micropython::MicropythonLink::open(Path::new(port), params)?)
         }
         DeviceProfile::Cradle => Box::new(cradle::CradleLink::open(Path::new(port), params)?),
-        other => return Err(crate::Error::input(format!(
+        other => {
+            return Err(crate::Error::input(format!(
             "--wipe-device-profile {other}: this family has no serial wipe; record a manual wipe"
-        ))),
+        )))
+        }
     })
 }

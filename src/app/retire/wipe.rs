@@ -45,18 +45,12 @@ pub const NONCE_PURPOSE: &str = "wipe";
 // The wipe goes through the device seam: `device::open_wipe_link` opens one.
 pub use crate::device::WipeLink;
 
-/// Opens wipe links on serial ports at `baud`, waiting up to `timeout` per request
-/// (`--wipe-baud`, `--wipe-timeout`), for `decommission::run`.
+/// Opens wipe links of `profile` on serial ports with `params` (`--wipe-baud`,
+/// `--wipe-timeout`, the MicroPython file paths), for `decommission::run`.
 pub fn serial_opener(
     profile: crate::device::DeviceProfile,
-    baud: u32,
-    timeout: std::time::Duration,
+    params: crate::device::LinkParams,
 ) -> impl FnMut(&str) -> Result<Box<dyn WipeLink>> {
-    let params = crate::device::LinkParams {
-        baud,
-        timeout,
-        nrf_identity_keys: None,
-    };
     move |port: &str| crate::device::open_wipe_link(profile, port, params.clone())
 }
 

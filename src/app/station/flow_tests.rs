@@ -84,6 +84,7 @@ impl Fixture {
             baud: 1_000_000,
             timeout: Duration::from_millis(300),
             nrf_identity_keys: None,
+            micropython_paths: Default::default(),
         }
     }
 
