@@ -685,3 +685,40 @@ fn file_paths_are_settable_and_checked() {
         assert!(board_file(&state, f).is_none(), "{f} is still on the board");
     }
 }
+
+#[test]
+fn wipe_refuses_another_board_on_the_port() {
+    let env = Env::with_ca();
+    let (_sim, link, _state) = start_board(&env, "a", HWID, &[]);
+    let (code, v, err) = provision(&env, &[link.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    let serial = v[0]["serial"].as_str().unwrap().to_string();
+    // Another provisioned board (same paths) is on the port the wipe is pointed at.
+    let other = Env::with_ca();
+    let (_sim2, link2, state2) = start_board(&other, "o", "0011223344556677", &[]);
+    let (code, v, err) = provision(&other, &[link2.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    let o = env.run(&[
+        "--json",
+        "decommission",
+        &serial,
+        "--passphrase-file",
+        env.pass(),
+        "--wipe-port",
+        link2.to_str().unwrap(),
+        "--wipe-device-profile",
+        "micropython",
+        "--wipe-baud",
+        BAUD,
+        "--wipe-timeout",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("wrong device on the port"), "{stderr}");
+    assert!(
+        board_file(&state2, "/certs/device.key").is_some(),
+        "the other board was wiped"
+    );
+    assert_eq!(q(&env, "SELECT count(*) FROM wipes"), "0");
+}
