@@ -722,3 +722,30 @@ fn wipe_refuses_another_board_on_the_port() {
     );
     assert_eq!(q(&env, "SELECT count(*) FROM wipes"), "0");
 }
+
+#[test]
+fn board_without_raw_paste_gets_plain_raw_mode() {
+    let env = Env::with_ca();
+    let (_sim, link, state) = start_board(&env, "r", HWID, &["no-raw-paste"]);
+    let (code, v, err) = provision(&env, &[link.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    check_invariants(&env, HWID, &state);
+    let details = q(
+        &env,
+        "SELECT details FROM events WHERE kind='provision.passed'",
+    );
+    let d: serde_json::Value = serde_json::from_str(&details).unwrap();
+    assert_eq!(d["raw_paste"], false, "{d:#}");
+    // mpremote falls back the same way.
+    let Some(bin) = mpremote_bin() else { return };
+    let port = std::fs::read_link(&link).unwrap();
+    let blob: Vec<u8> = (0..700u32).map(|i| (i * 13 % 256) as u8).collect();
+    let local = env.path("blob.bin");
+    std::fs::write(&local, &blob).unwrap();
+    mpremote(
+        &bin,
+        &port,
+        &["fs", "cp", local.to_str().unwrap(), ":/b.bin"],
+    );
+    assert_eq!(board_file(&state, "/b.bin").unwrap(), blob);
+}

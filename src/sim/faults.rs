@@ -37,6 +37,8 @@ Faults (--fault SPEC, repeatable):
                          digest), so the read-back check fails
   traceback              micropython: answer the first file write with a Traceback
                          (OSError: [Errno 28] ENOSPC)
+  no-raw-paste           micropython: a board without raw-paste mode (answers R\x00), so
+                         programs go in plain raw mode (256-byte chunks)
 One-shot faults fire once per simulator process, so a re-run of the host completes."
     };
 }
@@ -61,6 +63,7 @@ pub struct Faults {
     pub keygen_wrong_sec_tag: bool,
     pub hash_mismatch: bool,
     pub traceback: bool,
+    pub no_raw_paste: bool,
 }
 
 fn prob(spec: &str, v: Option<&str>) -> Result<f64> {
@@ -162,6 +165,7 @@ impl Faults {
                 "wrong-sec-tag" => no_value(&mut f.keygen_wrong_sec_tag)?,
                 "hash-mismatch" => no_value(&mut f.hash_mismatch)?,
                 "traceback" => no_value(&mut f.traceback)?,
+                "no-raw-paste" => no_value(&mut f.no_raw_paste)?,
                 _ => {
                     return Err(Error::input(format!(
                         "--fault '{spec}': unknown fault (see `cradle sim --help`)"

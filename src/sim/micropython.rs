@@ -296,10 +296,19 @@ impl MicropythonResponder {
         if let Some(rest) = s.strip_prefix("with open(") {
             if let Some(arg) = rest.strip_suffix(") as f:") {
                 let b: Vec<String> = body(i).iter().map(|l| l.to_string()).collect();
-                let (path, binary) = match arg.rsplit_once(", ") {
-                    Some((p, "'rb'")) => (path_arg(p)?, true),
+                let (path, binary) = match arg.rsplit_once(',') {
+                    Some((p, m)) if m.trim() == "'rb'" => (path_arg(p)?, true),
                     _ => (path_arg(arg)?, false),
                 };
+                // cradle's read-back: the whole (small) file into the hash at once.
+                if binary && b.len() == 1 && b[0] == " h.update(f.read())" {
+                    let data = self.read_file(&path)?;
+                    match self.hash.as_mut() {
+                        Some(h) => h.update(&data),
+                        None => return Err(Raise("NameError: name 'h' isn't defined".into())),
+                    }
+                    return Ok(());
+                }
                 let shape_cat = !binary
                     && b.len() == 4
                     && b[0] == " while 1:"
@@ -724,6 +733,10 @@ impl MicropythonResponder {
                 CTRL_A => {
                     let paste = self.line == [CTRL_E, b'A'];
                     self.line.clear();
+                    if paste && self.dev.faults.no_raw_paste {
+                        // Understood, not supported: the program follows in plain raw mode.
+                        return Some(b"R\x00".to_vec());
+                    }
                     if paste {
                         self.mode = Mode::Paste(PASTE_WINDOW);
                         let mut r = b"R\x01".to_vec();

@@ -306,27 +306,15 @@ impl<T: Read + Write> RawRepl<T> {
         Ok(std::mem::replace(&mut self.rx, rest))
     }
 
-    /// Drops whatever arrives until the line has been quiet for `quiet`.
-    fn drain(&mut self, quiet: Duration) -> Result<(), WireError> {
-        let mut since = Instant::now();
-        let cap = Instant::now() + self.timeout;
-        while since.elapsed() < quiet && Instant::now() < cap {
-            if self.fill()? {
-                since = Instant::now();
-            }
-        }
-        self.rx.clear();
-        Ok(())
-    }
-
     /// Interrupts whatever runs and enters the raw REPL, up to the first prompt.
     pub fn enter(&mut self) -> Result<(), WireError> {
         let mut last = None;
         for _ in 0..3 {
             // Ctrl-C twice: a running program, then a half-typed line.
-            self.send(&[b'\r', CTRL_C, CTRL_C])?;
-            self.drain(Duration::from_millis(60))?;
-            self.send(&[b'\r', CTRL_A])?;
+            // No wait for the board to go quiet: whatever it prints before the banner
+            // (a KeyboardInterrupt, boot noise, an old program's output) is skipped.
+            self.rx.clear();
+            self.send(&[b'\r', CTRL_C, CTRL_C, b'\r', CTRL_A])?;
             let mut want = BANNER.to_vec();
             want.push(b'>');
             match self.read_until(&want, "the raw REPL banner") {
