@@ -749,3 +749,16 @@ fn board_without_raw_paste_gets_plain_raw_mode() {
     );
     assert_eq!(board_file(&state, "/b.bin").unwrap(), blob);
 }
+
+#[test]
+fn a_board_that_never_stops_talking_fails_with_one_clear_line() {
+    let env = Env::with_ca();
+    let (_sim, link, state) = start_board(&env, "l", HWID, &["long-line"]);
+    let (code, v, err) = provision(&env, &[link.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(1), "{v:#}\n{err}");
+    let e = v[0]["error"].as_str().unwrap();
+    assert!(e.contains("more than 65536 bytes"), "{e}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    check_invariants(&env, HWID, &state);
+    assert_eq!(q(&env, "SELECT count(*) FROM certificates"), "0");
+}

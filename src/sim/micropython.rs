@@ -818,6 +818,10 @@ impl MicropythonResponder {
     fn finish(&mut self, program: &[u8]) -> Vec<u8> {
         // A fresh program scope per `exec` is not MicroPython's way: globals persist
         // (mpremote relies on `f`, `w`, `h` across programs).
+        // long-line: the first program gets a megabyte of output and no end.
+        if std::mem::take(&mut self.dev.faults.long_line) {
+            return vec![b'A'; 1 << 20];
+        }
         let (o, e) = self.run(program);
         let mut r = o;
         r.push(CTRL_D);
