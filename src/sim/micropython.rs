@@ -897,6 +897,11 @@ impl Responder for MicropythonResponder {
                 let hang = self.hangup;
                 out.push(self.reply(r));
                 if hang {
+                    // The board resets: it boots to the friendly REPL with its globals
+                    // gone and whatever it had written so far still on flash.
+                    self.mode = Mode::Friendly;
+                    self.line.clear();
+                    self.soft_reset();
                     break;
                 }
             }
