@@ -219,7 +219,7 @@ fn csr_mode_is_refused_before_touching_the_board() {
             "--port",
             link.to_str().unwrap(),
         ],
-        3,
+        2,
     );
     assert!(err.contains("--mode inject"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");

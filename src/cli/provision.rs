@@ -157,7 +157,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
         return Err(Error::input("--timeout must be between 0 and 3600 seconds").into());
     }
     if a.device_profile == DeviceProfileArg::Micropython && a.mode == ModeArg::Csr {
-        return Err(Error::input(
+        return Err(Error::usage(
             "--device-profile micropython needs --mode inject: a MicroPython board makes no key cradle can certify, so cradle makes it, writes it to the board and forgets it",
         )
         .into());

@@ -427,7 +427,7 @@ impl<T: Read + Write> WipeLink for MicropythonLink<T> {
         ))
     }
 
-    fn verifies_by_read_back(&self) -> bool {
+    fn reads_back(&self) -> bool {
         true
     }
 

@@ -191,7 +191,7 @@ pub trait WipeLink {
     fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation>;
     /// Whether this family proves a wipe by read-back (`wipe_read_back`) instead of a
     /// signed attestation (`wipe`).
-    fn verifies_by_read_back(&self) -> bool {
+    fn reads_back(&self) -> bool {
         false
     }
     /// Families that cannot sign: erases the identity and reads back that it is gone.
@@ -226,9 +226,9 @@ pub fn open_wipe_link(
         }
         DeviceProfile::Cradle => Box::new(cradle::CradleLink::open(Path::new(port), params)?),
         other => {
-            return Err(crate::Error::input(format!(
-            "--wipe-device-profile {other}: this family has no serial wipe; record a manual wipe"
-        )))
+            return Err(crate::Error::usage(format!(
+                "--wipe-port: the {other} profile has no serial wipe; record a manual wipe"
+            )))
         }
     })
 }

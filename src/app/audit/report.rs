@@ -613,7 +613,7 @@ fn decommissions_section(h: &mut String, list: &[Decommissioned]) {
                 esc(d.wipe_level.as_deref().unwrap_or(""))
             ),
             (Some("read-back"), _) => format!(
-                "<span class=\"pill ok\">read-back</span> <span class=\"muted\">{}</span>",
+                "<span class=\"pill ok\">read back</span> <span class=\"muted\">{}</span>",
                 esc(d.wipe_level.as_deref().unwrap_or(""))
             ),
             (Some(_), Some(true)) => format!(

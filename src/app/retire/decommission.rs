@@ -789,12 +789,7 @@ impl Runner<'_> {
                 let mut link = (self.open_link)(port)?;
                 let dev = current_device(self.reg.reader(), p.device.id)?;
                 let actor = self.actor;
-                let how = if link.verifies_by_read_back() {
-                    wipe::read_back_wipe
-                } else {
-                    wipe::attested_wipe
-                };
-                let rec = how(
+                let rec = wipe::attested_wipe(
                     self.reg,
                     &dev,
                     link.as_mut(),

@@ -15,6 +15,10 @@
 //! 5. mark the nonce used and store the attestation (`attestation_verified = 1`)
 //!    together with the step record.
 //!
+//! A family that cannot sign (`WipeLink::reads_back`, a MicroPython board) stops after
+//! 1: it erases its identity, the host reads back that it is gone, and the record is
+//! kind `read-back` (no nonce, no attestation).
+//!
 //! **A reply lost after the device wiped** (cable pulled, host killed between 3 and
 //! 5) leaves the step failed/running and the nonce issued but unused. A re-run sends
 //! a new nonce. A device that has already wiped either
@@ -54,11 +58,12 @@ pub fn serial_opener(
     move |port: &str| crate::device::open_wipe_link(profile, port, params.clone())
 }
 
-/// Step 3 for a family that cannot sign (`WipeLink::verifies_by_read_back`): the right
-/// device is on the port, it erases its identity and the host reads back that it is
-/// gone. Recorded as kind `read-back` (no attestation, no nonce), level Clear.
+/// Step 3 for a family that cannot sign (`WipeLink::reads_back`), once `attested_wipe`
+/// has checked that the right device is on the port: it erases its identity and the host
+/// reads back that it is gone. Recorded as kind `read-back` (no attestation, no nonce),
+/// level Clear.
 #[allow(clippy::too_many_arguments)]
-pub fn read_back_wipe(
+fn read_back_wipe(
     reg: &mut Store,
     device: &Device,
     link: &mut dyn WipeLink,
@@ -67,7 +72,6 @@ pub fn read_back_wipe(
     actor: &Actor,
     finish: &dyn Fn(&Tx<'_>, &WipeRecord, &str) -> Result<()>,
 ) -> Result<WipeRecord> {
-    check_identity(device, link)?;
     {
         let now = now_rfc3339();
         let tx = reg.write()?;
@@ -201,6 +205,9 @@ pub fn attested_wipe(
     finish: &dyn Fn(&Tx<'_>, &WipeRecord, &str) -> Result<()>,
 ) -> Result<WipeRecord> {
     let hwid = check_identity(device, link)?;
+    if link.reads_back() {
+        return read_back_wipe(reg, device, link, ctx, step_options, actor, finish);
+    }
     let (spki, cert_fp) = device_key(reg.reader(), device)?;
 
     let nonce = fresh_nonce();
