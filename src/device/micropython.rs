@@ -283,6 +283,14 @@ impl<T: Read + Write> MicropythonLink<T> {
             .ok_or_else(|| WireError::Protocol("os.uname() has no machine field".into()))?;
         let release = field(uname, "release")
             .ok_or_else(|| WireError::Protocol("os.uname() has no release field".into()))?;
+        // They go into the registry and its exports: short, printable text only.
+        for (what, v) in [("machine", &model), ("release", &release)] {
+            if v.is_empty() || v.len() > 128 || v.chars().any(char::is_control) {
+                return Err(WireError::Protocol(format!(
+                    "os.uname().{what} is not a short printable string: {v:?}"
+                )));
+            }
+        }
         Ok(Identity {
             hardware_id: uid.to_ascii_lowercase(),
             serial: None,
