@@ -422,15 +422,7 @@ impl MicropythonResponder {
                 };
             }
         }
-        let word: String = s
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        if word.is_empty() || word.chars().next().is_some_and(|c| c.is_ascii_digit()) {
-            Err(Raise("SyntaxError: invalid syntax".into()))
-        } else {
-            Err(Raise(format!("NameError: name '{word}' isn't defined")))
-        }
+        Err(unknown(s))
     }
 
     fn import(&mut self, name: &str) -> Result<(), Raise> {
@@ -499,10 +491,7 @@ impl MicropythonResponder {
         if v == "\"RemoteFS\" in globals()" {
             return Ok("False".into());
         }
-        Err(Raise(format!(
-            "NameError: name '{}' isn't defined",
-            v.split(['(', '.', ' ']).next().unwrap_or(v)
-        )))
+        Err(unknown(v))
     }
 
     /// `print(EXPR)` for the expressions cradle's link prints.
@@ -536,10 +525,7 @@ impl MicropythonResponder {
                 self.need("os")?;
                 Ok("/".into())
             }
-            _ => Err(Raise(format!(
-                "NameError: name '{}' isn't defined",
-                v.split(['(', '.', ' ']).next().unwrap_or(v)
-            ))),
+            _ => Err(unknown(v)),
         }
     }
 
@@ -832,6 +818,34 @@ impl MicropythonResponder {
     }
 }
 
+/// What the board says about code outside the known shapes: the first name in it is
+/// not defined (as on a board without that module or variable), or, without a name,
+/// a syntax error.
+fn unknown(code: &str) -> Raise {
+    let mut name = String::new();
+    let mut in_str = None;
+    for c in code.chars() {
+        match in_str {
+            Some(q) if c == q => in_str = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => in_str = Some(c),
+            None if c.is_ascii_alphabetic()
+                || c == '_'
+                || (!name.is_empty() && c.is_ascii_digit()) =>
+            {
+                name.push(c)
+            }
+            None if !name.is_empty() => break,
+            None => {}
+        }
+    }
+    if name.is_empty() {
+        Raise("SyntaxError: invalid syntax".into())
+    } else {
+        Raise(format!("NameError: name '{name}' isn't defined"))
+    }
+}
+
 fn split_semicolon(s: &str) -> Option<(&str, &str)> {
     // Only outside literals; the known shapes put `;` between simple statements.
     if s.contains('\'') || s.contains('"') {
@@ -1005,6 +1019,10 @@ mod tests {
             e.contains("NameError: name 'frobnicate' isn't defined"),
             "{e}"
         );
+        let (_, e) = exec(&mut b, "print(1+1)");
+        assert!(e.ends_with("SyntaxError: invalid syntax\r\n"), "{e}");
+        let (_, e) = exec(&mut b, "print(repr(network.WLAN(0)))");
+        assert!(e.contains("NameError: name 'network' isn't defined"), "{e}");
         let (_, e) = exec(
             &mut b,
             "import os\ntry:\n os.remove('/nope')\nexcept OSError:\n pass",
