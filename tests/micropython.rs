@@ -644,6 +644,20 @@ fn file_paths_are_settable_and_checked() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(err.contains("--mp-"), "{err}");
     }
+    // The paths belong to the micropython profile only.
+    let err = env.fails(
+        &[
+            "provision",
+            "--passphrase-file",
+            env.pass(),
+            "--port",
+            port,
+            "--mp-cert-path",
+            "/x.crt",
+        ],
+        2,
+    );
+    assert!(err.contains("micropython device profile only"), "{err}");
     assert_eq!(env.dump(), before, "a refused run changed the registry");
     let (code, v, err) = provision(&env, &[port], &paths);
     assert_eq!(code, Some(0), "{v:#}\n{err}");

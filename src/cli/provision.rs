@@ -58,24 +58,37 @@ pub struct ProvisionArgs {
 /// Where a MicroPython board keeps its identity files (provision and decommission).
 #[derive(Debug, Clone, Args)]
 pub struct MicropythonPathArgs {
-    /// micropython: the private key file on the board (PEM, PKCS#8)
-    #[arg(long, value_name = "PATH", default_value = crate::device::micropython::KEY_PATH)]
-    pub mp_key_path: String,
-    /// micropython: the certificate file on the board (PEM)
-    #[arg(long, value_name = "PATH", default_value = crate::device::micropython::CERT_PATH)]
-    pub mp_cert_path: String,
-    /// micropython: the CA chain file on the board (PEM, issuing CA first)
-    #[arg(long, value_name = "PATH", default_value = crate::device::micropython::CHAIN_PATH)]
-    pub mp_chain_path: String,
+    /// micropython: the private key file on the board (PEM, PKCS#8; default
+    /// /certs/device.key)
+    #[arg(long, value_name = "PATH")]
+    pub mp_key_path: Option<String>,
+    /// micropython: the certificate file on the board (PEM; default /certs/device.crt)
+    #[arg(long, value_name = "PATH")]
+    pub mp_cert_path: Option<String>,
+    /// micropython: the CA chain file on the board (PEM, issuing CA first; default
+    /// /certs/chain.pem)
+    #[arg(long, value_name = "PATH")]
+    pub mp_chain_path: Option<String>,
 }
 
 impl MicropythonPathArgs {
-    /// The checked paths.
-    pub fn paths(&self) -> Result<crate::device::micropython::Paths, Error> {
-        let p = crate::device::micropython::Paths {
-            key: self.mp_key_path.clone(),
-            cert: self.mp_cert_path.clone(),
-            chain: self.mp_chain_path.clone(),
+    /// The checked paths; refused when given for another device profile.
+    pub fn paths(
+        &self,
+        profile: DeviceProfileArg,
+    ) -> Result<crate::device::micropython::Paths, Error> {
+        use crate::device::micropython as mp;
+        let given = [&self.mp_key_path, &self.mp_cert_path, &self.mp_chain_path];
+        if profile != DeviceProfileArg::Micropython && given.iter().any(|g| g.is_some()) {
+            return Err(Error::usage(
+                "--mp-key-path, --mp-cert-path and --mp-chain-path apply to the micropython device profile only",
+            ));
+        }
+        let pick = |v: &Option<String>, d: &str| v.clone().unwrap_or_else(|| d.to_string());
+        let p = mp::Paths {
+            key: pick(&self.mp_key_path, mp::KEY_PATH),
+            cert: pick(&self.mp_cert_path, mp::CERT_PATH),
+            chain: pick(&self.mp_chain_path, mp::CHAIN_PATH),
         };
         p.check()?;
         Ok(p)
@@ -162,7 +175,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
         )
         .into());
     }
-    let micropython_paths = a.mp.paths()?;
+    let micropython_paths = a.mp.paths(a.device_profile)?;
     let reg = ctx.registry()?;
     let config = ctx.config()?;
     let profile = Profile::load(

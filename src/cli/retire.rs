@@ -326,7 +326,7 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
     let params = crate::device::LinkParams {
         baud: a.wipe_baud,
         timeout: a.wipe_timeout,
-        micropython_paths: a.mp.paths()?,
+        micropython_paths: a.mp.paths(a.wipe_device_profile)?,
         ..Default::default()
     };
     let mut opener = wipe::serial_opener(a.wipe_device_profile.into(), params);
