@@ -50,7 +50,49 @@ pub struct ProvisionArgs {
     #[arg(long, value_name = "FILE")]
     pub nrf_identity_keys: Option<PathBuf>,
     #[command(flatten)]
+    pub mp: MicropythonPathArgs,
+    #[command(flatten)]
     pub pass: PassArgs,
+}
+
+/// Where a MicroPython board keeps its identity files (provision and decommission).
+#[derive(Debug, Clone, Args)]
+pub struct MicropythonPathArgs {
+    /// micropython: the private key file on the board (PEM, PKCS#8; default
+    /// /certs/device.key)
+    #[arg(long, value_name = "PATH")]
+    pub mp_key_path: Option<String>,
+    /// micropython: the certificate file on the board (PEM; default /certs/device.crt)
+    #[arg(long, value_name = "PATH")]
+    pub mp_cert_path: Option<String>,
+    /// micropython: the CA chain file on the board (PEM, issuing CA first; default
+    /// /certs/chain.pem)
+    #[arg(long, value_name = "PATH")]
+    pub mp_chain_path: Option<String>,
+}
+
+impl MicropythonPathArgs {
+    /// The checked paths; refused when given for another device profile.
+    pub fn paths(
+        &self,
+        profile: DeviceProfileArg,
+    ) -> Result<crate::device::micropython::Paths, Error> {
+        use crate::device::micropython as mp;
+        let given = [&self.mp_key_path, &self.mp_cert_path, &self.mp_chain_path];
+        if profile != DeviceProfileArg::Micropython && given.iter().any(|g| g.is_some()) {
+            return Err(Error::usage(
+                "--mp-key-path, --mp-cert-path and --mp-chain-path apply to the micropython device profile only",
+            ));
+        }
+        let pick = |v: &Option<String>, d: &str| v.clone().unwrap_or_else(|| d.to_string());
+        let p = mp::Paths {
+            key: pick(&self.mp_key_path, mp::KEY_PATH),
+            cert: pick(&self.mp_cert_path, mp::CERT_PATH),
+            chain: pick(&self.mp_chain_path, mp::CHAIN_PATH),
+        };
+        p.check()?;
+        Ok(p)
+    }
 }
 
 /// One progress line per port on stderr (hidden when stderr is not a terminal).
@@ -144,6 +186,13 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
     if !(a.timeout > 0.0 && a.timeout <= 3600.0) {
         return Err(Error::input("--timeout must be between 0 and 3600 seconds").into());
     }
+    if a.device_profile == DeviceProfileArg::Micropython && a.mode == ModeArg::Csr {
+        return Err(Error::usage(
+            "--device-profile micropython needs --mode inject: a MicroPython board makes no key cradle can certify, so cradle makes it, writes it to the board and forgets it",
+        )
+        .into());
+    }
+    let micropython_paths = a.mp.paths(a.device_profile)?;
     let reg = ctx.registry()?;
     let config = ctx.config()?;
     let profile = Profile::load(
@@ -190,6 +239,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
         baud: a.baud,
         timeout: Duration::from_secs_f64(a.timeout),
         nrf_identity_keys: id_keys.map(std::sync::Arc::new),
+        micropython_paths,
     };
     drop(reg);
     let bars = Bars::new(a.watch);

@@ -216,9 +216,15 @@ pub struct DecommissionArgs {
     /// RFC 5280 revocation reason (default cessationOfOperation)
     #[arg(long, value_name = "REASON")]
     reason: Option<String>,
-    /// Wipe over the device protocol on this serial port, with a signed attestation
+    /// Wipe over the device protocol on this serial port (see --wipe-device-profile)
     #[arg(long, value_name = "PATH", conflicts_with = "wipe_method")]
     wipe_port: Option<String>,
+    /// Serial wipe: the protocol the device on --wipe-port speaks: cradle (signed
+    /// attestation) or micropython (identity files removed and read back as gone)
+    #[arg(long, value_enum, value_name = "PROFILE", default_value = "cradle")]
+    wipe_device_profile: super::values::DeviceProfileArg,
+    #[command(flatten)]
+    mp: super::provision::MicropythonPathArgs,
     /// Serial wipe: line rate of the port (8N1)
     #[arg(long, value_name = "BAUD", default_value_t = 115_200,
           value_parser = clap::value_parser!(u32).range(50..=12_000_000))]
@@ -317,7 +323,13 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
         org: config.org.clone(),
         crl: Publication::configured(&ctx.home, &config),
     };
-    let mut opener = wipe::serial_opener(a.wipe_baud, a.wipe_timeout);
+    let params = crate::device::LinkParams {
+        baud: a.wipe_baud,
+        timeout: a.wipe_timeout,
+        micropython_paths: a.mp.paths(a.wipe_device_profile)?,
+        ..Default::default()
+    };
+    let mut opener = wipe::serial_opener(a.wipe_device_profile.into(), params);
     let pb = Bar::new("retiring");
     let summary = decommission::run(
         &mut reg,

@@ -4,6 +4,7 @@
 //! `wire`; this module adapts them to what a workflow needs.
 
 pub mod cradle;
+pub mod micropython;
 pub mod nrf91;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -27,6 +28,8 @@ pub enum DeviceProfile {
     Cradle,
     /// Nordic nRF91-style AT commands (AT%KEYGEN, AT%CMNG).
     Nrf91,
+    /// MicroPython boards over the raw REPL: identity files on the board's filesystem.
+    Micropython,
 }
 
 impl DeviceProfile {
@@ -34,6 +37,7 @@ impl DeviceProfile {
         match self {
             DeviceProfile::Cradle => "cradle",
             DeviceProfile::Nrf91 => "nrf91",
+            DeviceProfile::Micropython => "micropython",
         }
     }
 }
@@ -151,6 +155,8 @@ pub struct LinkParams {
     pub timeout: Duration,
     /// nRF91: modem identity public keys by device UUID (`--nrf-identity-keys`).
     pub nrf_identity_keys: Option<std::sync::Arc<nrf91::IdentityKeys>>,
+    /// MicroPython: where the identity files go on the board.
+    pub micropython_paths: micropython::Paths,
 }
 
 impl Default for LinkParams {
@@ -159,6 +165,7 @@ impl Default for LinkParams {
             baud: 115_200,
             timeout: Duration::from_secs(5),
             nrf_identity_keys: None,
+            micropython_paths: micropython::Paths::default(),
         }
     }
 }
@@ -172,6 +179,7 @@ pub fn open(
     Ok(match profile {
         DeviceProfile::Cradle => Box::new(cradle::CradleLink::open(port, params)?),
         DeviceProfile::Nrf91 => Box::new(nrf91::NrfLink::open(port, params)?),
+        DeviceProfile::Micropython => Box::new(micropython::MicropythonLink::open(port, params)?),
     })
 }
 
@@ -181,10 +189,46 @@ pub trait WipeLink {
     fn hardware_id(&mut self) -> Result<String>;
     /// Sends WIPE with `nonce`; returns the device's signed attestation.
     fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation>;
+    /// Whether this family proves a wipe by read-back (`wipe_read_back`) instead of a
+    /// signed attestation (`wipe`).
+    fn reads_back(&self) -> bool {
+        false
+    }
+    /// Families that cannot sign: erases the identity and reads back that it is gone.
+    fn wipe_read_back(&mut self) -> Result<ReadBackWipe> {
+        Err(crate::Error::Device(
+            "this device signs its wipes; it has no read-back wipe".into(),
+        ))
+    }
 }
 
-/// Opens a wipe link over the device protocol on a serial port (or pty). Only the cradle
-/// protocol wipes with a signed attestation today.
-pub fn open_wipe_link(port: &str, params: LinkParams) -> Result<Box<dyn WipeLink>> {
-    Ok(Box::new(cradle::CradleLink::open(Path::new(port), params)?))
+/// A wipe the host verified by reading the device back (no signature to check).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadBackWipe {
+    /// What was erased (file paths, regions).
+    pub erased: Vec<String>,
+    pub method: String,
+    /// How the read-back showed it gone.
+    pub verification: String,
+    pub tool: String,
+}
+
+/// Opens a wipe link of `profile` on a serial port (or pty). The cradle protocol wipes
+/// with a signed attestation; a MicroPython board by read-back.
+pub fn open_wipe_link(
+    profile: DeviceProfile,
+    port: &str,
+    params: LinkParams,
+) -> Result<Box<dyn WipeLink>> {
+    Ok(match profile {
+        DeviceProfile::Micropython => {
+            Box::new(micropython::MicropythonLink::open(Path::new(port), params)?)
+        }
+        DeviceProfile::Cradle => Box::new(cradle::CradleLink::open(Path::new(port), params)?),
+        other => {
+            return Err(crate::Error::usage(format!(
+                "--wipe-port: the {other} profile has no serial wipe; record a manual wipe"
+            )))
+        }
+    })
 }

@@ -69,6 +69,9 @@ pub struct DeviceState {
     /// nRF91 profile: credentials by (tag, type) as PEM text.
     #[serde(default)]
     pub cmng: BTreeMap<String, String>,
+    /// MicroPython profile: the board's filesystem.
+    #[serde(default)]
+    pub micropython: super::micropython::Fs,
 }
 
 impl DeviceState {
@@ -85,6 +88,7 @@ impl DeviceState {
             last_nonce: None,
             last_attestation: None,
             cmng: BTreeMap::new(),
+            micropython: Default::default(),
         }
     }
 

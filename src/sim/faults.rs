@@ -17,13 +17,16 @@ Faults (--fault SPEC, repeatable):
                          hang up (the port disappears and comes back as a new pty behind the
                          same --link) after handling the N-th (default 1st) STEP request, before
                          replying; STEP is hello, keygen, stat, write, commit, read, lock, wipe,
-                         erase (nrf91: keygen, cmng-write, cmng-list)
+                         erase (nrf91: keygen, cmng-write, cmng-list; micropython: hello is
+                         entering the raw REPL, write a file write, so the file is left half
+                         written as by a board that resets mid-write)
   slow-baud:RATE         pace the line at RATE while the host expects --baud
   reject-lock[:N]        refuse the first N (default 1) LOCK requests (error 13 lock-refused)
   garbage-on-boot        send random noise (no frame) each time the port comes up
   forge-attestation      sign wipe attestations with a random key instead of the identity key
   replay-nonce           answer WIPE with the nonce of the previous wipe (or a random one)
   long-line              answer the first HELLO (nrf91: AT+CGSN) with 1 MiB without a line end
+                         (micropython: the first program prints 1 MiB and never ends)
   bad-base64             answer the first KEYGEN with a CSR that is not base64
   csr-wrong-key          answer the first KEYGEN with a CSR for another key than the one reported
                          (nrf91: a COSE signed by another key than the modem's identity key)
@@ -31,13 +34,18 @@ Faults (--fault SPEC, repeatable):
                          SHA-256 of the CSR
   wrong-sec-tag          nrf91: answer the first AT%KEYGEN with a COSE for another sec_tag
   hash-mismatch          return altered data for the first READ (nrf91: a wrong SHA-256 in
-                         the first AT%CMNG=1 listing), so the read-back check fails
+                         the first AT%CMNG=1 listing; micropython: a wrong first SHA-256
+                         digest), so the read-back check fails
   window-drop            read the line every 20 ms and silently drop each request that finds
                          the advertised window (--window) of requests already waiting (a
                          device with a window-sized receive buffer)
   upper-crc              write the CRC of every reply in upper-case hex (the page forbids it)
   bad-attestation        sign and send wipe attestations without their final LF (the
                          device still wipes; the page's exact bytes end with LF)
+  traceback              micropython: answer the first file write with a Traceback
+                         (OSError: [Errno 28] ENOSPC)
+  no-raw-paste           micropython: a board without raw-paste mode (answers R\x00), so
+                         programs go in plain raw mode (256-byte chunks)
 One-shot faults fire once per simulator process, so a re-run of the host completes."
     };
 }
@@ -64,6 +72,8 @@ pub struct Faults {
     pub window_drop: bool,
     pub upper_crc: bool,
     pub bad_attestation: bool,
+    pub traceback: bool,
+    pub no_raw_paste: bool,
 }
 
 fn prob(spec: &str, v: Option<&str>) -> Result<f64> {
@@ -167,6 +177,8 @@ impl Faults {
                 "window-drop" => no_value(&mut f.window_drop)?,
                 "upper-crc" => no_value(&mut f.upper_crc)?,
                 "bad-attestation" => no_value(&mut f.bad_attestation)?,
+                "traceback" => no_value(&mut f.traceback)?,
+                "no-raw-paste" => no_value(&mut f.no_raw_paste)?,
                 _ => {
                     return Err(Error::input(format!(
                         "--fault '{spec}': unknown fault (see `cradle sim --help`)"

@@ -4,6 +4,7 @@
 
 pub mod device;
 pub mod faults;
+pub mod micropython;
 pub mod nrf91;
 
 use std::fs::File;
@@ -415,11 +416,20 @@ pub fn build_devices(cfg: &SimConfig) -> Result<Vec<Box<dyn Responder>>> {
             None => {
                 let hwid = match cfg.profile {
                     DeviceProfile::Nrf91 if cfg.hardware_id.is_none() => nrf91::fake_imei(i),
+                    DeviceProfile::Micropython => match &cfg.hardware_id {
+                        None => micropython::fake_unique_id(i),
+                        Some(h) => {
+                            micropython::unique_id_for(h, cfg.count, i).map_err(Error::input)?
+                        }
+                    },
                     _ => default_hwid(cfg, i, &base),
                 };
                 let mut s = DeviceState::new(&hwid, &cfg.model);
                 if cfg.profile == DeviceProfile::Nrf91 {
                     s.firmware = nrf91::SIM_MFW.to_string();
+                }
+                if cfg.profile == DeviceProfile::Micropython {
+                    s.firmware = format!("MicroPython {}", micropython::SIM_RELEASE);
                 }
                 if let Some(p) = &path {
                     s.save(p)?;
@@ -433,6 +443,7 @@ pub fn build_devices(cfg: &SimConfig) -> Result<Vec<Box<dyn Responder>>> {
         out.push(match cfg.profile {
             DeviceProfile::Cradle => Box::new(CradleResponder::new(dev)),
             DeviceProfile::Nrf91 => Box::new(nrf91::NrfResponder::new(dev)),
+            DeviceProfile::Micropython => Box::new(micropython::MicropythonResponder::new(dev)),
         });
     }
     Ok(out)

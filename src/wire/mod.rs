@@ -5,6 +5,7 @@
 pub mod conformance;
 pub mod frame;
 pub mod nrf91;
+pub mod raw_repl;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};

@@ -15,6 +15,10 @@
 //! 5. mark the nonce used and store the attestation (`attestation_verified = 1`)
 //!    together with the step record.
 //!
+//! A family that cannot sign (`WipeLink::reads_back`, a MicroPython board) stops after
+//! 1: it erases its identity, the host reads back that it is gone, and the record is
+//! kind `read-back` (no nonce, no attestation).
+//!
 //! **A reply lost after the device wiped** (cable pulled, host killed between 3 and
 //! 5) leaves the step failed/running and the nonce issued but unused. A re-run sends
 //! a new nonce. A device that has already wiped either
@@ -45,19 +49,78 @@ pub const NONCE_PURPOSE: &str = "wipe";
 // The wipe goes through the device seam: `device::open_wipe_link` opens one.
 pub use crate::device::WipeLink;
 
-/// Opens wipe links on serial ports at `baud`, waiting up to `timeout` per request
-/// (`--wipe-baud`, `--wipe-timeout`), for `decommission::run`.
+/// Opens wipe links of `profile` on serial ports with `params` (`--wipe-baud`,
+/// `--wipe-timeout`, the MicroPython file paths), for `decommission::run`.
 pub fn serial_opener(
-    baud: u32,
-    timeout: std::time::Duration,
+    profile: crate::device::DeviceProfile,
+    params: crate::device::LinkParams,
 ) -> impl FnMut(&str) -> Result<Box<dyn WipeLink>> {
-    let params = crate::device::LinkParams {
-        baud,
-        timeout,
-        nrf_identity_keys: None,
-    };
-    move |port: &str| crate::device::open_wipe_link(port, params.clone())
+    move |port: &str| crate::device::open_wipe_link(profile, port, params.clone())
 }
+
+/// Step 3 for a family that cannot sign (`WipeLink::reads_back`), once `attested_wipe`
+/// has checked that the right device is on the port: it erases its identity and the host
+/// reads back that it is gone. Recorded as kind `read-back` (no attestation, no nonce),
+/// level Clear.
+#[allow(clippy::too_many_arguments)]
+fn read_back_wipe(
+    reg: &mut Store,
+    device: &Device,
+    link: &mut dyn WipeLink,
+    ctx: &WipeContext,
+    step_options: &serde_json::Value,
+    actor: &Actor,
+    finish: &dyn Fn(&Tx<'_>, &WipeRecord, &str) -> Result<()>,
+) -> Result<WipeRecord> {
+    {
+        let now = now_rfc3339();
+        let tx = reg.write()?;
+        rr::start_step(
+            &tx,
+            device.id,
+            super::Step::Wipe.as_str(),
+            step_options,
+            &now,
+        )?;
+        tx.commit()?;
+    }
+    let rb = link.wipe_read_back()?;
+    let now = now_rfc3339();
+    let tx = reg.write()?;
+    let record = WipeRecord {
+        id: 0,
+        device_id: device.id,
+        kind: READ_BACK.into(),
+        level: super::WipeLevel::Clear.as_str().into(),
+        method: format!("{}: {}", rb.method, rb.erased.join(", ")),
+        media_type: ctx
+            .media_type
+            .clone()
+            .or_else(|| Some("device filesystem (identity files)".into())),
+        tool: Some(rb.tool.clone()),
+        tool_version: Some(env!("CARGO_PKG_VERSION").into()),
+        verification: Some(format!("verified by read-back: {}", rb.verification)),
+        verified_by: Some(format!("cradle (automatic), operator {}", actor.operator)),
+        technician: ctx
+            .technician
+            .clone()
+            .or_else(|| Some(actor.operator.clone())),
+        location: ctx.location.clone().or_else(|| device.location.clone()),
+        destination: ctx.destination.clone(),
+        nonce_hex: None,
+        attestation: None,
+        attestation_verified: None,
+        recorded_at: now.clone(),
+    };
+    let id = rr::insert_wipe(&tx, &record)?;
+    let record = WipeRecord { id, ..record };
+    finish(&tx, &record, &now)?;
+    tx.commit()?;
+    Ok(record)
+}
+
+/// Wipe record kind of a wipe verified by reading the device back.
+pub const READ_BACK: &str = "read-back";
 
 /// 32 random bytes from the OS.
 pub fn fresh_nonce() -> [u8; 32] {
@@ -142,6 +205,9 @@ pub fn attested_wipe(
     finish: &dyn Fn(&Tx<'_>, &WipeRecord, &str) -> Result<()>,
 ) -> Result<WipeRecord> {
     let hwid = check_identity(device, link)?;
+    if link.reads_back() {
+        return read_back_wipe(reg, device, link, ctx, step_options, actor, finish);
+    }
     let (spki, cert_fp) = device_key(reg.reader(), device)?;
 
     let nonce = fresh_nonce();

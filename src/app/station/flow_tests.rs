@@ -84,6 +84,7 @@ impl Fixture {
             baud: 1_000_000,
             timeout: Duration::from_millis(300),
             nrf_identity_keys: None,
+            micropython_paths: Default::default(),
         }
     }
 
@@ -144,6 +145,12 @@ fn run(st: &Station<'_>, dev: Box<dyn Responder>) -> (PortResult, Box<dyn Respon
                     NrfSession::new(host, st.baud, st.timeout),
                     None,
                 )),
+                DeviceProfile::Micropython => {
+                    Box::new(crate::device::micropython::MicropythonLink::over(
+                        crate::wire::raw_repl::RawRepl::new(host, st.baud, st.timeout),
+                        Default::default(),
+                    ))
+                }
             })
         },
         &NoProgress,
@@ -324,4 +331,75 @@ fn an_nrf91_modem_is_burned_verified_and_recorded_without_a_seal() {
         assert_eq!(d["attestation"] == "unverified", csr, "{d}");
         assert_eq!(d["device_uuid"].is_string(), csr, "{d}");
     }
+}
+
+fn micropython_board(hwid: &str, model: &str, faults: Faults) -> Box<dyn Responder> {
+    Box::new(crate::sim::micropython::MicropythonResponder::new(
+        SimDevice::new(DeviceState::new(hwid, model), None, faults),
+    ))
+}
+
+#[test]
+fn a_micropython_board_gets_verified_files_then_counts_as_done() {
+    let f = fixture();
+    let st = f.station(Mode::Inject, DeviceProfile::Micropython);
+    let hwid = "e6614103e7a1b2c3";
+    let (res, mut dev) = run(&st, micropython_board(hwid, "Pico", Faults::default()));
+    assert_eq!(res.result, Outcome::Pass, "{:?}", res.error);
+    assert_eq!(
+        f.state_of(hwid),
+        (DeviceStatus::Provisioned, vec![CertStatus::Active])
+    );
+    let fs = &dev.device().state.micropython;
+    for p in ["/certs/device.key", "/certs/device.crt", "/certs/chain.pem"] {
+        assert!(fs.files.contains_key(p), "{p} missing: {fs:?}");
+    }
+    let (res, _) = run(&st, dev);
+    assert_eq!(res.result, Outcome::Pass, "{:?}", res.error);
+    assert!(res.already_provisioned);
+    // CSR mode cannot work on a board that makes no certifiable key: FAIL, nothing issued.
+    let st = f.station(Mode::Csr, DeviceProfile::Micropython);
+    let (res, _) = run(
+        &st,
+        micropython_board("0102030405060708", "Pico", Faults::default()),
+    );
+    assert_eq!(res.result, Outcome::Fail);
+    assert!(
+        res.error.as_deref().unwrap().contains("--mode inject"),
+        "{res:?}"
+    );
+    assert_eq!(
+        f.state_of("0102030405060708"),
+        (DeviceStatus::Registered, vec![])
+    );
+}
+
+#[test]
+fn a_micropython_board_with_unprintable_strings_is_refused() {
+    let f = fixture();
+    let st = f.station(Mode::Inject, DeviceProfile::Micropython);
+    let (res, _) = run(
+        &st,
+        micropython_board("e6614103e7a1b2c4", "evil\u{1b}[2J", Faults::default()),
+    );
+    assert_eq!(res.result, Outcome::Fail);
+    assert!(
+        res.error
+            .as_deref()
+            .unwrap()
+            .contains("not a short printable string"),
+        "{res:?}"
+    );
+    // An OSError while writing is final: FAIL with the board's own words, cert unused.
+    let faults = Faults {
+        traceback: true,
+        ..Faults::default()
+    };
+    let (res, _) = run(&st, micropython_board("e6614103e7a1b2c5", "Pico", faults));
+    assert_eq!(res.result, Outcome::Fail);
+    assert!(res.error.as_deref().unwrap().contains("ENOSPC"), "{res:?}");
+    assert_eq!(
+        f.state_of("e6614103e7a1b2c5"),
+        (DeviceStatus::Registered, vec![CertStatus::Unused])
+    );
 }
