@@ -8,9 +8,10 @@ use clap::{Subcommand, ValueEnum};
 use indicatif::ProgressBar;
 
 use super::common::{print_json, progress_bar, Ctx};
+use crate::app::inventory::export::CsvStyle;
 use crate::app::inventory::import::{self, Rejection};
 use crate::app::inventory::{
-    self as inv, Blank, DeviceFilter, Format, ImportOptions, MatchKey, Mode,
+    self as inv, Blank, Delimiter, DeviceFilter, Format, ImportOptions, MatchKey, Mode,
 };
 use crate::error::Error;
 use crate::outfile::OutFile;
@@ -21,16 +22,31 @@ Columns (header names, case-insensitive): serial, hardware_id, model, hw_rev, ba
 location, owner, mac, imei, status, notes. Columns named attr.NAME are stored as device
 attributes; any other column is an error unless --extra-columns keep.
 
+Delimiter: `,` `;` or TAB, detected from the header line (the one that occurs most often
+outside quotes; a tie is refused) unless --delimiter is given; the one used is said on
+stderr and in the JSON summary. Rows whose cells are all empty (the trailing `,,,,` rows
+of a spreadsheet) are skipped and counted.
+
 Cells:
-  blank          leaves the stored value unchanged on update (--blank clears: clears it)
+  blank          leaves the stored value unchanged on update (--blank clears: clears it);
+                 a cell of only spaces is blank
+  spaces         around a value are removed, except in notes and attr.* (kept exactly)
   <clear>        clears the stored value (serial and status cannot be cleared)
   '=... '+... '-... '@...   a leading ' before = + - @ TAB CR (after any run of ') is
                  removed: this undoes the formula neutralisation of `inventory export`
   mac            aa:bb:cc:dd:ee:ff, aa-bb-.., aabb.ccdd.eeff or 12 hex digits (stored lowercase)
-  imei           15 digits with a valid Luhn check digit
+  imei           15 digits with a valid Luhn check digit, also with - . or space between
+                 digit groups (35-209900-176148-1 is stored as 352099001761481)
+  invisible      zero-width and bidi control characters (U+200B..U+200F, U+202A..U+202E,
+                 U+2066..U+2069, U+FEFF, other format and control characters) reject the
+                 row, naming the column and code point; in serial, hardware_id, site,
+                 batch, mac and imei so does white space other than a plain space
+--dry-run lists every cell stored in a canonical form (line, column, from -> to).
   status         registered, provisioned, deployed, maintenance, retired, decommissioned;
                  on update the lifecycle rules apply
-A column named reject_reason (as written by --errors) is ignored.
+A column named reject_reason (as written by --errors) is ignored. The --errors file has
+the input's delimiter and the export's formula rule: a cell starting with = + - @ TAB CR
+gets a leading ', which import removes again.
 
 Every row is checked and every bad row reported as FILE:LINE (the physical line where the
 record starts), with control characters shown escaped. A record over 8 MiB (an unclosed
@@ -63,12 +79,20 @@ CSV columns: serial, hardware_id, model, hw_rev, batch, site, location, owner, m
 status, notes, then attr.NAME for each attribute in use. Cells starting with = + - @ TAB or
 CR (after any run of ') get a leading ' so spreadsheets do not execute them; import removes
 it again, so `inventory import --mode upsert` of an export changes nothing.
+--excel starts the CSV with a UTF-8 byte order mark (CRLF line ends as always) so Excel
+shows non-ASCII text right; with --delimiter ';' it opens in columns where Excel's list
+separator is ';'.
+--format xlsx writes an Excel workbook (needs -o): the same columns, every cell a text
+cell (never evaluated, so no leading '; IMEIs stay digits), at most 1,048,575 devices and
+32,767 characters a cell.
 JSON and JSON Lines carry every field, timestamps and attributes.
 
 Examples:
   cradle inventory export -o devices.csv
   cradle inventory export --status deployed --site berlin-1 --format jsonl
-  cradle inventory export --batch B-2026-11 --format json -o batch.json";
+  cradle inventory export --batch B-2026-11 --format json -o batch.json
+  cradle inventory export --excel --delimiter ';' -o devices.csv
+  cradle inventory export --format xlsx -o devices.xlsx";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ModeArg {
@@ -101,6 +125,11 @@ pub enum FormatArg {
     Csv,
     Json,
     Jsonl,
+    Xlsx,
+}
+
+fn parse_delimiter(s: &str) -> Result<Delimiter, String> {
+    Delimiter::parse(s).ok_or_else(|| format!("'{s}' is not a delimiter: use ',', ';' or tab"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +163,9 @@ pub enum InventoryCommand {
         /// Take the registry for the import: faster for large files; others wait (see below)
         #[arg(long)]
         exclusive: bool,
+        /// Field delimiter: ',' ';' or tab (default: detected from the header line)
+        #[arg(long, value_name = ",|;|tab", value_parser = parse_delimiter)]
+        delimiter: Option<Delimiter>,
     },
     /// Export devices as CSV, JSON or JSON Lines
     #[command(after_help = EXPORT_HELP)]
@@ -153,6 +185,12 @@ pub enum InventoryCommand {
         /// Write to FILE (atomically) instead of stdout
         #[arg(short = 'o', long = "out", value_name = "FILE")]
         out: Option<PathBuf>,
+        /// CSV for Excel: a UTF-8 byte order mark first (CRLF line ends as always)
+        #[arg(long)]
+        excel: bool,
+        /// CSV field delimiter: ',' ';' or tab
+        #[arg(long, value_name = ",|;|tab", value_parser = parse_delimiter, default_value = ",")]
+        delimiter: Delimiter,
     },
 }
 
@@ -190,6 +228,7 @@ pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
             partial,
             dry_run,
             exclusive,
+            delimiter,
         } => {
             let opts = ImportOptions {
                 mode: match mode {
@@ -211,6 +250,7 @@ pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
                 dry_run,
                 errors_path: errors,
                 exclusive,
+                delimiter,
             };
             import_cmd(ctx, &file, &opts)
         }
@@ -220,6 +260,8 @@ pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
             site,
             batch,
             out,
+            excel,
+            delimiter,
         } => {
             let filter = DeviceFilter {
                 status: status.map(|s| s.parse::<DeviceStatus>()).transpose()?,
@@ -230,6 +272,22 @@ pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
                 FormatArg::Csv => Format::Csv,
                 FormatArg::Json => Format::Json,
                 FormatArg::Jsonl => Format::Jsonl,
+                FormatArg::Xlsx => Format::Xlsx,
+            };
+            if format != Format::Csv && (excel || delimiter != Delimiter::Comma) {
+                return Err(
+                    Error::usage("--excel and --delimiter apply to --format csv only").into(),
+                );
+            }
+            if format == Format::Xlsx && out.is_none() {
+                return Err(Error::usage(
+                    "--format xlsx needs -o FILE (a workbook is not text for stdout)",
+                )
+                .into());
+            }
+            let style = CsvStyle {
+                delimiter,
+                bom: excel,
             };
             let reg = ctx.registry_read()?;
             let pb = progress_bar(0, "export");
@@ -238,14 +296,28 @@ pub fn run(ctx: &Ctx, cmd: InventoryCommand) -> anyhow::Result<i32> {
             let n = match &out {
                 Some(path) => {
                     let mut w = OutFile::create(path, 0o644, &reg.files())?;
-                    let n = inv::export(reg.reader(), &filter, format, &mut w, &mut tick)?;
+                    let n = inv::export::export_styled(
+                        reg.reader(),
+                        &filter,
+                        format,
+                        style,
+                        &mut w,
+                        &mut tick,
+                    )?;
                     w.commit()?;
                     n
                 }
                 None => {
                     let stdout = std::io::stdout();
                     let mut w = BufWriter::with_capacity(1 << 20, stdout.lock());
-                    let n = inv::export(reg.reader(), &filter, format, &mut w, &mut tick)?;
+                    let n = inv::export::export_styled(
+                        reg.reader(),
+                        &filter,
+                        format,
+                        style,
+                        &mut w,
+                        &mut tick,
+                    )?;
                     w.flush().context("writing to stdout")?;
                     n
                 }
@@ -298,46 +370,23 @@ fn import_cmd(ctx: &Ctx, file: &std::path::Path, opts: &ImportOptions) -> anyhow
                 .unwrap_or_default()
         );
     }
+    if !ctx.json && (s.delimiter != Delimiter::Comma || !s.delimiter_detected) {
+        // A file that is not plain comma-separated: say how it was read.
+        eprintln!(
+            "{}: delimiter '{}' ({})",
+            s.file,
+            s.delimiter.name(),
+            if s.delimiter_detected {
+                "detected from the header line; --delimiter overrides"
+            } else {
+                "--delimiter"
+            }
+        );
+    }
     if ctx.json {
         print_json(&s)?;
     } else {
-        let mut out = std::io::stdout().lock();
-        let verb = if s.dry_run { "would be " } else { "" };
-        writeln!(
-            out,
-            "{}{}: {} rows: {} {verb}created, {} {verb}updated, {} unchanged, {} rejected",
-            if s.dry_run { "dry run: " } else { "" },
-            s.file,
-            s.rows,
-            s.created,
-            s.updated,
-            s.unchanged,
-            s.rejected
-        )?;
-        if !s.updates.is_empty() {
-            writeln!(out, "updated:")?;
-            import::write_updates(&mut out, &s)?;
-        }
-        if s.rejected == 0 && s.nothing_changed() {
-            writeln!(
-                out,
-                "nothing to change: the registry already matches {}",
-                s.file
-            )?;
-        } else if s.dry_run {
-            writeln!(out, "dry run: nothing written")?;
-        } else if s.committed && s.rejected > 0 {
-            writeln!(
-                out,
-                "imported the good rows; {} rejected rows were not imported",
-                s.rejected
-            )?;
-        }
-        if let Some(f) = &s.errors_file {
-            if s.rejected > 0 {
-                writeln!(out, "rejected rows written to {f}")?;
-            }
-        }
+        write_summary(&mut std::io::stdout().lock(), &s)?;
     }
     if s.rejected == 0 {
         return Ok(0);
@@ -367,4 +416,91 @@ fn import_cmd(ctx: &Ctx, file: &std::path::Path, opts: &ImportOptions) -> anyhow
         Error::input(msg)
     };
     Err(err.into())
+}
+
+/// The human summary of an import. Counts of what was not written say "would".
+fn write_summary(out: &mut dyn Write, s: &import::ImportSummary) -> std::io::Result<()> {
+    // Not written: a dry run, or rows rejected without --partial.
+    let not_written = !s.committed && !s.nothing_changed();
+    let verb = if s.dry_run {
+        "would be "
+    } else if not_written {
+        "would have been "
+    } else {
+        ""
+    };
+    let skipped = if s.skipped_empty_rows > 0 {
+        format!(" ({} empty rows skipped)", s.skipped_empty_rows)
+    } else {
+        String::new()
+    };
+    writeln!(
+        out,
+        "{}{}: {} rows{skipped}: {}{} {verb}created, {} {verb}updated, {} unchanged, {} rejected",
+        if s.dry_run { "dry run: " } else { "" },
+        s.file,
+        s.rows,
+        if not_written && !s.dry_run {
+            "nothing written: "
+        } else {
+            ""
+        },
+        s.created,
+        s.updated,
+        s.unchanged,
+        s.rejected
+    )?;
+    if !s.updates.is_empty() {
+        writeln!(out, "{}updated:", verb)?;
+        import::write_updates(out, s)?;
+    }
+    if s.normalised > 0 {
+        if s.dry_run {
+            writeln!(out, "normalised:")?;
+            for n in &s.normalisations {
+                writeln!(
+                    out,
+                    "  line {}, {}: {} -> {}",
+                    n.line,
+                    n.column,
+                    super::common::one_line(&format!("{:?}", n.from)),
+                    super::common::one_line(&format!("{:?}", n.to))
+                )?;
+            }
+            if s.normalisations_not_listed > 0 {
+                writeln!(out, "  … and {} more", s.normalisations_not_listed)?;
+            }
+        } else {
+            writeln!(
+                out,
+                "{} cells stored in canonical form (trimmed, IMEI digits, MAC aa:bb:…; --dry-run lists them)",
+                s.normalised
+            )?;
+        }
+    }
+    if s.rejected == 0 && s.nothing_changed() {
+        writeln!(
+            out,
+            "nothing to change: the registry already matches {}",
+            s.file
+        )?;
+    } else if s.dry_run || !s.committed {
+        writeln!(
+            out,
+            "{}nothing written",
+            if s.dry_run { "dry run: " } else { "" }
+        )?;
+    } else if s.rejected > 0 {
+        writeln!(
+            out,
+            "imported the good rows; {} rejected rows were not imported",
+            s.rejected
+        )?;
+    }
+    if let Some(f) = &s.errors_file {
+        if s.rejected > 0 {
+            writeln!(out, "rejected rows written to {f}")?;
+        }
+    }
+    Ok(())
 }

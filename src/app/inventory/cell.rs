@@ -40,6 +40,21 @@ pub fn neutralise(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// A cell written back as it was read (the `--errors` file): one `'` goes in front when
+/// it starts with a trigger character, so that a spreadsheet does not execute it and
+/// importing it again gives what the original cell gave (`=x` → `'=x`, which restores
+/// to `=x`; `'=x` already starts with `'` and stays).
+pub fn neutralise_raw(raw: &[u8]) -> Cow<'_, [u8]> {
+    if raw.first().is_some_and(|&b| is_trigger(b)) {
+        let mut o = Vec::with_capacity(raw.len() + 1);
+        o.push(b'\'');
+        o.extend_from_slice(raw);
+        Cow::Owned(o)
+    } else {
+        Cow::Borrowed(raw)
+    }
+}
+
 /// The stored value of an imported cell (inverse of [`neutralise`]).
 pub fn restore(s: &str) -> &str {
     match s.strip_prefix('\'') {
@@ -89,5 +104,17 @@ mod tests {
         assert_eq!(neutralise("'x"), "'x");
         assert_eq!(restore("'=1"), "=1");
         assert_eq!(restore("'x"), "'x");
+    }
+
+    #[test]
+    fn a_raw_cell_written_back_imports_as_the_original() {
+        for raw in [
+            "=1+1", "'=1+1", "''=x", "-5", "'x", "plain", "@A1", "\tx", "",
+        ] {
+            let out = neutralise_raw(raw.as_bytes());
+            let out = std::str::from_utf8(&out).unwrap();
+            assert_eq!(restore(out), restore(raw), "{raw:?} written as {out:?}");
+            assert!(!out.as_bytes().first().is_some_and(|&b| is_trigger(b)));
+        }
     }
 }
