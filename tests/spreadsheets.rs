@@ -363,6 +363,18 @@ fn xlsx_export_is_read_back_by_openpyxl_as_text_cells() {
     assert_eq!(j["devices"], 4);
     let b = std::fs::read(env.path("d.xlsx")).unwrap();
     assert!(b.starts_with(b"PK\x03\x04"), "a zip container");
+    // A value longer than an xlsx cell holds is refused and no file appears.
+    let long = format!("notes={}", "n".repeat(40_000));
+    env.ok(&["device", "set", "ACME-1004", &long]);
+    let err = env.fails(
+        &["inventory", "export", "--format", "xlsx", "-o", "long.xlsx"],
+        3,
+    );
+    assert!(
+        err.contains("device 'ACME-1004': a value of 40000 characters does not fit in an xlsx cell (at most 32767)"),
+        "{err}"
+    );
+    assert!(!env.path("long.xlsx").exists());
     let Some(py) = openpyxl_python() else { return };
     let script = r#"
 import json, sys, openpyxl

@@ -105,6 +105,9 @@ pub fn export_styled(
     }
 }
 
+/// One row of a tabular export: a cell per column, `None` when empty.
+type Cells<'a> = [Option<Cow<'a, str>>];
+
 /// The header and every row of the tabular formats: the documented fields in
 /// order, then one cell per attribute in use (`None`: empty).
 fn for_each_table_row(
@@ -112,7 +115,7 @@ fn for_each_table_row(
     filter: &DeviceFilter,
     progress: &mut dyn FnMut(u64),
     header: &mut dyn FnMut(&[Cow<str>]) -> Result<()>,
-    row: &mut dyn FnMut(&[Option<Cow<str>>]) -> Result<()>,
+    row: &mut dyn FnMut(&Cells) -> Result<()>,
 ) -> Result<u64> {
     let attrs = q::attribute_keys(conn, filter)?;
     let names: Vec<Cow<str>> = Field::ALL
