@@ -138,8 +138,15 @@ impl Field {
     /// apply. The error text names what is wrong (the caller adds file, line and column).
     pub fn check(self, v: &str) -> Result<Cow<'_, str>, String> {
         let v = if self == Field::Notes { v } else { v.trim() };
-        if let Some(m) = invisible(v, self.is_identifier(), self == Field::Notes) {
-            return Err(m);
+        let id = self.is_identifier();
+        if matches!(
+            self,
+            Field::Serial | Field::Mac | Field::Imei | Field::Status
+        ) {
+            // Before the notation check, whose message could not name the character.
+            if let Some(m) = invisible(v, id, false) {
+                return Err(m);
+            }
         }
         match self {
             Field::Serial => crate::app::identity::check_serial(v)
@@ -151,8 +158,8 @@ impl Field {
                 .parse::<DeviceStatus>()
                 .map(|s| Cow::Borrowed(s.as_str()))
                 .map_err(|e| e.to_string()),
-            Field::Notes => check_text(v, MAX_NOTES, true).map(|_| Cow::Borrowed(v)),
-            _ => check_text(v, MAX_TEXT, false).map(|_| Cow::Borrowed(v)),
+            Field::Notes => check_text(v, MAX_NOTES, true, false).map(|_| Cow::Borrowed(v)),
+            _ => check_text(v, MAX_TEXT, false, id).map(|_| Cow::Borrowed(v)),
         }
     }
 }
@@ -222,6 +229,14 @@ fn invisible_name(c: char) -> &'static str {
 /// the same must be the same). Refused rather than removed: silently dropping them
 /// would store something other than what the cell holds.
 pub fn invisible(v: &str, identifier: bool, multiline: bool) -> Option<String> {
+    // Most cells are ASCII, where only control characters can be invisible.
+    if v.is_ascii()
+        && !v
+            .bytes()
+            .any(|b| (b < 0x20 || b == 0x7f) && !(multiline && matches!(b, b'\n' | b'\r' | b'\t')))
+    {
+        return None;
+    }
     let (at, c) = v.chars().enumerate().find(|&(_, c)| {
         (c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t')))
             || is_format(c)
@@ -256,7 +271,7 @@ pub fn excerpt(v: &str) -> String {
     format!("{s:?}")
 }
 
-fn check_text(v: &str, max: usize, multiline: bool) -> Result<(), String> {
+fn check_text(v: &str, max: usize, multiline: bool, identifier: bool) -> Result<(), String> {
     // A length check in bytes first keeps huge cells cheap to reject.
     if v.len() > max && v.chars().count() > max {
         return Err(format!(
@@ -264,7 +279,7 @@ fn check_text(v: &str, max: usize, multiline: bool) -> Result<(), String> {
             v.chars().count()
         ));
     }
-    match invisible(v, false, multiline) {
+    match invisible(v, identifier, multiline) {
         Some(m) => Err(m),
         None => Ok(()),
     }
@@ -278,11 +293,11 @@ pub fn check_attr_name(name: &str) -> Result<(), String> {
             excerpt(name)
         ));
     }
-    check_text(name, MAX_ATTR_NAME, false)
+    check_text(name, MAX_ATTR_NAME, false, false)
 }
 
 pub fn check_attr_value(v: &str) -> Result<(), String> {
-    check_text(v, MAX_ATTR_VALUE, true)
+    check_text(v, MAX_ATTR_VALUE, true, false)
 }
 
 /// A MAC address as six hex octets separated by `:` or `-`, dotted `aabb.ccdd.eeff`, or
@@ -469,6 +484,11 @@ mod tests {
         assert!(invisible("a\nb", false, true).is_none());
         assert!(invisible("a\nb", false, false).is_some());
         assert!(invisible("x\u{feff}", false, true).is_some());
+        assert!(invisible("a\tb", false, true).is_none());
+        assert!(invisible("a\x7fb", false, true).is_some());
+        assert!(Field::Site.check("b\u{a0}1").is_err());
+        assert!(Field::Model.check("b\u{a0}1").is_ok());
+        assert!(Field::Model.check("b\u{200b}1").is_err());
         assert_eq!(
             Field::Site.check(" berlin-1 ").unwrap(),
             "berlin-1",
