@@ -233,6 +233,15 @@ fn a_rejected_import_says_nothing_written_and_what_would_have_been() {
     assert!(out.lines().last() == Some("nothing written"), "{out}");
     assert!(!out.contains(" 2 created"), "{out}");
     assert_eq!(device(&env, "A-1")["site"], "x");
+    // Only rejected rows: still "nothing written", and the error names the file.
+    std::fs::write(env.path("c.csv"), "serial,mac\nA-9,zz\n").unwrap();
+    let o = env.run(&["inventory", "import", "c.csv"]);
+    assert_eq!(o.status.code(), Some(3));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("c.csv: 1 rows: nothing written: 0 would have been created"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -252,6 +261,13 @@ fn the_errors_file_neutralises_formulas_keeps_the_delimiter_and_imports_back() {
         "bad.csv",
     ]);
     assert_eq!(o.status.code(), Some(1));
+    // How the file is read is said before the rows it rejects.
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.starts_with("in.csv: delimiter ';' (detected from the header line"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("in.csv:2: column 'mac'"), "{stderr}");
     let bad = std::fs::read_to_string(env.path("bad.csv")).unwrap();
     let lines: Vec<&str> = bad.lines().collect();
     assert_eq!(lines[0], "serial;model;mac;reject_reason");

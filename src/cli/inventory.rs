@@ -198,12 +198,33 @@ pub enum InventoryCommand {
 struct CliObserver {
     pb: ProgressBar,
     printed: u64,
+    /// The file as messages name it, and whether to say its delimiter (not with --json).
+    file: String,
+    say_delimiter: bool,
 }
 
 /// Rejections printed on stderr before the rest are only counted (all go to --errors).
 const PRINT_CAP: u64 = 10_000;
 
 impl import::Observer for CliObserver {
+    fn delimiter(&mut self, d: Delimiter, detected: bool) {
+        // A file that is not plain comma-separated: say how it is read, before any
+        // rejected row is reported.
+        if self.say_delimiter && (d != Delimiter::Comma || !detected) {
+            let how = if detected {
+                "detected from the header line; --delimiter overrides"
+            } else {
+                "--delimiter"
+            };
+            self.pb.suspend(|| {
+                eprintln!(
+                    "{}: delimiter '{}' ({how})",
+                    super::common::one_line(&self.file),
+                    d.name()
+                )
+            });
+        }
+    }
     fn progress(&mut self, bytes: u64) {
         self.pb.set_position(bytes);
     }
@@ -354,6 +375,8 @@ fn import_cmd(ctx: &Ctx, file: &std::path::Path, opts: &ImportOptions) -> anyhow
     let mut obs = CliObserver {
         pb: pb.clone(),
         printed: 0,
+        file: file.display().to_string(),
+        say_delimiter: !ctx.json,
     };
     let s = inv::import(&mut reg, file, opts, &actor, &mut obs)?;
     pb.finish_and_clear();
@@ -368,19 +391,6 @@ fn import_cmd(ctx: &Ctx, file: &std::path::Path, opts: &ImportOptions) -> anyhow
                 .as_deref()
                 .map(|f| format!(" (all are in {f})"))
                 .unwrap_or_default()
-        );
-    }
-    if !ctx.json && (s.delimiter != Delimiter::Comma || !s.delimiter_detected) {
-        // A file that is not plain comma-separated: say how it was read.
-        eprintln!(
-            "{}: delimiter '{}' ({})",
-            s.file,
-            s.delimiter.name(),
-            if s.delimiter_detected {
-                "detected from the header line; --delimiter overrides"
-            } else {
-                "--delimiter"
-            }
         );
     }
     if ctx.json {
@@ -420,8 +430,8 @@ fn import_cmd(ctx: &Ctx, file: &std::path::Path, opts: &ImportOptions) -> anyhow
 
 /// The human summary of an import. Counts of what was not written say "would".
 fn write_summary(out: &mut dyn Write, s: &import::ImportSummary) -> std::io::Result<()> {
-    // Not written: a dry run, or rows rejected without --partial.
-    let not_written = !s.committed && !s.nothing_changed();
+    // Rows rejected without --partial: the counts are what would have happened.
+    let not_written = !s.dry_run && !s.committed && s.rejected > 0 && !s.partial;
     let verb = if s.dry_run {
         "would be "
     } else if not_written {
@@ -440,11 +450,7 @@ fn write_summary(out: &mut dyn Write, s: &import::ImportSummary) -> std::io::Res
         if s.dry_run { "dry run: " } else { "" },
         s.file,
         s.rows,
-        if not_written && !s.dry_run {
-            "nothing written: "
-        } else {
-            ""
-        },
+        if not_written { "nothing written: " } else { "" },
         s.created,
         s.updated,
         s.unchanged,

@@ -175,7 +175,7 @@ pub struct ImportSummary {
     /// Of the rejected rows, how many conflict with the registry (the rest are invalid).
     pub rejected_conflicts: u64,
     pub events: u64,
-    /// Cells of accepted rows stored in canonical form, and the first of them.
+    /// Cells of valid rows stored in canonical form, and the first of them.
     pub normalised: u64,
     pub normalisations: Vec<Normalised>,
     pub normalisations_not_listed: u64,
@@ -199,6 +199,8 @@ impl ImportSummary {
 
 /// Receives progress and rejections while an import runs (the CLI draws a bar).
 pub trait Observer {
+    /// The file's delimiter is known (before any row is read).
+    fn delimiter(&mut self, _d: Delimiter, _detected: bool) {}
     /// Bytes of the file consumed so far.
     fn progress(&mut self, _bytes: u64) {}
     /// A row was rejected.
@@ -806,6 +808,7 @@ fn import_file(
         if bom {
             buf.consume(3);
         }
+        obs.delimiter(d, opts.delimiter.is_none());
         d
     };
     let mut rdr = csv::ReaderBuilder::new()
