@@ -41,9 +41,9 @@ Cells:
                  U+2066..U+2069, U+FEFF, other format and control characters) reject the
                  row, naming the column and code point; in serial, hardware_id, site,
                  batch, mac and imei so does white space other than a plain space
---dry-run lists every cell stored in a canonical form (line, column, from -> to).
   status         registered, provisioned, deployed, maintenance, retired, decommissioned;
                  on update the lifecycle rules apply
+--dry-run lists every cell stored in a canonical form (line, column, from -> to).
 A column named reject_reason (as written by --errors) is ignored. The --errors file has
 the input's delimiter and the export's formula rule: a cell starting with = + - @ TAB CR
 gets a leading ', which import removes again.
@@ -167,7 +167,7 @@ pub enum InventoryCommand {
         #[arg(long, value_name = ",|;|tab", value_parser = parse_delimiter)]
         delimiter: Option<Delimiter>,
     },
-    /// Export devices as CSV, JSON or JSON Lines
+    /// Export devices as CSV, JSON, JSON Lines or an Excel workbook
     #[command(after_help = EXPORT_HELP)]
     Export {
         /// Output format
