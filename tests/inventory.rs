@@ -504,7 +504,7 @@ fn hostile_cells_are_escaped_in_messages_and_outputs_never_replace_inputs() {
         "{err}"
     );
     assert!(
-        err.contains("control_chars.csv:3: column 'serial': serial 'C-\\u{1b}0002'"),
+        err.contains("control_chars.csv:3: column 'serial': \"C-\\u{1b}0002\" contains the control character \\u{1b} (U+001B) at character 3"),
         "{err}"
     );
     let h = write(&env, "esc_header.csv", b"serial,mo\x1b[31mdel\nA-1,x\n");

@@ -67,6 +67,16 @@ impl Env {
         self.dir.path().join(rel)
     }
 
+    /// Copies `fixtures/DIR/NAME` into the test's directory; returns its (relative) name.
+    pub fn fixture(&self, dir: &str, name: &str) -> String {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(dir)
+            .join(name);
+        std::fs::copy(&src, self.path(name)).unwrap();
+        name.to_string()
+    }
+
     pub fn registry(&self) -> PathBuf {
         self.home.join("registry.db")
     }

@@ -40,6 +40,28 @@ pub fn neutralise(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// A cell written back as it was read (the `--errors` file): the export's rule applied
+/// to the value import reads from it, `neutralise(restore(raw))`, so a spreadsheet
+/// executes nothing and importing it again gives what the original cell gave (`=x` →
+/// `'=x`; `'=x` stays). A cell that is not UTF-8 has no value: it gets one `'` when it
+/// starts with a trigger byte, which is the same rule on bytes.
+pub fn neutralise_raw(raw: &[u8]) -> Cow<'_, [u8]> {
+    match std::str::from_utf8(raw) {
+        Ok(t) => match neutralise(restore(t)) {
+            Cow::Owned(o) => Cow::Owned(o.into_bytes()),
+            Cow::Borrowed(b) if b.len() == raw.len() => Cow::Borrowed(raw),
+            Cow::Borrowed(b) => Cow::Owned(b.as_bytes().to_vec()),
+        },
+        Err(_) if raw.first().is_some_and(|&b| is_trigger(b)) => {
+            let mut o = Vec::with_capacity(raw.len() + 1);
+            o.push(b'\'');
+            o.extend_from_slice(raw);
+            Cow::Owned(o)
+        }
+        Err(_) => Cow::Borrowed(raw),
+    }
+}
+
 /// The stored value of an imported cell (inverse of [`neutralise`]).
 pub fn restore(s: &str) -> &str {
     match s.strip_prefix('\'') {
@@ -89,5 +111,27 @@ mod tests {
         assert_eq!(neutralise("'x"), "'x");
         assert_eq!(restore("'=1"), "=1");
         assert_eq!(restore("'x"), "'x");
+    }
+
+    #[test]
+    fn a_raw_cell_written_back_imports_as_the_original() {
+        for raw in [
+            "=1+1", "'=1+1", "''=x", "-5", "'x", "plain", "@A1", "\tx", "",
+        ] {
+            let out = neutralise_raw(raw.as_bytes());
+            let out = std::str::from_utf8(&out).unwrap();
+            assert_eq!(restore(out), restore(raw), "{raw:?} written as {out:?}");
+            assert!(!out.as_bytes().first().is_some_and(|&b| is_trigger(b)));
+            assert_eq!(out.as_bytes().first(), {
+                let b = raw.as_bytes().first();
+                if b.is_some_and(|&b| is_trigger(b)) {
+                    Some(&b'\'')
+                } else {
+                    b
+                }
+            });
+        }
+        assert_eq!(&*neutralise_raw(b"=\xff"), b"'=\xff");
+        assert_eq!(&*neutralise_raw(b"x\xff"), b"x\xff");
     }
 }

@@ -21,6 +21,7 @@ use csv::ByteRecord;
 use serde::Serialize;
 
 use super::cell::{self, CLEAR};
+use super::delimiter::Delimiter;
 use super::fields::{self, Field, ATTR_PREFIX};
 use crate::app::lifecycle;
 use crate::error::{Error, Result};
@@ -70,6 +71,8 @@ pub struct ImportOptions {
     /// Take the registry exclusively for the import (`Store::begin_bulk`), if no
     /// other process has it open.
     pub exclusive: bool,
+    /// The field delimiter; `None` sniffs it from the header line.
+    pub delimiter: Option<Delimiter>,
 }
 
 impl Default for ImportOptions {
@@ -83,6 +86,7 @@ impl Default for ImportOptions {
             dry_run: false,
             errors_path: None,
             exclusive: false,
+            delimiter: None,
         }
     }
 }
@@ -123,6 +127,16 @@ pub struct Change {
     pub to: Option<String>,
 }
 
+/// A cell whose value was stored in its canonical form (trimmed, IMEI digits, MAC
+/// `aa:bb:…`), as `--dry-run` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Normalised {
+    pub line: u64,
+    pub column: String,
+    pub from: String,
+    pub to: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Updated {
     pub serial: String,
@@ -147,7 +161,13 @@ pub struct ImportSummary {
     /// True when the import had the registry to itself (`--exclusive`, and no other
     /// process had it open).
     pub exclusive: bool,
+    /// The field delimiter used, and whether it was sniffed from the header line.
+    pub delimiter: Delimiter,
+    pub delimiter_detected: bool,
+    /// Data rows (rows whose cells are all empty are not counted here).
     pub rows: u64,
+    /// Rows whose cells were all empty (a spreadsheet's trailing `,,,,`), skipped.
+    pub skipped_empty_rows: u64,
     pub created: u64,
     pub updated: u64,
     pub unchanged: u64,
@@ -155,6 +175,10 @@ pub struct ImportSummary {
     /// Of the rejected rows, how many conflict with the registry (the rest are invalid).
     pub rejected_conflicts: u64,
     pub events: u64,
+    /// Cells of valid rows stored in canonical form, and the first of them.
+    pub normalised: u64,
+    pub normalisations: Vec<Normalised>,
+    pub normalisations_not_listed: u64,
     /// Per field, how many devices it changed on.
     pub changed_fields: BTreeMap<String, u64>,
     /// The first updated devices with their changes (up to `LIST_CAP`).
@@ -175,6 +199,8 @@ impl ImportSummary {
 
 /// Receives progress and rejections while an import runs (the CLI draws a bar).
 pub trait Observer {
+    /// The file's delimiter is known (before any row is read).
+    fn delimiter(&mut self, _d: Delimiter, _detected: bool) {}
     /// Bytes of the file consumed so far.
     fn progress(&mut self, _bytes: u64) {}
     /// A row was rejected.
@@ -309,6 +335,12 @@ fn parse_header(file: &str, rec: &ByteRecord, opts: &ImportOptions) -> Result<He
         columns.push(col);
     }
     if !unknown.is_empty() {
+        // One unknown column holding the separators of another delimiter: say so.
+        let hint = match unknown.as_slice() {
+            [one] if one.contains(';') => " (it holds ';': for a semicolon-separated file pass --delimiter ';', or leave --delimiter out to detect it)",
+            [one] if one.contains('\t') => " (it holds TAB: for a tab-separated file pass --delimiter tab, or leave --delimiter out to detect it)",
+            _ => "",
+        };
         let list = unknown
             .iter()
             .map(|u| format!("'{u}'"))
@@ -318,7 +350,7 @@ fn parse_header(file: &str, rec: &ByteRecord, opts: &ImportOptions) -> Result<He
             file,
             1,
             format!(
-                "unknown column{} {list} in the header (documented columns: {}; name extra columns attr.NAME or pass --extra-columns keep to store them as attributes)",
+                "unknown column{} {list} in the header{hint} (documented columns: {}; name extra columns attr.NAME or pass --extra-columns keep to store them as attributes)",
                 if unknown.len() > 1 { "s" } else { "" },
                 documented()
             ),
@@ -378,23 +410,34 @@ struct ErrorsFile {
 }
 
 impl ErrorsFile {
-    fn create(path: &Path, header: &ByteRecord, keep: &[PathBuf]) -> Result<ErrorsFile> {
+    /// The file has the input's delimiter, and every cell goes through the export's
+    /// formula rule (`cell::neutralise_raw`): a spreadsheet opening it executes nothing.
+    fn create(
+        path: &Path,
+        header: &ByteRecord,
+        delimiter: Delimiter,
+        keep: &[PathBuf],
+    ) -> Result<ErrorsFile> {
         let f = OutFile::create(path, 0o644, keep)?;
-        let mut w = csv::WriterBuilder::new().flexible(true).from_writer(f);
-        let mut h = header.clone();
-        h.push_field(REASON_COLUMN.as_bytes());
-        w.write_byte_record(&h).map_err(|e| csv_io(path, e))?;
-        Ok(ErrorsFile {
+        let w = csv::WriterBuilder::new()
+            .flexible(true)
+            .delimiter(delimiter.byte())
+            .from_writer(f);
+        let mut ef = ErrorsFile {
             w,
             path: path.to_path_buf(),
-        })
+        };
+        ef.row(header, REASON_COLUMN)?;
+        Ok(ef)
     }
     fn row(&mut self, rec: &ByteRecord, reason: &str) -> Result<()> {
         for f in rec.iter() {
-            self.w.write_field(f).map_err(|e| csv_io(&self.path, e))?;
+            self.w
+                .write_field(cell::neutralise_raw(f))
+                .map_err(|e| csv_io(&self.path, e))?;
         }
         self.w
-            .write_field(reason)
+            .write_field(cell::neutralise_raw(reason.as_bytes()))
             .map_err(|e| csv_io(&self.path, e))?;
         self.w
             .write_record(None::<&[u8]>)
@@ -512,6 +555,10 @@ struct Checked {
     msgs: Vec<String>,
     /// The row has the wrong number of fields (`msgs` says so; nothing else checked).
     wrong_len: bool,
+    /// Every cell is empty or white space: the row is skipped.
+    empty: bool,
+    /// Cells stored other than written: (field, cell as written, stored value).
+    norms: Vec<(Field, String, String)>,
 }
 
 /// What the parsing thread needs to check rows.
@@ -525,7 +572,12 @@ fn check_row(rules: &RowRules, rec: &ByteRecord, out: &mut Checked, text: &mut S
     out.fields = [Cell::Keep; Field::COUNT];
     out.attrs.clear();
     out.msgs.clear();
+    out.norms.clear();
     out.wrong_len = false;
+    out.empty = rec.iter().all(|f| f.trim_ascii().is_empty());
+    if out.empty {
+        return;
+    }
     let ncols = rules.columns.len();
     if rec.len() != ncols {
         out.wrong_len = true;
@@ -551,8 +603,12 @@ fn check_row(rules: &RowRules, rec: &ByteRecord, out: &mut Checked, text: &mut S
         if matches!(col, Column::Ignore) {
             continue;
         }
-        let text = match std::str::from_utf8(raw) {
-            Ok(t) => cell::restore(t),
+        // Free text (notes, attributes) is kept exactly; every other cell is trimmed
+        // before the formula rule, so " '=x" reads as "'=x" does.
+        let free_text = matches!(col, Column::Field(Field::Notes) | Column::Attr(_));
+        let (written, text) = match std::str::from_utf8(raw) {
+            Ok(t) if free_text => (t, cell::restore(t)),
+            Ok(t) => (t, cell::restore(t.trim())),
             Err(e) => {
                 out.msgs.push(format!(
                     "column '{}': not valid UTF-8 (byte 0x{:02x} at offset {}); save the file as UTF-8",
@@ -563,12 +619,12 @@ fn check_row(rules: &RowRules, rec: &ByteRecord, out: &mut Checked, text: &mut S
                 continue;
             }
         };
-        let want = if text.is_empty() {
+        let want = if text.trim().is_empty() {
             match rules.blank {
                 Blank::Keep => Want::Keep,
                 Blank::Clears => Want::Clear,
             }
-        } else if text == CLEAR {
+        } else if text.trim() == CLEAR {
             Want::Clear
         } else {
             Want::Set(Cow::Borrowed(text))
@@ -577,14 +633,19 @@ fn check_row(rules: &RowRules, rec: &ByteRecord, out: &mut Checked, text: &mut S
             Column::Field(f) => {
                 let cell = match want {
                     Want::Set(v) => match f.check(&v) {
-                        Ok(n) => keep(&n),
+                        Ok(n) => {
+                            if n != v || written.len() != t_len(written, free_text) {
+                                out.norms.push((*f, written.to_string(), n.to_string()));
+                            }
+                            keep(&n)
+                        }
                         Err(e) => {
                             out.msgs.push(format!("column '{}': {e}", f.name()));
                             continue;
                         }
                     },
                     // A blank serial/status under --blank clears just keeps it.
-                    Want::Clear if !f.clearable() && text.is_empty() => Cell::Keep,
+                    Want::Clear if !f.clearable() && text.trim().is_empty() => Cell::Keep,
                     Want::Clear if !f.clearable() => {
                         out.msgs.push(format!(
                             "column '{}': {CLEAR} cannot clear the {}",
@@ -614,6 +675,15 @@ fn check_row(rules: &RowRules, rec: &ByteRecord, out: &mut Checked, text: &mut S
             }
             Column::Ignore => {}
         }
+    }
+}
+
+/// The length of a cell once trimmed (free text is not trimmed).
+fn t_len(written: &str, free_text: bool) -> usize {
+    if free_text {
+        written.len()
+    } else {
+        written.trim().len()
     }
 }
 
@@ -720,8 +790,8 @@ fn import_file(
 ) -> Result<ImportSummary> {
     let file = path.display().to_string();
     let mut buf = BufReader::with_capacity(256 * 1024, f);
-    // Skip a UTF-8 byte order mark.
-    {
+    // Skip a UTF-8 byte order mark; find the delimiter in the header line.
+    let delimiter = {
         let head = buf.fill_buf().map_err(|e| Error::io(path, e))?;
         if head.is_empty() {
             return Err(Error::input_at(
@@ -730,13 +800,21 @@ fn import_file(
                 format!("empty file: expected a header line ({})", documented()),
             ));
         }
-        if head.starts_with(b"\xEF\xBB\xBF") {
+        let bom = head.starts_with(b"\xEF\xBB\xBF");
+        let d = match opts.delimiter {
+            Some(d) => d,
+            None => Delimiter::sniff(&file, &head[if bom { 3 } else { 0 }..])?,
+        };
+        if bom {
             buf.consume(3);
         }
-    }
+        obs.delimiter(d, opts.delimiter.is_none());
+        d
+    };
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
+        .delimiter(delimiter.byte())
         .from_reader(Counting {
             inner: buf,
             n: 0,
@@ -761,7 +839,7 @@ fn import_file(
             // Never over the file being read or the registry (the rename would lose them).
             let mut keep = reg.files().to_vec();
             keep.push(path.to_path_buf());
-            Some(ErrorsFile::create(p, &header.raw, &keep)?)
+            Some(ErrorsFile::create(p, &header.raw, delimiter, &keep)?)
         }
         None => None,
     };
@@ -775,13 +853,19 @@ fn import_file(
         partial: opts.partial,
         committed: false,
         exclusive: false,
+        delimiter,
+        delimiter_detected: opts.delimiter.is_none(),
         rows: 0,
+        skipped_empty_rows: 0,
         created: 0,
         updated: 0,
         unchanged: 0,
         rejected: 0,
         rejected_conflicts: 0,
         events: 0,
+        normalised: 0,
+        normalisations: Vec::new(),
+        normalisations_not_listed: 0,
         changed_fields: BTreeMap::new(),
         updates: Vec::new(),
         updates_not_listed: 0,
@@ -876,6 +960,10 @@ fn import_file(
         let line = batch.lines[idx];
         let chk = &batch.checked[idx];
         idx += 1;
+        if chk.empty {
+            s.skipped_empty_rows += 1;
+            continue;
+        }
         s.rows += 1;
         if chk.wrong_len {
             // Rejections are reported in file order.
@@ -936,6 +1024,19 @@ fn import_file(
             continue;
         }
         let key = key.expect("checked");
+        for (f, from, to) in &chk.norms {
+            s.normalised += 1;
+            if s.normalisations.len() < LIST_CAP {
+                s.normalisations.push(Normalised {
+                    line,
+                    column: f.name().to_string(),
+                    from: from.clone(),
+                    to: to.clone(),
+                });
+            } else {
+                s.normalisations_not_listed += 1;
+            }
+        }
 
         // Find the device this row refers to.
         let existing = if opts.mode == Mode::Create && opts.key == MatchKey::Serial {
