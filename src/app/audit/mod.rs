@@ -740,7 +740,7 @@ mod tests {
         let ids = check_ids();
         let set: HashSet<_> = ids.iter().collect();
         assert_eq!(set.len(), ids.len());
-        assert_eq!(ids.len(), 16);
+        assert_eq!(ids.len(), 20);
         for id in ids {
             assert!(id.chars().all(|c| c.is_ascii_lowercase() || c == '-'));
         }
