@@ -11,6 +11,8 @@ pub enum DeviceProfileArg {
     Cradle,
     /// Nordic nRF91-style AT commands (AT%KEYGEN, AT%CMNG)
     Nrf91,
+    /// Espressif ESP32 over its ROM bootloader; --mode inject (esp_secure_cert partition)
+    Esp32,
 }
 
 impl From<DeviceProfileArg> for DeviceProfile {
@@ -18,6 +20,7 @@ impl From<DeviceProfileArg> for DeviceProfile {
         match a {
             DeviceProfileArg::Cradle => DeviceProfile::Cradle,
             DeviceProfileArg::Nrf91 => DeviceProfile::Nrf91,
+            DeviceProfileArg::Esp32 => DeviceProfile::Esp32,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `wire`; this module adapts them to what a workflow needs.
 
 pub mod cradle;
+pub mod esp32;
 pub mod nrf91;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -27,6 +28,8 @@ pub enum DeviceProfile {
     Cradle,
     /// Nordic nRF91-style AT commands (AT%KEYGEN, AT%CMNG).
     Nrf91,
+    /// Espressif ESP32 in its ROM bootloader (download mode), `esp_secure_cert` partition.
+    Esp32,
 }
 
 impl DeviceProfile {
@@ -34,6 +37,7 @@ impl DeviceProfile {
         match self {
             DeviceProfile::Cradle => "cradle",
             DeviceProfile::Nrf91 => "nrf91",
+            DeviceProfile::Esp32 => "esp32",
         }
     }
 }
@@ -151,6 +155,8 @@ pub struct LinkParams {
     pub timeout: Duration,
     /// nRF91: modem identity public keys by device UUID (`--nrf-identity-keys`).
     pub nrf_identity_keys: Option<std::sync::Arc<nrf91::IdentityKeys>>,
+    /// esp32: where the `esp_secure_cert` partition is (default 0xD000, 8 KiB).
+    pub esp_partition: Option<esp32::Partition>,
 }
 
 impl Default for LinkParams {
@@ -159,6 +165,7 @@ impl Default for LinkParams {
             baud: 115_200,
             timeout: Duration::from_secs(5),
             nrf_identity_keys: None,
+            esp_partition: None,
         }
     }
 }
@@ -172,6 +179,7 @@ pub fn open(
     Ok(match profile {
         DeviceProfile::Cradle => Box::new(cradle::CradleLink::open(port, params)?),
         DeviceProfile::Nrf91 => Box::new(nrf91::NrfLink::open(port, params)?),
+        DeviceProfile::Esp32 => Box::new(esp32::Esp32Link::open(port, params)?),
     })
 }
 

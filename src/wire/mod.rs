@@ -2,8 +2,10 @@
 //! over anything `Read + Write` (a serial port, a pseudo-terminal, an in-memory pipe).
 //! The protocol is specified in `man/cradle-protocol.7`.
 
+pub mod esp_rom;
 pub mod frame;
 pub mod nrf91;
+pub mod slip;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};

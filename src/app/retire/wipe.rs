@@ -55,6 +55,7 @@ pub fn serial_opener(
         baud,
         timeout,
         nrf_identity_keys: None,
+        esp_partition: None,
     };
     move |port: &str| crate::device::open_wipe_link(port, params.clone())
 }

@@ -84,6 +84,7 @@ impl Fixture {
             baud: 1_000_000,
             timeout: Duration::from_millis(300),
             nrf_identity_keys: None,
+            esp_partition: None,
         }
     }
 
@@ -143,6 +144,10 @@ fn run(st: &Station<'_>, dev: Box<dyn Responder>) -> (PortResult, Box<dyn Respon
                 DeviceProfile::Nrf91 => Box::new(NrfLink::over(
                     NrfSession::new(host, st.baud, st.timeout),
                     None,
+                )),
+                DeviceProfile::Esp32 => Box::new(crate::device::esp32::Esp32Link::over(
+                    crate::wire::esp_rom::EspSession::new(host, st.baud, st.timeout),
+                    Default::default(),
                 )),
             })
         },

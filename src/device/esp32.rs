@@ -1,0 +1,349 @@
+//! ESP32s in their ROM bootloader (download mode) as a device link: SYNC, the chip
+//! magic word says ESP32, the factory MAC from eFuse is the hardware id, and the
+//! identity is written as Espressif's `esp_secure_cert` partition (TLV) with
+//! FLASH_BEGIN/FLASH_DATA, then checked with the chip's own SPI_FLASH_MD5 of the whole
+//! partition. No firmware of ours runs on the chip; the ROM cannot make keys, so the
+//! host makes them (`--mode inject`) and forgets them once written.
+//!
+//! The ROM has no LOCK: the identity counts as burned once the flash MD5 matches.
+//! Writes erase and rewrite the whole partition, so a failed run is simply run again.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use md5::{Digest, Md5};
+
+use super::{
+    Burn, DeviceKey, DeviceLink, DeviceProfile, Identity, LinkParams, LinkStats, OnProgress,
+};
+use crate::pki::esp_secure_cert::{self as esc, DEFAULT_OFFSET, DEFAULT_SIZE};
+use crate::wire::esp_rom::{
+    EspSession, CHIP_DETECT_MAGIC_REG, EFUSE_RD_BASE, ESP32_MAGIC, FLASH_WRITE_SIZE,
+};
+use crate::wire::{self, WireError};
+
+/// What cradle tells the ROM the flash holds (SPI_SET_PARAMS); 4 MiB is the smallest
+/// flash of ESP32 modules that carry an `esp_secure_cert` partition.
+pub const FLASH_SIZE: u32 = 4 * 1024 * 1024;
+pub const FIRMWARE: &str = "esp32-rom-bootloader";
+
+/// Where the `esp_secure_cert` partition is: (offset, size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    pub offset: u32,
+    pub size: u32,
+}
+
+impl Default for Partition {
+    fn default() -> Self {
+        Partition {
+            offset: DEFAULT_OFFSET,
+            size: DEFAULT_SIZE,
+        }
+    }
+}
+
+pub struct Esp32Link<T: Read + Write = wire::Port> {
+    s: EspSession<T>,
+    part: Partition,
+    synced: bool,
+    attached: bool,
+    /// MD5 of the partition image this run wrote.
+    written_md5: Option<[u8; 16]>,
+    /// The device certificate entry the chip holds, read once per run (`holds`).
+    held_cert: Option<Option<Vec<u8>>>,
+}
+
+impl Esp32Link<wire::Port> {
+    pub fn open(port: &Path, params: LinkParams) -> Result<Self, WireError> {
+        let s = EspSession::new(
+            wire::open_port(port, params.baud)?,
+            params.baud,
+            params.timeout,
+        );
+        Ok(Esp32Link::over(s, params.esp_partition.unwrap_or_default()))
+    }
+}
+
+/// The chip's name from eFuse BLK0 words 3 and 5 and APB_CTL_DATE, as esptool names it.
+fn model(w3: u32, w5: u32, apb_date: u32) -> String {
+    let pkg = ((w3 >> 9) & 7) | (((w3 >> 2) & 1) << 3);
+    let rev = match ((apb_date >> 31) << 2) | (((w5 >> 20) & 1) << 1) | ((w3 >> 15) & 1) {
+        1 => 1,
+        3 => 2,
+        7 => 3,
+        _ => 0,
+    };
+    let v3 = if rev == 3 { "-V3" } else { "" };
+    let name = match pkg {
+        0 => format!("ESP32-D0WDQ6{v3}"),
+        1 => format!("ESP32-D0WD{v3}"),
+        2 => "ESP32-D2WD".into(),
+        4 => "ESP32-U4WDH".into(),
+        5 if rev == 3 => "ESP32-PICO-V3".into(),
+        5 => "ESP32-PICO-D4".into(),
+        6 => "ESP32-PICO-V3-02".into(),
+        7 => "ESP32-D0WDR2-V3".into(),
+        _ => "ESP32".into(),
+    };
+    name
+}
+
+/// The MAC from eFuse words 1 and 2, checked against its CRC-8 in word 2.
+pub fn mac_from_words(w1: u32, w2: u32) -> Result<[u8; 6], WireError> {
+    let b2 = w2.to_be_bytes();
+    let b1 = w1.to_be_bytes();
+    let mac = [b2[2], b2[3], b1[0], b1[1], b1[2], b1[3]];
+    let crc = crate::sim::esp32::mac_crc(&mac);
+    if crc != b2[1] {
+        return Err(WireError::Verify(format!(
+            "eFuse MAC {} fails its CRC-8 (0x{:02x}, computed 0x{crc:02x}); the eFuse read was garbled or the chip is not an ESP32",
+            crate::sim::esp32::format_mac(&mac),
+            b2[1]
+        )));
+    }
+    Ok(mac)
+}
+
+impl<T: Read + Write> Esp32Link<T> {
+    pub fn over(s: EspSession<T>, part: Partition) -> Self {
+        Esp32Link {
+            s,
+            part,
+            synced: false,
+            attached: false,
+            written_md5: None,
+            held_cert: None,
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), WireError> {
+        if !self.synced {
+            self.s.sync()?;
+            self.synced = true;
+        }
+        Ok(())
+    }
+
+    fn attach(&mut self) -> Result<(), WireError> {
+        if !self.attached {
+            self.sync()?;
+            self.s.spi_attach()?;
+            self.s.spi_set_params(FLASH_SIZE)?;
+            self.attached = true;
+        }
+        Ok(())
+    }
+
+    /// Reads the factory MAC twice (no checksum protects a READ_REG reply) and checks
+    /// its CRC, so line noise never becomes another device's hardware id.
+    fn read_mac(&mut self) -> Result<[u8; 6], WireError> {
+        let mut last = None;
+        for _ in 0..3 {
+            let w1 = self.s.read_reg(EFUSE_RD_BASE + 4)?;
+            let w2 = self.s.read_reg(EFUSE_RD_BASE + 8)?;
+            if last == Some((w1, w2)) {
+                return mac_from_words(w1, w2);
+            }
+            last = Some((w1, w2));
+        }
+        Err(WireError::Verify(
+            "the eFuse MAC read differently three times in a row (line noise?)".into(),
+        ))
+    }
+
+    /// Identifies the chip: an ESP32 by its magic word, named by its MAC.
+    pub fn chip(&mut self) -> Result<Identity, WireError> {
+        self.sync()?;
+        let magic = self.s.read_reg(CHIP_DETECT_MAGIC_REG)?;
+        if magic != ESP32_MAGIC {
+            return Err(WireError::Unexpected(format!(
+                "the chip's magic word is 0x{magic:08x}, not the ESP32's 0x{ESP32_MAGIC:08x}: cradle's esp32 profile speaks to the ESP32 (classic) ROM only"
+            )));
+        }
+        let mac = self.read_mac()?;
+        let w3 = self.s.read_reg(EFUSE_RD_BASE + 12)?;
+        let w5 = self.s.read_reg(EFUSE_RD_BASE + 20)?;
+        let apb = self.s.read_reg(0x3FF6_607C)?;
+        Ok(Identity {
+            hardware_id: crate::sim::esp32::format_mac(&mac),
+            serial: None,
+            model: model(w3, w5, apb),
+            firmware: FIRMWARE.into(),
+            imei: None,
+            sealed: false,
+        })
+    }
+
+    /// Erases the partition and writes `image` (its first `used` bytes; the rest of the
+    /// partition stays erased, which is what the image holds there).
+    pub fn write_image(
+        &mut self,
+        image: &[u8],
+        used: usize,
+        progress: &mut OnProgress<'_>,
+    ) -> Result<(), WireError> {
+        self.attach()?;
+        let blocks = used.div_ceil(FLASH_WRITE_SIZE);
+        let total = (blocks * FLASH_WRITE_SIZE) as u64;
+        self.written_md5 = Some(Md5::digest(image).into());
+        progress("erase", 0, total);
+        self.s
+            .flash_begin(self.part.size, blocks as u32, self.part.offset)?;
+        for seq in 0..blocks {
+            progress(
+                "write esp_secure_cert",
+                (seq * FLASH_WRITE_SIZE) as u64,
+                total,
+            );
+            let at = seq * FLASH_WRITE_SIZE;
+            let mut block = zeroize::Zeroizing::new(
+                image[at..(at + FLASH_WRITE_SIZE).min(image.len())].to_vec(),
+            );
+            block.resize(FLASH_WRITE_SIZE, 0xFF);
+            self.s.flash_data(seq as u32, &block)?;
+        }
+        Ok(())
+    }
+
+    /// Fails unless the chip's MD5 of the whole partition is `want`. A reply that
+    /// disagrees is asked again once: line noise is not a flash fault.
+    pub fn check_md5(&mut self, want: [u8; 16], what: &str) -> Result<(), WireError> {
+        self.attach()?;
+        let first = self.s.flash_md5(self.part.offset, self.part.size)?;
+        if first == want {
+            return Ok(());
+        }
+        let again = self.s.flash_md5(self.part.offset, self.part.size)?;
+        if again == want {
+            return Ok(());
+        }
+        Err(WireError::Verify(format!(
+            "read-back: the chip's flash MD5 of the esp_secure_cert partition (0x{:x}, {} bytes) is {}, {what} has {}",
+            self.part.offset,
+            self.part.size,
+            hex::encode(again),
+            hex::encode(want)
+        )))
+    }
+
+    /// Erases the partition and checks, by the chip's MD5, that it reads back erased.
+    pub fn erase_partition(&mut self) -> Result<[u8; 16], WireError> {
+        self.attach()?;
+        self.s.flash_begin(self.part.size, 0, self.part.offset)?;
+        let erased: [u8; 16] = Md5::digest(vec![0xFFu8; self.part.size as usize]).into();
+        self.check_md5(erased, "erased flash")?;
+        Ok(erased)
+    }
+
+    /// The device certificate entry in the partition, if any (walks the entries).
+    fn read_dev_cert(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        self.attach()?;
+        let (base, end) = (self.part.offset, self.part.offset + self.part.size);
+        let mut at = base;
+        while at + esc::HEADER_LEN as u32 <= end {
+            let h = self.s.read_flash(at, esc::HEADER_LEN)?;
+            let Some((kind, _, len)) = esc::header(&h) else {
+                return Ok(None);
+            };
+            let total = esc::entry_len(len) as u32;
+            if at + total > end {
+                return Ok(None);
+            }
+            if kind == esc::TYPE_DEV_CERT {
+                let e = self.s.read_flash(at, total as usize)?;
+                return Ok(esc::parse(&e)
+                    .ok()
+                    .and_then(|mut v| v.pop())
+                    .map(|e| e.data));
+            }
+            at += total;
+        }
+        Ok(None)
+    }
+
+    pub fn partition(&self) -> Partition {
+        self.part
+    }
+}
+
+impl<T: Read + Write + Send> DeviceLink for Esp32Link<T> {
+    fn profile(&self) -> DeviceProfile {
+        DeviceProfile::Esp32
+    }
+
+    fn identify(&mut self) -> Result<Identity, WireError> {
+        self.chip()
+    }
+
+    fn seals(&self) -> bool {
+        false
+    }
+
+    fn generate_key(&mut self) -> Result<DeviceKey, WireError> {
+        Err(WireError::Unexpected(
+            "the ESP32 ROM bootloader cannot make keys: provision ESP32s with --mode inject".into(),
+        ))
+    }
+
+    fn write_identity(
+        &mut self,
+        burn: &mut Burn<'_>,
+        progress: &mut OnProgress<'_>,
+    ) -> Result<(), WireError> {
+        let key = burn.key.take();
+        let img = esc::build(
+            burn.cert_der,
+            burn.chain_der,
+            key.as_deref().map(|k| &k[..]),
+            self.part.size,
+        )
+        .map_err(|e| WireError::Unexpected(e.to_string()))?;
+        // The key is in `img` only now; both are zeroised when dropped below.
+        drop(key);
+        self.held_cert = None;
+        self.write_image(&img.bytes, img.used, progress)
+    }
+
+    fn verify_identity(&mut self, _cert: &[u8], _chain: &[Vec<u8>]) -> Result<(), WireError> {
+        let want = self
+            .written_md5
+            .ok_or_else(|| WireError::Protocol("read-back before any write".into()))?;
+        self.check_md5(want, "the image written")
+    }
+
+    fn seal(&mut self) -> Result<(), WireError> {
+        Ok(())
+    }
+
+    fn holds(&mut self, cert_der: &[u8]) -> Result<bool, WireError> {
+        if self.held_cert.is_none() {
+            self.held_cert = Some(self.read_dev_cert()?);
+        }
+        Ok(self.held_cert.as_ref().and_then(Option::as_ref) == Some(&esc::dev_cert_data(cert_der)))
+    }
+
+    fn details(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "esp_secure_cert_offset".into(),
+            format!("0x{:x}", self.part.offset).into(),
+        );
+        m.insert(
+            "esp_secure_cert_size".into(),
+            format!("0x{:x}", self.part.size).into(),
+        );
+        if let Some(d) = self.written_md5 {
+            m.insert("flash_md5".into(), hex::encode(d).into());
+        }
+        m
+    }
+
+    fn stats(&self) -> LinkStats {
+        LinkStats {
+            wire_bytes: self.s.tx_bytes + self.s.rx_bytes,
+            retries: self.s.retries,
+            ..LinkStats::default()
+        }
+    }
+}
