@@ -18,7 +18,7 @@ use super::{
 };
 use crate::pki::esp_secure_cert::{self as esc, DEFAULT_OFFSET, DEFAULT_SIZE};
 use crate::wire::esp_rom::{
-    EspSession, CHIP_DETECT_MAGIC_REG, EFUSE_RD_BASE, ESP32_MAGIC, FLASH_WRITE_SIZE,
+    EspSession, ATTEMPTS, CHIP_DETECT_MAGIC_REG, EFUSE_RD_BASE, ESP32_MAGIC, FLASH_WRITE_SIZE,
 };
 use crate::wire::{self, WireError};
 
@@ -50,8 +50,6 @@ pub struct Esp32Link<T: Read + Write = wire::Port> {
     attached: bool,
     /// MD5 of the partition image this run wrote.
     written_md5: Option<[u8; 16]>,
-    /// The device certificate entry the chip holds, read once per run (`holds`).
-    held_cert: Option<Option<Vec<u8>>>,
 }
 
 impl Esp32Link<wire::Port> {
@@ -113,7 +111,6 @@ impl<T: Read + Write> Esp32Link<T> {
             synced: false,
             attached: false,
             written_md5: None,
-            held_cert: None,
         }
     }
 
@@ -155,7 +152,11 @@ impl<T: Read + Write> Esp32Link<T> {
     /// Identifies the chip: an ESP32 by its magic word, named by its MAC.
     pub fn chip(&mut self) -> Result<Identity, WireError> {
         self.sync()?;
-        let magic = self.s.read_reg(CHIP_DETECT_MAGIC_REG)?;
+        let mut magic = self.s.read_reg(CHIP_DETECT_MAGIC_REG)?;
+        if magic != ESP32_MAGIC {
+            // Once more: a garbled READ_REG reads another word.
+            magic = self.s.read_reg(CHIP_DETECT_MAGIC_REG)?;
+        }
         if magic != ESP32_MAGIC {
             return Err(WireError::Unexpected(format!(
                 "the chip's magic word is 0x{magic:08x}, not the ESP32's 0x{ESP32_MAGIC:08x}: cradle's esp32 profile speaks to the ESP32 (classic) ROM only"
@@ -176,7 +177,9 @@ impl<T: Read + Write> Esp32Link<T> {
     }
 
     /// Erases the partition and writes `image` (its first `used` bytes; the rest of the
-    /// partition stays erased, which is what the image holds there).
+    /// partition stays erased, which is what the image holds there). The ROM's 1 KiB
+    /// block first; on a line too noisy for a block to get through in its attempts,
+    /// the whole write starts over (FLASH_BEGIN erases again) with smaller blocks.
     pub fn write_image(
         &mut self,
         image: &[u8],
@@ -184,23 +187,42 @@ impl<T: Read + Write> Esp32Link<T> {
         progress: &mut OnProgress<'_>,
     ) -> Result<(), WireError> {
         self.attach()?;
-        let blocks = used.div_ceil(FLASH_WRITE_SIZE);
-        let total = (blocks * FLASH_WRITE_SIZE) as u64;
         self.written_md5 = Some(Md5::digest(image).into());
+        let sizes = [
+            FLASH_WRITE_SIZE,
+            FLASH_WRITE_SIZE / 4,
+            FLASH_WRITE_SIZE / 16,
+        ];
+        let mut last = None;
+        for size in sizes {
+            match self.write_blocks(image, used, size, progress) {
+                Ok(()) => return Ok(()),
+                // What a noisy line causes, and a smaller block can get past.
+                Err(e) if crate::wire::esp_rom::retryable(&e) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one block size"))
+    }
+
+    fn write_blocks(
+        &mut self,
+        image: &[u8],
+        used: usize,
+        size: usize,
+        progress: &mut OnProgress<'_>,
+    ) -> Result<(), WireError> {
+        let blocks = used.div_ceil(size);
+        let total = (blocks * size) as u64;
         progress("erase", 0, total);
         self.s
-            .flash_begin(self.part.size, blocks as u32, self.part.offset)?;
+            .flash_begin(self.part.size, blocks as u32, size as u32, self.part.offset)?;
         for seq in 0..blocks {
-            progress(
-                "write esp_secure_cert",
-                (seq * FLASH_WRITE_SIZE) as u64,
-                total,
-            );
-            let at = seq * FLASH_WRITE_SIZE;
-            let mut block = zeroize::Zeroizing::new(
-                image[at..(at + FLASH_WRITE_SIZE).min(image.len())].to_vec(),
-            );
-            block.resize(FLASH_WRITE_SIZE, 0xFF);
+            progress("write esp_secure_cert", (seq * size) as u64, total);
+            let at = seq * size;
+            let mut block =
+                zeroize::Zeroizing::new(image[at..(at + size).min(image.len())].to_vec());
+            block.resize(size, 0xFF);
             self.s.flash_data(seq as u32, &block)?;
         }
         Ok(())
@@ -230,36 +252,39 @@ impl<T: Read + Write> Esp32Link<T> {
     /// Erases the partition and checks, by the chip's MD5, that it reads back erased.
     pub fn erase_partition(&mut self) -> Result<[u8; 16], WireError> {
         self.attach()?;
-        self.s.flash_begin(self.part.size, 0, self.part.offset)?;
+        self.s
+            .flash_begin(self.part.size, 0, FLASH_WRITE_SIZE as u32, self.part.offset)?;
         let erased: [u8; 16] = Md5::digest(vec![0xFFu8; self.part.size as usize]).into();
         self.check_md5(erased, "erased flash")?;
         Ok(erased)
     }
 
-    /// The device certificate entry in the partition, if any (walks the entries).
-    fn read_dev_cert(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+    /// Whether the partition starts with the device certificate entry for `cert_der`
+    /// (cradle writes it first), by the chip's MD5 of that range: no request or
+    /// READ_FLASH_SLOW reply carries a checksum, an MD5 answer cannot match by
+    /// accident, and a mismatch counts only when the chip says it twice in a row.
+    pub fn holds_cert(&mut self, cert_der: &[u8]) -> Result<bool, WireError> {
         self.attach()?;
-        let (base, end) = (self.part.offset, self.part.offset + self.part.size);
-        let mut at = base;
-        while at + esc::HEADER_LEN as u32 <= end {
-            let h = self.s.read_flash(at, esc::HEADER_LEN)?;
-            let Some((kind, _, len)) = esc::header(&h) else {
-                return Ok(None);
-            };
-            let total = esc::entry_len(len) as u32;
-            if at + total > end {
-                return Ok(None);
-            }
-            if kind == esc::TYPE_DEV_CERT {
-                let e = self.s.read_flash(at, total as usize)?;
-                return Ok(esc::parse(&e)
-                    .ok()
-                    .and_then(|mut v| v.pop())
-                    .map(|e| e.data));
-            }
-            at += total;
+        let entry =
+            esc::dev_cert_entry(cert_der).map_err(|e| WireError::Unexpected(e.to_string()))?;
+        if entry.len() > self.part.size as usize {
+            return Ok(false);
         }
-        Ok(None)
+        let want: [u8; 16] = Md5::digest(&entry).into();
+        let mut last = None;
+        for _ in 0..ATTEMPTS + 2 {
+            let got = self.s.flash_md5(self.part.offset, entry.len() as u32)?;
+            if got == want {
+                return Ok(true);
+            }
+            if last == Some(got) {
+                return Ok(false);
+            }
+            last = Some(got);
+        }
+        Err(WireError::Verify(
+            "the chip's flash MD5 answers differ each time (line noise?)".into(),
+        ))
     }
 
     pub fn partition(&self) -> Partition {
@@ -301,7 +326,6 @@ impl<T: Read + Write + Send> DeviceLink for Esp32Link<T> {
         .map_err(|e| WireError::Unexpected(e.to_string()))?;
         // The key is in `img` only now; both are zeroised when dropped below.
         drop(key);
-        self.held_cert = None;
         self.write_image(&img.bytes, img.used, progress)
     }
 
@@ -317,10 +341,7 @@ impl<T: Read + Write + Send> DeviceLink for Esp32Link<T> {
     }
 
     fn holds(&mut self, cert_der: &[u8]) -> Result<bool, WireError> {
-        if self.held_cert.is_none() {
-            self.held_cert = Some(self.read_dev_cert()?);
-        }
-        Ok(self.held_cert.as_ref().and_then(Option::as_ref) == Some(&esc::dev_cert_data(cert_der)))
+        self.holds_cert(cert_der)
     }
 
     fn details(&self) -> serde_json::Map<String, serde_json::Value> {

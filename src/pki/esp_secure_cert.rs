@@ -155,9 +155,9 @@ pub fn parse(img: &[u8]) -> std::result::Result<Vec<Entry>, String> {
     Ok(out)
 }
 
-/// The device certificate (NUL-terminated PEM) an image would hold for `cert_der`.
-pub fn dev_cert_data(cert_der: &[u8]) -> Vec<u8> {
-    pem_z("CERTIFICATE", cert_der).to_vec()
+/// The first entry of an image for `cert_der`: its device certificate.
+pub fn dev_cert_entry(cert_der: &[u8]) -> Result<Vec<u8>> {
+    entry(TYPE_DEV_CERT, &pem_z("CERTIFICATE", cert_der))
 }
 
 /// Offset and size of the `esp_secure_cert` partition in an ESP-IDF partition table
@@ -239,7 +239,10 @@ mod tests {
         assert_eq!(img.len(), 0x2000);
         let e = parse(&img).unwrap();
         assert_eq!(e.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![1, 0, 2]);
-        assert_eq!(e[0].data, dev_cert_data(b"cert"));
+        assert_eq!(
+            &img[..entry_len(e[0].data.len())],
+            &dev_cert_entry(b"cert").unwrap()[..]
+        );
         assert!(e[1].data.ends_with(b"-----END CERTIFICATE-----\n\0"));
         let mut bad = img.to_vec();
         bad[HEADER_LEN + 3] ^= 1;

@@ -27,9 +27,15 @@ pub const SIM_MODEL: &str = "ESP32-D0WD-V3";
 const APB_CTL_DATE: u32 = 0x3FF6_607C;
 const UART_CLKDIV: u32 = 0x3FF4_0014;
 const RTCCALICFG1: u32 = 0x3FF5_F06C;
-/// SPI0 registers: W0 holds what a user command (RDID 0x9F) read.
+/// SPI0 registers: a write of the USR bit to SPI_CMD runs the command in USR2's low
+/// byte on the flash; W0 then holds what it read (esptool's RDID, SFDP, RDSR).
+const SPI_CMD: u32 = 0x3FF4_2000;
+const SPI_ADDR: u32 = 0x3FF4_2004;
 const SPI_W0: u32 = 0x3FF4_2080;
 const SPI_USR2: u32 = 0x3FF4_2024;
+const SPI_CMD_USR: u32 = 1 << 18;
+/// "SFDP" as the flash answers a read of its parameter table at address 0.
+const SFDP_SIGNATURE: u32 = 0x5044_4653;
 /// JEDEC id of the simulated flash: Winbond (0xEF), 0x4016 = 4 MiB.
 const FLASH_JEDEC: u32 = 0x0016_40EF;
 
@@ -191,13 +197,20 @@ impl Esp32Responder {
             // 40 MHz crystal at 115200 baud: the divider the ROM's autobaud leaves.
             UART_CLKDIV => 347,
             RTCCALICFG1 => 1024 << 7,
-            SPI_W0 => match self.regs.get(&SPI_USR2).map(|v| v & 0xFF) {
-                Some(0x9F) => FLASH_JEDEC,
-                _ => 0,
-            },
-            // SPI_CMD and everything else: done / zero.
+            // SPI_CMD reads 0 (the user command is done); everything else as written.
             a => self.regs.get(&a).copied().unwrap_or(0),
         }
+    }
+
+    /// Runs the SPI flash command esptool set up in USR2 (read id, SFDP, status).
+    fn spi_user_command(&mut self) {
+        let cmd = self.regs.get(&SPI_USR2).copied().unwrap_or(0) & 0xFF;
+        let out = match cmd {
+            0x9F => FLASH_JEDEC,
+            0x5A if self.regs.get(&SPI_ADDR).copied().unwrap_or(0) == 0 => SFDP_SIGNATURE,
+            _ => 0,
+        };
+        self.regs.insert(SPI_W0, out);
     }
 
     fn step_name(op: u8) -> &'static str {
@@ -216,7 +229,21 @@ impl Esp32Responder {
         match c.op {
             rom::READ_REG => Ok((self.read_reg(word(0)?), vec![])),
             rom::WRITE_REG => {
-                self.regs.insert(word(0)?, word(1)?);
+                // Four words per write (address, value, mask, delay), possibly several.
+                if c.data.is_empty() || c.data.len() % 16 != 0 {
+                    return Err(rom_err::INVALID_MESSAGE);
+                }
+                for i in 0..c.data.len() / 16 {
+                    let (a, v, mask) = (word(4 * i)?, word(4 * i + 1)?, word(4 * i + 2)?);
+                    if a == SPI_CMD {
+                        if v & SPI_CMD_USR != 0 {
+                            self.spi_user_command();
+                        }
+                        continue;
+                    }
+                    let old = self.regs.get(&a).copied().unwrap_or(0);
+                    self.regs.insert(a, (old & !mask) | (v & mask));
+                }
                 Ok((0, vec![]))
             }
             rom::SPI_ATTACH | rom::SPI_SET_PARAMS | rom::CHANGE_BAUDRATE => Ok((0, vec![])),
@@ -273,9 +300,10 @@ impl Esp32Responder {
                 let mut bytes = bytes;
                 if self.dev.faults.hash_mismatch && !bytes.is_empty() {
                     // A bad flash write: one bit does not take; only the MD5 shows it.
-                    self.dev.faults.hash_mismatch = false;
-                    bytes[0] ^= 0x01;
-                    bytes[0] |= 0x01;
+                    if let Some(b) = bytes.iter_mut().find(|b| **b != 0) {
+                        self.dev.faults.hash_mismatch = false;
+                        *b &= *b - 1;
+                    }
                 }
                 self.program(addr, &bytes);
                 self.save_flash();

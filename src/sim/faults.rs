@@ -17,7 +17,8 @@ Faults (--fault SPEC, repeatable):
                          hang up (the port disappears and comes back as a new pty behind the
                          same --link) after handling the N-th (default 1st) STEP request, before
                          replying; STEP is hello, keygen, stat, write, commit, read, lock, wipe,
-                         erase (nrf91: keygen, cmng-write, cmng-list)
+                         erase (nrf91: keygen, cmng-write, cmng-list; esp32: sync,
+                         flash-begin, flash-data, md5, read-flash)
   slow-baud:RATE         pace the line at RATE while the host expects --baud
   reject-lock[:N]        refuse the first N (default 1) LOCK requests (error 13 lock-refused)
   garbage-on-boot        send random noise (no frame) each time the port comes up
@@ -31,7 +32,8 @@ Faults (--fault SPEC, repeatable):
                          SHA-256 of the CSR
   wrong-sec-tag          nrf91: answer the first AT%KEYGEN with a COSE for another sec_tag
   hash-mismatch          return altered data for the first READ (nrf91: a wrong SHA-256 in
-                         the first AT%CMNG=1 listing), so the read-back check fails
+                         the first AT%CMNG=1 listing; esp32: one bit of the first
+                         FLASH_DATA block does not take), so the read-back check fails
 One-shot faults fire once per simulator process, so a re-run of the host completes."
     };
 }
@@ -80,6 +82,11 @@ const STEPS: &[&str] = &[
     "erase",
     "cmng-write",
     "cmng-list",
+    "sync",
+    "flash-begin",
+    "flash-data",
+    "md5",
+    "read-flash",
 ];
 
 impl Faults {

@@ -383,19 +383,21 @@ impl<T: Read + Write> EspSession<T> {
         Ok(())
     }
 
-    /// Erases `erase_size` bytes at `offset` and readies `blocks` FLASH_DATA blocks.
+    /// Erases `erase_size` bytes at `offset` and readies `blocks` FLASH_DATA blocks of
+    /// `block` bytes each.
     pub fn flash_begin(
         &mut self,
         erase_size: u32,
         blocks: u32,
+        block: u32,
         offset: u32,
     ) -> Result<(), WireError> {
-        let d = words(&[erase_size, blocks, FLASH_WRITE_SIZE as u32, offset]);
+        let d = words(&[erase_size, blocks, block, offset]);
         self.command("FLASH_BEGIN", FLASH_BEGIN, &d, 0, 0, true)?;
         Ok(())
     }
 
-    /// Writes block `seq` (FLASH_WRITE_SIZE bytes, the last one padded with 0xFF).
+    /// Writes block `seq` (the block size given to FLASH_BEGIN, the last one padded).
     pub fn flash_data(&mut self, seq: u32, block: &[u8]) -> Result<(), WireError> {
         let mut d = words(&[block.len() as u32, seq, 0, 0]);
         d.extend_from_slice(block);
@@ -444,14 +446,14 @@ fn refused(what: &str, code: u8) -> WireError {
     }
 }
 
-fn retryable(e: &WireError) -> bool {
-    match e {
-        WireError::Timeout { .. } | WireError::BadFrame(_) => true,
-        WireError::Refused { code, .. } => {
-            *code == rom_err::BAD_CHECKSUM as u32 || *code == rom_err::INVALID_MESSAGE as u32
-        }
-        _ => false,
-    }
+/// Commands carry no checksum but FLASH_DATA's: a garbled address or length makes the
+/// ROM refuse a request it would take, so a refusal is retried like a lost reply (every
+/// command is idempotent; a real refusal just takes its attempts).
+pub fn retryable(e: &WireError) -> bool {
+    matches!(
+        e,
+        WireError::Timeout { .. } | WireError::BadFrame(_) | WireError::Refused { .. }
+    )
 }
 
 #[cfg(test)]
