@@ -705,3 +705,128 @@ fn partition_from_a_table_or_an_offset() {
     assert!(out.contains("no esp_secure_cert partition"), "{out}");
     assert_eq!(q(&env, "SELECT count(*) FROM events"), before);
 }
+
+#[test]
+fn export_esp_secure_cert_for_a_held_key_and_refusals() {
+    let env = Env::with_ca();
+    let out = env.path("keys");
+    env.ok(&[
+        "identity",
+        "issue",
+        "ESP-1",
+        "--out",
+        out.to_str().unwrap(),
+        "--passphrase-file",
+        env.pass(),
+    ]);
+    env.ok(&[
+        "identity",
+        "issue",
+        "ESP-2",
+        "--out",
+        out.to_str().unwrap(),
+        "--passphrase-file",
+        env.pass(),
+    ]);
+    let key1 = out.join("ESP-1.key");
+    let img = env.path("esp1.bin");
+    let v = env.json(&[
+        "identity",
+        "export-esp-secure-cert",
+        "ESP-1",
+        "--key",
+        key1.to_str().unwrap(),
+        "-o",
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(v["bytes"], 0x2000);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&img).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let bytes = std::fs::read(&img).unwrap();
+    let (cert, chain, key) = identity_in(&bytes).unwrap();
+    let fp = q(&env, "SELECT c.fingerprint FROM certificates c JOIN devices d ON d.id=c.device_id WHERE d.serial='ESP-1'");
+    assert_eq!(sha256_hex(&cert), fp);
+    assert_eq!(pem_blocks(&chain).len(), 2);
+    openssl_verify(&env, &cert, "esp1");
+    let k = env.path("k.pem");
+    std::fs::write(&k, &key).unwrap();
+    let (_, a) = openssl(&["pkey", "-in", k.to_str().unwrap(), "-pubout"]);
+    let (_, b) = openssl(&["pkey", "-in", key1.to_str().unwrap(), "-pubout"]);
+    assert!(a.contains("PUBLIC KEY") && a == b, "{a} {b}");
+    if let Some(bin) = esp_bin() {
+        let tlv = espressif_parse(&bin, &bytes, env.dir.path());
+        assert_eq!(tlv.len(), 3);
+        assert!(tlv.iter().all(|t| t.crc_ok));
+    }
+
+    // Refusals: one line, documented exit code, nothing written.
+    let no = env.path("no.bin");
+    let e = env.fails(
+        &[
+            "identity",
+            "export-esp-secure-cert",
+            "ESP-1",
+            "-o",
+            no.to_str().unwrap(),
+        ],
+        3,
+    );
+    assert!(e.contains("cradle keeps no device keys"), "{e}");
+    let key2 = out.join("ESP-2.key");
+    let e = env.fails(
+        &[
+            "identity",
+            "export-esp-secure-cert",
+            "ESP-1",
+            "--key",
+            key2.to_str().unwrap(),
+            "-o",
+            no.to_str().unwrap(),
+        ],
+        5,
+    );
+    assert!(e.contains("is not the key of ESP-1's certificate"), "{e}");
+    let e = env.fails(
+        &[
+            "identity",
+            "export-esp-secure-cert",
+            "ESP-1",
+            "--key",
+            key1.to_str().unwrap(),
+            "-o",
+            img.to_str().unwrap(),
+        ],
+        7,
+    );
+    assert!(e.contains("already exists"), "{e}");
+    let e = env.fails(
+        &[
+            "identity",
+            "export-esp-secure-cert",
+            "ESP-1",
+            "--key",
+            key1.to_str().unwrap(),
+            "--partition-size",
+            "0x100",
+            "-o",
+            no.to_str().unwrap(),
+        ],
+        3,
+    );
+    assert!(e.contains("--partition-size"), "{e}");
+    let e = env.fails(
+        &[
+            "identity",
+            "export-esp-secure-cert",
+            "NOPE",
+            "-o",
+            no.to_str().unwrap(),
+        ],
+        3,
+    );
+    assert!(e.contains("NOPE"), "{e}");
+    assert!(!no.exists());
+}

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod ca;
+pub mod esp32;
 pub mod home;
 pub mod identity;
 pub mod inventory;
