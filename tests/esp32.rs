@@ -830,3 +830,82 @@ fn export_esp_secure_cert_for_a_held_key_and_refusals() {
     assert!(e.contains("NOPE"), "{e}");
     assert!(!no.exists());
 }
+
+#[test]
+fn decommission_erases_esp_secure_cert_and_records_a_read_back_wipe() {
+    let env = Env::with_ca();
+    let link = env.path("dev/w");
+    let state = env.path("w.json");
+    let _sim = sim_esp(&env, &link, &state, 1, &[]);
+    let port = link.to_str().unwrap();
+    let (code, v, err) = provision(&env, &[port], &[]);
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    assert!(identity_in(&sim_flash(&state, 0xD000, 0x2000)).is_some());
+
+    // Without the profile the port is spoken to as a cradle device: that fails cleanly.
+    let base = [
+        "--json",
+        "decommission",
+        MAC,
+        "--passphrase-file",
+        env.pass(),
+        "--wipe-baud",
+        BAUD,
+        "--wipe-timeout",
+        "1",
+        "--wipe-port",
+        port,
+    ];
+    let o = env.run(&base);
+    assert_ne!(o.status.code(), Some(0));
+    assert_eq!(q(&env, "SELECT count(*) FROM wipes"), "0");
+
+    let mut a = base.to_vec();
+    a.extend(["--wipe-device-profile", "esp32"]);
+    let o = env.run(&a);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The partition is erased flash now, on the chip itself.
+    assert_eq!(sim_flash(&state, 0xD000, 0x2000), vec![0xFF; 0x2000]);
+    let w = q(&env, "SELECT kind || '|' || level || '|' || coalesce(attestation_verified, 'null') || '|' || verification FROM wipes");
+    assert!(
+        w.starts_with("read-back|clear|null|read back: the device's MD5"),
+        "{w}"
+    );
+    assert!(w.contains(&hex_md5_of_erased()), "{w}");
+    assert!(w.contains("not device-signed"), "{w}");
+    let ev = q(&env, "SELECT attestation FROM wipes");
+    let ev: serde_json::Value = serde_json::from_str(&ev).unwrap();
+    assert_eq!(ev["hardware_id"], MAC);
+    assert_eq!(ev["offset"], 0xD000);
+    assert_eq!(
+        q(
+            &env,
+            &format!("SELECT status FROM devices WHERE hardware_id='{MAC}'")
+        ),
+        "decommissioned"
+    );
+    assert_eq!(
+        q(
+            &env,
+            "SELECT count(*) FROM certificates WHERE status <> 'revoked'"
+        ),
+        "0"
+    );
+    // The audit counts it as a wipe record (before the migration's new kind it was not).
+    let audit = env.json(&["audit"]);
+    assert_eq!(
+        audit["summary"]["by_check"]["decommissioned-without-wipe"], 0,
+        "{audit:#}"
+    );
+}
+
+fn hex_md5_of_erased() -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(vec![0xFFu8; 0x2000]))
+}

@@ -216,7 +216,8 @@ pub struct DecommissionArgs {
     /// RFC 5280 revocation reason (default cessationOfOperation)
     #[arg(long, value_name = "REASON")]
     reason: Option<String>,
-    /// Wipe over the device protocol on this serial port, with a signed attestation
+    /// Wipe over this serial port: a signed attestation (cradle protocol), or erase and
+    /// read-back (--wipe-device-profile esp32)
     #[arg(long, value_name = "PATH", conflicts_with = "wipe_method")]
     wipe_port: Option<String>,
     /// Serial wipe: line rate of the port (8N1)
@@ -227,6 +228,10 @@ pub struct DecommissionArgs {
     /// (the line time at --wipe-baud is added)
     #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_timeout)]
     wipe_timeout: std::time::Duration,
+    /// Serial wipe: the protocol the device speaks (esp32: erase the esp_secure_cert
+    /// partition at 0xD000 over the ROM bootloader and read it back as erased)
+    #[arg(long, value_enum, default_value = "cradle", value_name = "PROFILE")]
+    wipe_device_profile: super::values::DeviceProfileArg,
     /// Manual wipe record: NIST SP 800-88 level
     #[arg(long, value_name = "LEVEL", value_parser = ["clear", "purge", "destroy"])]
     wipe_method: Option<String>,
@@ -317,7 +322,7 @@ pub fn decommission(ctx: &Ctx, a: DecommissionArgs) -> anyhow::Result<i32> {
         org: config.org.clone(),
         crl: Publication::configured(&ctx.home, &config),
     };
-    let mut opener = wipe::serial_opener(a.wipe_baud, a.wipe_timeout);
+    let mut opener = wipe::serial_opener(a.wipe_device_profile.into(), a.wipe_baud, a.wipe_timeout);
     let pb = Bar::new("retiring");
     let summary = decommission::run(
         &mut reg,

@@ -292,6 +292,40 @@ impl<T: Read + Write> Esp32Link<T> {
     }
 }
 
+impl<T: Read + Write> super::WipeLink for Esp32Link<T> {
+    fn hardware_id(&mut self) -> crate::error::Result<String> {
+        Ok(self.chip()?.hardware_id)
+    }
+
+    fn wipe(
+        &mut self,
+        _nonce: [u8; 32],
+    ) -> crate::error::Result<crate::attestation::WipeAttestation> {
+        Err(crate::Error::Device(
+            "the ESP32 ROM bootloader cannot sign a wipe attestation; cradle erases and reads back instead".into(),
+        ))
+    }
+
+    fn reads_back(&self) -> bool {
+        true
+    }
+
+    fn erase_and_read_back(&mut self) -> crate::error::Result<Option<super::ReadBack>> {
+        let hardware_id = self.chip()?.hardware_id;
+        let digest = self.erase_partition()?;
+        Ok(Some(super::ReadBack {
+            hardware_id,
+            region: "esp_secure_cert partition".into(),
+            offset: self.part.offset,
+            size: self.part.size,
+            digest_alg: "md5",
+            digest: hex::encode(digest),
+            how: "ROM bootloader FLASH_BEGIN (erase), then the chip's SPI_FLASH_MD5 of the region"
+                .into(),
+        }))
+    }
+}
+
 impl<T: Read + Write + Send> DeviceLink for Esp32Link<T> {
     fn profile(&self) -> DeviceProfile {
         DeviceProfile::Esp32

@@ -189,10 +189,47 @@ pub trait WipeLink {
     fn hardware_id(&mut self) -> Result<String>;
     /// Sends WIPE with `nonce`; returns the device's signed attestation.
     fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation>;
+    /// Whether this family proves a wipe by read-back instead of a signature.
+    fn reads_back(&self) -> bool {
+        false
+    }
+    /// A family that cannot sign (a ROM bootloader) erases and reads the region back
+    /// instead (`reads_back`). `None`: this family attests; use `wipe`.
+    fn erase_and_read_back(&mut self) -> Result<Option<ReadBack>> {
+        Ok(None)
+    }
 }
 
-/// Opens a wipe link over the device protocol on a serial port (or pty). Only the cradle
-/// protocol wipes with a signed attestation today.
-pub fn open_wipe_link(port: &str, params: LinkParams) -> Result<Box<dyn WipeLink>> {
-    Ok(Box::new(cradle::CradleLink::open(Path::new(port), params)?))
+/// What an erase verified by read-back showed: the region, and the digest the device
+/// itself computed over it, equal to that of erased flash.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadBack {
+    pub hardware_id: String,
+    /// What was erased, e.g. "esp_secure_cert partition".
+    pub region: String,
+    pub offset: u32,
+    pub size: u32,
+    /// The device's digest of the region after the erase (MD5 for the ESP32 ROM).
+    pub digest_alg: &'static str,
+    pub digest: String,
+    /// How the host read it: the commands used.
+    pub how: String,
+}
+
+/// Opens a wipe link for `profile` on a serial port (or pty): the cradle protocol wipes
+/// with a signed attestation, an ESP32 by erase and read-back.
+pub fn open_wipe_link(
+    profile: DeviceProfile,
+    port: &str,
+    params: LinkParams,
+) -> Result<Box<dyn WipeLink>> {
+    Ok(match profile {
+        DeviceProfile::Esp32 => Box::new(esp32::Esp32Link::open(Path::new(port), params)?),
+        DeviceProfile::Cradle => Box::new(cradle::CradleLink::open(Path::new(port), params)?),
+        other => {
+            return Err(crate::Error::usage(format!(
+                "--wipe-port: the {other} profile has no serial wipe; record a manual wipe"
+            )))
+        }
+    })
 }

@@ -142,7 +142,7 @@ pub fn decommissioned_without_wipe(
          FROM devices d
          WHERE d.status = 'decommissioned'
            AND NOT EXISTS (SELECT 1 FROM wipes w WHERE w.device_id = d.id
-                           AND (w.kind = 'manual' OR w.attestation_verified = 1))
+                           AND (w.kind IN ('manual', 'read-back') OR w.attestation_verified = 1))
          ORDER BY d.serial",
         [],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -672,7 +672,7 @@ pub fn recent_decommissions(db: &Reader, limit: i64) -> Result<Vec<Decommissione
         "SELECT d.serial, d.model, d.site, d.updated_at, w.kind, w.level, w.attestation_verified
          FROM devices d
          LEFT JOIN wipes w ON w.id = (SELECT x.id FROM wipes x WHERE x.device_id = d.id
-             ORDER BY (x.kind = 'manual' OR x.attestation_verified = 1) DESC, x.id DESC LIMIT 1)
+             ORDER BY (x.kind IN ('manual', 'read-back') OR x.attestation_verified = 1) DESC, x.id DESC LIMIT 1)
          WHERE d.status = 'decommissioned'
          ORDER BY d.updated_at DESC, d.serial LIMIT ?1",
         [limit],

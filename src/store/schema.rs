@@ -167,6 +167,34 @@ ALTER TABLE certificates ADD COLUMN verified_mac BLOB;
     r#"
 ALTER TABLE certificates ADD COLUMN device_attestation TEXT;
 "#,
+    // 6: a third kind of wipe record, 'read-back': a device that cannot sign (an ESP32 in
+    // its ROM bootloader) is erased and the region read back as erased by the chip's own
+    // flash MD5. SQLite cannot change a CHECK, so the table is rebuilt as it was plus that.
+    r#"
+CREATE TABLE wipes_new (
+    id                   INTEGER PRIMARY KEY,
+    device_id            INTEGER NOT NULL REFERENCES devices(id),
+    kind                 TEXT NOT NULL CHECK (kind IN ('attested','manual','read-back')),
+    level                TEXT NOT NULL CHECK (level IN ('clear','purge','destroy')),
+    method               TEXT NOT NULL,
+    media_type           TEXT,
+    tool                 TEXT,
+    tool_version         TEXT,
+    verification         TEXT,
+    verified_by          TEXT,
+    technician           TEXT,
+    location             TEXT,
+    destination          TEXT,
+    nonce_hex            TEXT,
+    attestation          TEXT,
+    attestation_verified INTEGER,
+    recorded_at          TEXT NOT NULL
+);
+INSERT INTO wipes_new SELECT * FROM wipes;
+DROP TABLE wipes;
+ALTER TABLE wipes_new RENAME TO wipes;
+CREATE INDEX wipes_device ON wipes(device_id);
+"#,
 ];
 
 #[cfg(test)]
@@ -183,6 +211,7 @@ mod tests {
         "1c9e06f5313a1cdab83ee488d21ea19ff4a444bbf7c6eccd4496a7422f066f0d",
         "072434fccfcb348cc5c5a1eb26fc3577a03435c527772be70d349e79c4b552f1",
         "f75693bbf00366192125cb2922c41e692972b7f03e4bdaae2fded182223122aa",
+        "574bd4a817d8294c486da6451a732057aa1227dd2b4d5413fc42715d335a7c56",
     ];
 
     #[test]

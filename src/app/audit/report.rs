@@ -612,6 +612,10 @@ fn decommissions_section(h: &mut String, list: &[Decommissioned]) {
                 "<span class=\"pill ok\">manual</span> <span class=\"muted\">{}</span>",
                 esc(d.wipe_level.as_deref().unwrap_or(""))
             ),
+            (Some("read-back"), _) => format!(
+                "<span class=\"pill ok\">read back</span> <span class=\"muted\">{}</span>",
+                esc(d.wipe_level.as_deref().unwrap_or(""))
+            ),
             (Some(_), Some(true)) => format!(
                 "<span class=\"pill ok\">attested</span> <span class=\"muted\">{}</span>",
                 esc(d.wipe_level.as_deref().unwrap_or(""))

@@ -48,6 +48,7 @@ pub use crate::device::WipeLink;
 /// Opens wipe links on serial ports at `baud`, waiting up to `timeout` per request
 /// (`--wipe-baud`, `--wipe-timeout`), for `decommission::run`.
 pub fn serial_opener(
+    profile: crate::device::DeviceProfile,
     baud: u32,
     timeout: std::time::Duration,
 ) -> impl FnMut(&str) -> Result<Box<dyn WipeLink>> {
@@ -57,7 +58,7 @@ pub fn serial_opener(
         nrf_identity_keys: None,
         esp_partition: None,
     };
-    move |port: &str| crate::device::open_wipe_link(port, params.clone())
+    move |port: &str| crate::device::open_wipe_link(profile, port, params.clone())
 }
 
 /// 32 random bytes from the OS.
@@ -143,6 +144,11 @@ pub fn attested_wipe(
     finish: &dyn Fn(&Tx<'_>, &WipeRecord, &str) -> Result<()>,
 ) -> Result<WipeRecord> {
     let hwid = check_identity(device, link)?;
+    if let Some(r) =
+        super::wipe_read_back::wipe(reg, device, link, &hwid, ctx, step_options, actor, finish)?
+    {
+        return Ok(r);
+    }
     let (spki, cert_fp) = device_key(reg.reader(), device)?;
 
     let nonce = fresh_nonce();
