@@ -119,6 +119,9 @@ pub struct Esp32Responder {
     flash: BTreeMap<u32, Vec<u8>>,
     regs: HashMap<u32, u32>,
     write: Option<Write>,
+    /// Flash changed since the last save. Saving (an fsync) waits for a FLASH_END or an
+    /// MD5, which every write ends with, so it does not slow each block down.
+    dirty: bool,
 }
 
 impl Esp32Responder {
@@ -135,6 +138,7 @@ impl Esp32Responder {
             flash,
             regs: HashMap::new(),
             write: None,
+            dirty: false,
         }
     }
 
@@ -169,7 +173,10 @@ impl Esp32Responder {
         }
     }
 
-    fn save_flash(&self) {
+    fn save_flash(&mut self) {
+        if !std::mem::take(&mut self.dirty) {
+            return;
+        }
         if let Some(p) = flash_path(&self.dev) {
             let mut b = Vec::with_capacity(self.flash.len() * (SECTOR + 4));
             for (n, s) in &self.flash {
@@ -266,7 +273,7 @@ impl Esp32Responder {
                     inflate: (c.op == rom::FLASH_DEFL_BEGIN)
                         .then(|| (InflateState::new_boxed(DataFormat::Zlib), 0)),
                 });
-                self.save_flash();
+                self.dirty = true;
                 Ok((0, vec![]))
             }
             rom::FLASH_DATA | rom::FLASH_DEFL_DATA => {
@@ -306,11 +313,12 @@ impl Esp32Responder {
                     }
                 }
                 self.program(addr, &bytes);
-                self.save_flash();
+                self.dirty = true;
                 Ok((0, vec![]))
             }
             rom::FLASH_END | rom::FLASH_DEFL_END => {
                 self.write = None;
+                self.save_flash();
                 Ok((0, vec![]))
             }
             rom::SPI_FLASH_MD5 => {
@@ -318,6 +326,7 @@ impl Esp32Responder {
                 if addr.checked_add(len).is_none_or(|e| e > FLASH_SIZE) {
                     return Err(rom_err::FLASH_READ);
                 }
+                self.save_flash();
                 let d = Md5::digest(self.read(addr, len));
                 Ok((0, hex::encode(d).into_bytes()))
             }

@@ -337,15 +337,12 @@ impl<T: Read + Write> EspSession<T> {
     }
 
     /// Synchronises with the ROM (autobaud). The ROM answers one SYNC with eight
-    /// replies; the extra ones are drained here.
+    /// replies; the seven extra ones need no wait: `exchange` skips replies to another op.
     pub fn sync(&mut self) -> Result<(), WireError> {
         let mut last = None;
         for _ in 0..8 {
             match self.exchange("SYNC", SYNC, &SYNC_DATA, 0, 0, Duration::from_millis(150)) {
-                Ok(_) => {
-                    self.drain(Duration::from_millis(40))?;
-                    return Ok(());
-                }
+                Ok(_) => return Ok(()),
                 Err(e) if retryable(&e) => {
                     self.retries += 1;
                     self.drain(Duration::from_millis(20))?;
