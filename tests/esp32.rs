@@ -576,8 +576,13 @@ fn fault_case(fault: &str) -> serde_json::Value {
         other => panic!("unexpected {other:?}: {v:#}"),
     }
     check_invariants(&env, MAC, &state, 0xD000);
-    // A hang-up brings the board back on a new pty behind the link.
-    std::thread::sleep(Duration::from_millis(400));
+    // A hang-up brings the board back on a new pty behind the link; a babbling device
+    // gives up its megabyte once nobody reads.
+    std::thread::sleep(Duration::from_millis(if fault == "long-line" {
+        1500
+    } else {
+        400
+    }));
     let (code, v, err) = provision(&env, &[port], &[]);
     assert_eq!(code, Some(0), "re-run after {fault}: {v:#}\n{err}");
     check_invariants(&env, MAC, &state, 0xD000);
@@ -908,4 +913,68 @@ fn decommission_erases_esp_secure_cert_and_records_a_read_back_wipe() {
 fn hex_md5_of_erased() -> String {
     use md5::Digest;
     hex::encode(md5::Md5::digest(vec![0xFFu8; 0x2000]))
+}
+
+#[test]
+fn fault_garbage_on_boot_is_skipped() {
+    let r = fault_case("garbage-on-boot");
+    assert_eq!(r["result"], "PASS", "{r:#}");
+}
+
+#[test]
+fn hostile_megabyte_packet_fails_cleanly_without_buffering_it() {
+    let r = fault_case("long-line");
+    assert_eq!(r["result"], "FAIL", "{r:#}");
+    assert!(r["error"].as_str().unwrap().contains("SYNC"), "{r:#}");
+}
+
+#[test]
+fn a_wipe_refuses_another_esp32_on_the_port() {
+    let env = Env::with_ca();
+    let link = env.path("dev/a");
+    let state = env.path("a.json");
+    let _sim = sim_esp(&env, &link, &state, 1, &[]);
+    let (code, v, err) = provision(&env, &[link.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    // Another board (another MAC) is on the port the operator names.
+    let other = env.path("dev/b");
+    let ostate = env.path("b.json");
+    let _b = Sim::start(
+        &env,
+        &[
+            "--profile",
+            "esp32",
+            "--link",
+            other.to_str().unwrap(),
+            "--state",
+            ostate.to_str().unwrap(),
+            "--hardware-id",
+            "24:0a:c4:99:99:99",
+        ],
+        1,
+    );
+    // Give the other board an identity-like partition, to see that nothing erases it.
+    let (code, _, _) = provision(&env, &[other.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0));
+    let before = sim_flash(&ostate, 0xD000, 0x2000);
+    let o = env.run(&[
+        "decommission",
+        MAC,
+        "--passphrase-file",
+        env.pass(),
+        "--wipe-baud",
+        BAUD,
+        "--wipe-timeout",
+        "1",
+        "--wipe-port",
+        other.to_str().unwrap(),
+        "--wipe-device-profile",
+        "esp32",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(err.contains("wrong device on the port"), "{err}");
+    assert_eq!(q(&env, "SELECT count(*) FROM wipes"), "0");
+    assert_eq!(sim_flash(&ostate, 0xD000, 0x2000), before);
+    assert!(identity_in(&sim_flash(&state, 0xD000, 0x2000)).is_some());
 }

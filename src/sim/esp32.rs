@@ -361,7 +361,12 @@ impl Esp32Responder {
             };
         };
         let mut bytes = Vec::new();
-        if c.op == rom::SYNC {
+        if c.op == rom::SYNC && self.dev.faults.long_line {
+            // A babbling line: a packet that never ends (the host must not buffer it).
+            self.dev.faults.long_line = false;
+            bytes.push(crate::wire::slip::END);
+            bytes.resize(1 << 20, b'A');
+        } else if c.op == rom::SYNC {
             if c.data == rom::SYNC_DATA {
                 // The ROM answers one SYNC eight times, with a non-zero value.
                 for _ in 0..8 {

@@ -25,6 +25,7 @@ Faults (--fault SPEC, repeatable):
   forge-attestation      sign wipe attestations with a random key instead of the identity key
   replay-nonce           answer WIPE with the nonce of the previous wipe (or a random one)
   long-line              answer the first HELLO (nrf91: AT+CGSN) with 1 MiB without a line end
+                         (esp32: the first SYNC with 1 MiB in one unterminated SLIP packet)
   bad-base64             answer the first KEYGEN with a CSR that is not base64
   csr-wrong-key          answer the first KEYGEN with a CSR for another key than the one reported
                          (nrf91: a COSE signed by another key than the modem's identity key)

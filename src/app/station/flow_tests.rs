@@ -330,3 +330,64 @@ fn an_nrf91_modem_is_burned_verified_and_recorded_without_a_seal() {
         assert_eq!(d["device_uuid"].is_string(), csr, "{d}");
     }
 }
+
+fn esp32(mac: &str, faults: Faults) -> Box<dyn Responder> {
+    Box::new(crate::sim::esp32::Esp32Responder::new(SimDevice::new(
+        DeviceState::new(mac, "esp32"),
+        None,
+        faults,
+    )))
+}
+
+#[test]
+fn an_esp32_is_written_checked_by_its_flash_md5_and_recorded() {
+    let f = fixture();
+    let st = f.station(Mode::Inject, DeviceProfile::Esp32);
+    // A bit that does not take: the chip's MD5 disagrees, so no PASS, nothing active.
+    let faults = Faults {
+        hash_mismatch: true,
+        ..Faults::default()
+    };
+    let (res, dev) = run(&st, esp32("24:0a:c4:00:00:01", faults));
+    assert_eq!(res.result, Outcome::Fail);
+    assert!(
+        res.error.as_deref().unwrap().contains("flash MD5"),
+        "{res:?}"
+    );
+    assert_eq!(
+        f.state_of("24:0a:c4:00:00:01"),
+        (DeviceStatus::Registered, vec![CertStatus::Unused])
+    );
+    // The re-run erases and writes again, and passes.
+    let (res, dev) = run(&st, dev);
+    assert_eq!(res.result, Outcome::Pass, "{:?}", res.error);
+    assert_eq!(
+        f.state_of("24:0a:c4:00:00:01"),
+        (
+            DeviceStatus::Provisioned,
+            vec![CertStatus::Unused, CertStatus::Active]
+        )
+    );
+    // Again: the chip's MD5 of the certificate entry matches, so it is already done.
+    let (res, _) = run(&st, dev);
+    assert!(res.already_provisioned, "{res:?}");
+    let passed: Vec<_> = f
+        .events_of("24:0a:c4:00:00:01")
+        .into_iter()
+        .filter(|e| e.kind == "provision.passed")
+        .collect();
+    assert_eq!(passed.len(), 1);
+    let d = &passed[0].details;
+    assert_eq!(d["device_profile"], "esp32", "{d}");
+    assert_eq!(d["esp_secure_cert_offset"], "0xd000", "{d}");
+    assert!(d["flash_md5"].as_str().unwrap().len() == 32, "{d}");
+
+    // CSR mode: the ROM cannot make keys (the CLI refuses it before; the link too).
+    let st = f.station(Mode::Csr, DeviceProfile::Esp32);
+    let (res, _) = run(&st, esp32("24:0a:c4:00:00:02", Faults::default()));
+    assert_eq!(res.result, Outcome::Fail);
+    assert!(
+        res.error.as_deref().unwrap().contains("cannot make keys"),
+        "{res:?}"
+    );
+}
