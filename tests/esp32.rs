@@ -241,6 +241,15 @@ fn check_invariants(env: &Env, mac: &str, state: &Path, offset: usize) {
     assert_eq!(active.lines().count(), 1, "{mac}: {active}");
     let img = sim_flash(state, offset, 0x2000);
     let (cert, chain, key) = identity_in(&img).expect("provisioned device holds an identity");
+    // Espressif's parser reads the same image: same entries, every CRC valid.
+    if let Some(bin) = esp_bin() {
+        let tlv = espressif_parse(&bin, &img, env.dir.path());
+        assert_eq!(tlv.iter().map(|t| t.kind).collect::<Vec<_>>(), [1, 0, 2]);
+        assert!(tlv.iter().all(|t| t.crc_ok && t.flags == 0));
+        assert_eq!(pem_blocks(&tlv[0].data), vec![cert.clone()]);
+        assert_eq!(tlv[1].data.trim_end_matches('\0'), chain);
+        assert_eq!(tlv[2].data.trim_end_matches('\0'), key);
+    }
     assert_eq!(
         sha256_hex(&cert),
         active,
