@@ -50,6 +50,10 @@ pub struct Esp32Link<T: Read + Write = wire::Port> {
     attached: bool,
     /// MD5 of the partition image this run wrote.
     written_md5: Option<[u8; 16]>,
+    /// The image itself (it holds the key), kept only until it is verified, so that a
+    /// write damaged on the line (a garbled block number: only the data is checksummed)
+    /// is written once more; zeroised when dropped.
+    pending: Option<esc::Image>,
 }
 
 impl Esp32Link<wire::Port> {
@@ -111,6 +115,7 @@ impl<T: Read + Write> Esp32Link<T> {
             synced: false,
             attached: false,
             written_md5: None,
+            pending: None,
         }
     }
 
@@ -228,25 +233,47 @@ impl<T: Read + Write> Esp32Link<T> {
         Ok(())
     }
 
-    /// Fails unless the chip's MD5 of the whole partition is `want`. A reply that
-    /// disagrees is asked again once: line noise is not a flash fault.
+    /// Whether the chip's MD5 of `len` flash bytes at `addr` is `want`. No request or
+    /// reply carries a checksum, but an MD5 answer cannot match by accident: a match is
+    /// believed at once, a mismatch only when the chip gives the same answer twice in a
+    /// row (a garbled request hashes some other range). `Err` with the last answer when
+    /// the answers never settle.
+    fn md5_is(
+        &mut self,
+        addr: u32,
+        len: u32,
+        want: [u8; 16],
+    ) -> Result<Result<(), [u8; 16]>, WireError> {
+        let mut last = None;
+        for _ in 0..ATTEMPTS + 2 {
+            let got = self.s.flash_md5(addr, len)?;
+            if got == want {
+                return Ok(Ok(()));
+            }
+            if last == Some(got) {
+                return Ok(Err(got));
+            }
+            self.s.retries += 1;
+            last = Some(got);
+        }
+        Err(WireError::Verify(
+            "the chip's flash MD5 answers differ each time (line noise?)".into(),
+        ))
+    }
+
+    /// Fails unless the chip's MD5 of the whole partition is `want`.
     pub fn check_md5(&mut self, want: [u8; 16], what: &str) -> Result<(), WireError> {
         self.attach()?;
-        let first = self.s.flash_md5(self.part.offset, self.part.size)?;
-        if first == want {
-            return Ok(());
+        match self.md5_is(self.part.offset, self.part.size, want)? {
+            Ok(()) => Ok(()),
+            Err(got) => Err(WireError::Verify(format!(
+                "read-back: the chip's flash MD5 of the esp_secure_cert partition (0x{:x}, {} bytes) is {}, {what} has {}",
+                self.part.offset,
+                self.part.size,
+                hex::encode(got),
+                hex::encode(want)
+            ))),
         }
-        let again = self.s.flash_md5(self.part.offset, self.part.size)?;
-        if again == want {
-            return Ok(());
-        }
-        Err(WireError::Verify(format!(
-            "read-back: the chip's flash MD5 of the esp_secure_cert partition (0x{:x}, {} bytes) is {}, {what} has {}",
-            self.part.offset,
-            self.part.size,
-            hex::encode(again),
-            hex::encode(want)
-        )))
     }
 
     /// Erases the partition and checks, by the chip's MD5, that it reads back erased.
@@ -260,9 +287,8 @@ impl<T: Read + Write> Esp32Link<T> {
     }
 
     /// Whether the partition starts with the device certificate entry for `cert_der`
-    /// (cradle writes it first), by the chip's MD5 of that range: no request or
-    /// READ_FLASH_SLOW reply carries a checksum, an MD5 answer cannot match by
-    /// accident, and a mismatch counts only when the chip says it twice in a row.
+    /// (cradle writes it first), by the chip's MD5 of that range (READ_FLASH_SLOW
+    /// replies carry no checksum; an MD5 cannot match by accident).
     pub fn holds_cert(&mut self, cert_der: &[u8]) -> Result<bool, WireError> {
         self.attach()?;
         let entry =
@@ -271,20 +297,9 @@ impl<T: Read + Write> Esp32Link<T> {
             return Ok(false);
         }
         let want: [u8; 16] = Md5::digest(&entry).into();
-        let mut last = None;
-        for _ in 0..ATTEMPTS + 2 {
-            let got = self.s.flash_md5(self.part.offset, entry.len() as u32)?;
-            if got == want {
-                return Ok(true);
-            }
-            if last == Some(got) {
-                return Ok(false);
-            }
-            last = Some(got);
-        }
-        Err(WireError::Verify(
-            "the chip's flash MD5 answers differ each time (line noise?)".into(),
-        ))
+        Ok(self
+            .md5_is(self.part.offset, entry.len() as u32, want)?
+            .is_ok())
     }
 
     pub fn partition(&self) -> Partition {
@@ -358,16 +373,29 @@ impl<T: Read + Write + Send> DeviceLink for Esp32Link<T> {
             self.part.size,
         )
         .map_err(|e| WireError::Unexpected(e.to_string()))?;
-        // The key is in `img` only now; both are zeroised when dropped below.
+        // The key is in `img` only now; `key` is zeroised here, `img` once verified.
         drop(key);
-        self.write_image(&img.bytes, img.used, progress)
+        let r = self.write_image(&img.bytes, img.used, progress);
+        self.pending = Some(img);
+        r
     }
 
     fn verify_identity(&mut self, _cert: &[u8], _chain: &[Vec<u8>]) -> Result<(), WireError> {
         let want = self
             .written_md5
             .ok_or_else(|| WireError::Protocol("read-back before any write".into()))?;
-        self.check_md5(want, "the image written")
+        let first = self.check_md5(want, "the image written");
+        // Written once more on a mismatch; a flash that still disagrees fails the run.
+        let r = match (first, self.pending.take()) {
+            (Err(WireError::Verify(_)), Some(img)) => {
+                self.s.retries += 1;
+                self.write_image(&img.bytes, img.used, &mut |_, _, _| {})?;
+                self.check_md5(want, "the image written")
+            }
+            (r, _) => r,
+        };
+        self.pending = None;
+        r
     }
 
     fn seal(&mut self) -> Result<(), WireError> {

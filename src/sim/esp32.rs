@@ -36,6 +36,8 @@ const SPI_USR2: u32 = 0x3FF4_2024;
 const SPI_CMD_USR: u32 = 1 << 18;
 /// "SFDP" as the flash answers a read of its parameter table at address 0.
 const SFDP_SIGNATURE: u32 = 0x5044_4653;
+/// The cell the `stuck-bit` fault breaks: the first byte of the default partition.
+const STUCK_CELL: u32 = 0xD000;
 /// JEDEC id of the simulated flash: Winbond (0xEF), 0x4016 = 4 MiB.
 const FLASH_JEDEC: u32 = 0x0016_40EF;
 
@@ -146,9 +148,15 @@ impl Esp32Responder {
     pub fn read(&self, addr: u32, len: u32) -> Vec<u8> {
         (addr..addr.saturating_add(len))
             .map(|a| {
-                self.flash
+                let b = self
+                    .flash
                     .get(&(a / SECTOR as u32))
-                    .map_or(0xFF, |s| s[(a as usize) % SECTOR])
+                    .map_or(0xFF, |s| s[(a as usize) % SECTOR]);
+                if a == STUCK_CELL && self.dev.faults.stuck_bit {
+                    b & !1
+                } else {
+                    b
+                }
             })
             .collect()
     }

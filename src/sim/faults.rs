@@ -35,6 +35,8 @@ Faults (--fault SPEC, repeatable):
   hash-mismatch          return altered data for the first READ (nrf91: a wrong SHA-256 in
                          the first AT%CMNG=1 listing; esp32: one bit of the first
                          FLASH_DATA block does not take), so the read-back check fails
+  stuck-bit              esp32: bit 0 of flash byte 0xD000 is stuck at 0 (a bad cell under
+                         the partition's first byte): every write and erase reads back wrong
 One-shot faults fire once per simulator process, so a re-run of the host completes."
     };
 }
@@ -58,6 +60,7 @@ pub struct Faults {
     pub keygen_bad_digest: bool,
     pub keygen_wrong_sec_tag: bool,
     pub hash_mismatch: bool,
+    pub stuck_bit: bool,
 }
 
 fn prob(spec: &str, v: Option<&str>) -> Result<f64> {
@@ -163,6 +166,7 @@ impl Faults {
                 "bad-digest" => no_value(&mut f.keygen_bad_digest)?,
                 "wrong-sec-tag" => no_value(&mut f.keygen_wrong_sec_tag)?,
                 "hash-mismatch" => no_value(&mut f.hash_mismatch)?,
+                "stuck-bit" => no_value(&mut f.stuck_bit)?,
                 _ => {
                     return Err(Error::input(format!(
                         "--fault '{spec}': unknown fault (see `cradle sim --help`)"

@@ -328,6 +328,14 @@ impl<T: Read + Write> EspSession<T> {
                 self.drain(Duration::from_millis(30))?;
             }
             match self.exchange(what, op, data, chk, resp_len, wait) {
+                // After a resend, the first try's reply may come too (its end was lost,
+                // so the resend's reply completed it): it must not answer the next
+                // request, whose op may be the same (READ_REG answers carry no address).
+                Ok(r) if attempt > 0 => {
+                    let reply = self.byte_time * (resp_len as u32 + 32);
+                    self.drain(reply + Duration::from_millis(10))?;
+                    return Ok(r);
+                }
                 Ok(r) => return Ok(r),
                 Err(e) if retryable(&e) => last = Some(e),
                 Err(e) => return Err(e),
@@ -406,14 +414,20 @@ impl<T: Read + Write> EspSession<T> {
     /// The MD5 of `len` flash bytes at `addr`, as the chip computes it.
     pub fn flash_md5(&mut self, addr: u32, len: u32) -> Result<[u8; 16], WireError> {
         let d = words(&[addr, len, 0, 0]);
-        let (_, hexd) = self.command("SPI_FLASH_MD5", SPI_FLASH_MD5, &d, 0, 32, true)?;
-        let s = std::str::from_utf8(&hexd)
-            .ok()
-            .and_then(|s| hex::decode(s).ok())
-            .ok_or_else(|| {
-                WireError::BadFrame("SPI_FLASH_MD5 reply is not 32 hex digits".into())
-            })?;
-        Ok(s.try_into().expect("16 bytes from 32 hex digits"))
+        for _ in 0..ATTEMPTS {
+            let (_, hexd) = self.command("SPI_FLASH_MD5", SPI_FLASH_MD5, &d, 0, 32, true)?;
+            // The digest comes as ASCII hex: a garbled digit shows, so it is asked again.
+            if let Some(v) = std::str::from_utf8(&hexd)
+                .ok()
+                .and_then(|s| hex::decode(s).ok())
+            {
+                return Ok(v.try_into().expect("16 bytes from 32 hex digits"));
+            }
+            self.retries += 1;
+        }
+        Err(WireError::BadFrame(
+            "SPI_FLASH_MD5 replies are not 32 hex digits".into(),
+        ))
     }
 
     /// Reads `len` flash bytes at `addr`, 64 at a time (the ROM's READ_FLASH_SLOW).
