@@ -754,24 +754,39 @@ fn partition_from_a_table_or_an_offset() {
         2,
     );
     assert!(out.contains("esp32 only"), "{out}");
-    std::fs::write(&csv, "nvs,data,nvs,0x9000,0x4000,\n").unwrap();
-    let out = env.fails(
-        &[
-            "provision",
-            "--passphrase-file",
-            env.pass(),
-            "--port",
-            port,
-            "--device-profile",
-            "esp32",
-            "--mode",
-            "inject",
-            "--partition-table",
-            csv.to_str().unwrap(),
-        ],
-        3,
-    );
-    assert!(out.contains("no esp_secure_cert partition"), "{out}");
+    for (table, msg) in [
+        (
+            "nvs,data,nvs,0x9000,0x4000,\n",
+            "no esp_secure_cert partition",
+        ),
+        (
+            "esp_secure_cert,0x3F,,0x3FF000,0x2000,\n",
+            "ends past the 4 MiB",
+        ),
+        (
+            "esp_secure_cert,0x3F,,0xD000,zz,\n",
+            "size 'zz' is not a number",
+        ),
+    ] {
+        std::fs::write(&csv, table).unwrap();
+        let out = env.fails(
+            &[
+                "provision",
+                "--passphrase-file",
+                env.pass(),
+                "--port",
+                port,
+                "--device-profile",
+                "esp32",
+                "--mode",
+                "inject",
+                "--partition-table",
+                csv.to_str().unwrap(),
+            ],
+            3,
+        );
+        assert!(out.contains(msg), "{out}");
+    }
     assert_eq!(q(&env, "SELECT count(*) FROM events"), before);
 }
 

@@ -162,6 +162,13 @@ fn esp_partition(a: &ProvisionArgs) -> anyhow::Result<Option<crate::device::esp3
             .map_err(|e| Error::input(format!("{}: cannot read: {e}", p.display())))?;
         let (offset, size) = esc::partition_from_csv(&text)
             .map_err(|e| Error::input(format!("{}: {e}", p.display())))?;
+        if offset as u64 + size as u64 > crate::device::esp32::FLASH_SIZE as u64 {
+            return Err(Error::input(format!(
+                "{}: esp_secure_cert (0x{offset:x}, 0x{size:x} bytes) ends past the 4 MiB cradle assumes",
+                p.display()
+            ))
+            .into());
+        }
         return Ok(Some(Partition { offset, size }));
     }
     Ok(None)

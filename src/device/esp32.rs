@@ -112,6 +112,17 @@ pub fn mac_from_words(w1: u32, w2: u32) -> Result<[u8; 6], WireError> {
     Ok(mac)
 }
 
+/// FLASH_DATA block sizes, largest first. FLASH_DATA's checksum is one XOR byte: two
+/// flips of the same bit in a block cancel out, so a write the MD5 refuses is redone
+/// with smaller blocks (fewer flips per block).
+const BLOCK_SIZES: [usize; 3] = [
+    FLASH_WRITE_SIZE,
+    FLASH_WRITE_SIZE / 4,
+    FLASH_WRITE_SIZE / 16,
+];
+/// Rewrites after the chip's MD5 refused a write (each with smaller blocks).
+const REWRITES: usize = 3;
+
 impl<T: Read + Write> Esp32Link<T> {
     pub fn over(s: EspSession<T>, part: Partition) -> Self {
         Esp32Link {
@@ -145,17 +156,23 @@ impl<T: Read + Write> Esp32Link<T> {
     /// Reads the factory MAC twice (no checksum protects a READ_REG reply) and checks
     /// its CRC, so line noise never becomes another device's hardware id.
     fn read_mac(&mut self) -> Result<[u8; 6], WireError> {
-        let mut last = None;
-        for _ in 0..3 {
+        let mut seen: Vec<(u32, u32)> = Vec::new();
+        for _ in 0..6 {
             let w1 = self.s.read_reg(EFUSE_RD_BASE + 4)?;
             let w2 = self.s.read_reg(EFUSE_RD_BASE + 8)?;
-            if last == Some((w1, w2)) {
+            // A sentinel of known value: READ_REG replies do not name the register, so
+            // a reply that is one request late (a resend's stale twin) shows here.
+            if self.s.read_reg(CHIP_DETECT_MAGIC_REG)? != ESP32_MAGIC {
+                self.s.resync()?;
+                continue;
+            }
+            if seen.contains(&(w1, w2)) {
                 return mac_from_words(w1, w2);
             }
-            last = Some((w1, w2));
+            seen.push((w1, w2));
         }
         Err(WireError::Verify(
-            "the eFuse MAC read differently three times in a row (line noise?)".into(),
+            "the eFuse MAC never read the same twice in six reads (line noise?)".into(),
         ))
     }
 
@@ -188,23 +205,23 @@ impl<T: Read + Write> Esp32Link<T> {
 
     /// Erases the partition and writes `image` (its first `used` bytes; the rest of the
     /// partition stays erased, which is what the image holds there). The ROM's 1 KiB
-    /// block first; on a line too noisy for a block to get through in its attempts,
-    /// the whole write starts over (FLASH_BEGIN erases again) with smaller blocks.
+    /// block first (`smaller` steps down from it); on a line too noisy for a block to get
+    /// through in its attempts, the whole write starts over (FLASH_BEGIN erases again)
+    /// with smaller blocks.
     pub fn write_image(
         &mut self,
         image: &[u8],
         used: usize,
+        smaller: usize,
         progress: &mut OnProgress<'_>,
     ) -> Result<(), WireError> {
         self.attach()?;
         self.written_md5 = Some(Md5::digest(image).into());
-        let sizes = [
-            FLASH_WRITE_SIZE,
-            FLASH_WRITE_SIZE / 4,
-            FLASH_WRITE_SIZE / 16,
-        ];
         let mut last = None;
-        for size in sizes {
+        for size in BLOCK_SIZES
+            .into_iter()
+            .skip(smaller.min(BLOCK_SIZES.len() - 1))
+        {
             match self.write_blocks(image, used, size, progress) {
                 Ok(()) => return Ok(()),
                 // What a noisy line causes, and a smaller block can get past.
@@ -380,7 +397,7 @@ impl<T: Read + Write + Send> DeviceLink for Esp32Link<T> {
         .map_err(|e| WireError::Unexpected(e.to_string()))?;
         // The key is in `img` only now; `key` is zeroised here, `img` once verified.
         drop(key);
-        let r = self.write_image(&img.bytes, img.used, progress);
+        let r = self.write_image(&img.bytes, img.used, 0, progress);
         self.pending = Some(img);
         r
     }
@@ -389,17 +406,23 @@ impl<T: Read + Write + Send> DeviceLink for Esp32Link<T> {
         let want = self
             .written_md5
             .ok_or_else(|| WireError::Protocol("read-back before any write".into()))?;
-        let first = self.check_md5(want, "the image written");
-        // Written once more on a mismatch; a flash that still disagrees fails the run.
-        let r = match (first, self.pending.take()) {
-            (Err(WireError::Verify(_)), Some(img)) => {
+        let mut r = self.check_md5(want, "the image written");
+        // Written again on a mismatch, with smaller blocks; a flash that still disagrees
+        // after that fails the run.
+        if let Some(img) = self.pending.take() {
+            for n in 1..=REWRITES {
+                // A mismatch, or noise that stopped a rewrite: write again.
+                match &r {
+                    Err(WireError::Verify(_)) => {}
+                    Err(e) if crate::wire::esp_rom::retryable(e) => {}
+                    _ => break,
+                }
                 self.s.retries += 1;
-                self.write_image(&img.bytes, img.used, &mut |_, _, _| {})?;
-                self.check_md5(want, "the image written")
+                r = self
+                    .write_image(&img.bytes, img.used, n, &mut |_, _, _| {})
+                    .and_then(|()| self.check_md5(want, "the image written"));
             }
-            (r, _) => r,
-        };
-        self.pending = None;
+        }
         r
     }
 
@@ -421,9 +444,6 @@ impl<T: Read + Write + Send> DeviceLink for Esp32Link<T> {
             "esp_secure_cert_size".into(),
             format!("0x{:x}", self.part.size).into(),
         );
-        if let Some(d) = self.written_md5 {
-            m.insert("flash_md5".into(), hex::encode(d).into());
-        }
         m
     }
 

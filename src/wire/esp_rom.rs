@@ -165,7 +165,7 @@ fn parse_response(p: &[u8]) -> Option<Response> {
 
 /// Attempts per command (first try included). Every command cradle sends is idempotent
 /// (a re-erase, a re-write of the same block, a read), so a lost reply is simply resent.
-pub const ATTEMPTS: u32 = 4;
+pub const ATTEMPTS: u32 = 6;
 
 /// A host session with an ESP32 ROM bootloader.
 pub struct EspSession<T: Read + Write> {
@@ -333,7 +333,7 @@ impl<T: Read + Write> EspSession<T> {
                 // request, whose op may be the same (READ_REG answers carry no address).
                 Ok(r) if attempt > 0 => {
                     let reply = self.byte_time * (resp_len as u32 + 32);
-                    self.drain(reply + Duration::from_millis(10))?;
+                    self.drain(reply + Duration::from_millis(30))?;
                     return Ok(r);
                 }
                 Ok(r) => return Ok(r),
@@ -342,6 +342,12 @@ impl<T: Read + Write> EspSession<T> {
             }
         }
         Err(last.expect("at least one attempt"))
+    }
+
+    /// Drops whatever is in flight (replies that answer nothing any more).
+    pub fn resync(&mut self) -> Result<(), WireError> {
+        self.retries += 1;
+        self.drain(Duration::from_millis(100))
     }
 
     /// Synchronises with the ROM (autobaud). The ROM answers one SYNC with eight
