@@ -2,8 +2,9 @@
 //! simulator answers with, and the host session cradle drives. Packets are SLIP framed
 //! (`wire::slip`); a command is `[0x00, op, len16, checksum32, data]`, a response
 //! `[0x01, op, len16, value32, data, status, error, 0, 0]` (the ESP32 ROM sends four
-//! status bytes). Only what a provisioning run needs is spoken: SYNC, READ_REG,
-//! SPI_ATTACH, SPI_SET_PARAMS, FLASH_BEGIN/DATA, SPI_FLASH_MD5 and READ_FLASH_SLOW.
+//! status bytes). The host speaks only what a provisioning run needs: SYNC, READ_REG,
+//! SPI_ATTACH, SPI_SET_PARAMS, FLASH_BEGIN/DATA and SPI_FLASH_MD5 (which also reads
+//! back: READ_FLASH_SLOW replies carry no checksum, an MD5 cannot match by accident).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -434,20 +435,6 @@ impl<T: Read + Write> EspSession<T> {
         Err(WireError::BadFrame(
             "SPI_FLASH_MD5 replies are not 32 hex digits".into(),
         ))
-    }
-
-    /// Reads `len` flash bytes at `addr`, 64 at a time (the ROM's READ_FLASH_SLOW).
-    pub fn read_flash(&mut self, addr: u32, len: usize) -> Result<Vec<u8>, WireError> {
-        let mut out = Vec::with_capacity(len);
-        while out.len() < len {
-            let n = (len - out.len()).min(READ_SLOW_BLOCK);
-            let a = addr + out.len() as u32;
-            let d = words(&[a, n as u32]);
-            let what = format!("READ_FLASH_SLOW 0x{a:x}");
-            let (_, block) = self.command(&what, READ_FLASH_SLOW, &d, 0, READ_SLOW_BLOCK, false)?;
-            out.extend_from_slice(&block[..n]);
-        }
-        Ok(out)
     }
 }
 
