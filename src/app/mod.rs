@@ -5,6 +5,7 @@ pub mod audit;
 pub mod batch_resume;
 pub mod ca;
 pub mod conformance;
+pub mod esp32;
 pub mod export;
 pub mod home;
 pub mod identity;

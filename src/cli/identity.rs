@@ -83,6 +83,24 @@ pub enum IdentityCommand {
         #[command(flatten)]
         pass: PassArgs,
     },
+    /// Write a device's esp_secure_cert partition image (ESP32 TLV: cert, CA chain, key)
+    #[command(
+        name = "export-esp-secure-cert",
+        after_help = "For lines that flash ESP32s with their own tools. The image holds the private key in\nplaintext (mode 0600), so it needs the key file `cradle identity issue` wrote: cradle keeps\nno device keys, and a device provisioned over its port cannot be exported. Flash it with\n`esptool write-flash 0xD000 FILE` (the partition's offset in your table).\n\nExample:\n  cradle identity issue ACME-000001 --out . && cradle identity export-esp-secure-cert ACME-000001 -o ACME-000001.esc.bin"
+    )]
+    ExportEspSecureCert {
+        /// Device serial
+        serial: String,
+        /// The device's private key (PEM) [default: ./SERIAL.key]
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Partition size (the image's length), e.g. 0x2000
+        #[arg(long, value_name = "SIZE", default_value = "0x2000")]
+        partition_size: String,
+        /// Where to write the image (a new file)
+        #[arg(short, long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Show a device's certificates
     Show {
         /// Device serial
@@ -257,6 +275,39 @@ pub fn run(ctx: &Ctx, cmd: IdentityCommand) -> anyhow::Result<i32> {
                 print!("{pem}");
             } else {
                 println!("issued {} for {} from CSR", r.cert_serial, r.serial);
+            }
+            Ok(0)
+        }
+        IdentityCommand::ExportEspSecureCert {
+            serial,
+            key,
+            partition_size,
+            out,
+        } => {
+            let size = crate::pki::esp_secure_cert::parse_size(&partition_size)
+                .filter(|s| *s >= 0x1000 && *s <= 0x10_0000 && s % 0x1000 == 0)
+                .ok_or_else(|| {
+                    Error::input(format!(
+                        "--partition-size '{partition_size}': want a multiple of 4 KiB up to 1 MiB, e.g. 0x2000"
+                    ))
+                })?;
+            let key = key.unwrap_or_else(|| PathBuf::from(format!("{serial}.key")));
+            let reg = ctx.registry_read()?;
+            let r = crate::app::esp32::export(
+                reg.reader(),
+                &ctx.home.ca_dir(),
+                &serial,
+                &key,
+                size,
+                &out,
+            )?;
+            if ctx.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "wrote {} ({} bytes, {} used): esp_secure_cert of {} with certificate {}",
+                    r.file, r.bytes, r.used, r.serial, r.cert_serial
+                );
             }
             Ok(0)
         }

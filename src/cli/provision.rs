@@ -49,6 +49,12 @@ pub struct ProvisionArgs {
     /// %KEYGEN reply with that key (attestation `verified`); others are `unverified`
     #[arg(long, value_name = "FILE")]
     pub nrf_identity_keys: Option<PathBuf>,
+    /// esp32: flash offset of the esp_secure_cert partition (default 0xD000, 8 KiB)
+    #[arg(long, value_name = "OFFSET", conflicts_with = "partition_table")]
+    pub esp_partition_offset: Option<String>,
+    /// esp32: an ESP-IDF partition table CSV; its esp_secure_cert row gives offset and size
+    #[arg(long, value_name = "FILE")]
+    pub partition_table: Option<PathBuf>,
     #[command(flatten)]
     pub mp: MicropythonPathArgs,
     #[command(flatten)]
@@ -179,6 +185,54 @@ impl Progress for JsonLines<'_> {
     }
 }
 
+/// The esp_secure_cert partition from `--esp-partition-offset` / `--partition-table`;
+/// also refuses what the ESP32 ROM cannot do (make keys).
+fn esp_partition(a: &ProvisionArgs) -> anyhow::Result<Option<crate::device::esp32::Partition>> {
+    use crate::device::esp32::Partition;
+    use crate::pki::esp_secure_cert as esc;
+    let esp = a.device_profile == DeviceProfileArg::Esp32;
+    if !esp && (a.esp_partition_offset.is_some() || a.partition_table.is_some()) {
+        return Err(Error::usage(
+            "--esp-partition-offset and --partition-table apply to --device-profile esp32 only",
+        )
+        .into());
+    }
+    if esp && a.mode == ModeArg::Csr {
+        return Err(Error::usage(
+            "--device-profile esp32: the ESP32 ROM bootloader cannot make keys; give --mode inject (cradle makes the key, writes it into esp_secure_cert and forgets it)",
+        )
+        .into());
+    }
+    if let Some(o) = &a.esp_partition_offset {
+        let offset = esc::parse_size(o)
+            .filter(|v| v % crate::wire::esp_rom::SECTOR as u32 == 0 && *v < crate::device::esp32::FLASH_SIZE)
+            .ok_or_else(|| {
+                Error::input(format!(
+                    "--esp-partition-offset '{o}': want a 4 KiB-aligned flash offset below 4 MiB, e.g. 0xD000"
+                ))
+            })?;
+        return Ok(Some(Partition {
+            offset,
+            ..Partition::default()
+        }));
+    }
+    if let Some(p) = &a.partition_table {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| Error::input(format!("{}: cannot read: {e}", p.display())))?;
+        let (offset, size) = esc::partition_from_csv(&text)
+            .map_err(|e| Error::input(format!("{}: {e}", p.display())))?;
+        if offset as u64 + size as u64 > crate::device::esp32::FLASH_SIZE as u64 {
+            return Err(Error::input(format!(
+                "{}: esp_secure_cert (0x{offset:x}, 0x{size:x} bytes) ends past the 4 MiB cradle assumes",
+                p.display()
+            ))
+            .into());
+        }
+        return Ok(Some(Partition { offset, size }));
+    }
+    Ok(None)
+}
+
 pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
     if a.ports.is_empty() && a.ports_glob.is_none() {
         return Err(Error::input("give at least one --port PATH or --ports GLOB").into());
@@ -226,6 +280,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
             )
         }
     };
+    let esp_partition = esp_partition(&a)?;
     let signer = ctx.signer(&reg, &a.pass)?;
     let actor = ctx.actor(&config);
     let st = Station {
@@ -239,6 +294,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
         baud: a.baud,
         timeout: Duration::from_secs_f64(a.timeout),
         nrf_identity_keys: id_keys.map(std::sync::Arc::new),
+        esp_partition,
         micropython_paths,
     };
     drop(reg);

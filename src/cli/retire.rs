@@ -216,11 +216,14 @@ pub struct DecommissionArgs {
     /// RFC 5280 revocation reason (default cessationOfOperation)
     #[arg(long, value_name = "REASON")]
     reason: Option<String>,
-    /// Wipe over the device protocol on this serial port (see --wipe-device-profile)
+    /// Wipe over this serial port: a signed attestation (cradle protocol), erase and
+    /// read-back (--wipe-device-profile esp32), or files removed (micropython)
     #[arg(long, value_name = "PATH", conflicts_with = "wipe_method")]
     wipe_port: Option<String>,
     /// Serial wipe: the protocol the device on --wipe-port speaks: cradle (signed
-    /// attestation) or micropython (identity files removed and read back as gone)
+    /// attestation), esp32 (the esp_secure_cert partition at 0xD000 erased over the ROM
+    /// bootloader and read back as erased) or micropython (identity files removed and
+    /// read back as gone)
     #[arg(long, value_enum, value_name = "PROFILE", default_value = "cradle")]
     wipe_device_profile: super::values::DeviceProfileArg,
     #[command(flatten)]

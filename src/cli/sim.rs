@@ -22,7 +22,8 @@ pub struct SimArgs {
     /// Persistent state: a FILE for one device, a DIR (device-N.json) for several
     #[arg(long, value_name = "FILE|DIR")]
     pub state: Option<PathBuf>,
-    /// Hardware id (several devices get ID-00, ID-01, …); default SIM-<random>
+    /// Hardware id (several devices get ID-00, ID-01, …); default SIM-<random>. esp32:
+    /// the factory MAC, e.g. 24:0a:c4:12:34:56 (several count its last byte up)
     #[arg(long, value_name = "ID")]
     pub hardware_id: Option<String>,
     /// Model the device reports

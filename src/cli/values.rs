@@ -11,6 +11,8 @@ pub enum DeviceProfileArg {
     Cradle,
     /// Nordic nRF91-style AT commands (AT%KEYGEN, AT%CMNG)
     Nrf91,
+    /// Espressif ESP32 over its ROM bootloader; --mode inject (esp_secure_cert partition)
+    Esp32,
     /// MicroPython boards over the raw REPL (files under /certs/; --mode inject)
     Micropython,
 }
@@ -20,6 +22,7 @@ impl From<DeviceProfileArg> for DeviceProfile {
         match a {
             DeviceProfileArg::Cradle => DeviceProfile::Cradle,
             DeviceProfileArg::Nrf91 => DeviceProfile::Nrf91,
+            DeviceProfileArg::Esp32 => DeviceProfile::Esp32,
             DeviceProfileArg::Micropython => DeviceProfile::Micropython,
         }
     }

@@ -4,6 +4,7 @@
 //! `wire`; this module adapts them to what a workflow needs.
 
 pub mod cradle;
+pub mod esp32;
 pub mod micropython;
 pub mod nrf91;
 #[cfg(test)]
@@ -28,6 +29,8 @@ pub enum DeviceProfile {
     Cradle,
     /// Nordic nRF91-style AT commands (AT%KEYGEN, AT%CMNG).
     Nrf91,
+    /// Espressif ESP32 in its ROM bootloader (download mode), `esp_secure_cert` partition.
+    Esp32,
     /// MicroPython boards over the raw REPL: identity files on the board's filesystem.
     Micropython,
 }
@@ -37,6 +40,7 @@ impl DeviceProfile {
         match self {
             DeviceProfile::Cradle => "cradle",
             DeviceProfile::Nrf91 => "nrf91",
+            DeviceProfile::Esp32 => "esp32",
             DeviceProfile::Micropython => "micropython",
         }
     }
@@ -157,6 +161,8 @@ pub struct LinkParams {
     pub nrf_identity_keys: Option<std::sync::Arc<nrf91::IdentityKeys>>,
     /// MicroPython: where the identity files go on the board.
     pub micropython_paths: micropython::Paths,
+    /// esp32: where the `esp_secure_cert` partition is (default 0xD000, 8 KiB).
+    pub esp_partition: Option<esp32::Partition>,
 }
 
 impl Default for LinkParams {
@@ -166,6 +172,7 @@ impl Default for LinkParams {
             timeout: Duration::from_secs(5),
             nrf_identity_keys: None,
             micropython_paths: micropython::Paths::default(),
+            esp_partition: None,
         }
     }
 }
@@ -179,6 +186,7 @@ pub fn open(
     Ok(match profile {
         DeviceProfile::Cradle => Box::new(cradle::CradleLink::open(port, params)?),
         DeviceProfile::Nrf91 => Box::new(nrf91::NrfLink::open(port, params)?),
+        DeviceProfile::Esp32 => Box::new(esp32::Esp32Link::open(port, params)?),
         DeviceProfile::Micropython => Box::new(micropython::MicropythonLink::open(port, params)?),
     })
 }
@@ -189,12 +197,23 @@ pub trait WipeLink {
     fn hardware_id(&mut self) -> Result<String>;
     /// Sends WIPE with `nonce`; returns the device's signed attestation.
     fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation>;
-    /// Whether this family proves a wipe by read-back (`wipe_read_back`) instead of a
-    /// signed attestation (`wipe`).
+    /// Whether this family proves a wipe by read-back instead of a signed attestation
+    /// (`wipe`): by erasing a flash region (`erases_flash`, `erase_and_read_back`) or by
+    /// removing files (`wipe_read_back`).
     fn reads_back(&self) -> bool {
         false
     }
-    /// Families that cannot sign: erases the identity and reads back that it is gone.
+    /// A family whose read-back wipe erases a flash region (an ESP32 ROM bootloader).
+    fn erases_flash(&self) -> bool {
+        false
+    }
+    /// A family that cannot sign (a ROM bootloader) erases and reads the region back
+    /// instead. `None`: this family does not erase regions.
+    fn erase_and_read_back(&mut self) -> Result<Option<ReadBack>> {
+        Ok(None)
+    }
+    /// Families that cannot sign and keep files: erases the identity and reads back that
+    /// it is gone.
     fn wipe_read_back(&mut self) -> Result<ReadBackWipe> {
         Err(crate::Error::Device(
             "this device signs its wipes; it has no read-back wipe".into(),
@@ -213,14 +232,32 @@ pub struct ReadBackWipe {
     pub tool: String,
 }
 
-/// Opens a wipe link of `profile` on a serial port (or pty). The cradle protocol wipes
-/// with a signed attestation; a MicroPython board by read-back.
+/// What an erase verified by read-back showed: the region, and the digest the device
+/// itself computed over it, equal to that of erased flash.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadBack {
+    pub hardware_id: String,
+    /// What was erased, e.g. "esp_secure_cert partition".
+    pub region: String,
+    pub offset: u32,
+    pub size: u32,
+    /// The device's digest of the region after the erase (MD5 for the ESP32 ROM).
+    pub digest_alg: &'static str,
+    pub digest: String,
+    /// How the host read it: the commands used.
+    pub how: String,
+}
+
+/// Opens a wipe link of `profile` on a serial port (or pty): the cradle protocol wipes
+/// with a signed attestation, an ESP32 by erase and read-back, a MicroPython board by
+/// removing its files and reading back that they are gone.
 pub fn open_wipe_link(
     profile: DeviceProfile,
     port: &str,
     params: LinkParams,
 ) -> Result<Box<dyn WipeLink>> {
     Ok(match profile {
+        DeviceProfile::Esp32 => Box::new(esp32::Esp32Link::open(Path::new(port), params)?),
         DeviceProfile::Micropython => {
             Box::new(micropython::MicropythonLink::open(Path::new(port), params)?)
         }

@@ -4,6 +4,7 @@ pub mod ca;
 pub mod cert;
 pub mod crl;
 pub mod csr;
+pub mod esp_secure_cert;
 pub mod issue;
 pub mod keys;
 pub mod mark;

@@ -17,7 +17,8 @@ Faults (--fault SPEC, repeatable):
                          hang up (the port disappears and comes back as a new pty behind the
                          same --link) after handling the N-th (default 1st) STEP request, before
                          replying; STEP is hello, keygen, stat, write, commit, read, lock, wipe,
-                         erase (nrf91: keygen, cmng-write, cmng-list; micropython: hello is
+                         erase (nrf91: keygen, cmng-write, cmng-list; esp32: sync,
+                         flash-begin, flash-data, md5, read-flash; micropython: hello is
                          entering the raw REPL, write a file write, so the file is left half
                          written as by a board that resets mid-write)
   slow-baud:RATE         pace the line at RATE while the host expects --baud
@@ -26,7 +27,8 @@ Faults (--fault SPEC, repeatable):
   forge-attestation      sign wipe attestations with a random key instead of the identity key
   replay-nonce           answer WIPE with the nonce of the previous wipe (or a random one)
   long-line              answer the first HELLO (nrf91: AT+CGSN) with 1 MiB without a line end
-                         (micropython: the first program prints 1 MiB and never ends)
+                         (micropython: the first program prints 1 MiB and never ends;
+                         esp32: the first SYNC with 1 MiB in one unterminated SLIP packet)
   bad-base64             answer the first KEYGEN with a CSR that is not base64
   csr-wrong-key          answer the first KEYGEN with a CSR for another key than the one reported
                          (nrf91: a COSE signed by another key than the modem's identity key)
@@ -35,7 +37,8 @@ Faults (--fault SPEC, repeatable):
   wrong-sec-tag          nrf91: answer the first AT%KEYGEN with a COSE for another sec_tag
   hash-mismatch          return altered data for the first READ (nrf91: a wrong SHA-256 in
                          the first AT%CMNG=1 listing; micropython: a wrong first SHA-256
-                         digest), so the read-back check fails
+                         digest; esp32: one bit of the first FLASH_DATA block does not
+                         take), so the read-back check fails
   window-drop            read the line every 20 ms and silently drop each request that finds
                          the advertised window (--window) of requests already waiting (a
                          device with a window-sized receive buffer)
@@ -46,6 +49,8 @@ Faults (--fault SPEC, repeatable):
                          (OSError: [Errno 28] ENOSPC)
   no-raw-paste           micropython: a board without raw-paste mode (answers R\x00), so
                          programs go in plain raw mode (256-byte chunks)
+  stuck-bit              esp32: bit 0 of flash byte 0xD000 is stuck at 0 (a bad cell under
+                         the partition's first byte): every write and erase reads back wrong
 One-shot faults fire once per simulator process, so a re-run of the host completes."
     };
 }
@@ -74,6 +79,7 @@ pub struct Faults {
     pub bad_attestation: bool,
     pub traceback: bool,
     pub no_raw_paste: bool,
+    pub stuck_bit: bool,
 }
 
 fn prob(spec: &str, v: Option<&str>) -> Result<f64> {
@@ -99,6 +105,11 @@ const STEPS: &[&str] = &[
     "erase",
     "cmng-write",
     "cmng-list",
+    "sync",
+    "flash-begin",
+    "flash-data",
+    "md5",
+    "read-flash",
 ];
 
 impl Faults {
@@ -179,6 +190,7 @@ impl Faults {
                 "bad-attestation" => no_value(&mut f.bad_attestation)?,
                 "traceback" => no_value(&mut f.traceback)?,
                 "no-raw-paste" => no_value(&mut f.no_raw_paste)?,
+                "stuck-bit" => no_value(&mut f.stuck_bit)?,
                 _ => {
                     return Err(Error::input(format!(
                         "--fault '{spec}': unknown fault (see `cradle sim --help`)"

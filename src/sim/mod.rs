@@ -3,6 +3,7 @@
 //! bytes to a simulated baud rate and inject faults on request.
 
 pub mod device;
+pub mod esp32;
 pub mod faults;
 pub mod micropython;
 pub mod nrf91;
@@ -416,6 +417,7 @@ pub fn build_devices(cfg: &SimConfig) -> Result<Vec<Box<dyn Responder>>> {
             None => {
                 let hwid = match cfg.profile {
                     DeviceProfile::Nrf91 if cfg.hardware_id.is_none() => nrf91::fake_imei(i),
+                    DeviceProfile::Esp32 => esp32::sim_mac(cfg, i)?,
                     DeviceProfile::Micropython => match &cfg.hardware_id {
                         None => micropython::fake_unique_id(i),
                         Some(h) => {
@@ -427,6 +429,9 @@ pub fn build_devices(cfg: &SimConfig) -> Result<Vec<Box<dyn Responder>>> {
                 let mut s = DeviceState::new(&hwid, &cfg.model);
                 if cfg.profile == DeviceProfile::Nrf91 {
                     s.firmware = nrf91::SIM_MFW.to_string();
+                }
+                if cfg.profile == DeviceProfile::Esp32 {
+                    s.model = esp32::SIM_MODEL.to_string();
                 }
                 if cfg.profile == DeviceProfile::Micropython {
                     s.firmware = format!("MicroPython {}", micropython::SIM_RELEASE);
@@ -443,6 +448,7 @@ pub fn build_devices(cfg: &SimConfig) -> Result<Vec<Box<dyn Responder>>> {
         out.push(match cfg.profile {
             DeviceProfile::Cradle => Box::new(CradleResponder::new(dev)),
             DeviceProfile::Nrf91 => Box::new(nrf91::NrfResponder::new(dev)),
+            DeviceProfile::Esp32 => Box::new(esp32::Esp32Responder::new(dev)),
             DeviceProfile::Micropython => Box::new(micropython::MicropythonResponder::new(dev)),
         });
     }

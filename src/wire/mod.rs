@@ -3,9 +3,11 @@
 //! The protocol is specified in `man/cradle-protocol.7`.
 
 pub mod conformance;
+pub mod esp_rom;
 pub mod frame;
 pub mod nrf91;
 pub mod raw_repl;
+pub mod slip;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};

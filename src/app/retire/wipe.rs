@@ -205,6 +205,13 @@ pub fn attested_wipe(
     finish: &dyn Fn(&Tx<'_>, &WipeRecord, &str) -> Result<()>,
 ) -> Result<WipeRecord> {
     let hwid = check_identity(device, link)?;
+    // ESP32 ROM: erase, and the chip's digest of the erased region (None otherwise).
+    if let Some(r) =
+        super::wipe_read_back::wipe(reg, device, link, &hwid, ctx, step_options, actor, finish)?
+    {
+        return Ok(r);
+    }
+    // MicroPython: the files removed, and stat shows them gone.
     if link.reads_back() {
         return read_back_wipe(reg, device, link, ctx, step_options, actor, finish);
     }

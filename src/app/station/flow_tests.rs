@@ -84,6 +84,7 @@ impl Fixture {
             baud: 1_000_000,
             timeout: Duration::from_millis(300),
             nrf_identity_keys: None,
+            esp_partition: None,
             micropython_paths: Default::default(),
         }
     }
@@ -144,6 +145,10 @@ fn run(st: &Station<'_>, dev: Box<dyn Responder>) -> (PortResult, Box<dyn Respon
                 DeviceProfile::Nrf91 => Box::new(NrfLink::over(
                     NrfSession::new(host, st.baud, st.timeout),
                     None,
+                )),
+                DeviceProfile::Esp32 => Box::new(crate::device::esp32::Esp32Link::over(
+                    crate::wire::esp_rom::EspSession::new(host, st.baud, st.timeout),
+                    Default::default(),
                 )),
                 DeviceProfile::Micropython => {
                     Box::new(crate::device::micropython::MicropythonLink::over(
@@ -331,6 +336,70 @@ fn an_nrf91_modem_is_burned_verified_and_recorded_without_a_seal() {
         assert_eq!(d["attestation"] == "unverified", csr, "{d}");
         assert_eq!(d["device_uuid"].is_string(), csr, "{d}");
     }
+}
+
+fn esp32(mac: &str, faults: Faults) -> Box<dyn Responder> {
+    Box::new(crate::sim::esp32::Esp32Responder::new(SimDevice::new(
+        DeviceState::new(mac, "esp32"),
+        None,
+        faults,
+    )))
+}
+
+#[test]
+fn an_esp32_is_written_checked_by_its_flash_md5_and_recorded() {
+    let f = fixture();
+    let st = f.station(Mode::Inject, DeviceProfile::Esp32);
+    // A bad flash cell: the chip's MD5 disagrees even after a rewrite, so no PASS.
+    let faults = Faults {
+        stuck_bit: true,
+        ..Faults::default()
+    };
+    let (res, dev) = run(&st, esp32("24:0a:c4:00:00:01", faults));
+    assert_eq!(res.result, Outcome::Fail);
+    assert!(
+        res.error.as_deref().unwrap().contains("flash MD5"),
+        "{res:?}"
+    );
+    assert_eq!(
+        f.state_of("24:0a:c4:00:00:01"),
+        (DeviceStatus::Registered, vec![CertStatus::Unused])
+    );
+    // The same board once its flash is sound: the re-run erases, writes and passes.
+    let mut dev = dev;
+    dev.device().faults.stuck_bit = false;
+    let (res, dev) = run(&st, dev);
+    assert_eq!(res.result, Outcome::Pass, "{:?}", res.error);
+    assert_eq!(
+        f.state_of("24:0a:c4:00:00:01"),
+        (
+            DeviceStatus::Provisioned,
+            vec![CertStatus::Unused, CertStatus::Active]
+        )
+    );
+    // Again: the chip's MD5 of the certificate entry matches, so it is already done.
+    let (res, _) = run(&st, dev);
+    assert!(res.already_provisioned, "{res:?}");
+    let passed: Vec<_> = f
+        .events_of("24:0a:c4:00:00:01")
+        .into_iter()
+        .filter(|e| e.kind == "provision.passed")
+        .collect();
+    assert_eq!(passed.len(), 1);
+    let d = &passed[0].details;
+    assert_eq!(d["device_profile"], "esp32", "{d}");
+    assert_eq!(d["esp_secure_cert_offset"], "0xd000", "{d}");
+    // Nothing derived from the key is recorded (the image's MD5 covers the key).
+    assert!(d.get("flash_md5").is_none(), "{d}");
+
+    // CSR mode: the ROM cannot make keys (the CLI refuses it before; the link too).
+    let st = f.station(Mode::Csr, DeviceProfile::Esp32);
+    let (res, _) = run(&st, esp32("24:0a:c4:00:00:02", Faults::default()));
+    assert_eq!(res.result, Outcome::Fail);
+    assert!(
+        res.error.as_deref().unwrap().contains("cannot make keys"),
+        "{res:?}"
+    );
 }
 
 fn micropython_board(hwid: &str, model: &str, faults: Faults) -> Box<dyn Responder> {

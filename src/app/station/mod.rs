@@ -68,6 +68,8 @@ pub struct Station<'a> {
     pub timeout: Duration,
     /// nrf91: modem identity public keys by device UUID (`--nrf-identity-keys`).
     pub nrf_identity_keys: Option<std::sync::Arc<crate::device::nrf91::IdentityKeys>>,
+    /// esp32: the `esp_secure_cert` partition (`--esp-partition-offset`, `--partition-table`).
+    pub esp_partition: Option<crate::device::esp32::Partition>,
     /// micropython: the identity files on the board.
     pub micropython_paths: crate::device::micropython::Paths,
 }
@@ -185,6 +187,7 @@ impl Station<'_> {
             baud: self.baud,
             timeout: self.timeout,
             nrf_identity_keys: self.nrf_identity_keys.clone(),
+            esp_partition: self.esp_partition,
             micropython_paths: self.micropython_paths.clone(),
         };
         self.provision_with(
