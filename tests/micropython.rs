@@ -337,6 +337,7 @@ fn fault_case(fault: &str) -> serde_json::Value {
     let env = Env::with_ca();
     let (_sim, link, state) = start_board(&env, "f", HWID, &[fault]);
     let port = link.to_str().unwrap();
+    let before = std::fs::read_link(&link).ok();
     let (code, v, err) = provision(&env, &[port], &[]);
     let first = v[0].clone();
     match first["result"].as_str() {
@@ -355,9 +356,13 @@ fn fault_case(fault: &str) -> serde_json::Value {
         other => panic!("unexpected result {other:?}: {v:#}"),
     }
     check_invariants(&env, HWID, &state);
-    // A board that reset comes back as a new pty behind the same link.
-    let until = Instant::now() + Duration::from_secs(5);
-    while !link.exists() && Instant::now() < until {
+    // A board that reset comes back as a new pty behind the same link: wait for the
+    // link to name the new pty (a loaded machine may take a while to re-create it).
+    let reset = first["result"] == "FAIL" && fault.starts_with("disconnect");
+    let until = Instant::now() + Duration::from_secs(10);
+    while (!link.exists() || (reset && std::fs::read_link(&link).ok() == before))
+        && Instant::now() < until
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     let (code, v, err) = provision(&env, &[port], &[]);
