@@ -7,6 +7,7 @@ pub mod csr;
 pub mod issue;
 pub mod keys;
 pub mod mark;
+pub mod ocsp;
 pub mod profile;
 mod san;
 pub mod signer;
