@@ -57,6 +57,14 @@ pub enum Error {
     /// published; the exit code is the cause's.
     #[error("the revocations are recorded, but the CRL could not be published (run `cradle ca crl` to retry)")]
     CrlNotPublished(#[source] Box<Error>),
+    /// The CRL is published, but the pre-signed OCSP responses were not refreshed;
+    /// the exit code is the cause's.
+    #[error("the CRL is published, but the OCSP responses in {} could not be refreshed (run `cradle ca ocsp` to retry)", dir.display())]
+    OcspNotRefreshed {
+        dir: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
     /// A bug or an impossible state inside cradle (exit 2): nothing was changed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -113,6 +121,7 @@ impl Error {
             Error::Io { .. } => exit::IO,
             Error::Internal(_) => exit::USAGE,
             Error::CrlNotPublished(cause) => cause.exit_code(),
+            Error::OcspNotRefreshed { source, .. } => source.exit_code(),
         }
     }
 }

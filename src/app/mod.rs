@@ -7,5 +7,6 @@ pub mod home;
 pub mod identity;
 pub mod inventory;
 pub mod lifecycle;
+pub mod ocsp;
 pub mod retire;
 pub mod station;

@@ -10,6 +10,7 @@ mod init;
 mod inventory;
 mod log;
 mod meta;
+mod ocsp;
 mod provision;
 mod report;
 mod retire;
@@ -131,6 +132,11 @@ pub enum Command {
     /// Simulate devices on pseudo-terminals (for demos and tests, no hardware needed)
     #[command(after_help = concat!("Prints each device's pty path on its own line as soon as it is up, then runs until\nSIGINT/SIGTERM (removing its symlinks); with --json, one JSON object per line (index,\npath, link, hardware_id). A device that hangs up (disconnect fault) comes back on a new pty\nbehind the same link and is printed again. With --state the device keeps its identity\nacross restarts.\n\n", crate::fault_help!(), "\n\nExamples:\n  cradle sim --link /tmp/dev/cradle --count 4 &\n  cradle sim --link /tmp/dev/dut --state dut.json --fault corrupt:0.001\n  cradle sim --profile nrf91 --link /tmp/dev/modem"))]
     Sim(sim::SimArgs),
+    #[command(display_order = 11)]
+    /// Answer OCSP requests for the issuing CA's certificates
+    #[command(subcommand)]
+    Ocsp(ocsp::OcspCommand),
+
     #[command(display_order = 12)]
     /// Check the registry for problems (exit 1 on findings; see --list-checks)
     #[command(after_help = audit::AUDIT_AFTER_HELP)]
@@ -189,6 +195,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Provision(a) => provision::run(&ctx, a),
         Command::Sim(a) => sim::run(&ctx, a),
         Command::Audit(a) => audit::run(&ctx, a),
+        Command::Ocsp(c) => ocsp::run(&ctx, c),
         Command::Log(c) => log::run(&ctx, c),
         Command::Completions { shell } => meta::completions(shell),
         Command::Man { out } => meta::man(&out),

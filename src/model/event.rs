@@ -38,10 +38,13 @@ pub enum EventKind {
     CrlIssued,
     #[serde(rename = "decommission.step")]
     DecommissionStep,
+    /// A delegated OCSP signing certificate was issued (its key kept beside the CA's).
+    #[serde(rename = "ocsp.signer_issued")]
+    OcspSignerIssued,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::HomeInitialised,
         EventKind::LogKeyed,
         EventKind::CaCreated,
@@ -57,6 +60,7 @@ impl EventKind {
         EventKind::CertRevoked,
         EventKind::CrlIssued,
         EventKind::DecommissionStep,
+        EventKind::OcspSignerIssued,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +80,7 @@ impl EventKind {
             EventKind::CertRevoked => "cert.revoked",
             EventKind::CrlIssued => "crl.issued",
             EventKind::DecommissionStep => "decommission.step",
+            EventKind::OcspSignerIssued => "ocsp.signer_issued",
         }
     }
 }

@@ -60,15 +60,25 @@ pub fn cert_states(db: &Reader, ca_id: i64) -> Result<Vec<CertState>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// Certificates of CA `ca_id` revoked at or after `since` (registry timestamps are
-/// RFC 3339 UTC with whole seconds, so they compare as text).
-pub fn revoked_since(db: &Reader, ca_id: i64, since: &str) -> Result<Vec<CertState>> {
+/// Certificates of CA `ca_id` issued or revoked at or after `since` (registry
+/// timestamps are RFC 3339 UTC with whole seconds, so they compare as text).
+pub fn changed_since(db: &Reader, ca_id: i64, since: &str) -> Result<Vec<CertState>> {
     let mut stmt = db.conn().prepare_cached(&format!(
         "SELECT {STATE_COLUMNS} FROM certificates
-         WHERE ca_id = ?1 AND status = 'revoked' AND revoked_at >= ?2 ORDER BY id"
+         WHERE ca_id = ?1 AND (created_at >= ?2 OR (status = 'revoked' AND revoked_at >= ?2))
+         ORDER BY id"
     ))?;
     let rows = stmt.query_map(rusqlite::params![ca_id, since], state_from_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// How many certificates CA `ca_id` issued, and how many of them are revoked.
+pub fn counts(db: &Reader, ca_id: i64) -> Result<(usize, usize)> {
+    let (all, revoked): (i64, i64) = db.conn().prepare_cached(
+        "SELECT count(*), count(*) FILTER (WHERE status = 'revoked') FROM certificates WHERE ca_id = ?1",
+    )?
+    .query_row([ca_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok((all as usize, revoked as usize))
 }
 
 /// nextUpdate (Unix seconds) of the newest CRL of CA `ca_id`, if one was issued.
