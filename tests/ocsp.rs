@@ -512,6 +512,7 @@ fn a_revocation_refreshes_the_configured_pre_signed_set() {
     let text = std::fs::read_to_string(&cfg).unwrap();
     assert!(text.contains("ocsp_dir = \"\""), "{text}");
     std::fs::write(&cfg, text.replace("ocsp_dir = \"\"", "ocsp_dir = \"ocsp\"")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
     e.ok(&["ca", "ocsp", "--passphrase-file", e.pass()]);
     let file = e
         .home
@@ -519,6 +520,7 @@ fn a_revocation_refreshes_the_configured_pre_signed_set() {
         .join(format!("{}.der", serial_hex(&e, "OCSP-1")));
     let (ok, out) = respin(&e, &std::fs::read(&file).unwrap(), &[]);
     assert!(ok && out.contains("Cert Status: good"), "{out}");
+    std::thread::sleep(Duration::from_millis(1100));
 
     let out = e.ok(&[
         "revoke",
