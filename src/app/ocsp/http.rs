@@ -1,14 +1,15 @@
 //! The HTTP side of the responder (RFC 6960 appendix A, RFC 5019 §5): `GET
 //! /{url-encoded base64 of the DER request}` and `POST` with an
-//! `application/ocsp-request` body. Plain std networking: one thread per connection
-//! (at most `Limits::connections` at once), bounded headers and body, read and
+//! `application/ocsp-request` body. Plain std networking: a pool of worker threads
+//! (`Limits::connections`), bounded headers and body, read and
 //! write timeouts, one request per connection, and an accept loop that polls the
 //! stop flag so SIGTERM/Ctrl-C end it cleanly.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -25,7 +26,7 @@ pub struct Limits {
     pub body_bytes: usize,
     /// Per read and per write.
     pub timeout: Duration,
-    /// Connections served at once; more get 503.
+    /// Connections served at once (worker threads, and as many queued); more get 503.
     pub connections: usize,
 }
 
@@ -54,7 +55,9 @@ pub fn bind(addr: &str) -> Result<TcpListener> {
     })
 }
 
-/// Serves until `stop` is set; returns how many requests were answered.
+/// Serves until `stop` is set; returns how many requests were answered. A pool of
+/// `limits.connections` workers takes accepted connections from a queue of the same
+/// size; a connection that finds the queue full gets 503 at once.
 pub fn serve(
     listener: &TcpListener,
     answer: &dyn Answer,
@@ -63,37 +66,49 @@ pub fn serve(
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<u64> {
     let served = AtomicU64::new(0);
-    let busy = AtomicUsize::new(0);
+    let workers = limits.connections.max(1);
+    let (tx, rx) = mpsc::sync_channel::<(TcpStream, SocketAddr)>(workers);
+    let rx = Mutex::new(rx);
     std::thread::scope(|s| -> Result<()> {
-        while !stop.load(Ordering::SeqCst) {
-            if !readable(listener, 200)? {
-                continue;
-            }
-            let (mut conn, peer) = match listener.accept() {
-                Ok(c) => c,
-                // A client that gave up between poll and accept, or fd exhaustion:
-                // keep serving the others.
-                Err(e) => {
-                    log(&format!("accept: {e}"));
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                }
-            };
-            if busy.fetch_add(1, Ordering::SeqCst) >= limits.connections {
-                busy.fetch_sub(1, Ordering::SeqCst);
-                let _ = conn.set_write_timeout(Some(limits.timeout));
-                let _ = write_status(&mut conn, 503, "Service Unavailable", &[]);
-                continue;
-            }
-            let (busy, served) = (&busy, &served);
-            s.spawn(move || {
+        for _ in 0..workers {
+            let (rx, served) = (&rx, &served);
+            s.spawn(move || loop {
+                // The lock is held only while waiting for the next connection.
+                let next = match rx.lock() {
+                    Ok(r) => r.recv(),
+                    Err(_) => return,
+                };
+                let Ok((mut conn, peer)) = next else { return };
                 let line = handle(&mut conn, answer, limits);
                 served.fetch_add(1, Ordering::Relaxed);
-                busy.fetch_sub(1, Ordering::SeqCst);
                 log(&format!("{peer} {line}"));
             });
         }
-        Ok(())
+        let accepted = (|| {
+            while !stop.load(Ordering::SeqCst) {
+                if !readable(listener, 200)? {
+                    continue;
+                }
+                match listener.accept() {
+                    Ok(c) => {
+                        if let Err(mpsc::TrySendError::Full((mut conn, _))) = tx.try_send(c) {
+                            let _ = conn.set_write_timeout(Some(limits.timeout));
+                            let _ = write_status(&mut conn, 503, "Service Unavailable", &[]);
+                        }
+                    }
+                    // A client that gave up between poll and accept, or fd exhaustion:
+                    // keep serving the others.
+                    Err(e) => {
+                        log(&format!("accept: {e}"));
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+            Ok(())
+        })();
+        // Closing the queue ends the workers once they finish what they hold.
+        drop(tx);
+        accepted
     })?;
     Ok(served.into_inner())
 }

@@ -48,38 +48,27 @@ pub struct Live<'a> {
 }
 
 impl Live<'_> {
-    fn statuses(&self, req: &ocsp::Request) -> Result<Option<Vec<(x509_ocsp::CertId, Status)>>> {
-        let store = self
-            .store
-            .lock()
-            .map_err(|_| Error::Internal("registry lock poisoned".into()))?;
-        let mut out = Vec::with_capacity(req.ids.len());
-        for id in &req.ids {
-            if !self.issuer.names(id) {
-                return Ok(None);
-            }
-            let state = so::cert_state(store.reader(), self.ca_id, &ocsp::serial_hex(id))?;
-            out.push((
-                id.clone(),
-                state.as_ref().map_or(Status::Unknown, status_of),
-            ));
-        }
-        Ok(Some(out))
-    }
-
     fn try_answer(&self, req: ocsp::Request) -> Result<Reply> {
-        let Some(answers) = self.statuses(&req)? else {
-            return Ok(Reply::error(
-                OcspResponseStatus::Unauthorized,
-                "a certificate of another issuer",
-            ));
-        };
-        let when = {
+        let (answers, when) = {
             let store = self
                 .store
                 .lock()
                 .map_err(|_| Error::Internal("registry lock poisoned".into()))?;
-            validity(store.reader(), self.ca_id, self.days)?
+            let mut answers = Vec::with_capacity(req.ids.len());
+            for id in &req.ids {
+                if !self.issuer.names(id) {
+                    return Ok(Reply::error(
+                        OcspResponseStatus::Unauthorized,
+                        "a certificate of another issuer",
+                    ));
+                }
+                let state = so::cert_state(store.reader(), self.ca_id, &ocsp::serial_hex(id))?;
+                answers.push((
+                    id.clone(),
+                    state.as_ref().map_or(Status::Unknown, status_of),
+                ));
+            }
+            (answers, validity(store.reader(), self.ca_id, self.days)?)
         };
         let summary = answers
             .iter()
