@@ -371,7 +371,7 @@ mod tests {
 
     #[test]
     fn get_paths_decode_in_every_spelling_clients_use() {
-        let der = vec![0x30, 0x03, 0xfb, 0xff, 0x3e];
+        let der = vec![0xfb, 0xef, 0xbe, 0xff, 0xff, 0xff, 0x30];
         let std = base64::engine::general_purpose::STANDARD.encode(&der);
         assert!(std.contains('+') && std.contains('/'), "{std}");
         let encoded = std
