@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 
@@ -24,7 +24,7 @@ pub struct Limits {
     pub header_bytes: usize,
     /// A POST body (an OCSP request for 16 certificates is well under 2 KiB).
     pub body_bytes: usize,
-    /// Per read and per write.
+    /// Per write, and per read (a whole request gets twice this).
     pub timeout: Duration,
     /// Connections served at once (worker threads, and as many queued); more get 503.
     pub connections: usize,
@@ -178,7 +178,27 @@ fn handle(conn: &mut TcpStream, answer: &dyn Answer, limits: Limits) -> String {
     }
 }
 
+/// One read that ends by `deadline`: a client dripping a byte at a time cannot hold a
+/// worker longer than the whole-request budget.
+fn read_by(
+    conn: &mut TcpStream,
+    chunk: &mut [u8],
+    (deadline, per_read): (Instant, Duration),
+) -> std::io::Result<usize> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "request not complete in time",
+        ));
+    }
+    conn.set_read_timeout(Some(left.min(per_read)))?;
+    conn.read(chunk)
+}
+
 fn read_request(conn: &mut TcpStream, limits: Limits) -> Parsed {
+    // The whole request (headers and body) gets twice the per-read timeout.
+    let deadline = (Instant::now() + limits.timeout * 2, limits.timeout);
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -192,7 +212,7 @@ fn read_request(conn: &mut TcpStream, limits: Limits) -> Parsed {
                 format!("headers over {} bytes", limits.header_bytes),
             );
         }
-        match conn.read(&mut chunk) {
+        match read_by(conn, &mut chunk, deadline) {
             Ok(0) => {
                 return Parsed::Http(400, "Bad Request", "connection closed mid-request".into())
             }
@@ -262,17 +282,26 @@ fn read_request(conn: &mut TcpStream, limits: Limits) -> Parsed {
             if body.len() > len {
                 return Parsed::Http(400, "Bad Request", "more body than Content-Length".into());
             }
-            let missing = len - body.len();
-            body.reserve(missing);
-            if let Err(e) = conn.take(missing as u64).read_to_end(&mut body) {
-                return Parsed::Http(408, "Request Timeout", format!("reading the body: {e}"));
-            }
-            if body.len() != len {
-                return Parsed::Http(
-                    400,
-                    "Bad Request",
-                    "body shorter than Content-Length".into(),
-                );
+            body.reserve(len - body.len());
+            while body.len() < len {
+                let want = (len - body.len()).min(chunk.len());
+                match read_by(conn, &mut chunk[..want], deadline) {
+                    Ok(0) => {
+                        return Parsed::Http(
+                            400,
+                            "Bad Request",
+                            "body shorter than Content-Length".into(),
+                        )
+                    }
+                    Ok(n) => body.extend_from_slice(&chunk[..n]),
+                    Err(e) => {
+                        return Parsed::Http(
+                            408,
+                            "Request Timeout",
+                            format!("reading the body: {e}"),
+                        )
+                    }
+                }
             }
             Parsed::Ocsp {
                 method: "POST",
@@ -386,5 +415,69 @@ mod tests {
         for bad in ["/", "/!!!", "/%zz", "nope", "/%"] {
             assert!(decode_get(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Echoes the request length: the HTTP layer under test, not OCSP.
+    struct Echo;
+    impl Answer for Echo {
+        fn answer(&self, request: &[u8]) -> Reply {
+            Reply {
+                body: request.len().to_string().into_bytes(),
+                max_age: None,
+                summary: String::new(),
+            }
+        }
+    }
+
+    #[test]
+    fn a_client_dripping_bytes_is_cut_off_and_others_are_served_meanwhile() {
+        let listener = bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = AtomicBool::new(false);
+        let limits = Limits {
+            timeout: Duration::from_millis(300),
+            connections: 2,
+            ..Limits::default()
+        };
+        /// Stops the server however the test ends, so a failure fails instead of hanging.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        std::thread::scope(|s| {
+            let server = s.spawn(|| serve(&listener, &Echo, limits, &stop, &|_| {}));
+            let _stop = StopOnDrop(&stop);
+            let t = Instant::now();
+            let slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            // One byte every 100 ms for up to 3 s: each read succeeds well within its
+            // timeout, so only the whole-request deadline (600 ms) ends it.
+            let mut drip = slow.try_clone().unwrap();
+            s.spawn(move || {
+                while t.elapsed() < Duration::from_secs(3) && drip.write_all(b"G").is_ok() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+            let mut fast = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            fast.write_all(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+                .unwrap();
+            let mut got = String::new();
+            fast.read_to_string(&mut got).unwrap();
+            assert!(
+                got.starts_with("HTTP/1.1 200 OK") && got.ends_with("\r\n\r\n3"),
+                "{got}"
+            );
+            let mut cut = String::new();
+            let _ = (&slow).read_to_string(&mut cut);
+            assert!(cut.starts_with("HTTP/1.1 408 Request Timeout"), "{cut:?}");
+            assert!(
+                t.elapsed() < Duration::from_millis(1500),
+                "{:?}",
+                t.elapsed()
+            );
+            stop.store(true, Ordering::SeqCst);
+            assert_eq!(server.join().unwrap().unwrap(), 2);
+        });
     }
 }
