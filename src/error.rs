@@ -65,6 +65,14 @@ pub enum Error {
     /// The operator stopped the command (SIGINT/SIGTERM) at a safe point.
     #[error("{0}")]
     Interrupted(String),
+    /// The CRL is published, but the pre-signed OCSP responses were not refreshed;
+    /// the exit code is the cause's.
+    #[error("the CRL is published, but the OCSP responses in {} could not be refreshed (run `cradle ca ocsp` to retry)", dir.display())]
+    OcspNotRefreshed {
+        dir: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
     /// A bug or an impossible state inside cradle (exit 2): nothing was changed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -122,6 +130,7 @@ impl Error {
             Error::Interrupted(_) => exit::INTERRUPTED,
             Error::Internal(_) => exit::USAGE,
             Error::CrlNotPublished(cause) => cause.exit_code(),
+            Error::OcspNotRefreshed { source, .. } => source.exit_code(),
         }
     }
 }

@@ -26,6 +26,9 @@ pub struct Config {
     pub crl_path: String,
     /// Days between thisUpdate and nextUpdate of an issued CRL.
     pub crl_next_update_days: u32,
+    /// Directory of pre-signed OCSP responses (relative to home) that every CRL issue
+    /// refreshes for the certificates revoked since; empty: none.
+    pub ocsp_dir: String,
 }
 
 impl Default for Config {
@@ -36,6 +39,7 @@ impl Default for Config {
             default_profile: "device".into(),
             crl_path: "ca/crl.pem".into(),
             crl_next_update_days: 7,
+            ocsp_dir: String::new(),
         }
     }
 }

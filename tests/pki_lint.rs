@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{openssl, Env};
+use common::{openssl, pkilint as lint, pkilint_bin, Env};
 
 const PROFILES: &[&str] = &["device", "devid", "aws-iot", "azure-dps"];
 
@@ -22,24 +22,6 @@ fn is_urn_false_positive(f: &serde_json::Value) -> bool {
         && f["message"]
             .as_str()
             .is_some_and(|m| m.contains("\"urn:dev:mac:"))
-}
-
-/// The directory holding pkilint's scripts: `CRADLE_TEST_PKILINT` (set by `.ci/run`),
-/// else the venv `.ci/run` creates. On CI a missing tool fails the test.
-fn pkilint_bin() -> Option<PathBuf> {
-    let dir = std::env::var_os("CRADLE_TEST_PKILINT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin"));
-    if dir.join("lint_pkix_cert").exists() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "pkilint not found in {} (.ci/run installs it)",
-        dir.display()
-    );
-    eprintln!("skipping: pkilint not installed (run .ci/run or set CRADLE_TEST_PKILINT)");
-    None
 }
 
 /// A home with a CA and two devices: one with a MAC and a model, one with neither.
@@ -81,32 +63,6 @@ fn issue(e: &Env, serial: &str, profile: &str) -> (PathBuf, PathBuf) {
     ]);
     assert!(ok, "{msg}");
     (leaf, out.join(format!("{serial}.key")))
-}
-
-fn lint(bin: &Path, tool: &str, extra: &[&str], file: &Path) -> Vec<serde_json::Value> {
-    let o = Command::new(bin.join(tool))
-        .args(["lint", "-s", "WARNING", "-f", "JSON"])
-        .args(extra)
-        .arg(file)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| {
-        panic!(
-            "{tool} on {}: {text}{}",
-            file.display(),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    });
-    let mut found = Vec::new();
-    for r in v["results"].as_array().unwrap() {
-        for f in r["finding_descriptions"].as_array().unwrap() {
-            let mut f = f.clone();
-            f["node_path"] = r["node_path"].clone();
-            found.push(f);
-        }
-    }
-    found
 }
 
 #[test]

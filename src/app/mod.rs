@@ -12,6 +12,7 @@ pub mod identity;
 pub mod inventory;
 pub mod label;
 pub mod lifecycle;
+pub mod ocsp;
 pub mod reconcile;
 pub mod retire;
 pub mod station;

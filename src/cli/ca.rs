@@ -71,6 +71,16 @@ pub enum CaCommand {
         after_help = "Examples:\n  cradle ca crl --passphrase-file ca.pass\n  cradle ca crl --out crl.der --der\n  cradle ca crl --out - | openssl crl -noout -text"
     )]
     Crl(super::crl::CrlArgs),
+    /// Pre-sign an OCSP response for every certificate of the issuing CA (RFC 5019)
+    #[command(
+        after_help = "Writes DIR/<serial hex>.der (one DER OCSPResponse per certificate: good or revoked\nwith reason and time; the serial in lower-case hex, as `identity show` prints it) and\nDIR/index.json (issuer, hashes, times, counts). Each response is valid until the next\nCRL update. With ocsp_dir set in config.toml, every CRL issue (so every revocation)\nre-signs, with the issuing CA, the responses of certificates issued or revoked since;\nrun this command on the CRL's schedule to renew the whole set.\nServe the set with `cradle ocsp serve --from DIR`, or from any web server.\n\nExamples:\n  cradle ca ocsp --out /srv/ocsp --passphrase-file ca.pass\n  cradle ca ocsp --delegate     # into ocsp_dir, signed by the OCSP signing certificate\n  openssl ocsp -respin /srv/ocsp/<serial>.der -issuer issuing.pem -CAfile root.pem -resp_text"
+    )]
+    Ocsp(super::ocsp::PresignArgs),
+    /// Issue a delegated OCSP signing certificate (id-kp-OCSPSigning, ocsp-nocheck)
+    #[command(
+        after_help = "Issued by the issuing CA for a new P-256 key, valid --days (default 30); the key is\nencrypted with the CA passphrase beside the CA keys (ca/ocsp-signer.key, the certificate\nin ca/ocsp-signer.pem). A new one replaces the old; responses signed by the old one stay\nvalid until their nextUpdate. Use it with `ca ocsp --delegate` and `ocsp serve --delegate`.\n\nExamples:\n  cradle ca ocsp-signer --passphrase-file ca.pass\n  cradle ca ocsp-signer --days 7"
+    )]
+    OcspSigner(super::ocsp::SignerArgs),
     /// Write CA certificates as PEM for relying parties and verifiers
     #[command(
         after_help = "Examples:\n  cradle ca export --chain -o chain.pem\n  cradle ca export --root > root.pem"
@@ -117,6 +127,8 @@ pub fn run(ctx: &Ctx, cmd: CaCommand) -> anyhow::Result<i32> {
         ),
         CaCommand::Show => show(ctx),
         CaCommand::Crl(a) => super::crl::run(ctx, a),
+        CaCommand::Ocsp(a) => super::ocsp::presign(ctx, a),
+        CaCommand::OcspSigner(a) => super::ocsp::issue_signer(ctx, a),
         CaCommand::Export {
             root,
             issuing,

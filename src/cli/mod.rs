@@ -13,6 +13,7 @@ mod inventory;
 mod label;
 mod log;
 mod meta;
+mod ocsp;
 mod provision;
 mod report;
 mod retire;
@@ -157,6 +158,12 @@ Examples:
   cradle conformance --port /dev/ttyACM0 --baud 921600 --json"
     )]
     Conformance(conformance::ConformanceArgs),
+
+    #[command(display_order = 11)]
+    /// Answer OCSP requests for the issuing CA's certificates
+    #[command(subcommand)]
+    Ocsp(ocsp::OcspCommand),
+
     #[command(display_order = 12)]
     /// Check the registry for problems (exit 1 on findings; see --list-checks)
     #[command(after_help = audit::AUDIT_AFTER_HELP)]
@@ -222,6 +229,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Sim(a) => sim::run(&ctx, a),
         Command::Conformance(a) => conformance::run(&ctx, a),
         Command::Audit(a) => audit::run(&ctx, a),
+        Command::Ocsp(c) => ocsp::run(&ctx, c),
         Command::Log(c) => log::run(&ctx, c),
         Command::Label(a) => label::run(&ctx, a),
         Command::Completions { shell } => meta::completions(shell),

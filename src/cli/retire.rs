@@ -194,6 +194,12 @@ pub fn print_crl_line(c: &CrlIssued) {
         c.published.display(),
         c.next_update
     );
+    if let Some(n) = c.ocsp_refreshed {
+        println!(
+            "{n} pre-signed OCSP response{} re-signed",
+            if n == 1 { "" } else { "s" }
+        );
+    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -48,10 +48,13 @@ pub enum EventKind {
     /// (cloud, counts, file hashes) and one per device naming it.
     #[serde(rename = "cloud.exported")]
     CloudExported,
+    /// A delegated OCSP signing certificate was issued (its key kept beside the CA's).
+    #[serde(rename = "ocsp.signer_issued")]
+    OcspSignerIssued,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::HomeInitialised,
         EventKind::LogKeyed,
         EventKind::CaCreated,
@@ -70,6 +73,7 @@ impl EventKind {
         EventKind::IdentityReconciled,
         EventKind::LabelRendered,
         EventKind::CloudExported,
+        EventKind::OcspSignerIssued,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +96,7 @@ impl EventKind {
             EventKind::IdentityReconciled => "identity.reconciled",
             EventKind::LabelRendered => "label.rendered",
             EventKind::CloudExported => "cloud.exported",
+            EventKind::OcspSignerIssued => "ocsp.signer_issued",
         }
     }
 }

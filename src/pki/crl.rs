@@ -138,6 +138,9 @@ pub struct CrlIssued {
     pub sha256: String,
     pub bytes: usize,
     pub published: PathBuf,
+    /// Pre-signed OCSP responses signed afterwards (configured `ocsp_dir` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocsp_refreshed: Option<usize>,
     #[serde(skip)]
     pub der: Vec<u8>,
 }

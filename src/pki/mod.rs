@@ -8,6 +8,7 @@ pub mod esp_secure_cert;
 pub mod issue;
 pub mod keys;
 pub mod mark;
+pub mod ocsp;
 pub mod profile;
 mod san;
 pub mod signer;

@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod inventory;
 pub mod logkey;
+pub mod ocsp;
 pub mod provision;
 pub mod retire;
 pub mod schema;

@@ -255,6 +255,52 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// The directory holding pkilint's scripts: `CRADLE_TEST_PKILINT` (set by `.ci/run`),
+/// else the venv `.ci/run` creates. On CI a missing tool fails the test.
+pub fn pkilint_bin() -> Option<PathBuf> {
+    let dir = std::env::var_os("CRADLE_TEST_PKILINT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin"));
+    if dir.join("lint_pkix_cert").exists() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "pkilint not found in {} (.ci/run installs it)",
+        dir.display()
+    );
+    eprintln!("skipping: pkilint not installed (run .ci/run or set CRADLE_TEST_PKILINT)");
+    None
+}
+
+/// Runs pkilint's `tool` (`lint -s WARNING -f JSON`) on `file`; returns its findings,
+/// each with its node path.
+pub fn pkilint(bin: &Path, tool: &str, extra: &[&str], file: &Path) -> Vec<serde_json::Value> {
+    let o = Command::new(bin.join(tool))
+        .args(["lint", "-s", "WARNING", "-f", "JSON"])
+        .args(extra)
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| {
+        panic!(
+            "{tool} on {}: {text}{}",
+            file.display(),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    let mut found = Vec::new();
+    for r in v["results"].as_array().unwrap() {
+        for f in r["finding_descriptions"].as_array().unwrap() {
+            let mut f = f.clone();
+            f["node_path"] = r["node_path"].clone();
+            found.push(f);
+        }
+    }
+    found
+}
+
 /// Runs openssl with args; returns (success, stdout+stderr).
 pub fn openssl(args: &[&str]) -> (bool, String) {
     let o = Command::new("openssl")
@@ -269,6 +315,23 @@ pub fn openssl(args: &[&str]) -> (bool, String) {
             String::from_utf8_lossy(&o.stderr)
         ),
     )
+}
+
+/// SIGTERM to our own child, then up to 5 s for it to exit (SIGKILL after that);
+/// returns its exit status.
+pub fn terminate(child: &mut Child) -> Option<std::process::ExitStatus> {
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().ok();
+    None
 }
 
 /// Fast simulated line for tests (the benchmarks measure real rates).
@@ -313,17 +376,7 @@ impl Sim {
         Sim { child, paths }
     }
     pub fn stop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 

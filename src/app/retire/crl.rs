@@ -20,6 +20,8 @@ use crate::store::{fmt_time, Reader, Store};
 pub struct Publication {
     pub path: PathBuf,
     pub next_update_days: u32,
+    /// Pre-signed OCSP responses refreshed with every CRL (`ocsp_dir`), if any.
+    pub ocsp_dir: Option<PathBuf>,
 }
 
 impl Publication {
@@ -28,6 +30,8 @@ impl Publication {
         Publication {
             path: home.root.join(&config.crl_path),
             next_update_days: config.crl_next_update_days,
+            ocsp_dir: (!config.ocsp_dir.trim().is_empty())
+                .then(|| home.root.join(config.ocsp_dir.trim())),
         }
     }
 }
@@ -114,7 +118,19 @@ pub fn issue(
     }
     outfile::replace_own_file(publish, &encode_for(publish, &der), 0o644)?;
     tx.commit()?;
+    let ocsp_refreshed = match &to.ocsp_dir {
+        Some(dir) => Some(
+            crate::app::ocsp::refresh(reg.reader(), signer, dir, next_update_days).map_err(
+                |e| Error::OcspNotRefreshed {
+                    dir: dir.clone(),
+                    source: Box::new(e),
+                },
+            )?,
+        ),
+        None => None,
+    };
     Ok(CrlIssued {
+        ocsp_refreshed,
         issuer: signer.subject.clone(),
         crl_number: number,
         this_update: now_s,

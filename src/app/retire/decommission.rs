@@ -1104,6 +1104,7 @@ mod tests {
             crl: Publication {
                 path: PathBuf::from("/nonexistent/crl.pem"),
                 next_update_days: 7,
+                ocsp_dir: None,
             },
             crash_after: None,
             open_link: &mut open,
@@ -1220,6 +1221,7 @@ mod tests {
             crl: Publication {
                 path: PathBuf::from("/nonexistent/crl.pem"),
                 next_update_days: 7,
+                ocsp_dir: None,
             },
         }
     }

@@ -393,8 +393,10 @@ pub fn revoke<E: From<Error>>(
     progress.start(plans.len() as u64);
     let revocations = apply(reg, &plans, actor, &|n| progress.done(n))?;
     progress.finish();
-    let crl = crl::publish_if_stale(reg, Some(&signer), to, actor)
-        .map_err(|e| Error::CrlNotPublished(Box::new(e)))?;
+    let crl = crl::publish_if_stale(reg, Some(&signer), to, actor).map_err(|e| match e {
+        e @ Error::OcspNotRefreshed { .. } => e,
+        e => Error::CrlNotPublished(Box::new(e)),
+    })?;
     Ok(RevokeOutcome::Revoked {
         devices: plans.len(),
         revocations,
@@ -520,6 +522,7 @@ mod tests {
         Publication {
             path: "/nonexistent/crl.pem".into(),
             next_update_days: 7,
+            ocsp_dir: None,
         }
     }
 
