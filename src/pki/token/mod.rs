@@ -542,11 +542,12 @@ mod tests {
                 });
             }
         });
-        // Never more sessions than threads signing at once (the pool reuses them),
-        // and more than one: the signers did not queue behind a single session.
+        // Never more sessions than threads signing at once (the pool reuses them). How
+        // many were needed depends on how the scheduler interleaved the threads (on a
+        // loaded machine they may run one after another), so at least one.
         let open = key.login.sessions.lock().unwrap().len();
         assert!(
-            (2..=threads).contains(&open),
+            (1..=threads).contains(&open),
             "{open} sessions for {threads} threads"
         );
     }
