@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{openssl, Env, Sim, SIM_BAUD as BAUD};
+use common::{openssl, q, Env, Sim, SIM_BAUD as BAUD};
 
 /// One simulated device: its pty link, its state file ("flash") and its registry serial.
 struct Device {
@@ -117,10 +117,6 @@ impl Device {
             ),
         )
     }
-}
-
-fn q(env: &Env, sql: &str) -> String {
-    env.sql(sql).trim().to_string()
 }
 
 /// `cradle --json decommission SERIAL --wipe-port PORT …`: (exit code, JSON, stderr).

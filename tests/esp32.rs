@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{openssl, Env, Sim, SIM_BAUD as BAUD};
+use common::{openssl, q, Env, Sim, SIM_BAUD as BAUD};
 
 const MAC: &str = "24:0a:c4:12:34:56";
 const SECTOR: usize = 0x1000;
@@ -72,37 +72,8 @@ fn provision(
     ports: &[&str],
     extra: &[&str],
 ) -> (Option<i32>, serde_json::Value, String) {
-    let mut a = vec![
-        "--json",
-        "provision",
-        "--passphrase-file",
-        env.pass(),
-        "--baud",
-        BAUD,
-        "--timeout",
-        "1",
-        "--device-profile",
-        "esp32",
-        "--mode",
-        "inject",
-    ];
-    for p in ports {
-        a.extend(["--port", p]);
-    }
-    a.extend_from_slice(extra);
-    let o = env.run(&a);
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bad JSON ({e}): {}\nstderr: {stderr}",
-            String::from_utf8_lossy(&o.stdout)
-        )
-    });
-    (o.status.code(), v, stderr)
-}
-
-fn q(env: &Env, sql: &str) -> String {
-    env.sql(sql).trim().to_string()
+    let profile = ["--device-profile", "esp32", "--mode", "inject"];
+    common::provision_json(env, ports, &[&profile[..], extra].concat())
 }
 
 /// `len` bytes of the simulated chip's flash at `addr`, from its `<state>.flash` file

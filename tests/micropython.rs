@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{openssl, Env, Sim, SIM_BAUD as BAUD};
+use common::{openssl, q, Env, Sim, SIM_BAUD as BAUD};
 
 const HWID: &str = "e6614103e7a1b2c3";
 
@@ -17,38 +17,8 @@ fn provision(
     ports: &[&str],
     extra: &[&str],
 ) -> (Option<i32>, serde_json::Value, String) {
-    let mut a = vec![
-        "--json",
-        "provision",
-        "--passphrase-file",
-        env.pass(),
-        "--baud",
-        BAUD,
-        "--timeout",
-        "1",
-        "--device-profile",
-        "micropython",
-        "--mode",
-        "inject",
-    ];
-    for p in ports {
-        a.push("--port");
-        a.push(p);
-    }
-    a.extend_from_slice(extra);
-    let o = env.run(&a);
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bad JSON ({e}): {}\nstderr: {stderr}",
-            String::from_utf8_lossy(&o.stdout)
-        )
-    });
-    (o.status.code(), v, stderr)
-}
-
-fn q(env: &Env, sql: &str) -> String {
-    env.sql(sql).trim().to_string()
+    let profile = ["--device-profile", "micropython", "--mode", "inject"];
+    common::provision_json(env, ports, &[&profile[..], extra].concat())
 }
 
 /// A file on the simulated board, from its state file.

@@ -404,3 +404,40 @@ pub fn peer_bin(var: &str, probe: &str) -> Option<PathBuf> {
     eprintln!("skipping: {probe} not found (run .ci/run or set {var})");
     None
 }
+
+/// One value (or rows joined by newlines) from the registry, trimmed.
+pub fn q(env: &Env, sql: &str) -> String {
+    env.sql(sql).trim().to_string()
+}
+
+/// `cradle --json provision` on `ports` at the test baud with a 1 s timeout and then
+/// `extra`: the exit code, the result rows as JSON and stderr.
+pub fn provision_json(
+    env: &Env,
+    ports: &[&str],
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
+    let mut a = vec![
+        "--json",
+        "provision",
+        "--passphrase-file",
+        env.pass(),
+        "--baud",
+        SIM_BAUD,
+        "--timeout",
+        "1",
+    ];
+    for p in ports {
+        a.extend(["--port", p]);
+    }
+    a.extend_from_slice(extra);
+    let o = env.run(&a);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bad JSON ({e}): {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&o.stdout)
+        )
+    });
+    (o.status.code(), v, stderr)
+}
