@@ -163,11 +163,24 @@ pub fn at_reply(data: &[u8]) {
 }
 
 /// `pki::profile`: parse a profile, and render one that parses with a fixed set of
-/// variables.
+/// variables. The text is also put, as a TOML string, into the template, day count and
+/// OID slots of a valid profile, so the checks behind the TOML layer are reached.
 pub fn profile(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    profile_text(text);
+    let quoted = toml::Value::String(text.to_string()).to_string();
+    let days = text.trim().parse::<u32>().unwrap_or(1);
+    profile_text(&format!(
+        "[subject]\nCN = {quoted}\n[validity]\ndays = {days}\n[san]\ndns = [{quoted}]\n"
+    ));
+    profile_text(&format!(
+        "[subject]\nCN = \"x\"\n[validity]\ndays = 1\n[san.hardware_module]\nhw_type = {quoted}\nserial = {quoted}\n"
+    ));
+}
+
+fn profile_text(text: &str) {
     let Ok(p) = crate::pki::profile::Profile::parse("fuzz", "fuzz", text) else {
         return;
     };
