@@ -214,31 +214,48 @@ pub fn config(data: &[u8]) {
 
 /// `inventory import` of the bytes as a CSV file into an empty in-memory registry, as a
 /// dry run with the default options (and once more as an upsert keeping extra columns).
+/// A dry run must leave the registry empty, so one registry serves every input.
 pub fn csv(data: &[u8]) {
     use crate::app::inventory::import::{import, ImportOptions, Mode, Quiet};
-    let Ok(mut f) = tempfile::NamedTempFile::new() else {
-        return;
-    };
-    if f.write_all(data).and_then(|_| f.flush()).is_err() {
-        return;
+    use std::io::{Seek, SeekFrom};
+    thread_local! {
+        static STATE: std::cell::RefCell<Option<(crate::store::Store, tempfile::NamedTempFile)>> =
+            const { std::cell::RefCell::new(None) };
     }
-    let actor = crate::model::Actor {
-        operator: "fuzz".into(),
-        station: "fuzz".into(),
-    };
-    let plain = ImportOptions {
-        dry_run: true,
-        ..ImportOptions::default()
-    };
-    let extra = ImportOptions {
-        mode: Mode::Upsert,
-        keep_extra: true,
-        ..plain.clone()
-    };
-    for opts in [plain, extra] {
-        let mut store = crate::store::Store::in_memory().expect("an in-memory registry");
-        let _ = import(&mut store, f.path(), &opts, &actor, &mut Quiet);
-    }
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let (store, file) = s.get_or_insert_with(|| {
+            (
+                crate::store::Store::in_memory().expect("an in-memory registry"),
+                tempfile::NamedTempFile::new().expect("a temporary file"),
+            )
+        });
+        let f = file.as_file_mut();
+        f.set_len(0).expect("truncate");
+        f.seek(SeekFrom::Start(0)).expect("seek");
+        f.write_all(data).expect("write the CSV");
+        let actor = crate::model::Actor {
+            operator: "fuzz".into(),
+            station: "fuzz".into(),
+        };
+        let plain = ImportOptions {
+            dry_run: true,
+            ..ImportOptions::default()
+        };
+        let extra = ImportOptions {
+            mode: Mode::Upsert,
+            keep_extra: true,
+            ..plain.clone()
+        };
+        for opts in [plain, extra] {
+            let _ = import(store, file.path(), &opts, &actor, &mut Quiet);
+            assert_eq!(
+                crate::store::retire::device_count(store).ok(),
+                Some(0),
+                "a dry run wrote to the registry"
+            );
+        }
+    });
 }
 
 /// `wire::nrf91::IdentityKeys::parse`: the `--nrf-identity-keys` bundle.
