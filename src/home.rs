@@ -103,13 +103,7 @@ impl Home {
     pub fn load_config(&self) -> Result<Config> {
         let path = self.config_path();
         match fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| {
-                let line = e
-                    .span()
-                    .map(|s| text[..s.start].lines().count().max(1))
-                    .unwrap_or(1);
-                Error::input_at(path.display(), line, e.message().to_string())
-            }),
+            Ok(text) => parse_config(&path.display().to_string(), &text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
             Err(e) => Err(Error::io(path, e)),
         }
@@ -122,6 +116,17 @@ impl Home {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| config.station.clone())
     }
+}
+
+/// Parses `config.toml` text; the error names `source` and the line.
+pub fn parse_config(source: &str, text: &str) -> Result<Config> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start].lines().count().max(1))
+            .unwrap_or(1);
+        Error::input_at(source, line, e.message().to_string())
+    })
 }
 
 /// The operator recorded on events: `CRADLE_OPERATOR`, else the login name.

@@ -8,6 +8,8 @@ pub mod attestation;
 pub mod cli;
 pub mod device;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod home;
 pub mod html;
 pub mod model;

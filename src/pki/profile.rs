@@ -161,6 +161,12 @@ impl Tpl {
                 rest = &rest[i + 2..];
                 continue;
             }
+            if c == b'}' {
+                // Refused by check_placeholders; kept literal rather than sliced past.
+                out.push('}');
+                rest = &rest[i + 1..];
+                continue;
+            }
             let end = rest[i..].find('}').map(|e| i + e).unwrap_or(rest.len());
             let inner = &rest[i + 1..end];
             let (name, optional) = match inner.strip_suffix('?') {
@@ -293,7 +299,16 @@ impl Profile {
         }
 
         let validity = match (&raw.validity.days, &raw.validity.not_after) {
-            (Some(d), None) if *d > 0 => Validity::Days(*d),
+            (Some(d), None) if *d > 0 => {
+                if valid_until(OffsetDateTime::now_utc(), *d).is_none() {
+                    return Err(Error::input_at(
+                        source,
+                        at("days"),
+                        format!("validity.days {d} ends after the year 9999 (for no expiry use not_after = \"99991231235959Z\")"),
+                    ));
+                }
+                Validity::Days(*d)
+            }
             (None, Some(s)) => Validity::Until(parse_not_after(s).ok_or_else(|| {
                 Error::input_at(
                     source,
@@ -488,7 +503,13 @@ impl Profile {
         }
         params.not_before = now - Duration::seconds(self.backdate as i64);
         params.not_after = match &self.validity {
-            Validity::Days(d) => now + Duration::days(*d as i64),
+            Validity::Days(d) => valid_until(now, *d).ok_or_else(|| {
+                Error::input_at(
+                    &self.source,
+                    1,
+                    format!("validity.days {d} ends after the year 9999"),
+                )
+            })?,
             Validity::Until(t) => *t,
         };
         params.is_ca = if self.is_ca {
@@ -553,10 +574,30 @@ fn placeholders(s: &str) -> Vec<(String, bool)> {
     out
 }
 
+/// Whether every `{` opens a placeholder closed by a `}` before the next brace, and
+/// every other brace is doubled (`{{`, `}}`). Counting braces is not enough: `}{`
+/// balances yet has no placeholder.
+fn braces_balanced(s: &str) -> bool {
+    let mut rest = s;
+    while let Some(i) = rest.find(['{', '}']) {
+        let r = &rest[i..];
+        if r.starts_with("{{") || r.starts_with("}}") {
+            rest = &r[2..];
+            continue;
+        }
+        if r.starts_with('}') {
+            return false;
+        }
+        match r[1..].find(['{', '}']) {
+            Some(e) if r.as_bytes()[1 + e] == b'}' => rest = &r[e + 2..],
+            _ => return false,
+        }
+    }
+    true
+}
+
 fn check_placeholders(t: &Tpl, source: &str) -> Result<()> {
-    let opens = t.raw.matches('{').count() - 2 * t.raw.matches("{{").count();
-    let closes = t.raw.matches('}').count() - 2 * t.raw.matches("}}").count();
-    if opens != closes {
+    if !braces_balanced(&t.raw) {
         return Err(Error::input_at(
             source,
             t.line,
@@ -655,6 +696,12 @@ fn eku_of(s: &str) -> Option<ExtendedKeyUsagePurpose> {
     })
 }
 
+/// `now` plus `days`, if that is no later than 9999-12-31 (the last GeneralizedTime).
+fn valid_until(now: OffsetDateTime, days: u32) -> Option<OffsetDateTime> {
+    now.checked_add(Duration::days(days as i64))
+        .filter(|t| t.year() <= 9999)
+}
+
 /// Accepts `2035-12-31`, `2035-12-31T23:59:59Z`, or the GeneralizedTime
 /// `99991231235959Z` ("no well-defined expiration", RFC 5280 4.1.2.5).
 pub fn parse_not_after(s: &str) -> Option<OffsetDateTime> {
@@ -728,6 +775,42 @@ mod tests {
         vars.insert("serial".into(), "A1".into());
         let params = p.render(&vars, OffsetDateTime::now_utc()).unwrap();
         assert_eq!(params.distinguished_name.iter().count(), 1);
+    }
+
+    #[test]
+    fn stray_braces_and_endless_validity_are_errors_not_panics() {
+        // Found by the profile fuzz target's review: "}{" counted as balanced, then
+        // render sliced past the '}'; days past 9999 overflowed the date.
+        for (text, want) in [
+            ("[subject]\nCN = \"}{\"\n[validity]\ndays = 1\n", "x.toml:2: unbalanced braces"),
+            ("[subject]\nCN = \"a}{serial}\"\n[validity]\ndays = 1\n", "unbalanced braces"),
+            ("[subject]\nCN = \"x\"\n[validity]\ndays = 4000000000\n", "x.toml:4: validity.days 4000000000 ends after the year 9999"),
+            ("[subject]\nCN = \"x\"\n[validity]\ndays = 1\n[san.hardware_module]\nhw_type = \"2.18446744073709551615\"\nserial = \"{serial}\"\n", "is not an OID"),
+        ] {
+            let e = Profile::parse("x", "x.toml", text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        let p = Profile::parse(
+            "x",
+            "x.toml",
+            "[subject]\nCN = \"{{{serial}}}\"\n[validity]\ndays = 1\n",
+        )
+        .unwrap();
+        let mut vars = Vars::new();
+        vars.insert("serial".into(), "A1".into());
+        let params = p.render(&vars, OffsetDateTime::now_utc()).unwrap();
+        let cn = params.distinguished_name.get(&DnType::CommonName).unwrap();
+        assert_eq!(cn, &DnValue::Utf8String("{A1}".into()));
+        // Rendering past 9999 (a profile parsed long ago) is an error too.
+        let p = Profile::parse(
+            "x",
+            "x.toml",
+            "[subject]\nCN = \"x\"\n[validity]\ndays = 3000\n",
+        )
+        .unwrap();
+        let late = OffsetDateTime::from_unix_timestamp(253_400_000_000).unwrap();
+        let e = p.render(&vars, late).unwrap_err().to_string();
+        assert!(e.contains("after the year 9999"), "{e}");
     }
 
     #[test]

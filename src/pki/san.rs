@@ -10,7 +10,12 @@ pub fn parse_oid(s: &str) -> Option<Vec<u64>> {
         .split('.')
         .map(|a| a.parse::<u64>().ok())
         .collect::<Option<Vec<_>>>()?;
-    (arcs.len() >= 2 && arcs[0] <= 2 && (arcs[0] == 2 || arcs[1] < 40)).then_some(arcs)
+    // The first two arcs share one subidentifier (40 * X + Y), which must fit in u64.
+    let first = arcs
+        .get(1)
+        .and_then(|y| arcs[0].checked_mul(40)?.checked_add(*y));
+    (arcs.len() >= 2 && arcs[0] <= 2 && (arcs[0] == 2 || arcs[1] < 40) && first.is_some())
+        .then_some(arcs)
 }
 
 fn der_tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {

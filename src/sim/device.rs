@@ -450,7 +450,9 @@ impl Device {
                     return Err(code::READ_FORBIDDEN);
                 }
                 let s = self.state.slots.get(slot).cloned().unwrap_or_default();
-                if n > chunk_limit(SIM_MAX_LINE) || off + n > s.data.len() {
+                if n > chunk_limit(SIM_MAX_LINE)
+                    || off.checked_add(n).is_none_or(|end| end > s.data.len())
+                {
                     return Err(code::BAD_ARGUMENT);
                 }
                 let mut data = s.data[off..off + n].to_vec();

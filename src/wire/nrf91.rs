@@ -172,6 +172,11 @@ fn decode_one(d: &[u8]) -> Result<Item<'_>, WireError> {
     Ok(item)
 }
 
+/// Whether `d` is exactly one well-formed item of the CBOR subset (for the fuzzer).
+pub(crate) fn cbor_check(d: &[u8]) -> Result<(), WireError> {
+    decode_one(d).map(|_| ())
+}
+
 // --- Nordic's %KEYGEN attestation ----------------------------------------------------
 
 /// What `<response_content>` asked the modem to return as the reply body.
@@ -595,31 +600,12 @@ impl<T: Read + Write> NrfSession<T> {
                     Line::TooLong => return Err(WireError::LineTooLong { limit: AT_MAX_LINE }),
                     Line::Complete(l) => l,
                 };
-                let text = String::from_utf8_lossy(&l)
-                    .trim_end_matches('\r')
-                    .to_string();
-                if text.is_empty() || text == cmd {
-                    continue;
+                match reply_line(cmd, &what, &l) {
+                    ReplyLine::Skip => {}
+                    ReplyLine::Data(text) => out.push(text),
+                    ReplyLine::Ok => return Ok(out),
+                    ReplyLine::Refused(e) => return Err(e),
                 }
-                if text == "OK" {
-                    return Ok(out);
-                }
-                if text == "ERROR" {
-                    return Err(WireError::Refused {
-                        what,
-                        code: 0,
-                        name: "ERROR".into(),
-                    });
-                }
-                if let Some(c) = text.strip_prefix("+CME ERROR:") {
-                    let code: u32 = c.trim().parse().unwrap_or(0);
-                    return Err(WireError::Refused {
-                        what,
-                        code,
-                        name: cme_name(code).into(),
-                    });
-                }
-                out.push(text);
             }
             if Instant::now() >= deadline {
                 return Err(WireError::Timeout {
@@ -651,11 +637,7 @@ impl<T: Read + Write> NrfSession<T> {
     /// A reply line starting with `prefix`, e.g. `+CGSN:`.
     fn one(&mut self, cmd: &str, prefix: &str) -> Result<String, WireError> {
         let lines = self.command(cmd)?;
-        lines
-            .iter()
-            .find_map(|l| l.strip_prefix(prefix))
-            .map(|v| v.trim().trim_matches('"').to_string())
-            .ok_or_else(|| WireError::Protocol(format!("{cmd}: no '{prefix}' line in the reply")))
+        prefixed_value(cmd, &lines, prefix)
     }
 
     /// `AT` until the modem answers (discarding boot noise), then IMEI, model, firmware.
@@ -714,24 +696,81 @@ impl<T: Read + Write> NrfSession<T> {
     /// `AT%CMNG=1,<tag>`: what the modem holds under `tag`, with SHA-256 hashes.
     pub fn list(&mut self, tag: u32) -> Result<Vec<Credential>, WireError> {
         let lines = self.command(&format!("AT%CMNG=1,{tag}"))?;
-        let mut out = Vec::new();
-        for l in lines {
-            let Some(rest) = l.strip_prefix("%CMNG:") else {
-                continue;
-            };
-            let parts: Vec<&str> = rest.trim().splitn(3, ',').collect();
-            let bad = || WireError::Protocol(format!("bad %CMNG line '{}'", l.escape_default()));
-            if parts.len() != 3 {
-                return Err(bad());
-            }
-            out.push(Credential {
-                tag: parts[0].trim().parse().map_err(|_| bad())?,
-                kind: parts[1].trim().parse().map_err(|_| bad())?,
-                sha256: parts[2].trim().trim_matches('"').to_ascii_uppercase(),
-            });
-        }
-        Ok(out)
+        parse_cmng_list(&lines)
     }
+}
+
+/// What one received line means to the AT command in flight.
+#[derive(Debug)]
+pub enum ReplyLine {
+    /// Blank, or the modem echoing the command.
+    Skip,
+    /// A line of the reply.
+    Data(String),
+    /// The final `OK`.
+    Ok,
+    /// The final `ERROR` or `+CME ERROR: n`.
+    Refused(WireError),
+}
+
+/// Classifies one line (without its LF) received after sending `cmd`; `what` is the
+/// command name errors carry. Pure, so the fuzzer reaches it without a port.
+pub fn reply_line(cmd: &str, what: &str, raw: &[u8]) -> ReplyLine {
+    let text = String::from_utf8_lossy(raw)
+        .trim_end_matches('\r')
+        .to_string();
+    if text.is_empty() || text == cmd {
+        return ReplyLine::Skip;
+    }
+    if text == "OK" {
+        return ReplyLine::Ok;
+    }
+    if text == "ERROR" {
+        return ReplyLine::Refused(WireError::Refused {
+            what: what.to_string(),
+            code: 0,
+            name: "ERROR".into(),
+        });
+    }
+    if let Some(c) = text.strip_prefix("+CME ERROR:") {
+        let code: u32 = c.trim().parse().unwrap_or(0);
+        return ReplyLine::Refused(WireError::Refused {
+            what: what.to_string(),
+            code,
+            name: cme_name(code).into(),
+        });
+    }
+    ReplyLine::Data(text)
+}
+
+/// The value of the first reply line starting with `prefix` (e.g. `+CGSN:`), unquoted.
+pub fn prefixed_value(cmd: &str, lines: &[String], prefix: &str) -> Result<String, WireError> {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .ok_or_else(|| WireError::Protocol(format!("{cmd}: no '{prefix}' line in the reply")))
+}
+
+/// The credentials an `AT%CMNG=1` reply lists (`%CMNG: <tag>,<type>,"<sha>"` lines).
+pub fn parse_cmng_list(lines: &[String]) -> Result<Vec<Credential>, WireError> {
+    let mut out = Vec::new();
+    for l in lines {
+        let Some(rest) = l.strip_prefix("%CMNG:") else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.trim().splitn(3, ',').collect();
+        let bad = || WireError::Protocol(format!("bad %CMNG line '{}'", l.escape_default()));
+        if parts.len() != 3 {
+            return Err(bad());
+        }
+        out.push(Credential {
+            tag: parts[0].trim().parse().map_err(|_| bad())?,
+            kind: parts[1].trim().parse().map_err(|_| bad())?,
+            sha256: parts[2].trim().trim_matches('"').to_ascii_uppercase(),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
