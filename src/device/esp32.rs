@@ -347,23 +347,31 @@ impl<T: Read + Write> super::WipeLink for Esp32Link<T> {
         true
     }
 
-    fn erases_flash(&self) -> bool {
-        true
-    }
-
-    fn erase_and_read_back(&mut self) -> crate::error::Result<Option<super::ReadBack>> {
+    fn wipe_read_back(&mut self) -> crate::error::Result<super::ReadBackWipe> {
         let hardware_id = self.chip()?.hardware_id;
-        let digest = self.erase_partition()?;
-        Ok(Some(super::ReadBack {
-            hardware_id,
-            region: "esp_secure_cert partition".into(),
-            offset: self.part.offset,
-            size: self.part.size,
-            digest_alg: "md5",
-            digest: hex::encode(digest),
-            how: "ROM bootloader FLASH_BEGIN (erase), then the chip's SPI_FLASH_MD5 of the region"
-                .into(),
-        }))
+        let digest = hex::encode(self.erase_partition()?);
+        let how = "ROM bootloader FLASH_BEGIN (erase), then the chip's SPI_FLASH_MD5 of the region";
+        let (offset, size) = (self.part.offset, self.part.size);
+        Ok(super::ReadBackWipe {
+            method: format!(
+                "erase of the esp_secure_cert partition (0x{offset:x}, {size} bytes) over the device's ROM bootloader, read back as erased"
+            ),
+            verification: format!(
+                "read back: the device's MD5 of the region is {digest}, that of erased flash (not device-signed: the ROM cannot sign)"
+            ),
+            tool: format!("cradle: {how}"),
+            media_type: "device SPI flash (identity partition)".into(),
+            evidence: Some(serde_json::json!({
+                "hardware_id": hardware_id,
+                "region": "esp_secure_cert partition",
+                "offset": offset,
+                "size": size,
+                "digest_alg": "md5",
+                "digest": digest,
+                "how": how,
+            })),
+            hardware_id: Some(hardware_id),
+        })
     }
 }
 

@@ -463,10 +463,17 @@ impl<T: Read + Write> WipeLink for MicropythonLink<T> {
         }
         self.repl.exit()?;
         Ok(ReadBackWipe {
-            erased: paths,
-            method: "os.remove of each identity file over the MicroPython raw REPL".into(),
-            verification: "os.stat of each file raised OSError ENOENT after removal".into(),
+            hardware_id: None,
+            method: format!(
+                "os.remove of each identity file over the MicroPython raw REPL: {}",
+                paths.join(", ")
+            ),
+            verification:
+                "verified by read-back: os.stat of each file raised OSError ENOENT after removal"
+                    .into(),
             tool: "cradle MicroPython raw REPL link".into(),
+            media_type: "device filesystem (identity files)".into(),
+            evidence: None,
         })
     }
 }

@@ -197,23 +197,13 @@ pub trait WipeLink {
     fn hardware_id(&mut self) -> Result<String>;
     /// Sends WIPE with `nonce`; returns the device's signed attestation.
     fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation>;
-    /// Whether this family proves a wipe by read-back instead of a signed attestation
-    /// (`wipe`): by erasing a flash region (`erases_flash`, `erase_and_read_back`) or by
-    /// removing files (`wipe_read_back`).
+    /// Whether this family proves a wipe by read-back (`wipe_read_back`) instead of a
+    /// signed attestation (`wipe`).
     fn reads_back(&self) -> bool {
         false
     }
-    /// A family whose read-back wipe erases a flash region (an ESP32 ROM bootloader).
-    fn erases_flash(&self) -> bool {
-        false
-    }
-    /// A family that cannot sign (a ROM bootloader) erases and reads the region back
-    /// instead. `None`: this family does not erase regions.
-    fn erase_and_read_back(&mut self) -> Result<Option<ReadBack>> {
-        Ok(None)
-    }
-    /// Families that cannot sign and keep files: erases the identity and reads back that
-    /// it is gone.
+    /// Families that cannot sign (a ROM bootloader, a MicroPython board): erases the
+    /// identity and reads back that it is gone.
     fn wipe_read_back(&mut self) -> Result<ReadBackWipe> {
         Err(crate::Error::Device(
             "this device signs its wipes; it has no read-back wipe".into(),
@@ -221,31 +211,23 @@ pub trait WipeLink {
     }
 }
 
-/// A wipe the host verified by reading the device back (no signature to check).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A wipe the host verified by reading the device back (no signature to check), in the
+/// words of the wipe record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReadBackWipe {
-    /// What was erased (file paths, regions).
-    pub erased: Vec<String>,
+    /// The hardware id the device reported while wiping, when the family reads it again
+    /// (a device swapped on the port mid-wipe is refused).
+    pub hardware_id: Option<String>,
+    /// What was erased, how, over what.
     pub method: String,
     /// How the read-back showed it gone.
     pub verification: String,
     pub tool: String,
-}
-
-/// What an erase verified by read-back showed: the region, and the digest the device
-/// itself computed over it, equal to that of erased flash.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReadBack {
-    pub hardware_id: String,
-    /// What was erased, e.g. "esp_secure_cert partition".
-    pub region: String,
-    pub offset: u32,
-    pub size: u32,
-    /// The device's digest of the region after the erase (MD5 for the ESP32 ROM).
-    pub digest_alg: &'static str,
-    pub digest: String,
-    /// How the host read it: the commands used.
-    pub how: String,
+    /// What the identity lived on, unless the operator says otherwise.
+    pub media_type: String,
+    /// The family's own evidence (e.g. the chip's digest of the erased region), kept
+    /// with the record.
+    pub evidence: Option<serde_json::Value>,
 }
 
 /// Opens a wipe link of `profile` on a serial port (or pty): the cradle protocol wipes

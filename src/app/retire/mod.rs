@@ -7,7 +7,6 @@ pub mod decommission;
 pub mod report;
 pub mod revoke;
 pub mod wipe;
-mod wipe_read_back;
 
 use std::fmt;
 use std::str::FromStr;

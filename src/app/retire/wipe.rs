@@ -67,6 +67,7 @@ fn read_back_wipe(
     reg: &mut Store,
     device: &Device,
     link: &mut dyn WipeLink,
+    hwid: &str,
     ctx: &WipeContext,
     step_options: &serde_json::Value,
     actor: &Actor,
@@ -85,6 +86,11 @@ fn read_back_wipe(
         tx.commit()?;
     }
     let rb = link.wipe_read_back()?;
+    if let Some(seen) = rb.hardware_id.as_deref().filter(|h| *h != hwid) {
+        return Err(Error::Device(format!(
+            "the device on the port changed during the wipe: {hwid}, then {seen}"
+        )));
+    }
     let now = now_rfc3339();
     let tx = reg.write()?;
     let record = WipeRecord {
@@ -92,14 +98,11 @@ fn read_back_wipe(
         device_id: device.id,
         kind: READ_BACK.into(),
         level: super::WipeLevel::Clear.as_str().into(),
-        method: format!("{}: {}", rb.method, rb.erased.join(", ")),
-        media_type: ctx
-            .media_type
-            .clone()
-            .or_else(|| Some("device filesystem (identity files)".into())),
-        tool: Some(rb.tool.clone()),
+        method: rb.method,
+        media_type: ctx.media_type.clone().or(Some(rb.media_type)),
+        tool: Some(rb.tool),
         tool_version: Some(env!("CARGO_PKG_VERSION").into()),
-        verification: Some(format!("verified by read-back: {}", rb.verification)),
+        verification: Some(rb.verification),
         verified_by: Some(format!("cradle (automatic), operator {}", actor.operator)),
         technician: ctx
             .technician
@@ -108,7 +111,7 @@ fn read_back_wipe(
         location: ctx.location.clone().or_else(|| device.location.clone()),
         destination: ctx.destination.clone(),
         nonce_hex: None,
-        attestation: None,
+        attestation: rb.evidence.map(|e| e.to_string()),
         attestation_verified: None,
         recorded_at: now.clone(),
     };
@@ -205,15 +208,10 @@ pub fn attested_wipe(
     finish: &dyn Fn(&Tx<'_>, &WipeRecord, &str) -> Result<()>,
 ) -> Result<WipeRecord> {
     let hwid = check_identity(device, link)?;
-    // ESP32 ROM: erase, and the chip's digest of the erased region (None otherwise).
-    if let Some(r) =
-        super::wipe_read_back::wipe(reg, device, link, &hwid, ctx, step_options, actor, finish)?
-    {
-        return Ok(r);
-    }
-    // MicroPython: the files removed, and stat shows them gone.
+    // ESP32 ROM (erased, the chip's digest of the region), MicroPython (files removed,
+    // stat shows them gone): verified by read-back, not signed.
     if link.reads_back() {
-        return read_back_wipe(reg, device, link, ctx, step_options, actor, finish);
+        return read_back_wipe(reg, device, link, &hwid, ctx, step_options, actor, finish);
     }
     let (spki, cert_fp) = device_key(reg.reader(), device)?;
 
