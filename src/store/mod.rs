@@ -470,7 +470,18 @@ impl Store {
     /// `QUICK_CHECK_MAX_BYTES` are left to `cradle audit`'s full check, which a
     /// nightly audit runs, so that a one-row `device set` stays fast on a huge fleet.
     fn check_before_first_write(&mut self) -> Result<()> {
+        // Once per file and process, not per connection: a station opens one per port
+        // thread (and `--watch` one per device), and the check reads the whole file.
+        static CHECKED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
         if self.write_checked || self.path.as_os_str() == ":memory:" {
+            return Ok(());
+        }
+        if CHECKED
+            .lock()
+            .map(|c| c.contains(&self.path))
+            .unwrap_or(false)
+        {
+            self.write_checked = true;
             return Ok(());
         }
         let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
@@ -486,6 +497,9 @@ impl Store {
             }
         }
         self.write_checked = true;
+        if let Ok(mut c) = CHECKED.lock() {
+            c.push(self.path.clone());
+        }
         Ok(())
     }
 
