@@ -18,48 +18,10 @@ use std::time::{Duration, Instant};
 use der::Encode;
 use x509_ocsp::{OcspRequest, Request, TbsRequest};
 
+mod common;
+use common::{children_cpu, env_or, sqlite, timed as cradle};
+
 const BIN: &str = env!("CARGO_BIN_EXE_cradle");
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// CPU seconds (user + system) used by waited-for children so far, from /proc.
-fn children_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(13) + ticks(14)) / 100.0
-}
-
-fn cradle(home: &Path, args: &[&str]) -> f64 {
-    let t = Instant::now();
-    let o = Command::new(BIN)
-        .args(args)
-        .env("CRADLE_HOME", home)
-        .env("CRADLE_OPERATOR", "bench")
-        .output()
-        .expect("run cradle");
-    assert!(
-        o.status.success(),
-        "cradle {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    t.elapsed().as_secs_f64()
-}
-
-fn sqlite(db: &Path, sql: &str) -> String {
-    let o = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("sqlite3");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// `openssl ca`'s index.txt for the registry's certificates (what `openssl ocsp
 /// -index` reads): V/R, expiry, revocation time and reason, serial, subject.

@@ -4,54 +4,14 @@
 //!
 //! Run: `cargo bench --bench retire` (N can be set with CRADLE_BENCH_N).
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cradle");
-
-/// CPU seconds (user + system) used by waited-for children so far, from /proc.
-/// The machine is shared: CPU time shows the work done, wall time what it cost here.
-fn children_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the ")" of the command name; cutime and cstime are fields 16 and 17.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(13) + ticks(14)) / 100.0
-}
-
-fn cradle(home: &Path, args: &[&str]) -> f64 {
-    let t = Instant::now();
-    let o = Command::new(BIN)
-        .args(args)
-        .env("CRADLE_HOME", home)
-        .env("CRADLE_OPERATOR", "bench")
-        .output()
-        .expect("run cradle");
-    let secs = t.elapsed().as_secs_f64();
-    assert!(
-        o.status.success(),
-        "cradle {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    secs
-}
-
-fn sqlite(db: &Path, sql: &str) -> String {
-    let o = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("sqlite3");
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
+mod common;
+use common::{children_cpu, env_or, sqlite, timed as cradle};
 
 fn main() {
-    let n: usize = std::env::var("CRADLE_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let n: usize = env_or("CRADLE_BENCH_N", 100_000);
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let pass = dir.path().join("ca.pass");

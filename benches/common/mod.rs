@@ -176,3 +176,49 @@ pub fn line_rate_and_ports(sim: &[&str], prov: &[&str], hwid: &dyn Fn(usize) -> 
         );
     }
 }
+
+/// `CRADLE_BENCH_*` settings: the variable parsed, else `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// CPU seconds (user + system) used by waited-for children so far, from /proc.
+/// The machine is shared: CPU time shows the work done, wall time what it cost here.
+pub fn children_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the ")" of the command name; cutime and cstime are fields 16 and 17.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(13) + ticks(14)) / 100.0
+}
+
+/// Runs `cradle ARGS` in `home` (operator "bench"), asserts success, returns wall seconds.
+pub fn timed(home: &Path, args: &[&str]) -> f64 {
+    let t = Instant::now();
+    let o = cradle(home)
+        .args(args)
+        .env("CRADLE_OPERATOR", "bench")
+        .output()
+        .expect("run cradle");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        o.status.success(),
+        "cradle {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    secs
+}
+
+/// The sqlite3 shell's answer to `sql` on `db`, trimmed.
+pub fn sqlite(db: &Path, sql: &str) -> String {
+    let o = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3");
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
