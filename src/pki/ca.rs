@@ -161,14 +161,14 @@ fn certify<K: SigningKey>(
     root_params.use_authority_key_identifier_extension = false;
     let root_cert = root_params
         .self_signed(root_key)
-        .map_err(|e| Error::crypto(format!("signing root CA: {e}")))?;
+        .map_err(|e| super::signer::signing_failed("signing root CA", e))?;
 
     let mut issuing_params = issuing_profile.render(&vars, now)?;
     issuing_params.serial_number = Some(random_serial());
     let root_issuer = Issuer::new(root_params, root_key);
     let issuing_cert = issuing_params
         .signed_by(issuing_key, &root_issuer)
-        .map_err(|e| Error::crypto(format!("signing issuing CA: {e}")))?;
+        .map_err(|e| super::signer::signing_failed("signing issuing CA", e))?;
     Ok((root_cert.der().to_vec(), issuing_cert.der().to_vec()))
 }
 

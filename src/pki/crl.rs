@@ -189,7 +189,7 @@ pub fn build(
     };
     let crl = params
         .signed_by(signer.issuer())
-        .map_err(|e| Error::crypto(format!("signing the CRL: {e}")))?;
+        .map_err(|e| super::signer::signing_failed("signing the CRL", e))?;
     Ok(crl.der().to_vec())
 }
 

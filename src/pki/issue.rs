@@ -33,7 +33,7 @@ pub fn issue(
     params.serial_number = Some(random_serial());
     let cert = params
         .signed_by(public_key, signer.issuer())
-        .map_err(|e| Error::crypto(format!("signing certificate: {e}")))?;
+        .map_err(|e| super::signer::signing_failed("signing certificate", e))?;
     let der = cert.der().to_vec();
     let info = info_of(&der)?;
     Ok(Issued { der, info })

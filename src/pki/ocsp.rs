@@ -284,7 +284,7 @@ pub fn sign(
     let sig = signer
         .key
         .sign(&tbs_der)
-        .map_err(|e| Error::crypto(format!("signing the OCSP response: {e}")))?;
+        .map_err(|e| crate::pki::signer::signing_failed("signing the OCSP response", e))?;
     let basic = BasicOcspResponse {
         tbs_response_data: tbs,
         signature_algorithm: signer.algorithm.clone(),
@@ -401,7 +401,7 @@ pub fn issue_delegate(
     params.not_after = now + time::Duration::days(days as i64);
     let cert = params
         .signed_by(&key, issuer)
-        .map_err(|e| Error::crypto(format!("signing the OCSP signing certificate: {e}")))?;
+        .map_err(|e| super::signer::signing_failed("signing the OCSP signing certificate", e))?;
     Ok((cert.der().to_vec(), key))
 }
 

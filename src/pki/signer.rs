@@ -9,6 +9,15 @@ use super::mark::AuditKey;
 use super::token::TokenKey;
 use crate::error::{Error, Result};
 
+/// An rcgen signing failure as the project's error: a token's own cause (wrong PIN,
+/// token removed) when a token key failed, else `what: e`.
+pub fn signing_failed(what: &str, e: rcgen::Error) -> Error {
+    match super::token::take_sign_failure() {
+        Some(cause) if matches!(e, rcgen::Error::RemoteKeyError) => cause,
+        _ => Error::crypto(format!("{what}: {e}")),
+    }
+}
+
 /// The private key of a CA. Every variant must stay `Send + Sync`: batches sign on the
 /// rayon pool and the station signs from one thread per port.
 pub enum CaKey {

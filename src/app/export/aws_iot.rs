@@ -312,9 +312,9 @@ pub fn verification_cert(signer: &CaSigner, code: &str, now: OffsetDateTime) -> 
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
-    let cert = params
-        .signed_by(&key, signer.issuer())
-        .map_err(|e| Error::crypto(format!("signing the verification certificate: {e}")))?;
+    let cert = params.signed_by(&key, signer.issuer()).map_err(|e| {
+        crate::pki::signer::signing_failed("signing the verification certificate", e)
+    })?;
     Ok(cert.der().to_vec())
 }
 

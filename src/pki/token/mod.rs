@@ -469,12 +469,21 @@ impl PublicKeyData for TokenKey {
     }
 }
 
+thread_local! {
+    /// Why the last token signature on this thread failed: rcgen's error carries no
+    /// cause, and rcgen calls `sign` on the caller's thread, so the caller takes it here.
+    static SIGN_FAILURE: std::cell::RefCell<Option<Error>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The cause of the last failed token signature on this thread, once.
+pub fn take_sign_failure() -> Option<Error> {
+    SIGN_FAILURE.with(|f| f.borrow_mut().take())
+}
+
 impl SigningKey for TokenKey {
     fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
-        // rcgen's error carries no text; a token that fails mid-batch is rare (it was
-        // logged in and probed a moment ago), so its cause goes to stderr.
         self.sign_der(msg).map_err(|e| {
-            eprintln!("cradle: {e}");
+            SIGN_FAILURE.with(|f| *f.borrow_mut() = Some(e));
             rcgen::Error::RemoteKeyError
         })
     }
@@ -550,6 +559,30 @@ mod tests {
             (1..=threads).contains(&open),
             "{open} sessions for {threads} threads"
         );
+
+        // A key the token refuses to sign with (here: a public-key object): rcgen sees
+        // only "remote key error"; the caller gets the token's own cause, once.
+        let public = key
+            .login
+            .with_session(|s| {
+                s.find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY)])
+                    .map_err(|e| failed(e, "finding", "test"))
+            })
+            .unwrap();
+        let refused = TokenKey {
+            login: key.login.clone(),
+            key: public[0],
+            point: key.point.clone(),
+            uri: key.uri.clone(),
+        };
+        assert_eq!(refused.sign(b"no"), Err(rcgen::Error::RemoteKeyError));
+        let e =
+            crate::pki::signer::signing_failed("signing certificate", rcgen::Error::RemoteKeyError);
+        assert!(e.to_string().contains(": signing: "), "{e}");
+        assert!(take_sign_failure().is_none());
+        let e =
+            crate::pki::signer::signing_failed("signing certificate", rcgen::Error::RemoteKeyError);
+        assert_eq!(e.to_string(), "signing certificate: Remote key error");
     }
 
     #[test]
