@@ -516,7 +516,8 @@ fn check_device_marks(conn: &Reader, emit: &mut dyn FnMut(Finding) -> Result<()>
         ))?;
     }
     let Some(key) = q::device_mark_key(conn)? else {
-        if q::device_count(conn)? > 0 {
+        // A registry from before marks (and its log key) has nothing to verify yet.
+        if state != q::MarkState::Legacy && q::device_count(conn)? > 0 {
             emit(finding(
                 DEVICE_MARK,
                 None,
