@@ -84,7 +84,7 @@ enum MarkSrc {
 /// each row by the TEMP trigger.
 struct BulkMarks {
     key: RowKey,
-    plan: Vec<(String, MarkSrc)>,
+    plan: Vec<MarkSrc>,
 }
 
 impl BulkMarks {
@@ -104,7 +104,7 @@ impl BulkMarks {
                     None => return Ok(None),
                 },
             };
-            plan.push((c, src));
+            plan.push(src);
         }
         Ok(Some(BulkMarks {
             key: key.clone(),
@@ -115,29 +115,17 @@ impl BulkMarks {
     /// The mark of a new row with id `id`; None when a value is not what the column
     /// will store (an integer in a text column), left to the trigger.
     fn mark(&self, id: i64, vals: &[Val<'_>], now: &str) -> Option<[u8; 32]> {
-        let mut cells = [Cell::Null; 24];
-        if self.plan.len() > cells.len() {
+        if vals.iter().any(|v| matches!(v, Val::Int(_) | Val::Blob(_))) {
             return None;
         }
-        for (cell, (_, src)) in cells.iter_mut().zip(&self.plan) {
-            *cell = match *src {
-                MarkSrc::Id => Cell::Int(id),
-                MarkSrc::Now => Cell::Text(now.as_bytes()),
-                MarkSrc::Value(i) => match vals[i] {
-                    Val::Null => Cell::Null,
-                    Val::Text(t) => Cell::Text(t.as_bytes()),
-                    Val::Int(_) | Val::Blob(_) => return None,
-                },
-            };
-        }
-        Some(
-            self.key.mark(
-                self.plan
-                    .iter()
-                    .zip(cells)
-                    .map(|((name, _), c)| (name.as_str(), c)),
-            ),
-        )
+        Some(self.key.mark(self.plan.iter().map(|src| match *src {
+            MarkSrc::Id => Cell::Int(id),
+            MarkSrc::Now => Cell::Text(now.as_bytes()),
+            MarkSrc::Value(i) => match vals[i] {
+                Val::Text(t) => Cell::Text(t.as_bytes()),
+                _ => Cell::Null,
+            },
+        })))
     }
 }
 
@@ -233,6 +221,12 @@ impl<'c> ImportDb<'c> {
     pub fn new(tx: &'c Tx<'c>) -> Result<ImportDb<'c>> {
         let conn = tx.conn();
         conn.pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)?;
+        // Marks computed here, so the INSERT trigger is not needed (and costs a
+        // statement journal per INSERT); back when this is dropped.
+        let marks = BulkMarks::new(conn, tx.row_key.as_ref())?;
+        if marks.is_some() {
+            rowmark::suspend_insert_trigger(conn)?;
+        }
         let sel = |w: &str| format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE {w} LIMIT 2");
         Ok(ImportDb {
             tx,
@@ -255,7 +249,7 @@ impl<'c> ImportDb<'c> {
             update: conn.prepare(UPDATE_FIELDS)?,
             seen_insert: None,
             seen_line: None,
-            marks: BulkMarks::new(conn, tx.row_key.as_ref())?,
+            marks,
             hashes: Vec::with_capacity(ROWS_PER_INSERT),
             events_written: 0,
         })
@@ -348,13 +342,24 @@ impl<'c> ImportDb<'c> {
             None => 0,
         };
         // Ids are consecutive up to the first taken serial, where this call stops.
+        // On all cores for a large group (as many HMACs as the events' own).
         let marks: Vec<Option<[u8; 32]>> = match &self.marks {
-            Some(m) => (0..rows)
-                .map(|k| {
+            Some(m) => {
+                use rayon::prelude::*;
+                let one = |k: usize| {
                     let row = &vals[k * DEVICE_VALUES..(k + 1) * DEVICE_VALUES];
                     m.mark(next_id + k as i64, row, now)
-                })
-                .collect(),
+                };
+                if rows >= 512 {
+                    (0..rows)
+                        .into_par_iter()
+                        .with_min_len(256)
+                        .map(one)
+                        .collect()
+                } else {
+                    (0..rows).map(one).collect()
+                }
+            }
             None => vec![None; rows],
         };
         let mut params = [Val::Null; ROWS_PER_INSERT * DEVICE_PARAMS];
@@ -403,6 +408,12 @@ impl<'c> ImportDb<'c> {
                         return Err(Error::input(format!(
                             "device rows: expected ids up to {want}, SQLite gave {last}; run the audit"
                         )));
+                    }
+                    // Rows the plan could not mark (the trigger is suspended).
+                    for k in 0..inserted {
+                        if marks[done + k].is_none() {
+                            rowmark::mark_row(self.conn, next_id + k as i64)?;
+                        }
                     }
                     next_id = last + 1;
                 }
@@ -536,6 +547,16 @@ impl<'c> ImportDb<'c> {
             )
             .optional()?
             .flatten())
+    }
+}
+
+impl Drop for ImportDb<'_> {
+    fn drop(&mut self) {
+        if self.marks.is_some() {
+            // Cannot fail short of a broken connection; should it, `Store::write`
+            // re-installs the trigger before the next transaction.
+            let _ = rowmark::resume_insert_trigger(self.conn);
+        }
     }
 }
 

@@ -423,7 +423,12 @@ impl Store {
     /// Registers the device-mark function and TEMP triggers on this connection before
     /// its first write transaction (not for an in-memory registry, which has no key).
     fn install_marks(&mut self) -> Result<()> {
-        if self.marks_installed || self.path.as_os_str() == ":memory:" {
+        if self.path.as_os_str() == ":memory:" {
+            return Ok(());
+        }
+        // A bulk writer suspends the INSERT trigger for its transaction; put it back if
+        // that transaction committed without it (one query on the TEMP schema).
+        if self.marks_installed && rowmark::installed(&self.conn)? {
             return Ok(());
         }
         rowmark::install(&self.conn, self.row_key.clone())?;
