@@ -39,15 +39,48 @@ fn template() -> &'static Path {
             "--passphrase-file",
             e.pass(),
         ]);
-        e.sql(
-            "UPDATE devices SET hardware_id = 'HW' || id, mac = printf('02:00:00:00:00:%02x', id),
-                imei = printf('3566000000000%02d', id), model = CASE WHEN id % 2 = 0 THEN 'sensor-s' ELSE 'gateway-g' END,
-                site = CASE WHEN id <= 3 THEN 'Berlin' ELSE 'Lyon' END, status = 'deployed';
-             UPDATE devices SET status = 'provisioned' WHERE serial = 'DEV-008';",
-        );
+        // Inventory data and states through cradle itself (two imports: registered ->
+        // provisioned -> deployed), so that every device row carries a valid mark.
+        let inventory = |path: &str, deployed: bool| {
+            let mut csv = String::from("serial,hardware_id,mac,imei,model,site,status\n");
+            for id in 1..=DEVICES {
+                let status = if deployed && id != DEVICES {
+                    "deployed"
+                } else {
+                    "provisioned"
+                };
+                csv.push_str(&format!(
+                    "DEV-{id:03},HW{id},02:00:00:00:00:{id:02x},{},{},{},{status}\n",
+                    imei(id),
+                    if id % 2 == 0 { "sensor-s" } else { "gateway-g" },
+                    if id <= 3 { "Berlin" } else { "Lyon" },
+                ));
+            }
+            std::fs::write(e.path(path), csv).unwrap();
+            e.ok(&["inventory", "import", path, "--mode", "update"]);
+        };
+        inventory("provisioned.csv", false);
+        inventory("deployed.csv", true);
         copy_dir(&e.home, &root.join("home"));
         root.join("home")
     })
+}
+
+/// The fleet's IMEI of device `id`: "3566000000000" + id + its Luhn check digit.
+fn imei(id: usize) -> String {
+    let body = format!("3566000000000{id}");
+    let mut sum = 0;
+    for (i, c) in body.bytes().rev().enumerate() {
+        let mut d = u32::from(c - b'0');
+        if i % 2 == 0 {
+            d *= 2;
+            if d > 9 {
+                d -= 9;
+            }
+        }
+        sum += d;
+    }
+    format!("{body}{}", (10 - sum % 10) % 10)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -126,12 +159,12 @@ fn clean_registry_has_zero_findings_and_exits_0() {
     assert_eq!(v["summary"]["findings"], 0);
     assert_eq!(v["summary"]["devices"], DEVICES as i64);
     let by_check = v["summary"]["by_check"].as_object().unwrap();
-    assert_eq!(by_check.len(), 20);
+    assert_eq!(by_check.len(), 21);
     assert!(by_check.values().all(|n| n == 0));
     // Table and CSV say the same; the audit writes nothing.
     let table = e.ok(&["audit"]);
     assert!(
-        table.starts_with("no findings: 20 check(s) over 8 device(s) passed"),
+        table.starts_with("no findings: 21 check(s) over 8 device(s) passed"),
         "{table}"
     );
     let csv = e.ok(&["audit", "--format", "csv"]);
@@ -139,7 +172,7 @@ fn clean_registry_has_zero_findings_and_exits_0() {
     assert_eq!(e.dump(), before, "audit must not change the registry");
     // The event log of a clean registry verifies.
     let out = e.ok(&["log", "verify"]);
-    assert!(out.starts_with("event log OK: 10 event(s)"), "{out}");
+    assert!(out.starts_with("event log OK: 33 event(s)"), "{out}");
 }
 
 #[test]
@@ -152,7 +185,7 @@ fn list_checks_names_every_check_with_severity() {
         .iter()
         .map(|c| c["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids.len(), 20);
+    assert_eq!(ids.len(), 21);
     for id in [
         "cert-expiring",
         "cert-expired-deployed",
@@ -168,6 +201,7 @@ fn list_checks_names_every_check_with_severity() {
         "stuck-decommission",
         "crl-stale",
         "crl-missing-serials",
+        "device-mark",
         "event-chain",
     ] {
         assert!(ids.contains(&id), "{id} missing");
@@ -177,14 +211,18 @@ fn list_checks_names_every_check_with_severity() {
 #[test]
 fn skip_leaves_out_checks() {
     let e = fleet();
-    e.sql("UPDATE devices SET imei = '356600000000001' WHERE serial = 'DEV-002'");
+    e.sql(&format!(
+        "UPDATE devices SET imei = '{}' WHERE serial = 'DEV-002'",
+        imei(1)
+    ));
+    // The edit behind cradle's back is also a device-mark finding (not skipped).
     let (code, v) = audit(
         &e,
         &["--skip", "duplicate-imei", "--skip", "cert-not-chained"],
     );
-    assert_eq!((code, found(&v)), (0, BTreeSet::new()));
+    assert_eq!((code, found(&v)), (1, set(&[("device-mark", "DEV-002")])));
     let checks = v["summary"]["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 18);
+    assert_eq!(checks.len(), 19);
     assert!(!checks
         .iter()
         .any(|c| c == "duplicate-imei" || c == "cert-not-chained"));
@@ -192,7 +230,11 @@ fn skip_leaves_out_checks() {
     assert_eq!(code, 1);
     assert_eq!(
         found(&v),
-        set(&[("duplicate-imei", "DEV-001"), ("duplicate-imei", "DEV-002")])
+        set(&[
+            ("duplicate-imei", "DEV-001"),
+            ("duplicate-imei", "DEV-002"),
+            ("device-mark", "DEV-002")
+        ])
     );
     // Skipping the only selected check leaves nothing: a usage error, exit 2.
     let err = e.fails(
@@ -389,6 +431,13 @@ fn duplicate_hardware_id_mac_and_imei() {
             ("duplicate-imei", "DEV-003"),
             ("duplicate-imei", "DEV-005"),
             ("duplicate-imei", "DEV-007"),
+            // Every row edited with the sqlite3 shell.
+            ("device-mark", "DEV-002"),
+            ("device-mark", "DEV-003"),
+            ("device-mark", "DEV-004"),
+            ("device-mark", "DEV-005"),
+            ("device-mark", "DEV-006"),
+            ("device-mark", "DEV-007"),
         ])
     );
     // CSV for spreadsheets: the same findings, one per row.
@@ -697,9 +746,17 @@ fn crl_missing_or_stale() {
         .contains("CRL #1 of CA 'Test' is stale"));
     // A fresh CRL (a higher number) clears it; the whole audit is clean again.
     publish_crl(&e, 2, &serials, Duration::days(7));
-    // (The fixture revoked by SQL, which cert-status-vs-log exists to catch.)
+    // (The fixture revoked by SQL, which cert-status-vs-log exists to catch, and set the
+    // devices' status with it, which device-mark does.)
     let (code, v) = audit(&e, &["--skip", "cert-status-vs-log"]);
-    assert_eq!((code, found(&v)), (0, BTreeSet::new()), "{v}");
+    assert_eq!(
+        (code, found(&v)),
+        (
+            1,
+            set(&[("device-mark", "DEV-001"), ("device-mark", "DEV-002")])
+        ),
+        "{v}"
+    );
 }
 
 #[test]
@@ -896,9 +953,27 @@ fn log_export_formats_and_filters() {
         assert_eq!(w[1]["prev_hash"], w[0]["hash"]);
     }
     let dev = e.json(&["log", "export", "--device", "DEV-004"]);
-    assert_eq!(dev.as_array().unwrap().len(), 1);
-    assert_eq!(dev[0]["device"], "DEV-004");
-    assert_eq!(dev[0]["kind"], "identity.issued");
+    let kinds: Vec<&str> = dev
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    // Issued, then the fleet's two inventory imports (fields + provisioned, deployed).
+    assert_eq!(
+        kinds,
+        [
+            "identity.issued",
+            "device.updated",
+            "device.state",
+            "device.state"
+        ]
+    );
+    assert!(dev
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["device"] == "DEV-004"));
     // --since: future → nothing; past → everything.
     assert_eq!(e.ok(&["log", "export", "--since", "2999-01-01"]), "");
     assert_eq!(
@@ -1104,7 +1179,7 @@ fn fleet_report_html_matches_the_registry() {
 
     // --skip leaves a check out of the report's findings.
     let j = e.json(&["report", "fleet", "--skip", "cert-expiring"]);
-    assert_eq!(j["audit"]["checks"].as_array().unwrap().len(), 19);
+    assert_eq!(j["audit"]["checks"].as_array().unwrap().len(), 20);
     assert_eq!(j["audit"]["findings"], total - 1);
 
     // --json gives the same numbers.
@@ -1598,4 +1673,293 @@ fn log_head_and_verify_anchor_catch_a_consistent_rollback() {
     assert_eq!(o.status.code(), Some(3));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--anchor nonsense"), "{err}");
+}
+
+// ---- device-mark: keyed marks over device rows -------------------------------------
+
+/// Findings of the device-mark check alone: (exit code, (check, device) set, output).
+fn mark_findings(e: &Env) -> (i32, BTreeSet<(String, String)>, Value) {
+    one_check(e, "device-mark")
+}
+
+/// Every device row carries a 32-byte mark.
+fn all_rows_marked(e: &Env) -> bool {
+    scalar(
+        e,
+        "SELECT count(*) = sum(typeof(mark) = 'blob' AND length(mark) = 32) FROM devices",
+    ) == "1"
+}
+
+#[test]
+fn every_cradle_write_of_a_device_row_leaves_a_mark_that_verifies() {
+    let e = Env::with_ca();
+    // Bulk import (marks computed in the INSERT), then an update of the same rows.
+    std::fs::write(
+        e.path("inv.csv"),
+        "serial,hardware_id,mac,site\nM-1,HW-M-1,02:00:00:00:01:01,Lyon\nM-2,HW-M-2,02:00:00:00:01:02,Lyon\n",
+    )
+    .unwrap();
+    e.ok(&["inventory", "import", "inv.csv"]);
+    assert!(all_rows_marked(&e));
+    std::fs::write(
+        e.path("upd.csv"),
+        "serial,model,notes\nM-1,sensor-s,first\nM-2,sensor-s,second\n",
+    )
+    .unwrap();
+    e.ok(&["inventory", "import", "upd.csv", "--mode", "update"]);
+    // Identities for M-1 and M-2, a device registered by a provisioning station.
+    e.ok(&["identity", "issue", "M-1", "--passphrase-file", e.pass()]);
+    e.ok(&["identity", "issue", "M-2", "--passphrase-file", e.pass()]);
+    let link = e.path("dev/dut");
+    let state = e.path("dut.json");
+    let _sim = common::Sim::start(
+        &e,
+        &[
+            "--link",
+            link.to_str().unwrap(),
+            "--hardware-id",
+            "HW-SIM-1",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        1,
+    );
+    let (code, v, err) = common::provision_json(&e, &[link.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    // Field and lifecycle changes: set, status, deploy, maintenance, retire/decommission.
+    e.ok(&["device", "set", "M-1", "site=Berlin", "owner=ops"]);
+    e.ok(&["device", "set", "M-1", "status=provisioned"]);
+    e.ok(&["device", "deploy", "M-1", "--site", "Berlin"]);
+    e.ok(&["device", "maintenance", "M-1"]);
+    e.ok(&["device", "deploy", "HW-SIM-1", "--site", "Lyon"]);
+    e.ok(&[
+        "decommission",
+        "M-2",
+        "--wipe-method",
+        "purge",
+        "--wipe-tool",
+        "nwipe",
+        "--wipe-tool-version",
+        "0.34",
+        "--verified-by",
+        "QA Lead",
+        "--passphrase-file",
+        e.pass(),
+    ]);
+    assert_eq!(
+        scalar(&e, "SELECT group_concat(serial || ':' || status, ' ') FROM (SELECT * FROM devices ORDER BY id)"),
+        "M-1:maintenance M-2:decommissioned HW-SIM-1:deployed"
+    );
+    assert!(all_rows_marked(&e));
+    let (code, f, v) = mark_findings(&e);
+    assert_eq!((code, f), (0, BTreeSet::new()), "{v}");
+    let (_, v) = audit(&e, &[]);
+    assert_eq!(v["summary"]["by_check"]["device-mark"], 0, "{v}");
+    // The key is the log key's: not in the registry, and no mark is one the audit
+    // could make without it.
+    let key = std::fs::read_to_string(e.home.join("log.key")).unwrap();
+    let hex_key = key.lines().nth(2).unwrap().strip_prefix("key ").unwrap();
+    assert!(!e.dump().to_lowercase().contains(hex_key));
+    // Without the key the rows cannot be verified: one registry-wide finding says so.
+    std::fs::remove_file(e.home.join("log.key")).unwrap();
+    let (code, f, v) = mark_findings(&e);
+    assert_eq!((code, f), (1, set(&[("device-mark", "-")])), "{v}");
+    assert!(v["findings"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("log key (log.key in the home) is missing"));
+}
+
+#[test]
+fn a_shell_edit_of_a_device_row_is_named_and_survives_the_next_cradle_write() {
+    let e = fleet();
+    assert!(all_rows_marked(&e));
+    e.sql("UPDATE devices SET mac = '02:00:00:00:00:99' WHERE serial = 'DEV-003'");
+    let (code, f, v) = mark_findings(&e);
+    assert_eq!((code, f), (1, set(&[("device-mark", "DEV-003")])), "{v}");
+    assert_eq!(v["findings"][0]["severity"], "error");
+    assert_eq!(
+        v["findings"][0]["message"],
+        "device row changed outside cradle (mark does not verify)"
+    );
+    let table = String::from_utf8(e.run(&["audit", "--check", "device-mark"]).stdout).unwrap();
+    assert!(
+        table.contains("device-mark") && table.contains("DEV-003"),
+        "{table}"
+    );
+    // A later cradle write of that device does not launder the edit; other rows it
+    // writes stay clean.
+    e.ok(&["device", "set", "DEV-003", "notes=after the edit"]);
+    e.ok(&["device", "set", "DEV-004", "notes=untouched row"]);
+    let (code, f, _) = mark_findings(&e);
+    assert_eq!((code, f), (1, set(&[("device-mark", "DEV-003")])));
+    // Swapping two rows' marks is caught too (the id is covered).
+    e.sql(
+        "UPDATE devices SET mark = (SELECT mark FROM devices WHERE serial = 'DEV-006') WHERE serial = 'DEV-005'",
+    );
+    let (_, f, _) = mark_findings(&e);
+    assert_eq!(
+        f,
+        set(&[("device-mark", "DEV-003"), ("device-mark", "DEV-005")])
+    );
+}
+
+#[test]
+fn a_flipped_bit_in_a_hardware_id_is_a_device_mark_finding() {
+    let e = fleet();
+    // Everything in the main file, then flip one bit of HW7 wherever it is stored
+    // (table and index alike, so SQLite's own checks see a consistent file).
+    e.sql("PRAGMA wal_checkpoint(TRUNCATE);");
+    let path = e.registry();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let needle = b"HW7";
+    let mut flipped = 0;
+    let mut i = 0;
+    while i + needle.len() <= bytes.len() {
+        if &bytes[i..i + needle.len()] == needle {
+            bytes[i + 2] ^= 0x01; // '7' -> '6'
+            flipped += 1;
+        }
+        i += 1;
+    }
+    assert!(flipped >= 1);
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(
+        scalar(&e, "SELECT count(*) FROM devices WHERE hardware_id = 'HW6'"),
+        "2"
+    );
+    let (code, f, v) = mark_findings(&e);
+    assert_eq!((code, f), (1, set(&[("device-mark", "DEV-007")])), "{v}");
+    let (code, v) = audit(&e, &[]);
+    assert_eq!(code, 1);
+    assert!(found(&v).contains(&("device-mark".into(), "DEV-007".into())));
+}
+
+/// Turns the fleet into a registry from before device marks (and the log key): schema
+/// version 6, no mark column, no record, a plain-hashed log whose first event does not
+/// say the rows are marked.
+fn make_legacy(e: &Env) {
+    e.sql(
+        "UPDATE events SET details = '{\"org\":\"ACME\"}' WHERE kind = 'home.initialised';
+         DELETE FROM meta WHERE key = 'device_marks';
+         ALTER TABLE devices DROP COLUMN mark;
+         PRAGMA user_version = 6;",
+    );
+    rechain_plain(e, 1);
+    std::fs::remove_file(e.home.join("log.key")).unwrap();
+}
+
+#[test]
+fn an_older_registry_is_backfilled_by_its_first_write_and_then_clean() {
+    let e = fleet();
+    make_legacy(&e);
+    // Not yet migrated or backfilled: nothing to report, nothing unverifiable.
+    let o = e.run(&["--json", "audit", "--check", "device-mark"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // The first write migrates, creates the log key, marks every row, and records it.
+    e.ok(&["device", "set", "DEV-002", "notes=first write"]);
+    assert!(all_rows_marked(&e));
+    assert_eq!(
+        scalar(&e, "SELECT count(*) FROM meta WHERE key = 'device_marks'"),
+        "1"
+    );
+    let marked = scalar(
+        &e,
+        "SELECT details FROM events WHERE kind = 'devices.marked'",
+    );
+    assert_eq!(marked, format!("{{\"rows\":{DEVICES}}}"));
+    let (code, f, v) = mark_findings(&e);
+    assert_eq!((code, f), (0, BTreeSet::new()), "{v}");
+    let out = e.ok(&["log", "verify"]);
+    assert!(out.starts_with("event log OK"), "{out}");
+    // Only once: the next write backfills nothing more.
+    e.ok(&["device", "set", "DEV-003", "notes=second write"]);
+    assert_eq!(
+        scalar(
+            &e,
+            "SELECT count(*) FROM events WHERE kind = 'devices.marked'"
+        ),
+        "1"
+    );
+    // A legacy-looking state made by hand after that (record removed, marks NULL) is no
+    // way to launder an edit: the keyed log still has the record.
+    e.sql(
+        "UPDATE devices SET mac = 'evil', mark = NULL WHERE serial = 'DEV-004';
+         DELETE FROM meta WHERE key = 'device_marks';",
+    );
+    e.ok(&["device", "set", "DEV-005", "notes=third write"]);
+    let (code, f, v) = mark_findings(&e);
+    assert_eq!(
+        (code, f),
+        (1, set(&[("device-mark", "-"), ("device-mark", "DEV-004")])),
+        "{v}"
+    );
+    assert!(
+        scalar(
+            &e,
+            "SELECT mark IS NULL FROM devices WHERE serial = 'DEV-004'"
+        ) == "1"
+    );
+}
+
+#[test]
+fn a_missing_mark_after_the_backfill_is_a_finding() {
+    let e = fleet();
+    e.sql("UPDATE devices SET mark = NULL WHERE serial = 'DEV-006'");
+    let (code, f, v) = mark_findings(&e);
+    assert_eq!((code, f), (1, set(&[("device-mark", "DEV-006")])), "{v}");
+    assert_eq!(
+        v["findings"][0]["message"],
+        "device row written or changed outside cradle (it has no mark)"
+    );
+    // A row inserted behind cradle's back has none either.
+    e.sql(
+        "INSERT INTO devices (serial, status, created_at, updated_at)
+         VALUES ('ROGUE-9', 'registered', '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z')",
+    );
+    let (_, f, _) = mark_findings(&e);
+    assert_eq!(
+        f,
+        set(&[("device-mark", "DEV-006"), ("device-mark", "ROGUE-9")])
+    );
+    // Removing the record as well changes nothing: the log says the rows are marked.
+    e.sql("DELETE FROM meta WHERE key = 'device_marks'");
+    let (_, f, v) = mark_findings(&e);
+    assert_eq!(
+        f,
+        set(&[
+            ("device-mark", "-"),
+            ("device-mark", "DEV-006"),
+            ("device-mark", "ROGUE-9")
+        ]),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_trigger_stored_in_the_registry_is_reported_and_cannot_make_marks() {
+    let e = fleet();
+    // A trigger that would re-mark a row it rewrites whenever cradle writes it.
+    e.sql(
+        "CREATE TRIGGER sneaky AFTER UPDATE OF notes ON devices BEGIN
+             UPDATE devices SET mac = 'evil', mark = cradle_device_mark(id, serial, hardware_id, model, hw_rev, batch, site, location, owner, 'evil', imei, status, notes, attributes, created_at, updated_at) WHERE id = NEW.id;
+         END;",
+    );
+    let before = e.dump();
+    let o = e.run(&["device", "set", "DEV-001", "notes=x"]);
+    assert_ne!(o.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cradle_device_mark"), "{err}");
+    assert_eq!(e.dump(), before, "nothing written");
+    let (code, f, v) = mark_findings(&e);
+    assert_eq!((code, f), (1, set(&[("device-mark", "-")])), "{v}");
+    assert!(v["findings"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("trigger 'sneaky'"));
 }

@@ -72,7 +72,9 @@ pub fn create(home: &Home, org: &str, station: Option<&str>) -> Result<Created> 
         EventKind::HomeInitialised,
         None,
         &actor,
-        serde_json::json!({"org": config.org}),
+        // In the keyed log, so that removing the registry's record that its device
+        // rows are marked (meta) cannot make them pass for rows from before marks.
+        serde_json::json!({"org": config.org, "device_marks": true}),
         &now_rfc3339(),
     )?;
     tx.commit()?;

@@ -27,7 +27,15 @@ Checks (ids for --check; `cradle audit --list-checks` describes them):
   cert-outlives-device,
   duplicate-public-key, duplicate-hardware-id, duplicate-mac, duplicate-imei,
   cert-not-chained, cert-fingerprint-mismatch, stuck-provisioning, stuck-decommission,
-  crl-stale, crl-missing-serials, event-chain
+  crl-stale, crl-missing-serials, device-mark, event-chain
+
+Device marks (device-mark):
+  Every device row cradle writes carries a mark, an HMAC-SHA256 keyed by a key derived
+  from HOME/log.key over every other column of the row (its id included). A row edited
+  with the sqlite3 shell or a script, or damaged by a flipped bit, no longer verifies;
+  a later cradle write of that device does not re-mark it. A registry from before marks
+  is marked once by its first write. Without log.key the rows cannot be verified (one
+  finding says so).
 
 Signatures (cert-not-chained):
   Certificates cradle recorded itself carry a verification mark, an HMAC-SHA256 keyed

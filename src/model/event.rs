@@ -51,10 +51,14 @@ pub enum EventKind {
     /// A delegated OCSP signing certificate was issued (its key kept beside the CA's).
     #[serde(rename = "ocsp.signer_issued")]
     OcspSignerIssued,
+    /// The device rows of a registry from before device marks were marked (once, by
+    /// its first write): from here on a row without a mark is a finding.
+    #[serde(rename = "devices.marked")]
+    DevicesMarked,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 19] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::HomeInitialised,
         EventKind::LogKeyed,
         EventKind::CaCreated,
@@ -74,6 +78,7 @@ impl EventKind {
         EventKind::LabelRendered,
         EventKind::CloudExported,
         EventKind::OcspSignerIssued,
+        EventKind::DevicesMarked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,6 +102,7 @@ impl EventKind {
             EventKind::LabelRendered => "label.rendered",
             EventKind::CloudExported => "cloud.exported",
             EventKind::OcspSignerIssued => "ocsp.signer_issued",
+            EventKind::DevicesMarked => "devices.marked",
         }
     }
 }

@@ -569,6 +569,53 @@ pub fn device_count(db: &Reader) -> Result<i64> {
     Ok(conn.query_row("SELECT count(*) FROM devices", [], |r| r.get(0))?)
 }
 
+/// Whether the registry is a file (an in-memory one has no log key, hence no marks).
+pub fn is_file(db: &Reader) -> bool {
+    super::logkey::db_path(db.conn()).is_some()
+}
+
+/// Whether unmarked device rows are findings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkState {
+    /// `meta` records that every row is marked.
+    Recorded,
+    /// `meta` lost its record, but the keyed event log has it.
+    RecordRemoved,
+    /// A registry from before device marks that no writer has backfilled yet.
+    Legacy,
+}
+
+pub fn device_mark_state(db: &Reader) -> Result<MarkState> {
+    let conn = db.conn();
+    Ok(if super::rowmark::recorded(conn)? {
+        MarkState::Recorded
+    } else if super::rowmark::logged(conn)? {
+        MarkState::RecordRemoved
+    } else {
+        MarkState::Legacy
+    })
+}
+
+/// The device-mark key (from the log key beside the registry); None without one.
+pub fn device_mark_key(db: &Reader) -> Result<Option<super::rowmark::RowKey>> {
+    Ok(super::logkey::LogKey::load(db.conn())?.map(|k| super::rowmark::RowKey::from_log_key(&k)))
+}
+
+/// Device rows whose mark does not verify, and when `require` those without one.
+pub fn bad_device_marks(
+    db: &Reader,
+    key: &super::rowmark::RowKey,
+    require: bool,
+    each: impl FnMut(super::rowmark::BadMark) -> Result<()>,
+) -> Result<u64> {
+    super::rowmark::bad_marks(db.conn(), key, require, each)
+}
+
+/// Triggers stored in the registry file (name, table).
+pub fn stored_triggers(db: &Reader) -> Result<Vec<(String, String)>> {
+    super::rowmark::stored_triggers(db.conn())
+}
+
 /// Serial of a device id (for naming the device of a broken event).
 pub fn device_serial(db: &Reader, id: i64) -> Result<Option<String>> {
     let conn = db.conn();

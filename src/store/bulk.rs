@@ -23,6 +23,7 @@ pub enum Val<'a> {
     Null,
     Int(i64),
     Text(&'a str),
+    Blob(&'a [u8]),
 }
 
 impl<'a> From<Option<&'a str>> for Val<'a> {
@@ -138,6 +139,18 @@ impl<'c> BulkStmt<'c> {
                     let len = c_int::try_from(t.len())
                         .map_err(|_| failure(self.conn, ffi::SQLITE_TOOBIG))?;
                     ffi::sqlite3_bind_text(p, i, t.as_ptr().cast::<c_char>(), len, dtor)
+                }
+                Val::Blob(b) => {
+                    let len = c_int::try_from(b.len())
+                        .map_err(|_| failure(self.conn, ffi::SQLITE_TOOBIG))?;
+                    // An empty slice's pointer dangles; give SQLite a real one.
+                    static NONE: [u8; 1] = [0];
+                    let ptr = if b.is_empty() {
+                        NONE.as_ptr()
+                    } else {
+                        b.as_ptr()
+                    };
+                    ffi::sqlite3_bind_blob(p, i, ptr.cast(), len, dtor)
                 }
             }
         };

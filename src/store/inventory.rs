@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::bulk::{BulkStmt, Val};
 use super::devices::{self, from_row, Device, DeviceStatus, DEVICE_COLUMNS};
 use super::events::{event_hash_hex, Hashed};
+use super::rowmark::{self, Cell, RowKey};
 use super::{Reader, Tx};
 use crate::error::{Error, Result};
 
@@ -32,21 +33,100 @@ pub const DEVICE_VALUES: usize = 13;
 /// Per-row values of an event INSERT: device id, details, prev_hash, hash.
 const EVENT_VALUES: usize = 4;
 
-/// `INSERT OR FAIL` of `rows` devices; the timestamp is the one parameter after the
-/// per-row ones.
+/// Per-row parameters of a device INSERT: the `DEVICE_VALUES`, then the row's mark.
+const DEVICE_PARAMS: usize = DEVICE_VALUES + 1;
+
+/// The columns `device_values` fills, in order.
+const VALUE_COLUMNS: [&str; DEVICE_VALUES] = [
+    "serial",
+    "hardware_id",
+    "model",
+    "hw_rev",
+    "batch",
+    "site",
+    "location",
+    "owner",
+    "mac",
+    "imei",
+    "status",
+    "notes",
+    "attributes",
+];
+
+/// `INSERT OR FAIL` of `rows` devices, each with its values and its mark (NULL leaves
+/// the mark to the TEMP trigger); the timestamp is the one parameter after the per-row
+/// ones.
 fn insert_devices_sql(rows: usize) -> String {
-    let now = rows * DEVICE_VALUES + 1;
+    let now = rows * DEVICE_PARAMS + 1;
     let mut q = String::from(
-        "INSERT OR FAIL INTO devices (serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes, created_at, updated_at) VALUES ",
+        "INSERT OR FAIL INTO devices (serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes, mark, created_at, updated_at) VALUES ",
     );
     for r in 0..rows {
         q.push_str(if r == 0 { "(" } else { ",(" });
-        for c in 0..DEVICE_VALUES {
-            let _ = write!(q, "?{},", r * DEVICE_VALUES + c + 1);
+        for c in 0..DEVICE_PARAMS {
+            let _ = write!(q, "?{},", r * DEVICE_PARAMS + c + 1);
         }
         let _ = write!(q, "?{now},?{now})");
     }
     q
+}
+
+/// Where each marked column of a new row comes from, in table order.
+#[derive(Debug, Clone, Copy)]
+enum MarkSrc {
+    Id,
+    Value(usize),
+    Now,
+}
+
+/// How the import marks the rows it inserts: in Rust, with the ids SQLite will give
+/// them (the next after the largest), in the same INSERT, instead of a second write of
+/// each row by the TEMP trigger.
+struct BulkMarks {
+    key: RowKey,
+    plan: Vec<MarkSrc>,
+}
+
+impl BulkMarks {
+    /// None (the trigger marks the rows) when the table has a column the import does not
+    /// fill, whose default the mark would have to cover.
+    fn new(conn: &Connection, key: Option<&RowKey>) -> Result<Option<BulkMarks>> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let mut plan = Vec::new();
+        for c in rowmark::marked_columns(conn)? {
+            let src = match c.as_str() {
+                "id" => MarkSrc::Id,
+                "created_at" | "updated_at" => MarkSrc::Now,
+                other => match VALUE_COLUMNS.iter().position(|v| *v == other) {
+                    Some(i) => MarkSrc::Value(i),
+                    None => return Ok(None),
+                },
+            };
+            plan.push(src);
+        }
+        Ok(Some(BulkMarks {
+            key: key.clone(),
+            plan,
+        }))
+    }
+
+    /// The mark of a new row with id `id`; None when a value is not what the column
+    /// will store (an integer in a text column), left to the trigger.
+    fn mark(&self, id: i64, vals: &[Val<'_>], now: &str) -> Option<[u8; 32]> {
+        if vals.iter().any(|v| matches!(v, Val::Int(_) | Val::Blob(_))) {
+            return None;
+        }
+        Some(self.key.mark(self.plan.iter().map(|src| match *src {
+            MarkSrc::Id => Cell::Int(id),
+            MarkSrc::Now => Cell::Text(now.as_bytes()),
+            MarkSrc::Value(i) => match vals[i] {
+                Val::Text(t) => Cell::Text(t.as_bytes()),
+                _ => Cell::Null,
+            },
+        })))
+    }
 }
 
 /// `INSERT OR FAIL` of `rows` events (ids NULL: SQLite appends); kind, actor, station and
@@ -131,6 +211,7 @@ pub struct ImportDb<'c> {
     update: Statement<'c>,
     seen_insert: Option<Statement<'c>>,
     seen_line: Option<Statement<'c>>,
+    marks: Option<BulkMarks>,
     /// Hex hashes of the events being appended (their `prev_hash` is the one before).
     hashes: Vec<[u8; 64]>,
     pub events_written: u64,
@@ -140,15 +221,21 @@ impl<'c> ImportDb<'c> {
     pub fn new(tx: &'c Tx<'c>) -> Result<ImportDb<'c>> {
         let conn = tx.conn();
         conn.pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)?;
+        // Marks computed here, so the INSERT trigger is not needed (and costs a
+        // statement journal per INSERT); back when this is dropped.
+        let marks = BulkMarks::new(conn, tx.row_key.as_ref())?;
+        if marks.is_some() {
+            rowmark::suspend_insert_trigger(conn)?;
+        }
         let sel = |w: &str| format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE {w} LIMIT 2");
         Ok(ImportDb {
             tx,
             conn,
-            one_device: BulkStmt::prepare(conn, &insert_devices_sql(1), 1..DEVICE_VALUES + 1)?,
+            one_device: BulkStmt::prepare(conn, &insert_devices_sql(1), 1..DEVICE_PARAMS + 1)?,
             many_devices: BulkStmt::prepare(
                 conn,
                 &insert_devices_sql(ROWS_PER_INSERT),
-                1..ROWS_PER_INSERT * DEVICE_VALUES + 1,
+                1..ROWS_PER_INSERT * DEVICE_PARAMS + 1,
             )?,
             one_event: BulkStmt::prepare(conn, &insert_events_sql(1), 1..EVENT_VALUES + 1)?,
             many_events: BulkStmt::prepare(
@@ -162,6 +249,7 @@ impl<'c> ImportDb<'c> {
             update: conn.prepare(UPDATE_FIELDS)?,
             seen_insert: None,
             seen_line: None,
+            marks,
             hashes: Vec::with_capacity(ROWS_PER_INSERT),
             events_written: 0,
         })
@@ -247,19 +335,57 @@ impl<'c> ImportDb<'c> {
         let rows = vals.len() / DEVICE_VALUES;
         let mut done = 0;
         let mut first = 0;
+        // The id SQLite gives the next row: one more than the largest (no AUTOINCREMENT);
+        // checked after each INSERT, since the marks cover it.
+        let mut next_id = match self.marks {
+            Some(_) => self.max_device_id()? + 1,
+            None => 0,
+        };
+        // Ids are consecutive up to the first taken serial, where this call stops.
+        // On all cores for a large group (as many HMACs as the events' own).
+        let marks: Vec<Option<[u8; 32]>> = match &self.marks {
+            Some(m) => {
+                use rayon::prelude::*;
+                let one = |k: usize| {
+                    let row = &vals[k * DEVICE_VALUES..(k + 1) * DEVICE_VALUES];
+                    m.mark(next_id + k as i64, row, now)
+                };
+                if rows >= 512 {
+                    (0..rows)
+                        .into_par_iter()
+                        .with_min_len(256)
+                        .map(one)
+                        .collect()
+                } else {
+                    (0..rows).map(one).collect()
+                }
+            }
+            None => vec![None; rows],
+        };
+        let mut params = [Val::Null; ROWS_PER_INSERT * DEVICE_PARAMS];
         while done < rows {
             let take = if rows - done >= ROWS_PER_INSERT {
                 ROWS_PER_INSERT
             } else {
                 1
             };
+            for k in 0..take {
+                let p = &mut params[k * DEVICE_PARAMS..(k + 1) * DEVICE_PARAMS];
+                p[..DEVICE_VALUES].copy_from_slice(
+                    &vals[(done + k) * DEVICE_VALUES..(done + k + 1) * DEVICE_VALUES],
+                );
+                p[DEVICE_VALUES] = match &marks[done + k] {
+                    Some(m) => Val::Blob(m),
+                    None => Val::Null,
+                };
+            }
             let st = if take == 1 {
                 &mut self.one_device
             } else {
                 &mut self.many_devices
             };
-            st.set_const(take * DEVICE_VALUES + 1, now)?;
-            let r = st.exec(&vals[done * DEVICE_VALUES..(done + take) * DEVICE_VALUES]);
+            st.set_const(take * DEVICE_PARAMS + 1, now)?;
+            let r = st.exec(&params[..take * DEVICE_PARAMS]);
             // INSERT OR FAIL keeps the rows before a failing one (and needs no
             // statement journal, unlike the default ABORT).
             let inserted = match r {
@@ -275,6 +401,21 @@ impl<'c> ImportDb<'c> {
                 let last = self.conn.last_insert_rowid();
                 if done == 0 {
                     first = last - inserted as i64 + 1;
+                }
+                if self.marks.is_some() {
+                    let want = next_id + inserted as i64 - 1;
+                    if last != want {
+                        return Err(Error::input(format!(
+                            "device rows: expected ids up to {want}, SQLite gave {last}; run the audit"
+                        )));
+                    }
+                    // Rows the plan could not mark (the trigger is suspended).
+                    for k in 0..inserted {
+                        if marks[done + k].is_none() {
+                            rowmark::mark_row(self.conn, next_id + k as i64)?;
+                        }
+                    }
+                    next_id = last + 1;
                 }
             }
             done += inserted;
@@ -406,6 +547,16 @@ impl<'c> ImportDb<'c> {
             )
             .optional()?
             .flatten())
+    }
+}
+
+impl Drop for ImportDb<'_> {
+    fn drop(&mut self) {
+        if self.marks.is_some() {
+            // Cannot fail short of a broken connection; should it, `Store::write`
+            // re-installs the trigger before the next transaction.
+            let _ = rowmark::resume_insert_trigger(self.conn);
+        }
     }
 }
 

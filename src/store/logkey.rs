@@ -98,6 +98,28 @@ impl LogKey {
         }))
     }
 
+    /// The key beside the registry of `conn`, created (keyed from the event after the
+    /// newest) when there is none yet; None for an in-memory registry. Call it with the
+    /// write lock held, so that no other station appends between reading the newest id
+    /// and creating the key.
+    pub fn load_or_create(conn: &Connection) -> Result<Option<LogKey>> {
+        if let Some(k) = Self::load(conn)? {
+            return Ok(Some(k));
+        }
+        let last: i64 =
+            conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
+        Self::create(conn, last + 1)
+    }
+
+    /// A 32-byte key derived from the log key for another use (`label` names it), so
+    /// that no MAC made for that use can ever pass for an event hash or the reverse.
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        use hmac::Mac;
+        let mut m = self.mac.clone();
+        m.update(label);
+        m.finalize().into_bytes().into()
+    }
+
     /// Creates a new random key for the registry of `conn`, keyed from event `from`.
     /// Refuses to replace an existing key file. None for an in-memory registry.
     pub fn create(conn: &Connection, from: i64) -> Result<Option<LogKey>> {

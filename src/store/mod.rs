@@ -15,6 +15,7 @@ pub mod logkey;
 pub mod ocsp;
 pub mod provision;
 pub mod retire;
+pub mod rowmark;
 pub mod schema;
 mod tx;
 
@@ -69,6 +70,12 @@ pub struct Store {
     bulk: bool,
     /// The file passed its quick check before this process's first write.
     write_checked: bool,
+    /// Device marks (see `rowmark`): the key, loaded at the first write transaction and
+    /// shared with this connection's mark function; whether the function and TEMP
+    /// triggers are installed; whether the backfill question is settled.
+    row_key: std::sync::Arc<std::sync::OnceLock<rowmark::RowKey>>,
+    marks_installed: bool,
+    marks_settled: bool,
 }
 
 /// How `Store::open_for_reading` could open the registry.
@@ -136,12 +143,17 @@ impl Store {
             path: path.to_path_buf(),
             bulk: false,
             write_checked: false,
+            row_key: Default::default(),
+            marks_installed: false,
+            marks_settled: false,
         };
         reg.configure()?;
         reg.conn
             .pragma_update(None, "application_id", schema::APPLICATION_ID)
             .map_err(|e| file_err(path, e))?;
         reg.migrate()?;
+        // Nothing to backfill: every row this registry ever holds is marked.
+        rowmark::record_new(&reg.conn)?;
         Ok(reg)
     }
 
@@ -171,6 +183,9 @@ impl Store {
             path: path.to_path_buf(),
             bulk: false,
             write_checked: false,
+            row_key: Default::default(),
+            marks_installed: false,
+            marks_settled: false,
         };
         reg.configure()?;
         reg.check_identity()?;
@@ -213,6 +228,9 @@ impl Store {
             path: path.to_path_buf(),
             bulk: false,
             write_checked: false,
+            row_key: Default::default(),
+            marks_installed: false,
+            marks_settled: false,
         };
         reg.check_identity()?;
         let version = reg.schema_version().map_err(|_| {
@@ -245,6 +263,9 @@ impl Store {
             path: PathBuf::from(":memory:"),
             bulk: false,
             write_checked: false,
+            row_key: Default::default(),
+            marks_installed: false,
+            marks_settled: false,
         };
         reg.configure()?;
         reg.migrate()?;
@@ -383,12 +404,36 @@ impl Store {
     /// serialise instead of failing half-way. Rolls back on drop unless committed.
     pub fn write(&mut self) -> Result<Tx<'_>> {
         self.check_before_first_write()?;
+        self.install_marks()?;
         // `write_trusted` may have turned the checks off for its transaction.
         self.conn.pragma_update(None, "foreign_keys", true)?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Ok(Tx::new(tx))
+        let mut tx = Tx::new(tx);
+        prepare_marks(
+            &mut tx,
+            self.marks_installed,
+            &self.row_key,
+            &mut self.marks_settled,
+        )?;
+        Ok(tx)
+    }
+
+    /// Registers the device-mark function and TEMP triggers on this connection before
+    /// its first write transaction (not for an in-memory registry, which has no key).
+    fn install_marks(&mut self) -> Result<()> {
+        if self.path.as_os_str() == ":memory:" {
+            return Ok(());
+        }
+        // A bulk writer suspends the INSERT trigger for its transaction; put it back if
+        // that transaction committed without it (one query on the TEMP schema).
+        if self.marks_installed && rowmark::installed(&self.conn)? {
+            return Ok(());
+        }
+        rowmark::install(&self.conn, self.row_key.clone())?;
+        self.marks_installed = true;
+        Ok(())
     }
 
     /// One consistent read of the registry (see `Snapshot`).
@@ -412,12 +457,20 @@ impl Store {
     /// `restore_checks`.
     pub fn write_trusted(&mut self) -> Result<Tx<'_>> {
         self.check_before_first_write()?;
+        self.install_marks()?;
         // The pragma is a no-op inside a transaction, so it goes before BEGIN.
         self.conn.pragma_update(None, "foreign_keys", false)?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Ok(Tx::new(tx))
+        let mut tx = Tx::new(tx);
+        prepare_marks(
+            &mut tx,
+            self.marks_installed,
+            &self.row_key,
+            &mut self.marks_settled,
+        )?;
+        Ok(tx)
     }
 
     /// For one write transaction that adds far more pages than the page cache holds (a
@@ -508,6 +561,32 @@ impl Store {
         self.conn.pragma_update(None, "foreign_keys", true)?;
         Ok(())
     }
+}
+
+/// At the start of a write transaction (the write lock held): loads the device-mark
+/// key (creating the log key if the registry has none yet, as the first event would),
+/// hands it to the transaction for bulk writers, and backfills the marks of a registry
+/// from before them.
+fn prepare_marks(
+    tx: &mut Tx<'_>,
+    installed: bool,
+    slot: &std::sync::OnceLock<rowmark::RowKey>,
+    settled: &mut bool,
+) -> Result<()> {
+    if !installed {
+        return Ok(());
+    }
+    if slot.get().is_none() {
+        let Some(k) = logkey::LogKey::load_or_create(tx.conn())? else {
+            return Ok(());
+        };
+        let _ = slot.set(rowmark::RowKey::from_log_key(&k));
+    }
+    tx.row_key = slot.get().cloned();
+    if !*settled {
+        *settled = rowmark::backfill(tx)?;
+    }
+    Ok(())
 }
 
 /// Current time in the registry's timestamp format (see `model::Timestamp`).

@@ -121,6 +121,9 @@ pub struct Tx<'s> {
     /// Loaded at the first append; `commit` stores it when events were appended.
     head: RefCell<Option<Head>>,
     appended: std::cell::Cell<bool>,
+    /// The device-mark key (None for an in-memory registry), for bulk writers that
+    /// compute marks themselves; every other write is marked by the TEMP triggers.
+    pub(super) row_key: Option<super::rowmark::RowKey>,
 }
 
 impl<'s> Tx<'s> {
@@ -129,6 +132,7 @@ impl<'s> Tx<'s> {
             tx,
             head: RefCell::new(None),
             appended: std::cell::Cell::new(false),
+            row_key: None,
         }
     }
 
@@ -252,14 +256,11 @@ fn load_head(conn: &Connection) -> Result<Head> {
         hash: h,
         key: None,
     };
-    head.key = match LogKey::load(conn)? {
-        Some(k) => Some(k),
-        // A new registry is keyed from its first event. An older one gets its key on
-        // its first write, marked by a keyed `log.keyed` event; the plain prefix
-        // stays verifiable, and the boundary lives in the key file, out of reach of
-        // whoever rewrites the registry.
-        None => LogKey::create(conn, id + 1)?,
-    };
+    // A new registry is keyed from its first event. An older one gets its key on its
+    // first write, marked by a keyed `log.keyed` event; the plain prefix stays
+    // verifiable, and the boundary lives in the key file, out of reach of whoever
+    // rewrites the registry.
+    head.key = LogKey::load_or_create(conn)?;
     if id > 0 && head.key.as_ref().is_some_and(|k| k.from == id + 1) {
         append_marker(conn, &mut head)?;
     }

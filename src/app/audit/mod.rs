@@ -85,6 +85,7 @@ pub const CRL_MISSING_SERIALS: &str = "crl-missing-serials";
 pub const EVENT_CHAIN: &str = "event-chain";
 pub const REGISTRY_INTEGRITY: &str = "registry-integrity";
 pub const CERT_STATUS_VS_LOG: &str = "cert-status-vs-log";
+pub const DEVICE_MARK: &str = "device-mark";
 
 use Severity::{Error as E, Warning as W};
 
@@ -109,6 +110,7 @@ pub const CHECKS: &[Check] = &[
     check(CRL_STALE, E, "newest CRL of a CA is past its next update, or a CA has revoked certificates but no CRL"),
     check(CRL_MISSING_SERIALS, E, "newest CRL does not list a revoked certificate, does not parse, or is not signed by its CA"),
     check(CERT_STATUS_VS_LOG, E, "a certificate's status disagrees with the event log: revoked without a cert.revoked event, or valid again although the log revoked it"),
+    check(DEVICE_MARK, E, "a device row's keyed mark is missing or does not verify: the row was written or changed outside cradle (an edit, a bit flip)"),
     check(EVENT_CHAIN, E, "the hash-chained event log does not verify (an event altered, deleted or inserted out of band)"),
 ];
 
@@ -460,6 +462,9 @@ fn run_checks(
             ))
         })?;
     }
+    if o.wants(DEVICE_MARK) {
+        check_device_marks(conn, emit)?;
+    }
     if o.wants(EVENT_CHAIN) {
         let report = events::verify_chain(conn)?;
         if let Some(b) = report.first_break {
@@ -486,6 +491,50 @@ fn run_checks(
         }
     }
     Ok(stats)
+}
+
+/// device-mark: every device row's mark against the key derived from the log key.
+fn check_device_marks(conn: &Reader, emit: &mut dyn FnMut(Finding) -> Result<()>) -> Result<()> {
+    use crate::store::rowmark;
+    // An in-memory registry has no log key and no marks.
+    if !q::is_file(conn) {
+        return Ok(());
+    }
+    for (name, table) in q::stored_triggers(conn)? {
+        emit(finding(
+            DEVICE_MARK,
+            None,
+            format!("the registry file holds trigger '{name}' on table '{table}', which cradle never creates: it could change rows whenever cradle writes them"),
+        ))?;
+    }
+    let state = q::device_mark_state(conn)?;
+    if state == q::MarkState::RecordRemoved {
+        emit(finding(
+            DEVICE_MARK,
+            None,
+            format!("the registry's record that its device rows are marked (meta '{}') was removed, but the event log has it: rows without a mark are reported", rowmark::META_KEY),
+        ))?;
+    }
+    let Some(key) = q::device_mark_key(conn)? else {
+        // A registry from before marks (and its log key) has nothing to verify yet.
+        if state != q::MarkState::Legacy && q::device_count(conn)? > 0 {
+            emit(finding(
+                DEVICE_MARK,
+                None,
+                "device rows unverified: the log key (log.key in the home) is missing, and device marks are keyed by it".into(),
+            ))?;
+        }
+        return Ok(());
+    };
+    q::bad_device_marks(conn, &key, state != q::MarkState::Legacy, |b| {
+        let msg = if b.missing {
+            "device row written or changed outside cradle (it has no mark)"
+        } else {
+            "device row changed outside cradle (mark does not verify)"
+        };
+        emit(finding(DEVICE_MARK, Some(b.serial), msg.into()))
+    })?;
+    Ok(())
 }
 
 /// "A, B, C, D, E and 7 more".
@@ -740,7 +789,7 @@ mod tests {
         let ids = check_ids();
         let set: HashSet<_> = ids.iter().collect();
         assert_eq!(set.len(), ids.len());
-        assert_eq!(ids.len(), 20);
+        assert_eq!(ids.len(), 21);
         for id in ids {
             assert!(id.chars().all(|c| c.is_ascii_lowercase() || c == '-'));
         }
