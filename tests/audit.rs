@@ -185,8 +185,11 @@ fn list_checks_names_every_check_with_severity() {
         .iter()
         .map(|c| c["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids.len(), 21);
+    assert_eq!(ids.len(), 24);
     for id in [
+        "firmware-below",
+        "firmware-listed",
+        "no-contact-since",
         "cert-expiring",
         "cert-expired-deployed",
         "revoked-not-retired",
@@ -1836,13 +1839,17 @@ fn a_flipped_bit_in_a_hardware_id_is_a_device_mark_finding() {
 }
 
 /// Turns the fleet into a registry from before device marks (and the log key): schema
-/// version 6, no mark column, no record, a plain-hashed log whose first event does not
+/// version 6, no mark or firmware columns, no record, a plain-hashed log whose first event does not
 /// say the rows are marked.
 fn make_legacy(e: &Env) {
     e.sql(
         "UPDATE events SET details = '{\"org\":\"ACME\"}' WHERE kind = 'home.initialised';
          DELETE FROM meta WHERE key = 'device_marks';
          ALTER TABLE devices DROP COLUMN mark;
+         ALTER TABLE devices DROP COLUMN firmware;
+         ALTER TABLE devices DROP COLUMN last_contact_at;
+         ALTER TABLE devices DROP COLUMN config_name;
+         ALTER TABLE devices DROP COLUMN config_sha256;
          PRAGMA user_version = 6;",
     );
     rechain_plain(e, 1);
@@ -1858,8 +1865,9 @@ fn an_older_registry_is_backfilled_by_its_first_write_and_then_clean() {
     assert_eq!(
         o.status.code(),
         Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
     );
     // The first write migrates, creates the log key, marks every row, and records it.
     e.ok(&["device", "set", "DEV-002", "notes=first write"]);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{Env, Sim, SIM_BAUD as BAUD};
 
-const RULES: usize = 41;
+const RULES: usize = 42;
 
 /// `cradle --json conformance --port LINK`: (exit code, JSON, stderr).
 fn conformance(env: &Env, link: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value, String) {
@@ -204,7 +204,7 @@ fn conformance_refuses_a_device_holding_an_identity_unless_forced() {
 #[test]
 fn conformance_stops_when_nothing_speaks_the_protocol() {
     // An nRF91 modem answers AT commands only: two HELLOs time out, then one error line
-    // (not 41 rules each waiting out its timeout).
+    // (not 42 rules each waiting out its timeout).
     let env = Env::bare();
     let (_sim, link) = sim(&env, &["--profile", "nrf91"], true);
     let started = Instant::now();

@@ -44,6 +44,7 @@ pub fn create(home: &Home, org: &str, station: Option<&str>) -> Result<Created> 
     fs::create_dir_all(&t).map_err(|e| Error::io(&t, e))?;
     profile::install_builtins(&t)?;
     crate::app::label::template::install_builtins(&t.join("labels"))?;
+    crate::app::config::install_builtins(&t.join("config"))?;
     let mut config = Config {
         org: org.to_string(),
         ..Config::default()

@@ -4,9 +4,11 @@
 pub mod audit;
 pub mod batch_resume;
 pub mod ca;
+pub mod config;
 pub mod conformance;
 pub mod esp32;
 pub mod export;
+pub mod firmware;
 pub mod home;
 pub mod identity;
 pub mod inventory;

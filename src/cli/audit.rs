@@ -27,7 +27,10 @@ Checks (ids for --check; `cradle audit --list-checks` describes them):
   cert-outlives-device,
   duplicate-public-key, duplicate-hardware-id, duplicate-mac, duplicate-imei,
   cert-not-chained, cert-fingerprint-mismatch, stuck-provisioning, stuck-decommission,
-  crl-stale, crl-missing-serials, device-mark, event-chain
+  crl-stale, crl-missing-serials, device-mark, event-chain,
+  firmware-below (needs --min-firmware), firmware-listed (needs --vulnerable),
+  no-contact-since (needs --no-contact-days): without their option these do not run
+  (the summary lists them under not_run); asked for with --check, they are a usage error
 
 Device marks (device-mark):
   Every device row cradle writes carries a mark, an HMAC-SHA256 keyed by a key derived
@@ -36,6 +39,14 @@ Device marks (device-mark):
   a later cradle write of that device does not re-mark it. A registry from before marks
   is marked once by its first write. Without log.key the rows cannot be verified (one
   finding says so).
+
+Firmware versions (firmware-below, firmware-listed; cradle-audit(7)):
+  The version of a firmware string is its first dotted number (mfw_nrf9160_1.3.5 -> 1.3.5,
+  MicroPython 1.24.1 -> 1.24.1), else its last number; components compare as numbers
+  (1.10 > 1.9, 1.3 = 1.3.0); a -rc1 style suffix sorts before the release (1.3.2-rc1 <
+  1.3.2); +build metadata is ignored. --min-firmware models match the registry's model
+  exactly. A --vulnerable file holds one VERSION (any model) or MODEL VERSION (the last
+  word is the version) per line; # starts a comment.
 
 Signatures (cert-not-chained):
   Certificates cradle recorded itself carry a verification mark, an HMAC-SHA256 keyed
@@ -50,6 +61,7 @@ Exit codes (audit differs from other commands: every runtime error is 2):
   0  no finding at or above --fail-on
   1  at least one finding at or above --fail-on (default: warning, so 0 means clean)
   2  usage error, or the audit could not run (no registry, unreadable, locked, …)
+  3  the --vulnerable file is unreadable, too large or has a malformed line
 
 Examples:
   cradle audit
@@ -57,6 +69,7 @@ Examples:
   cradle audit --skip cert-not-chained      # nightly: everything but the signature pass
   cradle audit --full --check cert-not-chained   # re-verify every certificate signature
   cradle audit --fail-on error --format csv > findings.csv
+  cradle audit --min-firmware nRF9160-SICA=1.3.5 --vulnerable known-bad.txt --no-contact-days 90
   cradle --json audit | jq '.findings[] | select(.severity == \"error\")'";
 
 /// Audit the registry: expiry, revocation, wipes, duplicates, chains, CRLs, the event log
@@ -86,11 +99,51 @@ pub struct AuditArgs {
     /// List the checks with their severity and exit
     #[arg(long)]
     pub list_checks: bool,
+    /// firmware-below: devices of MODEL need at least VERSION (repeatable)
+    #[arg(long, value_name = "MODEL=VERSION")]
+    pub min_firmware: Vec<crate::app::firmware::MinFirmware>,
+    /// firmware-listed: versions known bad, one `VERSION` or `MODEL VERSION` a line
+    #[arg(long, value_name = "FILE")]
+    pub vulnerable: Option<std::path::PathBuf>,
+    /// no-contact-since: in-service devices not reached over a port for DAYS
+    #[arg(long, value_name = "DAYS")]
+    pub no_contact_days: Option<u32>,
 }
 
-pub fn run(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
+/// Reads and parses `--vulnerable FILE`.
+fn load_vulnerable(
+    path: &std::path::Path,
+) -> crate::Result<(String, Vec<crate::app::firmware::Vulnerable>)> {
+    use crate::app::firmware::{parse_vulnerable, MAX_VULNERABLE_FILE};
+    let name = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| crate::Error::io(path, e))?;
+    if meta.len() > MAX_VULNERABLE_FILE {
+        return Err(crate::Error::input(format!(
+            "{name}: {} bytes; a --vulnerable file may hold at most {MAX_VULNERABLE_FILE}",
+            meta.len()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| crate::Error::io(path, e))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| crate::Error::input(format!("{name}: not UTF-8 text")))?;
+    Ok((name.clone(), parse_vulnerable(&name, &text)?))
+}
+
+pub fn run(ctx: &Ctx, mut a: AuditArgs) -> anyhow::Result<i32> {
+    // A malformed --vulnerable file is bad input (exit 3), told before anything runs.
+    let vulnerable = match a.vulnerable.take().map(|p| load_vulnerable(&p)).transpose() {
+        Ok(v) => v,
+        Err(e) => {
+            let code = match e.exit_code() {
+                crate::error::exit::IO => crate::error::exit::IO,
+                _ => crate::error::exit::INPUT,
+            };
+            eprintln!("{}", super::common::error_line(&e.into()));
+            return Ok(code);
+        }
+    };
     // The documented contract for scripts: any runtime error is exit 2.
-    match run_inner(ctx, a) {
+    match run_inner(ctx, a, vulnerable) {
         Ok(code) => Ok(code),
         Err(e) => {
             if super::common::is_broken_pipe(&e) {
@@ -102,7 +155,11 @@ pub fn run(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
     }
 }
 
-fn run_inner(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
+fn run_inner(
+    ctx: &Ctx,
+    a: AuditArgs,
+    vulnerable: Option<(String, Vec<crate::app::firmware::Vulnerable>)>,
+) -> anyhow::Result<i32> {
     let format = if ctx.json {
         Format::Json
     } else {
@@ -115,6 +172,17 @@ fn run_inner(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
     let mut opts = Options::new(time::OffsetDateTime::now_utc().unix_timestamp());
     opts.expiring_within_days = a.expiring_within;
     opts.stuck_after_days = a.stuck_after;
+    opts.min_firmware = a.min_firmware;
+    opts.vulnerable = vulnerable;
+    opts.no_contact_days = a.no_contact_days;
+    for c in &a.checks {
+        if let (Some(opt), true) = (
+            audit::needs_option(c),
+            opts.not_run().contains_key(c.as_str()),
+        ) {
+            return Err(crate::Error::usage(format!("--check {c} needs {opt}")).into());
+        }
+    }
     opts.checks = if a.skip.is_empty() {
         a.checks
     } else {
@@ -170,6 +238,9 @@ fn run_inner(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
             s["failing"] = serde_json::json!(failing);
             s["expiring_within_days"] = serde_json::json!(opts.expiring_within_days);
             s["stuck_after_days"] = serde_json::json!(opts.stuck_after_days);
+            if let Some(d) = opts.no_contact_days {
+                s["no_contact_days"] = serde_json::json!(d);
+            }
             let text = serde_json::to_string_pretty(&s)?.replace('\n', "\n  ");
             writeln!(out, "{text}\n}}")?;
         }
@@ -192,6 +263,14 @@ fn run_inner(ctx: &Ctx, a: AuditArgs) -> anyhow::Result<i32> {
                     summary.checks.len(),
                     summary.devices
                 )?;
+            }
+            if !summary.not_run.is_empty() {
+                let list: Vec<String> = summary
+                    .not_run
+                    .iter()
+                    .map(|(c, o)| format!("{c} (needs {o})"))
+                    .collect();
+                writeln!(out, "not run: {}", list.join(", "))?;
             }
         }
     }

@@ -56,14 +56,19 @@ pub enum DeviceCommand {
         serial: String,
     },
     /// Show a device's events (the hash-chained log)
-    #[command(after_help = "Example:\n  cradle device history ACME-000001")]
+    #[command(
+        after_help = "--firmware lists only the firmware trail (firmware.reported events: the version at\nthe first contact, each change a device reported, and versions set with device set).\n\nExamples:\n  cradle device history ACME-000001\n  cradle device history ACME-000001 --firmware --json"
+    )]
     History {
         /// Device serial
         serial: String,
+        /// Only the firmware trail: version, previous version, source, via
+        #[arg(long)]
+        firmware: bool,
     },
     /// Change fields: FIELD=VALUE (an empty VALUE or <clear> clears the field)
     #[command(
-        after_help = "Fields: hardware_id, model, hw_rev, batch, site, location, owner, mac, imei,\nnotes, attr.NAME, and status (a lifecycle move; --force --reason to override).\n\nExamples:\n  cradle device set ACME-000001 owner=ops location='rack 4' attr.color=blue\n  cradle device set ACME-000001 notes=\n  cradle device set ACME-000001 status=registered --force --reason 'RMA, reflashed'"
+        after_help = "Fields: hardware_id, model, hw_rev, batch, site, location, owner, mac, imei,\nnotes, attr.NAME, firmware (an update done elsewhere: recorded as a firmware.reported\nevent, cannot be cleared), and status (a lifecycle move; --force --reason to override).\n\nExamples:\n  cradle device set ACME-000001 owner=ops location='rack 4' attr.color=blue\n  cradle device set ACME-000001 notes=\n  cradle device set ACME-000001 firmware=v1.4.0\n  cradle device set ACME-000001 status=registered --force --reason 'RMA, reflashed'"
     )]
     Set {
         /// Device serial
@@ -100,6 +105,31 @@ pub enum DeviceCommand {
         #[command(flatten)]
         force: ForceArgs,
     },
+    /// Re-write a device's configuration over its port (recorded as config.written)
+    #[command(
+        after_help = "The device on --port must answer with the registered hardware id. The template\n(--config NAME, else the one the device was last written from) is rendered for the\ndevice, written into its config place (cradle protocol: slot config, writable after\nLOCK; micropython: the template's micropython_path, default /config.json), read back by\nSHA-256 and recorded with the template name; the contact and the firmware the device\nreports are recorded too. esp32 and nrf91 have no config place: refused (exit 3)\nbefore the port is opened. Template format: cradle-config(5).\n\nExamples:\n  cradle device config ACME-000001 --port /dev/ttyUSB0 --config default\n  cradle --json device config ACME-000002 --port /dev/ttyACM0 --device-profile micropython"
+    )]
+    Config {
+        /// Device serial
+        serial: String,
+        /// Serial port the device is on
+        #[arg(long, value_name = "PATH")]
+        port: std::path::PathBuf,
+        /// Config template (default: the one recorded for the device)
+        #[arg(long, value_name = "NAME")]
+        config: Option<String>,
+        /// Protocol the device speaks
+        #[arg(long, value_enum, default_value = "cradle")]
+        device_profile: super::values::DeviceProfileArg,
+        /// Line rate of the port
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        /// Seconds the device may take to start answering a request
+        #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+        timeout: f64,
+        #[command(flatten)]
+        mp: super::provision::MicropythonPathArgs,
+    },
     /// Bring a device back from maintenance to deployed (same site)
     #[command(after_help = "Example:\n  cradle device return ACME-000001")]
     Return {
@@ -132,6 +162,9 @@ struct ShowOut<'a> {
     #[serde(flatten)]
     device: &'a Device,
     certificates: std::collections::BTreeMap<String, u64>,
+    /// Firmware, last contact and the configuration the device holds.
+    #[serde(flatten)]
+    contact: crate::store::contact::Contact,
     /// The device's attestation of its active certificate's key, when it gave one.
     #[serde(skip_serializing_if = "Option::is_none")]
     key_attestation: Option<serde_json::Value>,
@@ -194,9 +227,11 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
                 .into_iter()
                 .filter(|c| c.status == crate::store::CertStatus::Active)
                 .find_map(|c| c.device_attestation);
+            let contact = crate::store::contact::contact(reg.reader(), d.id)?;
             let out = ShowOut {
                 device: &d,
                 certificates,
+                contact,
                 key_attestation,
             };
             if ctx.json {
@@ -217,6 +252,19 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
                 };
                 rows.push(vec![format!("attr.{k}"), v]);
             }
+            let c = &out.contact;
+            rows.push(vec!["firmware".into(), opt(&c.firmware)]);
+            rows.push(vec![
+                "last_contact_at".into(),
+                c.last_contact_at.clone().unwrap_or_else(|| "never".into()),
+            ]);
+            rows.push(vec![
+                "config".into(),
+                match (&c.config_name, &c.config_sha256) {
+                    (Some(n), Some(h)) => format!("{n} sha256:{h}"),
+                    _ => "none".into(),
+                },
+            ]);
             rows.push(vec!["created_at".into(), d.created_at.clone()]);
             rows.push(vec!["updated_at".into(), d.updated_at.clone()]);
             let certs = if out.certificates.is_empty() {
@@ -238,10 +286,17 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
             print_table(&["FIELD", "VALUE"], &rows)?;
             Ok(0)
         }
-        DeviceCommand::History { serial } => {
+        DeviceCommand::History { serial, firmware } => {
             let reg = ctx.registry_read()?;
             let d = require_device(reg.reader(), &serial)?;
-            let events = events_for_device(reg.reader(), d.id)?;
+            let mut events = events_for_device(reg.reader(), d.id)?;
+            if firmware {
+                let kind = crate::model::EventKind::FirmwareReported.as_str();
+                events.retain(|e| e.kind == kind);
+                if !ctx.json {
+                    return print_firmware_trail(&events);
+                }
+            }
             if ctx.json {
                 print_json(&HistoryOut {
                     serial: &d.serial,
@@ -312,6 +367,79 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
             )?;
             print_edit(ctx, &o)
         }
+        DeviceCommand::Config {
+            serial,
+            port,
+            config,
+            device_profile,
+            baud,
+            timeout,
+            mp,
+        } => {
+            if !(timeout > 0.0 && timeout <= 3600.0) {
+                return Err(
+                    crate::Error::input("--timeout must be between 0 and 3600 seconds").into(),
+                );
+            }
+            let family: crate::device::DeviceProfile = device_profile.into();
+            crate::device::config_place(family)
+                .map_err(|why| crate::Error::input(format!("device config: {why}")))?;
+            let micropython_paths = mp.paths(device_profile)?;
+            let mut reg = ctx.registry()?;
+            let cfg = ctx.config()?;
+            let actor = ctx.actor(&cfg);
+            let name = match config {
+                Some(n) => n,
+                None => {
+                    let d = require_device(reg.reader(), &serial)?;
+                    crate::store::contact::contact(reg.reader(), d.id)?
+                        .config_name
+                        .ok_or_else(|| {
+                            crate::Error::input(format!(
+                                "device {serial} has no configuration recorded; give --config NAME"
+                            ))
+                        })?
+                }
+            };
+            let t = crate::app::config::ConfigTemplate::load(&name, ctx.templates().as_deref())?;
+            if !port.exists() {
+                return Err(
+                    crate::Error::Device(format!("{}: no such port", port.display())).into(),
+                );
+            }
+            let params = crate::device::LinkParams {
+                baud,
+                timeout: std::time::Duration::from_secs_f64(timeout),
+                micropython_paths,
+                ..Default::default()
+            };
+            let mut link =
+                crate::device::open(family, &port, params).map_err(crate::Error::from)?;
+            let pname = port.display().to_string();
+            let o = crate::app::config::rewrite(
+                &mut reg,
+                &serial,
+                link.as_mut(),
+                &t,
+                &cfg.org,
+                &actor,
+                &pname,
+            )?;
+            if ctx.json {
+                print_json(&o)?;
+            } else {
+                println!(
+                    "{}: config '{}' written to {} and read back (sha256:{}, {} bytes){}",
+                    o.serial,
+                    o.template,
+                    o.place,
+                    o.sha256,
+                    o.bytes,
+                    if o.unchanged { ", unchanged" } else { "" }
+                );
+            }
+            Ok(0)
+        }
         DeviceCommand::Return { serial, force } => {
             let mut reg = ctx.registry()?;
             let actor = ctx.actor(&ctx.config()?);
@@ -319,6 +447,33 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
             print_edit(ctx, &o)
         }
     }
+}
+
+/// `device history --firmware` as a table.
+fn print_firmware_trail(events: &[Event]) -> anyhow::Result<i32> {
+    let s = |e: &Event, k: &str| match &e.details[k] {
+        serde_json::Value::String(v) => v.clone(),
+        serde_json::Value::Null => String::new(),
+        o => o.to_string(),
+    };
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.clone(),
+                s(e, "firmware"),
+                s(e, "previous"),
+                s(e, "source"),
+                s(e, "via"),
+                format!("{}@{}", e.actor, e.station),
+            ]
+        })
+        .collect();
+    print_table(
+        &["AT", "FIRMWARE", "PREVIOUS", "SOURCE", "VIA", "WHO"],
+        &rows,
+    )?;
+    Ok(0)
 }
 
 fn print_edit(ctx: &Ctx, o: &EditOutcome) -> anyhow::Result<i32> {

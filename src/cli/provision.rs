@@ -55,6 +55,11 @@ pub struct ProvisionArgs {
     /// esp32: an ESP-IDF partition table CSV; its esp_secure_cert row gives offset and size
     #[arg(long, value_name = "FILE")]
     pub partition_table: Option<PathBuf>,
+    /// Config template (templates/config/NAME.toml|json, or a path): rendered per device
+    /// and written into its config place after the identity, read back by SHA-256 and
+    /// recorded (cradle and micropython profiles; see cradle-config(5))
+    #[arg(long, value_name = "NAME")]
+    pub config: Option<String>,
     #[command(flatten)]
     pub mp: MicropythonPathArgs,
     #[command(flatten)]
@@ -247,6 +252,17 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
         .into());
     }
     let micropython_paths = a.mp.paths(a.device_profile)?;
+    let config_template = match &a.config {
+        Some(name) => {
+            crate::device::config_place(a.device_profile.into())
+                .map_err(|why| Error::input(format!("--config: {why}")))?;
+            Some(crate::app::config::ConfigTemplate::load(
+                name,
+                ctx.templates().as_deref(),
+            )?)
+        }
+        None => None,
+    };
     let reg = ctx.registry()?;
     let config = ctx.config()?;
     let profile = Profile::load(
@@ -296,6 +312,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
         nrf_identity_keys: id_keys.map(std::sync::Arc::new),
         esp_partition,
         micropython_paths,
+        config: config_template.as_ref(),
     };
     drop(reg);
     let bars = Bars::new(a.watch);

@@ -29,6 +29,10 @@ pub struct SimArgs {
     /// Model the device reports
     #[arg(long, default_value = "sim-1")]
     pub model: String,
+    /// Firmware version the device reports (cradle HELLO fw=, nrf91 AT+CGMR); default
+    /// sim-<version> (nrf91: mfw_nrf9160_1.3.5). Overrides a --state file's: an update
+    #[arg(long, value_name = "VERSION")]
+    pub firmware: Option<String>,
     /// Simulated line rate: bytes are paced to it (8N1, 10 bits per byte)
     #[arg(long, default_value_t = 115_200, value_parser = clap::value_parser!(u32).range(50..=100_000_000))]
     pub baud: u32,
@@ -59,6 +63,7 @@ pub fn run(ctx: &Ctx, a: SimArgs) -> anyhow::Result<i32> {
         state: a.state,
         hardware_id: a.hardware_id,
         model: a.model,
+        firmware: a.firmware,
         baud: a.baud,
         faults: Faults::parse(&a.faults)?,
         profile: a.profile.into(),

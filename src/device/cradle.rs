@@ -14,7 +14,7 @@ use super::{
     WipeLink,
 };
 use crate::attestation::WipeAttestation;
-use crate::wire::{self, Session, WireError, SLOT_CERT, SLOT_CHAIN, SLOT_KEY};
+use crate::wire::{self, Session, WireError, SLOT_CERT, SLOT_CHAIN, SLOT_CONFIG, SLOT_KEY};
 
 /// Reconnects allowed per run.
 const MAX_RECONNECTS: u32 = 3;
@@ -230,6 +230,15 @@ impl<T: Read + Write + Send> DeviceLink for CradleLink<T> {
         Ok(self.held_cert.as_deref() == Some(cert_der))
     }
 
+    fn write_config(&mut self, cfg: &super::ConfigBlob<'_>) -> Result<String, WireError> {
+        // Writable also after LOCK (cradle-protocol(7)): configuration changes in service.
+        self.resumable(|s| {
+            s.write_object(SLOT_CONFIG, cfg.data, &mut |_, _| {})?;
+            s.verify_objects(&[(SLOT_CONFIG, cfg.data)])
+        })?;
+        Ok(format!("slot {SLOT_CONFIG}"))
+    }
+
     fn stats(&self) -> LinkStats {
         let mut st = self.closed;
         if let Some(s) = &self.s {
@@ -243,6 +252,11 @@ impl<T: Read + Write + Send> DeviceLink for CradleLink<T> {
 impl<T: Read + Write> WipeLink for CradleLink<T> {
     fn hardware_id(&mut self) -> crate::Result<String> {
         Ok(self.session().hello()?.hardware_id)
+    }
+
+    fn contact(&mut self) -> crate::Result<(String, Option<String>)> {
+        let i = self.session().hello()?;
+        Ok((i.hardware_id, Some(i.firmware)))
     }
 
     fn wipe(&mut self, nonce: [u8; 32]) -> crate::Result<WipeAttestation> {

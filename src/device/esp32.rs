@@ -25,7 +25,9 @@ use crate::wire::{self, WireError};
 /// What cradle tells the ROM the flash holds (SPI_SET_PARAMS); 4 MiB is the smallest
 /// flash of ESP32 modules that carry an `esp_secure_cert` partition.
 pub const FLASH_SIZE: u32 = 4 * 1024 * 1024;
-pub const FIRMWARE: &str = "esp32-rom-bootloader";
+/// The ROM bootloader reports no application firmware: cradle records this (see
+/// [`super::NO_APP_FIRMWARE`]); the chip revision is in the model name.
+pub const FIRMWARE: &str = super::NO_APP_FIRMWARE;
 
 /// Where the `esp_secure_cert` partition is: (offset, size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,6 +334,11 @@ impl<T: Read + Write> Esp32Link<T> {
 impl<T: Read + Write> super::WipeLink for Esp32Link<T> {
     fn hardware_id(&mut self) -> crate::error::Result<String> {
         Ok(self.chip()?.hardware_id)
+    }
+
+    fn contact(&mut self) -> crate::error::Result<(String, Option<String>)> {
+        let c = self.chip()?;
+        Ok((c.hardware_id, Some(c.firmware)))
     }
 
     fn wipe(

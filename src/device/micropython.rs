@@ -69,16 +69,7 @@ impl Paths {
             ("--mp-cert-path", &self.cert),
             ("--mp-chain-path", &self.chain),
         ] {
-            let ok = p.starts_with('/')
-                && !p.ends_with('/')
-                && p.len() <= 255
-                && !p.chars().any(char::is_control)
-                && !p.split('/').any(|c| c == "." || c == "..");
-            if !ok {
-                return Err(crate::Error::input(format!(
-                    "{flag} '{p}': want an absolute file path on the board (e.g. /certs/device.crt), at most 255 characters, without '.', '..' or control characters"
-                )));
-            }
+            check_board_path(flag, p)?;
         }
         if self.key == self.cert || self.key == self.chain || self.cert == self.chain {
             return Err(crate::Error::input(
@@ -87,6 +78,21 @@ impl Paths {
         }
         Ok(())
     }
+}
+
+/// Checks a file path on the board: absolute, plain text, not a directory.
+pub fn check_board_path(flag: &str, p: &str) -> crate::Result<()> {
+    let ok = p.starts_with('/')
+        && !p.ends_with('/')
+        && p.len() <= 255
+        && !p.chars().any(char::is_control)
+        && !p.split('/').any(|c| c == "." || c == "..");
+    if !ok {
+        return Err(crate::Error::input(format!(
+            "{flag} '{p}': want an absolute file path on the board (e.g. /certs/device.crt), at most 255 characters, without '.', '..' or control characters"
+        )));
+    }
+    Ok(())
 }
 
 /// Hex SHA-256, as the board prints it.
@@ -403,6 +409,25 @@ impl<T: Read + Write + Send> DeviceLink for MicropythonLink<T> {
         Ok(self.held_cert.as_ref().and_then(Option::as_ref) == Some(&want))
     }
 
+    fn write_config(&mut self, cfg: &super::ConfigBlob<'_>) -> Result<String, WireError> {
+        let path = cfg.micropython_path.to_string();
+        if self.paths.all().contains(&path.as_str()) {
+            return Err(WireError::Unexpected(format!(
+                "the config file {path} would overwrite an identity file"
+            )));
+        }
+        let mut mk = String::from("import os\n");
+        for d in parents(&[&path]) {
+            mk.push_str(&format!(
+                "try:\n os.mkdir({})\nexcept OSError:\n pass\n",
+                py_str(&d)
+            ));
+        }
+        self.write_verified(&mk, &path, cfg.data)?;
+        self.repl.exit()?;
+        Ok(path)
+    }
+
     fn details(&self) -> serde_json::Map<String, serde_json::Value> {
         let mut m = serde_json::Map::new();
         m.insert("key_path".into(), self.paths.key.clone().into());
@@ -426,6 +451,11 @@ impl<T: Read + Write + Send> DeviceLink for MicropythonLink<T> {
 impl<T: Read + Write> WipeLink for MicropythonLink<T> {
     fn hardware_id(&mut self) -> crate::Result<String> {
         Ok(self.identify_board()?.hardware_id)
+    }
+
+    fn contact(&mut self) -> crate::Result<(String, Option<String>)> {
+        let b = self.identify_board()?;
+        Ok((b.hardware_id, Some(b.firmware)))
     }
 
     fn wipe(&mut self, _nonce: [u8; 32]) -> crate::Result<WipeAttestation> {

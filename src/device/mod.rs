@@ -98,6 +98,22 @@ impl Burn<'_> {
     }
 }
 
+/// A rendered configuration on its way to a device.
+pub struct ConfigBlob<'a> {
+    pub data: &'a [u8],
+    /// MicroPython: the file on the board.
+    pub micropython_path: &'a str,
+}
+
+/// Whether `profile` has an honest place for a configuration; `Err` names why not.
+pub fn config_place(profile: DeviceProfile) -> std::result::Result<(), String> {
+    match profile {
+        DeviceProfile::Cradle | DeviceProfile::Micropython => Ok(()),
+        DeviceProfile::Esp32 => Err("the esp32 family has no config place cradle can write: the ROM bootloader sees flash, not the application's settings (write them with your firmware's NVS tooling)".into()),
+        DeviceProfile::Nrf91 => Err("the nrf91 family has no config place cradle can write: the modem's AT interface stores credentials, not application settings".into()),
+    }
+}
+
 /// Traffic seen on a link, for reports and the benchmark.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct LinkStats {
@@ -145,6 +161,16 @@ pub trait DeviceLink: Send {
     /// Whether the device holds `cert_der` as its identity certificate.
     fn holds(&mut self, cert_der: &[u8]) -> std::result::Result<bool, WireError>;
     fn stats(&self) -> LinkStats;
+    /// Writes a rendered configuration into the device's config place and reads it back
+    /// by SHA-256; returns where it went (a slot, a file). Families without an honest
+    /// place for one refuse (the CLI refuses `--config` for them before opening the port).
+    fn write_config(&mut self, cfg: &ConfigBlob<'_>) -> std::result::Result<String, WireError> {
+        let _ = cfg;
+        Err(WireError::Unexpected(format!(
+            "the {} family has no place for a configuration",
+            self.profile()
+        )))
+    }
     /// Family facts worth keeping with a `provision.passed` event.
     fn details(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::Map::new()
@@ -191,10 +217,20 @@ pub fn open(
     })
 }
 
+/// What a family reports as its firmware when no application firmware can be seen on
+/// the port (the ESP32 ROM bootloader): recorded on a first contact only, never over a
+/// version an operator set (cradle-esp32(7)).
+pub const NO_APP_FIRMWARE: &str = "rom";
+
 /// A connection to one device that can identify itself and wipe on request.
 pub trait WipeLink {
     /// The device's hardware id.
     fn hardware_id(&mut self) -> Result<String>;
+    /// The device's hardware id and the firmware it reports, when the family reports
+    /// one (recorded as a contact).
+    fn contact(&mut self) -> Result<(String, Option<String>)> {
+        Ok((self.hardware_id()?, None))
+    }
     /// Sends WIPE with `nonce`; returns the device's signed attestation.
     fn wipe(&mut self, nonce: [u8; 32]) -> Result<WipeAttestation>;
     /// Whether this family proves a wipe by read-back (`wipe_read_back`) instead of a

@@ -55,10 +55,17 @@ pub enum EventKind {
     /// its first write): from here on a row without a mark is a finding.
     #[serde(rename = "devices.marked")]
     DevicesMarked,
+    /// The firmware version a device reported on contact (first contact, then only when
+    /// it changed), or one an operator set (`device set firmware=`).
+    #[serde(rename = "firmware.reported")]
+    FirmwareReported,
+    /// A rendered configuration was written into the device's config slot and read back.
+    #[serde(rename = "config.written")]
+    ConfigWritten,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 22] = [
         EventKind::HomeInitialised,
         EventKind::LogKeyed,
         EventKind::CaCreated,
@@ -79,6 +86,8 @@ impl EventKind {
         EventKind::CloudExported,
         EventKind::OcspSignerIssued,
         EventKind::DevicesMarked,
+        EventKind::FirmwareReported,
+        EventKind::ConfigWritten,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -103,6 +112,8 @@ impl EventKind {
             EventKind::CloudExported => "cloud.exported",
             EventKind::OcspSignerIssued => "ocsp.signer_issued",
             EventKind::DevicesMarked => "devices.marked",
+            EventKind::FirmwareReported => "firmware.reported",
+            EventKind::ConfigWritten => "config.written",
         }
     }
 }

@@ -555,7 +555,7 @@ impl Profile {
 }
 
 /// Placeholders in a template string: (name, optional).
-fn placeholders(s: &str) -> Vec<(String, bool)> {
+pub(crate) fn placeholders(s: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     let mut rest = s;
     while let Some(i) = rest.find('{') {
@@ -577,7 +577,7 @@ fn placeholders(s: &str) -> Vec<(String, bool)> {
 /// Whether every `{` opens a placeholder closed by a `}` before the next brace, and
 /// every other brace is doubled (`{{`, `}}`). Counting braces is not enough: `}{`
 /// balances yet has no placeholder.
-fn braces_balanced(s: &str) -> bool {
+pub(crate) fn braces_balanced(s: &str) -> bool {
     let mut rest = s;
     while let Some(i) = rest.find(['{', '}']) {
         let r = &rest[i..];

@@ -11,11 +11,13 @@ use sha2::{Digest, Sha256};
 use super::faults::{Faults, Rng};
 use crate::attestation::{self, WipeAttestation};
 use crate::error::{Error, Result};
-use crate::wire::{b64, b64_decode, code, Frame, PROTO_VERSION, SLOT_CERT, SLOT_CHAIN, SLOT_KEY};
+use crate::wire::{
+    b64, b64_decode, code, Frame, PROTO_VERSION, SLOT_CERT, SLOT_CHAIN, SLOT_CONFIG, SLOT_KEY,
+};
 
 pub const SIM_MAX_LINE: usize = 1024;
 pub const SIM_WINDOW: usize = 8;
-const SLOTS: [&str; 3] = [SLOT_KEY, SLOT_CERT, SLOT_CHAIN];
+const SLOTS: [&str; 4] = [SLOT_KEY, SLOT_CERT, SLOT_CHAIN, SLOT_CONFIG];
 /// Most data bytes one WRITE or READ frame may carry for a maxline (cradle-protocol(7)).
 pub const fn chunk_limit(max_line: usize) -> usize {
     (max_line - 64) / 4 * 3
@@ -354,7 +356,8 @@ impl Device {
             }
             "ERASE" => {
                 let slot = self.slot_arg(f, 0)?;
-                if self.state.locked {
+                // The config slot changes in service: LOCK seals the identity only.
+                if self.state.locked && slot != SLOT_CONFIG {
                     return Err(code::LOCKED);
                 }
                 self.state.slots.remove(slot);
@@ -372,7 +375,7 @@ impl Device {
                     .get(2)
                     .and_then(|d| b64_decode(d).ok())
                     .ok_or(code::BAD_ARGUMENT)?;
-                if self.state.locked {
+                if self.state.locked && slot != SLOT_CONFIG {
                     return Err(code::LOCKED);
                 }
                 if data.len() > chunk_limit(SIM_MAX_LINE) || off > 1 << 20 {
@@ -410,7 +413,10 @@ impl Device {
                 let s = self.state.slots.get(slot).cloned().unwrap_or_default();
                 let got = hex::encode(sha256(&s.data));
                 // Locked: only a resent COMMIT of what is already committed is answered.
-                if self.state.locked && !(s.committed && s.data.len() == len && &got == want) {
+                if self.state.locked
+                    && slot != SLOT_CONFIG
+                    && !(s.committed && s.data.len() == len && &got == want)
+                {
                     return Err(code::LOCKED);
                 }
                 if s.data.len() != len {

@@ -316,6 +316,9 @@ pub struct SimConfig {
     pub strict: bool,
     /// The window each device advertises in HELLO.
     pub window: usize,
+    /// The firmware version the devices report (HELLO `fw=`, nRF91 `AT+CGMR`), also over
+    /// a loaded state: a firmware update between two runs.
+    pub firmware: Option<String>,
 }
 
 /// A device that came up (or came back after a hang-up) on a pty.
@@ -405,6 +408,15 @@ pub fn build_devices(cfg: &SimConfig) -> Result<Vec<Box<dyn Responder>>> {
     });
     crate::wire::check_token("hardware id", &base).map_err(|e| Error::input(e.to_string()))?;
     crate::wire::check_token("model", &cfg.model).map_err(|e| Error::input(e.to_string()))?;
+    if let Some(fw) = &cfg.firmware {
+        if cfg.profile == DeviceProfile::Esp32 || cfg.profile == DeviceProfile::Micropython {
+            return Err(Error::usage(format!(
+                "--firmware applies to the cradle and nrf91 profiles (the {} simulator reports its own)",
+                cfg.profile
+            )));
+        }
+        crate::wire::check_token("firmware", fw).map_err(|e| Error::input(e.to_string()))?;
+    }
     let mut out: Vec<Box<dyn Responder>> = Vec::with_capacity(cfg.count);
     for i in 0..cfg.count {
         let path = state_file(cfg, i)?;
@@ -442,6 +454,10 @@ pub fn build_devices(cfg: &SimConfig) -> Result<Vec<Box<dyn Responder>>> {
                 s
             }
         };
+        let mut state = state;
+        if let Some(fw) = &cfg.firmware {
+            state.firmware = fw.clone();
+        }
         let mut dev = Device::new(state, path, cfg.faults.clone());
         dev.strict = cfg.strict;
         dev.window = cfg.window;

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod bulk;
 pub mod cas;
 pub mod certs;
+pub mod contact;
 pub mod devices;
 pub mod error;
 pub mod events;

@@ -204,6 +204,16 @@ CREATE INDEX wipes_device ON wipes(device_id);
     r#"
 ALTER TABLE devices ADD COLUMN mark BLOB;
 "#,
+    // 8: the firmware version the device reported at its last contact
+    // (or an operator set with `device set firmware=`), when a port command last talked
+    // to it, and the configuration it holds (template name, SHA-256 of the rendered
+    // bytes as read back). The trail of versions is in the event log (firmware.reported).
+    r#"
+ALTER TABLE devices ADD COLUMN firmware TEXT;
+ALTER TABLE devices ADD COLUMN last_contact_at TEXT;
+ALTER TABLE devices ADD COLUMN config_name TEXT;
+ALTER TABLE devices ADD COLUMN config_sha256 TEXT;
+"#,
 ];
 
 #[cfg(test)]
@@ -222,6 +232,7 @@ mod tests {
         "f75693bbf00366192125cb2922c41e692972b7f03e4bdaae2fded182223122aa",
         "574bd4a817d8294c486da6451a732057aa1227dd2b4d5413fc42715d335a7c56",
         "02ca18042d6d61c6dab4815edc5e7cc89c09ad21f783a8be4d242d0d2d8971b2",
+        "5bed1ee22713c0345e61d41643302aa68fbdfaf0c750bdcbfce52d4e5ebffe5d",
     ];
 
     #[test]

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     b64, check_token, code, crc32, open_port, Frame, Line, LineBuffer, Port, WireError, MAX_LINE,
-    SLOT_CERT, SLOT_CHAIN, SLOT_KEY,
+    SLOT_CERT, SLOT_CHAIN, SLOT_CONFIG, SLOT_KEY,
 };
 use crate::attestation::WipeAttestation;
 
@@ -802,6 +802,33 @@ pub fn run(o: &Options, report: &mut dyn FnMut(&Verdict)) -> Result<Vec<Verdict>
         p.refused("COMMIT", &[SLOT_CERT, "1", &sha], code::LOCKED)?;
         p.ok("COMMIT", &[SLOT_CERT, &n, &sha])?;
         Ok("KEYGEN, WRITE, ERASE, another COMMIT: ERR 9; the resent COMMIT: OK".into())
+    });
+    rule(&mut p, &mut k, "config-after-lock", &|p, _| {
+        // The config slot is optional; a device that has it keeps it writable when locked.
+        let (seq, f) = p.ask("STAT", &[SLOT_CONFIG])?;
+        if expect_err(&f, seq, code::UNKNOWN_SLOT).is_ok() {
+            return Ok(
+                "no config slot (optional: cradle cannot keep a configuration on this device)"
+                    .into(),
+            );
+        }
+        expect_ok(&f, seq, "STAT config")?;
+        let data = b"{\"telemetry_interval_s\": 60}\n";
+        let n = data.len().to_string();
+        p.ok("ERASE", &[SLOT_CONFIG])?;
+        p.ok("WRITE", &[SLOT_CONFIG, "0", &b64(data)])?;
+        p.ok("COMMIT", &[SLOT_CONFIG, &n, &sha_hex(data)])?;
+        expect_stat(p, SLOT_CONFIG, (data.len(), true, data))?;
+        let back = b64_arg(&p.ok("READ", &[SLOT_CONFIG, "0", &n])?, "data")?;
+        if back != data {
+            return Err(format!(
+                "READ config gave {} bytes that differ from those written",
+                back.len()
+            ));
+        }
+        p.ok("ERASE", &[SLOT_CONFIG])?;
+        expect_stat(p, SLOT_CONFIG, (0, false, b""))?;
+        Ok("locked: ERASE, WRITE, COMMIT, STAT, READ and ERASE of config answered OK".into())
     });
     rule(&mut p, &mut k, "wipe-nonce-form", &|p, _| {
         p.refused(

@@ -36,6 +36,9 @@ pub const MAX_RESYNC: u32 = 12;
 pub const SLOT_KEY: &str = "key";
 pub const SLOT_CERT: &str = "cert";
 pub const SLOT_CHAIN: &str = "chain";
+/// The device's configuration (cradle-protocol(7) "Config slot"): readable, and
+/// writable also after LOCK.
+pub const SLOT_CONFIG: &str = "config";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {

@@ -86,6 +86,9 @@ pub const EVENT_CHAIN: &str = "event-chain";
 pub const REGISTRY_INTEGRITY: &str = "registry-integrity";
 pub const CERT_STATUS_VS_LOG: &str = "cert-status-vs-log";
 pub const DEVICE_MARK: &str = "device-mark";
+pub const FIRMWARE_BELOW: &str = "firmware-below";
+pub const FIRMWARE_LISTED: &str = "firmware-listed";
+pub const NO_CONTACT_SINCE: &str = "no-contact-since";
 
 use Severity::{Error as E, Warning as W};
 
@@ -112,7 +115,20 @@ pub const CHECKS: &[Check] = &[
     check(CERT_STATUS_VS_LOG, E, "a certificate's status disagrees with the event log: revoked without a cert.revoked event, or valid again although the log revoked it"),
     check(DEVICE_MARK, E, "a device row's keyed mark is missing or does not verify: the row was written or changed outside cradle (an edit, a bit flip)"),
     check(EVENT_CHAIN, E, "the hash-chained event log does not verify (an event altered, deleted or inserted out of band)"),
+    check(FIRMWARE_BELOW, W, "in-service device of a model given with --min-firmware MODEL=VERSION whose recorded firmware is older, or has no version (runs only with --min-firmware)"),
+    check(FIRMWARE_LISTED, E, "in-service device whose recorded firmware is a version listed in --vulnerable FILE (runs only with --vulnerable)"),
+    check(NO_CONTACT_SINCE, W, "in-service device whose last contact over a port is older than --no-contact-days DAYS, or never recorded (runs only with --no-contact-days)"),
 ];
+
+/// The option a check needs before it can run, if it needs one.
+pub fn needs_option(id: &str) -> Option<&'static str> {
+    match id {
+        FIRMWARE_BELOW => Some("--min-firmware MODEL=VERSION"),
+        FIRMWARE_LISTED => Some("--vulnerable FILE"),
+        NO_CONTACT_SINCE => Some("--no-contact-days DAYS"),
+        _ => None,
+    }
+}
 
 pub fn check_ids() -> Vec<&'static str> {
     CHECKS.iter().map(|c| c.id).collect()
@@ -139,6 +155,12 @@ pub struct Options {
     /// a certificate whose mark verifies and whose DER still hashes to its recorded
     /// fingerprint without verifying its signature; `None` verifies every signature.
     pub mark_key: Option<AuditKey>,
+    /// firmware-below: the lowest acceptable firmware per model (`--min-firmware`).
+    pub min_firmware: Vec<crate::app::firmware::MinFirmware>,
+    /// firmware-listed: versions known bad (`--vulnerable FILE`), with the file's name.
+    pub vulnerable: Option<(String, Vec<crate::app::firmware::Vulnerable>)>,
+    /// no-contact-since: days without a contact (`--no-contact-days`).
+    pub no_contact_days: Option<u32>,
 }
 
 impl Options {
@@ -149,10 +171,33 @@ impl Options {
             stuck_after_days: 7,
             checks: Vec::new(),
             mark_key: None,
+            min_firmware: Vec::new(),
+            vulnerable: None,
+            no_contact_days: None,
+        }
+    }
+    fn selected(&self, id: &str) -> bool {
+        self.checks.is_empty() || self.checks.iter().any(|c| c == id)
+    }
+    /// Whether the option check `id` needs is given.
+    fn has_option(&self, id: &str) -> bool {
+        match id {
+            FIRMWARE_BELOW => !self.min_firmware.is_empty(),
+            FIRMWARE_LISTED => self.vulnerable.is_some(),
+            NO_CONTACT_SINCE => self.no_contact_days.is_some(),
+            _ => true,
         }
     }
     fn wants(&self, id: &str) -> bool {
-        self.checks.is_empty() || self.checks.iter().any(|c| c == id)
+        self.selected(id) && self.has_option(id)
+    }
+    /// Checks selected that cannot run because their option is missing, with it.
+    pub fn not_run(&self) -> BTreeMap<&'static str, &'static str> {
+        CHECKS
+            .iter()
+            .filter(|c| self.selected(c.id) && !self.has_option(c.id))
+            .filter_map(|c| needs_option(c.id).map(|o| (c.id, o)))
+            .collect()
     }
     /// Whether check `id` will run.
     pub fn checks_wanted(&self, id: &str) -> bool {
@@ -169,6 +214,8 @@ pub struct Summary {
     pub warnings: u64,
     /// Findings per check id (every check run appears, with 0 when clean).
     pub by_check: BTreeMap<&'static str, u64>,
+    /// Checks selected but not run, with the option each needs.
+    pub not_run: BTreeMap<&'static str, &'static str>,
     /// cert-not-chained: certificates whose signature was verified against the CAs.
     pub signatures_verified: u64,
     /// cert-not-chained: certificates accepted on their verification mark instead.
@@ -188,6 +235,7 @@ pub fn run(
     let _snapshot = conn.read_snapshot()?;
     let mut summary = Summary {
         devices: q::device_count(conn)?,
+        not_run: opts.not_run(),
         ..Default::default()
     };
     for c in CHECKS {
@@ -490,6 +538,9 @@ fn run_checks(
             ))?;
         }
     }
+    if o.wants(FIRMWARE_BELOW) || o.wants(FIRMWARE_LISTED) || o.wants(NO_CONTACT_SINCE) {
+        check_firmware_and_contact(conn, o, emit)?;
+    }
     Ok(stats)
 }
 
@@ -535,6 +586,88 @@ fn check_device_marks(conn: &Reader, emit: &mut dyn FnMut(Finding) -> Result<()>
         emit(finding(DEVICE_MARK, Some(b.serial), msg.into()))
     })?;
     Ok(())
+}
+
+/// firmware-below, firmware-listed and no-contact-since in one pass over the in-service
+/// devices.
+fn check_firmware_and_contact(
+    conn: &Reader,
+    o: &Options,
+    emit: &mut dyn FnMut(Finding) -> Result<()>,
+) -> Result<()> {
+    use crate::app::firmware::Version;
+    let below = o.wants(FIRMWARE_BELOW);
+    let listed = o
+        .wants(FIRMWARE_LISTED)
+        .then_some(())
+        .and(o.vulnerable.as_ref());
+    let cutoff = o
+        .no_contact_days
+        .filter(|_| o.wants(NO_CONTACT_SINCE))
+        .map(|d| (d, rfc3339(o.now - i64::from(d) * DAY)));
+    crate::store::contact::for_each_in_service(conn, |d| {
+        let version = d.firmware.as_deref().and_then(Version::parse);
+        let model = d.model.as_deref().unwrap_or("");
+        if below {
+            for m in o.min_firmware.iter().filter(|m| m.model == model) {
+                let msg = match (&d.firmware, &version) {
+                    (None, _) => Some(format!(
+                        "{model} device with no firmware recorded (never contacted, never set); minimum is {}",
+                        m.text
+                    )),
+                    (Some(fw), None) => Some(format!(
+                        "firmware '{fw}' holds no version number to compare with the minimum {} for {model} (set the version with `device set firmware=`)",
+                        m.text
+                    )),
+                    (Some(fw), Some(v)) if *v < m.min => Some(format!(
+                        "firmware '{fw}' (version {v}) is below the minimum {} for {model}",
+                        m.text
+                    )),
+                    _ => None,
+                };
+                if let Some(msg) = msg {
+                    emit(finding(FIRMWARE_BELOW, Some(d.serial.clone()), msg))?;
+                }
+            }
+        }
+        if let (Some((file, list)), Some(v), Some(fw)) = (listed, &version, &d.firmware) {
+            let hit = list
+                .iter()
+                .find(|l| l.model.as_deref().is_none_or(|lm| lm == model) && l.version == *v);
+            if let Some(l) = hit {
+                emit(finding(
+                    FIRMWARE_LISTED,
+                    Some(d.serial.clone()),
+                    format!(
+                        "firmware '{fw}' is listed as vulnerable ({file} line {}: {}{})",
+                        l.line,
+                        l.model
+                            .as_deref()
+                            .map(|m| format!("{m} "))
+                            .unwrap_or_default(),
+                        l.text
+                    ),
+                ))?;
+            }
+        }
+        if let Some((days, before)) = &cutoff {
+            let msg = match &d.last_contact_at {
+                None => Some(format!(
+                    "{}, but no contact over a port is recorded",
+                    d.status
+                )),
+                Some(at) if at.as_str() < before.as_str() => Some(format!(
+                    "{}, last contact {at} (over {days} days ago)",
+                    d.status
+                )),
+                _ => None,
+            };
+            if let Some(msg) = msg {
+                emit(finding(NO_CONTACT_SINCE, Some(d.serial.clone()), msg))?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// "A, B, C, D, E and 7 more".
@@ -789,7 +922,7 @@ mod tests {
         let ids = check_ids();
         let set: HashSet<_> = ids.iter().collect();
         assert_eq!(set.len(), ids.len());
-        assert_eq!(ids.len(), 21);
+        assert_eq!(ids.len(), 24);
         for id in ids {
             assert!(id.chars().all(|c| c.is_ascii_lowercase() || c == '-'));
         }
@@ -817,6 +950,8 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!((n, s.findings, s.checks.len()), (0, 0, CHECKS.len()));
+        // The checks that need an option do not run without it, and say so.
+        assert_eq!((n, s.findings, s.checks.len()), (0, 0, CHECKS.len() - 3));
+        assert_eq!(s.not_run.len(), 3);
     }
 }

@@ -60,6 +60,8 @@ enum Target {
     Field(Field, Option<String>),
     Attr(String, Option<String>),
     Status(DeviceStatus),
+    /// `firmware=VERSION`: an update done elsewhere (kept apart from the inventory fields).
+    Firmware(String),
 }
 
 fn parse_assignment(a: &Assignment) -> Result<Target> {
@@ -73,9 +75,18 @@ fn parse_assignment(a: &Assignment) -> Result<Target> {
         fields::check_attr_value(&a.value).map_err(bad)?;
         return Ok(Target::Attr(name.to_string(), Some(a.value.clone())));
     }
+    if a.field == "firmware" {
+        if clear {
+            return Err(Error::input(
+                "firmware cannot be cleared (its trail is in the event log); set the version the device runs",
+            ));
+        }
+        let v = crate::app::firmware::check_firmware(&a.value).map_err(bad)?;
+        return Ok(Target::Firmware(v));
+    }
     let f = Field::parse(&a.field).ok_or_else(|| {
         Error::input(format!(
-            "unknown field '{}' (fields: {}, attr.NAME)",
+            "unknown field '{}' (fields: {}, firmware, attr.NAME)",
             a.field,
             editable()
         ))
@@ -140,6 +151,7 @@ fn edit_if(
     let mut new = dev.clone();
     let mut changes = Vec::new();
     let mut to_status = None;
+    let mut firmware = None;
     for t in targets {
         match t {
             Target::Field(f, v) => {
@@ -175,6 +187,7 @@ fn edit_if(
                 }
             }
             Target::Status(s) => to_status = Some(s),
+            Target::Firmware(v) => firmware = Some(v),
         }
     }
     // Check the state change before writing anything.
@@ -195,6 +208,17 @@ fn edit_if(
             serde_json::json!({"source": command, "changes": m}),
             &now,
         )?;
+    }
+    if let Some(fw) = firmware {
+        if let Some(before) =
+            crate::app::firmware::record_set(&tx, dev.id, &fw, command, actor, &now)?
+        {
+            changes.push(Change {
+                field: "firmware".into(),
+                from: before,
+                to: Some(fw),
+            });
+        }
     }
     let mut status = dev.status;
     if let Some(to) = to_status {

@@ -393,8 +393,14 @@ impl LabelTemplate {
 /// Writes the editable copies of the built-in templates into `dir`
 /// (`HOME/templates/labels`), keeping any that exist.
 pub fn install_builtins(dir: &Path) -> Result<()> {
+    install_files(dir, BUILTIN)
+}
+
+/// Writes `NAME.toml` with each built-in's text into `dir`, keeping any that exist (the
+/// label and config templates `cradle init` installs).
+pub fn install_files(dir: &Path, builtins: &[(&str, &str)]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    for (name, text) in BUILTIN {
+    for (name, text) in builtins {
         let p = dir.join(format!("{name}.toml"));
         if !p.exists() {
             std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;

@@ -793,6 +793,7 @@ impl Runner<'_> {
                     self.reg,
                     &dev,
                     link.as_mut(),
+                    port,
                     &p.options.context,
                     &opts,
                     actor,

@@ -133,22 +133,26 @@ pub fn fresh_nonce() -> [u8; 32] {
     n
 }
 
-/// Fails unless the device on the link is `device` (by registered hardware id).
-pub fn check_identity(device: &Device, link: &mut dyn WipeLink) -> Result<String> {
+/// Fails unless the device on the link is `device` (by registered hardware id); returns
+/// the hardware id and the firmware the device reported, if its family reports one.
+pub fn check_identity(
+    device: &Device,
+    link: &mut dyn WipeLink,
+) -> Result<(String, Option<String>)> {
     let expected = device.hardware_id.as_deref().ok_or_else(|| {
         Error::Device(format!(
             "device '{}' has no registered hardware id, so cradle cannot tell whether the right device is on the port; record a manual wipe instead",
             device.serial
         ))
     })?;
-    let found = link.hardware_id()?;
+    let (found, firmware) = link.contact()?;
     if found != expected {
         return Err(Error::Device(format!(
             "wrong device on the port: expected '{}' (hardware id {expected}), found hardware id {found}",
             device.serial
         )));
     }
-    Ok(found)
+    Ok((found, firmware))
 }
 
 /// The SubjectPublicKeyInfo (DER) and fingerprint of the certificate whose key the
@@ -202,12 +206,28 @@ pub fn attested_wipe(
     reg: &mut Store,
     device: &Device,
     link: &mut dyn WipeLink,
+    port: &str,
     ctx: &WipeContext,
     step_options: &serde_json::Value,
     actor: &Actor,
     finish: &dyn Fn(&Tx<'_>, &WipeRecord, &str) -> Result<()>,
 ) -> Result<WipeRecord> {
-    let hwid = check_identity(device, link)?;
+    let (hwid, firmware) = check_identity(device, link)?;
+    if let Some(fw) = firmware {
+        // A contact like any other: the firmware trail records what the device reported.
+        let now = now_rfc3339();
+        let tx = reg.write()?;
+        crate::app::firmware::record_contact(
+            &tx,
+            device.id,
+            &fw,
+            "decommission",
+            port,
+            actor,
+            &now,
+        )?;
+        tx.commit()?;
+    }
     // ESP32 ROM (erased, the chip's digest of the region), MicroPython (files removed,
     // stat shows them gone): verified by read-back, not signed.
     if link.reads_back() {
@@ -471,6 +491,7 @@ pub(crate) mod tests {
             reg,
             dev,
             link,
+            "test link",
             &WipeContext::default(),
             &serde_json::json!({}),
             &actor(),

@@ -98,10 +98,24 @@ pub(super) fn provision(
     drop(reg);
     res.serial = Some(device.serial.clone());
     run.device = Some(device.clone());
+    // Rendered before anything is written: a template that does not fit this device
+    // fails the run with the device untouched.
+    let config = match st.config {
+        Some(t) => {
+            run.step = "render config";
+            Some((t, t.render(&device, st.org, Some(&ident.firmware))?))
+        }
+        None => None,
+    };
 
     if ident.sealed || (!link.seals() && device.status == DeviceStatus::Provisioned) {
         run.step = "check held identity";
         let r = finish_held(st, link, &device, &ident, pname, res);
+        if r.is_ok() {
+            if let Some((t, c)) = &config {
+                write_config(st, link, &device, t, c, pname, run)?;
+            }
+        }
         res.link_seconds = t0.elapsed().as_secs_f64();
         return r.map(|_| true);
     }
@@ -229,7 +243,45 @@ pub(super) fn provision(
         serde_json::Value::Object(extra),
         evidence,
     )?;
+    if let Some((t, c)) = &config {
+        write_config(st, link, &device, t, c, pname, run)?;
+        res.link_seconds = t0.elapsed().as_secs_f64();
+    }
     Ok(true)
+}
+
+/// Writes the rendered configuration into the device's config place, reads it back by
+/// hash and records it (after the identity: a failure here leaves the identity
+/// recorded, and a re-run writes the configuration).
+fn write_config(
+    st: &Station<'_>,
+    link: &mut dyn DeviceLink,
+    device: &Device,
+    t: &crate::app::config::ConfigTemplate,
+    c: &crate::app::config::Rendered,
+    pname: &str,
+    run: &mut Run,
+) -> Result<()> {
+    run.step = "write config";
+    let place = link.write_config(&crate::device::ConfigBlob {
+        data: &c.bytes,
+        micropython_path: &t.micropython_path,
+    })?;
+    let mut reg = st.reg()?;
+    let now = crate::store::now_rfc3339();
+    let tx = reg.write()?;
+    crate::app::config::record_written(
+        &tx,
+        device.id,
+        c,
+        &place,
+        "provision",
+        pname,
+        st.actor,
+        &now,
+    )?;
+    tx.commit()?;
+    Ok(())
 }
 
 fn register(
@@ -239,14 +291,7 @@ fn register(
     serial: &str,
     pname: &str,
 ) -> Result<Device> {
-    st.lookup_or_register(
-        reg,
-        &ident.hardware_id,
-        serial,
-        &ident.model,
-        ident.imei.as_deref(),
-        pname,
-    )
+    st.lookup_or_register(reg, ident, serial, pname)
 }
 
 /// A device that already holds an identity (sealed, or a provisioned modem): PASS if it

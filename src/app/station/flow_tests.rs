@@ -86,6 +86,7 @@ impl Fixture {
             nrf_identity_keys: None,
             esp_partition: None,
             micropython_paths: Default::default(),
+            config: None,
         }
     }
 
@@ -206,6 +207,7 @@ fn csr_and_inject_runs_burn_seal_and_record_one_active_certificate() {
             kinds,
             [
                 "device.registered",
+                "firmware.reported",
                 "provision.started",
                 "device.state",
                 "provision.passed"

@@ -72,6 +72,9 @@ pub struct Station<'a> {
     pub esp_partition: Option<crate::device::esp32::Partition>,
     /// micropython: the identity files on the board.
     pub micropython_paths: crate::device::micropython::Paths,
+    /// `--config NAME`: rendered per device and written into its config place after the
+    /// identity.
+    pub config: Option<&'a crate::app::config::ConfigTemplate>,
 }
 
 /// How one port's run ended.
@@ -288,12 +291,16 @@ impl Station<'_> {
     fn lookup_or_register(
         &self,
         reg: &mut Store,
-        hardware_id: &str,
+        ident: &device::Identity,
         serial: &str,
-        model: &str,
-        imei: Option<&str>,
         port: &str,
     ) -> Result<Device> {
+        let (hardware_id, model, imei) = (
+            ident.hardware_id.as_str(),
+            ident.model.as_str(),
+            ident.imei.as_deref(),
+        );
+        let firmware = ident.firmware.as_str();
         check_serial(serial).map_err(|e| dev_err(format!("device serial from the device: {e}")))?;
 
         let now = now_rfc3339();
@@ -316,6 +323,16 @@ impl Station<'_> {
                 id
             }
         };
+        // Every contact records the firmware the device reports (an event when it changed).
+        crate::app::firmware::record_contact(
+            &tx,
+            id,
+            firmware,
+            "provision",
+            port,
+            self.actor,
+            &now,
+        )?;
         let d =
             devices::device_by_id(&tx, id)?.ok_or_else(|| Error::not_found("device vanished"))?;
         tx.commit()?;
