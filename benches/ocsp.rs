@@ -10,6 +10,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -159,9 +160,13 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Stops a responder and everything it forked: `openssl ocsp -multi` leaves its worker
+/// children running when only the parent is signalled, so each responder is spawned as
+/// the leader of its own process group (`responder`) and the whole group is signalled.
 fn stop(mut child: Child) {
-    // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let group = -(child.id() as i32);
+    // SAFETY: signalling the process group of our own child.
+    unsafe { libc::kill(group, libc::SIGTERM) };
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
         if let Ok(Some(_)) = child.try_wait() {
@@ -169,8 +174,16 @@ fn stop(mut child: Child) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = child.kill();
+    // SAFETY: as above.
+    unsafe { libc::kill(group, libc::SIGKILL) };
     let _ = child.wait();
+}
+
+/// A responder command in its own process group, so `stop` reaches its children too.
+fn responder(program: &str) -> Command {
+    let mut c = Command::new(program);
+    c.process_group(0);
+    c
 }
 
 struct Run {
@@ -331,7 +344,7 @@ fn main() {
     // Responders.
     let mut runs = Vec::new();
     let port = free_port();
-    let child = Command::new(BIN)
+    let child = responder(BIN)
         .args([
             "ocsp",
             "serve",
@@ -354,7 +367,7 @@ fn main() {
         secs,
     ));
     let port = free_port();
-    let child = Command::new(BIN)
+    let child = responder(BIN)
         .args([
             "ocsp",
             "serve",
@@ -383,7 +396,7 @@ fn main() {
         ("openssl ocsp -index -multi 2", Some("2")),
     ] {
         let port = free_port();
-        let mut cmd = Command::new("openssl");
+        let mut cmd = responder("openssl");
         cmd.args(["ocsp", "-index"])
             .arg(&index)
             // openssl takes a port only (it listens on every address; the load stays on loopback).
