@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: a temporary home and the real binary.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -90,6 +92,9 @@ impl Env {
             .env_remove("CRADLE_PKCS11_PIN")
             .env("CRADLE_OPERATOR", "tester")
             .env_remove("CRADLE_STATION")
+            // A developer's PostgreSQL registry never reaches a test by accident.
+            .env_remove("CRADLE_REGISTRY")
+            .env_remove("PGPASSWORD")
             .current_dir(self.dir.path())
             .stdin(std::process::Stdio::null());
         for (k, v) in &self.vars {
