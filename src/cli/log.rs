@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::common::{print_json, Ctx};
+use super::common::{print_json, Backend, Ctx};
 use crate::error::Error;
 use crate::outfile::OutFile;
 use crate::store::audit::{self as q, ExportedEvent};
@@ -106,8 +106,10 @@ pub fn run(ctx: &Ctx, cmd: LogCommand) -> anyhow::Result<i32> {
 }
 
 fn head(ctx: &Ctx) -> anyhow::Result<i32> {
-    let reg = ctx.registry_read()?;
-    let head = events::log_head(reg.reader())?;
+    let head = match ctx.backend()? {
+        Backend::Postgres(t) => ctx.pg_registry(&t)?.log_head()?,
+        Backend::File => events::log_head(ctx.registry_read()?.reader())?,
+    };
     if ctx.json {
         print_json(&serde_json::to_value(&head)?)?;
     } else {
@@ -160,6 +162,19 @@ fn parse_anchor(arg: &str) -> crate::Result<(Option<i64>, String)> {
 
 fn verify(ctx: &Ctx, anchor: Option<&str>) -> anyhow::Result<i32> {
     let anchor = anchor.map(parse_anchor).transpose()?;
+    if let Backend::Postgres(t) = ctx.backend()? {
+        if anchor.is_some() {
+            return Err(Error::Store(crate::store::StoreError::Unsupported(format!(
+                "log verify --anchor does not work on a PostgreSQL registry yet ({})",
+                t.url
+            )))
+            .into());
+        }
+        let report = ctx.pg_registry(&t)?.verify_chain()?;
+        let key = ctx.home.root.join(crate::store::logkey::LOG_KEY_FILE);
+        // The breaking event's device is not looked up here yet (SQLite names it).
+        return print_verify(ctx, &report, None, &key);
+    }
     let reg = ctx.registry_read()?;
     // One read transaction for the chain, the anchor and the device it names.
     let snap = reg.snapshot()?;
@@ -182,8 +197,23 @@ fn verify(ctx: &Ctx, anchor: Option<&str>) -> anyhow::Result<i32> {
         },
         None => None,
     };
+    print_verify(
+        ctx,
+        &report,
+        device,
+        &crate::store::logkey::key_path(reg.path()),
+    )
+}
+
+/// Prints a chain report (either backend); the exit code says whether it verified.
+fn print_verify(
+    ctx: &Ctx,
+    report: &events::ChainReport,
+    device: Option<String>,
+    key: &std::path::Path,
+) -> anyhow::Result<i32> {
     if ctx.json {
-        let mut v = serde_json::to_value(&report)?;
+        let mut v = serde_json::to_value(report)?;
         v["ok"] =
             serde_json::json!(report.first_break.is_none() && report.structure_only_from.is_none());
         if let Some(b) = v.get_mut("first_break").filter(|b| !b.is_null()) {
@@ -195,7 +225,7 @@ fn verify(ctx: &Ctx, anchor: Option<&str>) -> anyhow::Result<i32> {
             None if report.structure_only_from.is_some() => println!(
                 "event log UNVERIFIED from event {}: the log key {} is missing, so only the chain's structure ({} event(s)) could be checked, not who wrote it",
                 report.structure_only_from.unwrap_or_default(),
-                crate::store::logkey::key_path(reg.path()).display(),
+                key.display(),
                 report.events
             ),
             None => println!(
