@@ -122,8 +122,7 @@ pub fn normalise_cost(v: &str) -> Result<Cow<'_, str>, String> {
     {
         let hint = if v.contains(',') {
             "; write a plain number with a point for decimals and no thousands separators (1234.50)"
-        } else if v.bytes().any(|c| c == b'e' || c == b'E') && v.bytes().any(|c| c.is_ascii_digit())
-        {
+        } else if is_exponent(v) {
             "; a spreadsheet wrote it as an exponent: format the column as a number with decimals"
         } else if v.bytes().any(|c| c.is_ascii_alphabetic()) || v.contains(' ') {
             "; put the currency in the currency column"
@@ -156,6 +155,17 @@ pub fn normalise_cost(v: &str) -> Result<Cow<'_, str>, String> {
         Some(f) => format!("{int_out}.{f}"),
         None => int_out.to_string(),
     }))
+}
+
+/// `1.2E+3`, `5e-2`: a number in exponent notation.
+fn is_exponent(v: &str) -> bool {
+    let Some((m, e)) = v.split_once(['e', 'E']) else {
+        return false;
+    };
+    let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+    let num = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    let (i, f) = m.split_once('.').unwrap_or((m, "0"));
+    num(i) && num(f) && num(e)
 }
 
 /// Active ISO 4217 alphabetic codes of money (2024 list; funds, precious metals and
