@@ -164,7 +164,7 @@ fn clean_registry_has_zero_findings_and_exits_0() {
     // Table and CSV say the same; the audit writes nothing.
     let table = e.ok(&["audit"]);
     assert!(
-        table.starts_with("no findings: 21 check(s) over 8 device(s) passed"),
+        table.starts_with("no findings: 22 check(s) over 8 device(s) passed"),
         "{table}"
     );
     let csv = e.ok(&["audit", "--format", "csv"]);
