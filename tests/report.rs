@@ -272,12 +272,12 @@ fn fleet_report_charts_render_in_headless_chromium() {
         dom.contains(&format!("data-quarter=\"{q}\" data-count=\"6\"")),
         "{q}"
     );
-    // Exact sums per currency: 3 x 120.25 EUR at berlin, 2 x 120.25 EUR + 99.5 USD at lyon.
+    // Exact sums per currency (with the decimals the costs were written with): 3 x 120.25 EUR at berlin, 2 x 120.25 EUR + 99.5 USD at lyon.
     assert!(dom.contains(
         "data-site=\"berlin\" data-currency=\"EUR\" data-total=\"360.75\" data-devices=\"3\""
     ));
     assert!(dom.contains(
-        "data-site=\"lyon\" data-currency=\"EUR\" data-total=\"240.5\" data-devices=\"2\""
+        "data-site=\"lyon\" data-currency=\"EUR\" data-total=\"240.50\" data-devices=\"2\""
     ));
     assert!(dom.contains(
         "data-site=\"lyon\" data-currency=\"USD\" data-total=\"99.5\" data-devices=\"1\""

@@ -201,7 +201,7 @@ pub fn list(db: &Reader, serial: &str) -> Result<Log> {
     );
     let text = |v: &serde_json::Value, k: &str| v[k].as_str().map(str::to_string);
     let mut entries = Vec::new();
-    let mut totals: std::collections::BTreeMap<String, (Amount, u64)> = Default::default();
+    let mut totals: std::collections::BTreeMap<String, (Amount, u64, usize)> = Default::default();
     for e in events_for_device(db, d.id)? {
         let kind = if e.kind == logged {
             "maintenance"
@@ -230,6 +230,7 @@ pub fn list(db: &Reader, serial: &str) -> Result<Log> {
                 let t = totals.entry(cur.clone()).or_default();
                 t.0 = t.0.checked_add(a).unwrap_or(t.0);
                 t.1 += 1;
+                t.2 = t.2.max(Amount::decimals_of(c));
             }
         }
         entries.push(line);
@@ -240,9 +241,9 @@ pub fn list(db: &Reader, serial: &str) -> Result<Log> {
         entries,
         totals: totals
             .into_iter()
-            .map(|(currency, (a, n))| Total {
+            .map(|(currency, (a, n, d))| Total {
                 currency,
-                cost: a.to_string(),
+                cost: a.with_decimals(d),
                 entries: n,
             })
             .collect(),

@@ -239,7 +239,7 @@ fn quarter_of(d: &str) -> Option<(i32, u8)> {
 
 /// Exact cost sums per group and currency, the largest first within each currency.
 fn cost(db: &Reader, by: CostGroup) -> Result<Vec<CostRow>> {
-    let mut sums: BTreeMap<(String, String), (Amount, i64)> = BTreeMap::new();
+    let mut sums: BTreeMap<(String, String), (Amount, i64, usize)> = BTreeMap::new();
     for (group, currency, cost, n) in q::cost_rows(db, by)? {
         // Written through validation; a value that does not parse was not.
         let Ok(a) = Amount::parse(&cost) else {
@@ -249,15 +249,16 @@ fn cost(db: &Reader, by: CostGroup) -> Result<Vec<CostRow>> {
         let add = a.0.checked_mul(i128::from(n)).map(Amount);
         e.0 = add.and_then(|x| e.0.checked_add(x)).unwrap_or(e.0);
         e.1 += n;
+        e.2 = e.2.max(Amount::decimals_of(&cost));
     }
-    let mut rows: Vec<(String, String, Amount, i64)> = sums
+    let mut rows: Vec<(String, String, Amount, i64, usize)> = sums
         .into_iter()
-        .map(|((cur, g), (a, n))| (cur, g, a, n))
+        .map(|((cur, g), (a, n, d))| (cur, g, a, n, d))
         .collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2)).then(a.1.cmp(&b.1)));
     let mut out = Vec::new();
     let mut shown: BTreeMap<String, usize> = BTreeMap::new();
-    for (currency, group, a, n) in rows {
+    for (currency, group, a, n, d) in rows {
         let k = shown.entry(currency.clone()).or_default();
         if *k >= COST_ROWS {
             continue;
@@ -266,7 +267,7 @@ fn cost(db: &Reader, by: CostGroup) -> Result<Vec<CostRow>> {
         out.push(CostRow {
             group,
             currency,
-            total: a.to_string(),
+            total: a.with_decimals(d),
             devices: n,
         });
     }

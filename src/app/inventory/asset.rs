@@ -84,6 +84,27 @@ impl Amount {
         self.0.checked_add(o.0).map(Amount)
     }
 
+    /// Decimals as written in `v` (a canonical cost): `12.50` has 2.
+    pub fn decimals_of(v: &str) -> usize {
+        v.split_once('.').map_or(0, |(_, f)| f.len())
+    }
+
+    /// Plain decimal with at least `min` decimals (a sum shown as its parts were
+    /// written: 12.50 + 3.00 is 15.50, not 15.5).
+    pub fn with_decimals(self, min: usize) -> String {
+        let s = self.to_string();
+        let have = Amount::decimals_of(&s);
+        if have >= min {
+            return s;
+        }
+        let mut out = s;
+        if have == 0 {
+            out.push('.');
+        }
+        out.extend(std::iter::repeat_n('0', min - have));
+        out
+    }
+
     /// As a number for charts and JSON (exact up to 2^53 ten-thousandths).
     pub fn as_f64(self) -> f64 {
         self.0 as f64 / 10f64.powi(COST_SCALE as i32)
@@ -330,6 +351,10 @@ mod tests {
             "999999999999.9999"
         );
         assert_eq!(Amount::parse("12.50").unwrap().to_string(), "12.5");
+        assert_eq!(Amount::parse("12.50").unwrap().with_decimals(2), "12.50");
+        assert_eq!(Amount::parse("15").unwrap().with_decimals(2), "15.00");
+        assert_eq!(Amount::parse("1.125").unwrap().with_decimals(2), "1.125");
+        assert_eq!(Amount::parse("7").unwrap().with_decimals(0), "7");
     }
 
     #[test]
