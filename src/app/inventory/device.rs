@@ -145,7 +145,7 @@ pub fn edit(
 /// with it.
 // One more than clippy's limit: the log entry rides in the same transaction.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn edit_if(
+fn edit_if(
     reg: &mut Store,
     serial: &str,
     assignments: &[Assignment],
@@ -205,7 +205,13 @@ pub(crate) fn edit_if(
             Target::Firmware(v) => firmware = Some(v),
         }
     }
-    asset_rules(&new)?;
+    // Only a change of them is checked: a row damaged elsewhere can still be moved.
+    if changes
+        .iter()
+        .any(|c| c.field == Field::Cost.name() || c.field == Field::Currency.name())
+    {
+        asset_rules(&new)?;
+    }
     // Check the state change before writing anything.
     let forced = match to_status {
         Some(to) => lifecycle::check_set(&tx, &dev, to, force_reason)?,
