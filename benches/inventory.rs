@@ -29,12 +29,13 @@ fn luhn(body: &[u8]) -> u8 {
     ((10 - sum % 10) % 10) as u8
 }
 
-/// About 130 bytes a row, every documented column filled like a purchasing export.
+/// About 210 bytes a row, every documented column (asset data included) filled like a
+/// purchasing export.
 fn generate(path: &Path, n: u64) {
     let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
     writeln!(
         w,
-        "serial,model,hw_rev,batch,site,location,owner,mac,imei,status,notes"
+        "serial,model,hw_rev,batch,site,location,owner,mac,imei,status,notes,purchase_date,warranty_until,cost,currency,supplier,criticality,end_of_life"
     )
     .unwrap();
     for i in 0..n {
@@ -42,14 +43,21 @@ fn generate(path: &Path, n: u64) {
         let check = luhn(body.as_bytes());
         writeln!(
             w,
-            "ACME-{i:08},Sensor-X2,rev-B,B-2026-{:02},site-{:03},rack {},ops-team,02:00:{:02x}:{:02x}:{:02x}:{:02x},{body}{check},registered,bulk onboarding",
+            "ACME-{i:08},Sensor-X2,rev-B,B-2026-{:02},site-{:03},rack {},ops-team,02:00:{:02x}:{:02x}:{:02x}:{:02x},{body}{check},registered,bulk onboarding,2026-{:02}-{:02},2029-{:02}-{:02},{}.{:02},EUR,Acme Components GmbH,{},2036-12-31",
             i / 100_000 + 1,
             i % 200,
             i % 48,
             (i >> 24) & 0xff,
             (i >> 16) & 0xff,
             (i >> 8) & 0xff,
-            i & 0xff
+            i & 0xff,
+            i % 12 + 1,
+            i % 28 + 1,
+            i % 12 + 1,
+            i % 28 + 1,
+            100 + i % 50,
+            i % 100,
+            ["low", "medium", "high", "critical"][(i % 4) as usize]
         )
         .unwrap();
     }
@@ -236,7 +244,9 @@ fn main() {
     let refdb = d.join("ref.db");
     let schema = "PRAGMA journal_mode=WAL;
 CREATE TABLE devices (serial TEXT NOT NULL UNIQUE, model TEXT, hw_rev TEXT, batch TEXT, site TEXT,
-  location TEXT, owner TEXT, mac TEXT, imei TEXT, status TEXT NOT NULL, notes TEXT);
+  location TEXT, owner TEXT, mac TEXT, imei TEXT, status TEXT NOT NULL, notes TEXT,
+  purchase_date TEXT, warranty_until TEXT, cost TEXT, currency TEXT, supplier TEXT,
+  criticality TEXT, end_of_life TEXT);
 CREATE INDEX devices_mac ON devices(mac);
 CREATE INDEX devices_imei ON devices(imei);
 CREATE INDEX devices_status ON devices(status);";

@@ -266,7 +266,7 @@ fn firmware_and_contact_audit_checks_trigger_only_when_they_should() {
     let (code, v) = audit(&env, &[]);
     assert_eq!(code, 0, "{v}");
     let not_run = v["summary"]["not_run"].as_object().unwrap();
-    assert_eq!(not_run.len(), 3, "{not_run:?}");
+    assert_eq!(not_run.len(), 4, "{not_run:?}");
     assert_eq!(not_run["firmware-below"], "--min-firmware MODEL=VERSION");
     let table = env.ok(&["audit"]);
     assert!(

@@ -190,7 +190,7 @@ fn a_newer_schema_and_a_foreign_database_are_refused() {
     assert!(err.contains("holds other tables"), "{err}");
     assert!(!e2.home.exists());
     // And a second init of a cradle database is refused too.
-    db.sql("UPDATE cradle_schema SET version = 8");
+    db.sql("UPDATE cradle_schema SET version = 9");
     let e3 = Env::bare();
     let err = e3.fails(&["init", "--registry", &db.url], 7);
     assert!(err.contains("already holds a cradle registry"), "{err}");
@@ -230,14 +230,15 @@ fn two_stations_migrating_at_once_migrate_once() {
         return;
     };
     let version: i64 = db.sql("SELECT version FROM cradle_schema").parse().unwrap();
-    // Back to the schema before the newest migration (8: four device columns).
+    // Back to the schema before the newest migration (9: seven asset columns).
     assert_eq!(
-        version, 8,
+        version, 9,
         "update this test's rollback for the newest migration"
     );
     db.sql(
-        "ALTER TABLE devices DROP COLUMN firmware, DROP COLUMN last_contact_at, DROP COLUMN config_name, DROP COLUMN config_sha256;
-         UPDATE cradle_schema SET version = 7",
+        "ALTER TABLE devices DROP COLUMN purchase_date, DROP COLUMN warranty_until, DROP COLUMN cost,
+           DROP COLUMN currency, DROP COLUMN supplier, DROP COLUMN criticality, DROP COLUMN end_of_life;
+         UPDATE cradle_schema SET version = 8",
     );
     let kids: Vec<_> = (0..6)
         .map(|_| {
@@ -252,9 +253,9 @@ fn two_stations_migrating_at_once_migrate_once() {
         let o = k.wait_with_output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    assert_eq!(db.sql("SELECT version FROM cradle_schema"), "8");
+    assert_eq!(db.sql("SELECT version FROM cradle_schema"), "9");
     assert_eq!(
-        db.sql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'devices' AND column_name = 'firmware'"),
+        db.sql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'devices' AND column_name = 'end_of_life'"),
         "1"
     );
 }

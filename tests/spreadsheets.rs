@@ -430,6 +430,13 @@ print(json.dumps({"title": ws.title, "freeze": ws.freeze_panes,
             "imei",
             "status",
             "notes",
+            "purchase_date",
+            "warranty_until",
+            "cost",
+            "currency",
+            "supplier",
+            "criticality",
+            "end_of_life",
             "attr.color"
         ]
     );
@@ -441,8 +448,8 @@ print(json.dumps({"title": ws.title, "freeze": ws.freeze_panes,
         serde_json::json!(["352099001761481", "s"]),
         "IMEI stays text"
     );
-    assert_eq!(cell(1, 12), serde_json::json!(["grün", "s"]));
+    assert_eq!(cell(1, 19), serde_json::json!(["grün", "s"]));
     // A text cell, not a formula, and no ' prefix.
     assert_eq!(cell(3, 2), serde_json::json!(["=1+1", "s"]));
-    assert_eq!(cell(2, 12)[0], Value::Null);
+    assert_eq!(cell(2, 19)[0], Value::Null);
 }

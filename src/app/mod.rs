@@ -14,6 +14,7 @@ pub mod identity;
 pub mod inventory;
 pub mod label;
 pub mod lifecycle;
+pub mod maintenance;
 pub mod ocsp;
 pub mod reconcile;
 pub mod retire;

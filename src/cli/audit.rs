@@ -29,8 +29,16 @@ Checks (ids for --check; `cradle audit --list-checks` describes them):
   cert-not-chained, cert-fingerprint-mismatch, stuck-provisioning, stuck-decommission,
   crl-stale, crl-missing-serials, device-mark, event-chain,
   firmware-below (needs --min-firmware), firmware-listed (needs --vulnerable),
-  no-contact-since (needs --no-contact-days): without their option these do not run
-  (the summary lists them under not_run); asked for with --check, they are a usage error
+  no-contact-since (needs --no-contact-days), warranty-expiring (needs --within):
+  without their option these do not run (the summary lists them under not_run); asked
+  for with --check, they are a usage error; end-of-life-reached
+
+Asset dates and criticality (cradle-audit(7)):
+  cert-expiring flags a device's certificate earlier the more critical the device is:
+  the --expiring-within window times 1 for low, medium or no criticality, 2 for high,
+  4 for critical. warranty-expiring reports warranty_until dates from today to --within
+  DAYS ahead; end-of-life-reached reports end_of_life dates today or past on devices
+  not retired or decommissioned. Dates are whole UTC days.
 
 Device marks (device-mark):
   Every device row cradle writes carries a mark, an HMAC-SHA256 keyed by a key derived
@@ -70,6 +78,7 @@ Examples:
   cradle audit --full --check cert-not-chained   # re-verify every certificate signature
   cradle audit --fail-on error --format csv > findings.csv
   cradle audit --min-firmware nRF9160-SICA=1.3.5 --vulnerable known-bad.txt --no-contact-days 90
+  cradle audit --within 90 --check warranty-expiring --check end-of-life-reached
   cradle --json audit | jq '.findings[] | select(.severity == \"error\")'";
 
 /// Audit the registry: expiry, revocation, wipes, duplicates, chains, CRLs, the event log
@@ -108,6 +117,9 @@ pub struct AuditArgs {
     /// no-contact-since: in-service devices not reached over a port for DAYS
     #[arg(long, value_name = "DAYS")]
     pub no_contact_days: Option<u32>,
+    /// warranty-expiring: in-service devices whose warranty ends within DAYS
+    #[arg(long, value_name = "DAYS")]
+    pub within: Option<u32>,
 }
 
 /// Reads and parses `--vulnerable FILE`.
@@ -175,6 +187,7 @@ fn run_inner(
     opts.min_firmware = a.min_firmware;
     opts.vulnerable = vulnerable;
     opts.no_contact_days = a.no_contact_days;
+    opts.warranty_within_days = a.within;
     for c in &a.checks {
         if let (Some(opt), true) = (
             audit::needs_option(c),
@@ -240,6 +253,9 @@ fn run_inner(
             s["stuck_after_days"] = serde_json::json!(opts.stuck_after_days);
             if let Some(d) = opts.no_contact_days {
                 s["no_contact_days"] = serde_json::json!(d);
+            }
+            if let Some(d) = opts.warranty_within_days {
+                s["warranty_within_days"] = serde_json::json!(d);
             }
             let text = serde_json::to_string_pretty(&s)?.replace('\n', "\n  ");
             writeln!(out, "{text}\n}}")?;

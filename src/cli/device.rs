@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::common::{print_json, print_table, Ctx};
 use crate::app::inventory::device::{self, Assignment, EditOutcome};
 use crate::app::inventory::import::describe_change;
+use crate::app::maintenance;
 use crate::store::devices::{require_device, Device, DeviceStatus};
 use crate::store::events::{events_for_device, Event};
 use crate::store::inventory::{self as q, DeviceFilter, FleetSummary};
@@ -68,7 +69,7 @@ pub enum DeviceCommand {
     },
     /// Change fields: FIELD=VALUE (an empty VALUE or <clear> clears the field)
     #[command(
-        after_help = "Fields: hardware_id, model, hw_rev, batch, site, location, owner, mac, imei,\nnotes, attr.NAME, firmware (an update done elsewhere: recorded as a firmware.reported\nevent, cannot be cleared), and status (a lifecycle move; --force --reason to override).\n\nExamples:\n  cradle device set ACME-000001 owner=ops location='rack 4' attr.color=blue\n  cradle device set ACME-000001 notes=\n  cradle device set ACME-000001 firmware=v1.4.0\n  cradle device set ACME-000001 status=registered --force --reason 'RMA, reflashed'"
+        after_help = "Fields: hardware_id, model, hw_rev, batch, site, location, owner, mac, imei,\nnotes, purchase_date, warranty_until, end_of_life (YYYY-MM-DD), cost (exact decimal,\nneeds currency), currency (ISO 4217), supplier, criticality (low|medium|high|critical),\nattr.NAME, firmware (an update done elsewhere: recorded as a firmware.reported\nevent, cannot be cleared), and status (a lifecycle move; --force --reason to override).\n\nExamples:\n  cradle device set ACME-000001 owner=ops location='rack 4' attr.color=blue\n  cradle device set ACME-000001 notes=\n  cradle device set ACME-000001 cost=129.90 currency=EUR warranty_until=2029-06-30\n  cradle device set ACME-000001 firmware=v1.4.0\n  cradle device set ACME-000001 status=registered --force --reason 'RMA, reflashed'"
     )]
     Set {
         /// Device serial
@@ -95,13 +96,25 @@ pub enum DeviceCommand {
         #[command(flatten)]
         force: ForceArgs,
     },
-    /// Take a deployed device into maintenance
+    /// Take a deployed device into maintenance, log work done, or list the maintenance log
     #[command(
-        after_help = "Example:\n  cradle device maintenance ACME-000001\n  cradle device return ACME-000001   # back to deployed"
+        after_help = "Each call that moves the device or carries --note or --cost is an entry of its\nmaintenance log (a maintenance.logged event in the hash-chained log): a deployed device\nmoves into maintenance; one already in maintenance keeps its state and the entry\nrecords the work (--note, --cost with --currency). Other states need --force --reason. Notes: one line, at most 2000\ncharacters, no control characters. --list prints the log (maintenance and return\nentries, oldest first) with the cost per currency, summed exactly; --json for scripts.\n\nExamples:\n  cradle device maintenance ACME-000001 --note 'fan noisy, sent to bench'\n  cradle device maintenance ACME-000001 --note 'fan replaced' --cost 18.40 --currency EUR\n  cradle device return ACME-000001 --note 'back in rack 4'\n  cradle device maintenance ACME-000001 --list"
     )]
     Maintenance {
         /// Device serial
         serial: String,
+        /// What was done or found (recorded on the log entry)
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+        /// Cost of this work: a plain decimal, e.g. 18.40 (needs --currency)
+        #[arg(long, value_name = "AMOUNT", requires = "currency")]
+        cost: Option<String>,
+        /// ISO 4217 currency of --cost (EUR, USD, ...)
+        #[arg(long, value_name = "CODE", requires = "cost")]
+        currency: Option<String>,
+        /// List the device's maintenance log instead of adding to it
+        #[arg(long, conflicts_with_all = ["note", "cost", "currency", "force"])]
+        list: bool,
         #[command(flatten)]
         force: ForceArgs,
     },
@@ -130,11 +143,19 @@ pub enum DeviceCommand {
         #[command(flatten)]
         mp: super::provision::MicropythonPathArgs,
     },
-    /// Bring a device back from maintenance to deployed (same site)
-    #[command(after_help = "Example:\n  cradle device return ACME-000001")]
+    /// Bring a device back from maintenance to deployed (same site), ending its maintenance entry
+    #[command(
+        after_help = "Recorded as a maintenance.returned entry of the maintenance log (see `device\nmaintenance --list`). --rma records the supplier's return authorisation when the\ndevice went back to the supplier for repair or exchange; a device the supplier keeps\nis decommissioned, not returned.\n\nExamples:\n  cradle device return ACME-000001\n  cradle device return ACME-000001 --note 'board exchanged by supplier' --rma RMA-2291"
+    )]
     Return {
         /// Device serial
         serial: String,
+        /// What was done (recorded on the log entry)
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+        /// The supplier's RMA number, when the device was sent back to the supplier
+        #[arg(long, value_name = "ID")]
+        rma: Option<String>,
         #[command(flatten)]
         force: ForceArgs,
     },
@@ -354,17 +375,28 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
             )?;
             print_edit(ctx, &o)
         }
-        DeviceCommand::Maintenance { serial, force } => {
+        DeviceCommand::Maintenance {
+            serial,
+            note,
+            cost,
+            currency,
+            list,
+            force,
+        } => {
+            if list {
+                let reg = ctx.registry_read()?;
+                let log = maintenance::list(reg.reader(), &serial)?;
+                return print_maintenance_log(ctx, &log);
+            }
+            let entry = maintenance::Entry::new(
+                note.as_deref(),
+                cost.as_deref(),
+                currency.as_deref(),
+                None,
+            )?;
             let mut reg = ctx.registry()?;
             let actor = ctx.actor(&ctx.config()?);
-            let o = device::move_to(
-                &mut reg,
-                &serial,
-                DeviceStatus::Maintenance,
-                &actor,
-                force.reason(),
-                "device maintenance",
-            )?;
+            let o = maintenance::maintain(&mut reg, &serial, &entry, &actor, force.reason())?;
             print_edit(ctx, &o)
         }
         DeviceCommand::Config {
@@ -440,10 +472,16 @@ pub fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        DeviceCommand::Return { serial, force } => {
+        DeviceCommand::Return {
+            serial,
+            note,
+            rma,
+            force,
+        } => {
+            let entry = maintenance::Entry::new(note.as_deref(), None, None, rma.as_deref())?;
             let mut reg = ctx.registry()?;
             let actor = ctx.actor(&ctx.config()?);
-            let o = device::return_from_maintenance(&mut reg, &serial, &actor, force.reason())?;
+            let o = maintenance::return_device(&mut reg, &serial, &entry, &actor, force.reason())?;
             print_edit(ctx, &o)
         }
     }
@@ -479,6 +517,11 @@ fn print_firmware_trail(events: &[Event]) -> anyhow::Result<i32> {
 fn print_edit(ctx: &Ctx, o: &EditOutcome) -> anyhow::Result<i32> {
     if ctx.json {
         print_json(o)?;
+    } else if o.changes.is_empty() && o.logged.is_some() {
+        println!(
+            "{}: maintenance log entry recorded ({})",
+            o.serial, o.status
+        );
     } else if o.changes.is_empty() {
         println!("{}: nothing to change ({})", o.serial, o.status);
     } else {
@@ -491,6 +534,55 @@ fn print_edit(ctx: &Ctx, o: &EditOutcome) -> anyhow::Result<i32> {
                 .collect::<Vec<_>>()
                 .join(", "),
             if o.forced { " (forced)" } else { "" }
+        );
+    }
+    Ok(0)
+}
+
+/// `device maintenance --list` as a table.
+fn print_maintenance_log(ctx: &Ctx, log: &maintenance::Log) -> anyhow::Result<i32> {
+    if ctx.json {
+        print_json(log)?;
+        return Ok(0);
+    }
+    let o = |v: &Option<String>| v.clone().unwrap_or_default();
+    let rows: Vec<Vec<String>> = log
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.clone(),
+                e.kind.to_string(),
+                match (&e.from, &e.to) {
+                    (Some(f), Some(t)) if f != t => format!("{f} -> {t}"),
+                    (_, Some(t)) => t.clone(),
+                    _ => String::new(),
+                },
+                match (&e.cost, &e.currency) {
+                    (Some(c), Some(cur)) => format!("{c} {cur}"),
+                    _ => String::new(),
+                },
+                o(&e.rma),
+                o(&e.note),
+                e.actor.clone(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("{}: no maintenance entries ({})", log.serial, log.status);
+        return Ok(0);
+    }
+    print_table(
+        &["AT", "ENTRY", "STATUS", "COST", "RMA", "NOTE", "ACTOR"],
+        &rows,
+    )?;
+    for t in &log.totals {
+        println!(
+            "total {} {} over {} entr{}",
+            t.cost,
+            t.currency,
+            t.entries,
+            if t.entries == 1 { "y" } else { "ies" }
         );
     }
     Ok(0)

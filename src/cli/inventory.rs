@@ -486,7 +486,7 @@ fn write_summary(out: &mut dyn Write, s: &import::ImportSummary) -> std::io::Res
         } else {
             writeln!(
                 out,
-                "{} cells stored in canonical form (trimmed, IMEI digits, MAC aa:bb:…; --dry-run lists them)",
+                "{} cells stored in canonical form (trimmed, IMEI digits, MAC aa:bb:…, currency and criticality case, cost zeros; --dry-run lists them)",
                 s.normalised
             )?;
         }

@@ -10,9 +10,9 @@ use crate::app::audit::{report, Options};
 
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
-    /// One self-contained HTML page: states, sites, batches, models, expiry, findings, decommissions
+    /// One self-contained HTML page: states, sites, batches, models, expiry, assets, findings, decommissions
     #[command(
-        after_help = "The page has inline CSS and an inline SVG chart: no scripts, nothing fetched,\nso it can be mailed or archived as evidence. --json prints the same numbers.\n\nExamples:\n  cradle report fleet -o fleet.html\n  cradle report fleet --skip cert-not-chained -o fleet.html   # faster on large fleets\n  cradle --json report fleet | jq .by_state"
+        after_help = "The page has inline CSS and inline SVG charts: no scripts, nothing fetched, so\nit can be mailed or archived as evidence. Charts: certificate expiry per month and per\nyear, firmware versions per model, warranties ending per quarter, cost per site and per\nbatch (per currency, exact sums) and the age of the fleet (from purchase_date, else\nregistration); each is a <figure data-chart=ID> with its numbers in data-* attributes,\nand one without data says so (data-empty=\"true\"). --json prints the same numbers.\n\nExamples:\n  cradle report fleet -o fleet.html\n  cradle report fleet --skip cert-not-chained -o fleet.html   # faster on large fleets\n  cradle --json report fleet | jq .by_state"
     )]
     Fleet(FleetArgs),
     /// Certificate of sanitization for a device (NIST SP 800-88 Rev. 1 Appendix G fields)

@@ -62,10 +62,18 @@ pub enum EventKind {
     /// A rendered configuration was written into the device's config slot and read back.
     #[serde(rename = "config.written")]
     ConfigWritten,
+    /// A maintenance-log entry (`device maintenance`): the move into maintenance and/or
+    /// a note of the work done, with its cost.
+    #[serde(rename = "maintenance.logged")]
+    MaintenanceLogged,
+    /// The end of a maintenance period (`device return`): back to deployed, with a
+    /// note and the supplier's RMA number when the device went back to the supplier.
+    #[serde(rename = "maintenance.returned")]
+    MaintenanceReturned,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::HomeInitialised,
         EventKind::LogKeyed,
         EventKind::CaCreated,
@@ -88,6 +96,8 @@ impl EventKind {
         EventKind::DevicesMarked,
         EventKind::FirmwareReported,
         EventKind::ConfigWritten,
+        EventKind::MaintenanceLogged,
+        EventKind::MaintenanceReturned,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -114,6 +124,8 @@ impl EventKind {
             EventKind::DevicesMarked => "devices.marked",
             EventKind::FirmwareReported => "firmware.reported",
             EventKind::ConfigWritten => "config.written",
+            EventKind::MaintenanceLogged => "maintenance.logged",
+            EventKind::MaintenanceReturned => "maintenance.returned",
         }
     }
 }

@@ -11,7 +11,7 @@ use super::Reader;
 use crate::error::Result;
 
 /// Device states in which a device is no longer in service.
-const OUT_OF_SERVICE: &str = "('retired','decommissioned')";
+pub(super) const OUT_OF_SERVICE: &str = "('retired','decommissioned')";
 
 fn each<P: Params, T>(
     conn: &Connection,
@@ -47,25 +47,99 @@ fn device_cert(r: &Row<'_>) -> rusqlite::Result<DeviceCert> {
 }
 
 /// "Not renewed": no other active certificate of the same device outlives this one.
-const NOT_RENEWED: &str = "NOT EXISTS (SELECT 1 FROM certificates n
+pub(super) const NOT_RENEWED: &str = "NOT EXISTS (SELECT 1 FROM certificates n
     WHERE n.device_id = c.device_id AND n.status = 'active' AND n.not_after > c.not_after)";
 
-/// Active, not renewed certificates of in-service devices with `from <= not_after < until`.
+/// Active, not renewed certificates of in-service devices expiring from `from` on,
+/// within `window` seconds times the factor of the device's criticality
+/// (`factors`: criticality text and factor; any other device gets 1). Returns
+/// the certificate with the factor that applied.
 pub fn certs_expiring(
     db: &Reader,
     from: i64,
-    until: i64,
-    f: impl FnMut(DeviceCert) -> Result<()>,
+    window: i64,
+    factors: &[(&str, i64)],
+    mut f: impl FnMut(DeviceCert, i64) -> Result<()>,
 ) -> Result<()> {
     let conn = db.conn();
+    let mut case = String::from("CASE d.criticality");
+    for (name, k) in factors {
+        // Names are the fixed criticality words, never user text.
+        debug_assert!(name.bytes().all(|b| b.is_ascii_lowercase()));
+        case.push_str(&format!(" WHEN '{name}' THEN {k}"));
+    }
+    case.push_str(" ELSE 1 END");
+    let widest = factors.iter().map(|(_, k)| *k).max().unwrap_or(1).max(1);
+    // The first bound on not_after (the widest window) keeps the index range scan.
     let sql = format!(
-        "SELECT d.serial, d.status, c.serial_hex, c.not_after
+        "SELECT d.serial, d.status, c.serial_hex, c.not_after, {case}
          FROM certificates c JOIN devices d ON d.id = c.device_id
-         WHERE c.not_after >= ?1 AND c.not_after < ?2 AND c.status = 'active'
+         WHERE c.not_after >= ?1 AND c.not_after < ?1 + ?2 * {widest} AND c.status = 'active'
+           AND c.not_after < ?1 + ?2 * ({case})
            AND d.status NOT IN {OUT_OF_SERVICE} AND {NOT_RENEWED}
          ORDER BY c.not_after, d.serial"
     );
-    each(conn, &sql, params![from, until], device_cert, f)
+    each(
+        conn,
+        &sql,
+        params![from, window],
+        |r| Ok((device_cert(r)?, r.get::<_, i64>(4)?)),
+        |(c, k)| f(c, k),
+    )
+}
+
+/// An in-service device with the date of one of its asset columns.
+#[derive(Debug, Clone)]
+pub struct DeviceDate {
+    pub device: String,
+    pub device_status: String,
+    pub date: String,
+}
+
+/// Asset date columns the audit compares (`app::inventory::asset` dates).
+#[derive(Debug, Clone, Copy)]
+pub enum AssetDate {
+    WarrantyUntil,
+    EndOfLife,
+}
+
+impl AssetDate {
+    fn column(self) -> &'static str {
+        match self {
+            AssetDate::WarrantyUntil => "warranty_until",
+            AssetDate::EndOfLife => "end_of_life",
+        }
+    }
+}
+
+/// In-service devices whose `col` date (YYYY-MM-DD text, which sorts in date order) is
+/// `from <= date <= until`, earliest first.
+pub fn devices_by_date(
+    db: &Reader,
+    col: AssetDate,
+    from: &str,
+    until: &str,
+    f: impl FnMut(DeviceDate) -> Result<()>,
+) -> Result<()> {
+    let c = col.column();
+    let sql = format!(
+        "SELECT serial, status, {c} FROM devices
+         WHERE {c} >= ?1 AND {c} <= ?2 AND status NOT IN {OUT_OF_SERVICE}
+         ORDER BY {c}, serial"
+    );
+    each(
+        db.conn(),
+        &sql,
+        params![from, until],
+        |r| {
+            Ok(DeviceDate {
+                device: r.get(0)?,
+                device_status: r.get(1)?,
+                date: r.get(2)?,
+            })
+        },
+        f,
+    )
 }
 
 /// Active, not renewed certificates past `not_after` on deployed (or maintenance) devices.

@@ -265,6 +265,10 @@ fn pg_params(params: &[Value]) -> Vec<PgParam> {
     params.iter().cloned().map(PgParam).collect()
 }
 
+/// Calendar dates as the registry writes them (asset columns).
+const DATE: &[time::format_description::FormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]");
+
 type BoxErr = Box<dyn std::error::Error + Sync + Send>;
 
 impl ToSql for PgParam {
@@ -286,6 +290,10 @@ impl ToSql for PgParam {
                     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
                         .map_err(|e| format!("timestamp {s:?}: {e}"))?;
                 at.to_sql(ty, out)
+            }
+            (Value::Text(s), t) if *t == Type::DATE => {
+                let d = time::Date::parse(s, DATE).map_err(|e| format!("date {s:?}: {e}"))?;
+                d.to_sql(ty, out)
             }
             (Value::Text(s), t) if *t == Type::JSONB || *t == Type::JSON => {
                 let v: serde_json::Value = serde_json::from_str(s)?;
@@ -325,6 +333,9 @@ fn pg_row(r: &postgres::Row) -> Result<Row> {
         } else if *t == Type::TIMESTAMPTZ {
             r.try_get::<_, Option<time::OffsetDateTime>>(i)
                 .map(|v| v.map(|t| Value::Text(super::fmt_time(t))))
+        } else if *t == Type::DATE {
+            r.try_get::<_, Option<time::Date>>(i)
+                .map(|v| v.map(|d| Value::Text(d.format(DATE).unwrap_or_else(|_| d.to_string()))))
         } else if *t == Type::JSONB || *t == Type::JSON {
             r.try_get::<_, Option<serde_json::Value>>(i)
                 .map(|v| v.map(|j| Value::Text(j.to_string())))

@@ -92,6 +92,22 @@ pub struct Device {
     pub imei: Option<String>,
     pub status: DeviceStatus,
     pub notes: Option<String>,
+    /// Asset data (migration 9), as validated by `app::inventory::asset`: dates
+    /// `YYYY-MM-DD`, the cost an exact decimal in `currency` (ISO 4217).
+    #[serde(default)]
+    pub purchase_date: Option<String>,
+    #[serde(default)]
+    pub warranty_until: Option<String>,
+    #[serde(default)]
+    pub cost: Option<String>,
+    #[serde(default)]
+    pub currency: Option<String>,
+    #[serde(default)]
+    pub supplier: Option<String>,
+    #[serde(default)]
+    pub criticality: Option<String>,
+    #[serde(default)]
+    pub end_of_life: Option<String>,
     /// Extra inventory columns kept as attributes (JSON object).
     pub attributes: serde_json::Map<String, serde_json::Value>,
     pub created_at: String,
@@ -114,6 +130,13 @@ impl Device {
             "imei" => self.imei.clone(),
             "status" => Some(self.status.to_string()),
             "notes" => self.notes.clone(),
+            "purchase_date" => self.purchase_date.clone(),
+            "warranty_until" => self.warranty_until.clone(),
+            "cost" => self.cost.clone(),
+            "currency" => self.currency.clone(),
+            "supplier" => self.supplier.clone(),
+            "criticality" => self.criticality.clone(),
+            "end_of_life" => self.end_of_life.clone(),
             other => self.attributes.get(other).map(|v| match v {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -142,7 +165,7 @@ pub struct NewDevice {
 }
 
 /// The columns every device query selects, in the order `from_row` reads them.
-pub const DEVICE_COLUMNS: &str = "id, serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes, created_at, updated_at";
+pub const DEVICE_COLUMNS: &str = "id, serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes, created_at, updated_at, purchase_date, warranty_until, cost, currency, supplier, criticality, end_of_life";
 
 /// A status read back from the registry; one no lifecycle has means damage (exit 4),
 /// not bad input.
@@ -178,6 +201,13 @@ pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Device> {
             .unwrap_or_default(),
         created_at: r.get(14)?,
         updated_at: r.get(15)?,
+        purchase_date: r.get(16)?,
+        warranty_until: r.get(17)?,
+        cost: r.get(18)?,
+        currency: r.get(19)?,
+        supplier: r.get(20)?,
+        criticality: r.get(21)?,
+        end_of_life: r.get(22)?,
     })
 }
 

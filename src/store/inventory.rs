@@ -28,8 +28,12 @@ pub const SCAN_CACHE_KIB: i64 = 2 * 1024;
 
 /// Rows per multi-row INSERT of devices and events.
 pub const ROWS_PER_INSERT: usize = 64;
-/// Per-row values of a device INSERT: the 12 fields in `Field` order, then attributes.
-pub const DEVICE_VALUES: usize = 13;
+/// Documented inventory fields (`app::inventory::fields::Field`, in its order).
+pub const FIELDS: usize = 19;
+/// Per-row values of a device INSERT: the `FIELDS` in `Field` order, then attributes.
+pub const DEVICE_VALUES: usize = FIELDS + 1;
+/// Index of the status among the fields (defaulted on insert).
+const STATUS: usize = 10;
 /// Per-row values of an event INSERT: device id, details, prev_hash, hash.
 const EVENT_VALUES: usize = 4;
 
@@ -50,6 +54,13 @@ const VALUE_COLUMNS: [&str; DEVICE_VALUES] = [
     "imei",
     "status",
     "notes",
+    "purchase_date",
+    "warranty_until",
+    "cost",
+    "currency",
+    "supplier",
+    "criticality",
+    "end_of_life",
     "attributes",
 ];
 
@@ -59,7 +70,7 @@ const VALUE_COLUMNS: [&str; DEVICE_VALUES] = [
 fn insert_devices_sql(rows: usize) -> String {
     let now = rows * DEVICE_PARAMS + 1;
     let mut q = String::from(
-        "INSERT OR FAIL INTO devices (serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes, mark, created_at, updated_at) VALUES ",
+        "INSERT OR FAIL INTO devices (serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, purchase_date, warranty_until, cost, currency, supplier, criticality, end_of_life, attributes, mark, created_at, updated_at) VALUES ",
     );
     for r in 0..rows {
         q.push_str(if r == 0 { "(" } else { ",(" });
@@ -77,6 +88,8 @@ enum MarkSrc {
     Id,
     Value(usize),
     Now,
+    /// A column the import does not fill and whose default is NULL.
+    Null,
 }
 
 /// How the import marks the rows it inserts: in Rust, with the ids SQLite will give
@@ -94,6 +107,14 @@ impl BulkMarks {
         let Some(key) = key else {
             return Ok(None);
         };
+        // Columns with a default other than NULL (none yet) would need their
+        // default marked: left to the trigger.
+        let mut with_default = conn.prepare(
+            "SELECT name FROM pragma_table_info('devices') WHERE dflt_value IS NOT NULL AND upper(dflt_value) <> 'NULL'",
+        )?;
+        let defaulted: Vec<String> = with_default
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         let mut plan = Vec::new();
         for c in rowmark::marked_columns(conn)? {
             let src = match c.as_str() {
@@ -101,6 +122,8 @@ impl BulkMarks {
                 "created_at" | "updated_at" => MarkSrc::Now,
                 other => match VALUE_COLUMNS.iter().position(|v| *v == other) {
                     Some(i) => MarkSrc::Value(i),
+                    // Left NULL by the INSERT (firmware, contact, config columns).
+                    None if !defaulted.iter().any(|d| d == other) => MarkSrc::Null,
                     None => return Ok(None),
                 },
             };
@@ -121,6 +144,7 @@ impl BulkMarks {
         Some(self.key.mark(self.plan.iter().map(|src| match *src {
             MarkSrc::Id => Cell::Int(id),
             MarkSrc::Now => Cell::Text(now.as_bytes()),
+            MarkSrc::Null => Cell::Null,
             MarkSrc::Value(i) => match vals[i] {
                 Val::Text(t) => Cell::Text(t.as_bytes()),
                 _ => Cell::Null,
@@ -156,17 +180,17 @@ fn insert_events_sql(rows: usize) -> String {
 
 /// The `DEVICE_VALUES` values of a new device (status defaults to registered).
 pub fn device_values<'a>(
-    f: &[Option<&'a str>; 12],
+    f: &[Option<&'a str>; FIELDS],
     attributes: Option<&'a str>,
     out: &mut [Val<'a>],
 ) {
     for (v, f) in out.iter_mut().zip(f) {
         *v = Val::from(*f);
     }
-    if f[10].is_none() {
-        out[10] = Val::Text(DeviceStatus::Registered.as_str());
+    if f[STATUS].is_none() {
+        out[STATUS] = Val::Text(DeviceStatus::Registered.as_str());
     }
-    out[12] = Val::from(attributes);
+    out[FIELDS] = Val::from(attributes);
 }
 
 /// Which column identifies the device a row refers to.
@@ -312,11 +336,11 @@ impl<'c> ImportDb<'c> {
         Ok(Lookup::One(Box::new(first)))
     }
 
-    /// Inserts a device from the 12 documented fields (in `Field` order) and the
+    /// Inserts a device from the documented fields (in `Field` order) and the
     /// attributes JSON. `Ok(None)` means the serial already exists.
     pub fn insert(
         &mut self,
-        f: &[Option<&str>; 12],
+        f: &[Option<&str>; FIELDS],
         attributes: Option<&str>,
         now: &str,
     ) -> Result<Option<i64>> {
@@ -610,23 +634,23 @@ pub fn approx_device_count(db: &Reader) -> Result<u64> {
     Ok(n as u64)
 }
 
-/// Calls `each` with the 12 documented fields (in `Field` order) and the attributes
+/// Calls `each` with the documented fields (in `Field` order) and the attributes
 /// JSON of every filtered device, in id order, without building a `Device`.
 pub fn for_each_row(
     db: &Reader,
     f: &DeviceFilter,
-    mut each: impl FnMut(&[Option<&str>; 13]) -> Result<()>,
+    mut each: impl FnMut(&[Option<&str>; DEVICE_VALUES]) -> Result<()>,
 ) -> Result<u64> {
     let conn = db.conn();
     conn.pragma_update(None, "cache_size", -SCAN_CACHE_KIB)?;
     let mut stmt = conn.prepare(&format!(
-        "SELECT serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes
-         FROM devices WHERE {FILTER_SQL} ORDER BY id"
+        "SELECT {} FROM devices WHERE {FILTER_SQL} ORDER BY id",
+        VALUE_COLUMNS.join(", ")
     ))?;
     let mut rows = stmt.query(rusqlite::params_from_iter(f.params()))?;
     let mut n = 0;
     while let Some(r) = rows.next()? {
-        let mut cols: [Option<&str>; 13] = [None; 13];
+        let mut cols: [Option<&str>; DEVICE_VALUES] = [None; DEVICE_VALUES];
         for (i, c) in cols.iter_mut().enumerate() {
             *c = match r.get_ref(i)? {
                 ValueRef::Null => None,
@@ -773,7 +797,8 @@ pub fn update_device_fields(tx: &Tx<'_>, d: &Device, now: &str) -> Result<()> {
 const UPDATE_FIELDS: &str =
     "UPDATE devices SET hardware_id = ?2, model = ?3, hw_rev = ?4, batch = ?5,
     site = ?6, location = ?7, owner = ?8, mac = ?9, imei = ?10, notes = ?11, attributes = ?12,
-    updated_at = ?13 WHERE id = ?1";
+    updated_at = ?13, purchase_date = ?14, warranty_until = ?15, cost = ?16, currency = ?17,
+    supplier = ?18, criticality = ?19, end_of_life = ?20 WHERE id = ?1";
 
 fn exec_update_fields(stmt: &mut rusqlite::Statement<'_>, d: &Device, now: &str) -> Result<()> {
     stmt.execute(params![
@@ -789,7 +814,14 @@ fn exec_update_fields(stmt: &mut rusqlite::Statement<'_>, d: &Device, now: &str)
         d.imei,
         d.notes,
         devices::attributes_json(&d.attributes),
-        now
+        now,
+        d.purchase_date,
+        d.warranty_until,
+        d.cost,
+        d.currency,
+        d.supplier,
+        d.criticality,
+        d.end_of_life,
     ])?;
     Ok(())
 }
@@ -845,11 +877,55 @@ mod tests {
     }
 
     #[test]
+    fn bulk_marks_cover_columns_the_import_leaves_null() {
+        // Since migration 8 the table has columns the import never fills (firmware,
+        // contact, config): they must not send every row through the trigger.
+        let reg = Store::in_memory().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kc = Connection::open(dir.path().join("k.db")).unwrap();
+        let key = RowKey::from_log_key(
+            &super::super::logkey::LogKey::create(&kc, 1)
+                .unwrap()
+                .unwrap(),
+        );
+        let m = BulkMarks::new(reg.conn(), Some(&key))
+            .unwrap()
+            .expect("the import marks its rows itself");
+        let mut f: [Option<&str>; FIELDS] = [None; FIELDS];
+        f[0] = Some("S-1");
+        f[2] = Some("m1");
+        f[14] = Some("12.50");
+        f[15] = Some("EUR");
+        let mut vals = [Val::Null; DEVICE_VALUES];
+        device_values(&f, None, &mut vals);
+        let now = "2026-01-01T00:00:00Z";
+        let mark = m.mark(1, &vals, now).unwrap();
+        // The row as SQLite stores it verifies against that mark.
+        reg.conn()
+            .execute(
+                "INSERT INTO devices (id, serial, model, cost, currency, status, created_at, updated_at) VALUES (1, 'S-1', 'm1', '12.50', 'EUR', 'registered', ?1, ?1)",
+                [now],
+            )
+            .unwrap();
+        let cols = rowmark::marked_columns(reg.conn()).unwrap();
+        let sql = format!("SELECT {} FROM devices WHERE id = 1", cols.join(", "));
+        reg.conn()
+            .query_row(&sql, [], |r| {
+                let cells: Vec<Cell> = (0..cols.len())
+                    .map(|i| Cell::from(r.get_ref(i).unwrap()))
+                    .collect();
+                assert!(key.verify(cells, &mark));
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
     fn fast_event_hash_matches_the_chain() {
         let mut reg = Store::in_memory().unwrap();
         let tx = reg.write().unwrap();
         let mut db = ImportDb::new(&tx).unwrap();
-        let mut f: [Option<&str>; 12] = [None; 12];
+        let mut f: [Option<&str>; FIELDS] = [None; FIELDS];
         f[0] = Some("A-1");
         let id = db
             .insert(&f, None, "2026-01-01T00:00:00Z")
@@ -895,7 +971,7 @@ mod tests {
         let vals = |range: std::ops::Range<usize>| -> Vec<Val<'_>> {
             let mut v = vec![Val::Null; range.len() * DEVICE_VALUES];
             for (k, i) in range.enumerate() {
-                let mut f: [Option<&str>; 12] = [None; 12];
+                let mut f: [Option<&str>; FIELDS] = [None; FIELDS];
                 f[0] = Some(&serials[i]);
                 device_values(&f, None, &mut v[k * DEVICE_VALUES..(k + 1) * DEVICE_VALUES]);
             }
@@ -940,7 +1016,7 @@ mod tests {
         let mut db = ImportDb::new(&tx).unwrap();
         let details: Vec<String> = (0..150).map(|i| format!(r#"{{"line":{i}}}"#)).collect();
         let mut v = [Val::Null; DEVICE_VALUES];
-        let mut f: [Option<&str>; 12] = [None; 12];
+        let mut f: [Option<&str>; FIELDS] = [None; FIELDS];
         f[0] = Some("S-1");
         device_values(&f, None, &mut v);
         let (_, id) = db.insert_devices(&v, "t").unwrap();

@@ -4,6 +4,7 @@
 //! queries take a `Reader`, which `&Store` and `&Tx` both dereference to. Errors
 //! leave as the project's own `StoreError`, never as `rusqlite::Error`.
 
+pub mod assets;
 pub mod audit;
 pub mod bulk;
 pub mod cas;

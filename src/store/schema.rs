@@ -214,6 +214,19 @@ ALTER TABLE devices ADD COLUMN last_contact_at TEXT;
 ALTER TABLE devices ADD COLUMN config_name TEXT;
 ALTER TABLE devices ADD COLUMN config_sha256 TEXT;
 "#,
+    // 9: asset data, validated by app::inventory::asset and stored as canonical text:
+    // dates YYYY-MM-DD, the cost an exact decimal (never a REAL, which would round) in
+    // an ISO 4217 currency, criticality low|medium|high|critical. NULL for old rows, so
+    // their device marks stay valid; the marks cover these columns like every other.
+    r#"
+ALTER TABLE devices ADD COLUMN purchase_date TEXT;
+ALTER TABLE devices ADD COLUMN warranty_until TEXT;
+ALTER TABLE devices ADD COLUMN cost TEXT;
+ALTER TABLE devices ADD COLUMN currency TEXT;
+ALTER TABLE devices ADD COLUMN supplier TEXT;
+ALTER TABLE devices ADD COLUMN criticality TEXT;
+ALTER TABLE devices ADD COLUMN end_of_life TEXT;
+"#,
 ];
 
 #[cfg(test)]
@@ -233,6 +246,7 @@ mod tests {
         "574bd4a817d8294c486da6451a732057aa1227dd2b4d5413fc42715d335a7c56",
         "02ca18042d6d61c6dab4815edc5e7cc89c09ad21f783a8be4d242d0d2d8971b2",
         "5bed1ee22713c0345e61d41643302aa68fbdfaf0c750bdcbfce52d4e5ebffe5d",
+        "11de30e9064a397b15f0c05c22af0aa17e6e34df2a1786be9aa9e61b3c7568fe",
     ];
 
     #[test]

@@ -189,6 +189,18 @@ ALTER TABLE devices ADD COLUMN last_contact_at TIMESTAMPTZ;
 ALTER TABLE devices ADD COLUMN config_name TEXT;
 ALTER TABLE devices ADD COLUMN config_sha256 TEXT;
 "#,
+    // 9: asset data. Dates are `date`; the cost stays canonical decimal text, as on
+    // SQLite (exact, keeps the decimals it was written with; rust-postgres has no
+    // NUMERIC type of its own), in an ISO 4217 currency.
+    r#"
+ALTER TABLE devices ADD COLUMN purchase_date DATE;
+ALTER TABLE devices ADD COLUMN warranty_until DATE;
+ALTER TABLE devices ADD COLUMN cost TEXT;
+ALTER TABLE devices ADD COLUMN currency TEXT;
+ALTER TABLE devices ADD COLUMN supplier TEXT;
+ALTER TABLE devices ADD COLUMN criticality TEXT;
+ALTER TABLE devices ADD COLUMN end_of_life DATE;
+"#,
 ];
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! Findings are streamed to a sink as they are found, so a registry of millions of
 //! devices is audited with flat memory; the SQL lives in `registry::audit`.
 
+pub mod charts;
 pub mod report;
 
 use std::collections::{BTreeMap, HashSet};
@@ -89,13 +90,15 @@ pub const DEVICE_MARK: &str = "device-mark";
 pub const FIRMWARE_BELOW: &str = "firmware-below";
 pub const FIRMWARE_LISTED: &str = "firmware-listed";
 pub const NO_CONTACT_SINCE: &str = "no-contact-since";
+pub const WARRANTY_EXPIRING: &str = "warranty-expiring";
+pub const END_OF_LIFE_REACHED: &str = "end-of-life-reached";
 
 use Severity::{Error as E, Warning as W};
 
 /// Every check, in the order they run and report.
 pub const CHECKS: &[Check] = &[
     check(REGISTRY_INTEGRITY, E, "the registry file fails SQLite's integrity check (damaged pages, records or an index that no longer matches its table)"),
-    check(CERT_EXPIRING, W, "active certificate of an in-service device expires within --expiring-within days (not yet renewed)"),
+    check(CERT_EXPIRING, W, "active certificate of an in-service device expires within --expiring-within days, times 2 for high and 4 for critical devices (not yet renewed)"),
     check(CERT_EXPIRED_DEPLOYED, E, "active certificate of a deployed or maintenance device has expired (not renewed)"),
     check(REVOKED_NOT_RETIRED, E, "device not retired or decommissioned whose certificates are revoked and none is active"),
     check(DECOMMISSIONED_WITHOUT_WIPE, E, "decommissioned device with neither a verified wipe attestation nor a manual wipe record"),
@@ -118,6 +121,8 @@ pub const CHECKS: &[Check] = &[
     check(FIRMWARE_BELOW, W, "in-service device of a model given with --min-firmware MODEL=VERSION whose recorded firmware is older, or has no version (runs only with --min-firmware)"),
     check(FIRMWARE_LISTED, E, "in-service device whose recorded firmware is a version listed in --vulnerable FILE (runs only with --vulnerable)"),
     check(NO_CONTACT_SINCE, W, "in-service device whose last contact over a port is older than --no-contact-days DAYS, or never recorded (runs only with --no-contact-days)"),
+    check(WARRANTY_EXPIRING, W, "in-service device whose warranty_until is today or within --within DAYS (runs only with --within)"),
+    check(END_OF_LIFE_REACHED, W, "device not retired or decommissioned whose end_of_life date is today or past"),
 ];
 
 /// The option a check needs before it can run, if it needs one.
@@ -126,6 +131,7 @@ pub fn needs_option(id: &str) -> Option<&'static str> {
         FIRMWARE_BELOW => Some("--min-firmware MODEL=VERSION"),
         FIRMWARE_LISTED => Some("--vulnerable FILE"),
         NO_CONTACT_SINCE => Some("--no-contact-days DAYS"),
+        WARRANTY_EXPIRING => Some("--within DAYS"),
         _ => None,
     }
 }
@@ -161,6 +167,8 @@ pub struct Options {
     pub vulnerable: Option<(String, Vec<crate::app::firmware::Vulnerable>)>,
     /// no-contact-since: days without a contact (`--no-contact-days`).
     pub no_contact_days: Option<u32>,
+    /// warranty-expiring: days ahead (`--within`).
+    pub warranty_within_days: Option<u32>,
 }
 
 impl Options {
@@ -174,6 +182,7 @@ impl Options {
             min_firmware: Vec::new(),
             vulnerable: None,
             no_contact_days: None,
+            warranty_within_days: None,
         }
     }
     fn selected(&self, id: &str) -> bool {
@@ -185,6 +194,7 @@ impl Options {
             FIRMWARE_BELOW => !self.min_firmware.is_empty(),
             FIRMWARE_LISTED => self.vulnerable.is_some(),
             NO_CONTACT_SINCE => self.no_contact_days.is_some(),
+            WARRANTY_EXPIRING => self.warranty_within_days.is_some(),
             _ => true,
         }
     }
@@ -292,6 +302,11 @@ fn rfc3339(secs: i64) -> String {
 
 const DAY: i64 = 86_400;
 
+/// Midnight UTC of the day `secs` falls on.
+fn day_start(secs: i64) -> i64 {
+    secs.div_euclid(DAY) * DAY
+}
+
 /// Certificates verified per parallel chunk (bounds memory; big enough to keep all cores busy).
 const CERT_CHUNK: usize = 4096;
 
@@ -319,15 +334,32 @@ fn run_checks(
         }
     }
     if o.wants(CERT_EXPIRING) {
-        let until = now + i64::from(o.expiring_within_days) * DAY;
-        q::certs_expiring(conn, now, until, |c| {
+        use crate::app::inventory::asset::Criticality;
+        let factors: Vec<(&str, i64)> = Criticality::ALL
+            .iter()
+            .map(|c| (c.as_str(), Criticality::expiry_factor(Some(*c))))
+            .collect();
+        let window = i64::from(o.expiring_within_days) * DAY;
+        q::certs_expiring(conn, now, window, &factors, |c, k| {
             let days = (c.not_after - now) / DAY;
+            let weighted = if k > 1 {
+                format!(
+                    "; flagged {k}x earlier ({} days) for a {} device",
+                    i64::from(o.expiring_within_days) * k,
+                    factors
+                        .iter()
+                        .find(|(_, f)| *f == k)
+                        .map_or("critical", |(n, _)| n)
+                )
+            } else {
+                String::new()
+            };
             emit(with_cert(
                 finding(
                     CERT_EXPIRING,
                     Some(c.device),
                     format!(
-                        "certificate {} expires on {} (in {days} day{}; device is {})",
+                        "certificate {} expires on {} (in {days} day{}; device is {}{weighted})",
                         c.cert_serial,
                         date(c.not_after),
                         if days == 1 { "" } else { "s" },
@@ -540,6 +572,42 @@ fn run_checks(
     }
     if o.wants(FIRMWARE_BELOW) || o.wants(FIRMWARE_LISTED) || o.wants(NO_CONTACT_SINCE) {
         check_firmware_and_contact(conn, o, emit)?;
+    }
+    let today = date(now);
+    if let Some(days) = o
+        .warranty_within_days
+        .filter(|_| o.wants(WARRANTY_EXPIRING))
+    {
+        let until = date(now + i64::from(days) * DAY);
+        q::devices_by_date(conn, q::AssetDate::WarrantyUntil, &today, &until, |d| {
+            let left = crate::app::inventory::asset::date_unix(&d.date)
+                .map_or(0, |t| (t - day_start(now)) / DAY);
+            let when = match left {
+                0 => "today".to_string(),
+                1 => "tomorrow".to_string(),
+                n => format!("in {n} days"),
+            };
+            emit(finding(
+                WARRANTY_EXPIRING,
+                Some(d.device),
+                format!(
+                    "warranty ends on {} ({when}; device is {})",
+                    d.date, d.device_status
+                ),
+            ))
+        })?;
+    }
+    if o.wants(END_OF_LIFE_REACHED) {
+        q::devices_by_date(conn, q::AssetDate::EndOfLife, "0000", &today, |d| {
+            emit(finding(
+                END_OF_LIFE_REACHED,
+                Some(d.device),
+                format!(
+                    "end of life was {} but the device is {} (retire it, or record a new end_of_life)",
+                    d.date, d.device_status
+                ),
+            ))
+        })?;
     }
     Ok(stats)
 }
@@ -922,7 +990,7 @@ mod tests {
         let ids = check_ids();
         let set: HashSet<_> = ids.iter().collect();
         assert_eq!(set.len(), ids.len());
-        assert_eq!(ids.len(), 24);
+        assert_eq!(ids.len(), 26);
         for id in ids {
             assert!(id.chars().all(|c| c.is_ascii_lowercase() || c == '-'));
         }
@@ -951,7 +1019,7 @@ mod tests {
         })
         .unwrap();
         // The checks that need an option do not run without it, and say so.
-        assert_eq!((n, s.findings, s.checks.len()), (0, 0, CHECKS.len() - 3));
-        assert_eq!(s.not_run.len(), 3);
+        assert_eq!((n, s.findings, s.checks.len()), (0, 0, CHECKS.len() - 4));
+        assert_eq!(s.not_run.len(), 4);
     }
 }

@@ -58,6 +58,8 @@ pub struct Fleet {
     pub certificates: Vec<Count>,
     pub expiring_within_days: u32,
     pub expiry: Expiry,
+    /// The charts of the years in between (expiry by year, firmware, warranty, cost, age).
+    pub assets: super::charts::AssetCharts,
     pub audit: Summary,
     /// The first `MAX_LISTED_FINDINGS` findings (errors first).
     pub findings: Vec<Finding>,
@@ -160,6 +162,7 @@ pub fn build(conn: &Reader, registry: &str, opts: &Options) -> Result<Fleet> {
             later,
             within_window,
         },
+        assets: super::charts::build(conn, opts.now)?,
         audit,
         findings,
         recent_decommissions: q::recent_decommissions(conn, 20)?,
@@ -360,6 +363,7 @@ pub fn render_html(f: &Fleet) -> String {
 
     // Expiry chart.
     h.push_str(&expiry_svg(f));
+    super::charts::render(&mut h, &f.assets);
 
     // Breakdowns.
     h.push_str("<div class=\"grid\">\n");

@@ -54,6 +54,16 @@ pub struct EditOutcome {
     pub changes: Vec<Change>,
     /// True when the state change needed --force.
     pub forced: bool,
+    /// The maintenance-log entry recorded with the move (`app::maintenance`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logged: Option<serde_json::Value>,
+}
+
+/// A maintenance-log event to record in the same transaction as a lifecycle move:
+/// always when the device moved, otherwise only when `details` says something.
+pub struct LogEvent {
+    pub kind: EventKind,
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 enum Target {
@@ -126,11 +136,15 @@ pub fn edit(
         force_reason,
         command,
         &|_| Ok(()),
+        None,
     )
 }
 
 /// `edit`, once `rule` accepts the device as it is inside the write transaction (so
-/// that another station's change in between cannot slip past it).
+/// that another station's change in between cannot slip past it), recording `log`
+/// with it.
+// One more than clippy's limit: the log entry rides in the same transaction.
+#[allow(clippy::too_many_arguments)]
 fn edit_if(
     reg: &mut Store,
     serial: &str,
@@ -139,6 +153,7 @@ fn edit_if(
     force_reason: Option<&str>,
     command: &str,
     rule: &dyn Fn(&Device) -> Result<()>,
+    log: Option<LogEvent>,
 ) -> Result<EditOutcome> {
     let targets = assignments
         .iter()
@@ -189,6 +204,13 @@ fn edit_if(
             Target::Status(s) => to_status = Some(s),
             Target::Firmware(v) => firmware = Some(v),
         }
+    }
+    // Only a change of them is checked: a row damaged elsewhere can still be moved.
+    if changes
+        .iter()
+        .any(|c| c.field == Field::Cost.name() || c.field == Field::Currency.name())
+    {
+        asset_rules(&new)?;
     }
     // Check the state change before writing anything.
     let forced = match to_status {
@@ -246,7 +268,17 @@ fn edit_if(
             status = to;
         }
     }
-    if !changes.is_empty() {
+    let mut logged = None;
+    if let Some(LogEvent { kind, mut details }) = log {
+        if status != dev.status || !details.is_empty() {
+            details.insert("from".into(), dev.status.as_str().into());
+            details.insert("to".into(), status.as_str().into());
+            let details = serde_json::Value::Object(details);
+            tx.event(kind, Some(dev.id), actor, details.clone(), &now)?;
+            logged = Some(details);
+        }
+    }
+    if !changes.is_empty() || logged.is_some() {
         tx.commit()?;
     }
     Ok(EditOutcome {
@@ -254,6 +286,18 @@ fn edit_if(
         status,
         changes,
         forced,
+        logged,
+    })
+}
+
+/// The rules across asset columns, on the device as it would be stored.
+fn asset_rules(d: &Device) -> Result<()> {
+    super::asset::cost_needs_currency(d.cost.as_deref(), d.currency.as_deref()).map_err(|_| {
+        Error::input(format!(
+            "{}: cost {} needs a currency (e.g. cost=12.50 currency=EUR)",
+            d.serial,
+            fields::excerpt(d.cost.as_deref().unwrap_or_default())
+        ))
     })
 }
 
@@ -301,16 +345,18 @@ pub fn deploy(
         force_reason,
         "device deploy",
         &has_site,
+        None,
     )
 }
 
 /// `device return`: back from maintenance to deployed (`lifecycle::check_return`),
-/// checked inside the transaction that moves it.
+/// checked inside the transaction that moves it, with its maintenance-log entry.
 pub fn return_from_maintenance(
     reg: &mut Store,
     serial: &str,
     actor: &Actor,
     force_reason: Option<&str>,
+    log: Option<LogEvent>,
 ) -> Result<EditOutcome> {
     let a = [Assignment {
         field: "status".into(),
@@ -324,10 +370,11 @@ pub fn return_from_maintenance(
         force_reason,
         "device return",
         &|dev| lifecycle::check_return(dev, force_reason),
+        log,
     )
 }
 
-/// Moves a device to `to` with no field changes.
+/// Moves a device to `to` with no field changes, recording `log` with it.
 pub fn move_to(
     reg: &mut Store,
     serial: &str,
@@ -335,10 +382,20 @@ pub fn move_to(
     actor: &Actor,
     force_reason: Option<&str>,
     command: &str,
+    log: Option<LogEvent>,
 ) -> Result<EditOutcome> {
     let a = [Assignment {
         field: "status".into(),
         value: to.as_str().into(),
     }];
-    edit(reg, serial, &a, actor, force_reason, command)
+    edit_if(
+        reg,
+        serial,
+        &a,
+        actor,
+        force_reason,
+        command,
+        &|_| Ok(()),
+        log,
+    )
 }

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 
+use super::asset;
 use crate::store::devices::{Device, DeviceStatus};
 
 /// A documented device column. The order is the CSV export order.
@@ -19,7 +20,17 @@ pub enum Field {
     Imei,
     Status,
     Notes,
+    PurchaseDate,
+    WarrantyUntil,
+    Cost,
+    Currency,
+    Supplier,
+    Criticality,
+    EndOfLife,
 }
+
+// The store's row arrays are sized by this count.
+const _: () = assert!(Field::COUNT == crate::store::inventory::FIELDS);
 
 /// Longest value of a short text column (model, site, ...), in characters.
 pub const MAX_TEXT: usize = 256;
@@ -33,7 +44,7 @@ pub const MAX_ATTR_NAME: usize = 64;
 pub const ATTR_PREFIX: &str = "attr.";
 
 impl Field {
-    pub const ALL: [Field; 12] = [
+    pub const ALL: [Field; 19] = [
         Field::Serial,
         Field::HardwareId,
         Field::Model,
@@ -46,8 +57,15 @@ impl Field {
         Field::Imei,
         Field::Status,
         Field::Notes,
+        Field::PurchaseDate,
+        Field::WarrantyUntil,
+        Field::Cost,
+        Field::Currency,
+        Field::Supplier,
+        Field::Criticality,
+        Field::EndOfLife,
     ];
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 19;
 
     pub fn name(self) -> &'static str {
         match self {
@@ -63,6 +81,13 @@ impl Field {
             Field::Imei => "imei",
             Field::Status => "status",
             Field::Notes => "notes",
+            Field::PurchaseDate => "purchase_date",
+            Field::WarrantyUntil => "warranty_until",
+            Field::Cost => "cost",
+            Field::Currency => "currency",
+            Field::Supplier => "supplier",
+            Field::Criticality => "criticality",
+            Field::EndOfLife => "end_of_life",
         }
     }
 
@@ -93,6 +118,13 @@ impl Field {
             Field::Imei => d.imei.as_deref(),
             Field::Status => Some(d.status.as_str()),
             Field::Notes => d.notes.as_deref(),
+            Field::PurchaseDate => d.purchase_date.as_deref(),
+            Field::WarrantyUntil => d.warranty_until.as_deref(),
+            Field::Cost => d.cost.as_deref(),
+            Field::Currency => d.currency.as_deref(),
+            Field::Supplier => d.supplier.as_deref(),
+            Field::Criticality => d.criticality.as_deref(),
+            Field::EndOfLife => d.end_of_life.as_deref(),
         }
     }
 
@@ -109,6 +141,13 @@ impl Field {
             Field::Mac => &mut d.mac,
             Field::Imei => &mut d.imei,
             Field::Notes => &mut d.notes,
+            Field::PurchaseDate => &mut d.purchase_date,
+            Field::WarrantyUntil => &mut d.warranty_until,
+            Field::Cost => &mut d.cost,
+            Field::Currency => &mut d.currency,
+            Field::Supplier => &mut d.supplier,
+            Field::Criticality => &mut d.criticality,
+            Field::EndOfLife => &mut d.end_of_life,
             Field::Serial | Field::Status => return,
         };
         *slot = v;
@@ -141,7 +180,16 @@ impl Field {
         let id = self.is_identifier();
         if matches!(
             self,
-            Field::Serial | Field::Mac | Field::Imei | Field::Status
+            Field::Serial
+                | Field::Mac
+                | Field::Imei
+                | Field::Status
+                | Field::PurchaseDate
+                | Field::WarrantyUntil
+                | Field::EndOfLife
+                | Field::Cost
+                | Field::Currency
+                | Field::Criticality
         ) {
             // Before the notation check, whose message could not name the character.
             if let Some(m) = invisible(v, id, false) {
@@ -159,6 +207,10 @@ impl Field {
                 .map(|s| Cow::Borrowed(s.as_str()))
                 .map_err(|e| e.to_string()),
             Field::Notes => check_text(v, MAX_NOTES, true, false).map(|_| Cow::Borrowed(v)),
+            Field::PurchaseDate | Field::WarrantyUntil | Field::EndOfLife => asset::check_date(v),
+            Field::Cost => asset::normalise_cost(v),
+            Field::Currency => asset::normalise_currency(v),
+            Field::Criticality => asset::normalise_criticality(v),
             _ => check_text(v, MAX_TEXT, false, id).map(|_| Cow::Borrowed(v)),
         }
     }

@@ -20,6 +20,7 @@ use std::sync::mpsc;
 use csv::ByteRecord;
 use serde::Serialize;
 
+use super::asset;
 use super::cell::{self, CLEAR};
 use super::delimiter::Delimiter;
 use super::fields::{self, Field, ATTR_PREFIX};
@@ -1076,6 +1077,14 @@ fn import_file(
                     reject_row!(rec, line, RejectKind::Invalid, m);
                     continue;
                 };
+                if let Err(m) = asset::cost_needs_currency(
+                    wants[Field::Cost.idx()].value(),
+                    wants[Field::Currency.idx()].value(),
+                ) {
+                    flush!(batch);
+                    reject_row!(rec, line, RejectKind::Invalid, m);
+                    continue;
+                }
                 if db_dedup {
                     creates.push((idx - 1, line));
                     if creates.len() == ROWS_PER_INSERT {
@@ -1549,6 +1558,10 @@ fn plan_update(
     }
     if changes.is_empty() {
         return Ok(None);
+    }
+    if let Some(n) = &new {
+        asset::cost_needs_currency(n.cost.as_deref(), n.currency.as_deref())
+            .map_err(|m| format!("{m} (device '{}' has none stored)", dev.serial))?;
     }
     Ok(Some((
         new.unwrap_or_else(|| dev.clone()),

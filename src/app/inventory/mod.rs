@@ -1,6 +1,7 @@
 //! Inventory: CSV import and export on top of the registry, and single-device
 //! lifecycle edits. See `cell` for the formula and blank-cell rules.
 
+pub mod asset;
 pub mod cell;
 pub mod delimiter;
 pub mod device;
