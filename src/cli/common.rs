@@ -16,7 +16,7 @@ use crate::store::pgurl::PgTarget;
 use crate::store::Store;
 
 /// The commands that work on a PostgreSQL registry (README "PostgreSQL registry").
-pub const PORTED_TO_POSTGRES: &str = "init, log head, log verify (without --anchor)";
+pub const PORTED_TO_POSTGRES: &str = "init, status, log head, log verify (without --anchor)";
 
 pub struct Ctx {
     pub home: Home,

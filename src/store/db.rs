@@ -139,6 +139,40 @@ pub fn to_dollar(sql: &str) -> String {
     out
 }
 
+/// Read queries in the common dialect, on whichever backend: what a function shared
+/// by both registries takes (`Db`, or `Lite` over a SQLite store's connection).
+pub trait Query {
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>>;
+}
+
+impl Query for Db {
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        Db::query(self, sql, params)
+    }
+}
+
+/// A borrowed SQLite connection (a `Store`, `Tx` or `Snapshot`'s) as a `Query`.
+pub struct Lite<'a>(pub &'a rusqlite::Connection);
+
+impl Query for Lite<'_> {
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        lite_query(self.0, sql, params)
+    }
+}
+
+fn lite_query(c: &rusqlite::Connection, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let n = stmt.column_count();
+    let rows = stmt.query_map(rusqlite::params_from_iter(params.iter().map(lite)), |r| {
+        (0..n)
+            .map(|i| lite_value(r.get_ref(i)?))
+            .collect::<rusqlite::Result<Vec<_>>>()
+    })?;
+    Ok(rows
+        .map(|r| r.map(Row))
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 /// The neutral connection.
 pub enum Db {
     Sqlite(rusqlite::Connection),
@@ -191,19 +225,7 @@ impl Db {
     /// Every row of one query.
     pub fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         match self {
-            Db::Sqlite(c) => {
-                let mut stmt = c.prepare_cached(sql)?;
-                let n = stmt.column_count();
-                let rows =
-                    stmt.query_map(rusqlite::params_from_iter(params.iter().map(lite)), |r| {
-                        (0..n)
-                            .map(|i| lite_value(r.get_ref(i)?))
-                            .collect::<rusqlite::Result<Vec<_>>>()
-                    })?;
-                Ok(rows
-                    .map(|r| r.map(Row))
-                    .collect::<rusqlite::Result<Vec<_>>>()?)
-            }
+            Db::Sqlite(c) => lite_query(c, sql, params),
             Db::Pg { client, cache } => {
                 let stmt = prepared(client, cache, sql)?;
                 let ps = pg_params(params);

@@ -1,6 +1,6 @@
 //! A registry on a PostgreSQL server (issue 14, first slice): connect, create, check
 //! and migrate the schema, append to the event chain, read it back. What runs here:
-//! `init`, `log head`, `log verify`; every other command refuses a
+//! `init`, `log head`, `log verify`, `status`; every other command refuses a
 //! PostgreSQL registry (see `cli::common::Ctx::registry`).
 //!
 //! Concurrency: migrations run in one transaction under
@@ -347,6 +347,11 @@ impl PgStore {
             })
         })
         .transpose()
+    }
+
+    /// The fleet by state, site and batch, in one snapshot (`status`).
+    pub fn fleet_summary(&mut self) -> Result<super::inventory::FleetSummary> {
+        self.snapshot(|s| super::inventory::fleet_summary_on(&mut s.db))
     }
 
     /// Direct access for the store's own tests and the next ported commands.
