@@ -205,6 +205,39 @@ ALTER TABLE devices ADD COLUMN end_of_life DATE;
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
+    /// SHA-256 of every published PostgreSQL migration (as schema.rs keeps for SQLite):
+    /// never edit one, append a new migration instead.
+    const PUBLISHED: &[&str] = &[
+        "86d9daa0f6da2138b70192e5d6349ba04a5c6c545c11d1839ea47d07cf78bf4b",
+        "d7612afbc8547062b943166b470f3e6deb6c7b2cbe7a75e692c79bdbc4d858c0",
+        "1c9e06f5313a1cdab83ee488d21ea19ff4a444bbf7c6eccd4496a7422f066f0d",
+        "9cc9804bcd7c9cc8078897f7ef6aaeb3ce77ad044a526e3eb5b73bcdd86e8f3b",
+        "067c32ab993a9cd95980324f5f012dfe224cd992b7bf951111ed9923ac33fa58",
+        "4013038a59a0828a00d50a1af616ee1bc3c1e9d7c5750066559d58ad51c60196",
+        "fcdaf295e5ab0d4c3a0991aa0c1d60dcc37dead09335ec8847e3097f9695240e",
+        "95b22ea289d756afa50b3e266cfe4f0426e038089a68cfbd7785bef7307e21c8",
+        "0f0257cfd8628e6b1470cf0a376f1b91d0b89b4bff648f957806cda536fa4a3b",
+    ];
+
+    #[test]
+    fn published_migrations_never_change() {
+        for (i, (sql, want)) in super::MIGRATIONS.iter().zip(PUBLISHED).enumerate() {
+            let got = hex::encode(Sha256::digest(sql.as_bytes()));
+            assert_eq!(
+                &got,
+                want,
+                "PostgreSQL migration {} was edited after it was published: append a new migration instead",
+                i + 1
+            );
+        }
+        assert_eq!(
+            super::MIGRATIONS.len(),
+            PUBLISHED.len(),
+            "a new migration needs its hash in PUBLISHED"
+        );
+    }
     /// Both backends carry the same schema versions: a SQLite migration without its
     /// PostgreSQL twin (or the reverse) fails here.
     #[test]
