@@ -16,7 +16,8 @@ use crate::store::pgurl::PgTarget;
 use crate::store::Store;
 
 /// The commands that work on a PostgreSQL registry (README "PostgreSQL registry").
-pub const PORTED_TO_POSTGRES: &str = "init, status, log head, log verify (without --anchor)";
+pub const PORTED_TO_POSTGRES: &str =
+    "init, status, log head, log verify (without --anchor), log export";
 
 pub struct Ctx {
     pub home: Home,

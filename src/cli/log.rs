@@ -81,22 +81,42 @@ pub fn run(ctx: &Ctx, cmd: LogCommand) -> anyhow::Result<i32> {
                 (None, false) => ExportFormat::Jsonl,
             };
             let since = since.as_deref().map(parse_since).transpose()?;
-            let reg = ctx.registry_read()?;
-            if let Some(d) = &device {
-                crate::store::devices::require_device(reg.reader(), d)?;
+            let (since, device) = (since.as_deref(), device.as_deref());
+            // Either backend streams its events into the same writer.
+            let mut pg = None;
+            let mut lite = None;
+            match ctx.backend()? {
+                Backend::Postgres(t) => pg = Some(ctx.pg_registry(&t)?),
+                Backend::File => {
+                    let reg = ctx.registry_read()?;
+                    if let Some(d) = device {
+                        crate::store::devices::require_device(reg.reader(), d)?;
+                    }
+                    lite = Some(reg);
+                }
             }
+            let protected = lite
+                .as_ref()
+                .map(|r| r.files().to_vec())
+                .unwrap_or_default();
+            let mut source =
+                |f: &mut dyn FnMut(ExportedEvent) -> crate::Result<()>| match (&mut pg, &lite) {
+                    (Some(pg), _) => pg.events_export(since, device, f),
+                    (None, Some(reg)) => q::events_export(reg.reader(), since, device, f),
+                    (None, None) => unreachable!("one backend is open"),
+                };
             match out {
                 Some(path) => {
                     // Streamed into a temporary file beside the target, renamed when
                     // complete: a large log never sits in memory, a failure leaves no
                     // half-written export.
-                    let mut w = OutFile::create(&path, 0o644, &reg.files())?;
-                    export(&reg, since.as_deref(), device.as_deref(), format, &mut w)?;
+                    let mut w = OutFile::create(&path, 0o644, &protected)?;
+                    export(&mut source, format, &mut w)?;
                     w.commit()?;
                 }
                 None => {
                     let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-                    export(&reg, since.as_deref(), device.as_deref(), format, &mut w)?;
+                    export(&mut source, format, &mut w)?;
                     w.flush()?;
                 }
             }
@@ -263,10 +283,12 @@ pub fn parse_since(s: &str) -> crate::Result<String> {
     }
 }
 
+/// Calls its argument with each event to export, in id order.
+type EventSource<'a> =
+    dyn FnMut(&mut dyn FnMut(ExportedEvent) -> crate::Result<()>) -> crate::Result<()> + 'a;
+
 fn export(
-    reg: &crate::store::Store,
-    since: Option<&str>,
-    device: Option<&str>,
+    source: &mut EventSource<'_>,
     format: ExportFormat,
     w: &mut dyn Write,
 ) -> anyhow::Result<()> {
@@ -279,7 +301,7 @@ fn export(
         }
         ExportFormat::Jsonl => {}
     }
-    q::events_export(reg.reader(), since, device, |e: ExportedEvent| {
+    source(&mut |e: ExportedEvent| {
         match format {
             ExportFormat::Jsonl => {
                 serde_json::to_writer(&mut *w, &e).map_err(|e| io(e.into()))?;

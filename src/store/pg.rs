@@ -1,6 +1,6 @@
 //! A registry on a PostgreSQL server (issue 14, first slice): connect, create, check
 //! and migrate the schema, append to the event chain, read it back. What runs here:
-//! `init`, `log head`, `log verify`, `status`; every other command refuses a
+//! `init`, `log head`, `log verify`, `log export`, `status`; every other command refuses a
 //! PostgreSQL registry (see `cli::common::Ctx::registry`).
 //!
 //! Concurrency: migrations run in one transaction under
@@ -352,6 +352,58 @@ impl PgStore {
     /// The fleet by state, site and batch, in one snapshot (`status`).
     pub fn fleet_summary(&mut self) -> Result<super::inventory::FleetSummary> {
         self.snapshot(|s| super::inventory::fleet_summary_on(&mut s.db))
+    }
+
+    /// Events in id order, as `audit::events_export`: at or after `since`, of one
+    /// device (which must exist), read in pages inside one snapshot.
+    pub fn events_export(
+        &mut self,
+        since: Option<&str>,
+        device: Option<&str>,
+        f: &mut dyn FnMut(super::audit::ExportedEvent) -> Result<()>,
+    ) -> Result<()> {
+        self.snapshot(|s| {
+            if let Some(d) = device {
+                let found = s
+                    .db
+                    .query_row("SELECT 1 FROM devices WHERE serial = ?1", &[d.into()])?;
+                if found.is_none() {
+                    return Err(Error::not_found(format!(
+                        "no device with serial '{d}' in the registry"
+                    )));
+                }
+            }
+            let mut after = 0i64;
+            loop {
+                let rows = s.db.query(
+                    "SELECT e.id, e.at, e.kind, d.serial, e.actor, e.station, e.details, e.prev_hash, e.hash
+                     FROM events e LEFT JOIN devices d ON d.id = e.device_id
+                     WHERE e.id > ?1 AND (CAST(?2 AS TEXT) IS NULL OR e.at >= CAST(?2 AS TEXT))
+                       AND (CAST(?3 AS TEXT) IS NULL OR d.serial = CAST(?3 AS TEXT))
+                     ORDER BY e.id LIMIT 5000",
+                    &[after.into(), since.into(), device.into()],
+                )?;
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                for r in rows {
+                    after = r.i64(0)?;
+                    let details = r.text(6)?;
+                    f(super::audit::ExportedEvent {
+                        id: after,
+                        at: r.text(1)?,
+                        kind: r.text(2)?,
+                        device: r.opt_text(3)?,
+                        actor: r.text(4)?,
+                        station: r.text(5)?,
+                        details: serde_json::from_str(&details)
+                            .unwrap_or(serde_json::Value::String(details)),
+                        prev_hash: r.text(7)?,
+                        hash: r.text(8)?,
+                    })?;
+                }
+            }
+        })
     }
 
     /// Direct access for the store's own tests and the next ported commands.
