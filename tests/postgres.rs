@@ -395,3 +395,43 @@ fn log_export_on_postgresql_streams_the_chain_with_the_same_filters_and_errors()
         "id,at,kind,device,actor,station,details,prev_hash,hash\n2,2026-12-04T00:00:00Z,device.registered,D-7,x,y,{},p,h\n"
     );
 }
+
+/// `?host=DIR` reaches the server over its Unix socket; `CRADLE_REGISTRY` points a
+/// command of a SQLite home at a PostgreSQL registry without touching the file.
+#[test]
+fn a_socket_url_and_the_environment_override_reach_the_same_registry() {
+    let Some((e, db)) = pg_home("a_socket_url") else {
+        return;
+    };
+    // .ci/pg-cluster.sh puts the socket beside the password file.
+    let Ok(passfile) = std::env::var("PGPASSFILE") else {
+        eprintln!("skipped a_socket_url: no PGPASSFILE");
+        return;
+    };
+    let dir = std::path::Path::new(&passfile)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let line = std::fs::read_to_string(&passfile).unwrap();
+    let fields: Vec<&str> = line.trim().splitn(5, ':').collect();
+    let (port, password) = (fields[1], fields[4]);
+    let url = format!(
+        "postgresql://cradle@/{}?host={}&port={port}",
+        db.name,
+        dir.display()
+    );
+    let lite = Env::init();
+    let before = lite.dump();
+    let o = lite
+        .cmd(&["--json", "log", "head"])
+        .env("CRADLE_REGISTRY", &url)
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let head: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The PostgreSQL registry's head, not the SQLite file's.
+    assert_eq!(head["hash"], e.json(&["log", "head"])["hash"]);
+    assert_ne!(head["hash"], lite.json(&["log", "head"])["hash"]);
+    assert_eq!(lite.dump(), before);
+}
