@@ -435,3 +435,59 @@ fn a_socket_url_and_the_environment_override_reach_the_same_registry() {
     assert_ne!(head["hash"], lite.json(&["log", "head"])["hash"]);
     assert_eq!(lite.dump(), before);
 }
+
+/// Readers during appends: `log verify` reads the events and the recorded head in one
+/// snapshot, so stations appending meanwhile never make it report a break.
+#[test]
+fn log_verify_during_concurrent_appends_never_raises_a_false_alarm() {
+    use cradle::model::{Actor, EventKind};
+    use cradle::store::pg::PgStore;
+    use cradle::store::pgurl::PgTarget;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some((e, db)) = pg_home("log_verify_during_concurrent_appends") else {
+        return;
+    };
+    let target = PgTarget::parse(&db.url).unwrap();
+    let key = e.home.join("log.key");
+    let timeout = std::time::Duration::from_secs(10);
+    let done = AtomicBool::new(false);
+    let checks = std::thread::scope(|s| {
+        for n in 0..2 {
+            let (target, key, done) = (&target, &key, &done);
+            s.spawn(move || {
+                let mut st = PgStore::open(target, timeout, key).unwrap();
+                let actor = Actor {
+                    operator: "tester".into(),
+                    station: format!("line-{n}"),
+                };
+                for i in 0..300 {
+                    st.event(
+                        EventKind::HomeInitialised,
+                        None,
+                        &actor,
+                        serde_json::json!({ "i": i }),
+                        "2026-12-04T00:00:00Z",
+                    )
+                    .unwrap();
+                }
+                done.store(true, Ordering::SeqCst);
+            });
+        }
+        let mut reader = PgStore::open(&target, timeout, &key).unwrap();
+        let mut checks = 0;
+        while !done.load(Ordering::SeqCst) || checks < 5 {
+            let r = reader.verify_chain().unwrap();
+            assert!(
+                r.first_break.is_none(),
+                "false alarm after {checks} checks: {:?}",
+                r.first_break
+            );
+            checks += 1;
+        }
+        checks
+    });
+    assert!(checks >= 5);
+    let v = e.json(&["log", "verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["events"], 601);
+}
