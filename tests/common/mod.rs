@@ -17,6 +17,8 @@ pub struct Env {
     pub pass_file: PathBuf,
     /// Extra environment for every command (e.g. SOFTHSM2_CONF for a test token).
     pub vars: Vec<(String, String)>,
+    /// The PostgreSQL database of this home, when `init` ran on one (dropped with it).
+    pub pg: Option<pg::PgDb>,
 }
 
 impl Env {
@@ -37,12 +39,31 @@ impl Env {
             home,
             pass_file,
             vars: Vec::new(),
+            pg: None,
         }
     }
 
-    /// A home with `cradle init` run.
+    /// A home with `cradle init` run: on the home's SQLite file, or, with
+    /// CRADLE_TEST_BACKEND=postgres, on a fresh PostgreSQL database of its own (one
+    /// suite, two backends: how the commands still being ported to PostgreSQL are run
+    /// against it; `registry()`, `sql()` and `dump()` stay SQLite-only).
     pub fn init() -> Env {
-        let e = Env::bare();
+        let mut e = Env::bare();
+        if std::env::var("CRADLE_TEST_BACKEND").as_deref() == Ok("postgres") {
+            let db = pg::PgDb::new("Env::init")
+                .expect("CRADLE_TEST_BACKEND=postgres needs CRADLE_TEST_PG_URL");
+            e.ok(&[
+                "init",
+                "--org",
+                "ACME",
+                "--station",
+                "test-station",
+                "--registry",
+                &db.url,
+            ]);
+            e.pg = Some(db);
+            return e;
+        }
         e.ok(&["init", "--org", "ACME", "--station", "test-station"]);
         e
     }
