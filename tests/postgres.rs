@@ -491,3 +491,17 @@ fn log_verify_during_concurrent_appends_never_raises_a_false_alarm() {
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["events"], 601);
 }
+
+#[test]
+fn help_never_prints_the_registry_url_from_the_environment() {
+    let e = Env::bare();
+    let o = e
+        .cmd(&["--help"])
+        .env("CRADLE_REGISTRY", "postgresql://u:hunter2@db/reg")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("--registry <URL>"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
+}

@@ -42,7 +42,7 @@ Exit codes:
 
 Environment:
   CRADLE_HOME           home directory (instead of --home)
-  CRADLE_REGISTRY       PostgreSQL registry URL (instead of --registry and config.toml)
+  CRADLE_REGISTRY       PostgreSQL registry URL (instead of config.toml's; --registry wins)
   PGPASSWORD, PGPASSFILE  password of a PostgreSQL registry (never in the URL)
   CRADLE_CA_PASSPHRASE  CA key passphrase (instead of --passphrase-file)
   CRADLE_PKCS11_PIN     PIN of the token holding the CA keys (instead of --pin-file)
@@ -73,7 +73,14 @@ pub struct Cli {
 
     /// PostgreSQL registry URL (postgresql://USER@HOST:PORT/DB; no password: PGPASSWORD or
     /// PGPASSFILE) instead of the home's; `init` records it in config.toml
-    #[arg(long, global = true, env = "CRADLE_REGISTRY", value_name = "URL")]
+    // hide_env_values: --help must never print a URL someone put a password into.
+    #[arg(
+        long,
+        global = true,
+        env = "CRADLE_REGISTRY",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub registry: Option<String>,
 
     /// Seconds to wait for a PostgreSQL registry server to answer
