@@ -62,10 +62,17 @@ pub enum EventKind {
     /// A rendered configuration was written into the device's config slot and read back.
     #[serde(rename = "config.written")]
     ConfigWritten,
+    /// `cradle renew` issued a successor certificate superseding an older one (for the
+    /// same key, or a new one with --rekey).
+    #[serde(rename = "cert.renewed")]
+    CertRenewed,
+    /// A successor delivered over a port was verified and switched to on the device.
+    #[serde(rename = "renewal.confirmed")]
+    RenewalConfirmed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::HomeInitialised,
         EventKind::LogKeyed,
         EventKind::CaCreated,
@@ -88,6 +95,8 @@ impl EventKind {
         EventKind::DevicesMarked,
         EventKind::FirmwareReported,
         EventKind::ConfigWritten,
+        EventKind::CertRenewed,
+        EventKind::RenewalConfirmed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -114,6 +123,8 @@ impl EventKind {
             EventKind::DevicesMarked => "devices.marked",
             EventKind::FirmwareReported => "firmware.reported",
             EventKind::ConfigWritten => "config.written",
+            EventKind::CertRenewed => "cert.renewed",
+            EventKind::RenewalConfirmed => "renewal.confirmed",
         }
     }
 }

@@ -214,6 +214,27 @@ ALTER TABLE devices ADD COLUMN last_contact_at TEXT;
 ALTER TABLE devices ADD COLUMN config_name TEXT;
 ALTER TABLE devices ADD COLUMN config_sha256 TEXT;
 "#,
+    // 9: renewals (`cradle renew`): which certificate succeeds which, and whether the
+    // successor is confirmed on the device. `pending` = issued for delivery over a port
+    // but not yet switched to on the device (the old identity is still the one in use);
+    // `delivered` = handed out as files or a bundle; `abandoned` = a pending successor a
+    // re-run replaced (revoked, superseded). At most one pending successor per device.
+    r#"
+CREATE TABLE renewals (
+    id           INTEGER PRIMARY KEY,
+    device_id    INTEGER NOT NULL REFERENCES devices(id),
+    old_cert_id  INTEGER NOT NULL REFERENCES certificates(id),
+    new_cert_id  INTEGER NOT NULL UNIQUE REFERENCES certificates(id),
+    rekey        INTEGER NOT NULL DEFAULT 0,
+    delivery     TEXT NOT NULL CHECK (delivery = 'files' OR delivery = 'bundle' OR delivery = 'port'),
+    state        TEXT NOT NULL CHECK (state = 'pending' OR state = 'confirmed' OR state = 'delivered' OR state = 'abandoned'),
+    issued_at    TEXT NOT NULL,
+    confirmed_at TEXT
+);
+CREATE INDEX renewals_device ON renewals(device_id);
+CREATE INDEX renewals_old ON renewals(old_cert_id);
+CREATE UNIQUE INDEX renewals_one_pending ON renewals(device_id) WHERE state = 'pending';
+"#,
 ];
 
 #[cfg(test)]
@@ -233,6 +254,7 @@ mod tests {
         "574bd4a817d8294c486da6451a732057aa1227dd2b4d5413fc42715d335a7c56",
         "02ca18042d6d61c6dab4815edc5e7cc89c09ad21f783a8be4d242d0d2d8971b2",
         "5bed1ee22713c0345e61d41643302aa68fbdfaf0c750bdcbfce52d4e5ebffe5d",
+        "741094a1513fc8213633d30d49fbab43d124be1fe3b9bc4af69c89cc9ab2c1f1",
     ];
 
     #[test]

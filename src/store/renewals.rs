@@ -1,0 +1,169 @@
+//! Renewals (`cradle renew`): which certificate succeeds which, and whether a successor
+//! delivered over a port is confirmed on the device (migration 9).
+
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+
+use super::certs::{cert_from_row, CertRecord, CERT_COLUMNS};
+use super::{Reader, Tx};
+use crate::error::{Error, Result};
+
+/// How a successor left cradle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    Files,
+    Bundle,
+    Port,
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Files => "files",
+            Delivery::Bundle => "bundle",
+            Delivery::Port => "port",
+        }
+    }
+}
+
+/// A successor issued for a port and not yet switched to on the device.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub id: i64,
+    pub old_cert_id: i64,
+    pub rekey: bool,
+    pub issued_at: String,
+    pub new_cert: CertRecord,
+}
+
+pub fn insert(
+    tx: &Tx<'_>,
+    device_id: i64,
+    old_cert_id: i64,
+    new_cert_id: i64,
+    rekey: bool,
+    delivery: Delivery,
+    now: &str,
+) -> Result<i64> {
+    let state = if delivery == Delivery::Port {
+        "pending"
+    } else {
+        "delivered"
+    };
+    let conn = tx.conn();
+    conn.prepare_cached(
+        "INSERT INTO renewals (device_id, old_cert_id, new_cert_id, rekey, delivery, state, issued_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        device_id,
+        old_cert_id,
+        new_cert_id,
+        rekey,
+        delivery.as_str(),
+        state,
+        now
+    ])
+    .map_err(|e| match e.sqlite_error_code() {
+        // renewals_one_pending: never two pending successors for one device.
+        Some(rusqlite::ErrorCode::ConstraintViolation) => Error::conflict(
+            "the device already has a pending successor certificate; finish it with `cradle renew --port`",
+        ),
+        _ => Error::from(e),
+    })?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// The device's pending successor, if any (at most one, by a unique index).
+pub fn pending_for_device(db: &Reader, device_id: i64) -> Result<Option<Pending>> {
+    let conn = db.conn();
+    let row = conn
+        .prepare_cached(
+            "SELECT id, old_cert_id, rekey, issued_at, new_cert_id FROM renewals
+             WHERE device_id = ?1 AND state = 'pending'",
+        )?
+        .query_row([device_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, bool>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((id, old_cert_id, rekey, issued_at, new_id)) = row else {
+        return Ok(None);
+    };
+    let new_cert = cert_by_id(db, new_id)?
+        .ok_or_else(|| Error::Internal(format!("renewal {id} names a missing certificate")))?;
+    Ok(Some(Pending {
+        id,
+        old_cert_id,
+        rekey,
+        issued_at,
+        new_cert,
+    }))
+}
+
+/// The pending successor was switched to on the device.
+pub fn confirm(tx: &Tx<'_>, id: i64, now: &str) -> Result<()> {
+    tx.conn()
+        .prepare_cached(
+            "UPDATE renewals SET state = 'confirmed', confirmed_at = ?2 WHERE id = ?1 AND state = 'pending'",
+        )?
+        .execute(params![id, now])?;
+    Ok(())
+}
+
+/// A pending successor replaced by a re-run (its certificate is revoked by the caller).
+pub fn abandon(tx: &Tx<'_>, id: i64) -> Result<()> {
+    tx.conn()
+        .prepare_cached("UPDATE renewals SET state = 'abandoned' WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+/// A certificate of the registry by row id.
+pub fn cert_by_id(db: &Reader, id: i64) -> Result<Option<CertRecord>> {
+    let conn = db.conn();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CERT_COLUMNS} FROM certificates WHERE id = ?1"
+    ))?;
+    Ok(stmt.query_row([id], cert_from_row).optional()?)
+}
+
+/// A successor issued but never confirmed on the device (audit `renewal-pending`).
+#[derive(Debug, Clone)]
+pub struct Unconfirmed {
+    pub device: String,
+    pub old_cert: String,
+    pub new_cert: String,
+    pub issued_at: String,
+    pub rekey: bool,
+}
+
+pub fn unconfirmed(db: &Reader, f: &mut dyn FnMut(Unconfirmed) -> Result<()>) -> Result<()> {
+    let conn = db.conn();
+    let mut stmt = conn.prepare(
+        "SELECT d.serial, o.serial_hex, n.serial_hex, r.issued_at, r.rekey
+         FROM renewals r
+         JOIN devices d ON d.id = r.device_id
+         JOIN certificates o ON o.id = r.old_cert_id
+         JOIN certificates n ON n.id = r.new_cert_id
+         WHERE r.state = 'pending' AND d.status NOT IN ('retired','decommissioned')
+         ORDER BY d.serial",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        f(Unconfirmed {
+            device: r.get(0)?,
+            old_cert: r.get(1)?,
+            new_cert: r.get(2)?,
+            issued_at: r.get(3)?,
+            rekey: r.get(4)?,
+        })?;
+    }
+    Ok(())
+}
