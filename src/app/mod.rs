@@ -16,5 +16,6 @@ pub mod label;
 pub mod lifecycle;
 pub mod ocsp;
 pub mod reconcile;
+pub mod renew;
 pub mod retire;
 pub mod station;

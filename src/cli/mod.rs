@@ -15,6 +15,7 @@ mod log;
 mod meta;
 mod ocsp;
 mod provision;
+mod renew;
 mod report;
 mod retire;
 mod sanitization;
@@ -98,6 +99,11 @@ pub enum Command {
         after_help = "Revoking a certificate that is already revoked is a no-op that says so (exit 0).\nThe CRL is rewritten to crl_path (config.toml) after every revocation.\n\nExamples:\n  cradle revoke ACME-000001 --reason key-compromise --passphrase-file ca.pass\n  cradle revoke ACME-000001 --cert 3fa2c1d0 --reason superseded\n  cradle revoke --from lost.csv --reason keyCompromise   # columns: serial[,cert][,reason]"
     )]
     Revoke(retire::RevokeArgs),
+
+    #[command(display_order = 10)]
+    /// Issue successor certificates (same key, or --rekey) as files, a bundle, or onto a device in place
+    #[command(after_help = renew::RENEW_AFTER_HELP)]
+    Renew(Box<renew::RenewArgs>),
 
     #[command(display_order = 11)]
     /// Retire devices: revoke, refresh the CRL, wipe with attestation or a manual record, mark decommissioned
@@ -218,6 +224,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ca(c) => ca::run(&ctx, c),
         Command::Identity(c) => identity::run(&ctx, c),
         Command::Revoke(a) => retire::revoke(&ctx, a),
+        Command::Renew(a) => renew::run(&ctx, *a),
         Command::Decommission(a) => retire::decommission(&ctx, *a),
         Command::Report(c) => report::run(&ctx, c),
         Command::Inventory(c) => inventory::run(&ctx, c),

@@ -167,3 +167,74 @@ pub fn unconfirmed(db: &Reader, f: &mut dyn FnMut(Unconfirmed) -> Result<()>) ->
     }
     Ok(())
 }
+
+/// A device to renew and the certificate its successor supersedes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub device: super::devices::Device,
+    pub old: CertRecord,
+}
+
+fn prefixed(cols: &str, p: &str) -> String {
+    cols.split(", ")
+        .map(|c| format!("{p}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The newest of `c`'s device's active certificates (latest expiry, then newest row):
+/// the one a renewal supersedes.
+const CURRENT: &str = "NOT EXISTS (SELECT 1 FROM certificates n
+    WHERE n.device_id = c.device_id AND n.status = 'active'
+      AND (n.not_after > c.not_after OR (n.not_after = c.not_after AND n.id > c.id)))";
+
+/// The certificate a device's renewal supersedes: its newest active one.
+pub fn current_cert(db: &Reader, device_id: i64) -> Result<Option<CertRecord>> {
+    let conn = db.conn();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM certificates c WHERE c.device_id = ?1 AND c.status = 'active' AND {CURRENT}",
+        prefixed(CERT_COLUMNS, "c")
+    ))?;
+    Ok(stmt.query_row([device_id], cert_from_row).optional()?)
+}
+
+/// In-service devices whose current certificate expires before `until` (expired ones
+/// included: renewal after expiry), by serial. Devices with a pending successor are
+/// returned apart (a port run must finish those).
+pub fn expiring(db: &Reader, until: i64) -> Result<(Vec<Target>, Vec<String>)> {
+    let conn = db.conn();
+    let ncert = CERT_COLUMNS.split(", ").count();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {}, {}, EXISTS (SELECT 1 FROM renewals r WHERE r.device_id = d.id AND r.state = 'pending')
+         FROM certificates c JOIN devices d ON d.id = c.device_id
+         WHERE c.status = 'active' AND c.not_after < ?1
+           AND d.status NOT IN ('retired','decommissioned') AND {CURRENT}
+         ORDER BY d.serial",
+        prefixed(CERT_COLUMNS, "c"),
+        prefixed(super::devices::DEVICE_COLUMNS, "d"),
+    ))?;
+    let ndev = super::devices::DEVICE_COLUMNS.split(", ").count();
+    let mut rows = stmt.query([until])?;
+    let (mut out, mut pending) = (Vec::new(), Vec::new());
+    while let Some(r) = rows.next()? {
+        let old = super::certs::cert_from_row_at(r, 0)?;
+        let device = super::devices::from_row_at(r, ncert)?;
+        if r.get::<_, bool>(ncert + ndev)? {
+            pending.push(device.serial);
+        } else {
+            out.push(Target { device, old });
+        }
+    }
+    Ok((out, pending))
+}
+
+/// Whether certificate `cert_id` is still active on a device in service.
+pub fn still_renewable(db: &Reader, cert_id: i64) -> Result<bool> {
+    Ok(db
+        .conn()
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM certificates c JOIN devices d ON d.id = c.device_id
+             WHERE c.id = ?1 AND c.status = 'active' AND d.status NOT IN ('retired','decommissioned'))",
+        )?
+        .query_row([cert_id], |r| r.get(0))?)
+}
