@@ -442,6 +442,8 @@ pub fn stale_unused_certs(
          FROM certificates c JOIN devices d ON d.id = c.device_id
          WHERE c.status = 'unused' AND c.created_at < ?1
            AND d.status NOT IN ('registered', 'decommissioned')
+           -- A successor pending on its device is renewal-pending's, not a failed run's.
+           AND NOT EXISTS (SELECT 1 FROM renewals r WHERE r.new_cert_id = c.id AND r.state = 'pending')
          ORDER BY d.serial, c.id",
         [before],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
