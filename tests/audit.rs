@@ -1851,6 +1851,7 @@ fn make_legacy(e: &Env) {
          ALTER TABLE devices DROP COLUMN last_contact_at;
          ALTER TABLE devices DROP COLUMN config_name;
          ALTER TABLE devices DROP COLUMN config_sha256;
+         DROP TABLE renewals;
          PRAGMA user_version = 6;",
     );
     rechain_plain(e, 1);

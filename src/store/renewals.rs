@@ -144,7 +144,19 @@ pub struct Unconfirmed {
     pub rekey: bool,
 }
 
+/// Whether the registry has the renewals table: an audit reads a registry as it is,
+/// and one from before migration 9 (not yet written by this version) has none.
+pub fn recorded(db: &Reader) -> Result<bool> {
+    Ok(db
+        .conn()
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'renewals')")?
+        .query_row([], |r| r.get(0))?)
+}
+
 pub fn unconfirmed(db: &Reader, f: &mut dyn FnMut(Unconfirmed) -> Result<()>) -> Result<()> {
+    if !recorded(db)? {
+        return Ok(());
+    }
     let conn = db.conn();
     let mut stmt = conn.prepare(
         "SELECT d.serial, o.serial_hex, n.serial_hex, r.issued_at, r.rekey
