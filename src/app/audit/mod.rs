@@ -942,7 +942,7 @@ mod tests {
         let ids = check_ids();
         let set: HashSet<_> = ids.iter().collect();
         assert_eq!(set.len(), ids.len());
-        assert_eq!(ids.len(), 24);
+        assert_eq!(ids.len(), 25);
         for id in ids {
             assert!(id.chars().all(|c| c.is_ascii_lowercase() || c == '-'));
         }
