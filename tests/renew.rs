@@ -600,3 +600,157 @@ fn bad_input_is_one_line_an_exit_code_and_nothing_written() {
     let (code, found) = audit_findings(&env, "renewal-pending");
     assert_eq!((code, found.len()), (0, 0));
 }
+
+#[test]
+fn a_switch_whose_reply_was_lost_is_confirmed_by_the_rerun() {
+    let env = Env::with_ca();
+    let (serial, state, link) = provisioned(&env, "csr");
+    // The device switches, then the cable is pulled before its reply.
+    let mut sim = Sim::start(
+        &env,
+        &[
+            "--link",
+            link.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+            "--fault",
+            "disconnect-after:switch",
+            "--fault",
+            "stay-away:20000",
+        ],
+        1,
+    );
+    let o = renew_port(&env, &link, &["--revoke-old"]);
+    sim.stop();
+    assert_eq!(
+        o.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let pending = q(
+        &env,
+        "SELECT c.serial_hex FROM renewals r JOIN certificates c ON c.id = r.new_cert_id WHERE r.state = 'pending';",
+    );
+    // The device already holds the successor; the registry does not know it yet, so the
+    // old certificate is not revoked.
+    assert_eq!(slot(&state, "cert").0, cert_der(&env, &pending));
+    assert_eq!(
+        q(&env, "SELECT status FROM certificates ORDER BY id;"),
+        "active\nunused"
+    );
+    let (code, found) = audit_findings(&env, "renewal-pending");
+    assert_eq!((code, found.len()), (1, 1));
+    assert_eq!(found[0]["device"], serial.as_str());
+
+    let _sim = Sim::start(
+        &env,
+        &[
+            "--link",
+            link.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        1,
+    );
+    let o = renew_port(&env, &link, &["--revoke-old"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["result"], "confirmed");
+    assert_eq!(v["cert_serial"], pending.as_str());
+    assert_eq!(v["old_revoked"], true);
+    assert_eq!(state_field(&state, "switches"), 1, "no second switch");
+    assert_eq!(
+        q(&env, "SELECT status FROM certificates ORDER BY id;"),
+        "revoked\nactive"
+    );
+    let o = env.run(&["audit"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
+fn an_injected_rekey_cut_before_the_key_is_revoked_and_issued_afresh_never_two_pending() {
+    let env = Env::with_ca();
+    let (_serial, state, link) = provisioned(&env, "csr");
+    let old_serial = q(&env, "SELECT serial_hex FROM certificates;");
+    let key_before = state_field(&state, "key");
+    // The cable is pulled after the STAT of the spare key slot (the second STAT of the
+    // run, after the cert slot's), before the key is written: the host's key is gone
+    // (never kept), the device never got it, and the successor recorded for it is pending.
+    let mut sim = Sim::start(
+        &env,
+        &[
+            "--link",
+            link.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+            "--fault",
+            "disconnect-after:stat:2",
+            "--fault",
+            "stay-away:20000",
+        ],
+        1,
+    );
+    let o = renew_port(&env, &link, &["--rekey", "--mode", "inject"]);
+    sim.stop();
+    assert_eq!(
+        o.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let first = q(
+        &env,
+        "SELECT c.serial_hex FROM renewals r JOIN certificates c ON c.id = r.new_cert_id WHERE r.state = 'pending';",
+    );
+    assert_eq!(state_field(&state, "key"), key_before);
+    assert_eq!(state_field(&state, "next_key"), serde_json::Value::Null);
+
+    let _sim = Sim::start(
+        &env,
+        &[
+            "--link",
+            link.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        1,
+    );
+    let o = renew_port(&env, &link, &["--rekey", "--mode", "inject"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["abandoned"], first.as_str());
+    let second = v["cert_serial"].as_str().unwrap();
+    assert_ne!(second, first);
+    assert_ne!(state_field(&state, "key"), key_before);
+    assert_eq!(slot(&state, "cert").0, cert_der(&env, second));
+    // The abandoned one and the old one are revoked (superseded); one successor active.
+    assert_eq!(
+        q(
+            &env,
+            &format!(
+                "SELECT serial_hex, status, revocation_reason FROM certificates WHERE serial_hex IN ('{old_serial}', '{first}') ORDER BY id;"
+            )
+        ),
+        format!("{old_serial}|revoked|superseded\n{first}|revoked|superseded")
+    );
+    assert_eq!(
+        q(
+            &env,
+            "SELECT group_concat(state) FROM (SELECT state FROM renewals ORDER BY id);"
+        ),
+        "abandoned,confirmed"
+    );
+    let o = env.run(&["audit"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
