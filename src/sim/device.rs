@@ -848,4 +848,128 @@ mod tests {
         assert_eq!(again.seq, 9);
         assert_eq!(dev.state.wipe_counter, 1);
     }
+    /// Writes `data` into `slot` and commits it, asserting OK.
+    fn put(dev: &mut Device, seq: &mut u32, slot: &str, data: &[u8]) {
+        *seq += 1;
+        let w = Frame::new("WRITE", *seq, vec![slot.into(), "0".into(), b64(data)]).encode();
+        let r = answer(dev, std::str::from_utf8(&w[..w.len() - 1]).unwrap());
+        assert_eq!(r.verb, "OK", "WRITE {slot}: {r:?}");
+        *seq += 1;
+        let c = Frame::new(
+            "COMMIT",
+            *seq,
+            vec![
+                slot.into(),
+                data.len().to_string(),
+                hex::encode(sha256(data)),
+            ],
+        )
+        .encode();
+        let r = answer(dev, std::str::from_utf8(&c[..c.len() - 1]).unwrap());
+        assert_eq!(r.verb, "OK", "COMMIT {slot}: {r:?}");
+    }
+
+    fn request(dev: &mut Device, seq: u32, verb: &str, args: Vec<String>) -> Frame {
+        let l = Frame::new(verb, seq, args).encode();
+        answer(dev, std::str::from_utf8(&l[..l.len() - 1]).unwrap())
+    }
+
+    /// A certificate for `key` (PKCS#8) from a throwaway issuer.
+    fn cert_for(key: &[u8]) -> Vec<u8> {
+        let kp = rcgen::KeyPair::try_from(key).unwrap();
+        let issuer = crate::pki::keys::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["dev".to_string()]).unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["ca".to_string()])
+            .unwrap()
+            .self_signed(&issuer)
+            .unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_der(ca.der(), issuer).unwrap();
+        params.signed_by(&kp, &issuer).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_locked_device_takes_a_successor_in_its_spare_slots_and_switches_once() {
+        let key = crate::pki::keys::generate().unwrap().serialize_der();
+        let mut state = DeviceState::new("HW-R", "sim");
+        state.key = Some(key.clone());
+        let old = cert_for(&key);
+        for (slot, data) in [(SLOT_CERT, old.clone()), (SLOT_CHAIN, b"chain".to_vec())] {
+            state.slots.insert(
+                slot.into(),
+                Slot {
+                    data,
+                    committed: true,
+                },
+            );
+        }
+        state.locked = true;
+        let mut dev = Device::new(state, None, Faults::default());
+        dev.strict = true;
+        let mut seq = 1;
+        // The sealed identity is refused, the spare slots are not.
+        let r = request(&mut dev, 2, "ERASE", vec![SLOT_CERT.into()]);
+        assert_eq!(r.args[0], code::LOCKED.to_string());
+        let new = cert_for(&key);
+        // SWITCH before the spare slots are committed: not-committed, nothing changes.
+        let sha = hex::encode(sha256(&new));
+        let r = request(&mut dev, 3, "SWITCH", vec![sha.clone()]);
+        assert_eq!(r.args[0], code::NOT_COMMITTED.to_string());
+        seq += 2;
+        put(&mut dev, &mut seq, SLOT_NEXT_CERT, &new);
+        put(&mut dev, &mut seq, SLOT_NEXT_CHAIN, b"chain2");
+        assert_eq!(dev.state.slots[SLOT_CERT].data, old);
+        // A wrong hash is refused; the right one switches, keeping the lock.
+        let r = request(&mut dev, 20, "SWITCH", vec!["0".repeat(64)]);
+        assert_eq!(r.args[0], code::NOT_COMMITTED.to_string());
+        let r = request(&mut dev, 21, "SWITCH", vec![sha.clone()]);
+        assert_eq!(
+            (r.verb.as_str(), r.args[0].as_str()),
+            ("OK", format!("sha256={sha}").as_str())
+        );
+        assert_eq!(dev.state.slots[SLOT_CERT].data, new);
+        assert_eq!(dev.state.slots[SLOT_CHAIN].data, b"chain2");
+        assert!(dev.state.locked && !dev.state.slots.contains_key(SLOT_NEXT_CERT));
+        // Resent (the reply was lost): OK again, no second switch.
+        let r = request(&mut dev, 22, "SWITCH", vec![sha]);
+        assert_eq!(r.verb, "OK");
+        assert_eq!(dev.state.switches, 1);
+    }
+
+    #[test]
+    fn switch_refuses_a_successor_for_another_key_and_installs_a_spare_key() {
+        let key = crate::pki::keys::generate().unwrap().serialize_der();
+        let mut state = DeviceState::new("HW-K", "sim");
+        state.key = Some(key.clone());
+        let mut dev = Device::new(state, None, Faults::default());
+        let mut seq = 1;
+        // A successor for a key the device does not hold: bad-key.
+        let other = crate::pki::keys::generate().unwrap().serialize_der();
+        let wrong = cert_for(&other);
+        put(&mut dev, &mut seq, SLOT_NEXT_CERT, &wrong);
+        put(&mut dev, &mut seq, SLOT_NEXT_CHAIN, b"c");
+        let r = request(&mut dev, 30, "SWITCH", vec![hex::encode(sha256(&wrong))]);
+        assert_eq!(r.args[0], code::BAD_KEY.to_string());
+        assert_eq!(dev.state.key.as_deref(), Some(key.as_slice()));
+        // NEXTKEY: a spare key, reported by HELLO; the spare key slot is never readable.
+        let r = request(&mut dev, 31, "NEXTKEY", vec![]);
+        assert_eq!(r.verb, "OK");
+        let spare = dev.state.next_key.clone().unwrap();
+        let hello = request(&mut dev, 32, "HELLO", vec!["1".into()]);
+        assert!(hello.args.iter().any(|a| a.starts_with("next=")));
+        let r = request(
+            &mut dev,
+            33,
+            "READ",
+            vec![SLOT_NEXT_KEY.into(), "0".into(), "1".into()],
+        );
+        assert_eq!(r.args[0], code::READ_FORBIDDEN.to_string());
+        let new = cert_for(&spare);
+        let mut seq = 40;
+        put(&mut dev, &mut seq, SLOT_NEXT_CERT, &new);
+        put(&mut dev, &mut seq, SLOT_NEXT_CHAIN, b"c");
+        let r = request(&mut dev, 50, "SWITCH", vec![hex::encode(sha256(&new))]);
+        assert_eq!(r.verb, "OK", "{r:?}");
+        assert_eq!(dev.state.key.as_deref(), Some(spare.as_slice()));
+        assert!(dev.state.next_key.is_none());
+    }
 }
