@@ -228,7 +228,7 @@ fn cable_pulled_between_write_and_switch_leaves_the_old_identity_and_a_rerun_com
     );
     assert_eq!(slot(&state, "cert"), (old_cert.clone(), true));
     assert_eq!(slot(&state, "next.cert"), (cert_der(&env, &pending), true));
-    assert_eq!(slot(&state, "next.chain").1, true);
+    assert!(slot(&state, "next.chain").1);
     assert_eq!(state_field(&state, "switches"), 0);
     // The registry says so: old active, successor unused and pending.
     assert_eq!(

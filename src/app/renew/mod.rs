@@ -417,7 +417,7 @@ pub fn batch(
             revoked += commit_chunk(
                 reg,
                 ctx,
-                &profiles,
+                profiles,
                 targets,
                 &made,
                 out,
