@@ -128,6 +128,7 @@ fn renew_in_place_on_a_simulated_device() {
     let old_cert = slot(&state, "cert").0;
     let old_serial = q(&env, "SELECT serial_hex FROM certificates;");
     let key_before = state_field(&state, "key");
+    // Updated firmware since provisioning: the renewal is a contact and records it.
     let _sim = Sim::start(
         &env,
         &[
@@ -135,6 +136,8 @@ fn renew_in_place_on_a_simulated_device() {
             link.to_str().unwrap(),
             "--state",
             state.to_str().unwrap(),
+            "--firmware",
+            "2.0.0",
         ],
         1,
     );
@@ -142,6 +145,14 @@ fn renew_in_place_on_a_simulated_device() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["result"], "renewed");
+    assert_eq!(q(&env, "SELECT firmware FROM devices;"), "2.0.0");
+    assert_eq!(
+        q(
+            &env,
+            "SELECT json_extract(details, '$.via') FROM events WHERE kind = 'firmware.reported' ORDER BY id DESC LIMIT 1;"
+        ),
+        "renew"
+    );
     assert_eq!(v["serial"], serial.as_str());
     assert_eq!(v["old_cert_serial"], old_serial.as_str());
     let new_serial = v["cert_serial"].as_str().unwrap();
@@ -537,6 +548,8 @@ fn bad_input_is_one_line_an_exit_code_and_nothing_written() {
     std::fs::write(env.path("taken/B-1.pem"), "keep").unwrap();
     std::fs::write(env.path("bad.csv"), "serial,site\nB-1,a\nB-2\n").unwrap();
     std::fs::write(env.path("hostile.csv"), "serial\n../../etc/passwd\n").unwrap();
+    std::fs::write(env.path("unknown.csv"), "serial\nB-1\nNOPE-9\n").unwrap();
+    std::fs::write(env.path("retired.csv"), "serial\nB-1\nB-2\n").unwrap();
     let before = env.dump();
     let pass = env.pass().to_string();
     for (args, code, says) in [

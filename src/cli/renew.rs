@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::common::{print_json, print_table, progress_bar, ts, Ctx, PassArgs};
 use super::values::{parse_timeout, DeviceProfileArg, ModeArg};
-use crate::app::identity::serials_from_csv;
+use crate::app::identity::serial_lines_from_csv;
 use crate::app::renew::port::{renew_on_port, Rekey};
 use crate::app::renew::{self, Output, RenewContext, Selection};
 use crate::app::retire::crl::Publication;
@@ -124,7 +124,7 @@ pub fn run(ctx: &Ctx, a: RenewArgs) -> anyhow::Result<i32> {
     }
     let sel =
         match (&a.from, a.expiring_within, a.serials.is_empty()) {
-            (Some(f), None, true) => Selection::Serials(serials_from_csv(f)?),
+            (Some(f), None, true) => Selection::FromCsv(f.clone(), serial_lines_from_csv(f)?),
             (None, Some(d), true) => Selection::ExpiringWithin(d),
             (None, None, false) => Selection::Serials(a.serials.clone()),
             _ => return Err(Error::usage(
@@ -331,6 +331,7 @@ fn on_port(ctx: &Ctx, a: RenewArgs) -> anyhow::Result<i32> {
         &mut reg,
         &rctx,
         link.as_mut(),
+        &port.display().to_string(),
         a.serials.first().map(String::as_str),
         rekey,
         a.revoke_old,

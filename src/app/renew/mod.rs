@@ -50,6 +50,8 @@ pub struct RenewContext<'a> {
 #[derive(Debug, Clone)]
 pub enum Selection {
     Serials(Vec<String>),
+    /// `--from FILE.csv`: serials with the line each is on, so a refusal names it.
+    FromCsv(PathBuf, Vec<(String, usize)>),
     /// Devices whose current certificate expires within DAYS (or has expired).
     ExpiringWithin(u32),
 }
@@ -91,36 +93,56 @@ pub fn plan(db: &Reader, sel: &Selection, now: i64) -> Result<Plan> {
             })
         }
         Selection::Serials(serials) => {
-            let mut seen = HashSet::with_capacity(serials.len());
-            let mut targets = Vec::with_capacity(serials.len());
-            for s in serials {
-                check_serial(s)?;
-                if !seen.insert(s.as_str()) {
-                    return Err(Error::conflict(format!(
-                        "serial '{s}' is named twice; a device gets one successor per run"
-                    )));
-                }
-                let device = devices::require_device(db, s)?;
-                check_renewable(&device)?;
-                let old = renewals::current_cert(db, device.id)?.ok_or_else(|| {
+            let named: Vec<(String, usize)> = serials.iter().map(|s| (s.clone(), 0)).collect();
+            plan_named(db, None, &named)
+        }
+        Selection::FromCsv(path, named) => plan_named(db, Some(path), named),
+    }
+}
+
+/// Where a named serial came from, for its error line (`FILE:LINE: `).
+fn at(from: Option<&PathBuf>, line: usize, e: Error) -> Error {
+    let Some(path) = from else { return e };
+    let msg = format!("{}:{line}: {e}", path.display());
+    match e.exit_code() {
+        crate::error::exit::CONFLICT => Error::conflict(msg),
+        crate::error::exit::INPUT => Error::input(msg),
+        _ => e,
+    }
+}
+
+fn plan_named(db: &Reader, from: Option<&PathBuf>, named: &[(String, usize)]) -> Result<Plan> {
+    let mut seen = HashSet::with_capacity(named.len());
+    let mut targets = Vec::with_capacity(named.len());
+    for (s, line) in named {
+        let mut one = || -> Result<Target> {
+            check_serial(s)?;
+            if !seen.insert(s.as_str()) {
+                return Err(Error::conflict(format!(
+                    "serial '{s}' is named twice; a device gets one successor per run"
+                )));
+            }
+            let device = devices::require_device(db, s)?;
+            check_renewable(&device)?;
+            let old = renewals::current_cert(db, device.id)?.ok_or_else(|| {
                     Error::conflict(format!(
                         "device '{s}' has no active certificate to renew; give it an identity with `cradle provision` or `cradle identity issue`"
                     ))
                 })?;
-                if let Some(p) = renewals::pending_for_device(db, device.id)? {
-                    return Err(Error::conflict(format!(
+            if let Some(p) = renewals::pending_for_device(db, device.id)? {
+                return Err(Error::conflict(format!(
                         "device '{s}' has a pending successor {} (issued {} for its port, not confirmed on the device); finish it with `cradle renew {s} --port PORT`",
                         p.new_cert.serial_hex, p.issued_at
                     )));
-                }
-                targets.push(Target { device, old });
             }
-            Ok(Plan {
-                targets,
-                skipped_pending: Vec::new(),
-            })
-        }
+            Ok(Target { device, old })
+        };
+        targets.push(one().map_err(|e| at(from, *line, e))?);
     }
+    Ok(Plan {
+        targets,
+        skipped_pending: Vec::new(),
+    })
 }
 
 /// Where successors go when not onto a device.

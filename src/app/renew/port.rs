@@ -83,11 +83,32 @@ fn registered_device(reg: &Store, st: &RenewState, serial: Option<&str>) -> Resu
     Ok(d)
 }
 
-/// Renews the device on `link` in place.
+/// The device on the port, for contact records: its firmware and the port's name.
+struct Contact<'a> {
+    firmware: &'a str,
+    port: &'a str,
+}
+
+fn record_contact(
+    tx: &crate::store::Tx<'_>,
+    ctx: &RenewContext<'_>,
+    device: &Device,
+    c: &Contact<'_>,
+    now: &str,
+) -> Result<()> {
+    crate::app::firmware::record_contact(
+        tx, device.id, c.firmware, "renew", c.port, ctx.actor, now,
+    )?;
+    Ok(())
+}
+
+/// Renews the device on `link` (at `port`) in place.
+#[allow(clippy::too_many_arguments)]
 pub fn renew_on_port(
     reg: &mut Store,
     ctx: &RenewContext<'_>,
     link: &mut dyn RenewLink,
+    port: &str,
     serial: Option<&str>,
     rekey: Option<Rekey>,
     revoke_old: bool,
@@ -95,6 +116,10 @@ pub fn renew_on_port(
 ) -> Result<PortOutcome> {
     let st = link.state()?;
     let device = registered_device(reg, &st, serial)?;
+    let contact = Contact {
+        firmware: &st.identity.firmware,
+        port,
+    };
     let held = link.active_cert()?;
     let pending = renewals::pending_for_device(reg.reader(), device.id)?;
 
@@ -102,7 +127,16 @@ pub fn renew_on_port(
     if let Some(p) = pending.as_ref().filter(|p| p.new_cert.der == held) {
         let old = renewals::cert_by_id(reg.reader(), p.old_cert_id)?
             .ok_or_else(|| Error::Internal("renewal names a missing certificate".into()))?;
-        let (old_revoked, crl) = confirm(reg, ctx, &device, &old, p, p.rekey || revoke_old, crl)?;
+        let (old_revoked, crl) = confirm(
+            reg,
+            ctx,
+            &device,
+            &old,
+            p,
+            p.rekey || revoke_old,
+            &contact,
+            crl,
+        )?;
         return Ok(PortOutcome {
             serial: device.serial,
             hardware_id: st.identity.hardware_id,
@@ -146,7 +180,7 @@ pub fn renew_on_port(
     let resumed = reuse.is_some();
     let (pending, mut injected) = match reuse {
         Some(p) => (p, None),
-        None => issue_pending(reg, ctx, link, &device, &old, rekey)?,
+        None => issue_pending(reg, ctx, link, &device, &old, rekey, &contact)?,
     };
     let cert = pending.new_cert.der.clone();
     let mut burn = Burn {
@@ -172,6 +206,7 @@ pub fn renew_on_port(
         &old,
         &pending,
         rekey.is_some() || revoke_old,
+        &contact,
         crl,
     )?;
     Ok(PortOutcome {
@@ -248,6 +283,7 @@ fn issue_pending(
     device: &Device,
     old: &CertRecord,
     rekey: Option<Rekey>,
+    contact: &Contact<'_>,
 ) -> Result<(Pending, Option<Zeroizing<Vec<u8>>>)> {
     let (spki, injected, source) = match rekey {
         None => (spki_of(&old.der)?, None, key_source(old)),
@@ -289,6 +325,7 @@ fn issue_pending(
         rekey.is_some(),
         &now,
     )?;
+    record_contact(&tx, ctx, device, contact, &now)?;
     tx.commit()?;
     let p = renewals::pending_for_device(reg.reader(), device.id)?
         .filter(|p| p.new_cert.id == id)
@@ -298,6 +335,7 @@ fn issue_pending(
 
 /// The successor is the device's identity now: active, confirmed; the old certificate
 /// revoked (superseded) when asked, and the CRL published.
+#[allow(clippy::too_many_arguments)]
 fn confirm(
     reg: &mut Store,
     ctx: &RenewContext<'_>,
@@ -305,10 +343,12 @@ fn confirm(
     old: &CertRecord,
     p: &Pending,
     revoke_old: bool,
+    contact: &Contact<'_>,
     crl: &crate::app::retire::crl::Publication,
 ) -> Result<(bool, Option<std::path::PathBuf>)> {
     let now = now_rfc3339();
     let tx = reg.write()?;
+    record_contact(&tx, ctx, device, contact, &now)?;
     renewals::confirm(&tx, p.id, &now)?;
     certs::set_cert_status(&tx, p.new_cert.id, CertStatus::Active, None, &now)?;
     let revoked =
