@@ -11,7 +11,7 @@ pub mod port;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -602,11 +602,13 @@ fn commit_chunk(
     }
     tx.commit()?;
     let mut staged = StagedFiles::new();
+    let mut bundle = bundle;
+    let start = bundle.as_mut().and_then(|f| f.stream_position().ok());
     let written = write_outputs(
         targets,
         made,
         out,
-        bundle,
+        bundle.as_deref_mut(),
         &ctx.signer.chain_pem,
         &mut staged,
     );
@@ -614,6 +616,11 @@ fn commit_chunk(
         Ok(()) => staged.keep(),
         Err(e) => {
             staged.discard();
+            // No torn line left behind: the bundle ends at the last whole chunk.
+            if let (Some(f), Some(at)) = (bundle, start) {
+                let _ = f.set_len(at);
+                let _ = f.seek(SeekFrom::Start(at));
+            }
             return Err(match (e, rows.first(), rows.last()) {
                 (Error::Io { path, source }, Some(a), Some(b)) => Error::Io {
                     path,
