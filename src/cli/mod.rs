@@ -154,7 +154,8 @@ pub enum Command {
     #[command(
         after_help = "Drives the device through every rule of cradle-protocol(7): framing, CRC, the exact
 form, line bounds, SEQ echo, windowing, resuming after a reopen, every error code a
-request can provoke, KEYGEN, WRITE/COMMIT/READ, LOCK and the WIPE attestation bytes.
+request can provoke, KEYGEN, WRITE/COMMIT/READ, LOCK, the spare slots and SWITCH, and the
+WIPE attestation bytes.
 Touches no registry and no CA (cradle init is not needed): a throwaway issuer in memory
 signs the test certificate. It leaves the device wiped; a device that holds an identity
 is refused (exit 7) unless --force.
