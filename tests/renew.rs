@@ -724,6 +724,46 @@ fn an_injected_rekey_cut_before_the_key_is_revoked_and_issued_afresh_never_two_p
     assert_eq!(state_field(&state, "key"), key_before);
     assert_eq!(state_field(&state, "next_key"), serde_json::Value::Null);
 
+    // Cut again at the same place: the first successor is abandoned (revoked, and on the
+    // CRL at once), a second one is pending, never both.
+    let mut sim = Sim::start(
+        &env,
+        &[
+            "--link",
+            link.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+            "--fault",
+            "disconnect-after:stat:2",
+            "--fault",
+            "stay-away:20000",
+        ],
+        1,
+    );
+    let o = renew_port(&env, &link, &["--rekey", "--mode", "inject"]);
+    sim.stop();
+    assert_eq!(
+        o.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let second_try = q(
+        &env,
+        "SELECT c.serial_hex FROM renewals r JOIN certificates c ON c.id = r.new_cert_id WHERE r.state = 'pending';",
+    );
+    assert_ne!(second_try, first);
+    assert_eq!(
+        q(
+            &env,
+            "SELECT group_concat(state) FROM (SELECT state FROM renewals ORDER BY id);"
+        ),
+        "abandoned,pending"
+    );
+    let (ok, text) = openssl(&["crl", "-in", &ca_file(&env, "crl.pem"), "-noout", "-text"]);
+    assert!(ok && text.to_ascii_lowercase().contains(&first), "{text}");
+    let first = second_try;
+
     let _sim = Sim::start(
         &env,
         &[
@@ -757,7 +797,7 @@ fn an_injected_rekey_cut_before_the_key_is_revoked_and_issued_afresh_never_two_p
             &env,
             "SELECT group_concat(state) FROM (SELECT state FROM renewals ORDER BY id);"
         ),
-        "abandoned,confirmed"
+        "abandoned,abandoned,confirmed"
     );
     let o = env.run(&["audit"]);
     assert_eq!(

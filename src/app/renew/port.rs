@@ -168,6 +168,8 @@ pub fn renew_on_port(
                 (Some(p), None)
             } else {
                 abandon(reg, ctx, &device, &p)?;
+                // On the CRL now, whatever happens on the device next.
+                publish(reg, ctx, crl)?;
                 (None, Some(p.new_cert.serial_hex.clone()))
             }
         }
@@ -367,12 +369,19 @@ fn confirm(
         &now,
     )?;
     tx.commit()?;
-    let crl = if revoked {
+    // Also after an abandoned successor's revocation earlier in the run.
+    Ok((revoked, publish(reg, ctx, crl)?))
+}
+
+/// Publishes the CRL if a revocation left it stale (no-op otherwise).
+fn publish(
+    reg: &mut Store,
+    ctx: &RenewContext<'_>,
+    crl: &crate::app::retire::crl::Publication,
+) -> Result<Option<std::path::PathBuf>> {
+    Ok(
         crate::app::retire::crl::publish_if_stale(reg, Some(ctx.signer), crl, ctx.actor)
             .map_err(|e| Error::CrlNotPublished(Box::new(e)))?
-            .map(|c| c.published.clone())
-    } else {
-        None
-    };
-    Ok((revoked, crl))
+            .map(|c| c.published.clone()),
+    )
 }
