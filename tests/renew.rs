@@ -260,6 +260,21 @@ fn cable_pulled_between_write_and_switch_leaves_the_old_identity_and_a_rerun_com
     std::fs::write(&f, pem_of(&old_cert)).unwrap();
     let o = env.run(&["identity", "verify", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "old identity still valid");
+    // `identity show` says which certificate is the pending successor of which.
+    let shown = env.json(&["identity", "show", &serial]);
+    let c = &shown["certificates"][1];
+    assert_eq!(
+        (
+            c["cert_serial"].as_str(),
+            c["supersedes"].as_str(),
+            c["renewal"].as_str()
+        ),
+        (
+            Some(pending.as_str()),
+            Some(old_serial.as_str()),
+            Some("pending")
+        )
+    );
     // The audit reports it.
     let (code, found) = audit_findings(&env, "renewal-pending");
     assert_eq!(code, 1);

@@ -250,3 +250,25 @@ pub fn still_renewable(db: &Reader, cert_id: i64) -> Result<bool> {
         )?
         .query_row([cert_id], |r| r.get(0))?)
 }
+
+/// How a certificate of a device came to be: the renewal that issued it (state and the
+/// serial of the certificate it supersedes), by certificate row id.
+pub fn by_new_cert(
+    db: &Reader,
+    device_id: i64,
+) -> Result<std::collections::HashMap<i64, (String, String)>> {
+    let mut out = std::collections::HashMap::new();
+    if !recorded(db)? {
+        return Ok(out);
+    }
+    let conn = db.conn();
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.new_cert_id, r.state, o.serial_hex FROM renewals r
+         JOIN certificates o ON o.id = r.old_cert_id WHERE r.device_id = ?1",
+    )?;
+    let mut rows = stmt.query([device_id])?;
+    while let Some(r) = rows.next()? {
+        out.insert(r.get(0)?, (r.get(1)?, r.get(2)?));
+    }
+    Ok(out)
+}
