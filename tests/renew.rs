@@ -8,6 +8,17 @@ use std::path::{Path, PathBuf};
 
 use common::{openssl, q, Env, Sim, SIM_BAUD};
 
+/// Waits until the next whole second has begun and returns it (registry times are whole
+/// seconds, so a `--since` of this instant leaves out everything before).
+fn next_second() -> String {
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let t = time::OffsetDateTime::now_utc();
+    let s = t
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    s[..19].to_string() + "Z"
+}
+
 fn ca_file(env: &Env, name: &str) -> String {
     env.home.join("ca").join(name).to_str().unwrap().to_string()
 }
@@ -299,6 +310,7 @@ fn cable_pulled_between_write_and_switch_leaves_the_old_identity_and_a_rerun_com
     assert!(!env.path("x").exists());
 
     // Plugged in again: the re-run finishes the same successor.
+    let since = next_second();
     let _sim = Sim::start(
         &env,
         &[
@@ -318,6 +330,17 @@ fn cable_pulled_between_write_and_switch_leaves_the_old_identity_and_a_rerun_com
     assert_eq!(slot(&state, "cert").0, cert_der(&env, &pending));
     assert_eq!(q(&env, "SELECT count(*) FROM certificates;"), "2");
     assert_eq!(q(&env, "SELECT state FROM renewals;"), "confirmed");
+    // A delta hand-off since before the confirmation carries the device (its successor
+    // was issued before that, in the failed run).
+    let csv = env.ok(&["inventory", "export", "--since", &since]);
+    assert_eq!(
+        csv.lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap())
+            .collect::<Vec<_>>(),
+        [serial.as_str()],
+        "{csv}"
+    );
     let (code, found) = audit_findings(&env, "renewal-pending");
     assert_eq!((code, found.len()), (0, 0), "{found:?}");
     let o = env.run(&["audit"]);

@@ -107,13 +107,19 @@ pub fn pending_for_device(db: &Reader, device_id: i64) -> Result<Option<Pending>
     }))
 }
 
-/// The pending successor was switched to on the device.
+/// The pending successor was switched to on the device. The device row changes too
+/// (`updated_at`): its identity is new, so delta hand-offs (`export --since`) pick it up
+/// even when the successor was issued before the last export.
 pub fn confirm(tx: &Tx<'_>, id: i64, now: &str) -> Result<()> {
-    tx.conn()
-        .prepare_cached(
-            "UPDATE renewals SET state = 'confirmed', confirmed_at = ?2 WHERE id = ?1 AND state = 'pending'",
-        )?
-        .execute(params![id, now])?;
+    let conn = tx.conn();
+    conn.prepare_cached(
+        "UPDATE renewals SET state = 'confirmed', confirmed_at = ?2 WHERE id = ?1 AND state = 'pending'",
+    )?
+    .execute(params![id, now])?;
+    conn.prepare_cached(
+        "UPDATE devices SET updated_at = ?2 WHERE id = (SELECT device_id FROM renewals WHERE id = ?1)",
+    )?
+    .execute(params![id, now])?;
     Ok(())
 }
 
