@@ -272,9 +272,13 @@ mod tests {
             "corrupt:0.01".into(),
             "disconnect-after:write:3".into(),
             "reject-lock".into(),
+            "stay-away:8000".into(),
         ])
         .unwrap();
         assert_eq!(f.corrupt, 0.01);
+        assert_eq!(f.stay_away, Some(Duration::from_millis(8000)));
+        let f = Faults::parse(&["disconnect-after:switch".into()]).unwrap();
+        assert_eq!(f.disconnect_after, Some(("switch".into(), 1)));
         assert_eq!(f.disconnect_after, Some(("write".into(), 3)));
         assert_eq!(f.reject_lock, 1);
         for bad in [
@@ -283,6 +287,8 @@ mod tests {
             "disconnect-after:fly",
             "nonsense",
             "long-line:1",
+            "stay-away",
+            "stay-away:soon",
         ] {
             assert!(Faults::parse(&[bad.into()]).is_err(), "{bad}");
         }
