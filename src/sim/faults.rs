@@ -277,10 +277,10 @@ mod tests {
         .unwrap();
         assert_eq!(f.corrupt, 0.01);
         assert_eq!(f.stay_away, Some(Duration::from_millis(8000)));
-        let f = Faults::parse(&["disconnect-after:switch".into()]).unwrap();
-        assert_eq!(f.disconnect_after, Some(("switch".into(), 1)));
         assert_eq!(f.disconnect_after, Some(("write".into(), 3)));
         assert_eq!(f.reject_lock, 1);
+        let f = Faults::parse(&["disconnect-after:switch".into()]).unwrap();
+        assert_eq!(f.disconnect_after, Some(("switch".into(), 1)));
         for bad in [
             "corrupt:2",
             "drop",
