@@ -845,3 +845,81 @@ fn an_injected_rekey_cut_before_the_key_is_revoked_and_issued_afresh_never_two_p
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+#[test]
+fn a_pending_successor_revoked_by_hand_is_never_written_or_made_valid() {
+    let env = Env::with_ca();
+    let (serial, state, link) = provisioned(&env, "csr");
+    let mut sim = Sim::start(
+        &env,
+        &[
+            "--link",
+            link.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+            "--fault",
+            "disconnect-after:commit:2",
+            "--fault",
+            "stay-away:20000",
+        ],
+        1,
+    );
+    let o = renew_port(&env, &link, &[]);
+    sim.stop();
+    assert_eq!(
+        o.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let pending = q(
+        &env,
+        "SELECT c.serial_hex FROM renewals r JOIN certificates c ON c.id = r.new_cert_id WHERE r.state = 'pending';",
+    );
+    let fingerprint = q(
+        &env,
+        &format!("SELECT fingerprint FROM certificates WHERE serial_hex = '{pending}';"),
+    );
+    env.ok(&[
+        "revoke",
+        &serial,
+        "--cert",
+        &fingerprint,
+        "--reason",
+        "superseded",
+        "--passphrase-file",
+        env.pass(),
+    ]);
+    // The re-run leaves the revoked one (already in the spare slots) and issues afresh.
+    let _sim = Sim::start(
+        &env,
+        &[
+            "--link",
+            link.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        1,
+    );
+    let o = renew_port(&env, &link, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["abandoned"], pending.as_str());
+    let fresh = v["cert_serial"].as_str().unwrap();
+    assert_ne!(fresh, pending);
+    assert_eq!(slot(&state, "cert").0, cert_der(&env, fresh));
+    assert_eq!(
+        q(
+            &env,
+            &format!("SELECT status FROM certificates WHERE serial_hex = '{pending}';")
+        ),
+        "revoked"
+    );
+    let o = env.run(&["audit"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

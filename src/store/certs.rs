@@ -203,3 +203,15 @@ pub fn set_cert_status(
     .execute(params![status.as_str(), revoked_at, reason, id])?;
     Ok(())
 }
+
+/// An `unused` certificate (issued, not yet on the device) becomes `active`; false when
+/// it is not unused any more (revoked meanwhile), which is never undone here.
+pub fn activate_unused(tx: &Tx<'_>, id: i64) -> Result<bool> {
+    let n = tx
+        .conn()
+        .prepare_cached(
+            "UPDATE certificates SET status = 'active' WHERE id = ?1 AND status = 'unused'",
+        )?
+        .execute([id])?;
+    Ok(n == 1)
+}

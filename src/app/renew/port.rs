@@ -125,6 +125,18 @@ pub fn renew_on_port(
 
     // Switched on the device, but the confirmation never reached the registry.
     if let Some(p) = pending.as_ref().filter(|p| p.new_cert.der == held) {
+        if p.new_cert.status == CertStatus::Revoked {
+            // Revoked by hand while pending, yet the device switched to it: never make
+            // it valid again. The renewal ends here; the next one must re-key.
+            let tx = reg.write()?;
+            renewals::abandon(&tx, p.id)?;
+            tx.commit()?;
+            return Err(Error::conflict(format!(
+                "the device switched to successor {}, which was revoked ({}) while pending; renew it with --rekey",
+                p.new_cert.serial_hex,
+                p.new_cert.revocation_reason.as_deref().unwrap_or("unspecified")
+            )));
+        }
         let old = renewals::cert_by_id(reg.reader(), p.old_cert_id)?
             .ok_or_else(|| Error::Internal("renewal names a missing certificate".into()))?;
         let (old_revoked, crl) = confirm(
@@ -157,7 +169,9 @@ pub fn renew_on_port(
     // A pending successor is finished if it still fits what the device holds.
     let (reuse, abandoned) = match pending {
         Some(p) => {
-            let fits = p.old_cert_id == old.id
+            // A successor revoked by hand while pending is never written.
+            let fits = p.new_cert.status == CertStatus::Unused
+                && p.old_cert_id == old.id
                 && p.rekey == rekey.is_some()
                 && if p.rekey {
                     spare.as_deref() == Some(p.new_cert.pubkey_sha256.as_str())
@@ -352,7 +366,12 @@ fn confirm(
     let tx = reg.write()?;
     record_contact(&tx, ctx, device, contact, &now)?;
     renewals::confirm(&tx, p.id, &now)?;
-    certs::set_cert_status(&tx, p.new_cert.id, CertStatus::Active, None, &now)?;
+    if !certs::activate_unused(&tx, p.new_cert.id)? {
+        return Err(Error::conflict(format!(
+            "successor {} was revoked while it was being switched to; renew again with --rekey",
+            p.new_cert.serial_hex
+        )));
+    }
     let revoked =
         revoke_old && revoke_superseded(&tx, ctx, device, old, &p.new_cert.serial_hex, &now)?;
     tx.event(
