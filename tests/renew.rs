@@ -923,3 +923,42 @@ fn a_pending_successor_revoked_by_hand_is_never_written_or_made_valid() {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+#[test]
+fn a_device_retired_by_another_station_while_renewing_is_not_renewed() {
+    let env = Env::with_ca();
+    env.ok(&[
+        "identity",
+        "batch",
+        "--count",
+        "3",
+        "--serial-pattern",
+        "C-{seq}",
+        "--bundle",
+        "b.jsonl",
+        "--passphrase-file",
+        env.pass(),
+    ]);
+    // Another station retires C-2 after this run planned, before it records anything.
+    let o = env.race(
+        &[
+            "renew",
+            "--expiring-within",
+            "100000",
+            "--out",
+            "o",
+            "--passphrase-file",
+            env.pass(),
+        ],
+        "UPDATE devices SET status = 'retired' WHERE serial = 'C-2';",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(7), "{err}");
+    assert!(
+        err.contains("'C-2'") && err.contains("changed while renewing"),
+        "{err}"
+    );
+    assert_eq!(q(&env, "SELECT count(*) FROM renewals;"), "0");
+    assert_eq!(q(&env, "SELECT count(*) FROM certificates;"), "3");
+    assert!(std::fs::read_dir(env.path("o")).unwrap().next().is_none());
+}

@@ -278,3 +278,12 @@ pub fn by_new_cert(
     }
     Ok(out)
 }
+
+/// SQLite's `data_version` of this connection: it changes when another connection
+/// commits, never for this connection's own commits. A bulk renewal compares it with
+/// the value it planned under to skip re-checking rows nobody else can have changed.
+pub fn data_version(db: &Reader) -> Result<i64> {
+    Ok(db
+        .conn()
+        .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}

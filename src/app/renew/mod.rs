@@ -63,6 +63,8 @@ pub struct Plan {
     /// `--expiring-within`: devices with a pending successor (issued for a port, not
     /// confirmed on the device), left alone: `renew --port` finishes them.
     pub skipped_pending: Vec<String>,
+    /// The registry's `data_version` the plan was read at (see `commit_chunk`).
+    pub data_version: i64,
 }
 
 const DAY: i64 = 86_400;
@@ -86,10 +88,12 @@ pub(crate) fn check_renewable(d: &Device) -> Result<()> {
 pub fn plan(db: &Reader, sel: &Selection, now: i64) -> Result<Plan> {
     match sel {
         Selection::ExpiringWithin(days) => {
+            let data_version = renewals::data_version(db)?;
             let (targets, skipped_pending) = renewals::expiring(db, now + i64::from(*days) * DAY)?;
             Ok(Plan {
                 targets,
                 skipped_pending,
+                data_version,
             })
         }
         Selection::Serials(serials) => {
@@ -112,6 +116,7 @@ fn at(from: Option<&PathBuf>, line: usize, e: Error) -> Error {
 }
 
 fn plan_named(db: &Reader, from: Option<&PathBuf>, named: &[(String, usize)]) -> Result<Plan> {
+    let data_version = renewals::data_version(db)?;
     let mut seen = HashSet::with_capacity(named.len());
     let mut targets = Vec::with_capacity(named.len());
     for (s, line) in named {
@@ -142,6 +147,7 @@ fn plan_named(db: &Reader, from: Option<&PathBuf>, named: &[(String, usize)]) ->
     Ok(Plan {
         targets,
         skipped_pending: Vec::new(),
+        data_version,
     })
 }
 
@@ -440,6 +446,7 @@ pub fn batch(
                 reg,
                 ctx,
                 profiles,
+                plan.data_version,
                 targets,
                 &made,
                 out,
@@ -553,6 +560,7 @@ fn commit_chunk(
     reg: &mut Store,
     ctx: &RenewContext<'_>,
     profiles: &HashMap<String, Profile>,
+    planned_at: i64,
     targets: &[Target],
     made: &[Made],
     out: &Output,
@@ -567,13 +575,18 @@ fn commit_chunk(
         Delivery::Files
     };
     let tx = reg.write_trusted()?;
+    // Under the write lock: unless another station committed since the plan was read,
+    // nothing planned can have changed (this run's own commits do not count).
+    let recheck = renewals::data_version(&tx)? != planned_at;
     let mut revoked = 0;
     let mut rows = Vec::with_capacity(made.len());
     for m in made {
         let t = &targets[m.idx];
-        // Re-checked under the write lock: another station may have retired the device
-        // or revoked the certificate since the plan was made.
-        still_current(&tx, t)?;
+        // Re-checked under the write lock when another station may have retired the
+        // device or revoked the certificate since the plan was made.
+        if recheck {
+            still_current(&tx, t)?;
+        }
         let profile = &profile_of(ctx, profiles, &t.old).name;
         record_successor(
             &tx,
