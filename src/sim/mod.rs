@@ -511,7 +511,19 @@ pub fn run(cfg: &SimConfig, stop: &'static AtomicBool, ready: mpsc::Sender<Ready
                         Outcome::Stop => return,
                         Outcome::Hangup => {
                             drop(pty);
-                            std::thread::sleep(Duration::from_millis(150));
+                            let away = d
+                                .device()
+                                .faults
+                                .stay_away
+                                .unwrap_or(Duration::from_millis(150));
+                            // Away, but still stoppable (SIGTERM while unplugged).
+                            let back = Instant::now() + away;
+                            while Instant::now() < back {
+                                if stop.load(Ordering::Relaxed) {
+                                    return;
+                                }
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
                             pty = match open_pty() {
                                 Ok(p) => p,
                                 Err(e) => {

@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod logkey;
 pub mod ocsp;
 pub mod provision;
+pub mod renewals;
 pub mod retire;
 pub mod rowmark;
 pub mod schema;
