@@ -481,6 +481,10 @@ impl<T: Read + Write + Send> DeviceLink for Esp32Link<T> {
         false
     }
 
+    fn warm_up(&mut self) -> Result<(), WireError> {
+        self.attach()
+    }
+
     fn generate_key(&mut self) -> Result<DeviceKey, WireError> {
         Err(WireError::Unexpected(
             "the ESP32 ROM bootloader cannot make keys: provision ESP32s with --mode inject".into(),

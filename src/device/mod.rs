@@ -137,6 +137,11 @@ pub trait DeviceLink: Send {
     /// Whether this family seals an identity (LOCK). Families that do not hold an
     /// identity as burned once its credentials are written and verified.
     fn seals(&self) -> bool;
+    /// Line work that changes nothing the device holds or does, done while the host
+    /// looks the device up in the registry (the ESP32 attaches its flash).
+    fn warm_up(&mut self) -> std::result::Result<(), WireError> {
+        Ok(())
+    }
     /// Readies the device for key generation and writes (the nRF91 goes offline).
     fn prepare(&mut self) -> std::result::Result<(), WireError> {
         Ok(())

@@ -55,7 +55,23 @@ pub(super) fn provision(
     } = port;
     run.step = "identify";
     progress.update(pname, "identify", 0, 1);
-    let ident = link.identify()?;
+    // The registry opens and readies its first write (on this thread, whose cache
+    // keeps it) while the device identifies itself: both take milliseconds, and the
+    // line would idle meanwhile.
+    let (ident, reg) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| link.identify());
+        let reg = st.reg().and_then(|mut r| {
+            r.ready_to_write()?;
+            Ok(r)
+        });
+        let ident = h.join().unwrap_or_else(|_| {
+            Err(crate::wire::WireError::Unexpected(
+                "identify worker panicked".into(),
+            ))
+        });
+        (ident, reg)
+    });
+    let ident = ident?;
     res.hardware_id = Some(ident.hardware_id.clone());
     if let Some(set) = skip {
         if set.lock().expect("skip set").contains(&ident.hardware_id) {
@@ -76,9 +92,9 @@ pub(super) fn provision(
     // A family that does not seal may hold a working identity, so it waits.
     let early = st.mode == Mode::Csr && link.seals() && !ident.sealed;
     let mut early_key = None;
-    // The registry is taken here, on the port's thread, whose cache keeps it open
-    // across runs: a helper thread would open it afresh every time.
-    let mut reg = st.reg()?;
+    // The registry was taken on the port's thread, whose cache keeps it open across
+    // runs: a helper thread would open it afresh every time.
+    let mut reg = reg?;
     let device = if early {
         progress.update(pname, "keygen", 0, 1);
         let (d, k) = std::thread::scope(|sc| {
@@ -93,7 +109,21 @@ pub(super) fn provision(
         early_key = Some(k);
         d?
     } else {
-        register(st, &mut reg, &ident, &serial, pname)?
+        // Line work that changes nothing the device holds (the ESP32 attaches its
+        // flash) while the registry is searched and updated.
+        let (d, w) = std::thread::scope(|sc| {
+            let h = sc.spawn(|| link.warm_up());
+            let d = register(st, &mut reg, &ident, &serial, pname);
+            let w = h.join().unwrap_or_else(|_| {
+                Err(crate::wire::WireError::Unexpected(
+                    "warm-up worker panicked".into(),
+                ))
+            });
+            (d, w)
+        });
+        let d = d?;
+        w?;
+        d
     };
     drop(reg);
     res.serial = Some(device.serial.clone());
