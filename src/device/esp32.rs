@@ -56,6 +56,9 @@ pub struct Esp32Link<T: Read + Write = wire::Port> {
     /// The chip's MD5 of (address, length) asked right behind the last FLASH_DATA
     /// block: the first answer of the read-back.
     early_md5: Option<(u32, u32, [u8; 16])>,
+    /// The block size a FLASH_BEGIN of `ready_write` readied the partition for (erased,
+    /// for the image in `pending`), not yet written.
+    begun: Option<usize>,
     /// The image itself (it holds the key), kept only until it is verified, so that a
     /// write damaged on the line (a garbled block number: only the data is checksummed)
     /// is written once more; zeroised when dropped.
@@ -152,6 +155,7 @@ impl<T: Read + Write> Esp32Link<T> {
             attached: false,
             written_md5: None,
             early_md5: None,
+            begun: None,
             pending: None,
         }
     }
@@ -298,12 +302,14 @@ impl<T: Read + Write> Esp32Link<T> {
         let total = (blocks * size) as u64;
         progress("erase", 0, total);
         self.early_md5 = None;
-        self.attach_then(Some(Request::flash_begin(
-            self.part.size,
-            blocks as u32,
-            size as u32,
-            self.part.offset,
-        )))?;
+        if self.begun.take() != Some(size) {
+            self.attach_then(Some(Request::flash_begin(
+                self.part.size,
+                blocks as u32,
+                size as u32,
+                self.part.offset,
+            )))?;
+        }
         let (addr, len) = (self.part.offset, self.part.size);
         for seq in 0..blocks {
             progress("write esp_secure_cert", (seq * size) as u64, total);
@@ -412,6 +418,17 @@ impl<T: Read + Write> Esp32Link<T> {
             .is_ok())
     }
 
+    /// The `esp_secure_cert` partition image of `burn`.
+    fn image(&self, burn: &Burn<'_>) -> Result<esc::Image, WireError> {
+        esc::build(
+            burn.cert_der,
+            burn.chain_der,
+            burn.key.as_deref().map(|k| &k[..]),
+            self.part.size,
+        )
+        .map_err(|e| WireError::Unexpected(e.to_string()))
+    }
+
     pub fn partition(&self) -> Partition {
         self.part
     }
@@ -491,21 +508,34 @@ impl<T: Read + Write + Send> DeviceLink for Esp32Link<T> {
         ))
     }
 
+    fn ready_write(&mut self, burn: &Burn<'_>) -> Result<(), WireError> {
+        self.begun = None;
+        let img = self.image(burn)?;
+        let blocks = img.used.div_ceil(FLASH_WRITE_SIZE) as u32;
+        self.pending = Some(img);
+        // The erase, while the host commits the record (on a chip, tens of ms).
+        self.attach_then(Some(Request::flash_begin(
+            self.part.size,
+            blocks,
+            FLASH_WRITE_SIZE as u32,
+            self.part.offset,
+        )))?;
+        self.begun = Some(FLASH_WRITE_SIZE);
+        Ok(())
+    }
+
     fn write_identity(
         &mut self,
         burn: &mut Burn<'_>,
         progress: &mut OnProgress<'_>,
     ) -> Result<(), WireError> {
-        let key = burn.key.take();
-        let img = esc::build(
-            burn.cert_der,
-            burn.chain_der,
-            key.as_deref().map(|k| &k[..]),
-            self.part.size,
-        )
-        .map_err(|e| WireError::Unexpected(e.to_string()))?;
-        // The key is in `img` only now; `key` is zeroised here, `img` once verified.
-        drop(key);
+        // The key is in the image only now (built by `ready_write` or here); `burn`'s
+        // copy is zeroised here, the image once verified.
+        let img = match self.pending.take() {
+            Some(img) => img,
+            None => self.image(burn)?,
+        };
+        drop(burn.key.take());
         let r = self.write_image(&img.bytes, img.used, 0, progress);
         self.pending = Some(img);
         r

@@ -148,6 +148,15 @@ pub trait DeviceLink: Send {
     }
     /// The device makes a key pair and returns its public key and a CSR.
     fn generate_key(&mut self) -> std::result::Result<DeviceKey, WireError>;
+    /// Readies the write of `burn` while the host records the certificate, sending
+    /// none of the credentials (the ESP32 builds its partition image and erases the
+    /// partition). Called only for a family that does not seal, on a device the
+    /// registry holds as registered, not provisioned. A failure here is not the
+    /// run's: `write_identity` does whatever is not ready.
+    fn ready_write(&mut self, burn: &Burn<'_>) -> std::result::Result<(), WireError> {
+        let _ = burn;
+        Ok(())
+    }
     /// Writes key (if the host made one), certificate and chain. `progress` is told each
     /// step; the step names are what a failure record reports.
     fn write_identity(

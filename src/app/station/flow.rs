@@ -209,6 +209,21 @@ pub(super) fn provision(
         chain_der: &st.signer.chain_der,
     };
     let total = burn.len();
+    // A family that does not seal: credentials work the moment they are written, so
+    // they are recorded first; meanwhile the link readies the write without sending
+    // any of them (the ESP32 erases). Its failure is the write's to find again.
+    let recorded = if link.seals() {
+        None
+    } else {
+        let (cert_id, _ready) = std::thread::scope(|sc| {
+            let h = sc.spawn(|| link.ready_write(&burn));
+            let cert_id = st
+                .reg()
+                .and_then(|mut reg| st.record_pending(&mut reg, &device, &issued, source, pname));
+            (cert_id, h.join())
+        });
+        Some(cert_id?)
+    };
     let on_progress = |step: &'static str, done: u64, all: u64| {
         progress.update(pname, step, done, all);
     };
@@ -250,8 +265,7 @@ pub(super) fn provision(
         link.seal()?;
         cert_id
     } else {
-        // Credentials work the moment they are written: record them first.
-        let cert_id = st.record_pending(&mut *st.reg()?, &device, &issued, source, pname)?;
+        let cert_id = recorded.expect("recorded before the write");
         let written = write(link, &mut step);
         run.step = step;
         written?;
