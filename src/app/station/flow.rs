@@ -55,13 +55,17 @@ pub(super) fn provision(
     } = port;
     run.step = "identify";
     progress.update(pname, "identify", 0, 1);
-    // The registry opens and readies its first write (on this thread, whose cache
-    // keeps it) while the device identifies itself: both take milliseconds, and the
-    // line would idle meanwhile.
+    // The registry opens (on this thread, whose cache keeps it) while the device
+    // identifies itself: both take milliseconds, and the line would idle meanwhile.
+    // Its first write's one-time work too, unless the device will make its key while
+    // the registry is updated (below), which hides that work better.
+    let keygen_hides = st.mode == Mode::Csr && link.seals();
     let (ident, reg) = std::thread::scope(|sc| {
         let h = sc.spawn(|| link.identify());
         let reg = st.reg().and_then(|mut r| {
-            r.ready_to_write()?;
+            if !keygen_hides {
+                r.ready_to_write()?;
+            }
             Ok(r)
         });
         let ident = h.join().unwrap_or_else(|_| {
