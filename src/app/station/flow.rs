@@ -55,26 +55,28 @@ pub(super) fn provision(
     } = port;
     run.step = "identify";
     progress.update(pname, "identify", 0, 1);
-    // The registry opens (on this thread, whose cache keeps it) while the device
-    // identifies itself: both take milliseconds, and the line would idle meanwhile.
-    // Its first write's one-time work too, unless the device will make its key while
-    // the registry is updated (below), which hides that work better.
+    // The registry opens and readies its first write (on this thread, whose cache
+    // keeps it) while the device identifies itself: both take milliseconds, and the
+    // line would idle meanwhile. Not where the device will make its key while the
+    // registry is updated (below): that hides the registry's work better.
     let keygen_hides = st.mode == Mode::Csr && link.seals();
-    let (ident, reg) = std::thread::scope(|sc| {
-        let h = sc.spawn(|| link.identify());
-        let reg = st.reg().and_then(|mut r| {
-            if !keygen_hides {
+    let (ident, reg) = if keygen_hides {
+        (link.identify(), st.reg())
+    } else {
+        std::thread::scope(|sc| {
+            let h = sc.spawn(|| link.identify());
+            let reg = st.reg().and_then(|mut r| {
                 r.ready_to_write()?;
-            }
-            Ok(r)
-        });
-        let ident = h.join().unwrap_or_else(|_| {
-            Err(crate::wire::WireError::Unexpected(
-                "identify worker panicked".into(),
-            ))
-        });
-        (ident, reg)
-    });
+                Ok(r)
+            });
+            let ident = h.join().unwrap_or_else(|_| {
+                Err(crate::wire::WireError::Unexpected(
+                    "identify worker panicked".into(),
+                ))
+            });
+            (ident, reg)
+        })
+    };
     let ident = ident?;
     res.hardware_id = Some(ident.hardware_id.clone());
     if let Some(set) = skip {
