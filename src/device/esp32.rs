@@ -583,6 +583,7 @@ impl<T: Read + Write + Send> DeviceLink for Esp32Link<T> {
             "esp_secure_cert_size".into(),
             format!("0x{:x}", self.part.size).into(),
         );
+        m.insert("round_trips".into(), self.s.round_trips.into());
         m
     }
 

@@ -187,6 +187,8 @@ pub struct EspSession<T: Read + Write> {
     pub tx_bytes: u64,
     pub rx_bytes: u64,
     pub retries: u32,
+    /// Writes to the line, each followed by a wait for a reply: the round trips.
+    pub round_trips: u32,
 }
 
 impl<T: Read + Write> EspSession<T> {
@@ -202,6 +204,7 @@ impl<T: Read + Write> EspSession<T> {
             tx_bytes: 0,
             rx_bytes: 0,
             retries: 0,
+            round_trips: 0,
         }
     }
 
@@ -258,6 +261,7 @@ impl<T: Read + Write> EspSession<T> {
         })?;
         self.port.flush()?;
         self.tx_bytes += bytes.len() as u64;
+        self.round_trips += 1;
         Ok(())
     }
 
