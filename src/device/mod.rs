@@ -137,12 +137,26 @@ pub trait DeviceLink: Send {
     /// Whether this family seals an identity (LOCK). Families that do not hold an
     /// identity as burned once its credentials are written and verified.
     fn seals(&self) -> bool;
+    /// Line work that changes nothing the device holds or does, done while the host
+    /// looks the device up in the registry (the ESP32 attaches its flash).
+    fn warm_up(&mut self) -> std::result::Result<(), WireError> {
+        Ok(())
+    }
     /// Readies the device for key generation and writes (the nRF91 goes offline).
     fn prepare(&mut self) -> std::result::Result<(), WireError> {
         Ok(())
     }
     /// The device makes a key pair and returns its public key and a CSR.
     fn generate_key(&mut self) -> std::result::Result<DeviceKey, WireError>;
+    /// Readies the write of `burn` while the host records the certificate, sending
+    /// none of the credentials (the ESP32 builds its partition image and erases the
+    /// partition). Called only for a family that does not seal, on a device the
+    /// registry holds as registered, not provisioned. A failure here is not the
+    /// run's: `write_identity` does whatever is not ready.
+    fn ready_write(&mut self, burn: &Burn<'_>) -> std::result::Result<(), WireError> {
+        let _ = burn;
+        Ok(())
+    }
     /// Writes key (if the host made one), certificate and chain. `progress` is told each
     /// step; the step names are what a failure record reports.
     fn write_identity(

@@ -423,6 +423,14 @@ impl Store {
         Ok(tx)
     }
 
+    /// Does now the one-time work of the first write transaction (the quick check of
+    /// the file, the device-mark triggers), so that a caller can do it while it waits
+    /// on something else (a device on a serial line).
+    pub fn ready_to_write(&mut self) -> Result<()> {
+        self.check_before_first_write()?;
+        self.install_marks()
+    }
+
     /// Registers the device-mark function and TEMP triggers on this connection before
     /// its first write transaction (not for an in-memory registry, which has no key).
     fn install_marks(&mut self) -> Result<()> {
