@@ -14,8 +14,8 @@ Faults (--fault SPEC, repeatable):
   corrupt:P              flip one bit of each byte with probability P (0..1)
   stall:MS               stop answering for MS milliseconds before replying to the first WRITE
   disconnect-after:STEP[:N]
-                         hang up (the port disappears and comes back as a new pty behind the
-                         same --link) after handling the N-th (default 1st) STEP request, before
+                         hang up (the port disappears, --link with it, and comes back as a
+                         new pty behind the same --link) after handling the N-th (default 1st) STEP request, before
                          replying; STEP is hello, keygen, stat, write, commit, read, lock, wipe,
                          erase, nextkey, switch (nrf91: keygen, cmng-write, cmng-list; esp32: sync,
                          flash-begin, flash-data, md5, read-flash; micropython: hello is

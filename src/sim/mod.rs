@@ -476,6 +476,14 @@ fn replace_link(target: &Path, link: &Path) -> Result<()> {
     std::fs::rename(&tmp, link).map_err(|e| Error::io(link, e))
 }
 
+/// Removes `link` if it is still a symlink to `target` (another simulator may have
+/// taken the name since).
+fn unlink_if_to(link: &Path, target: &Path) {
+    if std::fs::read_link(link).is_ok_and(|t| t == target) {
+        let _ = std::fs::remove_file(link);
+    }
+}
+
 /// Removes the symlinks this simulator made (only if they are still symlinks).
 pub fn remove_links(cfg: &SimConfig) {
     if let Some(link) = &cfg.link {
@@ -601,6 +609,13 @@ pub fn run(cfg: &SimConfig, stop: &'static AtomicBool, ready: mpsc::Sender<Ready
                     match serve(&mut pty, d.as_mut(), baud, stop) {
                         Outcome::Stop => return,
                         Outcome::Hangup => {
+                            // Unplugged: the device node goes away with the device, as
+                            // a USB serial port's does. A link left pointing at the freed
+                            // /dev/pts/N would lead a host (a retry, --watch) into
+                            // whichever pseudo-terminal is given that number next.
+                            if let Some(l) = &link {
+                                unlink_if_to(l, &pty.path);
+                            }
                             drop(pty);
                             let away = d
                                 .device()
