@@ -1,7 +1,8 @@
 //! ESP32 provisioning throughput over the simulated ROM bootloader (run: `cargo bench
 //! --bench esp32`): the same two measurements as `benches/provision.rs`, for
 //! `--device-profile esp32 --mode inject` (SYNC, chip and MAC, the esp_secure_cert
-//! partition erased and written in 1 KiB FLASH_DATA blocks, the chip's flash MD5).
+//! partition erased and written in 1 KiB FLASH_DATA blocks, the chip's flash MD5),
+//! pipelined within the ROM's 128-byte receive FIFO, which the simulator enforces.
 //!
 //! 1. One ESP32 at 115200 and 921600: `link_seconds` against the wire limit (bytes sent
 //!    and received × 10 bits ÷ baud). Target: ≥ 90 % of the line rate.

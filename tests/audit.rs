@@ -159,12 +159,12 @@ fn clean_registry_has_zero_findings_and_exits_0() {
     assert_eq!(v["summary"]["findings"], 0);
     assert_eq!(v["summary"]["devices"], DEVICES as i64);
     let by_check = v["summary"]["by_check"].as_object().unwrap();
-    assert_eq!(by_check.len(), 22);
+    assert_eq!(by_check.len(), 23);
     assert!(by_check.values().all(|n| n == 0));
     // Table and CSV say the same; the audit writes nothing.
     let table = e.ok(&["audit"]);
     assert!(
-        table.starts_with("no findings: 22 check(s) over 8 device(s) passed"),
+        table.starts_with("no findings: 23 check(s) over 8 device(s) passed"),
         "{table}"
     );
     let csv = e.ok(&["audit", "--format", "csv"]);
@@ -185,11 +185,12 @@ fn list_checks_names_every_check_with_severity() {
         .iter()
         .map(|c| c["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids.len(), 26);
+    assert_eq!(ids.len(), 27);
     for id in [
         "firmware-below",
         "firmware-listed",
         "no-contact-since",
+        "renewal-pending",
         "cert-expiring",
         "cert-expired-deployed",
         "revoked-not-retired",
@@ -225,7 +226,7 @@ fn skip_leaves_out_checks() {
     );
     assert_eq!((code, found(&v)), (1, set(&[("device-mark", "DEV-002")])));
     let checks = v["summary"]["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 20);
+    assert_eq!(checks.len(), 21);
     assert!(!checks
         .iter()
         .any(|c| c == "duplicate-imei" || c == "cert-not-chained"));
@@ -1182,7 +1183,7 @@ fn fleet_report_html_matches_the_registry() {
 
     // --skip leaves a check out of the report's findings.
     let j = e.json(&["report", "fleet", "--skip", "cert-expiring"]);
-    assert_eq!(j["audit"]["checks"].as_array().unwrap().len(), 21);
+    assert_eq!(j["audit"]["checks"].as_array().unwrap().len(), 22);
     assert_eq!(j["audit"]["findings"], total - 1);
 
     // --json gives the same numbers.
@@ -1857,6 +1858,7 @@ fn make_legacy(e: &Env) {
          ALTER TABLE devices DROP COLUMN supplier;
          ALTER TABLE devices DROP COLUMN criticality;
          ALTER TABLE devices DROP COLUMN end_of_life;
+         DROP TABLE renewals;
          PRAGMA user_version = 6;",
     );
     rechain_plain(e, 1);

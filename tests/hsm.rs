@@ -536,3 +536,51 @@ fn import_uses_an_existing_token_key_only_when_it_matches_the_certificate() {
 fn private(p: &std::path::Path) {
     std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
+
+#[test]
+fn a_token_ca_renews_through_the_signer_seam() {
+    let Some(h) = Hsm::new("ca") else { return };
+    let e = h.env();
+    ca_on_token(&h, &e, "ca", "renew");
+    e.ok(&[
+        "identity",
+        "batch",
+        "--count",
+        "3",
+        "--serial-pattern",
+        "TR-{seq}",
+        "--bundle",
+        "b.jsonl",
+        "--pin-file",
+        &pin(&e),
+    ]);
+    let v = e.json(&[
+        "renew",
+        "--expiring-within",
+        "100000",
+        "--out",
+        "renewed",
+        "--revoke-old",
+        "--pin-file",
+        &pin(&e),
+    ]);
+    assert_eq!(
+        (v["renewed"].clone(), v["revoked_old"].clone()),
+        (3.into(), 3.into())
+    );
+    let files: Vec<std::path::PathBuf> = (1..=3)
+        .map(|i| e.path(&format!("renewed/TR-{i}.pem")))
+        .collect();
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let (ok, text) = verify(&e, &[], &refs);
+    assert!(ok && text.matches(": OK").count() == 3, "{text}");
+    // The CRL the token signed lists the three superseded certificates.
+    let (ok, text) = openssl(&[
+        "crl",
+        "-in",
+        e.home.join("ca/crl.pem").to_str().unwrap(),
+        "-noout",
+        "-text",
+    ]);
+    assert!(ok && text.matches("Superseded").count() == 3, "{text}");
+}

@@ -190,7 +190,7 @@ fn a_newer_schema_and_a_foreign_database_are_refused() {
     assert!(err.contains("holds other tables"), "{err}");
     assert!(!e2.home.exists());
     // And a second init of a cradle database is refused too.
-    db.sql("UPDATE cradle_schema SET version = 9");
+    db.sql("UPDATE cradle_schema SET version = 10");
     let e3 = Env::bare();
     let err = e3.fails(&["init", "--registry", &db.url], 7);
     assert!(err.contains("already holds a cradle registry"), "{err}");
@@ -207,6 +207,7 @@ fn commands_not_yet_ported_refuse_a_postgresql_registry_and_change_nothing() {
         vec!["ca", "init", "--name", "T", "--passphrase-file", e.pass()],
         vec!["log", "verify", "--anchor", &"0".repeat(64)],
         vec!["device", "show", "X"],
+        vec!["renew", "--expiring-within", "30", "--dry-run"],
     ] {
         let err = e.fails(&args, 2);
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
@@ -230,16 +231,12 @@ fn two_stations_migrating_at_once_migrate_once() {
         return;
     };
     let version: i64 = db.sql("SELECT version FROM cradle_schema").parse().unwrap();
-    // Back to the schema before the newest migration (9: seven asset columns).
+    // Back to the schema before the newest migration (10: the renewals table).
     assert_eq!(
-        version, 9,
+        version, 10,
         "update this test's rollback for the newest migration"
     );
-    db.sql(
-        "ALTER TABLE devices DROP COLUMN purchase_date, DROP COLUMN warranty_until, DROP COLUMN cost,
-           DROP COLUMN currency, DROP COLUMN supplier, DROP COLUMN criticality, DROP COLUMN end_of_life;
-         UPDATE cradle_schema SET version = 8",
-    );
+    db.sql("DROP TABLE renewals; UPDATE cradle_schema SET version = 9");
     let kids: Vec<_> = (0..6)
         .map(|_| {
             e.cmd(&["log", "head"])
@@ -253,9 +250,9 @@ fn two_stations_migrating_at_once_migrate_once() {
         let o = k.wait_with_output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    assert_eq!(db.sql("SELECT version FROM cradle_schema"), "9");
+    assert_eq!(db.sql("SELECT version FROM cradle_schema"), "10");
     assert_eq!(
-        db.sql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'devices' AND column_name = 'end_of_life'"),
+        db.sql("SELECT count(*) FROM information_schema.tables WHERE table_name = 'renewals'"),
         "1"
     );
 }

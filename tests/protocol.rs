@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{Env, Sim, SIM_BAUD as BAUD};
 
-const RULES: usize = 42;
+const RULES: usize = 43;
 
 /// `cradle --json conformance --port LINK`: (exit code, JSON, stderr).
 fn conformance(env: &Env, link: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value, String) {

@@ -1298,3 +1298,47 @@ fn watch_mode_retries_a_failed_device_when_it_is_replugged_and_says_so() {
         "provisioned"
     );
 }
+
+/// An unplugged simulator takes its link away until it is back, as a USB serial port's
+/// device node goes: a link left at the freed /dev/pts/N led a host's retry into the
+/// pseudo-terminal the kernel handed out next (another simulator's, here another test's),
+/// which it then held locked.
+#[test]
+fn an_unplugged_simulator_takes_its_link_away_until_it_is_back() {
+    let env = Env::with_ca();
+    let link = env.path("dev/dut");
+    let sim = Sim::start(
+        &env,
+        &[
+            "--link",
+            link.to_str().unwrap(),
+            "--hardware-id",
+            "HW-AWAY-1",
+            "--fault",
+            "disconnect-after:hello",
+            "--fault",
+            "stay-away:4000",
+        ],
+        1,
+    );
+    let (code, v, err) = provision(&env, &[link.to_str().unwrap()], &[]);
+    assert_ne!(code, Some(0), "{v:#}\n{err}");
+    // Unplugged (the host's retries gave up well inside the 4 s away): no link at all.
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "link still there while unplugged: {:?}",
+        std::fs::read_link(&link)
+    );
+    // Back: a link again, to the new pseudo-terminal, and the device provisions.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::symlink_metadata(&link).is_err() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the link never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, v, err) = provision(&env, &[link.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    drop(sim);
+}

@@ -524,6 +524,14 @@ pub fn expand_pattern(pattern: &str, start: u64, count: u64) -> Result<Vec<Strin
 
 /// Reads serials from a CSV with a `serial` column (header required).
 pub fn serials_from_csv(path: &Path) -> Result<Vec<String>> {
+    Ok(serial_lines_from_csv(path)?
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect())
+}
+
+/// `serials_from_csv` with the line each serial is on (for errors that name it).
+pub fn serial_lines_from_csv(path: &Path) -> Result<Vec<(String, usize)>> {
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(false)
         .from_path(path)
@@ -549,7 +557,7 @@ pub fn serials_from_csv(path: &Path) -> Result<Vec<String>> {
         let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
         let s = rec.get(col).unwrap_or("").trim().to_string();
         check_serial(&s).map_err(|e| Error::input_at(path.display(), line, e.to_string()))?;
-        out.push(s);
+        out.push((s, line));
     }
     Ok(out)
 }

@@ -17,5 +17,6 @@ pub mod lifecycle;
 pub mod maintenance;
 pub mod ocsp;
 pub mod reconcile;
+pub mod renew;
 pub mod retire;
 pub mod station;

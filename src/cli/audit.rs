@@ -27,6 +27,7 @@ Checks (ids for --check; `cradle audit --list-checks` describes them):
   cert-outlives-device,
   duplicate-public-key, duplicate-hardware-id, duplicate-mac, duplicate-imei,
   cert-not-chained, cert-fingerprint-mismatch, stuck-provisioning, stuck-decommission,
+  renewal-pending (a successor issued for `renew --port` never confirmed on the device),
   crl-stale, crl-missing-serials, device-mark, event-chain,
   firmware-below (needs --min-firmware), firmware-listed (needs --vulnerable),
   no-contact-since (needs --no-contact-days), warranty-expiring (needs --within):

@@ -438,14 +438,23 @@ struct CertView {
     /// The device's attestation of the key (nRF91: the %KEYGEN COSE and device UUID).
     #[serde(skip_serializing_if = "Option::is_none")]
     device_attestation: Option<serde_json::Value>,
+    /// A successor from `cradle renew`: the certificate it supersedes and its renewal's
+    /// state (pending: not yet confirmed on the device).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    supersedes: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    renewal: Option<String>,
 }
 
 fn show(ctx: &Ctx, serial: &str) -> anyhow::Result<i32> {
     let reg = ctx.registry_read()?;
     let dev = devices::require_device(reg.reader(), serial)?;
+    let renewed = crate::store::renewals::by_new_cert(reg.reader(), dev.id)?;
     let certs: Vec<CertView> = certs::certs_for_device(reg.reader(), dev.id)?
         .into_iter()
         .map(|c| CertView {
+            supersedes: renewed.get(&c.id).map(|r| r.1.clone()),
+            renewal: renewed.get(&c.id).map(|r| r.0.clone()),
             cert_serial: c.serial_hex,
             fingerprint: c.fingerprint,
             subject: c.subject,
@@ -483,6 +492,9 @@ fn show(ctx: &Ctx, serial: &str) -> anyhow::Result<i32> {
                 c.not_before, c.not_after, c.key_source
             );
             println!("      sha256 {}", colon_hex(&c.fingerprint));
+            if let (Some(old), Some(state)) = (&c.supersedes, &c.renewal) {
+                println!("      supersedes {old} (renewal {state})");
+            }
             if let Some(ev) = &c.device_attestation {
                 println!("      {}", super::common::attestation_line(ev));
             }

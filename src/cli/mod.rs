@@ -15,6 +15,7 @@ mod log;
 mod meta;
 mod ocsp;
 mod provision;
+mod renew;
 mod report;
 mod retire;
 mod sanitization;
@@ -118,6 +119,11 @@ pub enum Command {
     )]
     Revoke(retire::RevokeArgs),
 
+    #[command(display_order = 10)]
+    /// Issue successor certificates (same key, or --rekey) as files, a bundle, or onto a device in place
+    #[command(after_help = renew::RENEW_AFTER_HELP)]
+    Renew(Box<renew::RenewArgs>),
+
     #[command(display_order = 11)]
     /// Retire devices: revoke, refresh the CRL, wipe with attestation or a manual record, mark decommissioned
     #[command(
@@ -167,7 +173,8 @@ pub enum Command {
     #[command(
         after_help = "Drives the device through every rule of cradle-protocol(7): framing, CRC, the exact
 form, line bounds, SEQ echo, windowing, resuming after a reopen, every error code a
-request can provoke, KEYGEN, WRITE/COMMIT/READ, LOCK and the WIPE attestation bytes.
+request can provoke, KEYGEN, WRITE/COMMIT/READ, LOCK, the spare slots and SWITCH, and the
+WIPE attestation bytes.
 Touches no registry and no CA (cradle init is not needed): a throwaway issuer in memory
 signs the test certificate. It leaves the device wiped; a device that holds an identity
 is refused (exit 7) unless --force.
@@ -241,6 +248,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ca(c) => ca::run(&ctx, c),
         Command::Identity(c) => identity::run(&ctx, c),
         Command::Revoke(a) => retire::revoke(&ctx, a),
+        Command::Renew(a) => renew::run(&ctx, *a),
         Command::Decommission(a) => retire::decommission(&ctx, *a),
         Command::Report(c) => report::run(&ctx, c),
         Command::Inventory(c) => inventory::run(&ctx, c),

@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use super::{
     Burn, DeviceKey, DeviceLink, DeviceProfile, Identity, LinkParams, LinkStats, OnProgress,
-    WipeLink,
+    RenewLink, RenewState, WipeLink,
 };
 use crate::attestation::WipeAttestation;
-use crate::wire::{self, Session, WireError, SLOT_CERT, SLOT_CHAIN, SLOT_CONFIG, SLOT_KEY};
+use crate::wire::{
+    self, Session, WireError, SLOT_CERT, SLOT_CHAIN, SLOT_CONFIG, SLOT_KEY, SLOT_NEXT_CERT,
+    SLOT_NEXT_CHAIN, SLOT_NEXT_KEY,
+};
 
 /// Reconnects allowed per run.
 const MAX_RECONNECTS: u32 = 3;
@@ -246,6 +249,117 @@ impl<T: Read + Write + Send> DeviceLink for CradleLink<T> {
         }
         st.reconnects = self.reconnects;
         st
+    }
+}
+
+/// A device without spare slots (older firmware) answers unknown-slot or
+/// unknown-command: say what it lacks instead of the bare code.
+fn no_spare(e: WireError) -> WireError {
+    match e {
+        WireError::Refused { code, .. }
+            if code == wire::code::UNKNOWN_SLOT || code == wire::code::UNKNOWN_COMMAND =>
+        {
+            WireError::Unexpected(
+                "the device firmware has no spare slots (cradle-protocol(7) RENEWAL: next.cert, SWITCH); it cannot renew in place".into(),
+            )
+        }
+        e => e,
+    }
+}
+
+impl<T: Read + Write + Send> RenewLink for CradleLink<T> {
+    fn state(&mut self) -> Result<RenewState, WireError> {
+        let info = self.session().hello()?;
+        self.hardware_id = Some(info.hardware_id.clone());
+        Ok(RenewState {
+            identity: Identity {
+                sealed: info.locked(),
+                hardware_id: info.hardware_id,
+                serial: info.serial,
+                model: info.model,
+                firmware: info.firmware,
+                imei: None,
+            },
+            public_key: info.public_key,
+            spare_key: info.next_key,
+        })
+    }
+
+    fn active_cert(&mut self) -> Result<Vec<u8>, WireError> {
+        self.resumable(|s| {
+            let st = s.stat(SLOT_CERT)?;
+            if st.len == 0 || st.len > 64 * 1024 || !st.committed {
+                return Ok(Vec::new());
+            }
+            s.read_object(SLOT_CERT, st.len as usize)
+        })
+    }
+
+    fn make_spare_key(&mut self) -> Result<DeviceKey, WireError> {
+        let (spki_der, csr_der) = self.resumable(|s| s.nextkey()).map_err(no_spare)?;
+        // The reply of the last NEXTKEY the device ran is the key it keeps: HELLO says so.
+        let now = self.session().hello()?.next_key;
+        if now.as_deref() != Some(spki_der.as_slice()) {
+            return Err(WireError::Unexpected(
+                "the device reports another spare key than the one NEXTKEY returned".into(),
+            ));
+        }
+        Ok(DeviceKey {
+            spki_der,
+            csr_der,
+            evidence: None,
+        })
+    }
+
+    fn write_spare(&mut self, burn: &mut Burn<'_>) -> Result<(), WireError> {
+        let chain = burn.chain_der.concat();
+        let cert = burn.cert_der;
+        self.resumable(|s| {
+            if let Some(k) = burn.key.as_ref() {
+                s.write_object(SLOT_NEXT_KEY, k, &mut |_, _| {})?;
+                // The device has it; the host forgets it.
+                burn.key = None;
+            }
+            s.write_object(SLOT_NEXT_CERT, cert, &mut |_, _| {})?;
+            s.write_object(SLOT_NEXT_CHAIN, &chain, &mut |_, _| {})
+        })
+        .map_err(no_spare)
+    }
+
+    fn verify_spare(&mut self, cert_der: &[u8], chain_der: &[Vec<u8>]) -> Result<(), WireError> {
+        let chain = chain_der.concat();
+        self.resumable(|s| {
+            s.verify_objects(&[(SLOT_NEXT_CERT, cert_der), (SLOT_NEXT_CHAIN, &chain)])
+        })
+        .map_err(no_spare)
+    }
+
+    fn discard_spare(&mut self) -> Result<(), WireError> {
+        self.resumable(|s| {
+            for slot in [SLOT_NEXT_KEY, SLOT_NEXT_CERT, SLOT_NEXT_CHAIN] {
+                s.erase(slot)?;
+            }
+            Ok(())
+        })
+        .map_err(no_spare)
+    }
+
+    fn switch(&mut self, cert_der: &[u8]) -> Result<(), WireError> {
+        use sha2::{Digest, Sha256};
+        let sha: [u8; 32] = Sha256::digest(cert_der).into();
+        self.resumable(|s| s.switch(sha)).map_err(no_spare)?;
+        self.held_cert = None;
+        let held = self.active_cert()?;
+        if held != cert_der {
+            return Err(WireError::Verify(
+                "after SWITCH the cert slot does not read back as the successor".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> LinkStats {
+        DeviceLink::stats(self)
     }
 }
 

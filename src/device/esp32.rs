@@ -18,7 +18,8 @@ use super::{
 };
 use crate::pki::esp_secure_cert::{self as esc, DEFAULT_OFFSET, DEFAULT_SIZE};
 use crate::wire::esp_rom::{
-    EspSession, ATTEMPTS, CHIP_DETECT_MAGIC_REG, EFUSE_RD_BASE, ESP32_MAGIC, FLASH_WRITE_SIZE,
+    md5_reply, retryable, EspSession, Request, ATTEMPTS, CHIP_DETECT_MAGIC_REG, EFUSE_RD_BASE,
+    ESP32_MAGIC, FLASH_WRITE_SIZE,
 };
 use crate::wire::{self, WireError};
 
@@ -52,6 +53,12 @@ pub struct Esp32Link<T: Read + Write = wire::Port> {
     attached: bool,
     /// MD5 of the partition image this run wrote.
     written_md5: Option<[u8; 16]>,
+    /// The chip's MD5 of (address, length) asked right behind the last FLASH_DATA
+    /// block: the first answer of the read-back.
+    early_md5: Option<(u32, u32, [u8; 16])>,
+    /// The block size a FLASH_BEGIN of `ready_write` readied the partition for (erased,
+    /// for the image in `pending`), not yet written.
+    begun: Option<usize>,
     /// The image itself (it holds the key), kept only until it is verified, so that a
     /// write damaged on the line (a garbled block number: only the data is checksummed)
     /// is written once more; zeroised when dropped.
@@ -68,6 +75,9 @@ impl Esp32Link<wire::Port> {
         Ok(Esp32Link::over(s, params.esp_partition.unwrap_or_default()))
     }
 }
+
+/// APB_CTL_DATE: its bit 31 is the third chip-revision bit.
+const APB_CTL_DATE: u32 = 0x3FF6_607C;
 
 /// The chip's name from eFuse BLK0 words 3 and 5 and APB_CTL_DATE, as esptool names it.
 fn model(w3: u32, w5: u32, apb_date: u32) -> String {
@@ -91,6 +101,17 @@ fn model(w3: u32, w5: u32, apb_date: u32) -> String {
         _ => "ESP32".into(),
     };
     name
+}
+
+fn identity(mac: [u8; 6], w3: u32, w5: u32, apb_date: u32) -> Identity {
+    Identity {
+        hardware_id: crate::sim::esp32::format_mac(&mac),
+        serial: None,
+        model: model(w3, w5, apb_date),
+        firmware: FIRMWARE.into(),
+        imei: None,
+        sealed: false,
+    }
 }
 
 /// The MAC from eFuse words 1 and 2, checked against its CRC-8 in word 2.
@@ -133,6 +154,8 @@ impl<T: Read + Write> Esp32Link<T> {
             synced: false,
             attached: false,
             written_md5: None,
+            early_md5: None,
+            begun: None,
             pending: None,
         }
     }
@@ -146,12 +169,22 @@ impl<T: Read + Write> Esp32Link<T> {
     }
 
     fn attach(&mut self) -> Result<(), WireError> {
+        self.attach_then(None)?;
+        Ok(())
+    }
+
+    /// Attaches the flash (once per session) and runs `then` behind it, pipelined:
+    /// SPI_ATTACH, SPI_SET_PARAMS and FLASH_BEGIN are small enough to go in one write.
+    fn attach_then(&mut self, then: Option<Request>) -> Result<(), WireError> {
+        let mut reqs = Vec::new();
         if !self.attached {
             self.sync()?;
-            self.s.spi_attach()?;
-            self.s.spi_set_params(FLASH_SIZE)?;
-            self.attached = true;
+            reqs.push(Request::spi_attach());
+            reqs.push(Request::spi_set_params(FLASH_SIZE));
         }
+        reqs.extend(then);
+        self.s.pipeline_or_each(&reqs)?;
+        self.attached = true;
         Ok(())
     }
 
@@ -178,9 +211,40 @@ impl<T: Read + Write> Esp32Link<T> {
         ))
     }
 
-    /// Identifies the chip: an ESP32 by its magic word, named by its MAC.
+    /// Identifies the chip: an ESP32 by its magic word, named by its MAC. After SYNC,
+    /// one pipelined round trip: the magic word, the eFuse words, the MAC words once
+    /// more and the magic word again (a reply lost or shifted shows in the second MAC
+    /// read or the closing magic word). Anything odd is read again one at a time.
     pub fn chip(&mut self) -> Result<Identity, WireError> {
         self.sync()?;
+        let regs = [
+            CHIP_DETECT_MAGIC_REG,
+            EFUSE_RD_BASE + 4,
+            EFUSE_RD_BASE + 8,
+            EFUSE_RD_BASE + 12,
+            EFUSE_RD_BASE + 20,
+            APB_CTL_DATE,
+            EFUSE_RD_BASE + 4,
+            EFUSE_RD_BASE + 8,
+            CHIP_DETECT_MAGIC_REG,
+        ];
+        match self.s.pipeline(&regs.map(Request::read_reg)) {
+            Ok(v) => {
+                let v: Vec<u32> = v.into_iter().map(|r| r.0).collect();
+                if v[0] == ESP32_MAGIC && v[8] == ESP32_MAGIC && v[1..3] == v[6..8] {
+                    return Ok(identity(mac_from_words(v[1], v[2])?, v[3], v[4], v[5]));
+                }
+            }
+            // A chip that is not an ESP32 may reset on reads of the ESP32's eFuse
+            // addresses: synchronise again, then the magic word comes first.
+            Err(WireError::Timeout { .. }) => self.s.sync()?,
+            Err(e) if retryable(&e) => {}
+            Err(e) => return Err(e),
+        }
+        self.chip_one_by_one()
+    }
+
+    fn chip_one_by_one(&mut self) -> Result<Identity, WireError> {
         let mut magic = self.s.read_reg(CHIP_DETECT_MAGIC_REG)?;
         if magic != ESP32_MAGIC {
             // Once more: a garbled READ_REG reads another word.
@@ -194,15 +258,8 @@ impl<T: Read + Write> Esp32Link<T> {
         let mac = self.read_mac()?;
         let w3 = self.s.read_reg(EFUSE_RD_BASE + 12)?;
         let w5 = self.s.read_reg(EFUSE_RD_BASE + 20)?;
-        let apb = self.s.read_reg(0x3FF6_607C)?;
-        Ok(Identity {
-            hardware_id: crate::sim::esp32::format_mac(&mac),
-            serial: None,
-            model: model(w3, w5, apb),
-            firmware: FIRMWARE.into(),
-            imei: None,
-            sealed: false,
-        })
+        let apb = self.s.read_reg(APB_CTL_DATE)?;
+        Ok(identity(mac, w3, w5, apb))
     }
 
     /// Erases the partition and writes `image` (its first `used` bytes; the rest of the
@@ -244,15 +301,39 @@ impl<T: Read + Write> Esp32Link<T> {
         let blocks = used.div_ceil(size);
         let total = (blocks * size) as u64;
         progress("erase", 0, total);
-        self.s
-            .flash_begin(self.part.size, blocks as u32, size as u32, self.part.offset)?;
+        self.early_md5 = None;
+        if self.begun.take() != Some(size) {
+            self.attach_then(Some(Request::flash_begin(
+                self.part.size,
+                blocks as u32,
+                size as u32,
+                self.part.offset,
+            )))?;
+        }
+        let (addr, len) = (self.part.offset, self.part.size);
         for seq in 0..blocks {
             progress("write esp_secure_cert", (seq * size) as u64, total);
             let at = seq * size;
             let mut block =
                 zeroize::Zeroizing::new(image[at..(at + size).min(image.len())].to_vec());
             block.resize(size, 0xFF);
-            self.s.flash_data(seq as u32, &block)?;
+            let data = Request::flash_data(seq as u32, &block);
+            if seq + 1 < blocks {
+                self.s.request(&data)?;
+                continue;
+            }
+            // The read-back's MD5 goes right behind the last block (it fits in the ROM's
+            // FIFO while the block is written): no round trip of its own.
+            match self
+                .s
+                .pipeline(&[data.clone(), Request::flash_md5(addr, len)])
+            {
+                Ok(r) => self.early_md5 = md5_reply(&r[1].1).map(|d| (addr, len, d)),
+                Err(e) if retryable(&e) => {
+                    self.s.request(&data)?;
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -269,8 +350,16 @@ impl<T: Read + Write> Esp32Link<T> {
         want: [u8; 16],
     ) -> Result<Result<(), [u8; 16]>, WireError> {
         let mut last = None;
+        let mut early = self
+            .early_md5
+            .take()
+            .filter(|e| (e.0, e.1) == (addr, len))
+            .map(|e| e.2);
         for _ in 0..ATTEMPTS + 2 {
-            let got = self.s.flash_md5(addr, len)?;
+            let got = match early.take() {
+                Some(d) => d,
+                None => self.s.flash_md5(addr, len)?,
+            };
             if got == want {
                 return Ok(Ok(()));
             }
@@ -302,9 +391,12 @@ impl<T: Read + Write> Esp32Link<T> {
 
     /// Erases the partition and checks, by the chip's MD5, that it reads back erased.
     pub fn erase_partition(&mut self) -> Result<[u8; 16], WireError> {
-        self.attach()?;
-        self.s
-            .flash_begin(self.part.size, 0, FLASH_WRITE_SIZE as u32, self.part.offset)?;
+        self.attach_then(Some(Request::flash_begin(
+            self.part.size,
+            0,
+            FLASH_WRITE_SIZE as u32,
+            self.part.offset,
+        )))?;
         let erased: [u8; 16] = Md5::digest(vec![0xFFu8; self.part.size as usize]).into();
         self.check_md5(erased, "erased flash")?;
         Ok(erased)
@@ -324,6 +416,17 @@ impl<T: Read + Write> Esp32Link<T> {
         Ok(self
             .md5_is(self.part.offset, entry.len() as u32, want)?
             .is_ok())
+    }
+
+    /// The `esp_secure_cert` partition image of `burn`.
+    fn image(&self, burn: &Burn<'_>) -> Result<esc::Image, WireError> {
+        esc::build(
+            burn.cert_der,
+            burn.chain_der,
+            burn.key.as_deref().map(|k| &k[..]),
+            self.part.size,
+        )
+        .map_err(|e| WireError::Unexpected(e.to_string()))
     }
 
     pub fn partition(&self) -> Partition {
@@ -395,10 +498,30 @@ impl<T: Read + Write + Send> DeviceLink for Esp32Link<T> {
         false
     }
 
+    fn warm_up(&mut self) -> Result<(), WireError> {
+        self.attach()
+    }
+
     fn generate_key(&mut self) -> Result<DeviceKey, WireError> {
         Err(WireError::Unexpected(
             "the ESP32 ROM bootloader cannot make keys: provision ESP32s with --mode inject".into(),
         ))
+    }
+
+    fn ready_write(&mut self, burn: &Burn<'_>) -> Result<(), WireError> {
+        self.begun = None;
+        let img = self.image(burn)?;
+        let blocks = img.used.div_ceil(FLASH_WRITE_SIZE) as u32;
+        self.pending = Some(img);
+        // The erase, while the host commits the record (on a chip, tens of ms).
+        self.attach_then(Some(Request::flash_begin(
+            self.part.size,
+            blocks,
+            FLASH_WRITE_SIZE as u32,
+            self.part.offset,
+        )))?;
+        self.begun = Some(FLASH_WRITE_SIZE);
+        Ok(())
     }
 
     fn write_identity(
@@ -406,16 +529,13 @@ impl<T: Read + Write + Send> DeviceLink for Esp32Link<T> {
         burn: &mut Burn<'_>,
         progress: &mut OnProgress<'_>,
     ) -> Result<(), WireError> {
-        let key = burn.key.take();
-        let img = esc::build(
-            burn.cert_der,
-            burn.chain_der,
-            key.as_deref().map(|k| &k[..]),
-            self.part.size,
-        )
-        .map_err(|e| WireError::Unexpected(e.to_string()))?;
-        // The key is in `img` only now; `key` is zeroised here, `img` once verified.
-        drop(key);
+        // The key is in the image only now (built by `ready_write` or here); `burn`'s
+        // copy is zeroised here, the image once verified.
+        let img = match self.pending.take() {
+            Some(img) => img,
+            None => self.image(burn)?,
+        };
+        drop(burn.key.take());
         let r = self.write_image(&img.bytes, img.used, 0, progress);
         self.pending = Some(img);
         r
@@ -463,6 +583,7 @@ impl<T: Read + Write + Send> DeviceLink for Esp32Link<T> {
             "esp_secure_cert_size".into(),
             format!("0x{:x}", self.part.size).into(),
         );
+        m.insert("round_trips".into(), self.s.round_trips.into());
         m
     }
 

@@ -137,12 +137,26 @@ pub trait DeviceLink: Send {
     /// Whether this family seals an identity (LOCK). Families that do not hold an
     /// identity as burned once its credentials are written and verified.
     fn seals(&self) -> bool;
+    /// Line work that changes nothing the device holds or does, done while the host
+    /// looks the device up in the registry (the ESP32 attaches its flash).
+    fn warm_up(&mut self) -> std::result::Result<(), WireError> {
+        Ok(())
+    }
     /// Readies the device for key generation and writes (the nRF91 goes offline).
     fn prepare(&mut self) -> std::result::Result<(), WireError> {
         Ok(())
     }
     /// The device makes a key pair and returns its public key and a CSR.
     fn generate_key(&mut self) -> std::result::Result<DeviceKey, WireError>;
+    /// Readies the write of `burn` while the host records the certificate, sending
+    /// none of the credentials (the ESP32 builds its partition image and erases the
+    /// partition). Called only for a family that does not seal, on a device the
+    /// registry holds as registered, not provisioned. A failure here is not the
+    /// run's: `write_identity` does whatever is not ready.
+    fn ready_write(&mut self, burn: &Burn<'_>) -> std::result::Result<(), WireError> {
+        let _ = burn;
+        Ok(())
+    }
     /// Writes key (if the host made one), certificate and chain. `progress` is told each
     /// step; the step names are what a failure record reports.
     fn write_identity(
@@ -175,6 +189,62 @@ pub trait DeviceLink: Send {
     fn details(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::Map::new()
     }
+}
+
+/// What a device holds when a renewal starts: who it is, its identity key and any spare
+/// key waiting in its spare slot (cradle-protocol(7) RENEWAL).
+#[derive(Debug, Clone)]
+pub struct RenewState {
+    pub identity: Identity,
+    /// SubjectPublicKeyInfo (DER) of the identity key.
+    pub public_key: Option<Vec<u8>>,
+    /// SubjectPublicKeyInfo (DER) of a spare key (NEXTKEY or injected), if one waits.
+    pub spare_key: Option<Vec<u8>>,
+}
+
+/// A device that takes a successor identity in place: written into spare slots while the
+/// old identity keeps working, verified by hash, then switched to in one step, so a
+/// pulled cable before the switch leaves the old identity in use.
+pub trait RenewLink: Send {
+    fn state(&mut self) -> std::result::Result<RenewState, WireError>;
+    /// The certificate in the identity's cert slot (empty if none).
+    fn active_cert(&mut self) -> std::result::Result<Vec<u8>, WireError>;
+    /// The device makes a spare key (its identity key stays in use until the switch).
+    fn make_spare_key(&mut self) -> std::result::Result<DeviceKey, WireError>;
+    /// Writes the spare key (if the host made one), certificate and chain into the spare slots.
+    fn write_spare(&mut self, burn: &mut Burn<'_>) -> std::result::Result<(), WireError>;
+    /// Reads the spare certificate and chain back and fails unless they match by SHA-256.
+    fn verify_spare(
+        &mut self,
+        cert_der: &[u8],
+        chain_der: &[Vec<u8>],
+    ) -> std::result::Result<(), WireError>;
+    /// Empties the spare slots (a spare key left by an abandoned re-key).
+    fn discard_spare(&mut self) -> std::result::Result<(), WireError>;
+    /// Makes the spare identity the identity; then the cert slot is read back.
+    fn switch(&mut self, cert_der: &[u8]) -> std::result::Result<(), WireError>;
+    fn stats(&self) -> LinkStats;
+}
+
+/// Why a family cannot renew in place (`renew --port`), or `Ok` when it can.
+pub fn renew_place(profile: DeviceProfile) -> std::result::Result<(), String> {
+    match profile {
+        DeviceProfile::Cradle => Ok(()),
+        DeviceProfile::Nrf91 => Err("the nrf91 family cannot renew in place yet: a successor needs a spare sec_tag and firmware that switches tags, which cradle does not drive; renew with --out or --bundle and write the certificate with your modem tooling".into()),
+        DeviceProfile::Esp32 => Err("the esp32 family cannot renew in place: its esp_secure_cert partition has one identity and the ROM bootloader cannot switch to a new one atomically; renew with --out or --bundle and re-flash with `identity export-esp-secure-cert`".into()),
+        DeviceProfile::Micropython => Err("the micropython family cannot renew in place yet (write a new file, verify its SHA-256, rename is not implemented); renew with --out or --bundle".into()),
+    }
+}
+
+/// Opens a device that can renew in place (the cradle protocol); other families are
+/// refused with one line saying why (`renew_place`).
+pub fn open_renew_link(
+    profile: DeviceProfile,
+    port: &Path,
+    params: LinkParams,
+) -> Result<Box<dyn RenewLink>> {
+    renew_place(profile).map_err(crate::Error::usage)?;
+    Ok(Box::new(cradle::CradleLink::open(port, params)?))
 }
 
 /// Line settings of a link, and what a family needs to check its device.

@@ -70,10 +70,17 @@ pub enum EventKind {
     /// note and the supplier's RMA number when the device went back to the supplier.
     #[serde(rename = "maintenance.returned")]
     MaintenanceReturned,
+    /// `cradle renew` issued a successor certificate superseding an older one (for the
+    /// same key, or a new one with --rekey).
+    #[serde(rename = "cert.renewed")]
+    CertRenewed,
+    /// A successor delivered over a port was verified and switched to on the device.
+    #[serde(rename = "renewal.confirmed")]
+    RenewalConfirmed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 24] = [
+    pub const ALL: [EventKind; 26] = [
         EventKind::HomeInitialised,
         EventKind::LogKeyed,
         EventKind::CaCreated,
@@ -98,6 +105,8 @@ impl EventKind {
         EventKind::ConfigWritten,
         EventKind::MaintenanceLogged,
         EventKind::MaintenanceReturned,
+        EventKind::CertRenewed,
+        EventKind::RenewalConfirmed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +135,8 @@ impl EventKind {
             EventKind::ConfigWritten => "config.written",
             EventKind::MaintenanceLogged => "maintenance.logged",
             EventKind::MaintenanceReturned => "maintenance.returned",
+            EventKind::CertRenewed => "cert.renewed",
+            EventKind::RenewalConfirmed => "renewal.confirmed",
         }
     }
 }

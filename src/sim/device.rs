@@ -13,11 +13,28 @@ use crate::attestation::{self, WipeAttestation};
 use crate::error::{Error, Result};
 use crate::wire::{
     b64, b64_decode, code, Frame, PROTO_VERSION, SLOT_CERT, SLOT_CHAIN, SLOT_CONFIG, SLOT_KEY,
+    SLOT_NEXT_CERT, SLOT_NEXT_CHAIN, SLOT_NEXT_KEY,
 };
 
 pub const SIM_MAX_LINE: usize = 1024;
 pub const SIM_WINDOW: usize = 8;
-const SLOTS: [&str; 4] = [SLOT_KEY, SLOT_CERT, SLOT_CHAIN, SLOT_CONFIG];
+const SLOTS: [&str; 7] = [
+    SLOT_KEY,
+    SLOT_CERT,
+    SLOT_CHAIN,
+    SLOT_CONFIG,
+    SLOT_NEXT_KEY,
+    SLOT_NEXT_CERT,
+    SLOT_NEXT_CHAIN,
+];
+/// Slots a locked device still writes: the configuration, and the spare slots a
+/// renewal fills while the sealed identity keeps working (SWITCH swaps them in).
+fn writable_when_locked(slot: &str) -> bool {
+    matches!(
+        slot,
+        SLOT_CONFIG | SLOT_NEXT_KEY | SLOT_NEXT_CERT | SLOT_NEXT_CHAIN
+    )
+}
 /// Most data bytes one WRITE or READ frame may carry for a maxline (cradle-protocol(7)).
 pub const fn chunk_limit(max_line: usize) -> usize {
     (max_line - 64) / 4 * 3
@@ -26,8 +43,8 @@ pub const fn chunk_limit(max_line: usize) -> usize {
 /// Arguments each request takes (strict mode refuses any other count with bad-argument).
 fn arity(verb: &str) -> Option<usize> {
     Some(match verb {
-        "KEYGEN" | "CSR" | "LOCK" => 0,
-        "HELLO" | "STAT" | "ERASE" | "WIPE" => 1,
+        "KEYGEN" | "CSR" | "LOCK" | "NEXTKEY" => 0,
+        "HELLO" | "STAT" | "ERASE" | "WIPE" | "SWITCH" => 1,
         "WRITE" | "COMMIT" | "READ" => 3,
         _ => return None,
     })
@@ -53,6 +70,12 @@ pub struct DeviceState {
     /// The identity key (PKCS#8 DER), as a secure element would hold it.
     #[serde(with = "hexopt", default)]
     pub key: Option<Vec<u8>>,
+    /// A spare key (NEXTKEY, or an injected next.key): SWITCH makes it the identity key.
+    #[serde(with = "hexopt", default)]
+    pub next_key: Option<Vec<u8>>,
+    /// SWITCH requests executed.
+    #[serde(default)]
+    pub switches: u64,
     #[serde(default)]
     pub slots: BTreeMap<String, Slot>,
     #[serde(default)]
@@ -83,6 +106,8 @@ impl DeviceState {
             model: model.to_string(),
             firmware: format!("sim-{}", env!("CARGO_PKG_VERSION")),
             key: None,
+            next_key: None,
+            switches: 0,
             slots: BTreeMap::new(),
             locked: false,
             wipe_counter: 0,
@@ -126,6 +151,19 @@ impl DeviceState {
     pub fn spki(&self) -> Option<Vec<u8>> {
         let kp = rcgen::KeyPair::try_from(self.key.as_deref()?).ok()?;
         Some(kp.subject_public_key_info())
+    }
+
+    pub fn next_spki(&self) -> Option<Vec<u8>> {
+        let kp = rcgen::KeyPair::try_from(self.next_key.as_deref()?).ok()?;
+        Some(kp.subject_public_key_info())
+    }
+
+    /// Empties the spare slots and drops the spare key.
+    fn clear_next(&mut self) {
+        for s in [SLOT_NEXT_KEY, SLOT_NEXT_CERT, SLOT_NEXT_CHAIN] {
+            self.slots.remove(s);
+        }
+        self.next_key = None;
     }
 }
 
@@ -302,6 +340,9 @@ impl Device {
                 if let Some(spki) = s.spki() {
                     args.push(format!("pub={}", b64(&spki)));
                 }
+                if let Some(spki) = s.next_spki() {
+                    args.push(format!("next={}", b64(&spki)));
+                }
                 Ok(Reply::frame(ok(seq, args)))
             }
             "KEYGEN" => {
@@ -322,6 +363,7 @@ impl Device {
                 self.state.key = Some(kp.serialize_der());
                 // A new key makes any stored certificate meaningless.
                 self.state.slots.clear();
+                self.state.next_key = None;
                 self.save();
                 let csr_b64 = if self.faults.bad_base64 {
                     self.faults.bad_base64 = false;
@@ -357,12 +399,15 @@ impl Device {
             "ERASE" => {
                 let slot = self.slot_arg(f, 0)?;
                 // The config slot changes in service: LOCK seals the identity only.
-                if self.state.locked && slot != SLOT_CONFIG {
+                if self.state.locked && !writable_when_locked(slot) {
                     return Err(code::LOCKED);
                 }
                 self.state.slots.remove(slot);
                 if slot == SLOT_KEY {
                     self.state.key = None;
+                }
+                if slot == SLOT_NEXT_KEY {
+                    self.state.next_key = None;
                 }
                 self.save();
                 Ok(Reply::frame(ok(seq, vec![])))
@@ -375,7 +420,7 @@ impl Device {
                     .get(2)
                     .and_then(|d| b64_decode(d).ok())
                     .ok_or(code::BAD_ARGUMENT)?;
-                if self.state.locked && slot != SLOT_CONFIG {
+                if self.state.locked && !writable_when_locked(slot) {
                     return Err(code::LOCKED);
                 }
                 if data.len() > chunk_limit(SIM_MAX_LINE) || off > 1 << 20 {
@@ -397,6 +442,9 @@ impl Device {
                     if slot == SLOT_KEY {
                         self.state.key = None;
                     }
+                    if slot == SLOT_NEXT_KEY {
+                        self.state.next_key = None;
+                    }
                 }
                 let len = self.state.slots[slot].data.len();
                 self.save();
@@ -414,7 +462,7 @@ impl Device {
                 let got = hex::encode(sha256(&s.data));
                 // Locked: only a resent COMMIT of what is already committed is answered.
                 if self.state.locked
-                    && slot != SLOT_CONFIG
+                    && !writable_when_locked(slot)
                     && !(s.committed && s.data.len() == len && &got == want)
                 {
                     return Err(code::LOCKED);
@@ -441,6 +489,17 @@ impl Device {
                             }
                         }
                     }
+                    if slot == SLOT_NEXT_KEY {
+                        match crate::pki::keys::key_pair_from_pkcs8(&s.data, "injected key") {
+                            // A spare key: the identity key stays until SWITCH.
+                            Ok(_) => self.state.next_key = Some(s.data.clone()),
+                            Err(_) => {
+                                self.state.slots.remove(slot);
+                                self.save();
+                                return Err(code::BAD_KEY);
+                            }
+                        }
+                    }
                     if let Some(s) = self.state.slots.get_mut(slot) {
                         s.committed = true;
                     }
@@ -452,7 +511,7 @@ impl Device {
                 let slot = self.slot_arg(f, 0)?;
                 let off = Self::num_arg(f, 1)?;
                 let n = Self::num_arg(f, 2)?;
-                if slot == SLOT_KEY {
+                if slot == SLOT_KEY || slot == SLOT_NEXT_KEY {
                     return Err(code::READ_FORBIDDEN);
                 }
                 let s = self.state.slots.get(slot).cloned().unwrap_or_default();
@@ -490,6 +549,74 @@ impl Device {
                 self.state.locked = true;
                 self.save();
                 Ok(Reply::frame(ok(seq, vec!["state=locked".into()])))
+            }
+            "NEXTKEY" => {
+                // A spare key for a renewal with a new key: the identity key (and the
+                // sealed identity) stay in use until SWITCH.
+                let kp = crate::pki::keys::generate().map_err(|_| code::INTERNAL)?;
+                self.state.keygens += 1;
+                let spki = kp.subject_public_key_info();
+                let csr = make_csr(&kp, &self.state.hardware_id)?;
+                self.state.clear_next();
+                self.state.next_key = Some(kp.serialize_der());
+                self.save();
+                Ok(Reply::frame(ok(
+                    seq,
+                    vec![format!("pub={}", b64(&spki)), format!("csr={}", b64(&csr))],
+                )))
+            }
+            "SWITCH" => {
+                let want = f
+                    .args
+                    .first()
+                    .filter(|h| is_lower_hex64(h))
+                    .ok_or(code::BAD_ARGUMENT)?
+                    .clone();
+                let next = self.state.slots.get(SLOT_NEXT_CERT).cloned();
+                let next = match next {
+                    Some(n) if n.committed && hex::encode(sha256(&n.data)) == want => n,
+                    // A resent SWITCH whose reply was lost: already done.
+                    _ => {
+                        let held = self
+                            .state
+                            .slots
+                            .get(SLOT_CERT)
+                            .filter(|c| c.committed && hex::encode(sha256(&c.data)) == want);
+                        return match held {
+                            Some(_) if next.is_none() => {
+                                Ok(Reply::frame(ok(seq, vec![format!("sha256={want}")])))
+                            }
+                            _ => Err(code::NOT_COMMITTED),
+                        };
+                    }
+                };
+                let chain = self
+                    .state
+                    .slots
+                    .get(SLOT_NEXT_CHAIN)
+                    .filter(|c| c.committed)
+                    .cloned()
+                    .ok_or(code::NOT_COMMITTED)?;
+                // The successor must certify the key the device will hold after the switch.
+                let spki = match &self.state.next_key {
+                    Some(_) => self.state.next_spki(),
+                    None => self.state.spki(),
+                }
+                .ok_or(code::NO_KEY)?;
+                let info = crate::pki::cert::info_of(&next.data).map_err(|_| code::BAD_KEY)?;
+                if info.pubkey_sha256 != hex::encode(sha256(&spki)) {
+                    return Err(code::BAD_KEY);
+                }
+                // One step, as one flash transaction would be: identity and spare swap.
+                if let Some(k) = self.state.next_key.take() {
+                    self.state.key = Some(k);
+                }
+                self.state.slots.insert(SLOT_CERT.into(), next);
+                self.state.slots.insert(SLOT_CHAIN.into(), chain);
+                self.state.clear_next();
+                self.state.switches += 1;
+                self.save();
+                Ok(Reply::frame(ok(seq, vec![format!("sha256={want}")])))
             }
             "WIPE" => {
                 let nonce_hex = f
@@ -549,6 +676,7 @@ impl Device {
                 attestation::sign(&signing_key, &mut att).map_err(|_| code::INTERNAL)?;
                 // Signed first, then erased: the key is gone once the reply is out.
                 self.state.key = None;
+                self.state.next_key = None;
                 self.state.slots.clear();
                 self.state.cmng.clear();
                 self.state.locked = false;
@@ -719,5 +847,129 @@ mod tests {
         assert_eq!((again.verb.as_str(), &again.args), ("OK", &first.args));
         assert_eq!(again.seq, 9);
         assert_eq!(dev.state.wipe_counter, 1);
+    }
+    /// Writes `data` into `slot` and commits it, asserting OK.
+    fn put(dev: &mut Device, seq: &mut u32, slot: &str, data: &[u8]) {
+        *seq += 1;
+        let w = Frame::new("WRITE", *seq, vec![slot.into(), "0".into(), b64(data)]).encode();
+        let r = answer(dev, std::str::from_utf8(&w[..w.len() - 1]).unwrap());
+        assert_eq!(r.verb, "OK", "WRITE {slot}: {r:?}");
+        *seq += 1;
+        let c = Frame::new(
+            "COMMIT",
+            *seq,
+            vec![
+                slot.into(),
+                data.len().to_string(),
+                hex::encode(sha256(data)),
+            ],
+        )
+        .encode();
+        let r = answer(dev, std::str::from_utf8(&c[..c.len() - 1]).unwrap());
+        assert_eq!(r.verb, "OK", "COMMIT {slot}: {r:?}");
+    }
+
+    fn request(dev: &mut Device, seq: u32, verb: &str, args: Vec<String>) -> Frame {
+        let l = Frame::new(verb, seq, args).encode();
+        answer(dev, std::str::from_utf8(&l[..l.len() - 1]).unwrap())
+    }
+
+    /// A certificate for `key` (PKCS#8) from a throwaway issuer.
+    fn cert_for(key: &[u8]) -> Vec<u8> {
+        let kp = rcgen::KeyPair::try_from(key).unwrap();
+        let issuer = crate::pki::keys::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["dev".to_string()]).unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["ca".to_string()])
+            .unwrap()
+            .self_signed(&issuer)
+            .unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_der(ca.der(), issuer).unwrap();
+        params.signed_by(&kp, &issuer).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_locked_device_takes_a_successor_in_its_spare_slots_and_switches_once() {
+        let key = crate::pki::keys::generate().unwrap().serialize_der();
+        let mut state = DeviceState::new("HW-R", "sim");
+        state.key = Some(key.clone());
+        let old = cert_for(&key);
+        for (slot, data) in [(SLOT_CERT, old.clone()), (SLOT_CHAIN, b"chain".to_vec())] {
+            state.slots.insert(
+                slot.into(),
+                Slot {
+                    data,
+                    committed: true,
+                },
+            );
+        }
+        state.locked = true;
+        let mut dev = Device::new(state, None, Faults::default());
+        dev.strict = true;
+        let mut seq = 1;
+        // The sealed identity is refused, the spare slots are not.
+        let r = request(&mut dev, 2, "ERASE", vec![SLOT_CERT.into()]);
+        assert_eq!(r.args[0], code::LOCKED.to_string());
+        let new = cert_for(&key);
+        // SWITCH before the spare slots are committed: not-committed, nothing changes.
+        let sha = hex::encode(sha256(&new));
+        let r = request(&mut dev, 3, "SWITCH", vec![sha.clone()]);
+        assert_eq!(r.args[0], code::NOT_COMMITTED.to_string());
+        seq += 2;
+        put(&mut dev, &mut seq, SLOT_NEXT_CERT, &new);
+        put(&mut dev, &mut seq, SLOT_NEXT_CHAIN, b"chain2");
+        assert_eq!(dev.state.slots[SLOT_CERT].data, old);
+        // A wrong hash is refused; the right one switches, keeping the lock.
+        let r = request(&mut dev, 20, "SWITCH", vec!["0".repeat(64)]);
+        assert_eq!(r.args[0], code::NOT_COMMITTED.to_string());
+        let r = request(&mut dev, 21, "SWITCH", vec![sha.clone()]);
+        assert_eq!(
+            (r.verb.as_str(), r.args[0].as_str()),
+            ("OK", format!("sha256={sha}").as_str())
+        );
+        assert_eq!(dev.state.slots[SLOT_CERT].data, new);
+        assert_eq!(dev.state.slots[SLOT_CHAIN].data, b"chain2");
+        assert!(dev.state.locked && !dev.state.slots.contains_key(SLOT_NEXT_CERT));
+        // Resent (the reply was lost): OK again, no second switch.
+        let r = request(&mut dev, 22, "SWITCH", vec![sha]);
+        assert_eq!(r.verb, "OK");
+        assert_eq!(dev.state.switches, 1);
+    }
+
+    #[test]
+    fn switch_refuses_a_successor_for_another_key_and_installs_a_spare_key() {
+        let key = crate::pki::keys::generate().unwrap().serialize_der();
+        let mut state = DeviceState::new("HW-K", "sim");
+        state.key = Some(key.clone());
+        let mut dev = Device::new(state, None, Faults::default());
+        let mut seq = 1;
+        // A successor for a key the device does not hold: bad-key.
+        let other = crate::pki::keys::generate().unwrap().serialize_der();
+        let wrong = cert_for(&other);
+        put(&mut dev, &mut seq, SLOT_NEXT_CERT, &wrong);
+        put(&mut dev, &mut seq, SLOT_NEXT_CHAIN, b"c");
+        let r = request(&mut dev, 30, "SWITCH", vec![hex::encode(sha256(&wrong))]);
+        assert_eq!(r.args[0], code::BAD_KEY.to_string());
+        assert_eq!(dev.state.key.as_deref(), Some(key.as_slice()));
+        // NEXTKEY: a spare key, reported by HELLO; the spare key slot is never readable.
+        let r = request(&mut dev, 31, "NEXTKEY", vec![]);
+        assert_eq!(r.verb, "OK");
+        let spare = dev.state.next_key.clone().unwrap();
+        let hello = request(&mut dev, 32, "HELLO", vec!["1".into()]);
+        assert!(hello.args.iter().any(|a| a.starts_with("next=")));
+        let r = request(
+            &mut dev,
+            33,
+            "READ",
+            vec![SLOT_NEXT_KEY.into(), "0".into(), "1".into()],
+        );
+        assert_eq!(r.args[0], code::READ_FORBIDDEN.to_string());
+        let new = cert_for(&spare);
+        let mut seq = 40;
+        put(&mut dev, &mut seq, SLOT_NEXT_CERT, &new);
+        put(&mut dev, &mut seq, SLOT_NEXT_CHAIN, b"c");
+        let r = request(&mut dev, 50, "SWITCH", vec![hex::encode(sha256(&new))]);
+        assert_eq!(r.verb, "OK", "{r:?}");
+        assert_eq!(dev.state.key.as_deref(), Some(spare.as_slice()));
+        assert!(dev.state.next_key.is_none());
     }
 }

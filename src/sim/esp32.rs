@@ -452,6 +452,9 @@ impl Responder for Esp32Responder {
     fn device(&mut self) -> &mut Device {
         &mut self.dev
     }
+    fn rx_fifo(&self) -> Option<usize> {
+        Some(rom::RX_FIFO)
+    }
 }
 
 #[cfg(test)]

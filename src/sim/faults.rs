@@ -14,13 +14,15 @@ Faults (--fault SPEC, repeatable):
   corrupt:P              flip one bit of each byte with probability P (0..1)
   stall:MS               stop answering for MS milliseconds before replying to the first WRITE
   disconnect-after:STEP[:N]
-                         hang up (the port disappears and comes back as a new pty behind the
-                         same --link) after handling the N-th (default 1st) STEP request, before
+                         hang up (the port disappears, --link with it, and comes back as a
+                         new pty behind the same --link) after handling the N-th (default 1st) STEP request, before
                          replying; STEP is hello, keygen, stat, write, commit, read, lock, wipe,
-                         erase (nrf91: keygen, cmng-write, cmng-list; esp32: sync,
+                         erase, nextkey, switch (nrf91: keygen, cmng-write, cmng-list; esp32: sync,
                          flash-begin, flash-data, md5, read-flash; micropython: hello is
                          entering the raw REPL, write a file write, so the file is left half
                          written as by a board that resets mid-write)
+  stay-away:MS           after a disconnect-after hang-up, come back only MS milliseconds later
+                         (a pulled cable: the host gives up first, a later run finds the device)
   slow-baud:RATE         pace the line at RATE while the host expects --baud
   reject-lock[:N]        refuse the first N (default 1) LOCK requests (error 13 lock-refused)
   garbage-on-boot        send random noise (no frame) each time the port comes up
@@ -63,6 +65,8 @@ pub struct Faults {
     pub corrupt: f64,
     pub stall: Option<Duration>,
     pub disconnect_after: Option<(String, u32)>,
+    /// How long a hung-up device stays away before its new pty appears.
+    pub stay_away: Option<Duration>,
     pub slow_baud: Option<u32>,
     pub reject_lock: u32,
     pub garbage_on_boot: bool,
@@ -96,6 +100,8 @@ fn prob(spec: &str, v: Option<&str>) -> Result<f64> {
 const STEPS: &[&str] = &[
     "hello",
     "keygen",
+    "nextkey",
+    "switch",
     "stat",
     "write",
     "commit",
@@ -138,6 +144,14 @@ impl Faults {
                         ))
                     })?;
                     f.stall = Some(Duration::from_millis(ms));
+                }
+                "stay-away" => {
+                    let ms = val.and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
+                        Error::input(format!(
+                            "--fault {spec}: want milliseconds, e.g. stay-away:8000"
+                        ))
+                    })?;
+                    f.stay_away = Some(Duration::from_millis(ms));
                 }
                 "disconnect-after" => {
                     let v = val.unwrap_or("");
@@ -258,17 +272,23 @@ mod tests {
             "corrupt:0.01".into(),
             "disconnect-after:write:3".into(),
             "reject-lock".into(),
+            "stay-away:8000".into(),
         ])
         .unwrap();
         assert_eq!(f.corrupt, 0.01);
+        assert_eq!(f.stay_away, Some(Duration::from_millis(8000)));
         assert_eq!(f.disconnect_after, Some(("write".into(), 3)));
         assert_eq!(f.reject_lock, 1);
+        let f = Faults::parse(&["disconnect-after:switch".into()]).unwrap();
+        assert_eq!(f.disconnect_after, Some(("switch".into(), 1)));
         for bad in [
             "corrupt:2",
             "drop",
             "disconnect-after:fly",
             "nonsense",
             "long-line:1",
+            "stay-away",
+            "stay-away:soon",
         ] {
             assert!(Faults::parse(&[bad.into()]).is_err(), "{bad}");
         }

@@ -30,6 +30,13 @@ pub trait Responder: Send {
     /// request took (the pacing charge).
     fn feed(&mut self, data: &[u8]) -> Vec<(usize, Reply)>;
     fn device(&mut self) -> &mut Device;
+    /// The receive FIFO of a device that stops reading its line while it works on a
+    /// request (the ESP32 ROM): at most this many bytes may arrive from the end of a
+    /// request until its reply is out; more are lost, as on the chip. `None`: the
+    /// device takes everything (a firmware with a buffer the size of its packets).
+    fn rx_fifo(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The cradle protocol on top of a `Device`.
@@ -217,6 +224,10 @@ pub enum Outcome {
 
 /// Serves one pty until stop or a hang-up fault.
 pub fn serve(pty: &mut Pty, r: &mut dyn Responder, baud: u32, stop: &AtomicBool) -> Outcome {
+    // A UART sends its next byte on time: the pacer's sleeps should not overshoot by
+    // the kernel's default 50 µs timer slack (a byte is 11 µs at 921600 baud).
+    // SAFETY: prctl with an integer argument, for this thread only.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
     let baud = r.device().faults.slow_baud.unwrap_or(baud);
     let mut pacer = Pacer::new(baud);
     if r.device().faults.garbage_on_boot {
@@ -231,6 +242,9 @@ pub fn serve(pty: &mut Pty, r: &mut dyn Responder, baud: u32, stop: &AtomicBool)
         write_all_master(pty, &noise);
     }
     let mut buf = [0u8; 4096];
+    // Bytes of a request not yet answered, across reads (a request the host's write
+    // split): the FIFO path charges all of them with the reply.
+    let mut fed = 0;
     loop {
         if stop.load(Ordering::Relaxed) {
             return Outcome::Stop;
@@ -244,24 +258,7 @@ pub fn serve(pty: &mut Pty, r: &mut dyn Responder, baud: u32, stop: &AtomicBool)
             std::thread::sleep(Duration::from_millis(20));
         }
         let seen = Instant::now();
-        let mut input = Vec::new();
-        loop {
-            match pty.master.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    input.extend_from_slice(&buf[..n]);
-                    if !window_drop || n < buf.len() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    std::thread::sleep(Duration::from_millis(50));
-                    break;
-                }
-            }
-        }
+        let input = read_available(pty, &mut buf, window_drop);
         if input.is_empty() {
             continue;
         }
@@ -269,6 +266,12 @@ pub fn serve(pty: &mut Pty, r: &mut dyn Responder, baud: u32, stop: &AtomicBool)
             let dev = r.device();
             faults::mangle(&input, &dev.faults.clone(), &mut dev.rng)
         };
+        if let Some(cap) = r.rx_fifo() {
+            if let Some(o) = serve_fifo(pty, r, &mut pacer, seen, data, cap, &mut fed) {
+                return o;
+            }
+            continue;
+        }
         for (cost, reply) in r.feed(&data) {
             if let Some(d) = reply.stall {
                 std::thread::sleep(d);
@@ -297,6 +300,94 @@ pub fn serve(pty: &mut Pty, r: &mut dyn Responder, baud: u32, stop: &AtomicBool)
             }
         }
     }
+}
+
+/// What the host has written so far (nothing: an empty vector). A slow reader
+/// (`window_drop`) takes everything that is queued.
+fn read_available(pty: &mut Pty, buf: &mut [u8], window_drop: bool) -> Vec<u8> {
+    let mut input = Vec::new();
+    loop {
+        match pty.master.read(buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                input.extend_from_slice(&buf[..n]);
+                if !window_drop || n < buf.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(50));
+                break;
+            }
+        }
+    }
+    input
+}
+
+/// Serves `data` to a device with a `cap`-byte receive FIFO, request by request. From
+/// the end of a request until its reply is out the device does not read its line: the
+/// bytes that came after the request (those already read and those the host wrote
+/// meanwhile, i.e. without waiting for the reply) queue in the FIFO, and whatever does
+/// not fit is lost, as on the chip. A host that pipelines within the FIFO loses
+/// nothing; one that sends more ahead fails. `cost`: bytes fed since the last reply
+/// (the pacing charge of the next one). `Some`: a hang-up fault.
+fn serve_fifo(
+    pty: &mut Pty,
+    r: &mut dyn Responder,
+    pacer: &mut Pacer,
+    seen: Instant,
+    data: Vec<u8>,
+    cap: usize,
+    cost: &mut usize,
+) -> Option<Outcome> {
+    let mut buf = [0u8; 4096];
+    let mut backlog = data;
+    let mut i = 0;
+    while i < backlog.len() {
+        let replies = r.feed(&backlog[i..i + 1]);
+        i += 1;
+        *cost += 1;
+        for (_, reply) in replies {
+            if let Some(d) = reply.stall {
+                std::thread::sleep(d);
+            }
+            if reply.hangup {
+                pacer.charge_from(seen, std::mem::take(cost));
+                return Some(Outcome::Hangup);
+            }
+            let out = {
+                let dev = r.device();
+                faults::mangle(&reply.bytes, &dev.faults.clone(), &mut dev.rng)
+            };
+            let mut pieces = out.chunks(1024);
+            let first = pieces.next().unwrap_or(&[]);
+            pacer.charge_from(seen, std::mem::take(cost) + first.len());
+            // The device was busy until now: what the host sent meanwhile joins the queue.
+            let late = read_available(pty, &mut buf, false);
+            if !late.is_empty() {
+                let dev = r.device();
+                backlog.extend(faults::mangle(&late, &dev.faults.clone(), &mut dev.rng));
+            }
+            let queued = backlog.len() - i;
+            if queued > cap {
+                // Lost bytes took their time on the line all the same.
+                pacer.charge(queued - cap);
+                backlog.truncate(i + cap);
+            }
+            if !write_all_master(pty, first) {
+                continue;
+            }
+            for piece in pieces {
+                pacer.charge_from(seen, piece.len());
+                if !write_all_master(pty, piece) {
+                    break;
+                }
+            }
+        }
+    }
+    None
 }
 
 /// What `cradle sim` was asked to run.
@@ -383,6 +474,14 @@ fn replace_link(target: &Path, link: &Path) -> Result<()> {
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, link).map_err(|e| Error::io(link, e))
+}
+
+/// Removes `link` if it is still a symlink to `target` (another simulator may have
+/// taken the name since).
+fn unlink_if_to(link: &Path, target: &Path) {
+    if std::fs::read_link(link).is_ok_and(|t| t == target) {
+        let _ = std::fs::remove_file(link);
+    }
 }
 
 /// Removes the symlinks this simulator made (only if they are still symlinks).
@@ -510,8 +609,27 @@ pub fn run(cfg: &SimConfig, stop: &'static AtomicBool, ready: mpsc::Sender<Ready
                     match serve(&mut pty, d.as_mut(), baud, stop) {
                         Outcome::Stop => return,
                         Outcome::Hangup => {
+                            // Unplugged: the device node goes away with the device, as
+                            // a USB serial port's does. A link left pointing at the freed
+                            // /dev/pts/N would lead a host (a retry, --watch) into
+                            // whichever pseudo-terminal is given that number next.
+                            if let Some(l) = &link {
+                                unlink_if_to(l, &pty.path);
+                            }
                             drop(pty);
-                            std::thread::sleep(Duration::from_millis(150));
+                            let away = d
+                                .device()
+                                .faults
+                                .stay_away
+                                .unwrap_or(Duration::from_millis(150));
+                            // Away, but still stoppable (SIGTERM while unplugged).
+                            let back = Instant::now() + away;
+                            while Instant::now() < back {
+                                if stop.load(Ordering::Relaxed) {
+                                    return;
+                                }
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
                             pty = match open_pty() {
                                 Ok(p) => p,
                                 Err(e) => {

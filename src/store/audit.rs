@@ -510,13 +510,21 @@ pub fn stale_unused_certs(
     f: impl FnMut((String, String, String)) -> Result<()>,
 ) -> Result<()> {
     let conn = db.conn();
+    // A successor pending on its device is renewal-pending's, not a failed run's.
+    let not_pending = if super::renewals::recorded(db)? {
+        "AND NOT EXISTS (SELECT 1 FROM renewals r WHERE r.new_cert_id = c.id AND r.state = 'pending')"
+    } else {
+        ""
+    };
     each(
         conn,
-        "SELECT d.serial, c.serial_hex, c.created_at
-         FROM certificates c JOIN devices d ON d.id = c.device_id
-         WHERE c.status = 'unused' AND c.created_at < ?1
-           AND d.status NOT IN ('registered', 'decommissioned')
-         ORDER BY d.serial, c.id",
+        &format!(
+            "SELECT d.serial, c.serial_hex, c.created_at
+             FROM certificates c JOIN devices d ON d.id = c.device_id
+             WHERE c.status = 'unused' AND c.created_at < ?1
+               AND d.status NOT IN ('registered', 'decommissioned') {not_pending}
+             ORDER BY d.serial, c.id"
+        ),
         [before],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         f,

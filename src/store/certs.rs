@@ -41,7 +41,7 @@ impl CertStatus {
             CertStatus::Unused => "unused",
         }
     }
-    fn parse(s: &str) -> CertStatus {
+    pub fn parse(s: &str) -> CertStatus {
         match s {
             "revoked" => CertStatus::Revoked,
             "unused" => CertStatus::Unused,
@@ -95,26 +95,31 @@ pub struct CertRecord {
 pub const CERT_COLUMNS: &str = "id, device_id, ca_id, serial_hex, fingerprint, pubkey_sha256, subject, profile, key_source, not_before, not_after, der, status, revoked_at, revocation_reason, created_at, device_attestation";
 
 pub fn cert_from_row(r: &Row<'_>) -> rusqlite::Result<CertRecord> {
-    let status: String = r.get(12)?;
+    cert_from_row_at(r, 0)
+}
+
+/// A certificate from `CERT_COLUMNS` starting at column `off` (joins).
+pub fn cert_from_row_at(r: &Row<'_>, off: usize) -> rusqlite::Result<CertRecord> {
+    let status: String = r.get(off + 12)?;
     Ok(CertRecord {
-        id: r.get(0)?,
-        device_id: r.get(1)?,
-        ca_id: r.get(2)?,
-        serial_hex: r.get(3)?,
-        fingerprint: r.get(4)?,
-        pubkey_sha256: r.get(5)?,
-        subject: r.get(6)?,
-        profile: r.get(7)?,
-        key_source: r.get(8)?,
-        not_before: r.get(9)?,
-        not_after: r.get(10)?,
-        der: r.get(11)?,
+        id: r.get(off)?,
+        device_id: r.get(off + 1)?,
+        ca_id: r.get(off + 2)?,
+        serial_hex: r.get(off + 3)?,
+        fingerprint: r.get(off + 4)?,
+        pubkey_sha256: r.get(off + 5)?,
+        subject: r.get(off + 6)?,
+        profile: r.get(off + 7)?,
+        key_source: r.get(off + 8)?,
+        not_before: r.get(off + 9)?,
+        not_after: r.get(off + 10)?,
+        der: r.get(off + 11)?,
         status: CertStatus::parse(&status),
-        revoked_at: r.get(13)?,
-        revocation_reason: r.get(14)?,
-        created_at: r.get(15)?,
+        revoked_at: r.get(off + 13)?,
+        revocation_reason: r.get(off + 14)?,
+        created_at: r.get(off + 15)?,
         device_attestation: r
-            .get::<_, Option<String>>(16)?
+            .get::<_, Option<String>>(off + 16)?
             .and_then(|t| serde_json::from_str(&t).ok()),
     })
 }
@@ -197,4 +202,16 @@ pub fn set_cert_status(
     )?
     .execute(params![status.as_str(), revoked_at, reason, id])?;
     Ok(())
+}
+
+/// An `unused` certificate (issued, not yet on the device) becomes `active`; false when
+/// it is not unused any more (revoked meanwhile), which is never undone here.
+pub fn activate_unused(tx: &Tx<'_>, id: i64) -> Result<bool> {
+    let n = tx
+        .conn()
+        .prepare_cached(
+            "UPDATE certificates SET status = 'active' WHERE id = ?1 AND status = 'unused'",
+        )?
+        .execute([id])?;
+    Ok(n == 1)
 }

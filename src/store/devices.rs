@@ -178,36 +178,45 @@ pub fn stored_status(s: &str) -> Result<DeviceStatus> {
 }
 
 pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Device> {
-    let status: String = r.get(11)?;
-    let attrs: Option<String> = r.get(13)?;
+    from_row_at(r, 0)
+}
+
+/// A device from `DEVICE_COLUMNS` starting at column `off` (joins).
+pub fn from_row_at(r: &Row<'_>, off: usize) -> rusqlite::Result<Device> {
+    let status: String = r.get(off + 11)?;
+    let attrs: Option<String> = r.get(off + 13)?;
     Ok(Device {
-        id: r.get(0)?,
-        serial: r.get(1)?,
-        hardware_id: r.get(2)?,
-        model: r.get(3)?,
-        hw_rev: r.get(4)?,
-        batch: r.get(5)?,
-        site: r.get(6)?,
-        location: r.get(7)?,
-        owner: r.get(8)?,
-        mac: r.get(9)?,
-        imei: r.get(10)?,
+        id: r.get(off)?,
+        serial: r.get(off + 1)?,
+        hardware_id: r.get(off + 2)?,
+        model: r.get(off + 3)?,
+        hw_rev: r.get(off + 4)?,
+        batch: r.get(off + 5)?,
+        site: r.get(off + 6)?,
+        location: r.get(off + 7)?,
+        owner: r.get(off + 8)?,
+        mac: r.get(off + 9)?,
+        imei: r.get(off + 10)?,
         status: status.parse().map_err(|e: Error| {
-            rusqlite::Error::FromSqlConversionFailure(11, rusqlite::types::Type::Text, Box::new(e))
+            rusqlite::Error::FromSqlConversionFailure(
+                off + 11,
+                rusqlite::types::Type::Text,
+                Box::new(e),
+            )
         })?,
-        notes: r.get(12)?,
+        notes: r.get(off + 12)?,
         attributes: attrs
             .and_then(|a| serde_json::from_str(&a).ok())
             .unwrap_or_default(),
-        created_at: r.get(14)?,
-        updated_at: r.get(15)?,
-        purchase_date: r.get(16)?,
-        warranty_until: r.get(17)?,
-        cost: r.get(18)?,
-        currency: r.get(19)?,
-        supplier: r.get(20)?,
-        criticality: r.get(21)?,
-        end_of_life: r.get(22)?,
+        created_at: r.get(off + 14)?,
+        updated_at: r.get(off + 15)?,
+        purchase_date: r.get(off + 16)?,
+        warranty_until: r.get(off + 17)?,
+        cost: r.get(off + 18)?,
+        currency: r.get(off + 19)?,
+        supplier: r.get(off + 20)?,
+        criticality: r.get(off + 21)?,
+        end_of_life: r.get(off + 22)?,
     })
 }
 

@@ -20,6 +20,7 @@ pub mod ocsp;
 pub mod pg;
 pub mod pgurl;
 pub mod provision;
+pub mod renewals;
 pub mod retire;
 pub mod rowmark;
 pub mod schema;
@@ -425,6 +426,14 @@ impl Store {
             &mut self.marks_settled,
         )?;
         Ok(tx)
+    }
+
+    /// Does now the one-time work of the first write transaction (the quick check of
+    /// the file, the device-mark triggers), so that a caller can do it while it waits
+    /// on something else (a device on a serial line).
+    pub fn ready_to_write(&mut self) -> Result<()> {
+        self.check_before_first_write()?;
+        self.install_marks()
     }
 
     /// Registers the device-mark function and TEMP triggers on this connection before

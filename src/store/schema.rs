@@ -227,6 +227,26 @@ ALTER TABLE devices ADD COLUMN supplier TEXT;
 ALTER TABLE devices ADD COLUMN criticality TEXT;
 ALTER TABLE devices ADD COLUMN end_of_life TEXT;
 "#,
+    // 10: renewals (`cradle renew`): which certificate succeeds which, and whether the
+    // successor is confirmed on the device. `pending` = issued for delivery over a port
+    // but not yet switched to on the device (the old identity is still the one in use);
+    // `delivered` = handed out as files or a bundle; `abandoned` = a pending successor a
+    // re-run replaced (revoked, superseded). At most one pending successor per device.
+    r#"
+CREATE TABLE renewals (
+    id           INTEGER PRIMARY KEY,
+    device_id    INTEGER NOT NULL REFERENCES devices(id),
+    old_cert_id  INTEGER NOT NULL REFERENCES certificates(id),
+    new_cert_id  INTEGER NOT NULL UNIQUE REFERENCES certificates(id),
+    rekey        INTEGER NOT NULL DEFAULT 0,
+    delivery     TEXT NOT NULL CHECK (delivery = 'files' OR delivery = 'bundle' OR delivery = 'port'),
+    state        TEXT NOT NULL CHECK (state = 'pending' OR state = 'confirmed' OR state = 'delivered' OR state = 'abandoned'),
+    issued_at    TEXT NOT NULL,
+    confirmed_at TEXT
+);
+-- Also the index for "the device's pending successor" (the queries say state = 'pending').
+CREATE UNIQUE INDEX renewals_one_pending ON renewals(device_id) WHERE state = 'pending';
+"#,
 ];
 
 #[cfg(test)]
@@ -247,6 +267,7 @@ mod tests {
         "02ca18042d6d61c6dab4815edc5e7cc89c09ad21f783a8be4d242d0d2d8971b2",
         "5bed1ee22713c0345e61d41643302aa68fbdfaf0c750bdcbfce52d4e5ebffe5d",
         "11de30e9064a397b15f0c05c22af0aa17e6e34df2a1786be9aa9e61b3c7568fe",
+        "7756fa3e01dcecf0b3b8c2d4e45a771b93c2f709c025df43ad0ede05931f0db6",
     ];
 
     #[test]

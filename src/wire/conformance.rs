@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     b64, check_token, code, crc32, open_port, Frame, Line, LineBuffer, Port, WireError, MAX_LINE,
-    SLOT_CERT, SLOT_CHAIN, SLOT_CONFIG, SLOT_KEY,
+    SLOT_CERT, SLOT_CHAIN, SLOT_CONFIG, SLOT_KEY, SLOT_NEXT_CERT, SLOT_NEXT_CHAIN, SLOT_NEXT_KEY,
 };
 use crate::attestation::WipeAttestation;
 
@@ -829,6 +829,39 @@ pub fn run(o: &Options, report: &mut dyn FnMut(&Verdict)) -> Result<Vec<Verdict>
         p.ok("ERASE", &[SLOT_CONFIG])?;
         expect_stat(p, SLOT_CONFIG, (0, false, b""))?;
         Ok("locked: ERASE, WRITE, COMMIT, STAT, READ and ERASE of config answered OK".into())
+    });
+    rule(&mut p, &mut k, "switch-after-lock", &|p, k| {
+        // Spare slots are optional; a device that has them takes a successor while locked
+        // and swaps it in with one SWITCH (the test certificate again: it certifies the
+        // identity key, so it is a valid successor).
+        let (seq, f) = p.ask("STAT", &[SLOT_NEXT_CERT])?;
+        if expect_err(&f, seq, code::UNKNOWN_SLOT).is_ok() {
+            return Ok(
+                "no spare slots (optional: cradle cannot renew this device in place)".into(),
+            );
+        }
+        expect_ok(&f, seq, "STAT next.cert")?;
+        let sha = sha_hex(&k.cert);
+        // Nothing committed in next.cert for that hash (nor in the cert slot).
+        p.refused("SWITCH", &[&sha_hex(b"x")], code::NOT_COMMITTED)?;
+        for (slot, data) in [(SLOT_NEXT_CERT, &k.cert), (SLOT_NEXT_CHAIN, &k.chain)] {
+            p.ok("ERASE", &[slot])?;
+            stream_write(p, k, slot, data, 0)?;
+        }
+        p.refused("READ", &[SLOT_NEXT_KEY, "0", "1"], code::READ_FORBIDDEN)?;
+        for _ in 0..2 {
+            let f = p.ok("SWITCH", &[&sha])?;
+            if arg(&f, "sha256")? != sha {
+                return Err(format!("SWITCH answered {}", render(&f)));
+            }
+        }
+        expect_stat(p, SLOT_CERT, (k.cert.len(), true, &k.cert))?;
+        expect_stat(p, SLOT_NEXT_CERT, (0, false, b""))?;
+        let h = p.ok("HELLO", &["1"])?;
+        if h.get("state") != Some("locked") {
+            return Err(format!("HELLO after SWITCH: {}", render(&h)));
+        }
+        Ok("locked: next.cert and next.chain written, SWITCH (twice) OK, cert slot holds it, still locked".into())
     });
     rule(&mut p, &mut k, "wipe-nonce-form", &|p, _| {
         p.refused(

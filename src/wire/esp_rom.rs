@@ -10,6 +10,8 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
+use zeroize::Zeroizing;
+
 use super::slip::{self, Slip, SlipDecoder};
 use super::WireError;
 
@@ -52,6 +54,10 @@ pub const FLASH_WRITE_SIZE: usize = 0x400;
 pub const READ_SLOW_BLOCK: usize = 64;
 /// Flash erase sector.
 pub const SECTOR: usize = 0x1000;
+/// The ESP32 UART's receive FIFO, all the ROM has while it works on a command (it
+/// reads its line only between commands): a host may have at most this many bytes on
+/// the way behind the command being answered, or the ROM loses some.
+pub const RX_FIFO: usize = 128;
 /// Largest packet either end accepts (a FLASH_DATA with its header, and room to spare).
 pub const MAX_PACKET: usize = 16 + FLASH_WRITE_SIZE * 16;
 
@@ -181,6 +187,8 @@ pub struct EspSession<T: Read + Write> {
     pub tx_bytes: u64,
     pub rx_bytes: u64,
     pub retries: u32,
+    /// Writes to the line, each followed by a wait for a reply: the round trips.
+    pub round_trips: u32,
 }
 
 impl<T: Read + Write> EspSession<T> {
@@ -196,6 +204,7 @@ impl<T: Read + Write> EspSession<T> {
             tx_bytes: 0,
             rx_bytes: 0,
             retries: 0,
+            round_trips: 0,
         }
     }
 
@@ -237,8 +246,13 @@ impl<T: Read + Write> EspSession<T> {
     }
 
     fn send(&mut self, op: u8, data: &[u8], chk: u32) -> Result<usize, WireError> {
-        let pkt = Command::encode(op, data, chk);
-        self.port.write_all(&pkt).map_err(|e| {
+        let pkt = Zeroizing::new(Command::encode(op, data, chk));
+        self.send_raw(&pkt)?;
+        Ok(pkt.len())
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        self.port.write_all(bytes).map_err(|e| {
             if e.raw_os_error() == Some(libc::EIO) {
                 WireError::Disconnected
             } else {
@@ -246,12 +260,12 @@ impl<T: Read + Write> EspSession<T> {
             }
         })?;
         self.port.flush()?;
-        self.tx_bytes += pkt.len() as u64;
-        Ok(pkt.len())
+        self.tx_bytes += bytes.len() as u64;
+        self.round_trips += 1;
+        Ok(())
     }
 
-    /// One try: send, then wait for the response with the same op. Other packets
-    /// (extra SYNC replies, stale answers) are skipped; a damaged one fails the try.
+    /// One try: send, then wait for the response with the same op.
     fn exchange(
         &mut self,
         what: &str,
@@ -264,7 +278,19 @@ impl<T: Read + Write> EspSession<T> {
         let sent = self.send(op, data, chk)?;
         // The line time of the request and of a full reply come on top of the device's own.
         let line = self.byte_time * (sent + resp_len * 2 + 32) as u32;
-        let deadline = Instant::now() + wait + line;
+        self.receive(what, op, resp_len, wait + line)
+    }
+
+    /// Waits up to `wait` for the response with op `op`. Other packets (extra SYNC
+    /// replies, stale answers) are skipped; a damaged one fails the try.
+    fn receive(
+        &mut self,
+        what: &str,
+        op: u8,
+        resp_len: usize,
+        wait: Duration,
+    ) -> Result<(u32, Vec<u8>), WireError> {
+        let deadline = Instant::now() + wait;
         loop {
             while let Some(p) = self.packets.pop_front() {
                 let Slip::Packet(p) = p else {
@@ -303,10 +329,88 @@ impl<T: Read + Write> EspSession<T> {
             if Instant::now() >= deadline {
                 return Err(WireError::Timeout {
                     what: what.to_string(),
-                    secs: (wait + line).as_secs_f64(),
+                    secs: wait.as_secs_f64(),
                 });
             }
             self.fill()?;
+        }
+    }
+
+    /// Sends `req` until it is answered (see [`EspSession::command`]).
+    pub fn request(&mut self, req: &Request) -> Result<(u32, Vec<u8>), WireError> {
+        self.command(
+            &req.what,
+            req.op,
+            &req.data,
+            req.chk,
+            req.resp_len,
+            req.slow,
+        )
+    }
+
+    /// One try at `reqs` pipelined: written back to back, as many at a time as the
+    /// ROM's receive FIFO holds behind the command it works on ([`RX_FIFO`]; the ROM
+    /// takes commands in order from its FIFO), then their replies read in order. Every
+    /// request must be answered for any answer to count: a lost request shifts the
+    /// replies after it (READ_REG replies do not name their register). On a failure
+    /// the replies still on the way are dropped and the error returned; the caller
+    /// goes one request at a time then ([`EspSession::pipeline_or_each`]).
+    pub fn pipeline(&mut self, reqs: &[Request]) -> Result<Vec<(u32, Vec<u8>)>, WireError> {
+        let pkts: Vec<Zeroizing<Vec<u8>>> = reqs
+            .iter()
+            .map(|r| Zeroizing::new(Command::encode(r.op, &r.data, r.chk)))
+            .collect();
+        let mut out = Vec::with_capacity(reqs.len());
+        let mut sent = 0;
+        while out.len() < reqs.len() {
+            let oldest = out.len();
+            // Bytes behind the command being answered: what the FIFO must hold.
+            let mut ahead: usize = pkts[(oldest + 1).min(sent)..sent]
+                .iter()
+                .map(|p| p.len())
+                .sum();
+            let mut batch = Zeroizing::new(Vec::new());
+            while sent < reqs.len() && (sent == oldest || ahead + pkts[sent].len() <= RX_FIFO) {
+                if sent > oldest {
+                    ahead += pkts[sent].len();
+                }
+                batch.extend_from_slice(&pkts[sent]);
+                sent += 1;
+            }
+            if !batch.is_empty() {
+                self.send_raw(&batch)?;
+            }
+            let r = &reqs[oldest];
+            // The line time of every request and reply still on the way comes first.
+            let flight: usize = (oldest..sent)
+                .map(|i| pkts[i].len() + reqs[i].resp_len * 2 + 32)
+                .sum();
+            let wait = if r.slow { self.timeout } else { self.short };
+            match self.receive(
+                &r.what,
+                r.op,
+                r.resp_len,
+                wait + self.byte_time * flight as u32,
+            ) {
+                Ok(v) => out.push(v),
+                Err(e) => {
+                    if retryable(&e) {
+                        self.retries += 1;
+                        self.drain(self.byte_time * flight as u32 + Duration::from_millis(30))?;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `reqs` pipelined, or one at a time (each with its resends) when the pipelined
+    /// try fails on the line.
+    pub fn pipeline_or_each(&mut self, reqs: &[Request]) -> Result<Vec<(u32, Vec<u8>)>, WireError> {
+        match self.pipeline(reqs) {
+            Err(e) if retryable(&e) => reqs.iter().map(|r| self.request(r)).collect(),
+            r => r,
         }
     }
 
@@ -376,27 +480,19 @@ impl<T: Read + Write> EspSession<T> {
     }
 
     pub fn read_reg(&mut self, addr: u32) -> Result<u32, WireError> {
-        let what = format!("READ_REG 0x{addr:08x}");
-        Ok(self
-            .command(&what, READ_REG, &addr.to_le_bytes(), 0, 0, false)?
-            .0)
+        Ok(self.request(&Request::read_reg(addr))?.0)
     }
 
-    /// Attaches the default SPI flash (what esptool --no-stub sends first).
     pub fn spi_attach(&mut self) -> Result<(), WireError> {
-        self.command("SPI_ATTACH", SPI_ATTACH, &[0u8; 8], 0, 0, false)?;
+        self.request(&Request::spi_attach())?;
         Ok(())
     }
 
-    /// Tells the ROM the flash geometry (`total` bytes, 64 KiB blocks, 4 KiB sectors).
     pub fn spi_set_params(&mut self, total: u32) -> Result<(), WireError> {
-        let d = words(&[0, total, 0x1_0000, SECTOR as u32, 0x100, 0xFFFF]);
-        self.command("SPI_SET_PARAMS", SPI_SET_PARAMS, &d, 0, 0, false)?;
+        self.request(&Request::spi_set_params(total))?;
         Ok(())
     }
 
-    /// Erases `erase_size` bytes at `offset` and readies `blocks` FLASH_DATA blocks of
-    /// `block` bytes each.
     pub fn flash_begin(
         &mut self,
         erase_size: u32,
@@ -404,37 +500,108 @@ impl<T: Read + Write> EspSession<T> {
         block: u32,
         offset: u32,
     ) -> Result<(), WireError> {
-        let d = words(&[erase_size, blocks, block, offset]);
-        self.command("FLASH_BEGIN", FLASH_BEGIN, &d, 0, 0, true)?;
+        self.request(&Request::flash_begin(erase_size, blocks, block, offset))?;
         Ok(())
     }
 
-    /// Writes block `seq` (the block size given to FLASH_BEGIN, the last one padded).
     pub fn flash_data(&mut self, seq: u32, block: &[u8]) -> Result<(), WireError> {
-        let mut d = words(&[block.len() as u32, seq, 0, 0]);
-        d.extend_from_slice(block);
-        let what = format!("FLASH_DATA block {seq}");
-        self.command(&what, FLASH_DATA, &d, checksum(block), 0, false)?;
+        self.request(&Request::flash_data(seq, block))?;
         Ok(())
     }
 
     /// The MD5 of `len` flash bytes at `addr`, as the chip computes it.
     pub fn flash_md5(&mut self, addr: u32, len: u32) -> Result<[u8; 16], WireError> {
-        let d = words(&[addr, len, 0, 0]);
+        let req = Request::flash_md5(addr, len);
         for _ in 0..ATTEMPTS {
-            let (_, hexd) = self.command("SPI_FLASH_MD5", SPI_FLASH_MD5, &d, 0, 32, true)?;
+            let (_, hexd) = self.request(&req)?;
             // The digest comes as ASCII hex: a garbled digit shows, so it is asked again.
-            if let Some(v) = std::str::from_utf8(&hexd)
-                .ok()
-                .and_then(|s| hex::decode(s).ok())
-            {
-                return Ok(v.try_into().expect("16 bytes from 32 hex digits"));
+            if let Some(v) = md5_reply(&hexd) {
+                return Ok(v);
             }
             self.retries += 1;
         }
         Err(WireError::BadFrame(
             "SPI_FLASH_MD5 replies are not 32 hex digits".into(),
         ))
+    }
+}
+
+/// The digest in an SPI_FLASH_MD5 reply (32 ASCII hex digits); `None`: garbled.
+pub fn md5_reply(hexd: &[u8]) -> Option<[u8; 16]> {
+    let v = hex::decode(std::str::from_utf8(hexd).ok()?).ok()?;
+    v.try_into().ok()
+}
+
+/// A command for [`EspSession::request`] or [`EspSession::pipeline`].
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub what: String,
+    pub op: u8,
+    /// Zeroised when dropped: FLASH_DATA blocks hold the private key.
+    pub data: Zeroizing<Vec<u8>>,
+    pub chk: u32,
+    /// Data bytes in the reply (before the status bytes).
+    pub resp_len: usize,
+    /// The flash makes it slow (erase, MD5): the long timeout applies.
+    pub slow: bool,
+}
+
+impl Request {
+    fn new(what: String, op: u8, data: Vec<u8>) -> Request {
+        Request {
+            what,
+            op,
+            data: Zeroizing::new(data),
+            chk: 0,
+            resp_len: 0,
+            slow: false,
+        }
+    }
+
+    pub fn read_reg(addr: u32) -> Request {
+        let what = format!("READ_REG 0x{addr:08x}");
+        Request::new(what, READ_REG, addr.to_le_bytes().to_vec())
+    }
+
+    /// Attaches the default SPI flash (what esptool --no-stub sends first).
+    pub fn spi_attach() -> Request {
+        Request::new("SPI_ATTACH".into(), SPI_ATTACH, vec![0u8; 8])
+    }
+
+    /// Tells the ROM the flash geometry (`total` bytes, 64 KiB blocks, 4 KiB sectors).
+    pub fn spi_set_params(total: u32) -> Request {
+        let d = words(&[0, total, 0x1_0000, SECTOR as u32, 0x100, 0xFFFF]);
+        Request::new("SPI_SET_PARAMS".into(), SPI_SET_PARAMS, d)
+    }
+
+    /// Erases `erase_size` bytes at `offset` and readies `blocks` FLASH_DATA blocks of
+    /// `block` bytes each.
+    pub fn flash_begin(erase_size: u32, blocks: u32, block: u32, offset: u32) -> Request {
+        let d = words(&[erase_size, blocks, block, offset]);
+        Request {
+            slow: true,
+            ..Request::new("FLASH_BEGIN".into(), FLASH_BEGIN, d)
+        }
+    }
+
+    /// Writes block `seq` (the block size given to FLASH_BEGIN, the last one padded).
+    pub fn flash_data(seq: u32, block: &[u8]) -> Request {
+        let mut d = words(&[block.len() as u32, seq, 0, 0]);
+        d.extend_from_slice(block);
+        Request {
+            chk: checksum(block),
+            ..Request::new(format!("FLASH_DATA block {seq}"), FLASH_DATA, d)
+        }
+    }
+
+    /// The chip's MD5 of `len` flash bytes at `addr` (32 hex digits in the reply).
+    pub fn flash_md5(addr: u32, len: u32) -> Request {
+        let d = words(&[addr, len, 0, 0]);
+        Request {
+            resp_len: 32,
+            slow: true,
+            ..Request::new("SPI_FLASH_MD5".into(), SPI_FLASH_MD5, d)
+        }
     }
 }
 

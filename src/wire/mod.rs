@@ -36,6 +36,11 @@ pub const MAX_RESYNC: u32 = 12;
 pub const SLOT_KEY: &str = "key";
 pub const SLOT_CERT: &str = "cert";
 pub const SLOT_CHAIN: &str = "chain";
+/// Spare slots for renewal (cradle-protocol(7) RENEWAL): a successor identity is written
+/// here while the active one keeps working, then SWITCH makes it the identity.
+pub const SLOT_NEXT_KEY: &str = "next.key";
+pub const SLOT_NEXT_CERT: &str = "next.cert";
+pub const SLOT_NEXT_CHAIN: &str = "next.chain";
 /// The device's configuration (cradle-protocol(7) "Config slot"): readable, and
 /// writable also after LOCK.
 pub const SLOT_CONFIG: &str = "config";
@@ -151,6 +156,10 @@ pub struct DeviceInfo {
     /// SubjectPublicKeyInfo (DER) of the device's identity key, if it has one.
     #[serde(skip)]
     pub public_key: Option<Vec<u8>>,
+    /// SubjectPublicKeyInfo (DER) of a spare key waiting in the next.key slot (NEXTKEY
+    /// or an injected one), if the device has one.
+    #[serde(skip)]
+    pub next_key: Option<Vec<u8>>,
 }
 
 impl DeviceInfo {
@@ -517,9 +526,14 @@ impl<T: Read + Write> Session<T> {
             Some(_) => Some(f.need_b64("pub")?),
             None => None,
         };
+        let next_key = match f.get("next") {
+            Some(_) => Some(f.need_b64("next")?),
+            None => None,
+        };
         self.max_line = max_line;
         self.window = window;
         let info = DeviceInfo {
+            next_key,
             proto,
             hardware_id,
             model,
@@ -910,6 +924,28 @@ impl<T: Read + Write> Session<T> {
                     hex::encode(sha256(expected))
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// NEXTKEY: the device makes a spare P-256 key in the next.key slot (its identity key
+    /// stays in use); returns (SPKI DER, CSR DER). Resending it makes another spare key,
+    /// which is harmless: nothing is certified for a spare key until the host has its
+    /// reply, and the host checks HELLO `next=` before it certifies one.
+    pub fn nextkey(&mut self) -> Result<(Vec<u8>, Vec<u8>), WireError> {
+        let f = self.request("NEXTKEY", vec![], true)?;
+        Ok((f.need_b64("pub")?, f.need_b64("csr")?))
+    }
+
+    /// SWITCH: the committed next.cert (with next.chain, and next.key if one waits)
+    /// becomes the identity, in one step on the device. Idempotent: a SWITCH whose reply
+    /// was lost is answered OK again while the cert slot holds that certificate.
+    pub fn switch(&mut self, cert_sha256: [u8; 32]) -> Result<(), WireError> {
+        let f = self.request("SWITCH", vec![hex::encode(cert_sha256)], true)?;
+        if f.need("sha256")? != hex::encode(cert_sha256) {
+            return Err(WireError::Verify(
+                "after SWITCH the device reports another certificate in its cert slot".into(),
+            ));
         }
         Ok(())
     }

@@ -92,6 +92,7 @@ pub const FIRMWARE_LISTED: &str = "firmware-listed";
 pub const NO_CONTACT_SINCE: &str = "no-contact-since";
 pub const WARRANTY_EXPIRING: &str = "warranty-expiring";
 pub const END_OF_LIFE_REACHED: &str = "end-of-life-reached";
+pub const RENEWAL_PENDING: &str = "renewal-pending";
 
 use Severity::{Error as E, Warning as W};
 
@@ -111,6 +112,7 @@ pub const CHECKS: &[Check] = &[
     check(CERT_FINGERPRINT_MISMATCH, E, "SHA-256 of the stored certificate DER differs from its recorded fingerprint"),
     check(STUCK_PROVISIONING, W, "device still 'registered' whose newest certificate (issued, or unused after a failed run) is older than --stuck-after days"),
     check(UNUSED_CERT_STALE, W, "certificate left 'unused' by a failed provisioning run, older than --stuck-after days, on a device that has moved on (revoke it)"),
+    check(RENEWAL_PENDING, W, "a successor certificate issued for a device's port (`renew --port`) was never confirmed on the device: the device still uses the old one (re-run the renewal)"),
     check(IN_SERVICE_WITHOUT_CERT, W, "provisioned, deployed or maintenance device without an active certificate (it cannot authenticate)"),
     check(STUCK_DECOMMISSION, W, "device 'retired' (decommission started) for longer than --stuck-after days"),
     check(CRL_STALE, E, "newest CRL of a CA is past its next update, or a CA has revoked certificates but no CRL"),
@@ -500,6 +502,24 @@ fn run_checks(
                     format!("certificate {cert_serial} from a failed provisioning run on {created} is still unused and valid: `cradle revoke` it (reason superseded)"),
                 ),
                 &cert_serial,
+            ))
+        })?;
+    }
+    if o.wants(RENEWAL_PENDING) {
+        crate::store::renewals::unconfirmed(conn, &mut |u| {
+            emit(with_cert(
+                finding(
+                    RENEWAL_PENDING,
+                    Some(u.device),
+                    format!(
+                        "successor {} ({}) issued on {} was never confirmed on the device, which still uses certificate {}: re-run `cradle renew --port` on it",
+                        u.new_cert,
+                        if u.rekey { "new key" } else { "same key" },
+                        u.issued_at,
+                        u.old_cert
+                    ),
+                ),
+                &u.new_cert,
             ))
         })?;
     }
@@ -990,7 +1010,7 @@ mod tests {
         let ids = check_ids();
         let set: HashSet<_> = ids.iter().collect();
         assert_eq!(set.len(), ids.len());
-        assert_eq!(ids.len(), 26);
+        assert_eq!(ids.len(), 27);
         for id in ids {
             assert!(id.chars().all(|c| c.is_ascii_lowercase() || c == '-'));
         }

@@ -55,7 +55,29 @@ pub(super) fn provision(
     } = port;
     run.step = "identify";
     progress.update(pname, "identify", 0, 1);
-    let ident = link.identify()?;
+    // The registry opens and readies its first write (on this thread, whose cache
+    // keeps it) while the device identifies itself: both take milliseconds, and the
+    // line would idle meanwhile. Not where the device will make its key while the
+    // registry is updated (below): that hides the registry's work better.
+    let keygen_hides = st.mode == Mode::Csr && link.seals();
+    let (ident, reg) = if keygen_hides {
+        (link.identify(), st.reg())
+    } else {
+        std::thread::scope(|sc| {
+            let h = sc.spawn(|| link.identify());
+            let reg = st.reg().and_then(|mut r| {
+                r.ready_to_write()?;
+                Ok(r)
+            });
+            let ident = h.join().unwrap_or_else(|_| {
+                Err(crate::wire::WireError::Unexpected(
+                    "identify worker panicked".into(),
+                ))
+            });
+            (ident, reg)
+        })
+    };
+    let ident = ident?;
     res.hardware_id = Some(ident.hardware_id.clone());
     if let Some(set) = skip {
         if set.lock().expect("skip set").contains(&ident.hardware_id) {
@@ -76,9 +98,9 @@ pub(super) fn provision(
     // A family that does not seal may hold a working identity, so it waits.
     let early = st.mode == Mode::Csr && link.seals() && !ident.sealed;
     let mut early_key = None;
-    // The registry is taken here, on the port's thread, whose cache keeps it open
-    // across runs: a helper thread would open it afresh every time.
-    let mut reg = st.reg()?;
+    // The registry was taken on the port's thread, whose cache keeps it open across
+    // runs: a helper thread would open it afresh every time.
+    let mut reg = reg?;
     let device = if early {
         progress.update(pname, "keygen", 0, 1);
         let (d, k) = std::thread::scope(|sc| {
@@ -93,7 +115,21 @@ pub(super) fn provision(
         early_key = Some(k);
         d?
     } else {
-        register(st, &mut reg, &ident, &serial, pname)?
+        // Line work that changes nothing the device holds (the ESP32 attaches its
+        // flash) while the registry is searched and updated.
+        let (d, w) = std::thread::scope(|sc| {
+            let h = sc.spawn(|| link.warm_up());
+            let d = register(st, &mut reg, &ident, &serial, pname);
+            let w = h.join().unwrap_or_else(|_| {
+                Err(crate::wire::WireError::Unexpected(
+                    "warm-up worker panicked".into(),
+                ))
+            });
+            (d, w)
+        });
+        let d = d?;
+        w?;
+        d
     };
     drop(reg);
     res.serial = Some(device.serial.clone());
@@ -179,6 +215,21 @@ pub(super) fn provision(
         chain_der: &st.signer.chain_der,
     };
     let total = burn.len();
+    // A family that does not seal: credentials work the moment they are written, so
+    // they are recorded first; meanwhile the link readies the write without sending
+    // any of them (the ESP32 erases). Its failure is the write's to find again.
+    let recorded = if link.seals() {
+        None
+    } else {
+        let (cert_id, _ready) = std::thread::scope(|sc| {
+            let h = sc.spawn(|| link.ready_write(&burn));
+            let cert_id = st
+                .reg()
+                .and_then(|mut reg| st.record_pending(&mut reg, &device, &issued, source, pname));
+            (cert_id, h.join())
+        });
+        Some(cert_id?)
+    };
     let on_progress = |step: &'static str, done: u64, all: u64| {
         progress.update(pname, step, done, all);
     };
@@ -220,8 +271,7 @@ pub(super) fn provision(
         link.seal()?;
         cert_id
     } else {
-        // Credentials work the moment they are written: record them first.
-        let cert_id = st.record_pending(&mut *st.reg()?, &device, &issued, source, pname)?;
+        let cert_id = recorded.expect("recorded before the write");
         let written = write(link, &mut step);
         run.step = step;
         written?;
