@@ -943,3 +943,43 @@ fn since_selects_devices_changed_at_or_after_it_in_inventory_export_too() {
     let all = env.ok(&["inventory", "export", "--since", "2000-01-01"]);
     assert_eq!(all.lines().count(), 4);
 }
+
+/// A renewal is a change a delta hand-off picks up: the renewed device, with its
+/// successor certificate, and nothing else.
+#[test]
+fn a_renewal_is_in_the_next_aws_iot_delta_with_the_successor_certificate() {
+    let env = Env::with_ca();
+    batch(&env, 3, "r-{seq:02}", "B1", "device");
+    let since = next_second();
+    env.ok(&[
+        "renew",
+        "r-02",
+        "--out",
+        env.path("renewed").to_str().unwrap(),
+        "--passphrase-file",
+        env.pass(),
+    ]);
+    let pem = read(&env.path("renewed/r-02.pem"));
+    let successor: String = pem
+        .split("-----END CERTIFICATE-----")
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let v = env.json(&["export", "aws-iot", "--since", &since, "-o", "delta/"]);
+    assert_eq!(v["devices"].as_u64(), Some(1), "{v}");
+    let lines = jsonl(&env.path("delta/bulk-registration.jsonl"));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let carried: Vec<String> = lines[0]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(Value::as_str)
+        .map(|s| s.split_whitespace().collect::<String>().replace("\\n", ""))
+        .collect();
+    assert!(
+        carried.iter().any(|s| s.contains(&successor)),
+        "the delta carries the successor: {lines:?}"
+    );
+}
