@@ -121,6 +121,7 @@ impl Error {
             Error::Input(_) | Error::InputAt { .. } => exit::INPUT,
             Error::NotInitialised(_) => exit::REGISTRY,
             Error::Store(crate::store::StoreError::Constraint(_)) => exit::CONFLICT,
+            Error::Store(crate::store::StoreError::Unsupported(_)) => exit::USAGE,
             Error::Store(_) => exit::REGISTRY,
             Error::Crypto(_) | Error::WrongPassphrase(_) => exit::CRYPTO,
             Error::Conflict(_) => exit::CONFLICT,

@@ -29,6 +29,9 @@ pub struct Config {
     /// Directory of pre-signed OCSP responses (relative to home) that every CRL issue
     /// refreshes for the certificates revoked since; empty: none.
     pub ocsp_dir: String,
+    /// A PostgreSQL registry URL (no password); empty: the home's registry.db.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub registry: String,
 }
 
 impl Default for Config {
@@ -40,6 +43,7 @@ impl Default for Config {
             crl_path: "ca/crl.pem".into(),
             crl_next_update_days: 7,
             ocsp_dir: String::new(),
+            registry: String::new(),
         }
     }
 }

@@ -11,6 +11,8 @@ use crate::home::{Config, Home};
 use crate::model::{Actor, EventKind};
 use crate::outfile::StagedFiles;
 use crate::pki::profile;
+use crate::store::pg::PgStore;
+use crate::store::pgurl::PgTarget;
 use crate::store::{now_rfc3339, Store};
 
 #[derive(Debug, Serialize)]
@@ -20,9 +22,29 @@ pub struct Created {
     pub station: String,
 }
 
+/// Where `create` puts the registry.
+pub enum NewRegistry<'a> {
+    /// The home's registry.db.
+    File,
+    /// An empty PostgreSQL database (recorded in config.toml), with how long to wait
+    /// for its server.
+    Postgres(&'a PgTarget, std::time::Duration),
+}
+
 /// Creates the home; refuses an existing one, and removes what it made if any
 /// step fails.
 pub fn create(home: &Home, org: &str, station: Option<&str>) -> Result<Created> {
+    create_with(home, org, station, NewRegistry::File)
+}
+
+/// `create` with the registry chosen. A PostgreSQL registry gets its schema and first
+/// event in one transaction, so a failure leaves the database as empty as it was.
+pub fn create_with(
+    home: &Home,
+    org: &str,
+    station: Option<&str>,
+    registry: NewRegistry<'_>,
+) -> Result<Created> {
     if home.is_initialised() || home.config_path().exists() {
         return Err(Error::conflict(format!(
             "{} is already a cradle home; refusing to overwrite it",
@@ -52,6 +74,9 @@ pub fn create(home: &Home, org: &str, station: Option<&str>) -> Result<Created> 
     if let Some(s) = station {
         config.station = s.to_string();
     }
+    if let NewRegistry::Postgres(t, _) = &registry {
+        config.registry = t.url.clone();
+    }
     let text = toml::to_string_pretty(&config)
         .map_err(|e| Error::Internal(format!("writing config: {e}")))?;
     let header = "# cradle home configuration (see cradle(1))\n";
@@ -59,30 +84,54 @@ pub fn create(home: &Home, org: &str, station: Option<&str>) -> Result<Created> 
     staged.add(home.config_path());
     fs::write(home.config_path(), format!("{header}{text}"))
         .map_err(|e| Error::io(home.config_path(), e))?;
-    staged.add(home.registry_path());
-    // The first event creates the log key beside the registry (see store::logkey).
-    staged.add(crate::store::logkey::key_path(&home.registry_path()));
-    let mut reg = Store::create(&home.registry_path())?;
     let station = home.station(&config);
-    let tx = reg.write()?;
     let actor = Actor {
         operator: crate::home::operator(),
         station: station.clone(),
     };
-    tx.event(
-        EventKind::HomeInitialised,
-        None,
-        &actor,
-        // In the keyed log, so that removing the registry's record that its device
-        // rows are marked (meta) cannot make them pass for rows from before marks.
-        serde_json::json!({"org": config.org, "device_marks": true}),
-        &now_rfc3339(),
-    )?;
-    tx.commit()?;
+    // In the keyed log, so that removing the registry's record that its device
+    // rows are marked (meta) cannot make them pass for rows from before marks.
+    let details = serde_json::json!({"org": config.org, "device_marks": true});
+    let registry = match registry {
+        NewRegistry::File => {
+            staged.add(home.registry_path());
+            // The first event creates the log key beside the registry (see store::logkey).
+            staged.add(crate::store::logkey::key_path(&home.registry_path()));
+            let mut reg = Store::create(&home.registry_path())?;
+            let tx = reg.write()?;
+            tx.event(
+                EventKind::HomeInitialised,
+                None,
+                &actor,
+                details,
+                &now_rfc3339(),
+            )?;
+            tx.commit()?;
+            home.registry_path().display().to_string()
+        }
+        NewRegistry::Postgres(target, timeout) => {
+            // The log key stays in the home, out of the database.
+            let key = home.root.join(crate::store::logkey::LOG_KEY_FILE);
+            if key.exists() {
+                return Err(Error::conflict(format!(
+                    "{} already exists; refusing to start a new chain with an old key",
+                    key.display()
+                )));
+            }
+            staged.add(key.clone());
+            PgStore::create_with_event(
+                target,
+                timeout,
+                &key,
+                (EventKind::HomeInitialised, &actor, details, &now_rfc3339()),
+            )?;
+            target.url.clone()
+        }
+    };
     staged.keep();
     Ok(Created {
         home: home.root.display().to_string(),
-        registry: home.registry_path().display().to_string(),
+        registry,
         station,
     })
 }

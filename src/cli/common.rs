@@ -11,11 +11,29 @@ use crate::home::{self, Config, Home};
 use crate::model::Actor;
 use crate::pki::ca;
 use crate::pki::signer::CaSigner;
+use crate::store::pg::PgStore;
+use crate::store::pgurl::PgTarget;
 use crate::store::Store;
+
+/// The commands that work on a PostgreSQL registry (README "PostgreSQL registry").
+pub const PORTED_TO_POSTGRES: &str =
+    "init, status, log head, log verify (without --anchor), log export";
 
 pub struct Ctx {
     pub home: Home,
     pub json: bool,
+    /// `--registry` / `CRADLE_REGISTRY`: a PostgreSQL URL instead of the config's.
+    pub registry_override: Option<String>,
+    /// `--registry-timeout`: how long to wait for a PostgreSQL server.
+    pub registry_timeout: std::time::Duration,
+}
+
+/// Which registry a command works on.
+pub enum Backend {
+    /// The home's SQLite file (the default).
+    File,
+    /// A PostgreSQL server (issue 14).
+    Postgres(Box<PgTarget>),
 }
 
 impl Ctx {
@@ -23,11 +41,73 @@ impl Ctx {
         let home = Home::resolve(home)?;
         // No output file of any command may replace a file of the home.
         crate::outfile::protect_home(&home.root);
-        Ok(Ctx { home, json })
+        Ok(Ctx {
+            home,
+            json,
+            registry_override: None,
+            registry_timeout: std::time::Duration::from_secs(10),
+        })
+    }
+
+    /// The registry this command works on: `--registry`/`CRADLE_REGISTRY`, else the
+    /// home's config.toml `registry`, else the home's registry.db.
+    pub fn backend(&self) -> anyhow::Result<Backend> {
+        let url = match &self.registry_override {
+            Some(u) => {
+                if !crate::store::pgurl::is_url(u) {
+                    return Err(crate::error::Error::usage(format!(
+                        "--registry/CRADLE_REGISTRY {}: takes a postgresql:// URL (a SQLite registry is always the home's {})",
+                        crate::store::pgurl::redact(u),
+                        home::REGISTRY_FILE
+                    ))
+                    .into());
+                }
+                u.clone()
+            }
+            None => {
+                // A home without config.toml (or not yet initialised) uses its file.
+                if !self.home.config_path().exists() {
+                    return Ok(Backend::File);
+                }
+                let c = self.config()?;
+                if c.registry.is_empty() {
+                    return Ok(Backend::File);
+                }
+                c.registry
+            }
+        };
+        Ok(Backend::Postgres(Box::new(PgTarget::parse(&url)?)))
+    }
+
+    /// The PostgreSQL registry of this command, opened (schema checked and migrated);
+    /// the log key is the home's.
+    pub fn pg_registry(&self, target: &PgTarget) -> anyhow::Result<PgStore> {
+        Ok(PgStore::open(
+            target,
+            self.registry_timeout,
+            &self.home.root.join(crate::store::logkey::LOG_KEY_FILE),
+        )?)
+    }
+
+    /// Refuses a command not yet ported to a PostgreSQL registry (exit 2), never
+    /// running it against the wrong registry.
+    fn refuse_pg(&self) -> anyhow::Result<()> {
+        if let Backend::Postgres(t) = self.backend()? {
+            return Err(
+                crate::error::Error::Store(crate::store::StoreError::Unsupported(format!(
+                "this command does not work on a PostgreSQL registry yet ({}); ported so far: {}",
+                t.url,
+                PORTED_TO_POSTGRES
+            )))
+                .into(),
+            );
+        }
+        Ok(())
     }
 
     /// Opens the registry of an initialised home.
     pub fn registry(&self) -> anyhow::Result<Store> {
+        self.refuse_pg()?;
         self.home.require_initialised()?;
         Ok(Store::open(&self.home.registry_path())?)
     }
@@ -35,6 +115,7 @@ impl Ctx {
     /// Opens the registry for a command that only reads: works on a read-only file,
     /// directory or file system, and says once when it cannot see concurrent writes.
     pub fn registry_read(&self) -> anyhow::Result<Store> {
+        self.refuse_pg()?;
         self.home.require_initialised()?;
         let path = self.home.registry_path();
         let (reg, access) = Store::open_for_reading(&path)?;

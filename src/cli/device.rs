@@ -590,8 +590,10 @@ fn print_maintenance_log(ctx: &Ctx, log: &maintenance::Log) -> anyhow::Result<i3
 
 /// `cradle status`: the fleet by state, site and batch.
 pub fn status(ctx: &Ctx) -> anyhow::Result<i32> {
-    let reg = ctx.registry_read()?;
-    let s: FleetSummary = q::fleet_summary(reg.reader())?;
+    let s: FleetSummary = match ctx.backend()? {
+        super::common::Backend::Postgres(t) => ctx.pg_registry(&t)?.fleet_summary()?,
+        super::common::Backend::File => q::fleet_summary(ctx.registry_read()?.reader())?,
+    };
     if ctx.json {
         print_json(&s)?;
         return Ok(0);

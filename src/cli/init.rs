@@ -1,6 +1,7 @@
-//! `cradle init`: create a home directory.
+//! `cradle init`: create a home directory, with its registry in it (SQLite) or on a
+//! PostgreSQL server (`--registry URL`, recorded in config.toml).
 
-use super::common::{print_json, Ctx};
+use super::common::{print_json, Backend, Ctx};
 
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
@@ -13,7 +14,16 @@ pub struct InitArgs {
 }
 
 pub fn run(ctx: &Ctx, a: InitArgs) -> anyhow::Result<i32> {
-    let out = crate::app::home::create(&ctx.home, &a.org, a.station.as_deref())?;
+    use crate::app::home::{create_with, NewRegistry};
+    let out = match ctx.backend()? {
+        Backend::File => create_with(&ctx.home, &a.org, a.station.as_deref(), NewRegistry::File)?,
+        Backend::Postgres(t) => create_with(
+            &ctx.home,
+            &a.org,
+            a.station.as_deref(),
+            NewRegistry::Postgres(&t, ctx.registry_timeout),
+        )?,
+    };
     if ctx.json {
         print_json(&out)?;
     } else {

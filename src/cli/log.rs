@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::common::{print_json, Ctx};
+use super::common::{print_json, Backend, Ctx};
 use crate::error::Error;
 use crate::outfile::OutFile;
 use crate::store::audit::{self as q, ExportedEvent};
@@ -81,22 +81,42 @@ pub fn run(ctx: &Ctx, cmd: LogCommand) -> anyhow::Result<i32> {
                 (None, false) => ExportFormat::Jsonl,
             };
             let since = since.as_deref().map(parse_since).transpose()?;
-            let reg = ctx.registry_read()?;
-            if let Some(d) = &device {
-                crate::store::devices::require_device(reg.reader(), d)?;
+            let (since, device) = (since.as_deref(), device.as_deref());
+            // Either backend streams its events into the same writer.
+            let mut pg = None;
+            let mut lite = None;
+            match ctx.backend()? {
+                Backend::Postgres(t) => pg = Some(ctx.pg_registry(&t)?),
+                Backend::File => {
+                    let reg = ctx.registry_read()?;
+                    if let Some(d) = device {
+                        crate::store::devices::require_device(reg.reader(), d)?;
+                    }
+                    lite = Some(reg);
+                }
             }
+            let protected = lite
+                .as_ref()
+                .map(|r| r.files().to_vec())
+                .unwrap_or_default();
+            let mut source =
+                |f: &mut dyn FnMut(ExportedEvent) -> crate::Result<()>| match (&mut pg, &lite) {
+                    (Some(pg), _) => pg.events_export(since, device, f),
+                    (None, Some(reg)) => q::events_export(reg.reader(), since, device, f),
+                    (None, None) => unreachable!("one backend is open"),
+                };
             match out {
                 Some(path) => {
                     // Streamed into a temporary file beside the target, renamed when
                     // complete: a large log never sits in memory, a failure leaves no
                     // half-written export.
-                    let mut w = OutFile::create(&path, 0o644, &reg.files())?;
-                    export(&reg, since.as_deref(), device.as_deref(), format, &mut w)?;
+                    let mut w = OutFile::create(&path, 0o644, &protected)?;
+                    export(&mut source, format, &mut w)?;
                     w.commit()?;
                 }
                 None => {
                     let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-                    export(&reg, since.as_deref(), device.as_deref(), format, &mut w)?;
+                    export(&mut source, format, &mut w)?;
                     w.flush()?;
                 }
             }
@@ -106,8 +126,10 @@ pub fn run(ctx: &Ctx, cmd: LogCommand) -> anyhow::Result<i32> {
 }
 
 fn head(ctx: &Ctx) -> anyhow::Result<i32> {
-    let reg = ctx.registry_read()?;
-    let head = events::log_head(reg.reader())?;
+    let head = match ctx.backend()? {
+        Backend::Postgres(t) => ctx.pg_registry(&t)?.log_head()?,
+        Backend::File => events::log_head(ctx.registry_read()?.reader())?,
+    };
     if ctx.json {
         print_json(&serde_json::to_value(&head)?)?;
     } else {
@@ -160,6 +182,19 @@ fn parse_anchor(arg: &str) -> crate::Result<(Option<i64>, String)> {
 
 fn verify(ctx: &Ctx, anchor: Option<&str>) -> anyhow::Result<i32> {
     let anchor = anchor.map(parse_anchor).transpose()?;
+    if let Backend::Postgres(t) = ctx.backend()? {
+        if anchor.is_some() {
+            return Err(Error::Store(crate::store::StoreError::Unsupported(format!(
+                "log verify --anchor does not work on a PostgreSQL registry yet ({})",
+                t.url
+            )))
+            .into());
+        }
+        let report = ctx.pg_registry(&t)?.verify_chain()?;
+        let key = ctx.home.root.join(crate::store::logkey::LOG_KEY_FILE);
+        // The breaking event's device is not looked up here yet (SQLite names it).
+        return print_verify(ctx, &report, None, &key);
+    }
     let reg = ctx.registry_read()?;
     // One read transaction for the chain, the anchor and the device it names.
     let snap = reg.snapshot()?;
@@ -182,8 +217,23 @@ fn verify(ctx: &Ctx, anchor: Option<&str>) -> anyhow::Result<i32> {
         },
         None => None,
     };
+    print_verify(
+        ctx,
+        &report,
+        device,
+        &crate::store::logkey::key_path(reg.path()),
+    )
+}
+
+/// Prints a chain report (either backend); the exit code says whether it verified.
+fn print_verify(
+    ctx: &Ctx,
+    report: &events::ChainReport,
+    device: Option<String>,
+    key: &std::path::Path,
+) -> anyhow::Result<i32> {
     if ctx.json {
-        let mut v = serde_json::to_value(&report)?;
+        let mut v = serde_json::to_value(report)?;
         v["ok"] =
             serde_json::json!(report.first_break.is_none() && report.structure_only_from.is_none());
         if let Some(b) = v.get_mut("first_break").filter(|b| !b.is_null()) {
@@ -195,7 +245,7 @@ fn verify(ctx: &Ctx, anchor: Option<&str>) -> anyhow::Result<i32> {
             None if report.structure_only_from.is_some() => println!(
                 "event log UNVERIFIED from event {}: the log key {} is missing, so only the chain's structure ({} event(s)) could be checked, not who wrote it",
                 report.structure_only_from.unwrap_or_default(),
-                crate::store::logkey::key_path(reg.path()).display(),
+                key.display(),
                 report.events
             ),
             None => println!(
@@ -233,10 +283,12 @@ pub fn parse_since(s: &str) -> crate::Result<String> {
     }
 }
 
+/// Calls its argument with each event to export, in id order.
+type EventSource<'a> =
+    dyn FnMut(&mut dyn FnMut(ExportedEvent) -> crate::Result<()>) -> crate::Result<()> + 'a;
+
 fn export(
-    reg: &crate::store::Store,
-    since: Option<&str>,
-    device: Option<&str>,
+    source: &mut EventSource<'_>,
     format: ExportFormat,
     w: &mut dyn Write,
 ) -> anyhow::Result<()> {
@@ -249,7 +301,7 @@ fn export(
         }
         ExportFormat::Jsonl => {}
     }
-    q::events_export(reg.reader(), since, device, |e: ExportedEvent| {
+    source(&mut |e: ExportedEvent| {
         match format {
             ExportFormat::Jsonl => {
                 serde_json::to_writer(&mut *w, &e).map_err(|e| io(e.into()))?;

@@ -43,6 +43,8 @@ Exit codes:
 
 Environment:
   CRADLE_HOME           home directory (instead of --home)
+  CRADLE_REGISTRY       PostgreSQL registry URL (instead of config.toml's; --registry wins)
+  PGPASSWORD, PGPASSFILE  password of a PostgreSQL registry (never in the URL)
   CRADLE_CA_PASSPHRASE  CA key passphrase (instead of --passphrase-file)
   CRADLE_PKCS11_PIN     PIN of the token holding the CA keys (instead of --pin-file)
   CRADLE_STATION        station name recorded on events
@@ -69,6 +71,23 @@ pub struct Cli {
     /// Print machine-readable JSON instead of tables
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// PostgreSQL registry URL (postgresql://USER@HOST:PORT/DB; no password: PGPASSWORD or
+    /// PGPASSFILE) instead of the home's; `init` records it in config.toml
+    // hide_env_values: --help must never print a URL someone put a password into.
+    #[arg(
+        long,
+        global = true,
+        env = "CRADLE_REGISTRY",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub registry: Option<String>,
+
+    /// Seconds to wait for a PostgreSQL registry server to answer
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub registry_timeout: u64,
 
     #[command(subcommand)]
     pub command: Command,
@@ -212,7 +231,11 @@ Examples:
 /// Runs the parsed command; returns the exit code for a run that completed.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let ctx = match Ctx::new(cli.home.as_deref(), cli.json) {
-        Ok(ctx) => ctx,
+        Ok(mut ctx) => {
+            ctx.registry_override = cli.registry.clone();
+            ctx.registry_timeout = std::time::Duration::from_secs(cli.registry_timeout);
+            ctx
+        }
         // `cradle audit` promises scripts exit 2 for every runtime error.
         Err(e) if matches!(cli.command, Command::Audit(_)) => {
             eprintln!("{}", common::error_line(&e));

@@ -22,6 +22,13 @@ pub enum StoreError {
     /// A uniqueness or reference rule of the schema refused the change.
     #[error("database error: {0}")]
     Constraint(String),
+    /// The PostgreSQL registry cannot be reached or refused this station: host down,
+    /// wrong password, no such database, a timeout (the message names the URL).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The command does not work on this kind of registry yet (exit 2).
+    #[error("{0}")]
+    Unsupported(String),
     /// Anything else the database reported.
     #[error("database error: {0}")]
     Other(String),

@@ -191,28 +191,89 @@ pub fn verify_chain(db: &Reader) -> Result<ChainReport> {
         "SELECT id, device_id, kind, actor, station, at, details, prev_hash, hash FROM events ORDER BY id",
     )?;
     let mut rows = stmt.query([])?;
-    let mut expected_prev = GENESIS.to_string();
-    let mut expected_id = 1i64;
-    let mut count = 0u64;
-    let mut first_break = None;
     let key = super::logkey::LogKey::load(conn)?;
     // An in-memory registry never has a key: plain hashes are its whole scheme.
     let key_missing = key.is_none() && super::logkey::db_path(conn).is_some();
-    let mut structure_only_from = None;
+    let mut walk = ChainWalk::new(key, key_missing);
     while let Some(r) = rows.next()? {
-        let id: i64 = r.get(0)?;
-        let device_id: Option<i64> = r.get(1)?;
-        let kind: String = r.get(2)?;
-        let actor: String = r.get(3)?;
-        let station: String = r.get(4)?;
-        let at: String = r.get(5)?;
-        let details: String = r.get(6)?;
-        let prev: String = r.get(7)?;
-        let hash: String = r.get(8)?;
-        count += 1;
-        if first_break.is_none() {
+        walk.step(StoredEvent {
+            id: r.get(0)?,
+            device_id: r.get(1)?,
+            kind: r.get(2)?,
+            actor: r.get(3)?,
+            station: r.get(4)?,
+            at: r.get(5)?,
+            details: r.get(6)?,
+            prev: r.get(7)?,
+            hash: r.get(8)?,
+        });
+    }
+    // The head is read only for a chain that walked clean (as before the walk was
+    // shared): a malformed head does not hide a break found earlier.
+    let recorded = if walk.broken() {
+        None
+    } else {
+        recorded_head(db)?
+    };
+    Ok(walk.finish(recorded))
+}
+
+/// One stored event row, as text exactly as stored (what its hash covers).
+pub struct StoredEvent {
+    pub id: i64,
+    pub device_id: Option<i64>,
+    pub kind: String,
+    pub actor: String,
+    pub station: String,
+    pub at: String,
+    pub details: String,
+    pub prev: String,
+    pub hash: String,
+}
+
+/// The chain check of `verify_chain`, fed one row at a time in id order by either
+/// backend, then given the recorded head.
+pub struct ChainWalk {
+    key: Option<super::logkey::LogKey>,
+    key_missing: bool,
+    expected_prev: String,
+    expected_id: i64,
+    count: u64,
+    first_break: Option<ChainBreak>,
+    structure_only_from: Option<i64>,
+}
+
+impl ChainWalk {
+    /// `key_missing`: the registry should have a log key and it is not there.
+    pub fn new(key: Option<super::logkey::LogKey>, key_missing: bool) -> ChainWalk {
+        ChainWalk {
+            key,
+            key_missing,
+            expected_prev: GENESIS.to_string(),
+            expected_id: 1,
+            count: 0,
+            first_break: None,
+            structure_only_from: None,
+        }
+    }
+
+    pub fn step(&mut self, e: StoredEvent) {
+        let StoredEvent {
+            id,
+            device_id,
+            kind,
+            actor,
+            station,
+            at,
+            details,
+            prev,
+            hash,
+        } = e;
+        let (expected_id, expected_prev) = (self.expected_id, &self.expected_prev);
+        self.count += 1;
+        if self.first_break.is_none() {
             let recomputed = event_hash(
-                key.as_ref().and_then(|k| k.for_id(id)),
+                self.key.as_ref().and_then(|k| k.for_id(id)),
                 &Hashed {
                     id,
                     prev_hash: prev.as_bytes(),
@@ -224,13 +285,13 @@ pub fn verify_chain(db: &Reader) -> Result<ChainReport> {
                     details: &details,
                 },
             );
-            if key_missing && structure_only_from.is_none() && recomputed != hash {
+            if self.key_missing && self.structure_only_from.is_none() && recomputed != hash {
                 // Without the key a keyed hash and a forged one look alike.
-                structure_only_from = Some(id);
+                self.structure_only_from = Some(id);
             }
-            let brk = if recomputed != hash && structure_only_from.is_none() {
+            let brk = if recomputed != hash && self.structure_only_from.is_none() {
                 Some(("altered", format!("event {id} ({kind}) was altered: its stored hash does not match its contents")))
-            } else if id != expected_id && prev != expected_prev {
+            } else if id != expected_id && prev != *expected_prev {
                 if id > expected_id {
                     Some((
                         "deleted",
@@ -242,7 +303,7 @@ pub fn verify_chain(db: &Reader) -> Result<ChainReport> {
                 } else {
                     Some(("inserted", format!("event {id} was inserted out of band")))
                 }
-            } else if prev != expected_prev {
+            } else if prev != *expected_prev {
                 Some(("inserted", format!("event {id} ({kind}) does not follow the previous event's hash: inserted or rewritten out of band")))
             } else if id != expected_id {
                 Some((
@@ -253,51 +314,76 @@ pub fn verify_chain(db: &Reader) -> Result<ChainReport> {
                 None
             };
             if let Some((problem, message)) = brk {
-                first_break = Some(ChainBreak {
+                self.first_break = Some(ChainBreak {
                     event_id: id,
                     problem: problem.into(),
                     message,
                 });
             }
         }
-        expected_prev = hash;
-        expected_id = id + 1;
+        self.expected_prev = hash;
+        self.expected_id = id + 1;
     }
-    if first_break.is_none() {
-        if let Some((head_id, head_hash)) = recorded_head(db)? {
-            if head_id != expected_id - 1 || head_hash != expected_prev {
-                let message = if head_id > expected_id - 1 {
-                    format!(
-                        "the newest event(s) {}..{head_id} were deleted",
-                        expected_id
-                    )
-                } else {
-                    format!("event(s) after {head_id} were appended out of band")
-                };
-                first_break = Some(ChainBreak {
-                    event_id: head_id.min(expected_id - 1).max(1),
-                    problem: if head_id > expected_id - 1 {
-                        "deleted".into()
+
+    /// A break was found (the recorded head no longer matters).
+    pub fn broken(&self) -> bool {
+        self.first_break.is_some()
+    }
+
+    /// The report, checking the head recorded in `meta` (id, hash) against the walk.
+    pub fn finish(self, recorded: Option<(i64, String)>) -> ChainReport {
+        let ChainWalk {
+            expected_prev,
+            expected_id,
+            count,
+            mut first_break,
+            structure_only_from,
+            ..
+        } = self;
+        if first_break.is_none() {
+            if let Some((head_id, head_hash)) = recorded {
+                if head_id != expected_id - 1 || head_hash != expected_prev {
+                    let message = if head_id > expected_id - 1 {
+                        format!(
+                            "the newest event(s) {}..{head_id} were deleted",
+                            expected_id
+                        )
                     } else {
-                        "inserted".into()
-                    },
-                    message,
+                        format!("event(s) after {head_id} were appended out of band")
+                    };
+                    first_break = Some(ChainBreak {
+                        event_id: head_id.min(expected_id - 1).max(1),
+                        problem: if head_id > expected_id - 1 {
+                            "deleted".into()
+                        } else {
+                            "inserted".into()
+                        },
+                        message,
+                    });
+                }
+            } else if count > 0 {
+                first_break = Some(ChainBreak {
+                    event_id: 1,
+                    problem: "altered".into(),
+                    message: "the recorded head of the event chain is missing".into(),
                 });
             }
-        } else if count > 0 {
-            first_break = Some(ChainBreak {
-                event_id: 1,
-                problem: "altered".into(),
-                message: "the recorded head of the event chain is missing".into(),
-            });
+        }
+        ChainReport {
+            events: count,
+            head_hash: expected_prev,
+            first_break,
+            structure_only_from,
         }
     }
-    Ok(ChainReport {
-        events: count,
-        head_hash: expected_prev,
-        first_break,
-        structure_only_from,
-    })
+}
+
+/// The head recorded in `meta` as the text `ID:HASH` holds it.
+pub fn parse_head(v: &str) -> Result<(i64, String)> {
+    let bad = || Error::input(format!("malformed event head in meta: {v}"));
+    let (id, hash) = v.split_once(':').ok_or_else(bad)?;
+    let id = id.parse().map_err(|_| bad())?;
+    Ok((id, hash.to_string()))
 }
 
 /// The newest event: what `log head` prints for an auditor to record elsewhere.

@@ -745,27 +745,31 @@ pub struct FleetSummary {
 
 /// The fleet by state, site and batch.
 pub fn fleet_summary(db: &Reader) -> Result<FleetSummary> {
-    let conn = db.conn();
+    fleet_summary_on(&mut super::db::Lite(db.conn()))
+}
+
+/// `fleet_summary` on either backend (common SQL; groups ordered here, by bytes with
+/// the unnamed group last, so that both backends order them alike whatever the
+/// server's collation).
+pub fn fleet_summary_on(q: &mut dyn super::db::Query) -> Result<FleetSummary> {
     let mut devices = StateCounts::default();
-    let mut st = conn.prepare("SELECT status, count(*) FROM devices GROUP BY status")?;
-    let mut rows = st.query([])?;
-    while let Some(r) = rows.next()? {
-        let s: String = r.get(0)?;
+    for r in q.query("SELECT status, count(*) FROM devices GROUP BY status", &[])? {
         devices.add(
-            super::devices::stored_status(&s)?,
-            r.get::<_, i64>(1)? as u64,
+            super::devices::stored_status(&r.text(0)?)?,
+            r.i64(1)? as u64,
         );
     }
-    let group = |col: &str| -> Result<Vec<GroupCounts>> {
-        let mut st = conn.prepare(&format!(
-            "SELECT {col}, status, count(*) FROM devices GROUP BY {col}, status ORDER BY {col} IS NULL, {col}"
-        ))?;
-        let mut rows = st.query([])?;
+    let mut group = |col: &str| -> Result<Vec<GroupCounts>> {
+        let mut rows = Vec::new();
+        for r in q.query(
+            &format!("SELECT {col}, status, count(*) FROM devices GROUP BY {col}, status"),
+            &[],
+        )? {
+            rows.push((r.opt_text(0)?, r.text(1)?, r.i64(2)? as u64));
+        }
+        rows.sort_by(|a, b| (a.0.is_none(), &a.0).cmp(&(b.0.is_none(), &b.0)));
         let mut out: Vec<GroupCounts> = Vec::new();
-        while let Some(r) = rows.next()? {
-            let name: Option<String> = r.get(0)?;
-            let s: String = r.get(1)?;
-            let n = r.get::<_, i64>(2)? as u64;
+        for (name, s, n) in rows {
             if out.last().is_none_or(|g| g.name != name) {
                 out.push(GroupCounts {
                     name,

@@ -123,11 +123,18 @@ impl LogKey {
     /// Creates a new random key for the registry of `conn`, keyed from event `from`.
     /// Refuses to replace an existing key file. None for an in-memory registry.
     pub fn create(conn: &Connection, from: i64) -> Result<Option<LogKey>> {
-        use rand_core::{OsRng, RngCore};
         let Some(db) = db_path(conn) else {
             return Ok(None);
         };
-        let path = key_path(&db);
+        Self::create_at(&key_path(&db), from).map(Some)
+    }
+
+    /// Creates a new random key file at `path`, keyed from event `from`; refuses to
+    /// replace an existing one. (A PostgreSQL registry keeps its key in the home, out
+    /// of the database.)
+    pub fn create_at(path: &Path, from: i64) -> Result<LogKey> {
+        use rand_core::{OsRng, RngCore};
+        let path = path.to_path_buf();
         let mut key = [0u8; 32];
         OsRng.fill_bytes(&mut key);
         let mut f = fs::OpenOptions::new()
@@ -140,10 +147,10 @@ impl LogKey {
         f.write_all(text.as_bytes())
             .and_then(|_| f.sync_all())
             .map_err(|e| Error::io(&path, e))?;
-        Ok(Some(LogKey {
+        Ok(LogKey {
             mac: keyed(&key),
             from,
             path,
-        }))
+        })
     }
 }

@@ -1,4 +1,5 @@
-//! The registry store: the only module that names rusqlite. One `Store` owns the
+//! The registry store: the only module that names rusqlite (and, for the PostgreSQL
+//! registry of issue 14, `postgres`: `db`, `pg`, `pgurl`). One `Store` owns the
 //! connection, applies migrations and hands out units of work (`Tx`); read-only
 //! queries take a `Reader`, which `&Store` and `&Tx` both dereference to. Errors
 //! leave as the project's own `StoreError`, never as `rusqlite::Error`.
@@ -9,17 +10,21 @@ pub mod bulk;
 pub mod cas;
 pub mod certs;
 pub mod contact;
+pub mod db;
 pub mod devices;
 pub mod error;
 pub mod events;
 pub mod inventory;
 pub mod logkey;
 pub mod ocsp;
+pub mod pg;
+pub mod pgurl;
 pub mod provision;
 pub mod renewals;
 pub mod retire;
 pub mod rowmark;
 pub mod schema;
+pub mod schema_pg;
 mod tx;
 
 use std::path::{Path, PathBuf};

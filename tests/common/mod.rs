@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: a temporary home and the real binary.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -15,6 +17,8 @@ pub struct Env {
     pub pass_file: PathBuf,
     /// Extra environment for every command (e.g. SOFTHSM2_CONF for a test token).
     pub vars: Vec<(String, String)>,
+    /// The PostgreSQL database of this home, when `init` ran on one (dropped with it).
+    pub pg: Option<pg::PgDb>,
 }
 
 impl Env {
@@ -35,12 +39,31 @@ impl Env {
             home,
             pass_file,
             vars: Vec::new(),
+            pg: None,
         }
     }
 
-    /// A home with `cradle init` run.
+    /// A home with `cradle init` run: on the home's SQLite file, or, with
+    /// CRADLE_TEST_BACKEND=postgres, on a fresh PostgreSQL database of its own (one
+    /// suite, two backends: how the commands still being ported to PostgreSQL are run
+    /// against it; `registry()`, `sql()` and `dump()` stay SQLite-only).
     pub fn init() -> Env {
-        let e = Env::bare();
+        let mut e = Env::bare();
+        if std::env::var("CRADLE_TEST_BACKEND").as_deref() == Ok("postgres") {
+            let db = pg::PgDb::new("Env::init")
+                .expect("CRADLE_TEST_BACKEND=postgres needs CRADLE_TEST_PG_URL");
+            e.ok(&[
+                "init",
+                "--org",
+                "ACME",
+                "--station",
+                "test-station",
+                "--registry",
+                &db.url,
+            ]);
+            e.pg = Some(db);
+            return e;
+        }
         e.ok(&["init", "--org", "ACME", "--station", "test-station"]);
         e
     }
@@ -90,6 +113,9 @@ impl Env {
             .env_remove("CRADLE_PKCS11_PIN")
             .env("CRADLE_OPERATOR", "tester")
             .env_remove("CRADLE_STATION")
+            // A developer's PostgreSQL registry never reaches a test by accident.
+            .env_remove("CRADLE_REGISTRY")
+            .env_remove("PGPASSWORD")
             .current_dir(self.dir.path())
             .stdin(std::process::Stdio::null());
         for (k, v) in &self.vars {
