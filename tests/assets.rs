@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::Env;
+use common::{audit, found, set, Env};
 use serde_json::Value;
 use time::{Duration, OffsetDateTime};
 
@@ -27,41 +27,6 @@ fn day(days: i64) -> String {
 
 fn device(env: &Env, serial: &str) -> Value {
     env.json(&["device", "show", serial])
-}
-
-fn audit(env: &Env, args: &[&str]) -> (i32, Value) {
-    let mut a = vec!["--json", "audit"];
-    a.extend_from_slice(args);
-    let o = env.run(&a);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "audit output is not JSON ({e}): {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    });
-    (o.status.code().unwrap(), v)
-}
-
-fn found(v: &Value) -> BTreeSet<(String, String)> {
-    v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["check"].as_str().unwrap().to_string(),
-                f["device"].as_str().unwrap_or("-").to_string(),
-            )
-        })
-        .collect()
-}
-
-fn set(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
-    items
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
 }
 
 #[test]

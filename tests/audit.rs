@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::{Env, PASS};
+use common::{audit, found, set, Env, PASS};
 use rcgen::{
     CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber,
 };
@@ -101,43 +101,6 @@ fn fleet() -> Env {
     let e = Env::bare();
     copy_dir(template(), &e.home);
     e
-}
-
-/// Runs `cradle --json audit ARGS`; returns (exit code, parsed output).
-fn audit(e: &Env, args: &[&str]) -> (i32, Value) {
-    let mut a = vec!["--json", "audit"];
-    a.extend_from_slice(args);
-    let o = e.run(&a);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|err| {
-        panic!(
-            "audit output is not JSON ({err}):\n{}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    });
-    (o.status.code().unwrap(), v)
-}
-
-/// (check, device) of every finding.
-fn found(v: &Value) -> BTreeSet<(String, String)> {
-    v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["check"].as_str().unwrap().to_string(),
-                f["device"].as_str().unwrap_or("-").to_string(),
-            )
-        })
-        .collect()
-}
-
-fn set(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
-    items
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
 }
 
 fn one_check(e: &Env, id: &str) -> (i32, BTreeSet<(String, String)>, Value) {

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{provision_json, q, Env, Sim, SIM_BAUD as BAUD};
+use common::{audit, provision_json, q, Env, Sim, SIM_BAUD as BAUD};
 
 /// A simulated cradle-protocol device on a stable link, restartable on its state file
 /// with another firmware version ("an update in the field").
@@ -209,21 +209,6 @@ fn micropython_and_nrf91_report_their_firmware_strings() {
         "SELECT firmware FROM devices WHERE firmware LIKE 'mfw%'",
     );
     assert_eq!(fw, "mfw_nrf9160_1.3.5");
-}
-
-/// `cradle --json audit ARGS`: (exit code, JSON).
-fn audit(env: &Env, args: &[&str]) -> (i32, serde_json::Value) {
-    let mut a = vec!["--json", "audit"];
-    a.extend_from_slice(args);
-    let o = env.run(&a);
-    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "audit JSON ({e}): {} {}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    });
-    (o.status.code().unwrap(), v)
 }
 
 /// (check, device) of each finding of the three firmware and contact checks.

@@ -467,3 +467,41 @@ pub fn provision_json(
     });
     (o.status.code(), v, stderr)
 }
+
+/// Runs `cradle --json audit ARGS`; returns (exit code, parsed output).
+pub fn audit(env: &Env, args: &[&str]) -> (i32, serde_json::Value) {
+    let mut a = vec!["--json", "audit"];
+    a.extend_from_slice(args);
+    let o = env.run(&a);
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|err| {
+        panic!(
+            "audit output is not JSON ({err}):\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.code().unwrap(), v)
+}
+
+/// (check, device) of every finding of an audit's JSON ("-" for fleet-wide ones).
+pub fn found(v: &serde_json::Value) -> std::collections::BTreeSet<(String, String)> {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["check"].as_str().unwrap().to_string(),
+                f["device"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The (check, device) set `found` returns, from literals.
+pub fn set(items: &[(&str, &str)]) -> std::collections::BTreeSet<(String, String)> {
+    items
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
