@@ -153,14 +153,20 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
 /// Creates a new file with `mode` and writes it, without fsync (bulk output, where the
 /// registry commit that follows is the durability point).
 pub fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    let mut f = create_new(path, mode)?;
+    f.write_all(contents).map_err(|e| Error::io(path, e))
+}
+
+/// Opens a file that must not exist yet, created with `mode` (an existing file, a CA
+/// key included, is never truncated or replaced).
+pub fn create_new(path: &Path, mode: u32) -> Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
+    fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    f.write_all(contents).map_err(|e| Error::io(path, e))
+        .map_err(|e| Error::io(path, e))
 }
 
 /// Writes a file atomically with `mode`; `overwrite` allows replacing an existing one

@@ -877,14 +877,7 @@ fn rewrite_bundle(path: &Path, lines: &[Zeroizing<Vec<u8>>]) -> Result<()> {
 }
 
 fn open_bundle(path: &Path) -> Result<(File, u64)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    Ok((f, 0))
+    Ok((crate::outfile::create_new(path, 0o600)?, 0))
 }
 
 #[derive(Serialize)]

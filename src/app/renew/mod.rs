@@ -10,7 +10,7 @@
 pub mod port;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -495,13 +495,7 @@ pub fn batch(
 }
 
 fn open_bundle(path: &Path, ctx: &RenewContext<'_>) -> Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
+    let mut f = crate::outfile::create_new(path, 0o600)?;
     let mut head = serde_json::to_vec(&BundleHeader {
         cradle_bundle: 1,
         renewal: true,
