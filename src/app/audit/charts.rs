@@ -389,6 +389,37 @@ fn none(s: &str) -> &str {
     }
 }
 
+/// The bars of a time line: what is already past (red), one bar per period from the
+/// current one (amber) on (blue), and what comes after (grey; left out when empty
+/// unless `show_empty_later`). `key` names the data attribute (`data-year`, ...).
+fn timeline_bars(
+    key: &str,
+    (past_label, past): (&str, i64),
+    periods: &[Count],
+    later: i64,
+    noun: &str,
+    show_empty_later: bool,
+) -> Vec<Bar> {
+    let bar = |label: &str, n: i64, color, title: String| Bar {
+        data: format!("data-{key}=\"{}\" data-count=\"{n}\"", esc(label)),
+        label: label.to_string(),
+        value: n as f64,
+        text: count_text(n),
+        color,
+        title,
+    };
+    let mut bars = vec![bar(past_label, past, RED, format!("{past_label}: {past}"))];
+    for (i, p) in periods.iter().enumerate() {
+        let color = if i == 0 { AMBER } else { BLUE };
+        let title = format!("{}: {} {noun}", p.label, p.count);
+        bars.push(bar(&p.label, p.count, color, title));
+    }
+    if later > 0 || show_empty_later {
+        bars.push(bar("later", later, GREY, format!("later: {later}")));
+    }
+    bars
+}
+
 /// The charts as HTML sections.
 pub fn render(h: &mut String, c: &AssetCharts) {
     // Certificate expiry by year.
@@ -405,34 +436,14 @@ pub fn render(h: &mut String, c: &AssetCharts) {
     if total == 0 {
         no_data(h, "no active certificate on an in-service device");
     } else {
-        let mut bars = vec![Bar {
-            data: format!("data-year=\"expired\" data-count=\"{}\"", e.expired),
-            label: "expired".into(),
-            value: e.expired as f64,
-            text: count_text(e.expired),
-            color: RED,
-            title: format!("expired: {}", e.expired),
-        }];
-        for (i, y) in e.years.iter().enumerate() {
-            bars.push(Bar {
-                data: format!("data-year=\"{}\" data-count=\"{}\"", esc(&y.label), y.count),
-                label: y.label.clone(),
-                value: y.count as f64,
-                text: count_text(y.count),
-                color: if i == 0 { AMBER } else { BLUE },
-                title: format!("{}: {} certificate(s)", y.label, y.count),
-            });
-        }
-        if e.later > 0 {
-            bars.push(Bar {
-                data: format!("data-year=\"later\" data-count=\"{}\"", e.later),
-                label: "later".into(),
-                value: e.later as f64,
-                text: count_text(e.later),
-                color: GREY,
-                title: format!("later: {}", e.later),
-            });
-        }
+        let bars = timeline_bars(
+            "year",
+            ("expired", e.expired),
+            &e.years,
+            e.later,
+            "certificate(s)",
+            false,
+        );
         columns(h, "Certificates expiring per year", &bars);
     }
     h.push_str("</figure></section>\n");
@@ -506,36 +517,14 @@ pub fn render(h: &mut String, c: &AssetCharts) {
     if w_total == 0 {
         no_data(h, "no in-service device has a warranty_until date");
     } else {
-        let mut bars = vec![Bar {
-            data: format!("data-quarter=\"ended\" data-count=\"{}\"", w.ended),
-            label: "ended".into(),
-            value: w.ended as f64,
-            text: count_text(w.ended),
-            color: RED,
-            title: format!("ended: {}", w.ended),
-        }];
-        for (i, q) in w.quarters.iter().enumerate() {
-            bars.push(Bar {
-                data: format!(
-                    "data-quarter=\"{}\" data-count=\"{}\"",
-                    esc(&q.label),
-                    q.count
-                ),
-                label: q.label.clone(),
-                value: q.count as f64,
-                text: count_text(q.count),
-                color: if i == 0 { AMBER } else { BLUE },
-                title: format!("{}: {} warranty end(s)", q.label, q.count),
-            });
-        }
-        bars.push(Bar {
-            data: format!("data-quarter=\"later\" data-count=\"{}\"", w.later),
-            label: "later".into(),
-            value: w.later as f64,
-            text: count_text(w.later),
-            color: GREY,
-            title: format!("later: {}", w.later),
-        });
+        let bars = timeline_bars(
+            "quarter",
+            ("ended", w.ended),
+            &w.quarters,
+            w.later,
+            "warranty end(s)",
+            true,
+        );
         columns(h, "Warranties ending per quarter", &bars);
     }
     h.push_str("</figure></section>\n");
