@@ -89,25 +89,23 @@ impl Ctx {
         )?)
     }
 
-    /// Refuses a command not yet ported to a PostgreSQL registry (exit 2), never
-    /// running it against the wrong registry.
-    fn refuse_pg(&self) -> anyhow::Result<()> {
-        if let Backend::Postgres(t) = self.backend()? {
-            return Err(
-                crate::error::Error::Store(crate::store::StoreError::Unsupported(format!(
-                "this command does not work on a PostgreSQL registry yet ({}); ported so far: {}",
-                t.url,
-                PORTED_TO_POSTGRES
-            )))
-                .into(),
-            );
+    /// The PostgreSQL registry of this command as a `Store`, if it has one.
+    fn pg_store(&self) -> anyhow::Result<Option<Store>> {
+        match self.backend()? {
+            Backend::Postgres(t) => Ok(Some(Store::open_pg(
+                &t,
+                self.registry_timeout,
+                &self.home.root.join(crate::store::logkey::LOG_KEY_FILE),
+            )?)),
+            Backend::File => Ok(None),
         }
-        Ok(())
     }
 
     /// Opens the registry of an initialised home.
     pub fn registry(&self) -> anyhow::Result<Store> {
-        self.refuse_pg()?;
+        if let Some(s) = self.pg_store()? {
+            return Ok(s);
+        }
         self.home.require_initialised()?;
         Ok(Store::open(&self.home.registry_path())?)
     }
@@ -115,7 +113,9 @@ impl Ctx {
     /// Opens the registry for a command that only reads: works on a read-only file,
     /// directory or file system, and says once when it cannot see concurrent writes.
     pub fn registry_read(&self) -> anyhow::Result<Store> {
-        self.refuse_pg()?;
+        if let Some(s) = self.pg_store()? {
+            return Ok(s);
+        }
         self.home.require_initialised()?;
         let path = self.home.registry_path();
         let (reg, access) = Store::open_for_reading(&path)?;

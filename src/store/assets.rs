@@ -7,14 +7,15 @@
 use rusqlite::params;
 
 use super::audit::{NOT_RENEWED, OUT_OF_SERVICE};
+use super::conn::{Params, Row};
 use super::Reader;
 use crate::error::Result;
 
 fn rows<T>(
     db: &Reader,
     sql: &str,
-    p: impl rusqlite::Params,
-    map: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    p: impl Params,
+    map: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
 ) -> Result<Vec<T>> {
     let mut st = db.conn().prepare(sql)?;
     let out = st.query_map(p, map)?;

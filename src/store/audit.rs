@@ -4,7 +4,9 @@
 //! registry), and the duplicate checks aggregate in SQL, so memory stays flat
 //! however large the fleet is.
 
-use rusqlite::{params, Connection, Params, Row};
+use rusqlite::params;
+
+use super::conn::{Conn, Params, Row};
 use serde::Serialize;
 
 use super::Reader;
@@ -14,7 +16,7 @@ use crate::error::Result;
 pub(super) const OUT_OF_SERVICE: &str = "('retired','decommissioned')";
 
 fn each<P: Params, T>(
-    conn: &Connection,
+    conn: &Conn,
     sql: &str,
     params: P,
     map: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
@@ -23,7 +25,7 @@ fn each<P: Params, T>(
     let mut stmt = conn.prepare(sql)?;
     let mut rows = stmt.query(params)?;
     while let Some(r) = rows.next()? {
-        f(map(r)?)?;
+        f(map(&r)?)?;
     }
     Ok(())
 }
@@ -653,7 +655,7 @@ pub fn device_count(db: &Reader) -> Result<i64> {
 
 /// Whether the registry is a file (an in-memory one has no log key, hence no marks).
 pub fn is_file(db: &Reader) -> bool {
-    super::logkey::db_path(db.conn()).is_some()
+    db.conn().key_file().is_some()
 }
 
 /// Whether unmarked device rows are findings.

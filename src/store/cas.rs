@@ -1,7 +1,9 @@
 //! CA certificates known to the registry (the keys stay in encrypted files or on a
 //! PKCS#11 token; a row records which).
 
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension};
+
+use super::conn::Row;
 
 use super::{Reader, Tx};
 use crate::error::Result;

@@ -1,6 +1,8 @@
 //! Issued certificates as recorded in the registry (never their private keys).
 
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension};
+
+use super::conn::Row;
 use serde::Serialize;
 
 use super::{Reader, Tx};

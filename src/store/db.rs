@@ -151,12 +151,19 @@ impl Query for Db {
     }
 }
 
-/// A borrowed SQLite connection (a `Store`, `Tx` or `Snapshot`'s) as a `Query`.
-pub struct Lite<'a>(pub &'a rusqlite::Connection);
+/// A borrowed registry connection (a `Store`, `Tx` or `Snapshot`'s) as a `Query`.
+pub struct On<'a>(pub &'a super::conn::Conn);
 
-impl Query for Lite<'_> {
+impl Query for On<'_> {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        lite_query(self.0, sql, params)
+        use super::conn::Conn;
+        match self.0 {
+            Conn::Lite(c) => lite_query(c, sql, params),
+            Conn::Pg(p) => Ok(p
+                .borrow_mut()
+                .db
+                .query(&super::conn::dialect(sql), params)?),
+        }
     }
 }
 
@@ -234,6 +241,38 @@ impl Db {
                 let rows = client.query(&stmt, &refs).map_err(pg_err)?;
                 rows.iter().map(pg_row).collect()
             }
+        }
+    }
+
+    /// Every row of one query (PostgreSQL), with the result's column names.
+    pub fn query_named(&mut self, sql: &str, params: &[Value]) -> Result<(Vec<Row>, Vec<String>)> {
+        match self {
+            Db::Sqlite(_) => Err(Error::Internal("query_named is for PostgreSQL".into())),
+            Db::Pg { client, cache } => {
+                let stmt = prepared(client, cache, sql)?;
+                let cols = stmt
+                    .columns()
+                    .iter()
+                    .map(|c| c.name().to_string())
+                    .collect();
+                let ps = pg_params(params);
+                let refs: Vec<&(dyn ToSql + Sync)> =
+                    ps.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+                let rows = client.query(&stmt, &refs).map_err(pg_err)?;
+                Ok((rows.iter().map(pg_row).collect::<Result<_>>()?, cols))
+            }
+        }
+    }
+
+    /// The result column names of a statement (PostgreSQL), without running it.
+    pub fn columns_of(&mut self, sql: &str) -> Result<Vec<String>> {
+        match self {
+            Db::Sqlite(_) => Err(Error::Internal("columns_of is for PostgreSQL".into())),
+            Db::Pg { client, cache } => Ok(prepared(client, cache, sql)?
+                .columns()
+                .iter()
+                .map(|c| c.name().to_string())
+                .collect()),
         }
     }
 

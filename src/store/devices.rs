@@ -3,7 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension};
+
+use super::conn::Row;
 use serde::{Deserialize, Serialize};
 
 use super::{Reader, Tx};

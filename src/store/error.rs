@@ -52,6 +52,16 @@ pub(super) fn is_busy(e: &rusqlite::Error) -> bool {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
+        // A PostgreSQL failure carried through the SQL layer (`conn::PgFailure`).
+        let e = match e {
+            rusqlite::Error::ToSqlConversionFailure(b) => {
+                match b.downcast::<super::conn::PgFailure>() {
+                    Ok(pf) => return pf.0,
+                    Err(b) => rusqlite::Error::ToSqlConversionFailure(b),
+                }
+            }
+            e => e,
+        };
         if is_busy(&e) {
             return StoreError::Busy;
         }

@@ -4,7 +4,9 @@
 //! id and hash are also kept in `meta`, so an edit, a deletion or an insertion made
 //! behind cradle's back breaks the chain where it happened.
 
-use rusqlite::{OptionalExtension, Row};
+use rusqlite::OptionalExtension;
+
+use super::conn::Row;
 
 use super::Reader;
 use hmac::digest::Update;
@@ -193,7 +195,7 @@ pub fn verify_chain(db: &Reader) -> Result<ChainReport> {
     let mut rows = stmt.query([])?;
     let key = super::logkey::LogKey::load(conn)?;
     // An in-memory registry never has a key: plain hashes are its whole scheme.
-    let key_missing = key.is_none() && super::logkey::db_path(conn).is_some();
+    let key_missing = key.is_none() && conn.key_file().is_some();
     let mut walk = ChainWalk::new(key, key_missing);
     while let Some(r) = rows.next()? {
         walk.step(StoredEvent {

@@ -8,7 +8,9 @@
 use std::fmt::Write as _;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{params, Connection, OptionalExtension, Statement};
+use rusqlite::{params, OptionalExtension};
+
+use super::conn::Row;
 use serde::Serialize;
 
 use super::bulk::{BulkStmt, Val};
@@ -103,7 +105,7 @@ struct BulkMarks {
 impl BulkMarks {
     /// None (the trigger marks the rows) when the table has a column the import does not
     /// fill, whose default the mark would have to cover.
-    fn new(conn: &Connection, key: Option<&RowKey>) -> Result<Option<BulkMarks>> {
+    fn new(conn: &rusqlite::Connection, key: Option<&RowKey>) -> Result<Option<BulkMarks>> {
         let Some(key) = key else {
             return Ok(None);
         };
@@ -116,7 +118,7 @@ impl BulkMarks {
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         let mut plan = Vec::new();
-        for c in rowmark::marked_columns(conn)? {
+        for c in rowmark::lite_columns(conn)? {
             let src = match c.as_str() {
                 "id" => MarkSrc::Id,
                 "created_at" | "updated_at" => MarkSrc::Now,
@@ -223,18 +225,18 @@ pub enum Lookup {
 /// Prepared statements and the event-chain head for one import transaction.
 pub struct ImportDb<'c> {
     tx: &'c Tx<'c>,
-    conn: &'c Connection,
+    conn: &'c rusqlite::Connection,
     /// INSERTs of one and of `ROWS_PER_INSERT` devices / events.
     one_device: BulkStmt<'c>,
     many_devices: BulkStmt<'c>,
     one_event: BulkStmt<'c>,
     many_events: BulkStmt<'c>,
-    by_serial: Statement<'c>,
-    by_mac: Statement<'c>,
-    by_imei: Statement<'c>,
-    update: Statement<'c>,
-    seen_insert: Option<Statement<'c>>,
-    seen_line: Option<Statement<'c>>,
+    by_serial: rusqlite::Statement<'c>,
+    by_mac: rusqlite::Statement<'c>,
+    by_imei: rusqlite::Statement<'c>,
+    update: rusqlite::Statement<'c>,
+    seen_insert: Option<rusqlite::Statement<'c>>,
+    seen_line: Option<rusqlite::Statement<'c>>,
     marks: Option<BulkMarks>,
     /// Hex hashes of the events being appended (their `prev_hash` is the one before).
     hashes: Vec<[u8; 64]>,
@@ -243,7 +245,9 @@ pub struct ImportDb<'c> {
 
 impl<'c> ImportDb<'c> {
     pub fn new(tx: &'c Tx<'c>) -> Result<ImportDb<'c>> {
-        let conn = tx.conn();
+        // The bulk import is SQLite's (multi-row INSERTs, its TEMP tables); a
+        // PostgreSQL registry imports through COPY (`pg_import`).
+        let conn = tx.conn().sqlite_only("this import path")?;
         conn.pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)?;
         // Marks computed here, so the INSERT trigger is not needed (and costs a
         // statement journal per INSERT); back when this is dropped.
@@ -322,7 +326,7 @@ impl<'c> ImportDb<'c> {
         let mut rows = stmt.query([value])?;
         let first = match rows.next()? {
             None => return Ok(Lookup::None),
-            Some(r) => from_row(r)?,
+            Some(r) => from_row(&Row::Lite(r))?,
         };
         if rows.next()?.is_some() {
             drop(rows);
@@ -452,7 +456,9 @@ impl<'c> ImportDb<'c> {
 
     /// Writes every field of `d` except serial and status (those go through lifecycle).
     pub fn update_fields(&mut self, d: &Device, now: &str) -> Result<()> {
-        exec_update_fields(&mut self.update, d, now)
+        let attrs = devices::attributes_json(&d.attributes);
+        self.update.execute(&update_params(d, &attrs, &now)[..])?;
+        Ok(())
     }
 
     /// Appends one event to the chain; `details` must be compact JSON.
@@ -620,7 +626,7 @@ pub fn attribute_keys(db: &Reader, f: &DeviceFilter) -> Result<Vec<String>> {
         "SELECT DISTINCT j.key FROM devices, json_each(devices.attributes) AS j
          WHERE devices.attributes IS NOT NULL AND json_valid(devices.attributes) AND {FILTER_SQL} ORDER BY 1"
     ))?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(f.params()), |r| {
+    let rows = stmt.query_map(super::conn::params_from_iter(f.params()), |r| {
         r.get::<_, String>(0)
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -647,7 +653,7 @@ pub fn for_each_row(
         "SELECT {} FROM devices WHERE {FILTER_SQL} ORDER BY id",
         VALUE_COLUMNS.join(", ")
     ))?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(f.params()))?;
+    let mut rows = stmt.query(super::conn::params_from_iter(f.params()))?;
     let mut n = 0;
     while let Some(r) = rows.next()? {
         let mut cols: [Option<&str>; DEVICE_VALUES] = [None; DEVICE_VALUES];
@@ -683,10 +689,10 @@ pub fn for_each_device(
     let mut stmt = conn.prepare(&format!(
         "SELECT {DEVICE_COLUMNS} FROM devices WHERE {FILTER_SQL} ORDER BY id"
     ))?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(f.params()))?;
+    let mut rows = stmt.query(super::conn::params_from_iter(f.params()))?;
     let mut n = 0;
     while let Some(r) = rows.next()? {
-        each(from_row(r)?)?;
+        each(from_row(&r)?)?;
         n += 1;
     }
     Ok(n)
@@ -745,7 +751,7 @@ pub struct FleetSummary {
 
 /// The fleet by state, site and batch.
 pub fn fleet_summary(db: &Reader) -> Result<FleetSummary> {
-    fleet_summary_on(&mut super::db::Lite(db.conn()))
+    fleet_summary_on(&mut super::db::On(db.conn()))
 }
 
 /// `fleet_summary` on either backend (common SQL; groups ordered here, by bytes with
@@ -793,8 +799,9 @@ pub fn fleet_summary_on(q: &mut dyn super::db::Query) -> Result<FleetSummary> {
 /// Writes every field of a device except serial and status (used by `device set`).
 pub fn update_device_fields(tx: &Tx<'_>, d: &Device, now: &str) -> Result<()> {
     let conn = tx.conn();
-    let mut stmt = conn.prepare_cached(UPDATE_FIELDS)?;
-    exec_update_fields(&mut stmt, d, now)
+    let attrs = devices::attributes_json(&d.attributes);
+    conn.execute(UPDATE_FIELDS, &update_params(d, &attrs, &now)[..])?;
+    Ok(())
 }
 
 /// Every field of a device except serial and status (those go through lifecycle).
@@ -804,30 +811,34 @@ const UPDATE_FIELDS: &str =
     updated_at = ?13, purchase_date = ?14, warranty_until = ?15, cost = ?16, currency = ?17,
     supplier = ?18, criticality = ?19, end_of_life = ?20 WHERE id = ?1";
 
-fn exec_update_fields(stmt: &mut rusqlite::Statement<'_>, d: &Device, now: &str) -> Result<()> {
-    stmt.execute(params![
-        d.id,
-        d.hardware_id,
-        d.model,
-        d.hw_rev,
-        d.batch,
-        d.site,
-        d.location,
-        d.owner,
-        d.mac,
-        d.imei,
-        d.notes,
-        devices::attributes_json(&d.attributes),
+/// The parameters of `UPDATE_FIELDS` (`attrs`: the attributes as JSON).
+fn update_params<'a>(
+    d: &'a Device,
+    attrs: &'a Option<String>,
+    now: &'a &'a str,
+) -> [&'a dyn rusqlite::ToSql; 20] {
+    [
+        &d.id,
+        &d.hardware_id,
+        &d.model,
+        &d.hw_rev,
+        &d.batch,
+        &d.site,
+        &d.location,
+        &d.owner,
+        &d.mac,
+        &d.imei,
+        &d.notes,
+        attrs,
         now,
-        d.purchase_date,
-        d.warranty_until,
-        d.cost,
-        d.currency,
-        d.supplier,
-        d.criticality,
-        d.end_of_life,
-    ])?;
-    Ok(())
+        &d.purchase_date,
+        &d.warranty_until,
+        &d.cost,
+        &d.currency,
+        &d.supplier,
+        &d.criticality,
+        &d.end_of_life,
+    ]
 }
 
 /// Number of certificates per status for one device (for `device show`).
@@ -886,13 +897,10 @@ mod tests {
         // contact, config): they must not send every row through the trigger.
         let reg = Store::in_memory().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let kc = Connection::open(dir.path().join("k.db")).unwrap();
         let key = RowKey::from_log_key(
-            &super::super::logkey::LogKey::create(&kc, 1)
-                .unwrap()
-                .unwrap(),
+            &super::super::logkey::LogKey::create_at(&dir.path().join("log.key"), 1).unwrap(),
         );
-        let m = BulkMarks::new(reg.conn(), Some(&key))
+        let m = BulkMarks::new(reg.conn().lite().unwrap(), Some(&key))
             .unwrap()
             .expect("the import marks its rows itself");
         let mut f: [Option<&str>; FIELDS] = [None; FIELDS];

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
+use super::conn::Conn;
+
 use crate::error::{Error, Result};
 
 /// HMAC-SHA256 keyed with the log key.
@@ -60,11 +62,11 @@ impl LogKey {
 
     /// Loads the key beside the registry of `conn`; None when there is none (or the
     /// registry is in memory).
-    pub fn load(conn: &Connection) -> Result<Option<LogKey>> {
-        let Some(db) = db_path(conn) else {
+    pub fn load(conn: &Conn) -> Result<Option<LogKey>> {
+        let Some(path) = conn.key_file() else {
             return Ok(None);
         };
-        Self::read(&key_path(&db))
+        Self::read(&path)
     }
 
     /// Reads a log key file; None when it does not exist.
@@ -102,7 +104,7 @@ impl LogKey {
     /// newest) when there is none yet; None for an in-memory registry. Call it with the
     /// write lock held, so that no other station appends between reading the newest id
     /// and creating the key.
-    pub fn load_or_create(conn: &Connection) -> Result<Option<LogKey>> {
+    pub fn load_or_create(conn: &Conn) -> Result<Option<LogKey>> {
         if let Some(k) = Self::load(conn)? {
             return Ok(Some(k));
         }
@@ -122,11 +124,11 @@ impl LogKey {
 
     /// Creates a new random key for the registry of `conn`, keyed from event `from`.
     /// Refuses to replace an existing key file. None for an in-memory registry.
-    pub fn create(conn: &Connection, from: i64) -> Result<Option<LogKey>> {
-        let Some(db) = db_path(conn) else {
+    pub fn create(conn: &Conn, from: i64) -> Result<Option<LogKey>> {
+        let Some(path) = conn.key_file() else {
             return Ok(None);
         };
-        Self::create_at(&key_path(&db), from).map(Some)
+        Self::create_at(&path, from).map(Some)
     }
 
     /// Creates a new random key file at `path`, keyed from event `from`; refuses to

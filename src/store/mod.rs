@@ -9,6 +9,7 @@ pub mod audit;
 pub mod bulk;
 pub mod cas;
 pub mod certs;
+pub mod conn;
 pub mod contact;
 pub mod db;
 pub mod devices;
@@ -30,7 +31,9 @@ mod tx;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
+
+use conn::{Begin, Conn};
 
 pub use cas::{CaRecord, CaRole, NewCa};
 pub use certs::{CertRecord, CertStatus, KeySource, NewCert};
@@ -72,7 +75,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const QUICK_CHECK_MAX_BYTES: u64 = 512 << 20;
 
 pub struct Store {
-    conn: Connection,
+    conn: Conn,
     path: PathBuf,
     /// `begin_bulk` left WAL mode; `end_bulk` goes back.
     bulk: bool,
@@ -147,7 +150,7 @@ impl Store {
         conn.pragma_update(None, "page_size", PAGE_SIZE)
             .map_err(|e| file_err(path, e))?;
         let mut reg = Store {
-            conn,
+            conn: Conn::Lite(conn),
             path: path.to_path_buf(),
             bulk: false,
             write_checked: false,
@@ -156,7 +159,7 @@ impl Store {
             marks_settled: false,
         };
         reg.configure()?;
-        reg.conn
+        reg.sq()
             .pragma_update(None, "application_id", schema::APPLICATION_ID)
             .map_err(|e| file_err(path, e))?;
         reg.migrate()?;
@@ -187,7 +190,7 @@ impl Store {
         init_sqlite();
         let conn = Connection::open_with_flags(path, flags).map_err(|e| file_err(path, e))?;
         let mut reg = Store {
-            conn,
+            conn: Conn::Lite(conn),
             path: path.to_path_buf(),
             bulk: false,
             write_checked: false,
@@ -199,6 +202,27 @@ impl Store {
         reg.check_identity()?;
         reg.migrate()?;
         Ok(reg)
+    }
+
+    /// Opens the PostgreSQL registry at `target` (schema checked, migrated when older);
+    /// the log key is the station's `key_file`, never in the database.
+    pub fn open_pg(target: &pgurl::PgTarget, timeout: Duration, key_file: &Path) -> Result<Store> {
+        let pg = pg::PgStore::open(target, timeout, key_file)?;
+        Ok(Store {
+            conn: Conn::pg(pg.into_db(), key_file.to_path_buf()),
+            path: PathBuf::from(&target.url),
+            bulk: false,
+            // The server checks its own pages; SQLite's quick check has no twin here.
+            write_checked: true,
+            row_key: Default::default(),
+            marks_installed: false,
+            marks_settled: false,
+        })
+    }
+
+    /// Whether this registry is on a PostgreSQL server.
+    pub fn is_pg(&self) -> bool {
+        self.conn.is_pg()
     }
 
     /// Opens an existing registry for a command that only reads: as `open` when the
@@ -232,7 +256,7 @@ impl Store {
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| file_err(path, e))?;
         let reg = Store {
-            conn,
+            conn: Conn::Lite(conn),
             path: path.to_path_buf(),
             bulk: false,
             write_checked: false,
@@ -267,7 +291,7 @@ impl Store {
         init_sqlite();
         let conn = Connection::open_in_memory()?;
         let mut reg = Store {
-            conn,
+            conn: Conn::Lite(conn),
             path: PathBuf::from(":memory:"),
             bulk: false,
             write_checked: false,
@@ -294,7 +318,10 @@ impl Store {
     /// How many WAL pages may accumulate before an automatic checkpoint (bulk
     /// inserts checkpoint less often; SQLite's default is 1000).
     pub fn set_autocheckpoint(&self, pages: u32) -> Result<()> {
-        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        let Some(c) = self.conn.lite() else {
+            return Ok(());
+        };
+        c.pragma_update(None, "wal_autocheckpoint", pages)?;
         Ok(())
     }
 
@@ -306,7 +333,9 @@ impl Store {
     /// Settings for bulk work on this connection: map the file instead of reading it
     /// page by page, keep more of it cached, and checkpoint the WAL less often.
     pub fn tune_for_bulk(&self) -> Result<()> {
-        let c = &self.conn;
+        let Some(c) = self.conn.lite() else {
+            return Ok(());
+        };
         let _: i64 = c.query_row("PRAGMA mmap_size = 1073741824", [], |r| r.get(0))?;
         c.pragma_update(None, "cache_size", -262_144)?;
         c.pragma_update(None, "temp_store", "MEMORY")?;
@@ -315,7 +344,7 @@ impl Store {
 
     fn configure(&mut self) -> Result<()> {
         let path = self.path.clone();
-        let c = &self.conn;
+        let c = self.sq();
         c.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| file_err(&path, e))?;
         // journal_mode is the first statement that reads the file, so a file that is
@@ -352,7 +381,7 @@ impl Store {
     /// A file that is SQLite but not ours (another application's database) is refused.
     fn check_identity(&self) -> Result<()> {
         let app: i64 = self
-            .conn
+            .sq()
             .pragma_query_value(None, "application_id", |r| r.get(0))
             .map_err(|e| file_err(&self.path, e))?;
         if app != schema::APPLICATION_ID {
@@ -365,8 +394,16 @@ impl Store {
     }
 
     pub fn schema_version(&self) -> Result<usize> {
+        if self.conn.is_pg() {
+            let v: i64 =
+                self.conn
+                    .query_row("SELECT version FROM cradle_schema WHERE id = 1", [], |r| {
+                        r.get(0)
+                    })?;
+            return Ok(v as usize);
+        }
         let v: i64 = self
-            .conn
+            .sq()
             .pragma_query_value(None, "user_version", |r| r.get(0))?;
         Ok(v as usize)
     }
@@ -374,7 +411,7 @@ impl Store {
     /// Applies pending migrations in one exclusive transaction.
     fn migrate(&mut self) -> Result<()> {
         let current: i64 = self
-            .conn
+            .sq()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(|e| file_err(&self.path, e))?;
         let current = current as usize;
@@ -390,9 +427,10 @@ impl Store {
         if current == known {
             return Ok(());
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.sq(),
+            rusqlite::TransactionBehavior::Exclusive,
+        )?;
         // Read again under the lock: another station may have migrated while this one
         // waited for it, and its migrations must not run twice.
         let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -414,11 +452,10 @@ impl Store {
         self.check_before_first_write()?;
         self.install_marks()?;
         // `write_trusted` may have turned the checks off for its transaction.
-        self.conn.pragma_update(None, "foreign_keys", true)?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut tx = Tx::new(tx);
+        if let Some(c) = self.conn.lite() {
+            c.pragma_update(None, "foreign_keys", true)?;
+        }
+        let mut tx = Tx::new(&self.conn, Begin::Write)?;
         prepare_marks(
             &mut tx,
             self.marks_installed,
@@ -444,17 +481,36 @@ impl Store {
         }
         // A bulk writer suspends the INSERT trigger for its transaction; put it back if
         // that transaction committed without it (one query on the TEMP schema).
-        if self.marks_installed && rowmark::installed(&self.conn)? {
+        let Some(c) = self.conn.lite() else {
+            // PostgreSQL: marks are computed at commit (`rowmark::mark_touched`) from
+            // what this session's TEMP tables noted.
+            if !self.marks_installed {
+                self.conn.execute_batch(rowmark::PG_TOUCHED_TABLES)?;
+                self.marks_installed = true;
+            }
+            return Ok(());
+        };
+        if self.marks_installed && rowmark::installed(c)? {
             return Ok(());
         }
-        rowmark::install(&self.conn, self.row_key.clone())?;
+        rowmark::install(c, self.row_key.clone())?;
         self.marks_installed = true;
         Ok(())
     }
 
     /// One consistent read of the registry (see `Snapshot`).
     pub fn snapshot(&self) -> Result<Snapshot<'_>> {
-        Ok(Snapshot::new(self.conn.unchecked_transaction()?))
+        Snapshot::new(&self.conn)
+    }
+}
+
+impl Store {
+    /// The SQLite connection of a SQLite registry (what only SQLite has: pragmas,
+    /// migrations by `user_version`); the PostgreSQL registry never reaches these.
+    fn sq(&self) -> &Connection {
+        self.conn
+            .lite()
+            .expect("a SQLite-only operation on a PostgreSQL registry")
     }
 }
 
@@ -475,11 +531,10 @@ impl Store {
         self.check_before_first_write()?;
         self.install_marks()?;
         // The pragma is a no-op inside a transaction, so it goes before BEGIN.
-        self.conn.pragma_update(None, "foreign_keys", false)?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut tx = Tx::new(tx);
+        if let Some(c) = self.conn.lite() {
+            c.pragma_update(None, "foreign_keys", false)?;
+        }
+        let mut tx = Tx::new(&self.conn, Begin::Write)?;
         prepare_marks(
             &mut tx,
             self.marks_installed,
@@ -499,16 +554,15 @@ impl Store {
     /// A crash leaves a hot journal that the next opener rolls back, as in any
     /// rollback-journal transaction. Returns whether the mode changed.
     pub fn begin_bulk(&mut self) -> Result<bool> {
-        if self.bulk || self.path.as_os_str() == ":memory:" {
+        if self.bulk || self.path.as_os_str() == ":memory:" || self.conn.is_pg() {
             return Ok(self.bulk);
         }
         // Fails (busy) while any other connection has the file open in WAL mode; that
         // is an answer, not something to wait for.
-        self.conn.busy_timeout(Duration::ZERO)?;
-        let switched = self
-            .conn
-            .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get::<_, String>(0));
-        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        let c = self.sq();
+        c.busy_timeout(Duration::ZERO)?;
+        let switched = c.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get::<_, String>(0));
+        c.busy_timeout(BUSY_TIMEOUT)?;
         let mode = match switched {
             Ok(m) => m,
             Err(e) if is_busy(&e) => return Ok(false),
@@ -519,7 +573,7 @@ impl Store {
         }
         self.bulk = true;
         // NORMAL is only safe against power loss in WAL mode.
-        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        self.sq().pragma_update(None, "synchronous", "FULL")?;
         Ok(true)
     }
 
@@ -574,7 +628,9 @@ impl Store {
 
     /// Turns foreign-key checks back on after a `write_trusted` transaction ended.
     pub fn restore_checks(&mut self) -> Result<()> {
-        self.conn.pragma_update(None, "foreign_keys", true)?;
+        if let Some(c) = self.conn.lite() {
+            c.pragma_update(None, "foreign_keys", true)?;
+        }
         Ok(())
     }
 }
@@ -679,12 +735,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut reg = Store::create(&dir.path().join("r.db")).unwrap();
         let ps: i64 = reg
-            .conn()
+            .sq()
             .pragma_query_value(None, "page_size", |r| r.get(0))
             .unwrap();
         assert_eq!(ps, PAGE_SIZE);
         let fk = |reg: &Store| -> i64 {
-            reg.conn()
+            reg.sq()
                 .pragma_query_value(None, "foreign_keys", |r| r.get(0))
                 .unwrap()
         };
@@ -721,9 +777,9 @@ mod tests {
         };
         let mut reg = Store::open(&path).unwrap();
         assert!(reg.begin_bulk().unwrap());
-        assert_eq!(mode(reg.conn()), "delete");
+        assert_eq!(mode(reg.conn().lite().unwrap()), "delete");
         reg.end_bulk().unwrap();
-        assert_eq!(mode(reg.conn()), "wal");
+        assert_eq!(mode(reg.conn().lite().unwrap()), "wal");
 
         // Another open connection (a reader in another process) keeps WAL mode.
         let other = Store::open(&path).unwrap();
@@ -732,7 +788,7 @@ mod tests {
             .query_row("SELECT count(*) FROM devices", [], |r| r.get(0))
             .unwrap();
         assert!(!reg.begin_bulk().unwrap());
-        assert_eq!(mode(reg.conn()), "wal");
+        assert_eq!(mode(reg.conn().lite().unwrap()), "wal");
         reg.end_bulk().unwrap();
         drop(other);
         assert!(reg.begin_bulk().unwrap());

@@ -3,6 +3,8 @@
 
 use rusqlite::OptionalExtension;
 
+use super::conn::Row;
+
 use super::Reader;
 use crate::error::Result;
 use crate::model::Timestamp;
@@ -22,7 +24,7 @@ pub struct Revocation {
     pub reason: Option<String>,
 }
 
-fn state_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertState> {
+fn state_from_row(r: &Row<'_>) -> rusqlite::Result<CertState> {
     let status: String = r.get(1)?;
     let revoked = if status == "revoked" {
         let at: Option<String> = r.get(2)?;

@@ -406,6 +406,11 @@ impl PgStore {
         })
     }
 
+    /// The connection, for a `Store` over this registry.
+    pub fn into_db(self) -> Db {
+        self.db
+    }
+
     /// Direct access for the store's own tests and the next ported commands.
     pub fn db(&mut self) -> &mut Db {
         &mut self.db

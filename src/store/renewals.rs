@@ -235,8 +235,8 @@ pub fn expiring(db: &Reader, until: i64) -> Result<(Vec<Target>, Vec<String>)> {
     let mut rows = stmt.query([until])?;
     let (mut out, mut pending) = (Vec::new(), Vec::new());
     while let Some(r) = rows.next()? {
-        let old = super::certs::cert_from_row_at(r, 0)?;
-        let device = super::devices::from_row_at(r, ncert)?;
+        let old = super::certs::cert_from_row_at(&r, 0)?;
+        let device = super::devices::from_row_at(&r, ncert)?;
         if r.get::<_, bool>(ncert + ndev)? {
             pending.push(device.serial);
         } else {

@@ -1,6 +1,8 @@
 //! Retirement records: revocations, CRLs, decommission steps, nonces and wipes.
 
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension};
+
+use super::conn::Row;
 use serde::Serialize;
 
 use super::certs::{cert_from_row, CertRecord, CERT_COLUMNS};

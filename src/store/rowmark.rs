@@ -33,6 +33,8 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension};
 
+use super::conn::Conn;
+
 use super::logkey::{EventMac, LogKey};
 use super::Tx;
 use crate::error::Result;
@@ -163,7 +165,26 @@ impl RowKey {
 }
 
 /// The columns of `devices` a mark covers, in table order (every one but `mark`).
-pub fn marked_columns(conn: &Connection) -> Result<Vec<String>> {
+pub fn marked_columns(conn: &Conn) -> Result<Vec<String>> {
+    let mut st = conn.prepare(if conn.is_pg() {
+        "SELECT column_name::text FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name = 'devices' ORDER BY ordinal_position"
+    } else {
+        "SELECT name FROM pragma_table_info('devices') ORDER BY cid"
+    })?;
+    let names = st.query_map([], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for n in names {
+        let n = n?;
+        if n != MARK_COLUMN {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+/// `marked_columns` of a SQLite connection (the TEMP triggers' own).
+pub(super) fn lite_columns(conn: &Connection) -> Result<Vec<String>> {
     let mut st = conn.prepare("SELECT name FROM pragma_table_info('devices') ORDER BY cid")?;
     let names = st.query_map([], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
@@ -174,6 +195,96 @@ pub fn marked_columns(conn: &Connection) -> Result<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+/// PostgreSQL: how a write transaction learns which device rows it changed (the key
+/// never reaches the server, so no trigger there can mark a row). Migration 11's
+/// trigger notes each row an INSERT or UPDATE touches in this session's TEMP tables,
+/// with the row as it was before its first change in the transaction; a session
+/// without these tables (psql, any other program) is not noted, so its changes keep
+/// marks that no longer verify. `mark_touched` marks at commit: every inserted row, and
+/// every updated row whose mark held before (as SQLite's TEMP trigger does: a row
+/// changed behind cradle's back is not laundered by cradle's next write).
+pub(super) const PG_TOUCHED_TABLES: &str = "
+CREATE TEMP TABLE IF NOT EXISTS cradle_touched (id BIGINT PRIMARY KEY, fresh BOOLEAN NOT NULL)
+    ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS cradle_touched_old (LIKE devices) ON COMMIT DELETE ROWS;
+";
+
+/// Marks the device rows this PostgreSQL transaction touched (see `PG_TOUCHED_TABLES`).
+pub(super) fn mark_touched(conn: &Conn, key: &RowKey) -> Result<u64> {
+    let touched: Vec<(i64, bool)> = {
+        let mut st = conn.prepare_cached("SELECT id, fresh FROM pg_temp.cradle_touched")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    if touched.is_empty() {
+        return Ok(0);
+    }
+    // Updated rows: did the mark hold before the first change?
+    let mut held = std::collections::HashSet::new();
+    {
+        let mut st = conn.prepare_cached("SELECT * FROM pg_temp.cradle_touched_old")?;
+        let names = st.column_names();
+        let at = |n: &str| names.iter().position(|c| c == n);
+        let (Some(mark_at), Some(id_at)) = (at(MARK_COLUMN), at("id")) else {
+            return Ok(0);
+        };
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(id_at)?;
+            if let ValueRef::Blob(m) = r.get_ref(mark_at)? {
+                let mut cols = Vec::with_capacity(names.len());
+                for i in (0..names.len()).filter(|&i| i != mark_at) {
+                    cols.push(Cell::from(r.get_ref(i)?));
+                }
+                if key.verify(cols, m) {
+                    held.insert(id);
+                }
+            }
+        }
+    }
+    let ids: Vec<String> = touched
+        .iter()
+        .filter(|(id, fresh)| *fresh || held.contains(id))
+        .map(|(id, _)| id.to_string())
+        .collect();
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    // Ids are integers from the database itself: safe to list in the statement.
+    pg_mark_where(conn, key, &format!("id IN ({})", ids.join(",")), true)
+}
+
+/// Computes and stores the marks of the device rows matching `cond` (PostgreSQL),
+/// with the touched-row trigger told to stand aside.
+fn pg_mark_where(conn: &Conn, key: &RowKey, cond: &str, _touched: bool) -> Result<u64> {
+    let mut marks: Vec<(i64, Vec<u8>)> = Vec::new();
+    {
+        let mut st = conn.prepare(&format!("SELECT * FROM devices WHERE {cond} ORDER BY id"))?;
+        let names = st.column_names();
+        let at = |n: &str| names.iter().position(|c| c == n);
+        let (Some(mark_at), Some(id_at)) = (at(MARK_COLUMN), at("id")) else {
+            return Ok(0);
+        };
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let mut cols = Vec::with_capacity(names.len());
+            for i in (0..names.len()).filter(|&i| i != mark_at) {
+                cols.push(Cell::from(r.get_ref(i)?));
+            }
+            marks.push((r.get(id_at)?, key.mark(cols).to_vec()));
+        }
+    }
+    conn.execute_batch("SELECT set_config('cradle.marking', 'on', true)")?;
+    for (id, m) in &marks {
+        conn.execute(
+            "UPDATE devices SET mark = ?1 WHERE id = ?2",
+            rusqlite::params![m, id],
+        )?;
+    }
+    conn.execute_batch("SELECT set_config('cradle.marking', 'off', true)")?;
+    Ok(marks.len() as u64)
 }
 
 fn quoted(cols: &[String]) -> String {
@@ -191,7 +302,7 @@ fn quoted(cols: &[String]) -> String {
 /// cradle's back keeps a mark that does not verify (or none) through later cradle
 /// writes, so the next write of that device does not launder the change.
 pub(super) fn install(conn: &Connection, slot: Arc<OnceLock<RowKey>>) -> Result<()> {
-    let cols = marked_columns(conn)?;
+    let cols = lite_columns(conn)?;
     let flags = FunctionFlags::SQLITE_UTF8
         | FunctionFlags::SQLITE_DETERMINISTIC
         | FunctionFlags::SQLITE_DIRECTONLY;
@@ -269,13 +380,13 @@ pub(super) fn suspend_insert_trigger(conn: &Connection) -> Result<()> {
 }
 
 pub(super) fn resume_insert_trigger(conn: &Connection) -> Result<()> {
-    conn.execute_batch(&insert_trigger_sql(&marked_columns(conn)?))?;
+    conn.execute_batch(&insert_trigger_sql(&lite_columns(conn)?))?;
     Ok(())
 }
 
 /// Marks one row now (a bulk writer's row it could not mark itself).
 pub(super) fn mark_row(conn: &Connection, id: i64) -> Result<()> {
-    let cols = quoted(&marked_columns(conn)?);
+    let cols = quoted(&lite_columns(conn)?);
     conn.prepare_cached(&format!(
         "UPDATE devices SET mark = {FUNCTION}({cols}) WHERE id = ?1"
     ))?
@@ -284,7 +395,7 @@ pub(super) fn mark_row(conn: &Connection, id: i64) -> Result<()> {
 }
 
 /// Whether the registry records that its device rows are marked.
-pub fn recorded(conn: &Connection) -> Result<bool> {
+pub fn recorded(conn: &Conn) -> Result<bool> {
     Ok(conn
         .query_row("SELECT 1 FROM meta WHERE key = ?1", [META_KEY], |_| Ok(()))
         .optional()?
@@ -294,13 +405,22 @@ pub fn recorded(conn: &Connection) -> Result<bool> {
 /// Whether the keyed event log says device rows are marked: the registry was created
 /// with marks (`home.initialised` says so) or an older one was backfilled
 /// (`devices.marked`). Scans the log; only asked when `meta` has no record.
-pub fn logged(conn: &Connection) -> Result<bool> {
+pub fn logged(conn: &Conn) -> Result<bool> {
+    // `events.details` is text on both backends (hashed as stored); PostgreSQL has no
+    // json_valid before 16, and a damaged row must not fail the query.
+    let sql = if conn.is_pg() {
+        "SELECT 1 FROM events WHERE kind = ?1
+            OR (kind = ?2 AND details ~ '\"device_marks\"\\s*:\\s*true')
+         LIMIT 1"
+    } else {
+        "SELECT 1 FROM events WHERE kind = ?1
+            OR (kind = ?2 AND CASE WHEN json_valid(details)
+                THEN json_extract(details, '$.device_marks') IS 1 END)
+         LIMIT 1"
+    };
     Ok(conn
         .query_row(
-            "SELECT 1 FROM events WHERE kind = ?1
-                OR (kind = ?2 AND CASE WHEN json_valid(details)
-                    THEN json_extract(details, '$.device_marks') IS 1 END)
-             LIMIT 1",
+            sql,
             [
                 EventKind::DevicesMarked.as_str(),
                 EventKind::HomeInitialised.as_str(),
@@ -312,7 +432,7 @@ pub fn logged(conn: &Connection) -> Result<bool> {
 }
 
 /// Records, in a new registry, that its device rows are marked from the start.
-pub(super) fn record_new(conn: &Connection) -> Result<()> {
+pub(super) fn record_new(conn: &Conn) -> Result<()> {
     conn.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
         [META_KEY, &super::now_rfc3339()],
@@ -330,11 +450,19 @@ pub(super) fn backfill(tx: &Tx<'_>) -> Result<bool> {
     if recorded(conn)? || logged(conn)? {
         return Ok(true);
     }
-    let cols = quoted(&marked_columns(conn)?);
-    let n = conn.execute(
-        &format!("UPDATE main.devices SET mark = {FUNCTION}({cols}) WHERE mark IS NULL"),
-        [],
-    )?;
+    let n = match conn.lite() {
+        Some(c) => {
+            let cols = quoted(&lite_columns(c)?);
+            c.execute(
+                &format!("UPDATE main.devices SET mark = {FUNCTION}({cols}) WHERE mark IS NULL"),
+                [],
+            )? as u64
+        }
+        None => match &tx.row_key {
+            Some(key) => pg_mark_where(conn, key, "mark IS NULL", false)?,
+            None => 0,
+        },
+    };
     let now = super::now_rfc3339();
     conn.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)",
@@ -363,13 +491,13 @@ pub struct BadMark {
 /// Calls `each` for every device row whose mark does not verify, and, when `require`,
 /// for every row without one. Returns how many rows were checked.
 pub fn bad_marks(
-    conn: &Connection,
+    conn: &Conn,
     key: &RowKey,
     require: bool,
     mut each: impl FnMut(BadMark) -> Result<()>,
 ) -> Result<u64> {
     let mut st = conn.prepare("SELECT * FROM main.devices ORDER BY id")?;
-    let names: Vec<String> = st.column_names().into_iter().map(String::from).collect();
+    let names: Vec<String> = st.column_names();
     let at = |n: &str| names.iter().position(|c| c == n);
     let (Some(mark_at), Some(id_at), Some(serial_at)) = (at(MARK_COLUMN), at("id"), at("serial"))
     else {
@@ -413,10 +541,17 @@ pub fn bad_marks(
 
 /// Triggers stored in the registry file: cradle never creates one, and one could
 /// rewrite device rows whenever cradle writes them (and they would be marked).
-pub fn stored_triggers(conn: &Connection) -> Result<Vec<(String, String)>> {
-    let mut st = conn.prepare(
-        "SELECT name, tbl_name FROM main.sqlite_master WHERE type = 'trigger' ORDER BY name",
-    )?;
+pub fn stored_triggers(conn: &Conn) -> Result<Vec<(String, String)>> {
+    // On PostgreSQL cradle's own trigger (it only notes which rows changed) is expected.
+    let mut st = conn.prepare(if conn.is_pg() {
+        "SELECT t.tgname::text, c.relname::text FROM pg_trigger t
+         JOIN pg_class c ON c.oid = t.tgrelid
+         WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace
+           AND t.tgname <> 'cradle_device_touched'
+         ORDER BY 1"
+    } else {
+        "SELECT name, tbl_name FROM main.sqlite_master WHERE type = 'trigger' ORDER BY name"
+    })?;
     let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -427,8 +562,7 @@ mod tests {
 
     fn key() -> RowKey {
         let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("r.db")).unwrap();
-        RowKey::from_log_key(&LogKey::create(&conn, 1).unwrap().unwrap())
+        RowKey::from_log_key(&LogKey::create_at(&dir.path().join("log.key"), 1).unwrap())
     }
 
     #[test]

@@ -247,6 +247,11 @@ CREATE TABLE renewals (
 -- Also the index for "the device's pending successor" (the queries say state = 'pending').
 CREATE UNIQUE INDEX renewals_one_pending ON renewals(device_id) WHERE state = 'pending';
 "#,
+    // 11: nothing on SQLite. The PostgreSQL twin adds the trigger that tells a cradle
+    // connection which device rows its transaction changed (device marks are computed
+    // in Rust there); SQLite registries mark rows with TEMP triggers. The version moves
+    // with PostgreSQL's so that both backends share one schema version.
+    "-- 11: PostgreSQL only (device-mark trigger)\n",
 ];
 
 #[cfg(test)]
@@ -268,6 +273,7 @@ mod tests {
         "5bed1ee22713c0345e61d41643302aa68fbdfaf0c750bdcbfce52d4e5ebffe5d",
         "11de30e9064a397b15f0c05c22af0aa17e6e34df2a1786be9aa9e61b3c7568fe",
         "7756fa3e01dcecf0b3b8c2d4e45a771b93c2f709c025df43ad0ede05931f0db6",
+        "2f17560cccb870ac2501236df628d0611f59d9264b01b37d9be36450a7348efb",
     ];
 
     #[test]

@@ -217,6 +217,32 @@ CREATE TABLE renewals (
 );
 CREATE UNIQUE INDEX renewals_one_pending ON renewals(device_id) WHERE state = 'pending';
 "#,
+    // 11: which device rows a cradle transaction touched, for the marks it computes at
+    // commit (see `rowmark::PG_TOUCHED_TABLES`): only a session that made the TEMP
+    // tables is noted; the mark-writing UPDATE itself stands aside.
+    r#"
+CREATE FUNCTION cradle_device_touched() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+    IF current_setting('cradle.marking', true) = 'on'
+       OR to_regclass('pg_temp.cradle_touched') IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO pg_temp.cradle_touched (id, fresh) VALUES (NEW.id, true)
+            ON CONFLICT (id) DO NOTHING;
+    ELSE
+        INSERT INTO pg_temp.cradle_touched (id, fresh) VALUES (OLD.id, false)
+            ON CONFLICT (id) DO NOTHING;
+        IF FOUND THEN
+            INSERT INTO pg_temp.cradle_touched_old SELECT (OLD).*;
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$f$;
+CREATE TRIGGER cradle_device_touched AFTER INSERT OR UPDATE ON devices
+    FOR EACH ROW EXECUTE FUNCTION cradle_device_touched();
+"#,
 ];
 
 #[cfg(test)]
@@ -236,6 +262,7 @@ mod tests {
         "95b22ea289d756afa50b3e266cfe4f0426e038089a68cfbd7785bef7307e21c8",
         "0f0257cfd8628e6b1470cf0a376f1b91d0b89b4bff648f957806cda536fa4a3b",
         "47892c8d12aa453dffcbcfb43f82b799b352eeba6b339abc05c08865057a2f41",
+        "946e87dc6959eca73d4ab4412168a0c80ba01b0af1fc61828927c84a5b23941b",
     ];
 
     #[test]

@@ -8,7 +8,9 @@
 use std::cell::RefCell;
 use std::ops::Deref;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, OptionalExtension};
+
+use super::conn::{Begin, Conn};
 
 use super::events::{event_hash_hex, Hashed, GENESIS, HEAD_KEY};
 use super::logkey::LogKey;
@@ -19,18 +21,23 @@ use crate::model::{Actor, EventKind};
 /// `&Store`, `&Snapshot` and `&Tx` dereference to it.
 #[repr(transparent)]
 pub struct Reader {
-    conn: Connection,
+    conn: Conn,
 }
 
 impl Reader {
-    pub(super) fn of(conn: &Connection) -> &Reader {
-        // SAFETY: `Reader` is `repr(transparent)` over `Connection`, so the two
-        // references have the same layout and lifetime.
-        unsafe { &*(conn as *const Connection as *const Reader) }
+    pub(super) fn of(conn: &Conn) -> &Reader {
+        // SAFETY: `Reader` is `repr(transparent)` over `Conn`, so the two references
+        // have the same layout and lifetime.
+        unsafe { &*(conn as *const Conn as *const Reader) }
     }
 
-    pub(super) fn conn(&self) -> &Connection {
+    pub(super) fn conn(&self) -> &Conn {
         &self.conn
+    }
+
+    /// Whether the registry is on a PostgreSQL server.
+    pub fn is_pg(&self) -> bool {
+        self.conn.is_pg()
     }
 
     /// SQLite's own consistency check, up to `max` problems: `full` is
@@ -38,6 +45,11 @@ impl Reader {
     /// the serial index), else `quick_check` (pages and records, O(file size), about
     /// 0.2 s per 80 MB here). Empty when the file is sound.
     pub fn integrity_problems(&self, full: bool, max: u32) -> Result<Vec<String>> {
+        // A PostgreSQL server checks its own pages (data checksums); there is no
+        // equivalent of SQLite's check to run from here.
+        let Some(conn) = self.conn.lite() else {
+            return Ok(Vec::new());
+        };
         let sql = format!(
             "PRAGMA {}({max})",
             if full {
@@ -46,7 +58,7 @@ impl Reader {
                 "quick_check"
             }
         );
-        let mut stmt = self.conn.prepare(&sql)?;
+        let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         let out: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
         Ok(if out.len() == 1 && out[0] == "ok" {
@@ -60,7 +72,7 @@ impl Reader {
     /// snapshot, and no per-statement lock round trips. Ends when dropped.
     pub fn read_snapshot(&self) -> Result<Option<Snapshot<'_>>> {
         if self.conn.is_autocommit() {
-            Ok(Some(Snapshot::new(self.conn.unchecked_transaction()?)))
+            Ok(Some(Snapshot::new(&self.conn)?))
         } else {
             Ok(None)
         }
@@ -84,19 +96,26 @@ impl Reader {
 /// One consistent read of the whole registry (a deferred read transaction): a writer
 /// committing meanwhile is not seen, so head and events always agree.
 pub struct Snapshot<'s> {
-    tx: Transaction<'s>,
+    conn: &'s Conn,
 }
 
 impl<'s> Snapshot<'s> {
-    pub(super) fn new(tx: Transaction<'s>) -> Snapshot<'s> {
-        Snapshot { tx }
+    pub(super) fn new(conn: &'s Conn) -> Result<Snapshot<'s>> {
+        conn.begin(Begin::Read)?;
+        Ok(Snapshot { conn })
+    }
+}
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        let _ = self.conn.rollback();
     }
 }
 
 impl Deref for Snapshot<'_> {
     type Target = Reader;
     fn deref(&self) -> &Reader {
-        Reader::of(&self.tx)
+        Reader::of(self.conn)
     }
 }
 
@@ -117,7 +136,9 @@ impl Head {
 
 /// A write transaction (the write lock is taken when it begins).
 pub struct Tx<'s> {
-    tx: Transaction<'s>,
+    tx: &'s Conn,
+    /// Committed or rolled back: nothing left for `drop` to undo.
+    done: std::cell::Cell<bool>,
     /// Loaded at the first append; `commit` stores it when events were appended.
     head: RefCell<Option<Head>>,
     appended: std::cell::Cell<bool>,
@@ -127,17 +148,19 @@ pub struct Tx<'s> {
 }
 
 impl<'s> Tx<'s> {
-    pub(super) fn new(tx: Transaction<'s>) -> Tx<'s> {
-        Tx {
-            tx,
+    pub(super) fn new(conn: &'s Conn, kind: Begin) -> Result<Tx<'s>> {
+        conn.begin(kind)?;
+        Ok(Tx {
+            tx: conn,
+            done: std::cell::Cell::new(false),
             head: RefCell::new(None),
             appended: std::cell::Cell::new(false),
             row_key: None,
-        }
+        })
     }
 
-    pub(super) fn conn(&self) -> &Connection {
-        &self.tx
+    pub(super) fn conn(&self) -> &Conn {
+        self.tx
     }
 
     /// Appends one event to the chain; returns its id.
@@ -196,16 +219,13 @@ impl<'s> Tx<'s> {
 
     /// Runs `f` with the chain head (loaded from the newest event on first use); bulk
     /// writers append through it and move it forward.
-    pub(super) fn with_head<R>(
-        &self,
-        f: impl FnOnce(&Connection, &mut Head) -> Result<R>,
-    ) -> Result<R> {
+    pub(super) fn with_head<R>(&self, f: impl FnOnce(&Conn, &mut Head) -> Result<R>) -> Result<R> {
         let mut slot = self.head.borrow_mut();
         if slot.is_none() {
-            *slot = Some(load_head(&self.tx)?);
+            *slot = Some(load_head(self.tx)?);
         }
         let head = slot.as_mut().expect("loaded");
-        let r = f(&self.tx, head)?;
+        let r = f(self.tx, head)?;
         self.appended.set(true);
         Ok(r)
     }
@@ -214,28 +234,43 @@ impl<'s> Tx<'s> {
     pub fn commit(self) -> Result<()> {
         if self.appended.get() {
             if let Some(head) = self.head.borrow().as_ref() {
-                store_head(&self.tx, head)?;
+                store_head(self.tx, head)?;
+            }
+        }
+        if self.tx.is_pg() {
+            if let Some(key) = &self.row_key {
+                super::rowmark::mark_touched(self.tx, key)?;
             }
         }
         self.tx.commit()?;
+        self.done.set(true);
         Ok(())
     }
 
     /// Rolls back explicitly (dropping a `Tx` does the same).
     pub fn rollback(self) -> Result<()> {
+        self.done.set(true);
         self.tx.rollback()?;
         Ok(())
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.done.get() {
+            let _ = self.tx.rollback();
+        }
     }
 }
 
 impl Deref for Tx<'_> {
     type Target = Reader;
     fn deref(&self) -> &Reader {
-        Reader::of(&self.tx)
+        Reader::of(self.tx)
     }
 }
 
-fn load_head(conn: &Connection) -> Result<Head> {
+fn load_head(conn: &Conn) -> Result<Head> {
     let last: Option<(i64, String)> = conn
         .query_row(
             "SELECT id, hash FROM events ORDER BY id DESC LIMIT 1",
@@ -268,7 +303,7 @@ fn load_head(conn: &Connection) -> Result<Head> {
 }
 
 /// Appends the `log.keyed` event that opens the keyed part of an older chain.
-fn append_marker(conn: &Connection, head: &mut Head) -> Result<()> {
+fn append_marker(conn: &Conn, head: &mut Head) -> Result<()> {
     let at = super::now_rfc3339();
     let kind = EventKind::LogKeyed.as_str();
     insert_event(conn, head, None, kind, ("cradle", ""), "{}", &at)?;
@@ -278,7 +313,7 @@ fn append_marker(conn: &Connection, head: &mut Head) -> Result<()> {
 /// Inserts the next event after `head`, hashed (keyed where the chain is) onto it, and
 /// moves `head` forward: the one place an event row is written.
 fn insert_event(
-    conn: &Connection,
+    conn: &Conn,
     head: &mut Head,
     device_id: Option<i64>,
     kind: &str,
@@ -321,7 +356,7 @@ fn insert_event(
     Ok(id)
 }
 
-fn store_head(conn: &Connection, head: &Head) -> Result<()> {
+fn store_head(conn: &Conn, head: &Head) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
