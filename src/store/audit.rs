@@ -290,7 +290,7 @@ pub fn duplicate_devices(
                  GROUP BY {col} HAVING count(*) > 1)
              SELECT d.serial, d.{col}, g.n,
                     (SELECT group_concat(serial, ', ') FROM
-                        (SELECT s.serial FROM devices s WHERE s.{col} = g.k ORDER BY s.serial LIMIT 5))
+                        (SELECT s.serial FROM devices s WHERE s.{col} = g.k ORDER BY s.serial LIMIT 5) AS t)
              FROM g JOIN devices d ON d.{col} = g.k
              ORDER BY g.k, d.serial"
         )
@@ -328,7 +328,7 @@ pub fn duplicate_public_keys(db: &Reader, f: impl FnMut(Duplicate) -> Result<()>
          SELECT d.serial, g.k, g.n,
                 (SELECT group_concat(serial, ', ') FROM
                     (SELECT DISTINCT s.serial FROM certificates sc JOIN devices s ON s.id = sc.device_id
-                     WHERE sc.pubkey_sha256 = g.k ORDER BY s.serial LIMIT 5))
+                     WHERE sc.pubkey_sha256 = g.k ORDER BY s.serial LIMIT 5) AS t)
          FROM g JOIN (SELECT DISTINCT pubkey_sha256, device_id FROM certificates) c
                   ON c.pubkey_sha256 = g.k
                 JOIN devices d ON d.id = c.device_id
@@ -475,7 +475,7 @@ pub fn cert_status_vs_log(
                FROM certificates c) x
          JOIN certificates c ON c.id = x.id
          JOIN devices d ON d.id = c.device_id
-         WHERE (c.status = 'revoked') <> (x.logged = 1)
+         WHERE (c.status = 'revoked') <> x.logged
          ORDER BY d.serial, c.id",
         [],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? == 1)),

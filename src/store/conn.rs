@@ -179,10 +179,28 @@ pub fn dialect(sql: &str) -> String {
         s.truncate(end);
         s.push_str(" ON CONFLICT DO NOTHING");
     }
-    // Schema-qualified names of SQLite's main database.
+    // Schema-qualified names of SQLite's main and temp databases.
     s = s.replace("main.devices", "devices");
-    // `x IS 1` / `IS 0` (SQLite's null-safe equality with an integer).
+    s = replace_word(&s, "temp.", "pg_temp.");
+    s = s.replace(" WITHOUT ROWID", "");
     s
+}
+
+/// `from` replaced by `to` where it starts a word.
+fn replace_word(s: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(from) {
+        let word_start = rest[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+        out.push_str(&rest[..i]);
+        out.push_str(if word_start { to } else { from });
+        rest = &rest[i + from.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn find_ci(hay: &str, needle: &str) -> Option<usize> {

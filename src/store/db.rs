@@ -220,7 +220,7 @@ impl Db {
                 Ok(n as u64)
             }
             Db::Pg { client, cache } => {
-                let stmt = prepared(client, cache, sql)?;
+                let stmt = prepared(client, cache, sql, params)?;
                 let ps = pg_params(params);
                 let refs: Vec<&(dyn ToSql + Sync)> =
                     ps.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
@@ -234,7 +234,7 @@ impl Db {
         match self {
             Db::Sqlite(c) => lite_query(c, sql, params),
             Db::Pg { client, cache } => {
-                let stmt = prepared(client, cache, sql)?;
+                let stmt = prepared(client, cache, sql, params)?;
                 let ps = pg_params(params);
                 let refs: Vec<&(dyn ToSql + Sync)> =
                     ps.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
@@ -249,7 +249,7 @@ impl Db {
         match self {
             Db::Sqlite(_) => Err(Error::Internal("query_named is for PostgreSQL".into())),
             Db::Pg { client, cache } => {
-                let stmt = prepared(client, cache, sql)?;
+                let stmt = prepared(client, cache, sql, params)?;
                 let cols = stmt
                     .columns()
                     .iter()
@@ -268,7 +268,7 @@ impl Db {
     pub fn columns_of(&mut self, sql: &str) -> Result<Vec<String>> {
         match self {
             Db::Sqlite(_) => Err(Error::Internal("columns_of is for PostgreSQL".into())),
-            Db::Pg { client, cache } => Ok(prepared(client, cache, sql)?
+            Db::Pg { client, cache } => Ok(prepared(client, cache, sql, &[])?
                 .columns()
                 .iter()
                 .map(|c| c.name().to_string())
@@ -286,13 +286,85 @@ fn prepared(
     client: &mut postgres::Client,
     cache: &mut HashMap<String, postgres::Statement>,
     sql: &str,
+    params: &[Value],
 ) -> Result<postgres::Statement> {
     if let Some(s) = cache.get(sql) {
         return Ok(s.clone());
     }
-    let stmt = client.prepare(&to_dollar(sql)).map_err(pg_err)?;
+    let text = to_dollar(sql);
+    // The server infers each parameter's type from where it is used; one used only
+    // where any type fits (`?1 IS NULL OR status = ?1` is written for SQLite) it cannot
+    // infer: declare that one, first by the value bound to it, then by the other types
+    // the registry's columns have until the statement is accepted.
+    let mut types: Vec<Type> = Vec::new();
+    let mut last: Option<(usize, usize)> = None;
+    let stmt = loop {
+        let e = match client.prepare_typed(&text, &types) {
+            Ok(s) => break s,
+            Err(e) => e,
+        };
+        let undetermined = undetermined_param(&e).filter(|n| *n >= 1 && *n <= params.len().max(1));
+        let next = match (undetermined, last) {
+            (Some(n), _) if types.get(n - 1).is_none_or(|t| *t == Type::UNKNOWN) => Some((n, 0)),
+            // The declared type does not fit where the parameter is used: the next one.
+            (None, Some((n, c))) if type_mismatch(&e) && c + 1 < CANDIDATES.len() => {
+                Some((n, c + 1))
+            }
+            _ => None,
+        };
+        let Some((n, c)) = next else {
+            // For developers porting a query: which statement the server refused.
+            if std::env::var_os("CRADLE_DEBUG_SQL").is_some() {
+                eprintln!("cradle: PostgreSQL refused: {text}\n{e:?}");
+            }
+            return Err(pg_err(e));
+        };
+        if types.len() < n {
+            types.resize(n, Type::UNKNOWN);
+        }
+        types[n - 1] = if c == 0 {
+            match params.get(n - 1) {
+                Some(Value::Int(_)) => Type::INT8,
+                Some(Value::Real(_)) => Type::FLOAT8,
+                Some(Value::Blob(_)) => Type::BYTEA,
+                _ => Type::TEXT,
+            }
+        } else {
+            CANDIDATES[c].clone()
+        };
+        last = Some((n, c));
+    };
     cache.insert(sql.to_string(), stmt.clone());
     Ok(stmt)
+}
+
+/// The types tried for a parameter the server cannot infer (after the bound value's).
+const CANDIDATES: [Type; 6] = [
+    Type::UNKNOWN,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::INT8,
+    Type::DATE,
+    Type::BYTEA,
+];
+
+/// An operator or function that does not take the declared parameter type.
+fn type_mismatch(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    e.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::UNDEFINED_FUNCTION || *db.code() == SqlState::DATATYPE_MISMATCH
+    })
+}
+
+/// The parameter number of "could not determine data type of parameter $N".
+fn undetermined_param(e: &postgres::Error) -> Option<usize> {
+    let db = e.as_db_error()?;
+    use postgres::error::SqlState;
+    if *db.code() != SqlState::AMBIGUOUS_PARAMETER && *db.code() != SqlState::INDETERMINATE_DATATYPE
+    {
+        return None;
+    }
+    db.message().rsplit('$').next()?.trim().parse().ok()
 }
 
 fn lite(v: &Value) -> rusqlite::types::Value {
@@ -361,6 +433,7 @@ impl ToSql for PgParam {
                 v.to_sql(ty, out)
             }
             (Value::Text(s), _) => s.as_str().to_sql(ty, out),
+            (Value::Int(i), t) if *t == Type::TEXT => i.to_string().to_sql(ty, out),
             (Value::Blob(b), _) => b.as_slice().to_sql(ty, out),
             (v, t) => Err(format!("cannot bind {v:?} as {t}").into()),
         }

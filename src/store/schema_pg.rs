@@ -242,6 +242,40 @@ END
 $f$;
 CREATE TRIGGER cradle_device_touched AFTER INSERT OR UPDATE ON devices
     FOR EACH ROW EXECUTE FUNCTION cradle_device_touched();
+
+-- The few SQLite functions the store's queries use, as SQLite defines them for the
+-- arguments they are given there, so that each query is written once.
+CREATE FUNCTION cradle_concat_step(acc text, v text, sep text) RETURNS text
+    LANGUAGE sql IMMUTABLE AS $f$
+    SELECT CASE WHEN v IS NULL THEN acc WHEN acc IS NULL THEN v ELSE acc || sep || v END
+$f$;
+CREATE AGGREGATE group_concat(text, text) (SFUNC = cradle_concat_step, STYPE = text);
+CREATE FUNCTION json_valid(v text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $f$
+BEGIN
+    PERFORM v::jsonb;
+    RETURN v IS NOT NULL;
+EXCEPTION WHEN others THEN
+    RETURN false;
+END
+$f$;
+-- Paths of the form '$.a.b' (all the store asks for); the value as text.
+CREATE FUNCTION json_extract(v text, path text) RETURNS text LANGUAGE sql IMMUTABLE AS $f$
+    SELECT (v::jsonb) #>> string_to_array(substr(path, 3), '.')
+$f$;
+CREATE FUNCTION json_extract(v jsonb, path text) RETURNS text LANGUAGE sql IMMUTABLE AS $f$
+    SELECT v #>> string_to_array(substr(path, 3), '.')
+$f$;
+-- strftime(format, epoch seconds, 'unixepoch') for the %Y and %m the reports use (UTC).
+CREATE FUNCTION strftime(fmt text, t bigint, modifier text) RETURNS text
+    LANGUAGE sql IMMUTABLE AS $f$
+    SELECT to_char(to_timestamp(t) AT TIME ZONE 'UTC',
+                   replace(replace(replace(fmt, '%Y', 'YYYY'), '%m', 'MM'), '%d', 'DD'))
+$f$;
+-- A timestamp read as the text SQLite stores (RFC 3339, UTC, whole seconds).
+CREATE FUNCTION substr(t timestamptz, start integer, len integer) RETURNS text
+    LANGUAGE sql IMMUTABLE AS $f$
+    SELECT substr(to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), start, len)
+$f$;
 "#,
 ];
 
@@ -262,7 +296,7 @@ mod tests {
         "95b22ea289d756afa50b3e266cfe4f0426e038089a68cfbd7785bef7307e21c8",
         "0f0257cfd8628e6b1470cf0a376f1b91d0b89b4bff648f957806cda536fa4a3b",
         "47892c8d12aa453dffcbcfb43f82b799b352eeba6b339abc05c08865057a2f41",
-        "946e87dc6959eca73d4ab4412168a0c80ba01b0af1fc61828927c84a5b23941b",
+        "5124ad31af5d0d06d2e23065c73ffaf10c30ad09f89773e3a94e9215ea916a53",
     ];
 
     #[test]
