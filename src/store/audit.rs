@@ -275,8 +275,8 @@ pub fn duplicate_devices(
                  FROM devices WHERE mac IS NOT NULL AND {MAC_KEY} <> ''
                  GROUP BY k HAVING count(*) > 1)
              SELECT d.serial, d.mac, g.n, g.sample
-             FROM devices d CROSS JOIN g ON g.k = {d_key}
-             WHERE d.mac IS NOT NULL
+             FROM devices d CROSS JOIN g
+             WHERE g.k = {d_key} AND d.mac IS NOT NULL
              ORDER BY g.k, d.serial",
             d_key = MAC_KEY.replace("(mac)", "(d.mac)")
         )
@@ -606,7 +606,7 @@ pub fn revoked_counts_by_ca(db: &Reader) -> Result<Vec<(Option<i64>, String, i64
         conn,
         "SELECT c.ca_id, coalesce(a.name, ''), count(*)
          FROM certificates c LEFT JOIN cas a ON a.id = c.ca_id
-         WHERE c.status = 'revoked' GROUP BY c.ca_id ORDER BY c.ca_id",
+         WHERE c.status = 'revoked' GROUP BY c.ca_id, a.name ORDER BY c.ca_id",
         [],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         |x| {

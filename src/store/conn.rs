@@ -305,6 +305,14 @@ impl Conn {
         }
     }
 
+    /// `COPY ... FROM STDIN` (PostgreSQL, text format); rows copied.
+    pub fn copy_in(&self, sql: &str, data: &[u8]) -> rusqlite::Result<u64> {
+        match self {
+            Conn::Lite(_) => Err(rusqlite::Error::InvalidQuery),
+            Conn::Pg(_) => self.with_pg(|p| p.db.copy_in(sql, data)),
+        }
+    }
+
     /// The id the last INSERT made (PostgreSQL: the session's `lastval()`, which the
     /// identity column's sequence set).
     pub fn last_insert_rowid(&self) -> i64 {

@@ -224,7 +224,9 @@ impl Db {
                 let ps = pg_params(params);
                 let refs: Vec<&(dyn ToSql + Sync)> =
                     ps.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-                client.execute(&stmt, &refs).map_err(pg_err)
+                client
+                    .execute(&stmt, &refs)
+                    .map_err(|e| debug_err(sql, params, e))
             }
         }
     }
@@ -238,7 +240,9 @@ impl Db {
                 let ps = pg_params(params);
                 let refs: Vec<&(dyn ToSql + Sync)> =
                     ps.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-                let rows = client.query(&stmt, &refs).map_err(pg_err)?;
+                let rows = client
+                    .query(&stmt, &refs)
+                    .map_err(|e| debug_err(sql, params, e))?;
                 rows.iter().map(pg_row).collect()
             }
         }
@@ -258,8 +262,24 @@ impl Db {
                 let ps = pg_params(params);
                 let refs: Vec<&(dyn ToSql + Sync)> =
                     ps.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-                let rows = client.query(&stmt, &refs).map_err(pg_err)?;
+                let rows = client
+                    .query(&stmt, &refs)
+                    .map_err(|e| debug_err(sql, params, e))?;
                 Ok((rows.iter().map(pg_row).collect::<Result<_>>()?, cols))
+            }
+        }
+    }
+
+    /// `COPY ... FROM STDIN` of `data` (PostgreSQL's text format); rows copied.
+    pub fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<u64> {
+        match self {
+            Db::Sqlite(_) => Err(Error::Internal("COPY is for PostgreSQL".into())),
+            Db::Pg { client, .. } => {
+                use std::io::Write;
+                let mut w = client.copy_in(sql).map_err(pg_err)?;
+                w.write_all(data)
+                    .map_err(|e| Error::Store(StoreError::Other(format!("COPY: {e}"))))?;
+                w.finish().map_err(pg_err)
             }
         }
     }
@@ -354,6 +374,14 @@ fn type_mismatch(e: &postgres::Error) -> bool {
     e.as_db_error().is_some_and(|db| {
         *db.code() == SqlState::UNDEFINED_FUNCTION || *db.code() == SqlState::DATATYPE_MISMATCH
     })
+}
+
+/// `pg_err`, telling a developer (CRADLE_DEBUG_SQL) the statement and its parameters.
+fn debug_err(sql: &str, params: &[Value], e: postgres::Error) -> Error {
+    if std::env::var_os("CRADLE_DEBUG_SQL").is_some() {
+        eprintln!("cradle: PostgreSQL failed: {sql}\nparams: {params:?}\n{e:?}");
+    }
+    pg_err(e)
 }
 
 /// The parameter number of "could not determine data type of parameter $N".

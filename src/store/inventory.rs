@@ -43,7 +43,7 @@ const EVENT_VALUES: usize = 4;
 const DEVICE_PARAMS: usize = DEVICE_VALUES + 1;
 
 /// The columns `device_values` fills, in order.
-const VALUE_COLUMNS: [&str; DEVICE_VALUES] = [
+pub(super) const VALUE_COLUMNS: [&str; DEVICE_VALUES] = [
     "serial",
     "hardware_id",
     "model",
@@ -222,8 +222,116 @@ pub enum Lookup {
     Many(u64),
 }
 
-/// Prepared statements and the event-chain head for one import transaction.
-pub struct ImportDb<'c> {
+/// One import transaction's writer, on either backend.
+pub enum ImportDb<'c> {
+    Lite(LiteImport<'c>),
+    Pg(super::pg_import::PgImport<'c>),
+}
+
+impl<'c> ImportDb<'c> {
+    pub fn new(tx: &'c Tx<'c>) -> Result<ImportDb<'c>> {
+        Ok(if tx.is_pg() {
+            ImportDb::Pg(super::pg_import::PgImport::new(tx)?)
+        } else {
+            ImportDb::Lite(LiteImport::new(tx)?)
+        })
+    }
+
+    pub fn events_written(&self) -> u64 {
+        match self {
+            ImportDb::Lite(d) => d.events_written,
+            ImportDb::Pg(d) => d.events_written,
+        }
+    }
+
+    pub fn first_line_of_key(&mut self, key: &str, line: u64) -> Result<Option<i64>> {
+        match self {
+            ImportDb::Lite(d) => d.first_line_of_key(key, line),
+            ImportDb::Pg(d) => d.first_line_of_key(key, line),
+        }
+    }
+
+    pub fn max_device_id(&self) -> Result<i64> {
+        match self {
+            ImportDb::Lite(d) => d.max_device_id(),
+            ImportDb::Pg(d) => d.max_device_id(),
+        }
+    }
+
+    pub fn find(&mut self, key: MatchKey, value: &str) -> Result<Lookup> {
+        match self {
+            ImportDb::Lite(d) => d.find(key, value),
+            ImportDb::Pg(d) => d.find(key, value),
+        }
+    }
+
+    /// Inserts a device from the documented fields (in `Field` order) and the
+    /// attributes JSON. `Ok(None)` means the serial already exists.
+    pub fn insert(
+        &mut self,
+        f: &[Option<&str>; FIELDS],
+        attributes: Option<&str>,
+        now: &str,
+    ) -> Result<Option<i64>> {
+        let mut vals = [Val::Null; DEVICE_VALUES];
+        device_values(f, attributes, &mut vals);
+        let (n, first) = self.insert_devices(&vals, now)?;
+        Ok((n == 1).then_some(first))
+    }
+
+    /// See `LiteImport::insert_devices`.
+    pub fn insert_devices(&mut self, vals: &[Val<'_>], now: &str) -> Result<(usize, i64)> {
+        match self {
+            ImportDb::Lite(d) => d.insert_devices(vals, now),
+            ImportDb::Pg(d) => d.insert_devices(vals, now),
+        }
+    }
+
+    pub fn update_fields(&mut self, d: &Device, now: &str) -> Result<()> {
+        match self {
+            ImportDb::Lite(i) => i.update_fields(d, now),
+            ImportDb::Pg(i) => update_device_fields(i.tx(), d, now),
+        }
+    }
+
+    /// Appends one event to the chain; `details` must be compact JSON.
+    pub fn append_event(
+        &mut self,
+        device_id: i64,
+        kind: &str,
+        actor: &str,
+        station: &str,
+        at: &str,
+        details: &str,
+    ) -> Result<()> {
+        self.append_events(&[(device_id, details)], kind, actor, station, at)
+    }
+
+    /// Appends one event per `(device id, details)`, in order, all of one kind.
+    pub fn append_events(
+        &mut self,
+        items: &[(i64, &str)],
+        kind: &str,
+        actor: &str,
+        station: &str,
+        at: &str,
+    ) -> Result<()> {
+        match self {
+            ImportDb::Lite(d) => d.append_events(items, kind, actor, station, at),
+            ImportDb::Pg(d) => d.append_events(items, kind, actor, station, at),
+        }
+    }
+
+    pub fn import_line_of(&self, device_id: i64) -> Result<Option<i64>> {
+        match self {
+            ImportDb::Lite(d) => d.import_line_of(device_id),
+            ImportDb::Pg(d) => d.import_line_of(device_id),
+        }
+    }
+}
+
+/// Prepared statements and the event-chain head for one SQLite import transaction.
+pub struct LiteImport<'c> {
     tx: &'c Tx<'c>,
     conn: &'c rusqlite::Connection,
     /// INSERTs of one and of `ROWS_PER_INSERT` devices / events.
@@ -243,8 +351,8 @@ pub struct ImportDb<'c> {
     pub events_written: u64,
 }
 
-impl<'c> ImportDb<'c> {
-    pub fn new(tx: &'c Tx<'c>) -> Result<ImportDb<'c>> {
+impl<'c> LiteImport<'c> {
+    pub fn new(tx: &'c Tx<'c>) -> Result<LiteImport<'c>> {
         // The bulk import is SQLite's (multi-row INSERTs, its TEMP tables); a
         // PostgreSQL registry imports through COPY (`pg_import`).
         let conn = tx.conn().sqlite_only("this import path")?;
@@ -256,7 +364,7 @@ impl<'c> ImportDb<'c> {
             rowmark::suspend_insert_trigger(conn)?;
         }
         let sel = |w: &str| format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE {w} LIMIT 2");
-        Ok(ImportDb {
+        Ok(LiteImport {
             tx,
             conn,
             one_device: BulkStmt::prepare(conn, &insert_devices_sql(1), 1..DEVICE_PARAMS + 1)?,
@@ -571,7 +679,7 @@ impl<'c> ImportDb<'c> {
         Ok(self
             .conn
             .query_row(
-                "SELECT json_extract(details, '$.line') FROM events WHERE device_id = ?1 ORDER BY id DESC LIMIT 1",
+                "SELECT CAST(json_extract(details, '$.line') AS INTEGER) FROM events WHERE device_id = ?1 ORDER BY id DESC LIMIT 1",
                 [device_id],
                 |r| r.get(0),
             )
@@ -580,7 +688,7 @@ impl<'c> ImportDb<'c> {
     }
 }
 
-impl Drop for ImportDb<'_> {
+impl Drop for LiteImport<'_> {
     fn drop(&mut self) {
         if self.marks.is_some() {
             // Cannot fail short of a broken connection; should it, `Store::write`
@@ -1035,7 +1143,7 @@ mod tests {
         let items: Vec<(i64, &str)> = details.iter().map(|d| (id, d.as_str())).collect();
         db.append_events(&items, "k", "a", "s", "t").unwrap();
         db.append_event(id, "k2", "a", "s", "t", "{}").unwrap();
-        assert_eq!(db.events_written, 151);
+        assert_eq!(db.events_written(), 151);
         drop(db);
         tx.commit().unwrap();
         let r = verify_chain(&reg).unwrap();

@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod logkey;
 pub mod ocsp;
 pub mod pg;
+pub mod pg_import;
 pub mod pgurl;
 pub mod provision;
 pub mod renewals;

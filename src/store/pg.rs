@@ -101,7 +101,13 @@ impl PgStore {
             "INSERT INTO cradle_schema (id, application_id, version) VALUES (1, ?1, 0)",
             &[APPLICATION_ID.into()],
         )?;
-        self.apply_from(0)
+        self.apply_from(0)?;
+        // Every device row of this registry is marked from the start (`rowmark`).
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+            &[super::rowmark::META_KEY.into(), super::now_rfc3339().into()],
+        )?;
+        Ok(())
     }
 
     /// Opens an existing registry: checks it is cradle's, refuses a newer schema,

@@ -618,7 +618,7 @@ fn run_checks(
         })?;
     }
     if o.wants(END_OF_LIFE_REACHED) {
-        q::devices_by_date(conn, q::AssetDate::EndOfLife, "0000", &today, |d| {
+        q::devices_by_date(conn, q::AssetDate::EndOfLife, "0001-01-01", &today, |d| {
             emit(finding(
                 END_OF_LIFE_REACHED,
                 Some(d.device),

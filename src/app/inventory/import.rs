@@ -1185,7 +1185,7 @@ fn import_file(
     }
     drop(seen);
     // Events written by lifecycle transitions are counted from the head.
-    let events_written = db.events_written;
+    let events_written = db.events_written();
     drop(db);
     let transitions: u64 = s.changed_fields.get("status").copied().unwrap_or(0);
     s.events = events_written + transitions;
