@@ -304,7 +304,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> anyhow::Result<i32> {
         profile: &profile,
         org: &config.org,
         actor: &actor,
-        registry: reg.path().to_path_buf(),
+        registry: reg.location(),
         mode: a.mode.into(),
         device_profile: a.device_profile.into(),
         baud: a.baud,

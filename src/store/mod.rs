@@ -75,8 +75,42 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// measured here, so at most ~1.5 s).
 pub const QUICK_CHECK_MAX_BYTES: u64 = 512 << 20;
 
+/// Where a registry is, to open another connection to it (a worker thread's own).
+#[derive(Clone, Debug)]
+pub enum Location {
+    File(PathBuf),
+    Pg {
+        target: Box<pgurl::PgTarget>,
+        timeout: Duration,
+        key_file: PathBuf,
+    },
+}
+
+impl Location {
+    pub fn open(&self) -> Result<Store> {
+        match self {
+            Location::File(p) => Store::open(p),
+            Location::Pg {
+                target,
+                timeout,
+                key_file,
+            } => Store::open_pg(target, *timeout, key_file),
+        }
+    }
+
+    /// The file, or the URL (as `Store::path`).
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Location::File(p) => p.clone(),
+            Location::Pg { target, .. } => PathBuf::from(&target.url),
+        }
+    }
+}
+
 pub struct Store {
     conn: Conn,
+    /// Set for a PostgreSQL registry (`location`).
+    pg_location: Option<Location>,
     path: PathBuf,
     /// `begin_bulk` left WAL mode; `end_bulk` goes back.
     bulk: bool,
@@ -152,6 +186,7 @@ impl Store {
             .map_err(|e| file_err(path, e))?;
         let mut reg = Store {
             conn: Conn::Lite(conn),
+            pg_location: None,
             path: path.to_path_buf(),
             bulk: false,
             write_checked: false,
@@ -192,6 +227,7 @@ impl Store {
         let conn = Connection::open_with_flags(path, flags).map_err(|e| file_err(path, e))?;
         let mut reg = Store {
             conn: Conn::Lite(conn),
+            pg_location: None,
             path: path.to_path_buf(),
             bulk: false,
             write_checked: false,
@@ -211,6 +247,11 @@ impl Store {
         let pg = pg::PgStore::open(target, timeout, key_file)?;
         Ok(Store {
             conn: Conn::pg(pg.into_db(), key_file.to_path_buf()),
+            pg_location: Some(Location::Pg {
+                target: Box::new(target.clone()),
+                timeout,
+                key_file: key_file.to_path_buf(),
+            }),
             path: PathBuf::from(&target.url),
             bulk: false,
             // The server checks its own pages; SQLite's quick check has no twin here.
@@ -224,6 +265,13 @@ impl Store {
     /// Whether this registry is on a PostgreSQL server.
     pub fn is_pg(&self) -> bool {
         self.conn.is_pg()
+    }
+
+    /// Where this registry is (to open it again from another thread).
+    pub fn location(&self) -> Location {
+        self.pg_location
+            .clone()
+            .unwrap_or_else(|| Location::File(self.path.clone()))
     }
 
     /// Opens an existing registry for a command that only reads: as `open` when the
@@ -258,6 +306,7 @@ impl Store {
             .map_err(|e| file_err(path, e))?;
         let reg = Store {
             conn: Conn::Lite(conn),
+            pg_location: None,
             path: path.to_path_buf(),
             bulk: false,
             write_checked: false,
@@ -293,6 +342,7 @@ impl Store {
         let conn = Connection::open_in_memory()?;
         let mut reg = Store {
             conn: Conn::Lite(conn),
+            pg_location: None,
             path: PathBuf::from(":memory:"),
             bulk: false,
             write_checked: false,

@@ -273,8 +273,8 @@ pub fn insert_crl(tx: &Tx<'_>, c: &NewCrl<'_>, now: &str) -> Result<i64> {
     )?;
     let id = conn.last_insert_rowid();
     conn.execute(
-        "UPDATE crls SET der = x'' WHERE ca_id = ?1 AND crl_number <= ?2 AND length(der) > 0",
-        params![c.ca_id, c.crl_number - CRL_DER_KEPT],
+        "UPDATE crls SET der = ?3 WHERE ca_id = ?1 AND crl_number <= ?2 AND length(der) > 0",
+        params![c.ca_id, c.crl_number - CRL_DER_KEPT, Vec::<u8>::new()],
     )?;
     Ok(id)
 }

@@ -78,7 +78,7 @@ impl Fixture {
             profile: &self.profile,
             org: "ACME",
             actor: &self.actor,
-            registry: self.registry.clone(),
+            registry: crate::store::Location::File(self.registry.clone()),
             mode,
             device_profile: family,
             baud: 1_000_000,

@@ -61,7 +61,7 @@ pub struct Station<'a> {
     pub profile: &'a Profile,
     pub org: &'a str,
     pub actor: &'a Actor,
-    pub registry: PathBuf,
+    pub registry: crate::store::Location,
     pub mode: Mode,
     pub device_profile: DeviceProfile,
     pub baud: u32,
@@ -269,8 +269,8 @@ impl Station<'_> {
     pub(crate) fn reg(&self) -> Result<RegGuard> {
         let cached = CACHED.with(|c| c.borrow_mut().take());
         let r = match cached {
-            Some(r) if r.path() == self.registry => r,
-            _ => Store::open(&self.registry)?,
+            Some(r) if r.path() == self.registry.path() => r,
+            _ => self.registry.open()?,
         };
         Ok(RegGuard(Some(r)))
     }
