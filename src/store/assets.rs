@@ -111,7 +111,7 @@ pub fn age_dates(db: &Reader) -> Result<Vec<(String, bool, i64)>> {
     rows(
         db,
         &format!(
-            "SELECT coalesce(purchase_date, substr(created_at, 1, 10)), purchase_date IS NOT NULL, count(*)
+            "SELECT coalesce(CAST(purchase_date AS TEXT), substr(created_at, 1, 10)), purchase_date IS NOT NULL, count(*)
              FROM devices WHERE status NOT IN {OUT_OF_SERVICE}
              GROUP BY 1, 2 ORDER BY 1"
         ),

@@ -187,6 +187,10 @@ pub enum Db {
         client: Box<postgres::Client>,
         /// Prepared statements by their `?N` text.
         cache: HashMap<String, postgres::Statement>,
+        /// Inside BEGIN ... COMMIT/ROLLBACK (sent through `batch`): a statement the
+        /// server refuses to prepare would abort the transaction, so `prepared` tries
+        /// under a savepoint.
+        in_tx: bool,
     },
 }
 
@@ -195,6 +199,7 @@ impl Db {
         Db::Pg {
             client: Box::new(client),
             cache: HashMap::new(),
+            in_tx: false,
         }
     }
 
@@ -206,7 +211,15 @@ impl Db {
     pub fn batch(&mut self, sql: &str) -> Result<()> {
         match self {
             Db::Sqlite(c) => c.execute_batch(sql)?,
-            Db::Pg { client, .. } => client.batch_execute(sql).map_err(pg_err)?,
+            Db::Pg { client, in_tx, .. } => {
+                client.batch_execute(sql).map_err(pg_err)?;
+                let head = sql.trim_start().get(..8).unwrap_or("").to_ascii_uppercase();
+                if head.starts_with("BEGIN") {
+                    *in_tx = true;
+                } else if head.starts_with("COMMIT") || head.starts_with("ROLLBACK") {
+                    *in_tx = false;
+                }
+            }
         }
         Ok(())
     }
@@ -219,8 +232,8 @@ impl Db {
                 let n = stmt.execute(rusqlite::params_from_iter(params.iter().map(lite)))?;
                 Ok(n as u64)
             }
-            Db::Pg { client, cache } => {
-                let stmt = prepared(client, cache, sql, params)?;
+            Db::Pg { client, cache, in_tx } => {
+                let stmt = prepared(client, cache, *in_tx, sql, params)?;
                 let ps = pg_params(params);
                 let refs: Vec<&(dyn ToSql + Sync)> =
                     ps.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
@@ -235,8 +248,8 @@ impl Db {
     pub fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         match self {
             Db::Sqlite(c) => lite_query(c, sql, params),
-            Db::Pg { client, cache } => {
-                let stmt = prepared(client, cache, sql, params)?;
+            Db::Pg { client, cache, in_tx } => {
+                let stmt = prepared(client, cache, *in_tx, sql, params)?;
                 let ps = pg_params(params);
                 let refs: Vec<&(dyn ToSql + Sync)> =
                     ps.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
@@ -252,8 +265,8 @@ impl Db {
     pub fn query_named(&mut self, sql: &str, params: &[Value]) -> Result<(Vec<Row>, Vec<String>)> {
         match self {
             Db::Sqlite(_) => Err(Error::Internal("query_named is for PostgreSQL".into())),
-            Db::Pg { client, cache } => {
-                let stmt = prepared(client, cache, sql, params)?;
+            Db::Pg { client, cache, in_tx } => {
+                let stmt = prepared(client, cache, *in_tx, sql, params)?;
                 let cols = stmt
                     .columns()
                     .iter()
@@ -288,7 +301,7 @@ impl Db {
     pub fn columns_of(&mut self, sql: &str) -> Result<Vec<String>> {
         match self {
             Db::Sqlite(_) => Err(Error::Internal("columns_of is for PostgreSQL".into())),
-            Db::Pg { client, cache } => Ok(prepared(client, cache, sql, &[])?
+            Db::Pg { client, cache, in_tx } => Ok(prepared(client, cache, *in_tx, sql, &[])?
                 .columns()
                 .iter()
                 .map(|c| c.name().to_string())
@@ -305,6 +318,7 @@ impl Db {
 fn prepared(
     client: &mut postgres::Client,
     cache: &mut HashMap<String, postgres::Statement>,
+    in_tx: bool,
     sql: &str,
     params: &[Value],
 ) -> Result<postgres::Statement> {
@@ -318,11 +332,21 @@ fn prepared(
     // the registry's columns have until the statement is accepted.
     let mut types: Vec<Type> = Vec::new();
     let mut last: Option<(usize, usize)> = None;
+    if in_tx {
+        client
+            .batch_execute("SAVEPOINT cradle_prepare")
+            .map_err(pg_err)?;
+    }
     let stmt = loop {
         let e = match client.prepare_typed(&text, &types) {
             Ok(s) => break s,
             Err(e) => e,
         };
+        if in_tx {
+            client
+                .batch_execute("ROLLBACK TO SAVEPOINT cradle_prepare")
+                .map_err(pg_err)?;
+        }
         let undetermined = undetermined_param(&e).filter(|n| *n >= 1 && *n <= params.len().max(1));
         let next = match (undetermined, last) {
             (Some(n), _) if types.get(n - 1).is_none_or(|t| *t == Type::UNKNOWN) => Some((n, 0)),
@@ -354,6 +378,11 @@ fn prepared(
         };
         last = Some((n, c));
     };
+    if in_tx {
+        client
+            .batch_execute("RELEASE SAVEPOINT cradle_prepare")
+            .map_err(pg_err)?;
+    }
     cache.insert(sql.to_string(), stmt.clone());
     Ok(stmt)
 }

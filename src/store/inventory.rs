@@ -730,10 +730,19 @@ const FILTER_SQL: &str =
 pub fn attribute_keys(db: &Reader, f: &DeviceFilter) -> Result<Vec<String>> {
     let conn = db.conn();
     conn.pragma_update(None, "cache_size", -SCAN_CACHE_KIB)?;
-    let mut stmt = conn.prepare(&format!(
-        "SELECT DISTINCT j.key FROM devices, json_each(devices.attributes) AS j
-         WHERE devices.attributes IS NOT NULL AND json_valid(devices.attributes) AND {FILTER_SQL} ORDER BY 1"
-    ))?;
+    let mut stmt = conn.prepare(&if conn.is_pg() {
+        // jsonb is valid JSON by construction; ordered by bytes, as SQLite orders text.
+        format!(
+            "SELECT DISTINCT k FROM devices, jsonb_object_keys(devices.attributes) AS k
+             WHERE devices.attributes IS NOT NULL AND jsonb_typeof(devices.attributes) = 'object'
+               AND {FILTER_SQL} ORDER BY k COLLATE \"C\""
+        )
+    } else {
+        format!(
+            "SELECT DISTINCT j.key FROM devices, json_each(devices.attributes) AS j
+             WHERE devices.attributes IS NOT NULL AND json_valid(devices.attributes) AND {FILTER_SQL} ORDER BY 1"
+        )
+    })?;
     let rows = stmt.query_map(super::conn::params_from_iter(f.params()), |r| {
         r.get::<_, String>(0)
     })?;

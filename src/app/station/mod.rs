@@ -162,7 +162,9 @@ impl std::ops::DerefMut for RegGuard {
 
 impl Drop for RegGuard {
     fn drop(&mut self) {
-        if let Some(r) = self.0.take() {
+        // A PostgreSQL client must not be dropped by the thread-local's destructor
+        // (its runtime is gone by then): only SQLite connections are kept per thread.
+        if let Some(r) = self.0.take().filter(|r| !r.is_pg()) {
             CACHED.with(|c| *c.borrow_mut() = Some(r));
         }
     }
