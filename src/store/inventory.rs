@@ -733,9 +733,9 @@ pub fn attribute_keys(db: &Reader, f: &DeviceFilter) -> Result<Vec<String>> {
     let mut stmt = conn.prepare(&if conn.is_pg() {
         // jsonb is valid JSON by construction; ordered by bytes, as SQLite orders text.
         format!(
-            "SELECT DISTINCT k FROM devices, jsonb_object_keys(devices.attributes) AS k
+            "SELECT DISTINCT k COLLATE \"C\" FROM devices, jsonb_object_keys(devices.attributes) AS k
              WHERE devices.attributes IS NOT NULL AND jsonb_typeof(devices.attributes) = 'object'
-               AND {FILTER_SQL} ORDER BY k COLLATE \"C\""
+               AND {FILTER_SQL} ORDER BY 1"
         )
     } else {
         format!(
