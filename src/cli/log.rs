@@ -182,14 +182,8 @@ fn parse_anchor(arg: &str) -> crate::Result<(Option<i64>, String)> {
 
 fn verify(ctx: &Ctx, anchor: Option<&str>) -> anyhow::Result<i32> {
     let anchor = anchor.map(parse_anchor).transpose()?;
-    if let Backend::Postgres(t) = ctx.backend()? {
-        if anchor.is_some() {
-            return Err(Error::Store(crate::store::StoreError::Unsupported(format!(
-                "log verify --anchor does not work on a PostgreSQL registry yet ({})",
-                t.url
-            )))
-            .into());
-        }
+    // Without an anchor, a PostgreSQL chain is read in pages (never whole in memory).
+    if let (Backend::Postgres(t), None) = (ctx.backend()?, &anchor) {
         let report = ctx.pg_registry(&t)?.verify_chain()?;
         let key = ctx.home.root.join(crate::store::logkey::LOG_KEY_FILE);
         // The breaking event's device is not looked up here yet (SQLite names it).
@@ -217,12 +211,10 @@ fn verify(ctx: &Ctx, anchor: Option<&str>) -> anyhow::Result<i32> {
         },
         None => None,
     };
-    print_verify(
-        ctx,
-        &report,
-        device,
-        &crate::store::logkey::key_path(reg.path()),
-    )
+    let key = reg
+        .key_file()
+        .unwrap_or_else(|| crate::store::logkey::key_path(reg.path()));
+    print_verify(ctx, &report, device, &key)
 }
 
 /// Prints a chain report (either backend); the exit code says whether it verified.

@@ -232,7 +232,11 @@ impl Db {
                 let n = stmt.execute(rusqlite::params_from_iter(params.iter().map(lite)))?;
                 Ok(n as u64)
             }
-            Db::Pg { client, cache, in_tx } => {
+            Db::Pg {
+                client,
+                cache,
+                in_tx,
+            } => {
                 let stmt = prepared(client, cache, *in_tx, sql, params)?;
                 let ps = pg_params(params);
                 let refs: Vec<&(dyn ToSql + Sync)> =
@@ -248,7 +252,11 @@ impl Db {
     pub fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         match self {
             Db::Sqlite(c) => lite_query(c, sql, params),
-            Db::Pg { client, cache, in_tx } => {
+            Db::Pg {
+                client,
+                cache,
+                in_tx,
+            } => {
                 let stmt = prepared(client, cache, *in_tx, sql, params)?;
                 let ps = pg_params(params);
                 let refs: Vec<&(dyn ToSql + Sync)> =
@@ -265,7 +273,11 @@ impl Db {
     pub fn query_named(&mut self, sql: &str, params: &[Value]) -> Result<(Vec<Row>, Vec<String>)> {
         match self {
             Db::Sqlite(_) => Err(Error::Internal("query_named is for PostgreSQL".into())),
-            Db::Pg { client, cache, in_tx } => {
+            Db::Pg {
+                client,
+                cache,
+                in_tx,
+            } => {
                 let stmt = prepared(client, cache, *in_tx, sql, params)?;
                 let cols = stmt
                     .columns()
@@ -301,7 +313,11 @@ impl Db {
     pub fn columns_of(&mut self, sql: &str) -> Result<Vec<String>> {
         match self {
             Db::Sqlite(_) => Err(Error::Internal("columns_of is for PostgreSQL".into())),
-            Db::Pg { client, cache, in_tx } => Ok(prepared(client, cache, *in_tx, sql, &[])?
+            Db::Pg {
+                client,
+                cache,
+                in_tx,
+            } => Ok(prepared(client, cache, *in_tx, sql, &[])?
                 .columns()
                 .iter()
                 .map(|c| c.name().to_string())

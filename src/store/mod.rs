@@ -267,6 +267,11 @@ impl Store {
         self.conn.is_pg()
     }
 
+    /// The log key file of this registry (beside the SQLite file, or the station's).
+    pub fn key_file(&self) -> Option<PathBuf> {
+        self.conn.key_file()
+    }
+
     /// Where this registry is (to open it again from another thread).
     pub fn location(&self) -> Location {
         self.pg_location
