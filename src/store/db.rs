@@ -213,7 +213,12 @@ impl Db {
             Db::Sqlite(c) => c.execute_batch(sql)?,
             Db::Pg { client, in_tx, .. } => {
                 client.batch_execute(sql).map_err(pg_err)?;
-                let head = sql.trim_start().get(..8).unwrap_or("").to_ascii_uppercase();
+                let head: String = sql
+                    .trim_start()
+                    .chars()
+                    .take(8)
+                    .collect::<String>()
+                    .to_ascii_uppercase();
                 if head.starts_with("BEGIN") {
                     *in_tx = true;
                 } else if head.starts_with("COMMIT") || head.starts_with("ROLLBACK") {
@@ -348,6 +353,8 @@ fn prepared(
     // the registry's columns have until the statement is accepted.
     let mut types: Vec<Type> = Vec::new();
     let mut last: Option<(usize, usize)> = None;
+    // Only a statement that may need the retries below pays for the savepoint.
+    let in_tx = in_tx && may_be_ambiguous(sql);
     if in_tx {
         client
             .batch_execute("SAVEPOINT cradle_prepare")
@@ -401,6 +408,26 @@ fn prepared(
     }
     cache.insert(sql.to_string(), stmt.clone());
     Ok(stmt)
+}
+
+/// Whether a parameter of `sql` may be one the server cannot type: one tested for
+/// NULL (`?1 IS NULL OR x = ?1`) or compared to another parameter.
+fn may_be_ambiguous(sql: &str) -> bool {
+    let up = sql.to_ascii_uppercase();
+    let b = up.as_bytes();
+    let mut i = 0;
+    while let Some(off) = up[i..].find('?') {
+        let mut j = i + off + 1;
+        while j < b.len() && b[j].is_ascii_digit() {
+            j += 1;
+        }
+        let rest = up[j..].trim_start();
+        if rest.starts_with("IS ") || rest.starts_with(")") || rest.starts_with("AS ") {
+            return true;
+        }
+        i = j;
+    }
+    false
 }
 
 /// The types tried for a parameter the server cannot infer (after the bound value's).
