@@ -213,12 +213,10 @@ CREATE TEMP TABLE IF NOT EXISTS cradle_touched_old (LIKE devices) ON COMMIT DELE
 
 /// Marks the device rows this PostgreSQL transaction touched (see `PG_TOUCHED_TABLES`).
 pub(super) fn mark_touched(conn: &Conn, key: &RowKey) -> Result<u64> {
-    let touched: Vec<(i64, bool)> = {
-        let mut st = conn.prepare_cached("SELECT id, fresh FROM pg_temp.cradle_touched")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    if touched.is_empty() {
+    let touched: i64 = conn.query_row("SELECT count(*) FROM pg_temp.cradle_touched", [], |r| {
+        r.get(0)
+    })?;
+    if touched == 0 {
         return Ok(0);
     }
     // Updated rows: did the mark hold before the first change?
@@ -244,16 +242,13 @@ pub(super) fn mark_touched(conn: &Conn, key: &RowKey) -> Result<u64> {
             }
         }
     }
-    let ids: Vec<String> = touched
-        .iter()
-        .filter(|(id, fresh)| *fresh || held.contains(id))
-        .map(|(id, _)| id.to_string())
-        .collect();
-    if ids.is_empty() {
-        return Ok(0);
+    let mut cond = String::from("id IN (SELECT id FROM pg_temp.cradle_touched WHERE fresh)");
+    if !held.is_empty() {
+        // Ids are integers from the database itself: safe to list in the statement.
+        let ids: Vec<String> = held.iter().map(|id| id.to_string()).collect();
+        cond.push_str(&format!(" OR id IN ({})", ids.join(",")));
     }
-    // Ids are integers from the database itself: safe to list in the statement.
-    pg_mark_where(conn, key, &format!("id IN ({})", ids.join(",")), true)
+    pg_mark_where(conn, key, &cond, true)
 }
 
 /// Computes and stores the marks of the device rows matching `cond` (PostgreSQL),
@@ -277,11 +272,24 @@ fn pg_mark_where(conn: &Conn, key: &RowKey, cond: &str, _touched: bool) -> Resul
         }
     }
     conn.execute_batch("SELECT set_config('cradle.marking', 'on', true)")?;
-    for (id, m) in &marks {
-        conn.execute(
-            "UPDATE devices SET mark = ?1 WHERE id = ?2",
-            rusqlite::params![m, id],
-        )?;
+    // In chunks, one statement each (a round trip per row made a 20k-row import 17x
+    // slower than on SQLite).
+    const CHUNK: usize = 500;
+    for chunk in marks.chunks(CHUNK) {
+        let mut sql = String::from("UPDATE devices SET mark = v.m FROM (VALUES ");
+        for k in 0..chunk.len() {
+            if k > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("(?{}::bigint, ?{}::bytea)", 2 * k + 1, 2 * k + 2));
+        }
+        sql.push_str(") AS v(id, m) WHERE devices.id = v.id");
+        let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 2);
+        for (id, m) in chunk {
+            params.push(id);
+            params.push(m);
+        }
+        conn.execute(&sql, &params[..])?;
     }
     conn.execute_batch("SELECT set_config('cradle.marking', 'off', true)")?;
     Ok(marks.len() as u64)
