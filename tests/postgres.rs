@@ -53,7 +53,8 @@ fn init_on_postgresql_records_the_url_and_starts_a_verifiable_keyed_chain() {
     assert_eq!(v["events"], 1);
 
     // The same schema version as a SQLite registry made by this binary.
-    let lite = Env::init();
+    let lite = Env::bare();
+    lite.ok(&["init", "--org", "ACME", "--station", "test-station"]);
     let lite_version = lite.sql("PRAGMA user_version");
     assert_eq!(
         db.sql("SELECT version FROM cradle_schema"),
@@ -302,7 +303,8 @@ fn status_on_postgresql_matches_status_on_sqlite_for_the_same_rows() {
     let Some((e, db)) = pg_home("status_on_postgresql") else {
         return;
     };
-    let lite = Env::init();
+    let lite = Env::bare();
+    lite.ok(&["init", "--org", "ACME", "--station", "test-station"]);
     let rows = [
         ("A-1", "registered", Some("berlin"), Some("b1")),
         ("A-2", "provisioned", Some("berlin"), None),
@@ -363,7 +365,8 @@ fn log_export_on_postgresql_streams_the_chain_with_the_same_filters_and_errors()
     // is the same one line and exit code on both backends.
     assert_eq!(e.ok(&["log", "export", "--since", "2100-01-01"]), "");
     let err = e.fails(&["log", "export", "--device", "NOPE"], 3);
-    let lite = Env::init();
+    let lite = Env::bare();
+    lite.ok(&["init", "--org", "ACME", "--station", "test-station"]);
     assert_eq!(err, lite.fails(&["log", "export", "--device", "NOPE"], 3));
     // A row of a device, inserted behind cradle's back, is exported under its serial.
     db.sql(
@@ -408,7 +411,8 @@ fn a_socket_url_and_the_environment_override_reach_the_same_registry() {
         db.name,
         dir.display()
     );
-    let lite = Env::init();
+    let lite = Env::bare();
+    lite.ok(&["init", "--org", "ACME", "--station", "test-station"]);
     let before = lite.dump();
     let o = lite
         .cmd(&["--json", "log", "head"])

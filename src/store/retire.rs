@@ -376,7 +376,7 @@ pub fn start_step(
         "INSERT INTO decommissions (device_id, step, status, started_at, options)
          VALUES (?1, ?2, 'running', ?3, ?4)
          ON CONFLICT(device_id, step) DO UPDATE SET status = 'running', error = NULL,
-             options = excluded.options, attempts = attempts + 1",
+             options = excluded.options, attempts = decommissions.attempts + 1",
     )?
     .execute(params![device_id, step, now, options.to_string()])?;
     Ok(())
