@@ -227,7 +227,7 @@ fn two_stations_migrating_at_once_migrate_once() {
          DROP AGGREGATE group_concat(text, text); DROP FUNCTION cradle_concat_step(text, text, text);
          DROP FUNCTION json_valid(text); DROP FUNCTION json_extract(text, text);
          DROP FUNCTION json_extract(jsonb, text); DROP FUNCTION strftime(text, bigint, text);
-         DROP FUNCTION substr(timestamptz, integer, integer); UPDATE cradle_schema SET version = 10",
+         DROP FUNCTION substr(timestamptz, integer, integer); DROP FUNCTION hex(bytea); UPDATE cradle_schema SET version = 10",
     );
     let kids: Vec<_> = (0..6)
         .map(|_| {

@@ -30,6 +30,9 @@ pub struct PgImport<'c> {
     conn: &'c Conn,
     /// Keys seen in this file (update/upsert imports), with their line.
     seen: HashMap<String, i64>,
+    /// The id the next new device gets (known after the first insert: every other
+    /// writer waits for the chain lock this transaction holds).
+    next_id: Option<i64>,
     pub events_written: u64,
 }
 
@@ -58,6 +61,7 @@ impl<'c> PgImport<'c> {
             tx,
             conn,
             seen: HashMap::new(),
+            next_id: None,
             events_written: 0,
         })
     }
@@ -137,7 +141,25 @@ impl<'c> PgImport<'c> {
             buf.push('\n');
         }
         let conn = self.conn;
-        conn.execute_batch("TRUNCATE pg_temp.cradle_import_devices")?;
+        // A serial repeated inside the batch stops it there (as SQLite's INSERT OR
+        // FAIL would at the second row).
+        let mut take = rows;
+        {
+            let mut seen = std::collections::HashSet::with_capacity(rows);
+            for (k, row) in vals.chunks(DEVICE_VALUES).enumerate() {
+                if let Val::Text(serial) = row[0] {
+                    if !seen.insert(serial) {
+                        take = k;
+                        break;
+                    }
+                }
+            }
+        }
+        if take == 0 {
+            return Ok((0, 0));
+        }
+        // A small TEMP table: DELETE is cheaper than TRUNCATE's new file per batch.
+        conn.execute_batch("DELETE FROM pg_temp.cradle_import_devices")?;
         conn.copy_in(
             &format!(
                 "COPY pg_temp.cradle_import_devices (ord, {}) FROM STDIN",
@@ -145,21 +167,10 @@ impl<'c> PgImport<'c> {
             ),
             buf.as_bytes(),
         )?;
-        // The first row whose serial is taken, by the registry or by an earlier row.
-        let stop: Option<i64> = conn.query_row(
-            "SELECT min(ord) FROM (
-                 SELECT s.ord FROM pg_temp.cradle_import_devices s JOIN devices d ON d.serial = s.serial
-                 UNION ALL
-                 SELECT ord FROM (SELECT ord, row_number() OVER (PARTITION BY serial ORDER BY ord) AS n
-                                  FROM pg_temp.cradle_import_devices) t WHERE n > 1) c",
-            [],
-            |r| r.get(0),
-        )?;
-        let take = stop.unwrap_or(rows as i64);
-        if take == 0 {
-            return Ok((0, 0));
-        }
-        let first = self.max_device_id()? + 1;
+        let first = match self.next_id {
+            Some(id) => id,
+            None => self.max_device_id()? + 1,
+        };
         let cols = VALUE_COLUMNS.join(", ");
         let select = VALUE_COLUMNS
             .iter()
@@ -170,18 +181,34 @@ impl<'c> PgImport<'c> {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let n = conn.execute(
+        // One statement: the rows before the first serial the registry holds, inserted
+        // with ids from `first` on, and the identity sequence moved past them (explicit
+        // ids leave it behind).
+        conn.execute_batch("SELECT set_config('cradle.marking', 'on', true)")?;
+        let n: i64 = conn.query_row(
             &format!(
-                "INSERT INTO devices (id, {cols}, created_at, updated_at)
-                 SELECT ?1 + ord, {select}, ?2::timestamptz, ?2::timestamptz
-                 FROM pg_temp.cradle_import_devices WHERE ord < ?3 ORDER BY ord"
+                "WITH ins AS (
+                     INSERT INTO devices (id, {cols}, created_at, updated_at)
+                     SELECT ?1 + ord, {select}, ?2::timestamptz, ?2::timestamptz
+                     FROM pg_temp.cradle_import_devices
+                     WHERE ord < ?3 AND ord < (
+                         SELECT coalesce(min(s.ord), ?3) FROM pg_temp.cradle_import_devices s
+                         JOIN devices d ON d.serial = s.serial)
+                     ORDER BY ord RETURNING id),
+                 -- Noted for the marks at commit here, in bulk (the row trigger stands
+                 -- aside for this statement).
+                 touched AS (INSERT INTO pg_temp.cradle_touched (id, fresh)
+                             SELECT id, true FROM ins ON CONFLICT (id) DO NOTHING)
+                 SELECT count(*), setval(pg_get_serial_sequence('devices', 'id'),
+                                         greatest(max(id), (SELECT coalesce(max(id), 1) FROM devices)))
+                 FROM ins"
             ),
-            rusqlite::params![first, now, take],
+            rusqlite::params![first, now, take as i64],
+            |r| r.get(0),
         )?;
-        // Explicit ids leave the identity sequence behind: move it past them.
-        conn.execute_batch(
-            "SELECT setval(pg_get_serial_sequence('devices', 'id'), (SELECT max(id) FROM devices))",
-        )?;
+        conn.execute_batch("SELECT set_config('cradle.marking', 'off', true)")?;
+        let n = n as usize;
+        self.next_id = Some(first + n as i64);
         Ok((n, first))
     }
 

@@ -416,7 +416,7 @@ pub fn unfinished_jobs(db: &Reader) -> Result<Vec<i64>> {
     let conn = db.conn();
     let mut stmt = conn.prepare(
         "SELECT device_id FROM decommissions GROUP BY device_id
-         HAVING SUM(step = 'decommission' AND status = 'done') = 0 ORDER BY device_id",
+         HAVING count(CASE WHEN step = 'decommission' AND status = 'done' THEN 1 END) = 0 ORDER BY device_id",
     )?;
     let rows = stmt.query_map([], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

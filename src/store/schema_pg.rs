@@ -271,6 +271,10 @@ CREATE FUNCTION strftime(fmt text, t bigint, modifier text) RETURNS text
     SELECT to_char(to_timestamp(t) AT TIME ZONE 'UTC',
                    replace(replace(replace(fmt, '%Y', 'YYYY'), '%m', 'MM'), '%d', 'DD'))
 $f$;
+-- hex(blob) as SQLite writes it (upper case).
+CREATE FUNCTION hex(b bytea) RETURNS text LANGUAGE sql IMMUTABLE AS $f$
+    SELECT upper(encode(b, 'hex'))
+$f$;
 -- A timestamp read as the text SQLite stores (RFC 3339, UTC, whole seconds).
 CREATE FUNCTION substr(t timestamptz, start integer, len integer) RETURNS text
     LANGUAGE sql IMMUTABLE AS $f$
@@ -296,7 +300,7 @@ mod tests {
         "95b22ea289d756afa50b3e266cfe4f0426e038089a68cfbd7785bef7307e21c8",
         "0f0257cfd8628e6b1470cf0a376f1b91d0b89b4bff648f957806cda536fa4a3b",
         "47892c8d12aa453dffcbcfb43f82b799b352eeba6b339abc05c08865057a2f41",
-        "5124ad31af5d0d06d2e23065c73ffaf10c30ad09f89773e3a94e9215ea916a53",
+        "1f6fac3d2b9b5fbabd1d279c25d36e42a935781a709f233f0078468f350d8724",
     ];
 
     #[test]
