@@ -223,7 +223,7 @@ fn device_signed_wipe_passes_and_leaves_proof() {
     assert_eq!(j["failed"], 0);
     assert_verified(&env, &d);
     assert_eq!(d.device_state()["wipe_counter"], 1);
-    assert_eq!(d.count(&env, "nonces", "1"), 1);
+    assert_eq!(d.count(&env, "nonces", "TRUE"), 1);
     // The text report says the same for a person.
     let text = env.ok(&["report", "sanitization", &d.serial]);
     assert!(text.contains(&d.hwid), "{text}");
@@ -231,7 +231,7 @@ fn device_signed_wipe_passes_and_leaves_proof() {
     let (code, j, err) = decommission(&env, &[&d.serial, "--wipe-port", d.port()]);
     assert_eq!(code, Some(0), "{err}\n{j}");
     assert_eq!(d.device_state()["wipe_counter"], 1);
-    assert_eq!(d.count(&env, "wipes", "1"), 1);
+    assert_eq!(d.count(&env, "wipes", "TRUE"), 1);
 }
 
 #[test]
@@ -249,7 +249,7 @@ fn forged_attestation_stops_the_device_resumably() {
     assert_eq!(d.status(&env), "retired");
     assert_eq!(d.step_status(&env, "revoke"), "done");
     assert_eq!(d.step_status(&env, "wipe"), "failed");
-    assert_eq!(d.count(&env, "wipes", "1"), 0);
+    assert_eq!(d.count(&env, "wipes", "TRUE"), 0);
     assert_eq!(d.count(&env, "nonces", "used_at IS NOT NULL"), 0);
     assert_eq!(d.count(&env, "certificates", "status = 'active'"), 0);
     // The failure is recorded for --resume to find.
@@ -286,7 +286,7 @@ fn a_received_but_malformed_attestation_says_so_and_not_re_run() {
     }
     assert!(d.device_state()["key"].is_null(), "the device did wipe");
     assert_eq!(d.step_status(&env, "wipe"), "failed");
-    assert_eq!(d.count(&env, "wipes", "1"), 0);
+    assert_eq!(d.count(&env, "wipes", "TRUE"), 0);
 }
 
 #[test]
@@ -313,7 +313,7 @@ fn replayed_nonce_is_rejected_and_nothing_verified_is_stored() {
     assert!(e.contains(&old), "{e}");
     assert_eq!(d.status(&env), "retired");
     assert_eq!(d.step_status(&env, "wipe"), "failed");
-    assert_eq!(d.count(&env, "wipes", "1"), 0);
+    assert_eq!(d.count(&env, "wipes", "TRUE"), 0);
     // The fresh nonce was issued but not used; the old one is still the only used one.
     assert_eq!(d.count(&env, "nonces", "used_at IS NULL"), 1);
     assert_eq!(d.count(&env, "nonces", "used_at IS NOT NULL"), 1);
@@ -381,7 +381,7 @@ fn disconnect_after_the_wipe_then_rerun_collects_the_attestation() {
     assert_eq!(st["wipe_counter"], 1);
     assert_eq!(d.status(&env), "retired");
     assert_ne!(d.step_status(&env, "wipe"), "done");
-    assert_eq!(d.count(&env, "wipes", "1"), 0);
+    assert_eq!(d.count(&env, "wipes", "TRUE"), 0);
     assert_eq!(d.count(&env, "nonces", "used_at IS NULL"), 1);
     let first_nonce = q(
         &env,
@@ -417,7 +417,7 @@ fn disconnect_after_the_wipe_then_rerun_collects_the_attestation() {
         ),
         first_nonce
     );
-    assert_eq!(d.count(&env, "nonces", "1"), 2);
+    assert_eq!(d.count(&env, "nonces", "TRUE"), 2);
     assert_eq!(d.count(&env, "nonces", "used_at IS NULL"), 0);
     // Each step recorded once, the certificate revoked once.
     assert_eq!(d.count(&env, "events", "kind = 'decommission.step'"), 4);
@@ -463,8 +463,8 @@ fn killed_runs_with_a_serial_wipe_resume_with_no_step_done_twice() {
     assert_eq!(only(&j)["result"], "decommissioned", "{j}");
     assert_verified(&env, &d);
     assert_eq!(d.device_state()["wipe_counter"], 1);
-    assert_eq!(d.count(&env, "wipes", "1"), 1);
-    assert_eq!(d.count(&env, "nonces", "1"), 1);
+    assert_eq!(d.count(&env, "wipes", "TRUE"), 1);
+    assert_eq!(d.count(&env, "nonces", "TRUE"), 1);
     assert_eq!(d.count(&env, "events", "kind = 'decommission.step'"), 4);
     assert_eq!(d.count(&env, "events", "kind = 'cert.revoked'"), 1);
     for step in ["retire", "revoke", "wipe", "decommission"] {
@@ -522,7 +522,7 @@ fn sigkill_after_the_device_wiped_but_before_the_record_resumes() {
     // Killed mid-step: wipe started (nonce issued), nothing verified stored.
     assert_eq!(d.step_status(&env, "wipe"), "running");
     assert_eq!(d.count(&env, "nonces", "used_at IS NULL"), 1);
-    assert_eq!(d.count(&env, "wipes", "1"), 0);
+    assert_eq!(d.count(&env, "wipes", "TRUE"), 0);
     assert_eq!(d.status(&env), "retired");
 
     d.restart(&env, &[]);

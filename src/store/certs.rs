@@ -130,30 +130,34 @@ pub fn insert_cert(tx: &Tx<'_>, c: &NewCert<'_>, now: &str) -> Result<i64> {
     let conn = tx.conn();
     let mut stmt = conn.prepare_cached(
         "INSERT INTO certificates (device_id, ca_id, serial_hex, fingerprint, pubkey_sha256, subject, profile, key_source, not_before, not_after, der, status, created_at, verified_mac)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, ?13)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, ?13) RETURNING id",
     )?;
-    stmt.execute(params![
-        c.device_id,
-        c.ca_id,
-        c.serial_hex,
-        c.fingerprint,
-        c.pubkey_sha256,
-        c.subject,
-        c.profile,
-        c.key_source.as_str(),
-        c.not_before,
-        c.not_after,
-        c.der,
-        now,
-        c.verified_mac
-    ])
-    .map_err(|e| match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::ConstraintViolation) => {
-            Error::conflict(format!("certificate {} is already recorded", c.fingerprint))
-        }
-        _ => Error::from(e),
-    })?;
-    Ok(conn.last_insert_rowid())
+    let id: i64 = stmt
+        .query_row(
+            params![
+                c.device_id,
+                c.ca_id,
+                c.serial_hex,
+                c.fingerprint,
+                c.pubkey_sha256,
+                c.subject,
+                c.profile,
+                c.key_source.as_str(),
+                c.not_before,
+                c.not_after,
+                c.der,
+                now,
+                c.verified_mac
+            ],
+            |r| r.get(0),
+        )
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                Error::conflict(format!("certificate {} is already recorded", c.fingerprint))
+            }
+            _ => Error::from(e),
+        })?;
+    Ok(id)
 }
 
 /// Records the device's attestation evidence for the key of certificate `id`.

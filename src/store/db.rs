@@ -602,6 +602,16 @@ pub fn pg_store_err(e: &postgres::Error) -> StoreError {
         if *c == SqlState::LOCK_NOT_AVAILABLE || *c == SqlState::T_R_DEADLOCK_DETECTED {
             return StoreError::Busy;
         }
+        // The server going down under a station (pg_ctl stop, a crash, a restart).
+        if *c == SqlState::ADMIN_SHUTDOWN
+            || *c == SqlState::CRASH_SHUTDOWN
+            || *c == SqlState::CANNOT_CONNECT_NOW
+        {
+            return StoreError::Unreachable(format!(
+                "the PostgreSQL registry went away: {}",
+                db.message()
+            ));
+        }
         return StoreError::Other(db.message().to_string());
     }
     if e.is_closed() {

@@ -235,31 +235,35 @@ pub fn insert_device(tx: &Tx<'_>, d: &NewDevice, now: &str) -> Result<i64> {
     let conn = tx.conn();
     let mut stmt = conn.prepare_cached(
         "INSERT INTO devices (serial, hardware_id, model, hw_rev, batch, site, location, owner, mac, imei, status, notes, attributes, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14) RETURNING id",
     )?;
-    stmt.execute(params![
-        d.serial,
-        d.hardware_id,
-        d.model,
-        d.hw_rev,
-        d.batch,
-        d.site,
-        d.location,
-        d.owner,
-        d.mac,
-        d.imei,
-        d.status.unwrap_or(DeviceStatus::Registered).as_str(),
-        d.notes,
-        attributes_json(&d.attributes),
-        now,
-    ])
-    .map_err(|e| match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::ConstraintViolation) => {
-            Error::conflict(format!("device '{}' already exists", d.serial))
-        }
-        _ => Error::from(e),
-    })?;
-    Ok(conn.last_insert_rowid())
+    let id: i64 = stmt
+        .query_row(
+            params![
+                d.serial,
+                d.hardware_id,
+                d.model,
+                d.hw_rev,
+                d.batch,
+                d.site,
+                d.location,
+                d.owner,
+                d.mac,
+                d.imei,
+                d.status.unwrap_or(DeviceStatus::Registered).as_str(),
+                d.notes,
+                attributes_json(&d.attributes),
+                now,
+            ],
+            |r| r.get(0),
+        )
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                Error::conflict(format!("device '{}' already exists", d.serial))
+            }
+            _ => Error::from(e),
+        })?;
+    Ok(id)
 }
 
 pub fn device_by_serial(db: &Reader, serial: &str) -> Result<Option<Device>> {
