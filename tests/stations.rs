@@ -1,8 +1,8 @@
 //! Many stations, one registry (issue 14): four processes writing one registry at
 //! once — two `identity batch` runs, one `provision --watch` of eight simulated
-//! devices and one `inventory import` — and then every row accounted for: devices per
-//! source, one certificate per issued device, unique serials, each source's events,
-//! one intact chain, a clean audit. The same run on SQLite (always) and on PostgreSQL
+//! devices and one `inventory import`, on PostgreSQL each in a home of its own — and
+//! then every row accounted for: devices per source, one certificate per issued
+//! device, unique serials, each source's events, one intact chain, a clean audit. The same run on SQLite (always) and on PostgreSQL
 //! (needs CRADLE_TEST_PG_URL; under CI=true a missing server is a failure).
 //!
 //! Also the harness itself on both backends: `Env::sql`, `dump` and `hold_write_lock`
@@ -43,9 +43,11 @@ fn inventory_csv(env: &Env, n: usize) -> String {
     "inventory.csv".to_string()
 }
 
-/// `cradle ARGS` as station `station`, output piped.
+/// `cradle ARGS` as station `station` in its own home (`Env::station_home`), output
+/// piped.
 fn spawn(env: &Env, station: &str, args: &[&str]) -> Child {
     env.cmd(args)
+        .env("CRADLE_HOME", env.station_home(station))
         .env("CRADLE_STATION", station)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

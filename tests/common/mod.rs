@@ -160,6 +160,29 @@ impl Env {
         self.home.join("registry.db")
     }
 
+    /// The home another station of this registry runs in: on PostgreSQL a copy of
+    /// this one (config.toml with the URL, log.key, the CA), as a second station joins
+    /// today; on SQLite this home itself, since its file is the registry.
+    pub fn station_home(&self, name: &str) -> PathBuf {
+        if self.pg.is_none() {
+            return self.home.clone();
+        }
+        let to = self.dir.path().join(format!("home-{name}"));
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(&self.home)
+            .arg(&to)
+            .status()
+            .expect("cp");
+        assert!(
+            st.success(),
+            "cp -a {} {}",
+            self.home.display(),
+            to.display()
+        );
+        to
+    }
+
     /// The PostgreSQL registry's URL, when the home is on one.
     pub fn registry_url(&self) -> Option<&str> {
         self.pg.as_ref().map(|db| db.url.as_str())
@@ -245,7 +268,9 @@ impl Env {
 
     /// Runs SQL behind cradle's back: the sqlite3 shell on the file, or psql on the
     /// home's PostgreSQL database, printing rows the same way (`a|b`, one a line,
-    /// NULL as nothing) so one assertion holds on both.
+    /// NULL as nothing) so one assertion holds on both. Values print as each server
+    /// prints its types: PostgreSQL booleans are `t`/`f`, its timestamps
+    /// `2026-12-01 10:00:00+00` (UTC), its bytea `\x…`; the SQL itself must suit both.
     pub fn sql(&self, sql: &str) -> String {
         if let Some(db) = &self.pg {
             return pg::sql_with(&db.url, db.passfile.as_deref(), sql);

@@ -51,7 +51,10 @@ fn psql(passfile: Option<&Path>) -> Command {
     if let Some(p) = passfile {
         c.env("PGPASSFILE", p);
     }
-    c.env_remove("PGPASSWORD");
+    // Timestamps print the same whatever the server's zone: `2026-12-01 10:00:00+00`.
+    c.env_remove("PGPASSWORD")
+        .env("PGTZ", "UTC")
+        .env("PGDATESTYLE", "ISO");
     c
 }
 
