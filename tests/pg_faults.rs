@@ -12,15 +12,37 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::pg::{Cluster, PgDb};
-use common::{audit, q, Env, Sim};
+use common::{audit, q, Env, Running, Sim};
 
-/// Polls `done` until it holds; a guard against a hang, not a timed assertion.
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+/// Polls `done` while `station` runs, until it holds (120 s at most: a guard against
+/// a hang, not a timed assertion); gives the station back. A station that ends first
+/// fails the test with its output: the server was to stop under it.
+fn wait_for(mut station: Running, what: &str, mut done: impl FnMut() -> bool) -> Running {
     let until = Instant::now() + Duration::from_secs(120);
     while !done() {
+        if station.ended() {
+            let name = station.what.clone();
+            let o = station.wait(LIMIT);
+            panic!(
+                "{name} ended before {what} ({:?}):\nstdout: {}\nstderr: {}",
+                o.status.code(),
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
         assert!(Instant::now() < until, "never happened: {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+    station
+}
+
+/// How long a station may take before the test stops it and fails (a hang guard).
+const LIMIT: Duration = Duration::from_secs(300);
+
+/// The rows of `cradle --json provision` (one JSON array).
+fn provision_rows(stdout: &[u8]) -> Vec<serde_json::Value> {
+    serde_json::from_slice(stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(stdout)))
 }
 
 /// A home with a CA on a fresh database of `cluster`.
@@ -143,18 +165,20 @@ fn the_server_stopped_mid_batch_leaves_nothing_half_recorded_and_a_rerun_finishe
     let env = home_on(&cluster);
     let args = batch_args(&env);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = env
-        .cmd(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let batch = Running::new(
+        "identity batch",
+        env.cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // Once the first chunk is committed, the server goes away under the batch.
-    wait_for("a first chunk recorded", || {
+    let batch = wait_for(batch, "a first chunk recorded", || {
         q(&env, "SELECT count(*) FROM devices") != "0"
     });
     cluster.stop();
-    let o = child.wait_with_output().unwrap();
+    let o = batch.wait(LIMIT);
     assert_one_registry_line("identity batch", &o);
 
     cluster.resume();
@@ -200,17 +224,17 @@ fn the_server_stopped_mid_provision_leaves_nothing_half_recorded_and_a_rerun_fin
     // A slow line (about 5 s a device) so the server stops while identities are
     // being written.
     let baud = "9600";
-    let _sim = Sim::start(
+    let _sim = Sim::start_at(
         &env,
+        baud,
         &[
+            "--strict",
             "--count",
             &PORTS.to_string(),
             "--link",
             link.to_str().unwrap(),
             "--hardware-id",
             "FP",
-            "--baud",
-            baud,
         ],
         PORTS,
     );
@@ -227,21 +251,45 @@ fn the_server_stopped_mid_provision_leaves_nothing_half_recorded_and_a_rerun_fin
         "--ports",
         &glob,
     ];
-    let child = env
-        .cmd(&provision)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("a device being provisioned", || {
+    let station = Running::new(
+        "provision",
+        env.cmd(&provision)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let station = wait_for(station, "a device being provisioned", || {
         q(
             &env,
             "SELECT count(*) FROM events WHERE kind = 'provision.started'",
         ) != "0"
     });
     cluster.stop();
-    let o = child.wait_with_output().unwrap();
-    assert_one_registry_line("provision", &o);
+    let o = station.wait(LIMIT);
+    // A station reports per port (README: a clear PASS/FAIL per port): exit 1 as for
+    // any failed device, and every port that did not PASS says, in its one FAIL line
+    // and its row's exit code 4, that the registry went away.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let rows = provision_rows(&o.stdout);
+    let failed: Vec<&serde_json::Value> = rows.iter().filter(|r| r["result"] != "PASS").collect();
+    assert!(
+        !failed.is_empty(),
+        "stopped mid-provision, yet all passed: {rows:?}"
+    );
+    for r in &failed {
+        assert_eq!(r["exit_code"], 4, "{r}");
+        assert!(r["error"].as_str().unwrap().contains("registry"), "{r}");
+    }
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), failed.len(), "one line per failed port: {err}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("FAIL") && l.contains("registry")),
+        "{err}"
+    );
 
     cluster.resume();
     // Nothing half-recorded: a device is provisioned exactly when it has its active
@@ -267,10 +315,7 @@ fn the_server_stopped_mid_provision_leaves_nothing_half_recorded_and_a_rerun_fin
         "{out}\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let rows: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = provision_rows(&o.stdout);
     assert_eq!(rows.len(), PORTS, "{out}");
     assert!(rows.iter().all(|r| r["result"] == "PASS"), "{out}");
     assert_eq!(

@@ -11,9 +11,10 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
+use std::time::Duration;
 
-use common::{audit, q, Backend, Env, Sim, SIM_BAUD};
+use common::{audit, q, Backend, Env, Running, Sim, SIM_BAUD};
 
 /// Devices per `identity batch` (more than one 1024-device chunk, so each batch
 /// commits several times while the others write).
@@ -45,19 +46,21 @@ fn inventory_csv(env: &Env, n: usize) -> String {
 
 /// `cradle ARGS` as station `station` in its own home (`Env::station_home`), output
 /// piped.
-fn spawn(env: &Env, station: &str, args: &[&str]) -> Child {
-    env.cmd(args)
+fn spawn(env: &Env, station: &str, args: &[&str]) -> Running {
+    let child = env
+        .cmd(args)
         .env("CRADLE_HOME", env.station_home(station))
         .env("CRADLE_STATION", station)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Running::new(station, child)
 }
 
 /// Waits for a station's process; asserts it succeeded; its stdout.
-fn finished(what: &str, child: Child) -> String {
-    let o = child.wait_with_output().unwrap();
+fn finished(what: &str, station: Running) -> String {
+    let o = station.wait(Duration::from_secs(300));
     assert!(
         o.status.success(),
         "{what} failed ({:?}):\nstdout: {}\nstderr: {}",
@@ -160,7 +163,7 @@ fn four_stations_at_once_on_one_registry(backend: Backend) {
     ];
     // Time for all four to reach the lock (not an assertion: a slower one only
     // starts later).
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1500));
     lock.commit_with("SELECT 1;");
     let mut outputs = Vec::new();
     for (what, child) in stations {

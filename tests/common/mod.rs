@@ -470,6 +470,92 @@ pub fn terminate(child: &mut Child) -> Option<std::process::ExitStatus> {
     None
 }
 
+/// Waits for `child` (stdout and stderr piped) and returns its output, draining both
+/// pipes meanwhile. After `limit` it is stopped and the test fails with what it
+/// printed: a guard against a station that never ends, not a timed assertion.
+pub fn wait_output(mut child: Child, what: &str, limit: Duration) -> Output {
+    use std::io::Read;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let until = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() >= until {
+            terminate(&mut child);
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    let Some(status) = status else {
+        panic!(
+            "{what} did not end within {limit:?}; stopped it.\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A child process of a test (stdout and stderr piped), stopped with [`terminate`] if
+/// the test ends before it does, so a failing assertion leaks no process.
+pub struct Running {
+    child: Option<Child>,
+    pub what: String,
+}
+
+impl Running {
+    pub fn new(what: &str, child: Child) -> Running {
+        Running {
+            child: Some(child),
+            what: what.to_string(),
+        }
+    }
+
+    /// Whether it has ended (its output is still there for [`Running::wait`]).
+    pub fn ended(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_some()
+    }
+
+    /// Its output once it ended, within `limit` (see [`wait_output`]).
+    pub fn wait(mut self, limit: Duration) -> Output {
+        wait_output(self.child.take().unwrap(), &self.what, limit)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            terminate(c);
+        }
+    }
+}
+
 /// Fast simulated line for tests (the benchmarks measure real rates).
 pub const SIM_BAUD: &str = "2000000";
 
@@ -491,7 +577,13 @@ impl Sim {
 
     /// A simulator that takes what the page forbids, where a lenient device would cope.
     pub fn start_lenient(env: &Env, args: &[&str], count: usize) -> Sim {
-        let mut a = vec!["sim", "--baud", SIM_BAUD];
+        Sim::start_at(env, SIM_BAUD, args, count)
+    }
+
+    /// A lenient simulator on a line of `baud` instead of the fast test line (for a
+    /// test that needs devices to take a while).
+    pub fn start_at(env: &Env, baud: &str, args: &[&str], count: usize) -> Sim {
+        let mut a = vec!["sim", "--baud", baud];
         a.extend_from_slice(args);
         let mut child = env
             .cmd(&a)
