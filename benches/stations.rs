@@ -233,6 +233,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let pass = dir.path().join("pass");
     std::fs::write(&pass, PASS).unwrap();
+    std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 
     // 1. Concurrent issuing stations.
     println!("identity batch, {per} devices per station, each station its own process");
@@ -247,7 +248,9 @@ fn main() {
         let lite = run.join("lite");
         assert!(station_home(&lite, &pass, None).is_none());
         let lite_homes = vec![lite.clone(); n];
-        let t = stations(&lite_homes, &pass, &run, per).expect("SQLite never refuses");
+        let bundles = run.join("lite-bundles");
+        std::fs::create_dir_all(&bundles).unwrap();
+        let t = stations(&lite_homes, &pass, &bundles, per).expect("SQLite never refuses");
         verify(&lite, total);
         let lite_rate = total as f64 / t;
         let lite_scale = lite_rate / *lite_1.get_or_insert(lite_rate);
@@ -269,7 +272,9 @@ fn main() {
                             copy_home(&first, &h);
                             homes.push(h);
                         }
-                        match stations(&homes, &pass, &run, per) {
+                        let bundles = run.join("pg-bundles");
+                        std::fs::create_dir_all(&bundles).unwrap();
+                        match stations(&homes, &pass, &bundles, per) {
                             Ok(t) => {
                                 verify(&first, total);
                                 Some(total as f64 / t)
