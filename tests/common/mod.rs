@@ -10,6 +10,23 @@ use std::time::{Duration, Instant};
 
 pub const PASS: &str = "correct horse battery staple";
 
+/// Where a test home's registry lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// CRADLE_TEST_BACKEND=postgres: PostgreSQL; anything else: SQLite.
+    pub fn from_env() -> Backend {
+        match std::env::var("CRADLE_TEST_BACKEND").as_deref() {
+            Ok("postgres") => Backend::Postgres,
+            _ => Backend::Sqlite,
+        }
+    }
+}
+
 /// A temporary cradle home with its own passphrase file; removed on drop.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -45,32 +62,70 @@ impl Env {
 
     /// A home with `cradle init` run: on the home's SQLite file, or, with
     /// CRADLE_TEST_BACKEND=postgres, on a fresh PostgreSQL database of its own (one
-    /// suite, two backends: how the commands still being ported to PostgreSQL are run
-    /// against it; `registry()`, `sql()` and `dump()` stay SQLite-only).
+    /// suite, two backends). `sql()`, `dump()`, `q()` and `hold_write_lock()` follow
+    /// the home to its backend; `registry()` stays the SQLite file's path.
     pub fn init() -> Env {
-        let mut e = Env::bare();
-        if std::env::var("CRADLE_TEST_BACKEND").as_deref() == Ok("postgres") {
-            let db = pg::PgDb::new("Env::init")
-                .expect("CRADLE_TEST_BACKEND=postgres needs CRADLE_TEST_PG_URL");
-            e.ok(&[
-                "init",
-                "--org",
-                "ACME",
-                "--station",
-                "test-station",
-                "--registry",
-                &db.url,
-            ]);
-            e.pg = Some(db);
-            return e;
+        Env::init_on(Backend::from_env())
+            .expect("CRADLE_TEST_BACKEND=postgres needs CRADLE_TEST_PG_URL")
+    }
+
+    /// A home with `cradle init` run on `backend`, whatever CRADLE_TEST_BACKEND says;
+    /// None (the reason printed; a failure under CI=true) when there is no PostgreSQL
+    /// server to test on.
+    pub fn init_on(backend: Backend) -> Option<Env> {
+        match backend {
+            Backend::Sqlite => {
+                let e = Env::bare();
+                e.ok(&["init", "--org", "ACME", "--station", "test-station"]);
+                Some(e)
+            }
+            Backend::Postgres => Some(Env::init_on_db(pg::PgDb::new("Env::init")?)),
         }
-        e.ok(&["init", "--org", "ACME", "--station", "test-station"]);
+    }
+
+    /// A home with `cradle init` run on the PostgreSQL database `db` (dropped with the
+    /// home); a private cluster's password file goes to every command.
+    pub fn init_on_db(db: pg::PgDb) -> Env {
+        let mut e = Env::bare();
+        if let Some(p) = &db.passfile {
+            e.vars
+                .push(("PGPASSFILE".into(), p.to_str().unwrap().to_string()));
+        }
+        e.ok(&[
+            "init",
+            "--org",
+            "ACME",
+            "--station",
+            "test-station",
+            "--registry",
+            &db.url,
+        ]);
+        e.pg = Some(db);
         e
+    }
+
+    /// The backend this home's registry is on.
+    pub fn backend(&self) -> Backend {
+        match self.pg {
+            Some(_) => Backend::Postgres,
+            None => Backend::Sqlite,
+        }
     }
 
     /// A home with a CA.
     pub fn with_ca() -> Env {
-        let e = Env::init();
+        Env::with_ca_on(Backend::from_env())
+            .expect("CRADLE_TEST_BACKEND=postgres needs CRADLE_TEST_PG_URL")
+    }
+
+    /// A home with a CA on `backend` (None as for [`Env::init_on`]).
+    pub fn with_ca_on(backend: Backend) -> Option<Env> {
+        Some(Env::init_on(backend)?.and_ca())
+    }
+
+    /// This home after `cradle ca init`.
+    pub fn and_ca(self) -> Env {
+        let e = self;
         e.ok(&[
             "ca",
             "init",
@@ -100,8 +155,37 @@ impl Env {
         name.to_string()
     }
 
+    /// The home's SQLite file (absent when the registry is on PostgreSQL).
     pub fn registry(&self) -> PathBuf {
         self.home.join("registry.db")
+    }
+
+    /// The home another station of this registry runs in: on PostgreSQL a copy of
+    /// this one (config.toml with the URL, log.key, the CA), as a second station joins
+    /// today; on SQLite this home itself, since its file is the registry.
+    pub fn station_home(&self, name: &str) -> PathBuf {
+        if self.pg.is_none() {
+            return self.home.clone();
+        }
+        let to = self.dir.path().join(format!("home-{name}"));
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(&self.home)
+            .arg(&to)
+            .status()
+            .expect("cp");
+        assert!(
+            st.success(),
+            "cp -a {} {}",
+            self.home.display(),
+            to.display()
+        );
+        to
+    }
+
+    /// The PostgreSQL registry's URL, when the home is on one.
+    pub fn registry_url(&self) -> Option<&str> {
+        self.pg.as_ref().map(|db| db.url.as_str())
     }
 
     /// A `cradle` command with this home, no terminal, no inherited secrets.
@@ -166,8 +250,13 @@ impl Env {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
-    /// A byte-exact textual dump of the registry (sqlite3 shell), to prove "unchanged".
+    /// A textual dump of the registry, to prove "unchanged": byte-exact from the
+    /// sqlite3 shell (`.dump`), or on PostgreSQL the schema and every table's rows in
+    /// a stable order (`pg::dump`).
     pub fn dump(&self) -> String {
+        if let Some(db) = &self.pg {
+            return pg::dump(&db.url, db.passfile.as_deref());
+        }
         let o = Command::new("sqlite3")
             .arg(self.registry())
             .arg(".dump")
@@ -177,8 +266,15 @@ impl Env {
         String::from_utf8(o.stdout).unwrap()
     }
 
-    /// Runs SQL with the sqlite3 shell (behind cradle's back).
+    /// Runs SQL behind cradle's back: the sqlite3 shell on the file, or psql on the
+    /// home's PostgreSQL database, printing rows the same way (`a|b`, one a line,
+    /// NULL as nothing) so one assertion holds on both. Values print as each server
+    /// prints its types: PostgreSQL booleans are `t`/`f`, its timestamps
+    /// `2026-12-01 10:00:00+00` (UTC), its bytea `\x…`; the SQL itself must suit both.
     pub fn sql(&self, sql: &str) -> String {
+        if let Some(db) = &self.pg {
+            return pg::sql_with(&db.url, db.passfile.as_deref(), sql);
+        }
         let o = Command::new("sqlite3")
             .arg(self.registry())
             .arg(sql)
@@ -188,20 +284,34 @@ impl Env {
         String::from_utf8(o.stdout).unwrap()
     }
 
-    /// Takes the registry's write lock from another connection (the sqlite3 shell),
-    /// as another station in the middle of a transaction would.
+    /// Takes the registry's write lock from another connection, as another station in
+    /// the middle of a transaction would: `BEGIN IMMEDIATE` in the sqlite3 shell, or on
+    /// PostgreSQL a psql transaction holding the chain lock, which every cradle write
+    /// transaction takes at its start.
     pub fn hold_write_lock(&self) -> WriteLock {
-        let mut child = Command::new("sqlite3")
-            .arg(self.registry())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("sqlite3 shell");
+        let (mut child, begin) = match &self.pg {
+            Some(db) => (
+                pg::session(&db.url, db.passfile.as_deref()),
+                format!(
+                    "BEGIN;\nSELECT pg_advisory_xact_lock({});\nSELECT 'locked';\n",
+                    cradle::store::schema_pg::CHAIN_LOCK
+                ),
+            ),
+            None => (
+                Command::new("sqlite3")
+                    .arg(self.registry())
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .expect("sqlite3 shell"),
+                "BEGIN IMMEDIATE;\nSELECT 'locked';\n".to_string(),
+            ),
+        };
         let mut lock = WriteLock {
             out: BufReader::new(child.stdout.take().unwrap()),
             child,
         };
-        lock.send("BEGIN IMMEDIATE;\nSELECT 'locked';\n", "locked");
+        lock.send(&begin, "locked");
         lock
     }
 
@@ -232,7 +342,7 @@ impl Env {
     }
 }
 
-/// A write transaction held open by the sqlite3 shell (`Env::hold_write_lock`).
+/// A write transaction held open by the sqlite3 shell or psql (`Env::hold_write_lock`).
 pub struct WriteLock {
     child: Child,
     out: BufReader<std::process::ChildStdout>,
@@ -249,7 +359,7 @@ impl WriteLock {
             line.clear();
             assert!(
                 self.out.read_line(&mut line).unwrap() > 0,
-                "sqlite3 shell ended before '{until}'"
+                "the SQL shell holding the lock ended before '{until}'"
             );
             if line.trim() == until {
                 return;
@@ -360,6 +470,92 @@ pub fn terminate(child: &mut Child) -> Option<std::process::ExitStatus> {
     None
 }
 
+/// Waits for `child` (stdout and stderr piped) and returns its output, draining both
+/// pipes meanwhile. After `limit` it is stopped and the test fails with what it
+/// printed: a guard against a station that never ends, not a timed assertion.
+pub fn wait_output(mut child: Child, what: &str, limit: Duration) -> Output {
+    use std::io::Read;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let until = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() >= until {
+            terminate(&mut child);
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    let Some(status) = status else {
+        panic!(
+            "{what} did not end within {limit:?}; stopped it.\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A child process of a test (stdout and stderr piped), stopped with [`terminate`] if
+/// the test ends before it does, so a failing assertion leaks no process.
+pub struct Running {
+    child: Option<Child>,
+    pub what: String,
+}
+
+impl Running {
+    pub fn new(what: &str, child: Child) -> Running {
+        Running {
+            child: Some(child),
+            what: what.to_string(),
+        }
+    }
+
+    /// Whether it has ended (its output is still there for [`Running::wait`]).
+    pub fn ended(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_some()
+    }
+
+    /// Its output once it ended, within `limit` (see [`wait_output`]).
+    pub fn wait(mut self, limit: Duration) -> Output {
+        wait_output(self.child.take().unwrap(), &self.what, limit)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            terminate(c);
+        }
+    }
+}
+
 /// Fast simulated line for tests (the benchmarks measure real rates).
 pub const SIM_BAUD: &str = "2000000";
 
@@ -381,7 +577,13 @@ impl Sim {
 
     /// A simulator that takes what the page forbids, where a lenient device would cope.
     pub fn start_lenient(env: &Env, args: &[&str], count: usize) -> Sim {
-        let mut a = vec!["sim", "--baud", SIM_BAUD];
+        Sim::start_at(env, SIM_BAUD, args, count)
+    }
+
+    /// A lenient simulator on a line of `baud` instead of the fast test line (for a
+    /// test that needs devices to take a while).
+    pub fn start_at(env: &Env, baud: &str, args: &[&str], count: usize) -> Sim {
+        let mut a = vec!["sim", "--baud", baud];
         a.extend_from_slice(args);
         let mut child = env
             .cmd(&a)
