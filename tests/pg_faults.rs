@@ -157,7 +157,6 @@ fn assert_batch_devices_whole(env: &Env) {
 }
 
 #[test]
-#[ignore = "needs the PostgreSQL port (issue 14)"]
 fn the_server_stopped_mid_batch_leaves_nothing_half_recorded_and_a_rerun_finishes() {
     let Some(cluster) = Cluster::start("the_server_stopped_mid_batch") else {
         return;
@@ -212,7 +211,6 @@ fn the_server_stopped_mid_batch_leaves_nothing_half_recorded_and_a_rerun_finishe
 }
 
 #[test]
-#[ignore = "needs the PostgreSQL port (issue 14)"]
 fn the_server_stopped_mid_provision_leaves_nothing_half_recorded_and_a_rerun_finishes() {
     const PORTS: usize = 8;
     let Some(cluster) = Cluster::start("the_server_stopped_mid_provision") else {
@@ -340,7 +338,6 @@ fn the_server_stopped_mid_provision_leaves_nothing_half_recorded_and_a_rerun_fin
 /// (tests/postgres.rs) for a wrong password, an unreachable host and a newer schema,
 /// and record nothing.
 #[test]
-#[ignore = "needs the PostgreSQL port (issue 14)"]
 fn station_commands_on_a_wrong_password_an_unreachable_host_or_a_newer_schema_say_one_line() {
     let Some(env) = Env::with_ca_on(common::Backend::Postgres) else {
         return;

@@ -279,7 +279,6 @@ fn four_stations_at_once_on_one_sqlite_registry() {
 }
 
 #[test]
-#[ignore = "needs the PostgreSQL port (issue 14)"]
 fn four_stations_at_once_on_one_postgresql_registry() {
     four_stations_at_once_on_one_registry(Backend::Postgres);
 }
