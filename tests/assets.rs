@@ -55,8 +55,12 @@ fn asset_columns_import_normalised_and_export_exactly() {
     assert_eq!(device(&env, "A-2")["cost"], "0.5");
     assert_eq!(device(&env, "A-3")["cost"], Value::Null);
     assert_eq!(
-        env.sql("SELECT typeof(cost), cost FROM devices WHERE serial = 'A-1'")
-            .trim(),
+        env.sql(if env.backend() == common::Backend::Postgres {
+            "SELECT pg_typeof(cost), cost FROM devices WHERE serial = 'A-1'"
+        } else {
+            "SELECT typeof(cost), cost FROM devices WHERE serial = 'A-1'"
+        })
+        .trim(),
         "text|129.90"
     );
     // Export lists the columns after notes, and an export imports back unchanged.

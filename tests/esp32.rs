@@ -948,7 +948,7 @@ fn decommission_erases_esp_secure_cert_and_records_a_read_back_wipe() {
     );
     // The partition is erased flash now, on the chip itself.
     assert_eq!(sim_flash(&state, 0xD000, 0x2000), vec![0xFF; 0x2000]);
-    let w = q(&env, "SELECT kind || '|' || level || '|' || coalesce(attestation_verified, 'null') || '|' || verification FROM wipes");
+    let w = q(&env, "SELECT kind || '|' || level || '|' || coalesce(CAST(attestation_verified AS TEXT), 'null') || '|' || verification FROM wipes");
     assert!(
         w.starts_with("read-back|clear|null|read back: the device's MD5"),
         "{w}"

@@ -560,7 +560,7 @@ fn decommission_wipes_the_files_and_records_a_read_back_wipe() {
         assert!(board_file(&state, f).is_none(), "{f} is still on the board");
     }
     assert_eq!(
-        q(&env, "SELECT kind || ' ' || level || ' ' || coalesce(attestation_verified, 'none') FROM wipes"),
+        q(&env, "SELECT kind || ' ' || level || ' ' || coalesce(CAST(attestation_verified AS TEXT), 'none') FROM wipes"),
         "read-back clear none"
     );
     assert!(q(&env, "SELECT verification FROM wipes").contains("ENOENT"));

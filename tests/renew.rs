@@ -794,7 +794,7 @@ fn an_injected_rekey_cut_before_the_key_is_revoked_and_issued_afresh_never_two_p
     assert_eq!(
         q(
             &env,
-            "SELECT group_concat(state) FROM (SELECT state FROM renewals ORDER BY id);"
+            "SELECT group_concat(state, ',') FROM (SELECT state FROM renewals ORDER BY id) AS t;"
         ),
         "abandoned,pending"
     );
@@ -833,7 +833,7 @@ fn an_injected_rekey_cut_before_the_key_is_revoked_and_issued_afresh_never_two_p
     assert_eq!(
         q(
             &env,
-            "SELECT group_concat(state) FROM (SELECT state FROM renewals ORDER BY id);"
+            "SELECT group_concat(state, ',') FROM (SELECT state FROM renewals ORDER BY id) AS t;"
         ),
         "abandoned,abandoned,confirmed"
     );

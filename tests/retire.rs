@@ -397,7 +397,7 @@ fn decommission_with_manual_wipe_records_everything_and_certifies_it() {
     assert_eq!(dev_count(&e, "D-0001", "kind = 'decommission.step'"), 4);
     assert_eq!(dev_count(&e, "D-0001", "kind = 'device.state'"), 2);
     assert_eq!(
-        e.sql("SELECT step || ':' || status FROM decommissions ORDER BY rowid")
+        e.sql("SELECT step || ':' || status FROM decommissions ORDER BY CASE step WHEN 'retire' THEN 1 WHEN 'revoke' THEN 2 WHEN 'wipe' THEN 3 ELSE 4 END")
             .trim()
             .lines()
             .count(),
@@ -662,10 +662,8 @@ fn a_killed_run_resumes_where_it_stopped_with_no_step_done_twice() {
         assert!(text.contains(&s), "{s} not in the CRL");
     }
     // The event chain is intact.
-    let reg = cradle::store::Store::open(&e.registry()).unwrap();
-    let rep = cradle::store::events::verify_chain(&reg).unwrap();
-    assert!(rep.first_break.is_none(), "{:?}", rep.first_break);
-    drop(reg);
+    let v = e.json(&["log", "verify"]);
+    assert_eq!(v["ok"], true, "{v}");
     // Nothing left to resume.
     let out = e.ok(&["decommission", "--resume"]);
     assert!(out.contains("nothing to do"), "{out}");

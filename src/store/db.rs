@@ -614,7 +614,14 @@ pub fn pg_store_err(e: &postgres::Error) -> StoreError {
         }
         return StoreError::Other(db.message().to_string());
     }
-    if e.is_closed() {
+    // A socket error mid-statement (the server killed or the network gone) is the same
+    // as a closed connection to the station: exit 4, re-run when it is back.
+    let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed()
+        || io
+        || e.to_string()
+            .starts_with("error communicating with the server")
+    {
         return StoreError::Unreachable(
             "the connection to the PostgreSQL registry was lost".to_string(),
         );
