@@ -224,7 +224,8 @@ pub enum Lookup {
 
 /// One import transaction's writer, on either backend.
 pub enum ImportDb<'c> {
-    Lite(LiteImport<'c>),
+    // Boxed: its prepared statements make it far larger than the PostgreSQL writer.
+    Lite(Box<LiteImport<'c>>),
     Pg(super::pg_import::PgImport<'c>),
 }
 
@@ -233,7 +234,7 @@ impl<'c> ImportDb<'c> {
         Ok(if tx.is_pg() {
             ImportDb::Pg(super::pg_import::PgImport::new(tx)?)
         } else {
-            ImportDb::Lite(LiteImport::new(tx)?)
+            ImportDb::Lite(Box::new(LiteImport::new(tx)?))
         })
     }
 

@@ -97,7 +97,7 @@ impl<'c> PgImport<'c> {
             key.column()
         ))?;
         let found: Vec<Device> = st
-            .query_map([value], |r| from_row(r))?
+            .query_map([value], from_row)?
             .collect::<rusqlite::Result<_>>()?;
         match found.len() {
             0 => Ok(Lookup::None),
