@@ -318,11 +318,23 @@ fn prepared(
     // the registry's columns have until the statement is accepted.
     let mut types: Vec<Type> = Vec::new();
     let mut last: Option<(usize, usize)> = None;
+    // A refused PREPARE aborts an open transaction (a snapshot's, a write's), so there
+    // each guess runs under a savepoint, rolled back before the next one. Outside a
+    // transaction the server refuses SAVEPOINT itself, harmlessly.
+    let in_tx = client.batch_execute("SAVEPOINT cradle_prepare").is_ok();
+    let end_savepoint = |client: &mut postgres::Client| {
+        if in_tx {
+            let _ = client.batch_execute("RELEASE SAVEPOINT cradle_prepare");
+        }
+    };
     let stmt = loop {
         let e = match client.prepare_typed(&text, &types) {
             Ok(s) => break s,
             Err(e) => e,
         };
+        if in_tx {
+            let _ = client.batch_execute("ROLLBACK TO SAVEPOINT cradle_prepare");
+        }
         let undetermined = undetermined_param(&e).filter(|n| *n >= 1 && *n <= params.len().max(1));
         let next = match (undetermined, last) {
             (Some(n), _) if types.get(n - 1).is_none_or(|t| *t == Type::UNKNOWN) => Some((n, 0)),
@@ -337,6 +349,7 @@ fn prepared(
             if std::env::var_os("CRADLE_DEBUG_SQL").is_some() {
                 eprintln!("cradle: PostgreSQL refused: {text}\n{e:?}");
             }
+            end_savepoint(client);
             return Err(pg_err(e));
         };
         if types.len() < n {
@@ -354,6 +367,7 @@ fn prepared(
         };
         last = Some((n, c));
     };
+    end_savepoint(client);
     cache.insert(sql.to_string(), stmt.clone());
     Ok(stmt)
 }
