@@ -281,8 +281,9 @@ fn refuse_broken(name: &str, chain: &ChainReport) -> Result<()> {
     Ok(())
 }
 
-/// Copies the home's log key file to `to` (0600, never replacing a file).
-fn copy_key(from: &Path, to: &Path) -> Result<()> {
+/// Copies a log key file to `to` (0600, never replacing a file): beside a SQLite copy,
+/// or into a joining station's home.
+pub fn copy_key(from: &Path, to: &Path) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let bytes = zeroize::Zeroizing::new(std::fs::read(from).map_err(|e| Error::io(from, e))?);
@@ -649,6 +650,17 @@ impl Fill<'_> {
                 "copied_from": self.source_name,
             }),
             &super::now_rfc3339(),
+        )?;
+        // The head as the commit will record it, so the check below sees the chain
+        // exactly as it will be kept.
+        let (id, hash): (i64, String) = self.dst.query_row(
+            "SELECT id, hash FROM events ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        self.dst.execute(
+            "UPDATE meta SET value = ?1 WHERE key = ?2",
+            rusqlite::params![format!("{id}:{hash}"), events::HEAD_KEY],
         )?;
         let checked = self.recheck_marks()?;
         Ok((checked, marks.len() as u64))
