@@ -518,6 +518,14 @@ fn a_second_station_joins_a_postgresql_registry_with_the_first_stations_log_key(
     let d = one.json(&["device", "show", "L2-0001"]);
     assert_eq!(d["serial"], "L2-0001");
 
+    // A chain edited on the server is not joined, whatever the key.
+    db.sql("UPDATE events SET details = '{}' WHERE id = 3");
+    let four = Env::bare();
+    let w = join(&key, &db.url);
+    let err = four.fails(&args(&w), 4);
+    assert!(err.contains("broken at event 3"), "{err}");
+    assert!(!four.home.exists());
+
     // --join without a PostgreSQL URL is a usage error.
     let three = Env::bare();
     three.fails(&["init", "--join", "--log-key", key.to_str().unwrap()], 2);

@@ -72,30 +72,36 @@ fn run_copy(ctx: &Ctx, a: CopyArgs) -> anyhow::Result<i32> {
         print_json(&r)?;
         return Ok(0);
     }
-    println!(
+    // Written, not println!: a closed pipe (`| head`) is an error main() treats as such.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "copied {} rows in {} tables from {} to {}",
         r.rows,
         r.tables.len(),
         r.source,
         r.target
-    );
+    )?;
     for t in &r.tables {
-        println!("  {:<16} {:>9}", t.table, t.rows);
+        writeln!(out, "  {:<16} {:>9}", t.table, t.rows)?;
     }
-    println!(
+    writeln!(
+        out,
         "event chain verified in the copy: {} events, head {} {}",
         r.events, r.head_id, r.head_hash
-    );
+    )?;
     if r.remarked > 0 {
-        println!(
+        writeln!(
+            out,
             "device marks verified: {} rows, {} re-marked over the values as the target returns them (event devices.marked)",
             r.devices_checked, r.remarked
-        );
+        )?;
     } else {
-        println!("device marks verified: {} rows", r.devices_checked);
+        writeln!(out, "device marks verified: {} rows", r.devices_checked)?;
     }
     if let Some(k) = &r.log_key_written {
-        println!("log key written beside the copy: {k} (0600)");
+        writeln!(out, "log key written beside the copy: {k} (0600)")?;
     }
     Ok(0)
 }

@@ -238,6 +238,16 @@ fn refuse_existing_file(p: &Path, key_file: &Path) -> Result<()> {
             p.display()
         )));
     }
+    let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(d) = dir.filter(|d| !d.is_dir()) {
+        return Err(Error::io(
+            d,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such directory for the copy (nothing was written)",
+            ),
+        ));
+    }
     let beside = logkey::key_path(p);
     if beside.exists() {
         let same = std::fs::read(&beside).map_err(|e| Error::io(&beside, e))?

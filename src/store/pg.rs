@@ -113,18 +113,23 @@ impl PgStore {
             ))));
         }
         if let Some(b) = &report.first_break {
-            // A key that is not the registry's fails at its first keyed event.
-            let msg = if b.event_id >= key.from && b.problem == "altered" {
+            // A key that is not the registry's fails at the chain's first keyed event;
+            // a break further on is a damaged chain, whatever the key.
+            if !(b.event_id == key.from.max(1) && b.problem == "altered") {
+                return Err(Error::Store(StoreError::corrupt(
+                    &target.url,
+                    format!(
+                        "its event chain is broken at event {} ({}); refusing to join it (cradle log verify)",
+                        b.event_id, b.problem
+                    ),
+                )));
+            }
+            let msg = {
                 format!(
                     "log key {} does not verify the registry's chain (event {} does not match it): copy the log.key of the station that initialised {}",
                     key_path.display(),
                     b.event_id,
                     target.url
-                )
-            } else {
-                format!(
-                    "registry {}: its event chain is broken at event {} ({}); refusing to join it (cradle log verify)",
-                    target.url, b.event_id, b.problem
                 )
             };
             return Err(Error::crypto(msg));
