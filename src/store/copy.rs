@@ -131,21 +131,17 @@ pub fn copy(
     // One consistent view of the source for the checks and every table.
     let snap = source.snapshot()?;
     let src = snap.conn();
-    let chain = events::verify_chain(&snap)?;
+    let chain = verify_chain_paged(src, &key)?;
     refuse_broken(&source_name, &chain)?;
     let require_marks = rowmark::recorded(src)? || rowmark::logged(src)?;
-    let mut bad = Vec::new();
-    rowmark::bad_marks(src, &row_key, require_marks, |b| {
-        bad.push(b.serial);
-        Ok(())
-    })?;
+    let (_, bad) = bad_marks_paged(src, &row_key, require_marks)?;
     if !bad.is_empty() {
         return Err(Error::Store(StoreError::corrupt(
             &source_name,
             format!(
                 "{} device row(s) whose mark does not verify (first: {}): refusing to copy rows changed behind cradle's back (cradle audit lists them)",
                 bad.len(),
-                bad[0]
+                bad[0].1
             ),
         )));
     }
@@ -191,6 +187,7 @@ pub fn copy(
         counts: &counts,
         total,
         row_key: &row_key,
+        key: &key,
         require_marks,
         chain: &chain,
         actor,
@@ -398,6 +395,107 @@ fn ordered_tables(conn: &Conn) -> Result<Vec<(String, Vec<String>)>> {
     Ok(out)
 }
 
+/// Rows per page when the checks read a table (both backends).
+const CHECK_PAGE: i64 = 10_000;
+
+/// The chain on `conn` checked as `events::verify_chain` does, read in pages of ids
+/// (a PostgreSQL result is held whole: a long log must not be one result).
+fn verify_chain_paged(conn: &Conn, key: &LogKey) -> Result<ChainReport> {
+    let mut walk = events::ChainWalk::new(Some(key.clone()), false);
+    let mut after = 0i64;
+    loop {
+        let mut st = conn.prepare_cached(
+            "SELECT id, device_id, kind, actor, station, at, details, prev_hash, hash
+             FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let mut rows = st.query([after, CHECK_PAGE])?;
+        let mut got = 0;
+        while let Some(r) = rows.next()? {
+            after = r.get(0)?;
+            got += 1;
+            walk.step(events::StoredEvent {
+                id: after,
+                device_id: r.get(1)?,
+                kind: r.get(2)?,
+                actor: r.get(3)?,
+                station: r.get(4)?,
+                at: r.get(5)?,
+                details: r.get(6)?,
+                prev: r.get(7)?,
+                hash: r.get(8)?,
+            });
+        }
+        if got < CHECK_PAGE {
+            break;
+        }
+    }
+    let recorded = if walk.broken() {
+        None
+    } else {
+        events::recorded_head(Reader::of(conn))?
+    };
+    Ok(walk.finish(recorded))
+}
+
+/// A device row whose mark does not verify: (id, serial, has no mark at all).
+type Unmarked = (i64, String, bool);
+
+/// Every device row's mark checked as `rowmark::bad_marks` does, in pages of ids;
+/// returns the rows checked and those whose mark does not verify (or is missing,
+/// when `require`).
+fn bad_marks_paged(conn: &Conn, key: &RowKey, require: bool) -> Result<(u64, Vec<Unmarked>)> {
+    let mut bad = Vec::new();
+    let mut n = 0u64;
+    let mut after = i64::MIN;
+    loop {
+        let mut st =
+            conn.prepare_cached("SELECT * FROM devices WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+        let mut rows = st.query([after, CHECK_PAGE])?;
+        let names = st_names(conn)?;
+        let at = |c: &str| names.iter().position(|x| x == c);
+        let (Some(mark_at), Some(id_at), Some(serial_at)) =
+            (at(MARK_COLUMN), at("id"), at("serial"))
+        else {
+            return Err(Error::Internal(
+                "devices has no id, serial or mark column".into(),
+            ));
+        };
+        let mut got = 0;
+        while let Some(r) = rows.next()? {
+            got += 1;
+            n += 1;
+            after = r.get(id_at)?;
+            let serial = match r.get_ref(serial_at)? {
+                ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                _ => format!("#{after}"),
+            };
+            match r.get_ref(mark_at)? {
+                ValueRef::Null if require => bad.push((after, serial, true)),
+                ValueRef::Null => {}
+                ValueRef::Blob(m) => {
+                    let mut cells = Vec::with_capacity(names.len());
+                    for i in (0..names.len()).filter(|&i| i != mark_at) {
+                        cells.push(Cell::from(r.get_ref(i)?));
+                    }
+                    if !key.verify(cells, m) {
+                        bad.push((after, serial, false));
+                    }
+                }
+                _ => bad.push((after, serial, false)),
+            }
+        }
+        if got < CHECK_PAGE {
+            break;
+        }
+    }
+    Ok((n, bad))
+}
+
+/// The columns of `devices` in table order (what `SELECT *` returns).
+fn st_names(conn: &Conn) -> Result<Vec<String>> {
+    columns(conn, "devices")
+}
+
 /// The state of one copy into its target transaction.
 struct Fill<'a> {
     src: &'a Conn,
@@ -406,6 +504,7 @@ struct Fill<'a> {
     counts: &'a [u64],
     total: u64,
     row_key: &'a RowKey,
+    key: &'a LogKey,
     require_marks: bool,
     chain: &'a ChainReport,
     actor: &'a Actor,
@@ -417,6 +516,8 @@ struct Fill<'a> {
 /// Parameters per multi-row INSERT on PostgreSQL (the protocol allows 65,535).
 const PG_PARAMS_PER_INSERT: usize = 30_000;
 const PG_ROWS_PER_INSERT: usize = 1_000;
+/// Rows per read from a PostgreSQL source (by id).
+const PG_READ_PAGE: usize = 10_000;
 
 impl Fill<'_> {
     fn run(&mut self) -> Result<Report> {
@@ -456,7 +557,7 @@ impl Fill<'_> {
         }
         let (checked, remarked) = self.check_marks(&tx)?;
         // The chain as the target gives it back, keyed by the home's log key.
-        let report = events::verify_chain(Reader::of(self.dst))?;
+        let report = verify_chain_paged(self.dst, self.key)?;
         let extra = u64::from(remarked > 0);
         let head_ok = self.dst.query_row(
             "SELECT hash FROM events WHERE id = ?1",
@@ -529,8 +630,6 @@ impl Fill<'_> {
     fn copy_table(&mut self, table: &str, cols: &[String], done: &mut u64) -> Result<u64> {
         let list = cols.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
         let src = self.src;
-        let mut st = src.prepare(&format!("SELECT {list} FROM {}", q(table)))?;
-        let mut rows = st.query([])?;
         let ncol = cols.len();
         let per = if self.dst.is_pg() {
             (PG_PARAMS_PER_INSERT / ncol.max(1)).clamp(1, PG_ROWS_PER_INSERT)
@@ -539,15 +638,45 @@ impl Fill<'_> {
         };
         let mut buf: Vec<SqlValue> = Vec::with_capacity(per * ncol);
         let mut n = 0u64;
-        while let Some(r) = rows.next()? {
-            for i in 0..ncol {
-                buf.push(SqlValue::from(r.get_ref(i)?));
+        // A PostgreSQL source hands over a whole result at once: tables with ids are read
+        // in pages of ids, so a large fleet is never one result in memory (SQLite streams).
+        let id_at = cols.iter().position(|c| c == "id").filter(|_| src.is_pg());
+        let mut after = i64::MIN;
+        loop {
+            let (sql, paged) = match id_at {
+                Some(_) => (
+                    format!(
+                        "SELECT {list} FROM {} WHERE id > ?1 ORDER BY id LIMIT {PG_READ_PAGE}",
+                        q(table)
+                    ),
+                    true,
+                ),
+                None => (format!("SELECT {list} FROM {}", q(table)), false),
+            };
+            let mut st = src.prepare(&sql)?;
+            let mut rows = if paged {
+                st.query([after])?
+            } else {
+                st.query([])?
+            };
+            let mut got = 0usize;
+            while let Some(r) = rows.next()? {
+                for i in 0..ncol {
+                    buf.push(SqlValue::from(r.get_ref(i)?));
+                }
+                if let Some(at) = id_at {
+                    after = r.get(at)?;
+                }
+                got += 1;
+                n += 1;
+                if buf.len() == per * ncol {
+                    self.insert(table, &list, ncol, &mut buf)?;
+                    *done += per as u64;
+                    (self.progress)(table, *done, self.total);
+                }
             }
-            n += 1;
-            if buf.len() == per * ncol {
-                self.insert(table, &list, ncol, &mut buf)?;
-                *done += per as u64;
-                (self.progress)(table, *done, self.total);
+            if !paged || got < PG_READ_PAGE {
+                break;
             }
         }
         if !buf.is_empty() {
@@ -608,25 +737,30 @@ impl Fill<'_> {
     /// value came back in another spelling (their marks verified in the source) and
     /// records that in the chain. Returns (rows checked, rows re-marked).
     fn check_marks(&self, tx: &Tx<'_>) -> Result<(u64, u64)> {
-        let mut bad: Vec<i64> = Vec::new();
-        rowmark::bad_marks(self.dst, self.row_key, self.require_marks, |b| {
-            if !b.missing {
-                bad.push(b.id);
-            }
-            Ok(())
-        })?;
+        let (_, found) = bad_marks_paged(self.dst, self.row_key, self.require_marks)?;
+        // A missing mark was missing in the source too (refused there): only marks that
+        // came back wrong are re-marked.
+        let bad: Vec<i64> = found
+            .into_iter()
+            .filter(|(_, _, missing)| !missing)
+            .map(|(id, _, _)| id)
+            .collect();
         if bad.is_empty() {
             let checked = self.recheck_marks()?;
             return Ok((checked, 0));
         }
         let mut marks: Vec<(i64, Vec<u8>)> = Vec::with_capacity(bad.len());
-        {
-            let ids = bad.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        for chunk in bad.chunks(1_000) {
+            let ids = chunk
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             // Ids are integers read from the target itself: safe to list in the text.
             let mut st = self.dst.prepare(&format!(
                 "SELECT * FROM devices WHERE id IN ({ids}) ORDER BY id"
             ))?;
-            let names = st.column_names();
+            let names = st_names(self.dst)?;
             let at = |n: &str| names.iter().position(|c| c == n);
             let (Some(mark_at), Some(id_at)) = (at(MARK_COLUMN), at("id")) else {
                 return Err(Error::Internal("devices has no id or mark column".into()));
@@ -644,6 +778,7 @@ impl Fill<'_> {
                 marks.push((id, self.row_key.mark(cells).to_vec()));
             }
         }
+        // One UPDATE per re-marked row: the rare path (values another tool wrote).
         for (id, m) in &marks {
             self.dst.execute(
                 "UPDATE devices SET mark = ?1 WHERE id = ?2",
@@ -678,12 +813,8 @@ impl Fill<'_> {
 
     /// Every mark must verify now; returns the rows checked.
     fn recheck_marks(&self) -> Result<u64> {
-        let mut bad = Vec::new();
-        let n = rowmark::bad_marks(self.dst, self.row_key, self.require_marks, |b| {
-            bad.push(b.serial);
-            Ok(())
-        })?;
-        if let Some(first) = bad.first() {
+        let (n, bad) = bad_marks_paged(self.dst, self.row_key, self.require_marks)?;
+        if let Some((_, first, _)) = bad.first() {
             return Err(Error::Store(StoreError::corrupt(
                 &self.target_name,
                 format!(
