@@ -530,3 +530,35 @@ fn a_second_station_joins_a_postgresql_registry_with_the_first_stations_log_key(
     let three = Env::bare();
     three.fails(&["init", "--join", "--log-key", key.to_str().unwrap()], 2);
 }
+
+#[test]
+fn two_copies_into_one_empty_database_at_once_leave_one_verified_registry() {
+    let Some(db) = PgDb::new("registry_copy_race") else {
+        return;
+    };
+    let (a, b) = (lite_fleet(), lite_fleet());
+    let mut ca = a
+        .cmd(&["registry", "copy", "--to", &db.url])
+        .spawn()
+        .unwrap();
+    let mut cb = b
+        .cmd(&["registry", "copy", "--to", &db.url])
+        .spawn()
+        .unwrap();
+    let (ra, rb) = (ca.wait().unwrap(), cb.wait().unwrap());
+    let mut codes = [ra.code().unwrap(), rb.code().unwrap()];
+    codes.sort();
+    assert_eq!(
+        codes,
+        [0, 7],
+        "one copy wins, the other finds the database taken"
+    );
+    let winner = if ra.success() { &a } else { &b };
+    let v = winner.json(&["--registry", &db.url, "log", "verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        v["head_hash"],
+        winner.json(&["log", "head"])["hash"],
+        "the database holds the winner's registry whole"
+    );
+}

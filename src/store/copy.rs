@@ -521,15 +521,21 @@ const PG_READ_PAGE: usize = 10_000;
 
 impl Fill<'_> {
     fn run(&mut self) -> Result<Report> {
+        if self.dst.is_pg() {
+            // The migration lock before the chain lock (`Tx::new` takes that), in the
+            // order `init` takes them, so a copy and an `init` racing for one database
+            // queue instead of deadlocking. Session-level: held until this connection
+            // closes, after COMMIT or ROLLBACK.
+            self.dst.execute(
+                "SELECT pg_advisory_lock(?1)",
+                [super::schema_pg::MIGRATION_LOCK],
+            )?;
+        }
         let tx = Tx::new(self.dst, Begin::Write)?;
         if let Conn::Pg(p) = self.dst {
             let mut p = p.borrow_mut();
-            // Under the migration lock, and looked at again: another `init` or copy may
-            // have started on this database since the first look.
-            p.db.execute(
-                "SELECT pg_advisory_xact_lock(?1)",
-                &[super::schema_pg::MIGRATION_LOCK.into()],
-            )?;
+            // Looked at again under the lock: another `init` or copy may have filled
+            // this database since the first look.
             refuse_non_empty(&mut p.db, &self.target_name)?;
             super::pg::make_schema(&mut p.db)?;
         }
