@@ -206,7 +206,8 @@ fn sqlite_to_postgresql_to_sqlite_keeps_every_row_and_verifies_on_each_copy() {
     let back_dir = e.dir.path().join("back");
     std::fs::create_dir(&back_dir).unwrap();
     let back = back_dir.join("registry.db");
-    let r = e.json(&[
+    let o = e.run(&[
+        "--json",
         "--registry",
         &db.url,
         "registry",
@@ -214,6 +215,10 @@ fn sqlite_to_postgresql_to_sqlite_keeps_every_row_and_verifies_on_each_copy() {
         "--to",
         back.to_str().unwrap(),
     ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // No terminal: no progress bar, nothing on stderr.
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(tables_of(&r), tables);
     let key = back_dir.join("log.key");
     assert_eq!(r["log_key_written"], key.to_str().unwrap());
