@@ -54,7 +54,8 @@ fn run_copy(ctx: &Ctx, a: CopyArgs) -> anyhow::Result<i32> {
     } else {
         Target::File(PathBuf::from(&a.to))
     };
-    let source = ctx.registry()?;
+    // The copy only reads its source: a read-only registry file can be copied too.
+    let source = ctx.registry_read()?;
     let config = ctx.config()?;
     let actor = ctx.actor(&config);
     // Hidden unless stderr is a terminal (progress_bar).
