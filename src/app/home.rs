@@ -29,6 +29,9 @@ pub enum NewRegistry<'a> {
     /// An empty PostgreSQL database (recorded in config.toml), with how long to wait
     /// for its server.
     Postgres(&'a PgTarget, std::time::Duration),
+    /// An existing PostgreSQL registry another station made (`init --join`), with the
+    /// log key file copied from that station's home.
+    Join(&'a PgTarget, std::time::Duration, &'a std::path::Path),
 }
 
 /// Creates the home; refuses an existing one, and removes what it made if any
@@ -74,7 +77,7 @@ pub fn create_with(
     if let Some(s) = station {
         config.station = s.to_string();
     }
-    if let NewRegistry::Postgres(t, _) = &registry {
+    if let NewRegistry::Postgres(t, _) | NewRegistry::Join(t, _, _) = &registry {
         config.registry = t.url.clone();
     }
     let text = toml::to_string_pretty(&config)
@@ -124,6 +127,31 @@ pub fn create_with(
                 timeout,
                 &key,
                 (EventKind::HomeInitialised, &actor, details, &now_rfc3339()),
+            )?;
+            target.url.clone()
+        }
+        NewRegistry::Join(target, timeout, given_key) => {
+            let key = home.root.join(crate::store::logkey::LOG_KEY_FILE);
+            if key.exists() {
+                return Err(Error::conflict(format!(
+                    "{} already exists; refusing to replace a log key",
+                    key.display()
+                )));
+            }
+            // The given key must verify the registry's chain before it is kept.
+            PgStore::join(target, timeout, given_key)?;
+            staged.add(key.clone());
+            crate::store::copy::copy_key(given_key, &key)?;
+            // This station's home, recorded in the shared chain (keyed, so the new
+            // station's key is proven by its first append).
+            let details =
+                serde_json::json!({"org": config.org, "device_marks": true, "joined": true});
+            PgStore::open(target, timeout, &key)?.event(
+                EventKind::HomeInitialised,
+                None,
+                &actor,
+                details,
+                &now_rfc3339(),
             )?;
             target.url.clone()
         }

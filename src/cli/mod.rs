@@ -15,6 +15,7 @@ mod log;
 mod meta;
 mod ocsp;
 mod provision;
+mod registry;
 mod renew;
 mod report;
 mod retire;
@@ -200,6 +201,11 @@ Examples:
     #[command(subcommand)]
     Log(log::LogCommand),
 
+    #[command(display_order = 13)]
+    /// The registry as a whole: copy it to PostgreSQL or a SQLite file, verified on arrival
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
+
     #[command(display_order = 14)]
     /// Reports for people: the HTML fleet report, certificates of sanitization
     #[command(subcommand)]
@@ -262,6 +268,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Audit(a) => audit::run(&ctx, a),
         Command::Ocsp(c) => ocsp::run(&ctx, c),
         Command::Log(c) => log::run(&ctx, c),
+        Command::Registry(c) => registry::run(&ctx, c),
         Command::Label(a) => label::run(&ctx, a),
         Command::Completions { shell } => meta::completions(shell),
         Command::Man { out } => meta::man(&out),

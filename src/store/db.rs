@@ -384,6 +384,9 @@ fn prepared(
             if std::env::var_os("CRADLE_DEBUG_SQL").is_some() {
                 eprintln!("cradle: PostgreSQL refused: {text}\n{e:?}");
             }
+            if in_tx {
+                let _ = client.batch_execute("RELEASE SAVEPOINT cradle_prepare");
+            }
             return Err(pg_err(e));
         };
         if types.len() < n {

@@ -11,6 +11,7 @@ pub mod cas;
 pub mod certs;
 pub mod conn;
 pub mod contact;
+pub mod copy;
 pub mod db;
 pub mod devices;
 pub mod error;

@@ -75,41 +75,67 @@ impl PgStore {
     fn create_locked(&mut self) -> Result<()> {
         self.db
             .execute("SELECT pg_advisory_xact_lock(?1)", &[MIGRATION_LOCK.into()])?;
-        let tables = self
-            .db
-            .query_row(
-                "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema()",
-                &[],
-            )?
-            .map(|r| r.i64(0))
-            .transpose()?
-            .unwrap_or(0);
-        if tables > 0 {
+        if user_tables(&mut self.db)? > 0 {
             let ours = self.has_schema_table()?;
             return Err(Error::conflict(format!(
                 "registry {}: {}; refusing to initialise it",
                 self.target.url,
                 if ours {
-                    "already holds a cradle registry (joining a second station's home to it is not supported yet)"
+                    "already holds a cradle registry (a second station joins it with `cradle init --join --log-key FILE`)"
                 } else {
                     "the database holds other tables (give cradle a database of its own)"
                 }
             )));
         }
-        self.db.batch(BOOTSTRAP)?;
-        self.db.execute(
-            "INSERT INTO cradle_schema (id, application_id, version) VALUES (1, ?1, 0)",
-            &[APPLICATION_ID.into()],
-        )?;
-        self.apply_from(0)?;
-        // Every device row of this registry is marked from the start (`rowmark`).
-        self.db.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)",
-            &[super::rowmark::META_KEY.into(), super::now_rfc3339().into()],
-        )?;
-        Ok(())
+        make_schema(&mut self.db)
     }
 
+    /// Opens an existing registry for a second station's home (`init --join`): the
+    /// database must hold a cradle registry with events, and the log key at
+    /// `key_path` (the first station's, copied by the operator) must verify every
+    /// keyed event of its chain. Returns the chain's report.
+    pub fn join(target: &PgTarget, timeout: Duration, key_path: &Path) -> Result<ChainReport> {
+        let mut s = PgStore::connect(target, timeout, key_path)?;
+        if !s.has_schema_table()? {
+            return Err(Error::Store(StoreError::NotInitialised(format!(
+                "registry {}: holds no cradle registry to join (the first station runs `cradle init --registry URL` without --join)",
+                target.url
+            ))));
+        }
+        let mut s = PgStore::open(target, timeout, key_path)?;
+        let key = LogKey::read(key_path)?
+            .ok_or_else(|| Error::input(format!("log key {}: no such file", key_path.display())))?;
+        let report = s.verify_chain()?;
+        if report.events == 0 {
+            return Err(Error::Store(StoreError::NotInitialised(format!(
+                "registry {}: has no events to join (the first station runs `cradle init --registry URL` without --join)",
+                target.url
+            ))));
+        }
+        if let Some(b) = &report.first_break {
+            // A key that is not the registry's fails at the chain's first keyed event;
+            // a break further on is a damaged chain, whatever the key.
+            if !(b.event_id == key.from.max(1) && b.problem == "altered") {
+                return Err(Error::Store(StoreError::corrupt(
+                    &target.url,
+                    format!(
+                        "its event chain is broken at event {} ({}); refusing to join it (cradle log verify)",
+                        b.event_id, b.problem
+                    ),
+                )));
+            }
+            let msg = {
+                format!(
+                    "log key {} does not verify the registry's chain (event {} does not match it): copy the log.key of the station that initialised {}",
+                    key_path.display(),
+                    b.event_id,
+                    target.url
+                )
+            };
+            return Err(Error::crypto(msg));
+        }
+        Ok(report)
+    }
     /// Opens an existing registry: checks it is cradle's, refuses a newer schema,
     /// migrates an older one.
     pub fn open(target: &PgTarget, timeout: Duration, key_path: &Path) -> Result<PgStore> {
@@ -421,6 +447,42 @@ impl PgStore {
     pub fn db(&mut self) -> &mut Db {
         &mut self.db
     }
+}
+
+/// How many tables (other than temporary ones) the connected database's schema holds.
+pub(super) fn user_tables(db: &mut Db) -> Result<i64> {
+    Ok(db
+        .query_row(
+            "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema()",
+            &[],
+        )?
+        .map(|r| r.i64(0))
+        .transpose()?
+        .unwrap_or(0))
+}
+
+/// Makes the whole schema in an empty database, inside the caller's transaction (under
+/// the migration lock when stations may race): `cradle_schema`, every migration, and the
+/// record that device rows are marked from the start.
+pub(super) fn make_schema(db: &mut Db) -> Result<()> {
+    db.batch(BOOTSTRAP)?;
+    db.execute(
+        "INSERT INTO cradle_schema (id, application_id, version) VALUES (1, ?1, 0)",
+        &[APPLICATION_ID.into()],
+    )?;
+    for sql in MIGRATIONS {
+        db.batch(sql)?;
+    }
+    db.execute(
+        "UPDATE cradle_schema SET version = ?1 WHERE id = 1",
+        &[(MIGRATIONS.len() as i64).into()],
+    )?;
+    // Every device row of this registry is marked from the start (`rowmark`).
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+        &[super::rowmark::META_KEY.into(), super::now_rfc3339().into()],
+    )?;
+    Ok(())
 }
 
 /// The version every PostgreSQL registry this binary writes has.
