@@ -49,11 +49,18 @@ fn init_creates_a_home_and_refuses_to_overwrite_it() {
         env.backend() == common::Backend::Sqlite
     );
     assert_eq!(mode(&env.home), 0o700);
-    assert_eq!(env.sql("PRAGMA journal_mode;").trim(), "wal");
-    assert_eq!(
-        env.sql("PRAGMA user_version;").trim(),
-        cradle::store::schema::MIGRATIONS.len().to_string()
-    );
+    if env.backend() == common::Backend::Sqlite {
+        assert_eq!(env.sql("PRAGMA journal_mode;").trim(), "wal");
+        assert_eq!(
+            env.sql("PRAGMA user_version;").trim(),
+            cradle::store::schema::MIGRATIONS.len().to_string()
+        );
+    } else {
+        assert_eq!(
+            env.sql("SELECT version FROM cradle_schema").trim(),
+            cradle::store::schema_pg::MIGRATIONS.len().to_string()
+        );
+    }
     let before = env.dump();
     let err = env.fails(&["init"], 7);
     assert!(err.contains("already a cradle home"), "{err}");

@@ -197,7 +197,7 @@ fn renew_in_place_on_a_simulated_device() {
     assert_eq!(
         q(
             &env,
-            "SELECT group_concat(kind) FROM (SELECT kind FROM events WHERE kind LIKE '%renew%' ORDER BY id);"
+            "SELECT group_concat(kind, ',') FROM (SELECT kind FROM events WHERE kind LIKE '%renew%' ORDER BY id) AS t;"
         ),
         "cert.renewed,renewal.confirmed"
     );
@@ -518,7 +518,11 @@ fn expiring_within_selects_by_expiry_and_revoke_old_republishes_the_crl() {
         env.pass(),
     ]);
     // E-1 expires in 10 days (a field the test may set: not_after is what renew reads).
-    env.sql("UPDATE certificates SET not_after = strftime('%s','now') + 10*86400 WHERE id = 1;");
+    env.sql(if env.backend() == common::Backend::Postgres {
+        "UPDATE certificates SET not_after = extract(epoch FROM now())::bigint + 10*86400 WHERE id = 1;"
+    } else {
+        "UPDATE certificates SET not_after = strftime('%s','now') + 10*86400 WHERE id = 1;"
+    });
     let v = env.json(&["renew", "--expiring-within", "30", "--dry-run"]);
     let names: Vec<&str> = v["would_renew"]
         .as_array()
