@@ -36,9 +36,9 @@ pub struct PgConn {
     pub db: Db,
     /// The station's log key file (HOME/log.key): the key never reaches the server.
     pub key_file: PathBuf,
-    /// The id the last `INSERT ... RETURNING`-less insert made (`lastval()`), asked
-    /// for only when a caller wants it.
+    /// Inside BEGIN ... COMMIT/ROLLBACK (what `is_autocommit` answers).
     in_tx: bool,
+    /// Rows the last `execute` changed (`changes`).
     changes: u64,
 }
 

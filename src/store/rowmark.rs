@@ -248,12 +248,12 @@ pub(super) fn mark_touched(conn: &Conn, key: &RowKey) -> Result<u64> {
         let ids: Vec<String> = held.iter().map(|id| id.to_string()).collect();
         cond.push_str(&format!(" OR id IN ({})", ids.join(",")));
     }
-    pg_mark_where(conn, key, &cond, true)
+    pg_mark_where(conn, key, &cond)
 }
 
 /// Computes and stores the marks of the device rows matching `cond` (PostgreSQL),
 /// with the touched-row trigger told to stand aside.
-fn pg_mark_where(conn: &Conn, key: &RowKey, cond: &str, _touched: bool) -> Result<u64> {
+fn pg_mark_where(conn: &Conn, key: &RowKey, cond: &str) -> Result<u64> {
     let mut marks: Vec<(i64, Vec<u8>)> = Vec::new();
     {
         let mut st = conn.prepare(&format!("SELECT * FROM devices WHERE {cond} ORDER BY id"))?;
@@ -473,7 +473,7 @@ pub(super) fn backfill(tx: &Tx<'_>) -> Result<bool> {
             )? as u64
         }
         None => match &tx.row_key {
-            Some(key) => pg_mark_where(conn, key, "mark IS NULL", false)?,
+            Some(key) => pg_mark_where(conn, key, "mark IS NULL")?,
             None => 0,
         },
     };
